@@ -1,0 +1,8 @@
+//! zd-retention: enforces retention rules on Zendesk's soft-deleted tickets.
+//!
+//! See ARCHITECTURE.md for the code map and the invariants that hold it
+//! together.
+
+pub mod quota;
+pub mod sandbox;
+pub mod zendesk;

@@ -1,0 +1,254 @@
+//! The sandbox: a fake Zendesk account that serves the deleted-tickets and
+//! job-status endpoints as Zendesk does (paths, pagination, jobs, rate
+//! limits, errors), with faults on demand. Tests, benchmarks and the demo run
+//! against it; so can any third-party Zendesk client.
+//!
+//! It shares no code with the client on purpose: it writes the JSON by hand
+//! from the documented shapes, so a mistake in the client's types cannot hide
+//! in both. Its own time runs `time_scale` times faster than Zendesk's.
+
+mod server;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use state::{AUTOMATION_ACTOR, JobView, LoggedRequest, STATES, SandboxTicket, State, generate_tickets};
+
+/// Per-minute limits at Zendesk's time; the sandbox divides the minute by
+/// `time_scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    pub list: u32,
+    pub list_deep: u32,
+    pub account: u32,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self { list: 10, list_deep: 5, account: 200 }
+    }
+}
+
+/// Faults injected into answers, each a share between 0 and 1.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Answers 500/502/503 with an HTML body, before doing anything.
+    pub server_errors: f64,
+    /// Answers 429 with Retry-After though the budget is not spent.
+    pub rate_limits: f64,
+    /// Answers late by `slow_delay` (real time).
+    pub slow: f64,
+    pub slow_delay: Duration,
+    /// Does the work, then breaks the connection mid-answer.
+    pub drops: f64,
+    /// Does the work, then answers 200 with a truncated JSON body.
+    pub malformed: f64,
+    /// Purge jobs that end `failed`.
+    pub job_failures: f64,
+    /// Purge jobs that end `killed`.
+    pub job_kills: f64,
+    /// Purge jobs whose status answers 404 from the start (they still run).
+    pub job_vanish: f64,
+    /// After this many requests, every credential is refused with 401.
+    pub reject_auth_after: Option<u64>,
+}
+
+/// Who may call the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SandboxAuth {
+    /// Any Basic `{email}/token:{token}` or Bearer credential that is not empty.
+    #[default]
+    AnyToken,
+    /// Only this API token (with any email), or this OAuth token.
+    Token(String),
+}
+
+/// How to start a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub tickets: usize,
+    pub seed: u64,
+    /// How many times faster than Zendesk the sandbox's clock runs: rate-limit
+    /// windows and job delays are divided by it.
+    pub time_scale: f64,
+    /// From a purge request to its job's end, at Zendesk's time.
+    pub job_delay: Duration,
+    /// How long a finished job's status stays readable, at Zendesk's time.
+    pub job_ttl: Duration,
+    /// Jobs queued or working at once before 429.
+    pub max_jobs: usize,
+    pub limits: SandboxLimits,
+    pub faults: Faults,
+    pub auth: SandboxAuth,
+    /// The reference time of the generated `deleted_at` values.
+    pub now: DateTime<Utc>,
+}
+
+impl Default for SandboxOptions {
+    fn default() -> Self {
+        Self {
+            tickets: 1000,
+            seed: 42,
+            time_scale: 1.0,
+            job_delay: Duration::from_secs(3),
+            job_ttl: Duration::from_secs(3600),
+            max_jobs: 30,
+            limits: SandboxLimits::default(),
+            faults: Faults::default(),
+            auth: SandboxAuth::AnyToken,
+            now: Utc::now(),
+        }
+    }
+}
+
+/// A running sandbox. Dropping it does not stop the server; call `shutdown`.
+pub struct Sandbox {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Sandbox {
+    /// Starts a sandbox with generated tickets on `listen` (port 0 picks one).
+    pub async fn start(options: SandboxOptions, listen: SocketAddr) -> std::io::Result<Self> {
+        let tickets = generate_tickets(options.tickets, options.seed, options.now);
+        Self::start_with(options, tickets, listen).await
+    }
+
+    /// Starts a sandbox on loopback port 0 holding exactly `tickets`.
+    pub async fn start_with(
+        options: SandboxOptions,
+        tickets: Vec<SandboxTicket>,
+        listen: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::new(options, tickets, tokio::time::Instant::now())));
+        let shutdown = CancellationToken::new();
+        let app = server::router(state.clone(), addr);
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "sandbox server stopped");
+            }
+        });
+        Ok(Self { addr, state, shutdown, task: Some(task) })
+    }
+
+    /// Starts on `127.0.0.1:0`.
+    pub async fn start_local(options: SandboxOptions) -> std::io::Result<Self> {
+        Self::start(options, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, to give the client as its base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Locks the account state after finishing the jobs that are due.
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        let mut guard = self.state.lock().expect("sandbox lock is never poisoned");
+        guard.advance(tokio::time::Instant::now());
+        guard
+    }
+
+    /// Ids still soft-deleted, in id order.
+    pub fn deleted_ids(&self) -> Vec<u64> {
+        self.state().tickets().map(|t| t.id).collect()
+    }
+
+    /// Ids permanently deleted, sorted.
+    pub fn purged_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.state().purged().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Ids restored, sorted.
+    pub fn restored_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.state().restored().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Every ticket still soft-deleted.
+    pub fn tickets(&self) -> Vec<SandboxTicket> {
+        self.state().tickets().cloned().collect()
+    }
+
+    /// Adds (or replaces) soft-deleted tickets.
+    pub fn insert(&self, tickets: impl IntoIterator<Item = SandboxTicket>) {
+        let mut state = self.state();
+        for t in tickets {
+            state.insert(t);
+        }
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.state().log.clone()
+    }
+
+    /// Requests per endpoint and status.
+    pub fn request_counts(&self) -> BTreeMap<String, BTreeMap<u16, u64>> {
+        request_counts(&self.state().log)
+    }
+
+    /// Requests to one endpoint, whatever their answer.
+    pub fn count(&self, endpoint: &str) -> u64 {
+        self.state().log.iter().filter(|r| r.endpoint == endpoint).count() as u64
+    }
+
+    /// Write requests (restore, purge) received, whatever their answer.
+    pub fn write_requests(&self) -> Vec<LoggedRequest> {
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.method != "GET")
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces the fault settings while running.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state().options.faults = faults;
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Counts a request log per endpoint and status.
+pub fn request_counts(log: &[LoggedRequest]) -> BTreeMap<String, BTreeMap<u16, u64>> {
+    let mut out: BTreeMap<String, BTreeMap<u16, u64>> = BTreeMap::new();
+    for r in log {
+        *out.entry(r.endpoint.clone()).or_default().entry(r.status).or_default() += 1;
+    }
+    out
+}

@@ -1,0 +1,598 @@
+//! `ZendeskClient`: the deleted-tickets and job-status endpoints over reqwest.
+//!
+//! Owns the HTTP conversation: URLs, authentication, pacing, retries, status
+//! codes and decoding. It never reads files or the environment (the config
+//! module hands it a `SecretString`) and never touches the audit store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures::Stream;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::batch::IdBatch;
+use super::error::ZendeskError;
+use super::model::{
+    ApiErrorBody, DeletedTicket, JobId, JobStatus, JobStatusEnvelope, JobStatusesEnvelope,
+    RawDeletedTicketsPage, TicketId, snippet,
+};
+use super::pacing::{ClientStatsSnapshot, EndpointClass, Pacer, RateLimits, parse_seconds};
+
+/// How the client proves who it is. Debug output never shows the secret.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// HTTP Basic with `{email}/token` and the API token.
+    ApiToken { email: String, token: SecretString },
+    /// `Authorization: Bearer {token}`.
+    OAuth { token: SecretString },
+}
+
+impl Auth {
+    /// Adds the credential; reqwest marks the header sensitive so that no
+    /// Debug output of the request shows it.
+    fn apply(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Auth::ApiToken { email, token } => {
+                request.basic_auth(format!("{email}/token"), Some(token.expose_secret()))
+            }
+            Auth::OAuth { token } => request.bearer_auth(token.expose_secret()),
+        }
+    }
+}
+
+/// Retries of transient failures and 429s.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts after the first, for 5xx, timeouts, resets and 429s alike.
+    pub max_retries: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// How long one attempt may take before it counts as timed out.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 6,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the client needs; built by the config module or by tests.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub base_url: Url,
+    pub auth: Auth,
+    pub limits: RateLimits,
+    pub retry: RetryPolicy,
+}
+
+/// `https://{subdomain}.zendesk.com`.
+pub fn subdomain_url(subdomain: &str) -> Result<Url, String> {
+    let valid = !subdomain.is_empty()
+        && subdomain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !valid {
+        return Err(format!(
+            "{subdomain:?} is not a Zendesk subdomain: use the part before .zendesk.com, letters, digits and dashes only"
+        ));
+    }
+    Url::parse(&format!("https://{subdomain}.zendesk.com"))
+        .map_err(|e| format!("{subdomain:?} does not make a valid URL: {e}"))
+}
+
+/// Accepts `https://` anywhere and `http://` only on loopback, where no
+/// credential can be read off the wire.
+pub fn check_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(format!(
+                "{text:?} uses plain http to a host that is not loopback: credentials would cross the network in clear; use https://"
+            ));
+        }
+        other => return Err(format!("{text:?}: scheme {other:?} is not supported; use https://")),
+    }
+    if url.host_str().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// `sort_by` of the listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortBy {
+    Id,
+    Subject,
+    DeletedAt,
+}
+
+impl SortBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::Subject => "subject",
+            Self::DeletedAt => "deleted_at",
+        }
+    }
+}
+
+/// `sort_order` of the listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    Asc,
+    Desc,
+}
+
+impl SortOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
+}
+
+/// Cursor pagination is Zendesk's recommendation and stays correct while
+/// tickets vanish; offsets skip tickets then and stop at page 100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pagination {
+    #[default]
+    Cursor,
+    Offset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListOptions {
+    pub sort: Option<(SortBy, SortOrder)>,
+    /// At most 100; larger values are capped.
+    pub page_size: u32,
+    pub pagination: Pagination,
+}
+
+impl Default for ListOptions {
+    fn default() -> Self {
+        Self {
+            sort: None,
+            page_size: 100,
+            pagination: Pagination::Cursor,
+        }
+    }
+}
+
+/// One page of deleted tickets.
+#[derive(Debug, Clone)]
+pub struct DeletedTicketsPage {
+    pub tickets: Vec<DeletedTicket>,
+    /// 1 for the first page.
+    pub number: u32,
+    pub has_more: bool,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    auth: Auth,
+    pacer: Pacer,
+    retry: RetryPolicy,
+}
+
+/// A cheap-to-clone handle on one account's API.
+#[derive(Clone)]
+pub struct ZendeskClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ZendeskClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZendeskClient")
+            .field("base", &self.inner.base.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one request is, for pacing, counting and error messages.
+struct Call {
+    method: Method,
+    url: Url,
+    /// Short endpoint label for counters: `list`, `destroy_many`, ...
+    endpoint: &'static str,
+    /// Human description for errors: `DELETE destroy_many (100 ids)`.
+    description: String,
+    class: EndpointClass,
+}
+
+impl ZendeskClient {
+    pub fn new(config: ClientConfig) -> Result<Self, ZendeskError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("zd-retention/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.retry.request_timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| ZendeskError::Refused {
+                call: "building the HTTP client".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base: config.base_url,
+                auth: config.auth,
+                pacer: Pacer::new(config.limits),
+                retry: config.retry,
+            }),
+        })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    pub fn limits(&self) -> RateLimits {
+        self.inner.pacer.limits()
+    }
+
+    /// Requests, 429s, retries and pacing waits so far.
+    pub fn stats(&self) -> ClientStatsSnapshot {
+        self.inner.pacer.stats.snapshot()
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.inner.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base_path}{path}"));
+        url
+    }
+
+    /// Takes the path and query of a link Zendesk gave and puts them on our
+    /// base URL: credentials never follow a link to another host.
+    fn rebase(&self, link: &str) -> Result<Url, String> {
+        let parsed = Url::parse(link)
+            .or_else(|_| self.inner.base.join(link))
+            .map_err(|e| format!("next-page link {link:?} is not a URL: {e}"))?;
+        let mut url = self.inner.base.clone();
+        url.set_path(parsed.path());
+        url.set_query(parsed.query());
+        if parsed.host_str() != self.inner.base.host_str() {
+            tracing::debug!(link, "next-page link names another host; following it on the configured base URL");
+        }
+        Ok(url)
+    }
+
+    /// Lists soft-deleted tickets page by page, following the pagination to
+    /// the end. Each item is a page or the error that ended the walk.
+    pub fn list_deleted(
+        &self,
+        options: ListOptions,
+    ) -> impl Stream<Item = Result<DeletedTicketsPage, ZendeskError>> + Send + 'static {
+        let client = self.clone();
+        async_stream::try_stream! {
+            let size = options.page_size.clamp(1, 100);
+            let mut url = client.url("/api/v2/deleted_tickets.json");
+            {
+                let mut q = url.query_pairs_mut();
+                match options.pagination {
+                    Pagination::Cursor => { q.append_pair("page[size]", &size.to_string()); }
+                    Pagination::Offset => {
+                        q.append_pair("per_page", &size.to_string());
+                        q.append_pair("page", "1");
+                    }
+                }
+                if let Some((by, order)) = options.sort {
+                    q.append_pair("sort_by", by.as_str());
+                    q.append_pair("sort_order", order.as_str());
+                }
+            }
+            let mut number = 1u32;
+            loop {
+                let class = if number > 100 { EndpointClass::ListDeep } else { EndpointClass::List };
+                let call = Call {
+                    method: Method::GET,
+                    url: url.clone(),
+                    endpoint: "list",
+                    description: format!("GET deleted_tickets (page {number})"),
+                    class,
+                };
+                let raw: RawDeletedTicketsPage = client.json(call).await?;
+                let next = match options.pagination {
+                    Pagination::Cursor => {
+                        let meta = raw.meta.clone().unwrap_or_default();
+                        if meta.has_more {
+                            let link = raw.links.as_ref().and_then(|l| l.next.clone());
+                            match (link, meta.after_cursor) {
+                                (Some(link), _) => Some(client.rebase(&link)),
+                                (None, Some(cursor)) => {
+                                    let mut u = client.url("/api/v2/deleted_tickets.json");
+                                    u.query_pairs_mut()
+                                        .append_pair("page[after]", &cursor)
+                                        .append_pair("page[size]", &size.to_string());
+                                    Some(Ok(u))
+                                }
+                                (None, None) => Some(Err("meta.has_more is true but neither links.next nor meta.after_cursor is given".to_string())),
+                            }
+                        } else {
+                            None
+                        }
+                    }
+                    Pagination::Offset => raw.next_page.as_deref().map(|l| client.rebase(l)),
+                };
+                let next = match next {
+                    Some(Ok(u)) if u == url => Some(Err("the next-page link points at the page just read".to_string())),
+                    other => other,
+                };
+                let has_more = next.is_some();
+                yield DeletedTicketsPage { tickets: raw.deleted_tickets, number, has_more };
+                match next {
+                    None => break,
+                    Some(Ok(u)) => url = u,
+                    Some(Err(reason)) => {
+                        Err(ZendeskError::Decode {
+                            call: format!("GET deleted_tickets (page {number})"),
+                            reason,
+                            snippet: String::new(),
+                        })?;
+                    }
+                }
+                number += 1;
+            }
+        }
+    }
+
+    /// Takes one soft-deleted ticket back into the ticket views.
+    pub async fn restore(&self, id: TicketId) -> Result<(), ZendeskError> {
+        let call = Call {
+            method: Method::PUT,
+            url: self.url(&format!("/api/v2/deleted_tickets/{id}/restore.json")),
+            endpoint: "restore",
+            description: format!("PUT deleted_tickets/{id}/restore"),
+            class: EndpointClass::Other,
+        };
+        self.send(call).await.map(drop)
+    }
+
+    /// Restores up to 100 soft-deleted tickets in one call.
+    pub async fn restore_many(&self, batch: &IdBatch) -> Result<(), ZendeskError> {
+        let mut url = self.url("/api/v2/deleted_tickets/restore_many.json");
+        url.query_pairs_mut().append_pair("ids", &batch.to_query());
+        let call = Call {
+            method: Method::PUT,
+            url,
+            endpoint: "restore_many",
+            description: format!("PUT deleted_tickets/restore_many ({batch})"),
+            class: EndpointClass::Other,
+        };
+        self.send(call).await.map(drop)
+    }
+
+    /// Permanently deletes one soft-deleted ticket; answers with its job.
+    pub async fn destroy(&self, id: TicketId) -> Result<JobStatus, ZendeskError> {
+        let call = Call {
+            method: Method::DELETE,
+            url: self.url(&format!("/api/v2/deleted_tickets/{id}.json")),
+            endpoint: "destroy",
+            description: format!("DELETE deleted_tickets/{id}"),
+            class: EndpointClass::Other,
+        };
+        self.json::<JobStatusEnvelope>(call).await.map(|e| e.job_status)
+    }
+
+    /// Permanently deletes up to 100 soft-deleted tickets; answers with the
+    /// queued job. A retry after a 429 re-sends the very same ids.
+    pub async fn destroy_many(&self, batch: &IdBatch) -> Result<JobStatus, ZendeskError> {
+        let mut url = self.url("/api/v2/deleted_tickets/destroy_many.json");
+        url.query_pairs_mut().append_pair("ids", &batch.to_query());
+        let call = Call {
+            method: Method::DELETE,
+            url,
+            endpoint: "destroy_many",
+            description: format!("DELETE deleted_tickets/destroy_many ({batch})"),
+            class: EndpointClass::Other,
+        };
+        self.json::<JobStatusEnvelope>(call).await.map(|e| e.job_status)
+    }
+
+    /// One job's status.
+    pub async fn job_status(&self, id: &JobId) -> Result<JobStatus, ZendeskError> {
+        let call = Call {
+            method: Method::GET,
+            url: self.url(&format!("/api/v2/job_statuses/{id}.json")),
+            endpoint: "job_status",
+            description: format!("GET job_statuses/{id}"),
+            class: EndpointClass::Other,
+        };
+        self.json::<JobStatusEnvelope>(call).await.map(|e| e.job_status)
+    }
+
+    /// Several jobs' statuses in one call per 100 ids. Jobs Zendesk no longer
+    /// knows are simply absent from the answer.
+    pub async fn job_statuses(&self, ids: &[JobId]) -> Result<Vec<JobStatus>, ZendeskError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let mut url = self.url("/api/v2/job_statuses/show_many.json");
+            let joined = chunk.iter().map(|j| j.0.as_str()).collect::<Vec<_>>().join(",");
+            url.query_pairs_mut().append_pair("ids", &joined);
+            let call = Call {
+                method: Method::GET,
+                url,
+                endpoint: "job_statuses",
+                description: format!("GET job_statuses/show_many ({} ids)", chunk.len()),
+                class: EndpointClass::Other,
+            };
+            out.extend(self.json::<JobStatusesEnvelope>(call).await?.job_statuses);
+        }
+        Ok(out)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, call: Call) -> Result<T, ZendeskError> {
+        let description = call.description.clone();
+        let body = self.send(call).await?;
+        serde_json::from_slice(&body).map_err(|e| ZendeskError::Decode {
+            call: description,
+            reason: e.to_string(),
+            snippet: snippet(&String::from_utf8_lossy(&body), 120),
+        })
+    }
+
+    /// Sends one request under pacing, retrying 429s (after Retry-After) and
+    /// transient failures (with exponential backoff and jitter).
+    async fn send(&self, call: Call) -> Result<Bytes, ZendeskError> {
+        let retry = self.inner.retry;
+        let attempts = AtomicU32::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(retry.min_delay)
+            .with_max_delay(retry.max_delay)
+            .with_max_times(retry.max_retries)
+            .with_jitter();
+        let result = (|| async {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.inner.pacer.acquire(call.class).await;
+            self.attempt(&call).await
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(ZendeskError::is_retryable)
+        // Past the last retry `dur` is None and must stay None, or backon
+        // would retry forever.
+        .adjust(|err, dur| match (err, dur) {
+            (_, None) => None,
+            (ZendeskError::RateLimited { wait, .. }, Some(_)) => Some(*wait),
+            (_, dur) => dur,
+        })
+        .notify(|err, wait| {
+            self.inner.pacer.stats.record_retry();
+            tracing::warn!(
+                call = %call.description,
+                reason = %err,
+                wait = %humantime::format_duration(round_ms(wait)),
+                "retrying"
+            );
+        })
+        .await;
+        result.map_err(|err| match err {
+            ZendeskError::Transient { call, reason, .. } => ZendeskError::Transient {
+                call,
+                reason,
+                attempts: attempts.load(Ordering::Relaxed),
+            },
+            other => other,
+        })
+    }
+
+    async fn attempt(&self, call: &Call) -> Result<Bytes, ZendeskError> {
+        let stats = &self.inner.pacer.stats;
+        let transient = |reason: String| ZendeskError::Transient {
+            call: call.description.clone(),
+            reason,
+            attempts: 1,
+        };
+        tracing::trace!(call = %call.description, "sending");
+        let request = self.inner.http.request(call.method.clone(), call.url.clone());
+        let response = self
+            .inner
+            .auth
+            .apply(request)
+            .timeout(self.inner.retry.request_timeout)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                stats.record(call.endpoint, 0);
+                return Err(transient(describe_reqwest(&e, self.inner.retry.request_timeout)));
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        self.inner.pacer.observe(call.class, &headers);
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                stats.record(call.endpoint, 0);
+                return Err(transient(format!(
+                    "the answer ({status}) broke off: {}",
+                    describe_reqwest(&e, self.inner.retry.request_timeout)
+                )));
+            }
+        };
+        stats.record(call.endpoint, status.as_u16());
+        if status.is_success() {
+            return Ok(body);
+        }
+        let text = String::from_utf8_lossy(&body);
+        let api_body = ApiErrorBody::parse(&text);
+        let call_name = call.description.clone();
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                stats.record_rate_limited();
+                let wait = retry_after(&headers).unwrap_or_else(|| self.limits().account.window.min(Duration::from_secs(60)));
+                self.inner.pacer.hold_account(wait);
+                ZendeskError::RateLimited { call: call_name, wait, body: api_body }
+            }
+            StatusCode::UNAUTHORIZED => ZendeskError::Unauthorized { call: call_name, body: api_body },
+            StatusCode::FORBIDDEN => ZendeskError::Forbidden { call: call_name, body: api_body },
+            StatusCode::NOT_FOUND => ZendeskError::NotFound { call: call_name, body: api_body },
+            StatusCode::REQUEST_TIMEOUT => transient(format!("{status}: {api_body}")),
+            s if s.is_server_error() => transient(format!("{status}: {api_body}")),
+            s => ZendeskError::InvalidRequest { call: call_name, status: s.as_u16(), body: api_body },
+        })
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+/// `Retry-After` in seconds (fractions accepted) or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    parse_seconds(text).or_else(|| {
+        let at = httpdate::parse_http_date(text.trim()).ok()?;
+        Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    })
+}
+
+/// A reqwest error in words, without the URL and never with headers.
+fn describe_reqwest(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {}", humantime::format_duration(timeout));
+    }
+    let kind = if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer broke off"
+    } else {
+        "the request failed"
+    };
+    let mut reason = kind.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}

@@ -1,0 +1,331 @@
+//! Proactive pacing under Zendesk's rate limits, and the client's counters.
+//!
+//! Each request first waits for its endpoint class's governor limiter and the
+//! account-wide one, then for any hold-off that Zendesk's rate-limit headers
+//! asked for (another integration may be spending the same account budget).
+//! All waiting goes through `tokio::time`. Knows headers, never JSON.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+use crate::quota::RateQuota;
+
+/// The quotas the client keeps to; defaults are Zendesk's documented numbers
+/// for the smallest plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `GET deleted_tickets`, pages 1 to 100.
+    pub list: RateQuota,
+    /// `GET deleted_tickets` beyond page 100.
+    pub list_deep: RateQuota,
+    /// Every request of the account, job-creating calls included.
+    pub account: RateQuota,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        // the literals are positive with a non-zero window
+        Self {
+            list: RateQuota::per_minute(10).expect("valid literal"),
+            list_deep: RateQuota::per_minute(5).expect("valid literal"),
+            account: RateQuota::per_minute(200).expect("valid literal"),
+        }
+    }
+}
+
+/// Which quotas a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointClass {
+    /// A listing page at or before page 100.
+    List,
+    /// A listing page beyond page 100: the deep quota and the list quota.
+    ListDeep,
+    /// Everything else: only the account quota.
+    Other,
+}
+
+/// Counters the benchmarks, the demo and the metrics read.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// (endpoint, status) to count; status 0 stands for no answer.
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    rate_limited: AtomicU64,
+    retries: AtomicU64,
+    pacing_wait_micros: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ClientStatsSnapshot {
+    pub requests: BTreeMap<String, BTreeMap<u16, u64>>,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub pacing_wait: Duration,
+}
+
+impl ClientStatsSnapshot {
+    /// Requests sent to one endpoint, whatever their answer.
+    pub fn sent(&self, endpoint: &str) -> u64 {
+        self.requests
+            .get(endpoint)
+            .map(|by_status| by_status.values().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn total_sent(&self) -> u64 {
+        self.requests.values().flat_map(|m| m.values()).sum()
+    }
+}
+
+impl ClientStats {
+    pub(crate) fn record(&self, endpoint: &str, status: u16) {
+        let mut map = self.requests.lock().expect("stats lock is never poisoned");
+        *map.entry((endpoint.to_string(), status)).or_default() += 1;
+    }
+
+    pub(crate) fn record_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> ClientStatsSnapshot {
+        let map = self.requests.lock().expect("stats lock is never poisoned");
+        let mut requests: BTreeMap<String, BTreeMap<u16, u64>> = BTreeMap::new();
+        for ((endpoint, status), n) in map.iter() {
+            *requests
+                .entry(endpoint.clone())
+                .or_default()
+                .entry(*status)
+                .or_default() += n;
+        }
+        ClientStatsSnapshot {
+            requests,
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            pacing_wait: Duration::from_micros(self.pacing_wait_micros.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct HoldOffs {
+    list: Option<Instant>,
+    account: Option<Instant>,
+}
+
+/// Governor limiters per endpoint class plus header-driven hold-offs.
+pub struct Pacer {
+    limits: RateLimits,
+    list: DefaultDirectRateLimiter,
+    list_deep: DefaultDirectRateLimiter,
+    account: DefaultDirectRateLimiter,
+    holds: Mutex<HoldOffs>,
+    pub(crate) stats: ClientStats,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer").field("limits", &self.limits).finish()
+    }
+}
+
+impl Pacer {
+    pub fn new(limits: RateLimits) -> Self {
+        Self {
+            limits,
+            list: RateLimiter::direct(limits.list.to_governor()),
+            list_deep: RateLimiter::direct(limits.list_deep.to_governor()),
+            account: RateLimiter::direct(limits.account.to_governor()),
+            holds: Mutex::new(HoldOffs::default()),
+            stats: ClientStats::default(),
+        }
+    }
+
+    pub fn limits(&self) -> RateLimits {
+        self.limits
+    }
+
+    /// Waits until a request of `class` may be sent.
+    pub async fn acquire(&self, class: EndpointClass) {
+        let started = Instant::now();
+        self.wait_for_holds(class).await;
+        match class {
+            EndpointClass::List => until_ready(&self.list).await,
+            EndpointClass::ListDeep => {
+                until_ready(&self.list_deep).await;
+                until_ready(&self.list).await;
+            }
+            EndpointClass::Other => {}
+        }
+        until_ready(&self.account).await;
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(1) {
+            self.stats
+                .pacing_wait_micros
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    async fn wait_for_holds(&self, class: EndpointClass) {
+        loop {
+            let until = {
+                let holds = self.holds.lock().expect("holds lock is never poisoned");
+                let list = match class {
+                    EndpointClass::List | EndpointClass::ListDeep => holds.list,
+                    EndpointClass::Other => None,
+                };
+                list.into_iter().chain(holds.account).max()
+            };
+            match until {
+                Some(t) if t > Instant::now() => {
+                    tracing::debug!(wait = ?(t - Instant::now()), "holding off: Zendesk reported the budget spent");
+                    tokio::time::sleep_until(t).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Reads the rate-limit headers of an answer and holds off the class or
+    /// the whole account when Zendesk says its budget is spent.
+    pub fn observe(&self, class: EndpointClass, headers: &HeaderMap) {
+        let budget = RateLimitHeaders::parse(headers);
+        let now = Instant::now();
+        let mut holds = self.holds.lock().expect("holds lock is never poisoned");
+        if let Some(reset) = budget.account_spent_for {
+            let until = now + reset.unwrap_or(self.limits.account.spacing());
+            holds.account = holds.account.max(Some(until));
+        }
+        if let Some(reset) = budget.endpoint_spent_for
+            && class != EndpointClass::Other
+        {
+            let until = now + reset.unwrap_or(self.limits.list.spacing());
+            holds.list = holds.list.max(Some(until));
+        }
+    }
+
+    /// Holds every request off for `wait` (a 429's Retry-After).
+    pub fn hold_account(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut holds = self.holds.lock().expect("holds lock is never poisoned");
+        holds.account = holds.account.max(Some(until));
+    }
+}
+
+async fn until_ready(limiter: &DefaultDirectRateLimiter) {
+    let clock = DefaultClock::default();
+    loop {
+        match limiter.check() {
+            Ok(()) => return,
+            Err(not_until) => tokio::time::sleep(not_until.wait_time_from(clock.now())).await,
+        }
+    }
+}
+
+/// What the rate-limit headers of one answer say.
+#[derive(Debug, Default, PartialEq)]
+pub struct RateLimitHeaders {
+    /// `Some` when the account budget is spent; the inner value is the reset.
+    pub account_spent_for: Option<Option<Duration>>,
+    /// `Some` when an endpoint budget (`zendesk-rate-limit-*`) is spent.
+    pub endpoint_spent_for: Option<Option<Duration>>,
+}
+
+/// Seconds as Zendesk writes them; fractions are accepted (the sandbox sends
+/// them under compressed time).
+pub fn parse_seconds(text: &str) -> Option<Duration> {
+    let secs: f64 = text.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+impl RateLimitHeaders {
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let remaining = get("ratelimit-remaining").or_else(|| get("x-rate-limit-remaining"));
+        let account_spent_for = match remaining.and_then(|r| r.trim().parse::<i64>().ok()) {
+            Some(r) if r <= 0 => Some(get("ratelimit-reset").and_then(parse_seconds)),
+            _ => None,
+        };
+        let mut endpoint_spent_for = None;
+        for (name, value) in headers {
+            let name = name.as_str();
+            if !(name.starts_with("zendesk-rate-limit-") || name.starts_with("zendesk-ratelimit-")) {
+                continue;
+            }
+            let Ok(value) = value.to_str() else { continue };
+            let mut remaining = None;
+            let mut resets = None;
+            for part in value.split([';', ',']) {
+                if let Some((k, v)) = part.split_once('=') {
+                    match k.trim() {
+                        "remaining" => remaining = v.trim().parse::<i64>().ok(),
+                        "resets" => resets = parse_seconds(v),
+                        _ => {}
+                    }
+                }
+            }
+            if matches!(remaining, Some(r) if r <= 0) {
+                endpoint_spent_for = Some(resets);
+            }
+        }
+        Self {
+            account_spent_for,
+            endpoint_spent_for,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn reads_spent_account_and_endpoint_budgets() {
+        let h = headers(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "12"),
+            ("zendesk-rate-limit-deleted-tickets-index", "total=10; remaining=0; resets=7"),
+        ]);
+        let parsed = RateLimitHeaders::parse(&h);
+        assert_eq!(parsed.account_spent_for, Some(Some(Duration::from_secs(12))));
+        assert_eq!(parsed.endpoint_spent_for, Some(Some(Duration::from_secs(7))));
+    }
+
+    #[test]
+    fn budget_left_means_no_hold() {
+        let h = headers(&[
+            ("x-rate-limit-remaining", "199"),
+            ("zendesk-ratelimit-tickets-index", "total=1000; remaining=999; resets=12"),
+        ]);
+        assert_eq!(RateLimitHeaders::parse(&h), RateLimitHeaders::default());
+    }
+
+    #[test]
+    fn fractional_seconds_are_accepted() {
+        assert_eq!(parse_seconds("0.25"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("soon"), None);
+    }
+}
