@@ -6,3 +6,7 @@
 pub mod quota;
 pub mod sandbox;
 pub mod zendesk;
+pub mod config;
+pub mod rules;
+pub mod cli;
+pub mod telemetry;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use futures::Stream;
+use futures::stream::BoxStream;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
@@ -288,9 +288,9 @@ impl ZendeskClient {
     pub fn list_deleted(
         &self,
         options: ListOptions,
-    ) -> impl Stream<Item = Result<DeletedTicketsPage, ZendeskError>> + Send + 'static {
+    ) -> BoxStream<'static, Result<DeletedTicketsPage, ZendeskError>> {
         let client = self.clone();
-        async_stream::try_stream! {
+        Box::pin(async_stream::try_stream! {
             let size = options.page_size.clamp(1, 100);
             let mut url = client.url("/api/v2/deleted_tickets.json");
             {
@@ -359,7 +359,7 @@ impl ZendeskClient {
                 }
                 number += 1;
             }
-        }
+        })
     }
 
     /// Takes one soft-deleted ticket back into the ticket views.

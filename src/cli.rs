@@ -1,0 +1,395 @@
+//! The command line: clap definitions and one function per command.
+//!
+//! Commands load the config through the config module, build the parts they
+//! need and hand over to the library; they print tables and JSON to stdout,
+//! progress and logs to stderr. Exit codes: 0 ok, 1 a failed run or request,
+//! 2 bad usage or config.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+
+use crate::config::{Config, ConfigError};
+use crate::sandbox::{Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
+use crate::telemetry::LogFormat;
+use crate::zendesk::{DeletedTicket, ListOptions, Pagination, SortBy, SortOrder, ZendeskClient};
+
+/// Exit code of a failed run or request.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code of bad usage or a bad config.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zd-retention",
+    version,
+    about = "Enforces retention rules on Zendesk's soft-deleted tickets, with an audit trail in SQLite.",
+    after_help = "Exit codes: 0 ok, 1 a failed run or request, 2 bad usage or config.\n\nStart with:  zd-retention demo"
+)]
+pub struct Cli {
+    /// The config file (TOML); falls back to $ZD_RETENTION_CONFIG.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log line format on stderr; the level comes from RUST_LOG.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a fake Zendesk account on loopback for tests and trials.
+    #[command(after_help = "Example:\n  zd-retention sandbox --listen 127.0.0.1:8089 --tickets 10000 --seed 42 --time-scale 60\n  curl -u 'a@b.c/token:x' 'http://127.0.0.1:8089/api/v2/deleted_tickets.json?page[size]=100'")]
+    Sandbox(SandboxArgs),
+    /// List the account's soft-deleted tickets.
+    #[command(after_help = "Example:\n  ZENDESK_API_TOKEN=x zd-retention list --config config/sandbox.toml --format json --limit 20")]
+    List(ListArgs),
+    /// Validate the config file and summarise its rules (exit 2 on errors).
+    #[command(after_help = "Example:\n  zd-retention check-config --config config/example.toml")]
+    CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on; loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: SocketAddr,
+    /// Soft-deleted tickets to generate.
+    #[arg(long, default_value_t = 1000)]
+    pub tickets: usize,
+    /// Seed of the generated data and of the faults.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run the sandbox's clock this many times faster than Zendesk's: rate
+    /// limit windows and job delays shrink by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// From purge request to job end, at Zendesk's time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub job_delay: Duration,
+    /// How long finished job statuses stay readable, at Zendesk's time.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_ttl: Duration,
+    /// Jobs queued or running at once before 429.
+    #[arg(long, default_value_t = 30)]
+    pub max_jobs: usize,
+    /// Account-wide requests per minute (Zendesk plans: 200, 400, 700, 2500).
+    #[arg(long, default_value_t = 200)]
+    pub account_limit: u32,
+    /// Accept only this token (default: any non-empty token).
+    #[arg(long, env = "SANDBOX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Share of answers that are 500/502/503.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_5xx: f64,
+    /// Share of answers that are a spurious 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_429: f64,
+    /// Share of answers that are slow, by --slow-delay.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_slow: f64,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slow_delay: Duration,
+    /// Share of answers whose connection breaks after the work is done.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_drop: f64,
+    /// Share of 200 answers with a truncated JSON body.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_malformed: f64,
+    /// Share of purge jobs that fail.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_job_fail: f64,
+    /// Share of purge jobs that are killed.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_job_kill: f64,
+    /// Share of purge jobs whose status vanishes (404).
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_job_vanish: f64,
+    /// Refuse every credential after this many requests.
+    #[arg(long)]
+    pub reject_auth_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, value_enum)]
+    pub sort_by: Option<SortBy>,
+    #[arg(long, value_enum, default_value_t = SortOrder::Asc)]
+    pub sort_order: SortOrder,
+    /// Stop after this many tickets.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Use offset pagination (stops at 10,000 tickets) instead of cursors.
+    #[arg(long)]
+    pub offset: bool,
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Sandbox(args) => sandbox(args).await,
+        Command::List(args) => list(cli.config, args).await,
+        Command::CheckConfig => check_config(cli.config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() { EXIT_USAGE } else { EXIT_FAILED };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
+    let path = Config::locate(path.as_deref())?;
+    Config::load(&path)
+}
+
+/// Builds the client from the config, reading the credential.
+pub fn client_from(config: &Config) -> anyhow::Result<ZendeskClient> {
+    Ok(ZendeskClient::new(config.client_config()?)?)
+}
+
+async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
+        anyhow::bail!("--time-scale must be a positive number, got {}", args.time_scale);
+    }
+    for (name, share) in [
+        ("--fault-5xx", args.fault_5xx),
+        ("--fault-429", args.fault_429),
+        ("--fault-slow", args.fault_slow),
+        ("--fault-drop", args.fault_drop),
+        ("--fault-malformed", args.fault_malformed),
+        ("--fault-job-fail", args.fault_job_fail),
+        ("--fault-job-kill", args.fault_job_kill),
+        ("--fault-job-vanish", args.fault_job_vanish),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            anyhow::bail!("{name} is a share between 0 and 1, got {share}");
+        }
+    }
+    let options = SandboxOptions {
+        tickets: args.tickets,
+        seed: args.seed,
+        time_scale: args.time_scale,
+        job_delay: args.job_delay,
+        job_ttl: args.job_ttl,
+        max_jobs: args.max_jobs,
+        limits: SandboxLimits { account: args.account_limit, ..SandboxLimits::default() },
+        faults: Faults {
+            server_errors: args.fault_5xx,
+            rate_limits: args.fault_429,
+            slow: args.fault_slow,
+            slow_delay: args.slow_delay,
+            drops: args.fault_drop,
+            malformed: args.fault_malformed,
+            job_failures: args.fault_job_fail,
+            job_kills: args.fault_job_kill,
+            job_vanish: args.fault_job_vanish,
+            reject_auth_after: args.reject_auth_after,
+        },
+        auth: args.token.map_or(SandboxAuth::AnyToken, SandboxAuth::Token),
+        ..SandboxOptions::default()
+    };
+    let sandbox = Sandbox::start(options, args.listen).await?;
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "the sandbox listens beyond loopback, as asked");
+    }
+    eprintln!(
+        "sandbox: {} soft-deleted tickets at {} (time scale {}); Ctrl-C to stop",
+        args.tickets,
+        sandbox.base_url(),
+        args.time_scale
+    );
+    eprintln!("try: curl -u 'a@b.c/token:x' '{}/api/v2/deleted_tickets.json?page[size]=100'", sandbox.base_url());
+    shutdown_signal().await;
+    let counts = sandbox.request_counts();
+    eprintln!("sandbox: requests served (endpoint: status=count):");
+    for (endpoint, by_status) in counts {
+        let parts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
+        eprintln!("  {endpoint}: {}", parts.join(" "));
+    }
+    sandbox.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn progress_spinner(message: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(message.to_string());
+    bar
+}
+
+async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let options = ListOptions {
+        sort: args.sort_by.map(|by| (by, args.sort_order)),
+        pagination: if args.offset { Pagination::Offset } else { Pagination::Cursor },
+        ..ListOptions::default()
+    };
+    let started = Instant::now();
+    let bar = progress_spinner("listing deleted tickets");
+    let mut tickets: Vec<DeletedTicket> = Vec::new();
+    let mut pages = client.list_deleted(options);
+    let limit = args.limit.unwrap_or(usize::MAX);
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        tickets.extend(page.tickets);
+        bar.set_message(format!("{} tickets, page {}", tickets.len(), page.number));
+        if tickets.len() >= limit {
+            tickets.truncate(limit);
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let stats = client.stats();
+    match args.format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&tickets)?),
+        OutputFormat::Csv => print!("{}", tickets_csv(&tickets)),
+        OutputFormat::Table => println!("{}", tickets_table(&tickets)),
+    }
+    eprintln!(
+        "{} tickets in {} requests ({} rate-limited, {} retries) in {:.1}s",
+        tickets.len(),
+        stats.total_sent(),
+        stats.rate_limited,
+        stats.retries,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn tickets_csv(tickets: &[DeletedTicket]) -> String {
+    let mut out = String::from("id,deleted_at,actor_id,actor_name,previous_state,subject\n");
+    for t in tickets {
+        let actor = t.actor.as_ref();
+        let row = [
+            t.id.to_string(),
+            t.deleted_at.map(|d| d.to_rfc3339()).unwrap_or_default(),
+            actor.and_then(|a| a.id).map(|i| i.to_string()).unwrap_or_default(),
+            actor.and_then(|a| a.name.clone()).unwrap_or_default(),
+            t.previous_state.clone().unwrap_or_default(),
+            t.subject.clone().unwrap_or_default(),
+        ];
+        out.push_str(&row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn tickets_table(tickets: &[DeletedTicket]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["id", "deleted at", "deleted by", "previous state", "subject"]);
+    for t in tickets {
+        let actor = t.actor.as_ref();
+        table.add_row([
+            t.id.to_string(),
+            t.deleted_at.map(|d| d.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "?".into()),
+            actor.and_then(|a| a.name.clone().or(a.id.map(|i| i.to_string()))).unwrap_or_default(),
+            t.previous_state.clone().unwrap_or_default(),
+            t.subject.clone().unwrap_or_else(|| "(none)".into()),
+        ]);
+    }
+    table
+}
+
+fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let file = config.source.as_ref().map_or("(config)".into(), |p| p.display().to_string());
+    println!("{file}: valid");
+    println!("  zendesk: {} (list {}, deep {}, account {}, at most {} jobs open)", config.zendesk.base_url, config.zendesk.limits.list, config.zendesk.limits.list_deep, config.zendesk.limits.account, config.zendesk.max_jobs_in_flight);
+    let next = crate::config::cron_parser()
+        .parse(&config.schedule.cron)
+        .ok()
+        .and_then(|c| c.find_next_occurrence(&chrono::Utc::now().with_timezone(&config.schedule.timezone), false).ok());
+    println!(
+        "  schedule: \"{}\" in {}{}",
+        config.schedule.cron,
+        config.schedule.timezone,
+        next.map(|n| format!(", next run {}", n.format("%Y-%m-%d %H:%M:%S %Z"))).unwrap_or_default()
+    );
+    println!(
+        "  safety: {}, min_age {}, at most {} purges per run, {} protected ids",
+        if config.safety.dry_run { "DRY RUN (nothing is purged)" } else { "LIVE (tickets are purged for good)" },
+        humantime::format_duration(config.policy.min_age),
+        config.safety.max_purges_per_run,
+        config.policy.protect_ids.len()
+    );
+    println!("  audit: {} (subjects {})", config.audit.database.display(), if config.audit.record_subjects { "recorded" } else { "not recorded" });
+    println!("  rules, first match decides, no match keeps:");
+    for (i, rule) in config.policy.rules.iter().enumerate() {
+        println!("    {}. {} {:?}: {}", i + 1, rule.action.as_str(), rule.name, rule.describe());
+    }
+    if config.policy.rules.is_empty() {
+        println!("    (none: every ticket is kept)");
+    }
+    match config.policy.purge_horizon() {
+        Some(h) if h < Duration::MAX => println!("  scan: sorted by deletion time, stops at tickets younger than {}", humantime::format_duration(h)),
+        Some(_) => println!("  scan: no purge rule, nothing to scan for"),
+        None => println!("  scan: full (a purge rule has no older_than)"),
+    }
+    if let Err(e) = config.auth() {
+        println!("  credential: {e}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    println!("  credential: found");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,689 @@
+//! The configuration: TOML read into raw serde structs (unknown keys
+//! refused), then validated once into typed values.
+//!
+//! This is the only module that reads files or the environment: the config
+//! file, the token (from a variable or a file) and `ZD_RETENTION_CONFIG`.
+//! Every error names the key, the line where there is one, what is wrong and
+//! how to fix it. The token is held as a `SecretString` from the moment it is
+//! read.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::RegexBuilder;
+use secrecy::SecretString;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+use url::Url;
+
+use crate::quota::RateQuota;
+use crate::rules::{Policy, RetentionRule, RuleAction};
+use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, check_base_url, subdomain_url};
+
+/// The environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "ZD_RETENTION_CONFIG";
+
+/// Zendesk's own ceiling on jobs queued or running per account.
+const ZENDESK_JOB_LIMIT: usize = 30;
+
+// ---------------------------------------------------------------- raw stage
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    zendesk: RawZendesk,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    safety: RawSafety,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZendesk {
+    subdomain: Option<Spanned<String>>,
+    base_url: Option<Spanned<String>>,
+    email: Option<Spanned<String>>,
+    token_env: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    oauth_token_env: Option<Spanned<String>>,
+    oauth_token_file: Option<Spanned<String>>,
+    request_timeout: Option<Spanned<String>>,
+    max_retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    list: Option<Spanned<String>>,
+    list_deep: Option<Spanned<String>>,
+    account: Option<Spanned<String>>,
+    max_jobs_in_flight: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    database: Option<String>,
+    record_subjects: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSafety {
+    dry_run: Option<bool>,
+    min_age: Option<Spanned<String>>,
+    max_purges_per_run: Option<Spanned<i64>>,
+    protect_ids: Option<Spanned<Vec<i64>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    action: Spanned<String>,
+    older_than: Option<Spanned<String>>,
+    younger_than: Option<Spanned<String>>,
+    previous_state: Option<Spanned<Vec<String>>>,
+    actor_ids: Option<Spanned<Vec<i64>>>,
+    actor_names: Option<Spanned<Vec<String>>>,
+    subject_matches: Option<Spanned<String>>,
+    match_all: Option<bool>,
+}
+
+// -------------------------------------------------------------- typed stage
+
+/// Where the API credential comes from; read only when a command needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    ApiTokenEnv { email: String, var: String },
+    ApiTokenFile { email: String, path: PathBuf },
+    OAuthEnv { var: String },
+    OAuthFile { path: PathBuf },
+}
+
+/// `[zendesk]`, validated.
+#[derive(Debug, Clone)]
+pub struct ZendeskSettings {
+    pub base_url: Url,
+    pub token: TokenSource,
+    pub limits: RateLimits,
+    pub max_jobs_in_flight: usize,
+    pub retry: RetryPolicy,
+}
+
+/// `[schedule]`, validated.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Six fields, seconds first (a five-field cron gets `0` prepended).
+    pub cron: String,
+    pub timezone: chrono_tz::Tz,
+    /// How long a stopping daemon follows open jobs before it gives up.
+    pub shutdown_grace: Duration,
+}
+
+/// `[audit]`, validated.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub database: PathBuf,
+    pub record_subjects: bool,
+}
+
+/// `[safety]`, validated.
+#[derive(Debug, Clone)]
+pub struct Safety {
+    pub dry_run: bool,
+    pub max_purges_per_run: u64,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    /// SHA-256 of the file's text, recorded with every run.
+    pub hash: String,
+    pub zendesk: ZendeskSettings,
+    pub schedule: Schedule,
+    pub audit: AuditSettings,
+    pub safety: Safety,
+    /// The rules with the safety floor (`min_age`, `protect_ids`).
+    pub policy: Policy,
+    /// `[server] listen`: health and metrics while `run` is up.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// One thing wrong with the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Everything wrong with a config file, each with its key and fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl std::error::Error for ConfigError {}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "{}: {n} problem{} in the config", self.file, if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            match p.line {
+                Some(line) => write!(f, "\n  line {line}: {}: {}", p.key, p.message)?,
+                None => write!(f, "\n  {}: {}", p.key, p.message)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while validating, with line numbers from spans.
+struct Checker<'a> {
+    text: &'a str,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn at<T>(&mut self, key: impl Into<String>, value: &Spanned<T>, message: impl Into<String>) {
+        let line = Some(self.line_of(value.span()));
+        self.problems.push(ConfigProblem { key: key.into(), line, message: message.into() });
+    }
+
+    fn whole(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem { key: key.into(), line: None, message: message.into() });
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<Spanned<String>>) -> Option<Duration> {
+        let v = value.as_ref()?;
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.at(key, v, format!("{:?} is not a duration ({e}); write it like \"7d\", \"12h\" or \"90m\"", v.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn quota(&mut self, key: &str, value: &Option<Spanned<String>>, default: RateQuota) -> RateQuota {
+        let Some(v) = value else { return default };
+        match v.get_ref().parse::<RateQuota>() {
+            Ok(q) => q,
+            Err(e) => {
+                self.at(key, v, e);
+                default
+            }
+        }
+    }
+
+    fn string(&mut self, key: &str, value: &Option<Spanned<String>>) -> Option<String> {
+        let v = value.as_ref()?;
+        if v.get_ref().trim().is_empty() {
+            self.at(key, v, "is empty; give a value or remove the key");
+            return None;
+        }
+        Some(v.get_ref().trim().to_string())
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![ConfigProblem {
+                key: "(file)".into(),
+                line: None,
+                message: format!("cannot read it: {e}; give an existing file with --config or {CONFIG_ENV}"),
+            }],
+        })?;
+        warn_if_world_readable(path);
+        let mut config = Self::parse(&text, &file)?;
+        config.source = Some(path.to_path_buf());
+        // A relative database path is taken relative to the working
+        // directory, as an operator typing commands expects.
+        Ok(config)
+    }
+
+    /// Validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            problems: vec![toml_problem(text, &e)],
+        })?;
+        let mut c = Checker { text, problems: Vec::new() };
+
+        // [zendesk]
+        let z = &raw.zendesk;
+        let base_url = match (&z.subdomain, &z.base_url) {
+            (Some(_), Some(b)) => {
+                c.at("zendesk.base_url", b, "give either zendesk.subdomain or zendesk.base_url, not both");
+                None
+            }
+            (Some(s), None) => subdomain_url(s.get_ref().trim()).map_err(|e| c.at("zendesk.subdomain", s, e)).ok(),
+            (None, Some(b)) => check_base_url(b.get_ref().trim()).map_err(|e| c.at("zendesk.base_url", b, e)).ok(),
+            (None, None) => {
+                c.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
+                None
+            }
+        };
+        let email = c.string("zendesk.email", &z.email);
+        let sources = [
+            ("token_env", &z.token_env),
+            ("token_file", &z.token_file),
+            ("oauth_token_env", &z.oauth_token_env),
+            ("oauth_token_file", &z.oauth_token_file),
+        ];
+        let given: Vec<&str> = sources.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect();
+        let token = match given.as_slice() {
+            [] => {
+                c.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
+                None
+            }
+            [one] => {
+                let key = format!("zendesk.{one}");
+                let value = sources.iter().find(|(k, _)| k == one).and_then(|(_, v)| v.as_ref());
+                let value = value.map(|v| v.get_ref().trim().to_string()).unwrap_or_default();
+                if value.is_empty() {
+                    c.whole(&key, "is empty: name an environment variable or a file");
+                    None
+                } else {
+                    match (*one, email.clone()) {
+                        ("token_env", Some(email)) => Some(TokenSource::ApiTokenEnv { email, var: value }),
+                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile { email, path: value.into() }),
+                        ("token_env" | "token_file", None) => {
+                            c.whole("zendesk.email", "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
+                            None
+                        }
+                        ("oauth_token_env", _) => Some(TokenSource::OAuthEnv { var: value }),
+                        _ => Some(TokenSource::OAuthFile { path: value.into() }),
+                    }
+                }
+            }
+            many => {
+                c.whole("zendesk", format!("{} are all set; keep exactly one credential source", many.join(", ")));
+                None
+            }
+        };
+        let defaults = RateLimits::default();
+        let limits = RateLimits {
+            list: c.quota("zendesk.rate_limits.list", &z.rate_limits.list, defaults.list),
+            list_deep: c.quota("zendesk.rate_limits.list_deep", &z.rate_limits.list_deep, defaults.list_deep),
+            account: c.quota("zendesk.rate_limits.account", &z.rate_limits.account, defaults.account),
+        };
+        let max_jobs_in_flight = match &z.rate_limits.max_jobs_in_flight {
+            None => 10,
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
+                _ => {
+                    c.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
+                    10
+                }
+            },
+        };
+        let mut retry = RetryPolicy::default();
+        if let Some(t) = c.duration("zendesk.request_timeout", &z.request_timeout) {
+            if t.is_zero() {
+                c.whole("zendesk.request_timeout", "must be above zero, for example \"30s\"");
+            } else {
+                retry.request_timeout = t;
+            }
+        }
+        if let Some(v) = &z.max_retries {
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if n <= 20 => retry.max_retries = n,
+                _ => c.at("zendesk.max_retries", v, format!("{} is out of range: use 0 to 20", v.get_ref())),
+            }
+        }
+
+        // [schedule]
+        let cron = match &raw.schedule.cron {
+            None => "0 */15 * * * *".to_string(),
+            Some(v) => match normalise_cron(v.get_ref()) {
+                Ok(cron) => cron,
+                Err(e) => {
+                    c.at("schedule.cron", v, e);
+                    String::new()
+                }
+            },
+        };
+        let timezone = match &raw.schedule.timezone {
+            None => chrono_tz::UTC,
+            Some(v) => v.get_ref().trim().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                c.at("schedule.timezone", v, format!("{:?} is not an IANA time zone; write it like \"UTC\" or \"Europe/Berlin\"", v.get_ref()));
+                chrono_tz::UTC
+            }),
+        };
+        let shutdown_grace = c.duration("schedule.shutdown_grace", &raw.schedule.shutdown_grace).unwrap_or(Duration::from_secs(25));
+
+        // [audit]
+        let database = raw.audit.database.clone().unwrap_or_else(|| "zd-retention.db".into());
+        if database.trim().is_empty() {
+            c.whole("audit.database", "is empty: give a file path such as \"zd-retention.db\"");
+        }
+
+        // [safety]
+        let s = &raw.safety;
+        let min_age = c.duration("safety.min_age", &s.min_age).unwrap_or(Duration::from_secs(3600));
+        let max_purges_per_run = match &s.max_purges_per_run {
+            None => 5000,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
+            Some(v) => {
+                c.at("safety.max_purges_per_run", v, format!("{} is not allowed: give a positive number, such as 5000", v.get_ref()));
+                0
+            }
+        };
+        let mut protect_ids = BTreeSet::new();
+        if let Some(v) = &s.protect_ids {
+            for id in v.get_ref() {
+                match u64::try_from(*id) {
+                    Ok(id) if id > 0 => {
+                        protect_ids.insert(id);
+                    }
+                    _ => c.at("safety.protect_ids", v, format!("{id} is not a ticket id: ids are positive whole numbers")),
+                }
+            }
+        }
+
+        // [server]
+        let listen = raw.server.listen.as_ref().and_then(|v| {
+            v.get_ref().trim().parse().map_err(|_| c.at("server.listen", v, format!("{:?} is not an address: write it like \"127.0.0.1:9464\"", v.get_ref()))).ok()
+        });
+
+        // [[rules]]
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, spanned) in raw.rules.iter().enumerate() {
+            let r = spanned.get_ref();
+            let key = |field: &str| format!("rules[{i}].{field}");
+            let name = r.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                c.at(key("name"), &r.name, "is empty: give each rule a short unique name");
+            } else if !names.insert(name.clone()) {
+                c.at(key("name"), &r.name, format!("{name:?} is used by an earlier rule: rule names must be unique"));
+            }
+            let action = match r.action.get_ref().trim() {
+                "purge" => RuleAction::Purge,
+                "keep" => RuleAction::Keep,
+                other => {
+                    c.at(key("action"), &r.action, format!("{other:?} is not an action: use \"purge\" or \"keep\""));
+                    RuleAction::Keep
+                }
+            };
+            let mut rule = RetentionRule::new(name.clone(), action);
+            rule.older_than = c.duration(&key("older_than"), &r.older_than);
+            rule.younger_than = c.duration(&key("younger_than"), &r.younger_than);
+            if let (Some(o), Some(y), Some(v)) = (rule.older_than, rule.younger_than, &r.younger_than)
+                && o >= y
+            {
+                c.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
+            }
+            if let Some(v) = &r.previous_state {
+                if v.get_ref().is_empty() {
+                    c.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
+                }
+                rule.previous_state = Some(v.get_ref().iter().map(|s| s.trim().to_lowercase()).collect());
+            }
+            if let Some(v) = &r.actor_ids {
+                let mut ids = BTreeSet::new();
+                for id in v.get_ref() {
+                    match u64::try_from(*id) {
+                        Ok(id) => {
+                            ids.insert(id);
+                        }
+                        Err(_) => c.at(key("actor_ids"), v, format!("{id} is not a user id: ids are positive whole numbers")),
+                    }
+                }
+                if v.get_ref().is_empty() {
+                    c.at(key("actor_ids"), v, "is an empty list: no ticket could match; list user ids or remove the key");
+                }
+                rule.actor_ids = Some(ids);
+            }
+            if let Some(v) = &r.actor_names {
+                if v.get_ref().is_empty() {
+                    c.at(key("actor_names"), v, "is an empty list: no ticket could match; list names or remove the key");
+                }
+                rule.actor_names = Some(v.get_ref().iter().map(|s| s.trim().to_lowercase()).collect());
+            }
+            if let Some(v) = &r.subject_matches {
+                match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
+                    Ok(re) => rule.subject_matches = Some(re),
+                    Err(e) => {
+                        let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                        c.at(key("subject_matches"), v, format!("{:?} is not a valid regular expression ({first}); see https://docs.rs/regex for the syntax", v.get_ref()));
+                    }
+                }
+            }
+            rule.match_all = r.match_all.unwrap_or(false);
+            if action == RuleAction::Purge && !rule.has_condition() && !rule.match_all && r.subject_matches.is_none() {
+                c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
+            }
+            if rule.match_all && rule.has_condition() {
+                c.at(key("name"), &r.name, "match_all = true together with conditions is ambiguous: remove match_all or the conditions");
+            }
+            rules.push(rule);
+        }
+
+        if !c.problems.is_empty() {
+            return Err(ConfigError { file: file.to_string(), problems: c.problems });
+        }
+        let (Some(base_url), Some(token)) = (base_url, token) else {
+            unreachable!("a missing URL or token always records a problem");
+        };
+        Ok(Config {
+            source: None,
+            hash: hex::encode(Sha256::digest(text.as_bytes())),
+            zendesk: ZendeskSettings { base_url, token, limits, max_jobs_in_flight, retry },
+            schedule: Schedule { cron, timezone, shutdown_grace },
+            audit: AuditSettings { database: PathBuf::from(database.trim()), record_subjects: raw.audit.record_subjects.unwrap_or(false) },
+            safety: Safety { dry_run: s.dry_run.unwrap_or(true), max_purges_per_run },
+            policy: Policy { rules, min_age, protect_ids },
+            listen,
+        })
+    }
+
+    /// Finds the config file: `--config`, else `ZD_RETENTION_CONFIG`.
+    pub fn locate(flag: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = flag {
+            return Ok(p.to_path_buf());
+        }
+        match std::env::var_os(CONFIG_ENV) {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(ConfigError {
+                file: "(no config file)".into(),
+                problems: vec![ConfigProblem {
+                    key: "--config".into(),
+                    line: None,
+                    message: format!("no config file given: pass --config PATH or set {CONFIG_ENV}; config/example.toml is a commented starting point"),
+                }],
+            }),
+        }
+    }
+
+    /// Reads the credential from its variable or file.
+    pub fn auth(&self) -> Result<Auth, ConfigError> {
+        read_auth(&self.zendesk.token).map_err(|(key, message)| ConfigError {
+            file: self.source.as_ref().map_or("(config)".into(), |p| p.display().to_string()),
+            problems: vec![ConfigProblem { key: key.into(), line: None, message }],
+        })
+    }
+
+    /// Everything the client needs, the credential read now.
+    pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
+        Ok(ClientConfig {
+            base_url: self.zendesk.base_url.clone(),
+            auth: self.auth()?,
+            limits: self.zendesk.limits,
+            retry: self.zendesk.retry,
+        })
+    }
+}
+
+fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
+    let from_env = |key: &'static str, var: &str| -> Result<SecretString, (&'static str, String)> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+            Ok(_) => Err((key, format!("the environment variable {var} is empty: set it to the token"))),
+            Err(_) => Err((key, format!("the environment variable {var} is not set: export {var}=<token> (or use a token file)"))),
+        }
+    };
+    let from_file = |key: &'static str, path: &Path| -> Result<SecretString, (&'static str, String)> {
+        warn_if_world_readable(path);
+        match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+            Ok(_) => Err((key, format!("the token file {} is empty: write the token into it", path.display()))),
+            Err(e) => Err((key, format!("cannot read the token file {}: {e}", path.display()))),
+        }
+    };
+    Ok(match source {
+        TokenSource::ApiTokenEnv { email, var } => Auth::ApiToken { email: email.clone(), token: from_env("zendesk.token_env", var)? },
+        TokenSource::ApiTokenFile { email, path } => Auth::ApiToken { email: email.clone(), token: from_file("zendesk.token_file", path)? },
+        TokenSource::OAuthEnv { var } => Auth::OAuth { token: from_env("zendesk.oauth_token_env", var)? },
+        TokenSource::OAuthFile { path } => Auth::OAuth { token: from_file("zendesk.oauth_token_file", path)? },
+    })
+}
+
+/// Warns (without refusing: Kubernetes mounts secrets 0644) when others can
+/// read a file that holds or leads to a secret.
+fn warn_if_world_readable(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o004 != 0
+        {
+            tracing::warn!(file = %path.display(), "the file is readable by every user of this machine; consider chmod 600");
+        }
+    }
+}
+
+/// Turns a five-field cron into six (seconds first) and checks it with the
+/// same parser the scheduler uses.
+pub fn normalise_cron(text: &str) -> Result<String, String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let six = match fields.len() {
+        5 => format!("0 {}", fields.join(" ")),
+        6 => fields.join(" "),
+        n => {
+            return Err(format!("{text:?} has {n} fields: write 6 (sec min hour day month weekday), e.g. \"0 */15 * * * *\", or the usual 5"));
+        }
+    };
+    cron_parser()
+        .parse(&six)
+        .map_err(|e| format!("{text:?} is not a valid cron expression ({e}); e.g. \"0 */15 * * * *\" runs every 15 minutes"))?;
+    Ok(six)
+}
+
+/// The cron parser with the scheduler's settings.
+pub fn cron_parser() -> croner::parser::CronParser {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
+    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let message = e.message().trim().to_string();
+    // serde's unknown-field message names the key and the accepted ones
+    let fix = if message.contains("unknown field") {
+        "; remove it or correct its spelling (see config/example.toml)"
+    } else if message.contains("missing field") {
+        "; add it (see config/example.toml)"
+    } else if message.contains("invalid type") {
+        "; check the value's type (quotes for strings and durations, none for numbers)"
+    } else {
+        ""
+    };
+    let key = e
+        .span()
+        .and_then(|s| text.get(s.clone()))
+        .map(|s| s.trim().chars().take(40).collect::<String>())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "(syntax)".into());
+    ConfigProblem { key, line, message: format!("{message}{fix}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[zendesk]
+subdomain = "acme"
+email = "ops@acme.example"
+token_env = "ZENDESK_API_TOKEN"
+"#;
+
+    #[test]
+    fn minimal_config_takes_safe_defaults() {
+        let c = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert!(c.safety.dry_run);
+        assert_eq!(c.zendesk.base_url.as_str(), "https://acme.zendesk.com/");
+        assert_eq!(c.schedule.cron, "0 */15 * * * *");
+        assert_eq!(c.policy.min_age, Duration::from_secs(3600));
+        assert!(c.policy.rules.is_empty());
+        assert!(!c.audit.record_subjects);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = format!("{MINIMAL}\n[safety]\ndry_rnu = false\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("dry_rnu"), "{shown}");
+        assert_eq!(err.problems[0].line, Some(8), "{shown}");
+    }
+
+    #[test]
+    fn purge_rule_without_condition_is_refused_unless_match_all() {
+        let text = format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\n");
+        let err = Config::parse(&text, "t.toml").unwrap_err();
+        assert!(err.to_string().contains("match_all = true"), "{err}");
+        let text = format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\nmatch_all = true\n");
+        assert!(Config::parse(&text, "t.toml").is_ok());
+    }
+
+    #[test]
+    fn five_field_cron_gains_seconds() {
+        assert_eq!(normalise_cron("*/5 * * * *").unwrap(), "0 */5 * * * *");
+        assert!(normalise_cron("every tuesday").is_err());
+        assert!(normalise_cron("0 61 * * * *").is_err());
+    }
+}

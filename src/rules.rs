@@ -1,0 +1,338 @@
+//! The rule engine: a pure function of (ticket, now) to a decision.
+//!
+//! No IO, no clock reads, no failure: the cycle passes the time in, the
+//! config module builds the rules. The safety floor (protected ids, the
+//! minimum age, an unknown deletion time) always wins over a purge rule.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+
+use crate::zendesk::{DeletedTicket, TicketId};
+
+/// What a rule does with the tickets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    Purge,
+    Keep,
+}
+
+impl RuleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Purge => "purge",
+            Self::Keep => "keep",
+        }
+    }
+}
+
+/// One `[[rules]]` entry, validated. Every condition present must hold.
+#[derive(Debug, Clone)]
+pub struct RetentionRule {
+    pub name: String,
+    pub action: RuleAction,
+    /// Deleted at least this long ago.
+    pub older_than: Option<Duration>,
+    /// Deleted less than this long ago.
+    pub younger_than: Option<Duration>,
+    /// Status before deletion, lower case.
+    pub previous_state: Option<BTreeSet<String>>,
+    pub actor_ids: Option<BTreeSet<u64>>,
+    /// Compared without regard to case.
+    pub actor_names: Option<BTreeSet<String>>,
+    pub subject_matches: Option<Regex>,
+    /// Set on a purge rule that has no condition on purpose.
+    pub match_all: bool,
+}
+
+impl RetentionRule {
+    /// A rule with no condition, for building rules in code and tests.
+    pub fn new(name: impl Into<String>, action: RuleAction) -> Self {
+        Self {
+            name: name.into(),
+            action,
+            older_than: None,
+            younger_than: None,
+            previous_state: None,
+            actor_ids: None,
+            actor_names: None,
+            subject_matches: None,
+            match_all: false,
+        }
+    }
+
+    pub fn has_condition(&self) -> bool {
+        self.older_than.is_some()
+            || self.younger_than.is_some()
+            || self.previous_state.is_some()
+            || self.actor_ids.is_some()
+            || self.actor_names.is_some()
+            || self.subject_matches.is_some()
+    }
+
+    /// Whether every condition holds for the ticket at `now`.
+    pub fn matches(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> bool {
+        let age = age_of(ticket, now);
+        if let Some(min) = self.older_than
+            && !age.is_some_and(|a| a >= min)
+        {
+            return false;
+        }
+        if let Some(max) = self.younger_than
+            && !age.is_some_and(|a| a < max)
+        {
+            return false;
+        }
+        if let Some(states) = &self.previous_state {
+            let state = ticket.previous_state.as_deref().map(str::to_lowercase);
+            if !state.is_some_and(|s| states.contains(&s)) {
+                return false;
+            }
+        }
+        let actor = ticket.actor.as_ref();
+        if let Some(ids) = &self.actor_ids
+            && !actor.and_then(|a| a.id).is_some_and(|id| ids.contains(&id))
+        {
+            return false;
+        }
+        if let Some(names) = &self.actor_names {
+            let name = actor.and_then(|a| a.name.as_deref()).map(str::to_lowercase);
+            if !name.is_some_and(|n| names.contains(&n)) {
+                return false;
+            }
+        }
+        if let Some(re) = &self.subject_matches
+            && !ticket.subject.as_deref().is_some_and(|s| re.is_match(s))
+        {
+            return false;
+        }
+        true
+    }
+
+    /// A one-line description of the conditions, for summaries.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = self.older_than {
+            parts.push(format!("deleted more than {} ago", humantime::format_duration(d)));
+        }
+        if let Some(d) = self.younger_than {
+            parts.push(format!("deleted less than {} ago", humantime::format_duration(d)));
+        }
+        if let Some(s) = &self.previous_state {
+            parts.push(format!("previous state in {}", join(s)));
+        }
+        if let Some(ids) = &self.actor_ids {
+            parts.push(format!("deleted by actor id {}", join(ids)));
+        }
+        if let Some(names) = &self.actor_names {
+            parts.push(format!("deleted by {}", join(names)));
+        }
+        if let Some(re) = &self.subject_matches {
+            parts.push(format!("subject matches /{}/", re.as_str()));
+        }
+        if parts.is_empty() {
+            "every ticket".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+fn join<T: fmt::Display>(items: &BTreeSet<T>) -> String {
+    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// How long ago the ticket was deleted; `None` when unknown. A deletion time
+/// in the future counts as age zero.
+pub fn age_of(ticket: &DeletedTicket, now: DateTime<Utc>) -> Option<Duration> {
+    let deleted = ticket.deleted_at?;
+    Some((now - deleted).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Why a ticket is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeepReason {
+    /// A keep rule matched first.
+    Rule(String),
+    NoRuleMatched,
+    /// In `protect_ids`.
+    Protected,
+    /// A purge rule matched but the ticket is younger than `min_age`.
+    TooYoung { rule: String },
+    /// A purge rule matched but Zendesk gave no readable `deleted_at`.
+    UnknownAge { rule: String },
+}
+
+/// What the engine decides for one ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Purge { rule: String },
+    Keep(KeepReason),
+}
+
+impl Decision {
+    pub fn is_purge(&self) -> bool {
+        matches!(self, Self::Purge { .. })
+    }
+
+    /// The rule that decided, if any.
+    pub fn rule(&self) -> Option<&str> {
+        match self {
+            Self::Purge { rule }
+            | Self::Keep(KeepReason::Rule(rule))
+            | Self::Keep(KeepReason::TooYoung { rule })
+            | Self::Keep(KeepReason::UnknownAge { rule }) => Some(rule),
+            Self::Keep(KeepReason::NoRuleMatched | KeepReason::Protected) => None,
+        }
+    }
+
+    /// A short stable name for the audit store: `purge`, `keep_rule`, ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Purge { .. } => "purge",
+            Self::Keep(KeepReason::Rule(_)) => "keep_rule",
+            Self::Keep(KeepReason::NoRuleMatched) => "keep_no_rule",
+            Self::Keep(KeepReason::Protected) => "keep_protected",
+            Self::Keep(KeepReason::TooYoung { .. }) => "keep_too_young",
+            Self::Keep(KeepReason::UnknownAge { .. }) => "keep_unknown_age",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Purge { rule } => write!(f, "purge by rule {rule:?}"),
+            Self::Keep(KeepReason::Rule(rule)) => write!(f, "keep by rule {rule:?}"),
+            Self::Keep(KeepReason::NoRuleMatched) => f.write_str("keep: no rule matched"),
+            Self::Keep(KeepReason::Protected) => f.write_str("keep: the id is in safety.protect_ids"),
+            Self::Keep(KeepReason::TooYoung { rule }) => {
+                write!(f, "keep: rule {rule:?} matched but the ticket is younger than safety.min_age")
+            }
+            Self::Keep(KeepReason::UnknownAge { rule }) => {
+                write!(f, "keep: rule {rule:?} matched but the deletion time is unknown")
+            }
+        }
+    }
+}
+
+/// The ordered rules with the safety floor.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub rules: Vec<RetentionRule>,
+    pub min_age: Duration,
+    pub protect_ids: BTreeSet<TicketId>,
+}
+
+impl Policy {
+    /// The first matching rule decides; no match keeps. Protected ids, tickets
+    /// younger than `min_age` and tickets of unknown age are never purged.
+    pub fn decide(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> Decision {
+        if self.protect_ids.contains(&ticket.id) {
+            return Decision::Keep(KeepReason::Protected);
+        }
+        let Some(rule) = self.rules.iter().find(|r| r.matches(ticket, now)) else {
+            return Decision::Keep(KeepReason::NoRuleMatched);
+        };
+        match rule.action {
+            RuleAction::Keep => Decision::Keep(KeepReason::Rule(rule.name.clone())),
+            RuleAction::Purge => match age_of(ticket, now) {
+                None => Decision::Keep(KeepReason::UnknownAge { rule: rule.name.clone() }),
+                Some(age) if age < self.min_age => {
+                    Decision::Keep(KeepReason::TooYoung { rule: rule.name.clone() })
+                }
+                Some(_) => Decision::Purge { rule: rule.name.clone() },
+            },
+        }
+    }
+
+    /// When every purge rule requires a minimum age, the youngest age at
+    /// which anything can be purged: a listing sorted by `deleted_at` may
+    /// stop at the first ticket younger than this. `None` when some purge rule
+    /// can select tickets of any age.
+    pub fn purge_horizon(&self) -> Option<Duration> {
+        let mut horizon: Option<Duration> = None;
+        for rule in self.rules.iter().filter(|r| r.action == RuleAction::Purge) {
+            let older = rule.older_than?;
+            horizon = Some(horizon.map_or(older, |h| h.min(older)));
+        }
+        Some(horizon.unwrap_or(Duration::MAX).max(self.min_age))
+    }
+
+    pub fn purge_rules(&self) -> impl Iterator<Item = &RetentionRule> {
+        self.rules.iter().filter(|r| r.action == RuleAction::Purge)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zendesk::Actor;
+
+    fn ticket(id: u64, age_hours: i64, state: &str, actor: u64) -> (DeletedTicket, DateTime<Utc>) {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z").unwrap().with_timezone(&Utc);
+        (
+            DeletedTicket {
+                id,
+                subject: Some(format!("Ticket {id}")),
+                actor: Some(Actor { id: Some(actor), name: Some("Ada".into()) }),
+                deleted_at: Some(now - chrono::Duration::hours(age_hours)),
+                previous_state: Some(state.into()),
+            },
+            now,
+        )
+    }
+
+    fn purge_closed_after(days: u64) -> RetentionRule {
+        RetentionRule {
+            previous_state: Some(["closed".to_string()].into()),
+            older_than: Some(Duration::from_secs(days * 86_400)),
+            ..RetentionRule::new("closed", RuleAction::Purge)
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_decides() {
+        let keep = RetentionRule {
+            actor_ids: Some([7].into()),
+            ..RetentionRule::new("hold", RuleAction::Keep)
+        };
+        let policy = Policy { rules: vec![keep, purge_closed_after(7)], ..Policy::default() };
+        let (t, now) = ticket(1, 24 * 8, "closed", 7);
+        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::Rule("hold".into())));
+        let (t, now) = ticket(1, 24 * 8, "closed", 8);
+        assert_eq!(policy.decide(&t, now), Decision::Purge { rule: "closed".into() });
+        let (t, now) = ticket(1, 24 * 6, "closed", 8);
+        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::NoRuleMatched));
+        let (t, now) = ticket(1, 24 * 8, "Open", 8);
+        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::NoRuleMatched));
+    }
+
+    #[test]
+    fn safety_floor_wins_over_purge_rules() {
+        let all = RetentionRule { match_all: true, ..RetentionRule::new("all", RuleAction::Purge) };
+        let policy = Policy {
+            rules: vec![all],
+            min_age: Duration::from_secs(3600),
+            protect_ids: [5].into(),
+        };
+        let (t, now) = ticket(5, 100, "closed", 1);
+        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::Protected));
+        let (mut t, now) = ticket(6, 0, "closed", 1);
+        assert!(matches!(policy.decide(&t, now), Decision::Keep(KeepReason::TooYoung { .. })));
+        t.deleted_at = None;
+        assert!(matches!(policy.decide(&t, now), Decision::Keep(KeepReason::UnknownAge { .. })));
+    }
+
+    #[test]
+    fn horizon_needs_an_age_on_every_purge_rule() {
+        let mut policy = Policy { rules: vec![purge_closed_after(7)], min_age: Duration::from_secs(3600), ..Policy::default() };
+        assert_eq!(policy.purge_horizon(), Some(Duration::from_secs(7 * 86_400)));
+        policy.rules.push(RetentionRule { actor_ids: Some([1].into()), ..RetentionRule::new("bot", RuleAction::Purge) });
+        assert_eq!(policy.purge_horizon(), None);
+    }
+}
