@@ -45,10 +45,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve a fake Zendesk account on loopback for tests and trials.
-    #[command(after_help = "Example:\n  zd-retention sandbox --listen 127.0.0.1:8089 --tickets 10000 --seed 42 --time-scale 60\n  curl -u 'a@b.c/token:x' 'http://127.0.0.1:8089/api/v2/deleted_tickets.json?page[size]=100'")]
+    #[command(
+        after_help = "Example:\n  zd-retention sandbox --listen 127.0.0.1:8089 --tickets 10000 --seed 42 --time-scale 60\n  curl -u 'a@b.c/token:x' 'http://127.0.0.1:8089/api/v2/deleted_tickets.json?page[size]=100'"
+    )]
     Sandbox(SandboxArgs),
     /// List the account's soft-deleted tickets.
-    #[command(after_help = "Example:\n  ZENDESK_API_TOKEN=x zd-retention list --config config/sandbox.toml --format json --limit 20")]
+    #[command(
+        after_help = "Example:\n  ZENDESK_API_TOKEN=x zd-retention list --config config/sandbox.toml --format json --limit 20"
+    )]
     List(ListArgs),
     /// Validate the config file and summarise its rules (exit 2 on errors).
     #[command(after_help = "Example:\n  zd-retention check-config --config config/example.toml")]
@@ -149,7 +153,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() { EXIT_USAGE } else { EXIT_FAILED };
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            };
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
@@ -168,7 +176,10 @@ pub fn client_from(config: &Config) -> anyhow::Result<ZendeskClient> {
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
-        anyhow::bail!("--time-scale must be a positive number, got {}", args.time_scale);
+        anyhow::bail!(
+            "--time-scale must be a positive number, got {}",
+            args.time_scale
+        );
     }
     for (name, share) in [
         ("--fault-5xx", args.fault_5xx),
@@ -191,7 +202,10 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         job_delay: args.job_delay,
         job_ttl: args.job_ttl,
         max_jobs: args.max_jobs,
-        limits: SandboxLimits { account: args.account_limit, ..SandboxLimits::default() },
+        limits: SandboxLimits {
+            account: args.account_limit,
+            ..SandboxLimits::default()
+        },
         faults: Faults {
             server_errors: args.fault_5xx,
             rate_limits: args.fault_429,
@@ -217,7 +231,10 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         sandbox.base_url(),
         args.time_scale
     );
-    eprintln!("try: curl -u 'a@b.c/token:x' '{}/api/v2/deleted_tickets.json?page[size]=100'", sandbox.base_url());
+    eprintln!(
+        "try: curl -u 'a@b.c/token:x' '{}/api/v2/deleted_tickets.json?page[size]=100'",
+        sandbox.base_url()
+    );
     shutdown_signal().await;
     let counts = sandbox.request_counts();
     eprintln!("sandbox: requests served (endpoint: status=count):");
@@ -234,13 +251,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -267,7 +285,11 @@ async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCod
     let client = client_from(&config)?;
     let options = ListOptions {
         sort: args.sort_by.map(|by| (by, args.sort_order)),
-        pagination: if args.offset { Pagination::Offset } else { Pagination::Cursor },
+        pagination: if args.offset {
+            Pagination::Offset
+        } else {
+            Pagination::Cursor
+        },
         ..ListOptions::default()
     };
     let started = Instant::now();
@@ -317,12 +339,20 @@ fn tickets_csv(tickets: &[DeletedTicket]) -> String {
         let row = [
             t.id.to_string(),
             t.deleted_at.map(|d| d.to_rfc3339()).unwrap_or_default(),
-            actor.and_then(|a| a.id).map(|i| i.to_string()).unwrap_or_default(),
+            actor
+                .and_then(|a| a.id)
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
             actor.and_then(|a| a.name.clone()).unwrap_or_default(),
             t.previous_state.clone().unwrap_or_default(),
             t.subject.clone().unwrap_or_default(),
         ];
-        out.push_str(&row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+        out.push_str(
+            &row.iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out.push('\n');
     }
     out
@@ -331,13 +361,23 @@ fn tickets_csv(tickets: &[DeletedTicket]) -> String {
 fn tickets_table(tickets: &[DeletedTicket]) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(["id", "deleted at", "deleted by", "previous state", "subject"]);
+    table.set_header([
+        "id",
+        "deleted at",
+        "deleted by",
+        "previous state",
+        "subject",
+    ]);
     for t in tickets {
         let actor = t.actor.as_ref();
         table.add_row([
             t.id.to_string(),
-            t.deleted_at.map(|d| d.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "?".into()),
-            actor.and_then(|a| a.name.clone().or(a.id.map(|i| i.to_string()))).unwrap_or_default(),
+            t.deleted_at
+                .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "?".into()),
+            actor
+                .and_then(|a| a.name.clone().or(a.id.map(|i| i.to_string())))
+                .unwrap_or_default(),
             t.previous_state.clone().unwrap_or_default(),
             t.subject.clone().unwrap_or_else(|| "(none)".into()),
         ]);
@@ -353,36 +393,74 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let file = config.source.as_ref().map_or("(config)".into(), |p| p.display().to_string());
+    let file = config
+        .source
+        .as_ref()
+        .map_or("(config)".into(), |p| p.display().to_string());
     println!("{file}: valid");
-    println!("  zendesk: {} (list {}, deep {}, account {}, at most {} jobs open)", config.zendesk.base_url, config.zendesk.limits.list, config.zendesk.limits.list_deep, config.zendesk.limits.account, config.zendesk.max_jobs_in_flight);
+    println!(
+        "  zendesk: {} (list {}, deep {}, account {}, at most {} jobs open)",
+        config.zendesk.base_url,
+        config.zendesk.limits.list,
+        config.zendesk.limits.list_deep,
+        config.zendesk.limits.account,
+        config.zendesk.max_jobs_in_flight
+    );
     let next = crate::config::cron_parser()
         .parse(&config.schedule.cron)
         .ok()
-        .and_then(|c| c.find_next_occurrence(&chrono::Utc::now().with_timezone(&config.schedule.timezone), false).ok());
+        .and_then(|c| {
+            c.find_next_occurrence(
+                &chrono::Utc::now().with_timezone(&config.schedule.timezone),
+                false,
+            )
+            .ok()
+        });
     println!(
         "  schedule: \"{}\" in {}{}",
         config.schedule.cron,
         config.schedule.timezone,
-        next.map(|n| format!(", next run {}", n.format("%Y-%m-%d %H:%M:%S %Z"))).unwrap_or_default()
+        next.map(|n| format!(", next run {}", n.format("%Y-%m-%d %H:%M:%S %Z")))
+            .unwrap_or_default()
     );
     println!(
         "  safety: {}, min_age {}, at most {} purges per run, {} protected ids",
-        if config.safety.dry_run { "DRY RUN (nothing is purged)" } else { "LIVE (tickets are purged for good)" },
+        if config.safety.dry_run {
+            "DRY RUN (nothing is purged)"
+        } else {
+            "LIVE (tickets are purged for good)"
+        },
         humantime::format_duration(config.policy.min_age),
         config.safety.max_purges_per_run,
         config.policy.protect_ids.len()
     );
-    println!("  audit: {} (subjects {})", config.audit.database.display(), if config.audit.record_subjects { "recorded" } else { "not recorded" });
+    println!(
+        "  audit: {} (subjects {})",
+        config.audit.database.display(),
+        if config.audit.record_subjects {
+            "recorded"
+        } else {
+            "not recorded"
+        }
+    );
     println!("  rules, first match decides, no match keeps:");
     for (i, rule) in config.policy.rules.iter().enumerate() {
-        println!("    {}. {} {:?}: {}", i + 1, rule.action.as_str(), rule.name, rule.describe());
+        println!(
+            "    {}. {} {:?}: {}",
+            i + 1,
+            rule.action.as_str(),
+            rule.name,
+            rule.describe()
+        );
     }
     if config.policy.rules.is_empty() {
         println!("    (none: every ticket is kept)");
     }
     match config.policy.purge_horizon() {
-        Some(h) if h < Duration::MAX => println!("  scan: sorted by deletion time, stops at tickets younger than {}", humantime::format_duration(h)),
+        Some(h) if h < Duration::MAX => println!(
+            "  scan: sorted by deletion time, stops at tickets younger than {}",
+            humantime::format_duration(h)
+        ),
         Some(_) => println!("  scan: no purge rule, nothing to scan for"),
         None => println!("  scan: full (a purge rule has no older_than)"),
     }

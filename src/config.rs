@@ -198,7 +198,12 @@ impl std::error::Error for ConfigError {}
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        write!(f, "{}: {n} problem{} in the config", self.file, if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{}: {n} problem{} in the config",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
         for p in &self.problems {
             match p.line {
                 Some(line) => write!(f, "\n  line {line}: {}: {}", p.key, p.message)?,
@@ -217,16 +222,27 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn line_of(&self, span: std::ops::Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn at<T>(&mut self, key: impl Into<String>, value: &Spanned<T>, message: impl Into<String>) {
         let line = Some(self.line_of(value.span()));
-        self.problems.push(ConfigProblem { key: key.into(), line, message: message.into() });
+        self.problems.push(ConfigProblem {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn whole(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(ConfigProblem { key: key.into(), line: None, message: message.into() });
+        self.problems.push(ConfigProblem {
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        });
     }
 
     fn duration(&mut self, key: &str, value: &Option<Spanned<String>>) -> Option<Duration> {
@@ -234,13 +250,25 @@ impl Checker<'_> {
         match humantime::parse_duration(v.get_ref()) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.at(key, v, format!("{:?} is not a duration ({e}); write it like \"7d\", \"12h\" or \"90m\"", v.get_ref()));
+                self.at(
+                    key,
+                    v,
+                    format!(
+                        "{:?} is not a duration ({e}); write it like \"7d\", \"12h\" or \"90m\"",
+                        v.get_ref()
+                    ),
+                );
                 None
             }
         }
     }
 
-    fn quota(&mut self, key: &str, value: &Option<Spanned<String>>, default: RateQuota) -> RateQuota {
+    fn quota(
+        &mut self,
+        key: &str,
+        value: &Option<Spanned<String>>,
+        default: RateQuota,
+    ) -> RateQuota {
         let Some(v) = value else { return default };
         match v.get_ref().parse::<RateQuota>() {
             Ok(q) => q,
@@ -270,7 +298,9 @@ impl Config {
             problems: vec![ConfigProblem {
                 key: "(file)".into(),
                 line: None,
-                message: format!("cannot read it: {e}; give an existing file with --config or {CONFIG_ENV}"),
+                message: format!(
+                    "cannot read it: {e}; give an existing file with --config or {CONFIG_ENV}"
+                ),
             }],
         })?;
         warn_if_world_readable(path);
@@ -287,17 +317,28 @@ impl Config {
             file: file.to_string(),
             problems: vec![toml_problem(text, &e)],
         })?;
-        let mut c = Checker { text, problems: Vec::new() };
+        let mut c = Checker {
+            text,
+            problems: Vec::new(),
+        };
 
         // [zendesk]
         let z = &raw.zendesk;
         let base_url = match (&z.subdomain, &z.base_url) {
             (Some(_), Some(b)) => {
-                c.at("zendesk.base_url", b, "give either zendesk.subdomain or zendesk.base_url, not both");
+                c.at(
+                    "zendesk.base_url",
+                    b,
+                    "give either zendesk.subdomain or zendesk.base_url, not both",
+                );
                 None
             }
-            (Some(s), None) => subdomain_url(s.get_ref().trim()).map_err(|e| c.at("zendesk.subdomain", s, e)).ok(),
-            (None, Some(b)) => check_base_url(b.get_ref().trim()).map_err(|e| c.at("zendesk.base_url", b, e)).ok(),
+            (Some(s), None) => subdomain_url(s.get_ref().trim())
+                .map_err(|e| c.at("zendesk.subdomain", s, e))
+                .ok(),
+            (None, Some(b)) => check_base_url(b.get_ref().trim())
+                .map_err(|e| c.at("zendesk.base_url", b, e))
+                .ok(),
             (None, None) => {
                 c.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
                 None
@@ -310,7 +351,11 @@ impl Config {
             ("oauth_token_env", &z.oauth_token_env),
             ("oauth_token_file", &z.oauth_token_file),
         ];
-        let given: Vec<&str> = sources.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| *k).collect();
+        let given: Vec<&str> = sources
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
         let token = match given.as_slice() {
             [] => {
                 c.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
@@ -318,15 +363,25 @@ impl Config {
             }
             [one] => {
                 let key = format!("zendesk.{one}");
-                let value = sources.iter().find(|(k, _)| k == one).and_then(|(_, v)| v.as_ref());
-                let value = value.map(|v| v.get_ref().trim().to_string()).unwrap_or_default();
+                let value = sources
+                    .iter()
+                    .find(|(k, _)| k == one)
+                    .and_then(|(_, v)| v.as_ref());
+                let value = value
+                    .map(|v| v.get_ref().trim().to_string())
+                    .unwrap_or_default();
                 if value.is_empty() {
                     c.whole(&key, "is empty: name an environment variable or a file");
                     None
                 } else {
                     match (*one, email.clone()) {
-                        ("token_env", Some(email)) => Some(TokenSource::ApiTokenEnv { email, var: value }),
-                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile { email, path: value.into() }),
+                        ("token_env", Some(email)) => {
+                            Some(TokenSource::ApiTokenEnv { email, var: value })
+                        }
+                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile {
+                            email,
+                            path: value.into(),
+                        }),
                         ("token_env" | "token_file", None) => {
                             c.whole("zendesk.email", "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
                             None
@@ -337,15 +392,33 @@ impl Config {
                 }
             }
             many => {
-                c.whole("zendesk", format!("{} are all set; keep exactly one credential source", many.join(", ")));
+                c.whole(
+                    "zendesk",
+                    format!(
+                        "{} are all set; keep exactly one credential source",
+                        many.join(", ")
+                    ),
+                );
                 None
             }
         };
         let defaults = RateLimits::default();
         let limits = RateLimits {
-            list: c.quota("zendesk.rate_limits.list", &z.rate_limits.list, defaults.list),
-            list_deep: c.quota("zendesk.rate_limits.list_deep", &z.rate_limits.list_deep, defaults.list_deep),
-            account: c.quota("zendesk.rate_limits.account", &z.rate_limits.account, defaults.account),
+            list: c.quota(
+                "zendesk.rate_limits.list",
+                &z.rate_limits.list,
+                defaults.list,
+            ),
+            list_deep: c.quota(
+                "zendesk.rate_limits.list_deep",
+                &z.rate_limits.list_deep,
+                defaults.list_deep,
+            ),
+            account: c.quota(
+                "zendesk.rate_limits.account",
+                &z.rate_limits.account,
+                defaults.account,
+            ),
         };
         let max_jobs_in_flight = match &z.rate_limits.max_jobs_in_flight {
             None => 10,
@@ -360,7 +433,10 @@ impl Config {
         let mut retry = RetryPolicy::default();
         if let Some(t) = c.duration("zendesk.request_timeout", &z.request_timeout) {
             if t.is_zero() {
-                c.whole("zendesk.request_timeout", "must be above zero, for example \"30s\"");
+                c.whole(
+                    "zendesk.request_timeout",
+                    "must be above zero, for example \"30s\"",
+                );
             } else {
                 retry.request_timeout = t;
             }
@@ -368,7 +444,11 @@ impl Config {
         if let Some(v) = &z.max_retries {
             match usize::try_from(*v.get_ref()) {
                 Ok(n) if n <= 20 => retry.max_retries = n,
-                _ => c.at("zendesk.max_retries", v, format!("{} is out of range: use 0 to 20", v.get_ref())),
+                _ => c.at(
+                    "zendesk.max_retries",
+                    v,
+                    format!("{} is out of range: use 0 to 20", v.get_ref()),
+                ),
             }
         }
 
@@ -390,22 +470,40 @@ impl Config {
                 chrono_tz::UTC
             }),
         };
-        let shutdown_grace = c.duration("schedule.shutdown_grace", &raw.schedule.shutdown_grace).unwrap_or(Duration::from_secs(25));
+        let shutdown_grace = c
+            .duration("schedule.shutdown_grace", &raw.schedule.shutdown_grace)
+            .unwrap_or(Duration::from_secs(25));
 
         // [audit]
-        let database = raw.audit.database.clone().unwrap_or_else(|| "zd-retention.db".into());
+        let database = raw
+            .audit
+            .database
+            .clone()
+            .unwrap_or_else(|| "zd-retention.db".into());
         if database.trim().is_empty() {
-            c.whole("audit.database", "is empty: give a file path such as \"zd-retention.db\"");
+            c.whole(
+                "audit.database",
+                "is empty: give a file path such as \"zd-retention.db\"",
+            );
         }
 
         // [safety]
         let s = &raw.safety;
-        let min_age = c.duration("safety.min_age", &s.min_age).unwrap_or(Duration::from_secs(3600));
+        let min_age = c
+            .duration("safety.min_age", &s.min_age)
+            .unwrap_or(Duration::from_secs(3600));
         let max_purges_per_run = match &s.max_purges_per_run {
             None => 5000,
             Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
             Some(v) => {
-                c.at("safety.max_purges_per_run", v, format!("{} is not allowed: give a positive number, such as 5000", v.get_ref()));
+                c.at(
+                    "safety.max_purges_per_run",
+                    v,
+                    format!(
+                        "{} is not allowed: give a positive number, such as 5000",
+                        v.get_ref()
+                    ),
+                );
                 0
             }
         };
@@ -416,14 +514,31 @@ impl Config {
                     Ok(id) if id > 0 => {
                         protect_ids.insert(id);
                     }
-                    _ => c.at("safety.protect_ids", v, format!("{id} is not a ticket id: ids are positive whole numbers")),
+                    _ => c.at(
+                        "safety.protect_ids",
+                        v,
+                        format!("{id} is not a ticket id: ids are positive whole numbers"),
+                    ),
                 }
             }
         }
 
         // [server]
         let listen = raw.server.listen.as_ref().and_then(|v| {
-            v.get_ref().trim().parse().map_err(|_| c.at("server.listen", v, format!("{:?} is not an address: write it like \"127.0.0.1:9464\"", v.get_ref()))).ok()
+            v.get_ref()
+                .trim()
+                .parse()
+                .map_err(|_| {
+                    c.at(
+                        "server.listen",
+                        v,
+                        format!(
+                            "{:?} is not an address: write it like \"127.0.0.1:9464\"",
+                            v.get_ref()
+                        ),
+                    )
+                })
+                .ok()
         });
 
         // [[rules]]
@@ -434,22 +549,35 @@ impl Config {
             let key = |field: &str| format!("rules[{i}].{field}");
             let name = r.name.get_ref().trim().to_string();
             if name.is_empty() {
-                c.at(key("name"), &r.name, "is empty: give each rule a short unique name");
+                c.at(
+                    key("name"),
+                    &r.name,
+                    "is empty: give each rule a short unique name",
+                );
             } else if !names.insert(name.clone()) {
-                c.at(key("name"), &r.name, format!("{name:?} is used by an earlier rule: rule names must be unique"));
+                c.at(
+                    key("name"),
+                    &r.name,
+                    format!("{name:?} is used by an earlier rule: rule names must be unique"),
+                );
             }
             let action = match r.action.get_ref().trim() {
                 "purge" => RuleAction::Purge,
                 "keep" => RuleAction::Keep,
                 other => {
-                    c.at(key("action"), &r.action, format!("{other:?} is not an action: use \"purge\" or \"keep\""));
+                    c.at(
+                        key("action"),
+                        &r.action,
+                        format!("{other:?} is not an action: use \"purge\" or \"keep\""),
+                    );
                     RuleAction::Keep
                 }
             };
             let mut rule = RetentionRule::new(name.clone(), action);
             rule.older_than = c.duration(&key("older_than"), &r.older_than);
             rule.younger_than = c.duration(&key("younger_than"), &r.younger_than);
-            if let (Some(o), Some(y), Some(v)) = (rule.older_than, rule.younger_than, &r.younger_than)
+            if let (Some(o), Some(y), Some(v)) =
+                (rule.older_than, rule.younger_than, &r.younger_than)
                 && o >= y
             {
                 c.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
@@ -458,7 +586,12 @@ impl Config {
                 if v.get_ref().is_empty() {
                     c.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
                 }
-                rule.previous_state = Some(v.get_ref().iter().map(|s| s.trim().to_lowercase()).collect());
+                rule.previous_state = Some(
+                    v.get_ref()
+                        .iter()
+                        .map(|s| s.trim().to_lowercase())
+                        .collect(),
+                );
             }
             if let Some(v) = &r.actor_ids {
                 let mut ids = BTreeSet::new();
@@ -467,31 +600,58 @@ impl Config {
                         Ok(id) => {
                             ids.insert(id);
                         }
-                        Err(_) => c.at(key("actor_ids"), v, format!("{id} is not a user id: ids are positive whole numbers")),
+                        Err(_) => c.at(
+                            key("actor_ids"),
+                            v,
+                            format!("{id} is not a user id: ids are positive whole numbers"),
+                        ),
                     }
                 }
                 if v.get_ref().is_empty() {
-                    c.at(key("actor_ids"), v, "is an empty list: no ticket could match; list user ids or remove the key");
+                    c.at(
+                        key("actor_ids"),
+                        v,
+                        "is an empty list: no ticket could match; list user ids or remove the key",
+                    );
                 }
                 rule.actor_ids = Some(ids);
             }
             if let Some(v) = &r.actor_names {
                 if v.get_ref().is_empty() {
-                    c.at(key("actor_names"), v, "is an empty list: no ticket could match; list names or remove the key");
+                    c.at(
+                        key("actor_names"),
+                        v,
+                        "is an empty list: no ticket could match; list names or remove the key",
+                    );
                 }
-                rule.actor_names = Some(v.get_ref().iter().map(|s| s.trim().to_lowercase()).collect());
+                rule.actor_names = Some(
+                    v.get_ref()
+                        .iter()
+                        .map(|s| s.trim().to_lowercase())
+                        .collect(),
+                );
             }
             if let Some(v) = &r.subject_matches {
                 match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
                     Ok(re) => rule.subject_matches = Some(re),
                     Err(e) => {
-                        let first = e.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                        let first = e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("invalid")
+                            .trim()
+                            .to_string();
                         c.at(key("subject_matches"), v, format!("{:?} is not a valid regular expression ({first}); see https://docs.rs/regex for the syntax", v.get_ref()));
                     }
                 }
             }
             rule.match_all = r.match_all.unwrap_or(false);
-            if action == RuleAction::Purge && !rule.has_condition() && !rule.match_all && r.subject_matches.is_none() {
+            if action == RuleAction::Purge
+                && !rule.has_condition()
+                && !rule.match_all
+                && r.subject_matches.is_none()
+            {
                 c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
             }
             if rule.match_all && rule.has_condition() {
@@ -501,7 +661,10 @@ impl Config {
         }
 
         if !c.problems.is_empty() {
-            return Err(ConfigError { file: file.to_string(), problems: c.problems });
+            return Err(ConfigError {
+                file: file.to_string(),
+                problems: c.problems,
+            });
         }
         let (Some(base_url), Some(token)) = (base_url, token) else {
             unreachable!("a missing URL or token always records a problem");
@@ -509,11 +672,31 @@ impl Config {
         Ok(Config {
             source: None,
             hash: hex::encode(Sha256::digest(text.as_bytes())),
-            zendesk: ZendeskSettings { base_url, token, limits, max_jobs_in_flight, retry },
-            schedule: Schedule { cron, timezone, shutdown_grace },
-            audit: AuditSettings { database: PathBuf::from(database.trim()), record_subjects: raw.audit.record_subjects.unwrap_or(false) },
-            safety: Safety { dry_run: s.dry_run.unwrap_or(true), max_purges_per_run },
-            policy: Policy { rules, min_age, protect_ids },
+            zendesk: ZendeskSettings {
+                base_url,
+                token,
+                limits,
+                max_jobs_in_flight,
+                retry,
+            },
+            schedule: Schedule {
+                cron,
+                timezone,
+                shutdown_grace,
+            },
+            audit: AuditSettings {
+                database: PathBuf::from(database.trim()),
+                record_subjects: raw.audit.record_subjects.unwrap_or(false),
+            },
+            safety: Safety {
+                dry_run: s.dry_run.unwrap_or(true),
+                max_purges_per_run,
+            },
+            policy: Policy {
+                rules,
+                min_age,
+                protect_ids,
+            },
             listen,
         })
     }
@@ -530,7 +713,9 @@ impl Config {
                 problems: vec![ConfigProblem {
                     key: "--config".into(),
                     line: None,
-                    message: format!("no config file given: pass --config PATH or set {CONFIG_ENV}; config/example.toml is a commented starting point"),
+                    message: format!(
+                        "no config file given: pass --config PATH or set {CONFIG_ENV}; config/example.toml is a commented starting point"
+                    ),
                 }],
             }),
         }
@@ -539,8 +724,15 @@ impl Config {
     /// Reads the credential from its variable or file.
     pub fn auth(&self) -> Result<Auth, ConfigError> {
         read_auth(&self.zendesk.token).map_err(|(key, message)| ConfigError {
-            file: self.source.as_ref().map_or("(config)".into(), |p| p.display().to_string()),
-            problems: vec![ConfigProblem { key: key.into(), line: None, message }],
+            file: self
+                .source
+                .as_ref()
+                .map_or("(config)".into(), |p| p.display().to_string()),
+            problems: vec![ConfigProblem {
+                key: key.into(),
+                line: None,
+                message,
+            }],
         })
     }
 
@@ -559,23 +751,51 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
     let from_env = |key: &'static str, var: &str| -> Result<SecretString, (&'static str, String)> {
         match std::env::var(var) {
             Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
-            Ok(_) => Err((key, format!("the environment variable {var} is empty: set it to the token"))),
-            Err(_) => Err((key, format!("the environment variable {var} is not set: export {var}=<token> (or use a token file)"))),
+            Ok(_) => Err((
+                key,
+                format!("the environment variable {var} is empty: set it to the token"),
+            )),
+            Err(_) => Err((
+                key,
+                format!(
+                    "the environment variable {var} is not set: export {var}=<token> (or use a token file)"
+                ),
+            )),
         }
     };
-    let from_file = |key: &'static str, path: &Path| -> Result<SecretString, (&'static str, String)> {
-        warn_if_world_readable(path);
-        match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
-            Ok(_) => Err((key, format!("the token file {} is empty: write the token into it", path.display()))),
-            Err(e) => Err((key, format!("cannot read the token file {}: {e}", path.display()))),
-        }
-    };
+    let from_file =
+        |key: &'static str, path: &Path| -> Result<SecretString, (&'static str, String)> {
+            warn_if_world_readable(path);
+            match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+                Ok(_) => Err((
+                    key,
+                    format!(
+                        "the token file {} is empty: write the token into it",
+                        path.display()
+                    ),
+                )),
+                Err(e) => Err((
+                    key,
+                    format!("cannot read the token file {}: {e}", path.display()),
+                )),
+            }
+        };
     Ok(match source {
-        TokenSource::ApiTokenEnv { email, var } => Auth::ApiToken { email: email.clone(), token: from_env("zendesk.token_env", var)? },
-        TokenSource::ApiTokenFile { email, path } => Auth::ApiToken { email: email.clone(), token: from_file("zendesk.token_file", path)? },
-        TokenSource::OAuthEnv { var } => Auth::OAuth { token: from_env("zendesk.oauth_token_env", var)? },
-        TokenSource::OAuthFile { path } => Auth::OAuth { token: from_file("zendesk.oauth_token_file", path)? },
+        TokenSource::ApiTokenEnv { email, var } => Auth::ApiToken {
+            email: email.clone(),
+            token: from_env("zendesk.token_env", var)?,
+        },
+        TokenSource::ApiTokenFile { email, path } => Auth::ApiToken {
+            email: email.clone(),
+            token: from_file("zendesk.token_file", path)?,
+        },
+        TokenSource::OAuthEnv { var } => Auth::OAuth {
+            token: from_env("zendesk.oauth_token_env", var)?,
+        },
+        TokenSource::OAuthFile { path } => Auth::OAuth {
+            token: from_file("zendesk.oauth_token_file", path)?,
+        },
     })
 }
 
@@ -601,7 +821,9 @@ pub fn normalise_cron(text: &str) -> Result<String, String> {
         5 => format!("0 {}", fields.join(" ")),
         6 => fields.join(" "),
         n => {
-            return Err(format!("{text:?} has {n} fields: write 6 (sec min hour day month weekday), e.g. \"0 */15 * * * *\", or the usual 5"));
+            return Err(format!(
+                "{text:?} has {n} fields: write 6 (sec min hour day month weekday), e.g. \"0 */15 * * * *\", or the usual 5"
+            ));
         }
     };
     cron_parser()
@@ -619,7 +841,9 @@ pub fn cron_parser() -> croner::parser::CronParser {
 }
 
 fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
-    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
     let message = e.message().trim().to_string();
     // serde's unknown-field message names the key and the accepted ones
     let fix = if message.contains("unknown field") {
@@ -637,7 +861,11 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
         .map(|s| s.trim().chars().take(40).collect::<String>())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "(syntax)".into());
-    ConfigProblem { key, line, message: format!("{message}{fix}") }
+    ConfigProblem {
+        key,
+        line,
+        message: format!("{message}{fix}"),
+    }
 }
 
 #[cfg(test)]
@@ -676,7 +904,8 @@ token_env = "ZENDESK_API_TOKEN"
         let text = format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\n");
         let err = Config::parse(&text, "t.toml").unwrap_err();
         assert!(err.to_string().contains("match_all = true"), "{err}");
-        let text = format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\nmatch_all = true\n");
+        let text =
+            format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\nmatch_all = true\n");
         assert!(Config::parse(&text, "t.toml").is_ok());
     }
 

@@ -3,10 +3,10 @@
 //! See ARCHITECTURE.md for the code map and the invariants that hold it
 //! together.
 
-pub mod quota;
-pub mod sandbox;
-pub mod zendesk;
-pub mod config;
-pub mod rules;
 pub mod cli;
+pub mod config;
+pub mod quota;
+pub mod rules;
+pub mod sandbox;
 pub mod telemetry;
+pub mod zendesk;

@@ -73,18 +73,24 @@ impl FromStr for RateQuota {
         let (count, window) = s
             .split_once('/')
             .ok_or_else(|| format!("{s:?} is not a quota: {hint}"))?;
-        let count: u32 = count
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?}: {:?} is not a positive whole number: {hint}", count.trim()))?;
+        let count: u32 = count.trim().parse().map_err(|_| {
+            format!(
+                "{s:?}: {:?} is not a positive whole number: {hint}",
+                count.trim()
+            )
+        })?;
         let window_text = window.trim();
         // "10/m" and "10/s" read naturally; humantime needs a number first.
         let window_text = match window_text {
             "s" | "m" | "h" | "min" => format!("1{window_text}"),
             other => other.to_string(),
         };
-        let window = humantime::parse_duration(&window_text)
-            .map_err(|e| format!("{s:?}: window {:?} is not a duration ({e}): {hint}", window.trim()))?;
+        let window = humantime::parse_duration(&window_text).map_err(|e| {
+            format!(
+                "{s:?}: window {:?} is not a duration ({e}): {hint}",
+                window.trim()
+            )
+        })?;
         RateQuota::new(count, window)
             .ok_or_else(|| format!("{s:?}: count and window must both be above zero: {hint}"))
     }

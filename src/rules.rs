@@ -78,12 +78,12 @@ impl RetentionRule {
     pub fn matches(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> bool {
         let age = age_of(ticket, now);
         if let Some(min) = self.older_than
-            && !age.is_some_and(|a| a >= min)
+            && age.is_none_or(|a| a < min)
         {
             return false;
         }
         if let Some(max) = self.younger_than
-            && !age.is_some_and(|a| a < max)
+            && age.is_none_or(|a| a >= max)
         {
             return false;
         }
@@ -117,10 +117,16 @@ impl RetentionRule {
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(d) = self.older_than {
-            parts.push(format!("deleted more than {} ago", humantime::format_duration(d)));
+            parts.push(format!(
+                "deleted more than {} ago",
+                humantime::format_duration(d)
+            ));
         }
         if let Some(d) = self.younger_than {
-            parts.push(format!("deleted less than {} ago", humantime::format_duration(d)));
+            parts.push(format!(
+                "deleted less than {} ago",
+                humantime::format_duration(d)
+            ));
         }
         if let Some(s) = &self.previous_state {
             parts.push(format!("previous state in {}", join(s)));
@@ -143,7 +149,11 @@ impl RetentionRule {
 }
 
 fn join<T: fmt::Display>(items: &BTreeSet<T>) -> String {
-    items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How long ago the ticket was deleted; `None` when unknown. A deletion time
@@ -162,9 +172,13 @@ pub enum KeepReason {
     /// In `protect_ids`.
     Protected,
     /// A purge rule matched but the ticket is younger than `min_age`.
-    TooYoung { rule: String },
+    TooYoung {
+        rule: String,
+    },
     /// A purge rule matched but Zendesk gave no readable `deleted_at`.
-    UnknownAge { rule: String },
+    UnknownAge {
+        rule: String,
+    },
 }
 
 /// What the engine decides for one ticket.
@@ -209,12 +223,20 @@ impl fmt::Display for Decision {
             Self::Purge { rule } => write!(f, "purge by rule {rule:?}"),
             Self::Keep(KeepReason::Rule(rule)) => write!(f, "keep by rule {rule:?}"),
             Self::Keep(KeepReason::NoRuleMatched) => f.write_str("keep: no rule matched"),
-            Self::Keep(KeepReason::Protected) => f.write_str("keep: the id is in safety.protect_ids"),
+            Self::Keep(KeepReason::Protected) => {
+                f.write_str("keep: the id is in safety.protect_ids")
+            }
             Self::Keep(KeepReason::TooYoung { rule }) => {
-                write!(f, "keep: rule {rule:?} matched but the ticket is younger than safety.min_age")
+                write!(
+                    f,
+                    "keep: rule {rule:?} matched but the ticket is younger than safety.min_age"
+                )
             }
             Self::Keep(KeepReason::UnknownAge { rule }) => {
-                write!(f, "keep: rule {rule:?} matched but the deletion time is unknown")
+                write!(
+                    f,
+                    "keep: rule {rule:?} matched but the deletion time is unknown"
+                )
             }
         }
     }
@@ -241,11 +263,15 @@ impl Policy {
         match rule.action {
             RuleAction::Keep => Decision::Keep(KeepReason::Rule(rule.name.clone())),
             RuleAction::Purge => match age_of(ticket, now) {
-                None => Decision::Keep(KeepReason::UnknownAge { rule: rule.name.clone() }),
-                Some(age) if age < self.min_age => {
-                    Decision::Keep(KeepReason::TooYoung { rule: rule.name.clone() })
-                }
-                Some(_) => Decision::Purge { rule: rule.name.clone() },
+                None => Decision::Keep(KeepReason::UnknownAge {
+                    rule: rule.name.clone(),
+                }),
+                Some(age) if age < self.min_age => Decision::Keep(KeepReason::TooYoung {
+                    rule: rule.name.clone(),
+                }),
+                Some(_) => Decision::Purge {
+                    rule: rule.name.clone(),
+                },
             },
         }
     }
@@ -274,12 +300,17 @@ mod tests {
     use crate::zendesk::Actor;
 
     fn ticket(id: u64, age_hours: i64, state: &str, actor: u64) -> (DeletedTicket, DateTime<Utc>) {
-        let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         (
             DeletedTicket {
                 id,
                 subject: Some(format!("Ticket {id}")),
-                actor: Some(Actor { id: Some(actor), name: Some("Ada".into()) }),
+                actor: Some(Actor {
+                    id: Some(actor),
+                    name: Some("Ada".into()),
+                }),
                 deleted_at: Some(now - chrono::Duration::hours(age_hours)),
                 previous_state: Some(state.into()),
             },
@@ -301,38 +332,77 @@ mod tests {
             actor_ids: Some([7].into()),
             ..RetentionRule::new("hold", RuleAction::Keep)
         };
-        let policy = Policy { rules: vec![keep, purge_closed_after(7)], ..Policy::default() };
+        let policy = Policy {
+            rules: vec![keep, purge_closed_after(7)],
+            ..Policy::default()
+        };
         let (t, now) = ticket(1, 24 * 8, "closed", 7);
-        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::Rule("hold".into())));
+        assert_eq!(
+            policy.decide(&t, now),
+            Decision::Keep(KeepReason::Rule("hold".into()))
+        );
         let (t, now) = ticket(1, 24 * 8, "closed", 8);
-        assert_eq!(policy.decide(&t, now), Decision::Purge { rule: "closed".into() });
+        assert_eq!(
+            policy.decide(&t, now),
+            Decision::Purge {
+                rule: "closed".into()
+            }
+        );
         let (t, now) = ticket(1, 24 * 6, "closed", 8);
-        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::NoRuleMatched));
+        assert_eq!(
+            policy.decide(&t, now),
+            Decision::Keep(KeepReason::NoRuleMatched)
+        );
         let (t, now) = ticket(1, 24 * 8, "Open", 8);
-        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::NoRuleMatched));
+        assert_eq!(
+            policy.decide(&t, now),
+            Decision::Keep(KeepReason::NoRuleMatched)
+        );
     }
 
     #[test]
     fn safety_floor_wins_over_purge_rules() {
-        let all = RetentionRule { match_all: true, ..RetentionRule::new("all", RuleAction::Purge) };
+        let all = RetentionRule {
+            match_all: true,
+            ..RetentionRule::new("all", RuleAction::Purge)
+        };
         let policy = Policy {
             rules: vec![all],
             min_age: Duration::from_secs(3600),
             protect_ids: [5].into(),
         };
         let (t, now) = ticket(5, 100, "closed", 1);
-        assert_eq!(policy.decide(&t, now), Decision::Keep(KeepReason::Protected));
+        assert_eq!(
+            policy.decide(&t, now),
+            Decision::Keep(KeepReason::Protected)
+        );
         let (mut t, now) = ticket(6, 0, "closed", 1);
-        assert!(matches!(policy.decide(&t, now), Decision::Keep(KeepReason::TooYoung { .. })));
+        assert!(matches!(
+            policy.decide(&t, now),
+            Decision::Keep(KeepReason::TooYoung { .. })
+        ));
         t.deleted_at = None;
-        assert!(matches!(policy.decide(&t, now), Decision::Keep(KeepReason::UnknownAge { .. })));
+        assert!(matches!(
+            policy.decide(&t, now),
+            Decision::Keep(KeepReason::UnknownAge { .. })
+        ));
     }
 
     #[test]
     fn horizon_needs_an_age_on_every_purge_rule() {
-        let mut policy = Policy { rules: vec![purge_closed_after(7)], min_age: Duration::from_secs(3600), ..Policy::default() };
-        assert_eq!(policy.purge_horizon(), Some(Duration::from_secs(7 * 86_400)));
-        policy.rules.push(RetentionRule { actor_ids: Some([1].into()), ..RetentionRule::new("bot", RuleAction::Purge) });
+        let mut policy = Policy {
+            rules: vec![purge_closed_after(7)],
+            min_age: Duration::from_secs(3600),
+            ..Policy::default()
+        };
+        assert_eq!(
+            policy.purge_horizon(),
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        policy.rules.push(RetentionRule {
+            actor_ids: Some([1].into()),
+            ..RetentionRule::new("bot", RuleAction::Purge)
+        });
         assert_eq!(policy.purge_horizon(), None);
     }
 }

@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use state::{AUTOMATION_ACTOR, JobView, LoggedRequest, STATES, SandboxTicket, State, generate_tickets};
+pub use state::{
+    AUTOMATION_ACTOR, JobView, LoggedRequest, STATES, SandboxTicket, State, generate_tickets,
+};
 
 /// Per-minute limits at Zendesk's time; the sandbox divides the minute by
 /// `time_scale`.
@@ -32,7 +34,11 @@ pub struct SandboxLimits {
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        Self { list: 10, list_deep: 5, account: 200 }
+        Self {
+            list: 10,
+            list_deep: 5,
+            account: 200,
+        }
     }
 }
 
@@ -131,7 +137,11 @@ impl Sandbox {
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State::new(options, tickets, tokio::time::Instant::now())));
+        let state = Arc::new(Mutex::new(State::new(
+            options,
+            tickets,
+            tokio::time::Instant::now(),
+        )));
         let shutdown = CancellationToken::new();
         let app = server::router(state.clone(), addr);
         let token = shutdown.clone();
@@ -143,7 +153,12 @@ impl Sandbox {
                 tracing::error!(error = %e, "sandbox server stopped");
             }
         });
-        Ok(Self { addr, state, shutdown, task: Some(task) })
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            task: Some(task),
+        })
     }
 
     /// Starts on `127.0.0.1:0`.
@@ -211,7 +226,11 @@ impl Sandbox {
 
     /// Requests to one endpoint, whatever their answer.
     pub fn count(&self, endpoint: &str) -> u64 {
-        self.state().log.iter().filter(|r| r.endpoint == endpoint).count() as u64
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .count() as u64
     }
 
     /// Write requests (restore, purge) received, whatever their answer.
@@ -248,7 +267,10 @@ impl Drop for Sandbox {
 pub fn request_counts(log: &[LoggedRequest]) -> BTreeMap<String, BTreeMap<u16, u64>> {
     let mut out: BTreeMap<String, BTreeMap<u16, u64>> = BTreeMap::new();
     for r in log {
-        *out.entry(r.endpoint.clone()).or_default().entry(r.status).or_default() += 1;
+        *out.entry(r.endpoint.clone())
+            .or_default()
+            .entry(r.status)
+            .or_default() += 1;
     }
     out
 }

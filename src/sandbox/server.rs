@@ -26,7 +26,9 @@ struct Shared {
 }
 
 pub fn router(state: Arc<Mutex<State>>, addr: SocketAddr) -> Router {
-    Router::new().fallback(handle).with_state(Shared { state, addr })
+    Router::new()
+        .fallback(handle)
+        .with_state(Shared { state, addr })
 }
 
 /// The seven endpoints.
@@ -82,15 +84,28 @@ struct Answer {
 
 impl Answer {
     fn json(status: StatusCode, value: Value) -> Self {
-        Self { status, body: value.to_string(), content_type: "application/json; charset=utf-8", retry_after: None }
+        Self {
+            status,
+            body: value.to_string(),
+            content_type: "application/json; charset=utf-8",
+            retry_after: None,
+        }
     }
 
     fn empty() -> Self {
-        Self { status: StatusCode::OK, body: String::new(), content_type: "application/json; charset=utf-8", retry_after: None }
+        Self {
+            status: StatusCode::OK,
+            body: String::new(),
+            content_type: "application/json; charset=utf-8",
+            retry_after: None,
+        }
     }
 
     fn not_found() -> Self {
-        Self::json(StatusCode::NOT_FOUND, json!({"error": "RecordNotFound", "description": "Not found"}))
+        Self::json(
+            StatusCode::NOT_FOUND,
+            json!({"error": "RecordNotFound", "description": "Not found"}),
+        )
     }
 
     fn too_many(wait: Duration) -> Self {
@@ -110,7 +125,10 @@ impl Answer {
     }
 
     fn bad_request(error: &str, description: &str) -> Self {
-        Self::json(StatusCode::BAD_REQUEST, json!({"error": error, "description": description}))
+        Self::json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": error, "description": description}),
+        )
     }
 }
 
@@ -135,20 +153,31 @@ fn seconds_text(d: Duration, time_scale: f64) -> String {
 
 fn query_map(uri: &Uri) -> HashMap<String, String> {
     uri.query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn authorized(auth: &SandboxAuth, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let token = if let Some(b64) = value.strip_prefix("Basic ") {
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
             return false;
         };
-        let Ok(text) = String::from_utf8(decoded) else { return false };
-        let Some((user, password)) = text.split_once(':') else { return false };
+        let Ok(text) = String::from_utf8(decoded) else {
+            return false;
+        };
+        let Some((user, password)) = text.split_once(':') else {
+            return false;
+        };
         // API tokens are sent as "{email}/token"; a bare password is refused
         // as Zendesk refuses it for API access.
         if !user.ends_with("/token") || user.len() <= "/token".len() {
@@ -168,14 +197,27 @@ fn authorized(auth: &SandboxAuth, headers: &HeaderMap) -> bool {
 
 fn ids_param(query: &HashMap<String, String>) -> Result<Vec<u64>, Answer> {
     let Some(text) = query.get("ids") else {
-        return Err(Answer::bad_request("InvalidParameter", "ids is required: a comma-separated list of ticket ids"));
+        return Err(Answer::bad_request(
+            "InvalidParameter",
+            "ids is required: a comma-separated list of ticket ids",
+        ));
     };
-    let ids: Result<Vec<u64>, _> = text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse::<u64>()).collect();
+    let ids: Result<Vec<u64>, _> = text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse::<u64>())
+        .collect();
     match ids {
         Ok(ids) if ids.is_empty() => Err(Answer::bad_request("InvalidParameter", "ids is empty")),
-        Ok(ids) if ids.len() > 100 => Err(Answer::invalid(&format!("at most 100 ids per request, got {}", ids.len()))),
+        Ok(ids) if ids.len() > 100 => Err(Answer::invalid(&format!(
+            "at most 100 ids per request, got {}",
+            ids.len()
+        ))),
         Ok(ids) => Ok(ids),
-        Err(_) => Err(Answer::bad_request("InvalidParameter", "ids must be comma-separated integers")),
+        Err(_) => Err(Answer::bad_request(
+            "InvalidParameter",
+            "ids must be comma-separated integers",
+        )),
     }
 }
 
@@ -229,10 +271,13 @@ impl Cursor {
     }
 
     fn decode(text: &str) -> Option<Self> {
-        if text.len() % 2 != 0 || !text.is_ascii() {
+        if !text.len().is_multiple_of(2) || !text.is_ascii() {
             return None;
         }
-        let bytes: Option<Vec<u8>> = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect();
+        let bytes: Option<Vec<u8>> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+            .collect();
         let text = String::from_utf8(bytes?).ok()?;
         let parts: Vec<&str> = text.splitn(7, '|').collect();
         if parts.len() != 7 || parts[0] != "v1" {
@@ -242,7 +287,11 @@ impl Cursor {
             sort: SortKey::parse(parts[1])?,
             descending: parts[2] == "desc",
             page: parts[3].parse().ok()?,
-            pos: Position { millis: parts[4].parse().ok()?, id: parts[5].parse().ok()?, subject: parts[6].to_string() },
+            pos: Position {
+                millis: parts[4].parse().ok()?,
+                id: parts[5].parse().ok()?,
+                subject: parts[6].to_string(),
+            },
         })
     }
 }
@@ -250,20 +299,42 @@ impl Cursor {
 fn sort_params(query: &HashMap<String, String>) -> Result<(SortKey, bool), Answer> {
     let sort = match query.get("sort_by") {
         None => SortKey::Id,
-        Some(s) => SortKey::parse(s).ok_or_else(|| Answer::bad_request("InvalidParameter", "sort_by must be id, subject or deleted_at"))?,
+        Some(s) => SortKey::parse(s).ok_or_else(|| {
+            Answer::bad_request(
+                "InvalidParameter",
+                "sort_by must be id, subject or deleted_at",
+            )
+        })?,
     };
     let descending = match query.get("sort_order").map(String::as_str) {
         None | Some("asc") => false,
         Some("desc") => true,
-        Some(_) => return Err(Answer::bad_request("InvalidParameter", "sort_order must be asc or desc")),
+        Some(_) => {
+            return Err(Answer::bad_request(
+                "InvalidParameter",
+                "sort_order must be asc or desc",
+            ));
+        }
     };
     Ok((sort, descending))
 }
 
 /// A parsed listing request.
 enum ListRequest {
-    Cursor { sort: SortKey, descending: bool, size: usize, page: u32, after: Option<Position>, before: Option<Position> },
-    Offset { sort: SortKey, descending: bool, per_page: usize, page: usize },
+    Cursor {
+        sort: SortKey,
+        descending: bool,
+        size: usize,
+        page: u32,
+        after: Option<Position>,
+        before: Option<Position>,
+    },
+    Offset {
+        sort: SortKey,
+        descending: bool,
+        per_page: usize,
+        page: usize,
+    },
 }
 
 impl ListRequest {
@@ -273,12 +344,25 @@ impl ListRequest {
         if cursor_style {
             let size = match query.get("page[size]") {
                 None => 100,
-                Some(s) => s.parse::<usize>().map_err(|_| Answer::bad_request("InvalidPaginationParameter", "page[size] must be a positive integer"))?.clamp(1, 100),
+                Some(s) => s
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        Answer::bad_request(
+                            "InvalidPaginationParameter",
+                            "page[size] must be a positive integer",
+                        )
+                    })?
+                    .clamp(1, 100),
             };
             let decode = |key: &str| -> Result<Option<Cursor>, Answer> {
                 match query.get(key) {
                     None => Ok(None),
-                    Some(text) => Cursor::decode(text).map(Some).ok_or_else(|| Answer::bad_request("InvalidPaginationParameter", &format!("{key} is not a cursor this account issued"))),
+                    Some(text) => Cursor::decode(text).map(Some).ok_or_else(|| {
+                        Answer::bad_request(
+                            "InvalidPaginationParameter",
+                            &format!("{key} is not a cursor this account issued"),
+                        )
+                    }),
                 }
             };
             let after = decode("page[after]")?;
@@ -287,19 +371,48 @@ impl ListRequest {
             if let Some(c) = after.as_ref().or(before.as_ref()) {
                 sort = c.sort;
                 descending = c.descending;
-                page = if after.is_some() { c.page + 1 } else { c.page.saturating_sub(1).max(1) };
+                page = if after.is_some() {
+                    c.page + 1
+                } else {
+                    c.page.saturating_sub(1).max(1)
+                };
             }
-            Ok(Self::Cursor { sort, descending, size, page, after: after.map(|c| c.pos), before: before.map(|c| c.pos) })
+            Ok(Self::Cursor {
+                sort,
+                descending,
+                size,
+                page,
+                after: after.map(|c| c.pos),
+                before: before.map(|c| c.pos),
+            })
         } else {
             let per_page = match query.get("per_page") {
                 None => 100,
-                Some(s) => s.parse::<usize>().map_err(|_| Answer::bad_request("InvalidPaginationParameter", "per_page must be a positive integer"))?.clamp(1, 100),
+                Some(s) => s
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        Answer::bad_request(
+                            "InvalidPaginationParameter",
+                            "per_page must be a positive integer",
+                        )
+                    })?
+                    .clamp(1, 100),
             };
             let page = match query.get("page") {
                 None => 1,
-                Some(s) => s.parse::<usize>().ok().filter(|p| *p >= 1).ok_or_else(|| Answer::bad_request("InvalidPaginationParameter", "page must be a positive integer"))?,
+                Some(s) => s.parse::<usize>().ok().filter(|p| *p >= 1).ok_or_else(|| {
+                    Answer::bad_request(
+                        "InvalidPaginationParameter",
+                        "page must be a positive integer",
+                    )
+                })?,
             };
-            Ok(Self::Offset { sort, descending, per_page, page })
+            Ok(Self::Offset {
+                sort,
+                descending,
+                per_page,
+                page,
+            })
         }
     }
 
@@ -313,12 +426,21 @@ impl ListRequest {
 
 fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
     let list_url = |params: &[(&str, String)]| {
-        let mut url = url::Url::parse(&format!("{base}/api/v2/deleted_tickets.json")).expect("base URL is valid");
-        url.query_pairs_mut().extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut url = url::Url::parse(&format!("{base}/api/v2/deleted_tickets.json"))
+            .expect("base URL is valid");
+        url.query_pairs_mut()
+            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
         url.to_string()
     };
     match request {
-        ListRequest::Cursor { sort, descending, size, page, after, before } => {
+        ListRequest::Cursor {
+            sort,
+            descending,
+            size,
+            page,
+            after,
+            before,
+        } => {
             let (tickets, more) = match before {
                 Some(pos) => {
                     let (mut t, more) = state.page(*sort, !descending, Some(pos), *size);
@@ -327,11 +449,25 @@ fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
                 }
                 None => state.page(*sort, *descending, after.as_ref(), *size),
             };
-            let cursor = |t: &SandboxTicket, page: u32| Cursor { sort: *sort, descending: *descending, page, pos: Position::of(t) }.encode();
+            let cursor = |t: &SandboxTicket, page: u32| {
+                Cursor {
+                    sort: *sort,
+                    descending: *descending,
+                    page,
+                    pos: Position::of(t),
+                }
+                .encode()
+            };
             let after_cursor = tickets.last().map(|t| cursor(t, *page));
             let before_cursor = tickets.first().map(|t| cursor(t, *page));
             let has_more = if before.is_some() { true } else { more };
-            let sort_pairs = [("sort_by", sort.as_str().to_string()), ("sort_order", if *descending { "desc" } else { "asc" }.to_string())];
+            let sort_pairs = [
+                ("sort_by", sort.as_str().to_string()),
+                (
+                    "sort_order",
+                    if *descending { "desc" } else { "asc" }.to_string(),
+                ),
+            ];
             let link = |key: &str, c: &Option<String>| {
                 c.as_ref().map(|c| {
                     let mut params = vec![(key, c.clone()), ("page[size]", size.to_string())];
@@ -339,8 +475,16 @@ fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
                     list_url(&params)
                 })
             };
-            let next = if has_more { link("page[after]", &after_cursor) } else { None };
-            let prev = if *page > 1 { link("page[before]", &before_cursor) } else { None };
+            let next = if has_more {
+                link("page[after]", &after_cursor)
+            } else {
+                None
+            };
+            let prev = if *page > 1 {
+                link("page[before]", &before_cursor)
+            } else {
+                None
+            };
             Answer::json(
                 StatusCode::OK,
                 json!({
@@ -350,7 +494,12 @@ fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
                 }),
             )
         }
-        ListRequest::Offset { sort, descending, per_page, page } => {
+        ListRequest::Offset {
+            sort,
+            descending,
+            per_page,
+            page,
+        } => {
             let skip = (page - 1) * per_page;
             if skip >= 10_000 {
                 return Answer::bad_request(
@@ -364,10 +513,14 @@ fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
                     ("page", p.to_string()),
                     ("per_page", per_page.to_string()),
                     ("sort_by", sort.as_str().to_string()),
-                    ("sort_order", if *descending { "desc" } else { "asc" }.to_string()),
+                    (
+                        "sort_order",
+                        if *descending { "desc" } else { "asc" }.to_string(),
+                    ),
                 ])
             };
-            let next = (skip + per_page < count && skip + per_page < 10_000).then(|| link(page + 1));
+            let next =
+                (skip + per_page < count && skip + per_page < 10_000).then(|| link(page + 1));
             let prev = (*page > 1).then(|| link(page - 1));
             Answer::json(
                 StatusCode::OK,
@@ -383,7 +536,14 @@ fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
 }
 
 /// Does the work of a route that passed credentials and limits.
-fn serve_route(state: &mut State, route: &Route, query: &HashMap<String, String>, list: Option<&ListRequest>, base: &str, now: Instant) -> (Answer, Vec<u64>) {
+fn serve_route(
+    state: &mut State,
+    route: &Route,
+    query: &HashMap<String, String>,
+    list: Option<&ListRequest>,
+    base: &str,
+    now: Instant,
+) -> (Answer, Vec<u64>) {
     match route {
         Route::List => {
             // the caller parsed the listing before spending its quota
@@ -407,15 +567,31 @@ fn serve_route(state: &mut State, route: &Route, query: &HashMap<String, String>
             Ok(ids) => destroy(state, ids, base, now),
         },
         Route::JobStatus(id) => match state.job(id, now) {
-            Some(job) => (Answer::json(StatusCode::OK, json!({"job_status": job_json(&job, base)})), vec![]),
+            Some(job) => (
+                Answer::json(StatusCode::OK, json!({"job_status": job_json(&job, base)})),
+                vec![],
+            ),
             None => (Answer::not_found(), vec![]),
         },
         Route::JobStatuses => {
             let Some(ids) = query.get("ids") else {
-                return (Answer::bad_request("InvalidParameter", "ids is required: a comma-separated list of job status ids"), vec![]);
+                return (
+                    Answer::bad_request(
+                        "InvalidParameter",
+                        "ids is required: a comma-separated list of job status ids",
+                    ),
+                    vec![],
+                );
             };
-            let jobs: Vec<Value> = ids.split(',').filter_map(|id| state.job(id.trim(), now)).map(|j| job_json(&j, base)).collect();
-            (Answer::json(StatusCode::OK, json!({"job_statuses": jobs})), vec![])
+            let jobs: Vec<Value> = ids
+                .split(',')
+                .filter_map(|id| state.job(id.trim(), now))
+                .map(|j| job_json(&j, base))
+                .collect();
+            (
+                Answer::json(StatusCode::OK, json!({"job_statuses": jobs})),
+                vec![],
+            )
         }
     }
 }
@@ -428,12 +604,24 @@ fn destroy(state: &mut State, ids: Vec<u64>, base: &str, now: Instant) -> (Answe
         return (Answer::too_many(state.next_job_end(now)), ids);
     }
     let job = state.create_job(ids.clone(), now);
-    (Answer::json(StatusCode::OK, json!({"job_status": job_json(&job, base)})), ids)
+    (
+        Answer::json(StatusCode::OK, json!({"job_status": job_json(&job, base)})),
+        ids,
+    )
 }
 
-async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn handle(
+    AxumState(shared): AxumState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let now = Instant::now();
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string).unwrap_or_else(|| shared.addr.to_string());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| shared.addr.to_string());
     let base = format!("http://{host}");
     let query = query_map(&uri);
     let route = Route::parse(&method, uri.path());
@@ -444,8 +632,17 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
         state.requests_seen += 1;
         let scale = state.options.time_scale;
         let label = route.as_ref().map_or("unknown", Route::label);
-        let mut log = LoggedRequest { method: method.to_string(), endpoint: label.to_string(), status: 0, ids: vec![], fault: None };
-        let auth_revoked = state.faults().reject_auth_after.is_some_and(|n| state.requests_seen > n);
+        let mut log = LoggedRequest {
+            method: method.to_string(),
+            endpoint: label.to_string(),
+            status: 0,
+            ids: vec![],
+            fault: None,
+        };
+        let auth_revoked = state
+            .faults()
+            .reject_auth_after
+            .is_some_and(|n| state.requests_seen > n);
         let mut budget = None;
         let mut late = LateFault::None;
         let mut slow = None;
@@ -453,7 +650,10 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
             if auth_revoked {
                 log.fault = Some("auth_revoked");
             }
-            Answer::json(StatusCode::UNAUTHORIZED, json!({"error": "Couldn't authenticate you"}))
+            Answer::json(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "Couldn't authenticate you"}),
+            )
         } else if let Some(route) = &route {
             let list = match route {
                 Route::List => Some(ListRequest::parse(&query)),
@@ -462,7 +662,8 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
             match list {
                 Some(Err(answer)) => answer,
                 list => {
-                    let list = list.map(|l| l.unwrap_or_else(|_| unreachable!("errors handled above")));
+                    let list =
+                        list.map(|l| l.unwrap_or_else(|_| unreachable!("errors handled above")));
                     let quotas = match &list {
                         Some(l) if l.page_number() > 100 => Quotas::ListDeep,
                         Some(_) => Quotas::List,
@@ -480,14 +681,26 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
                         Answer::too_many(Duration::from_secs(1).div_f64(scale))
                     } else if state.chance(faults.server_errors) {
                         log.fault = Some("server_error");
-                        let status = [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE][(state.requests_seen % 3) as usize];
-                        Answer { status, body: format!("<html><body><h1>{status}</h1><p>Something went wrong (sandbox fault).</p></body></html>"), content_type: "text/html; charset=utf-8", retry_after: None }
+                        let status = [
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            StatusCode::BAD_GATEWAY,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                        ][(state.requests_seen % 3) as usize];
+                        Answer {
+                            status,
+                            body: format!(
+                                "<html><body><h1>{status}</h1><p>Something went wrong (sandbox fault).</p></body></html>"
+                            ),
+                            content_type: "text/html; charset=utf-8",
+                            retry_after: None,
+                        }
                     } else {
                         if state.chance(faults.slow) {
                             log.fault = Some("slow");
                             slow = Some(faults.slow_delay);
                         }
-                        let (answer, ids) = serve_route(&mut state, route, &query, list.as_ref(), &base, now);
+                        let (answer, ids) =
+                            serve_route(&mut state, route, &query, list.as_ref(), &base, now);
                         log.ids = ids;
                         if answer.status == StatusCode::OK {
                             if state.chance(faults.drops) {
@@ -503,9 +716,16 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
                 }
             }
         } else {
-            Answer::json(StatusCode::NOT_FOUND, json!({"error": "InvalidEndpoint", "description": "Not found"}))
+            Answer::json(
+                StatusCode::NOT_FOUND,
+                json!({"error": "InvalidEndpoint", "description": "Not found"}),
+            )
         };
-        log.status = if late == LateFault::Drop { 0 } else { answer.status.as_u16() };
+        log.status = if late == LateFault::Drop {
+            0
+        } else {
+            answer.status.as_u16()
+        };
         state.log.push(log);
         (answer, budget, late, slow, scale)
     };
@@ -531,7 +751,10 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(answer.content_type),
+    );
     let mut set = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);
@@ -550,7 +773,10 @@ async fn handle(AxumState(shared): AxumState<Shared>, method: Method, uri: Uri, 
         if let Some((total, remaining, resets)) = budget.endpoint {
             set(
                 "zendesk-rate-limit-deleted-tickets-index",
-                format!("total={total}; remaining={remaining}; resets={}", seconds_text(resets, scale)),
+                format!(
+                    "total={total}; remaining={remaining}; resets={}",
+                    seconds_text(resets, scale)
+                ),
             );
         }
     }
@@ -563,7 +789,16 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = Cursor { sort: SortKey::Subject, descending: true, page: 7, pos: Position { millis: -5, id: 42, subject: "a|b".into() } };
+        let c = Cursor {
+            sort: SortKey::Subject,
+            descending: true,
+            page: 7,
+            pos: Position {
+                millis: -5,
+                id: 42,
+                subject: "a|b".into(),
+            },
+        };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
         assert_eq!(Cursor::decode("zz"), None);
         assert_eq!(Cursor::decode("abc"), None);
@@ -571,12 +806,30 @@ mod tests {
 
     #[test]
     fn routes_with_and_without_json_suffix() {
-        assert_eq!(Route::parse(&Method::GET, "/api/v2/deleted_tickets.json"), Some(Route::List));
-        assert_eq!(Route::parse(&Method::GET, "/api/v2/deleted_tickets"), Some(Route::List));
-        assert_eq!(Route::parse(&Method::DELETE, "/api/v2/deleted_tickets/destroy_many.json"), Some(Route::DestroyMany));
-        assert_eq!(Route::parse(&Method::DELETE, "/api/v2/deleted_tickets/12.json"), Some(Route::Destroy(12)));
-        assert_eq!(Route::parse(&Method::PUT, "/api/v2/deleted_tickets/12/restore"), Some(Route::Restore(12)));
-        assert_eq!(Route::parse(&Method::GET, "/api/v2/job_statuses/V3-abc.json"), Some(Route::JobStatus("V3-abc".into())));
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/v2/deleted_tickets.json"),
+            Some(Route::List)
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/v2/deleted_tickets"),
+            Some(Route::List)
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/api/v2/deleted_tickets/destroy_many.json"),
+            Some(Route::DestroyMany)
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/api/v2/deleted_tickets/12.json"),
+            Some(Route::Destroy(12))
+        );
+        assert_eq!(
+            Route::parse(&Method::PUT, "/api/v2/deleted_tickets/12/restore"),
+            Some(Route::Restore(12))
+        );
+        assert_eq!(
+            Route::parse(&Method::GET, "/api/v2/job_statuses/V3-abc.json"),
+            Some(Route::JobStatus("V3-abc".into()))
+        );
         assert_eq!(Route::parse(&Method::POST, "/api/v2/deleted_tickets"), None);
     }
 }

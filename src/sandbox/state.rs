@@ -144,7 +144,12 @@ pub(crate) struct Window {
 
 impl Window {
     fn new(limit: u32, length: Duration) -> Self {
-        Self { limit, length, index: 0, used: 0 }
+        Self {
+            limit,
+            length,
+            index: 0,
+            used: 0,
+        }
     }
 
     fn roll(&mut self, since_start: Duration) {
@@ -235,16 +240,20 @@ impl State {
         if let Some(old) = self.tickets.remove(&t.id) {
             self.unindex(&old);
         }
-        self.by_deleted_at.insert((t.deleted_at.timestamp_millis(), t.id));
-        self.by_subject.insert((t.subject.clone().unwrap_or_default(), t.id));
+        self.by_deleted_at
+            .insert((t.deleted_at.timestamp_millis(), t.id));
+        self.by_subject
+            .insert((t.subject.clone().unwrap_or_default(), t.id));
         self.purged.remove(&t.id);
         self.restored.remove(&t.id);
         self.tickets.insert(t.id, t);
     }
 
     fn unindex(&mut self, t: &SandboxTicket) {
-        self.by_deleted_at.remove(&(t.deleted_at.timestamp_millis(), t.id));
-        self.by_subject.remove(&(t.subject.clone().unwrap_or_default(), t.id));
+        self.by_deleted_at
+            .remove(&(t.deleted_at.timestamp_millis(), t.id));
+        self.by_subject
+            .remove(&(t.subject.clone().unwrap_or_default(), t.id));
     }
 
     fn take(&mut self, id: u64) -> Option<SandboxTicket> {
@@ -316,14 +325,19 @@ impl State {
                         at,
                         status: "completed",
                         success: all,
-                        message: format!("Completed at {}", Utc::now().format("%Y-%m-%d %H:%M:%S +0000")),
+                        message: format!(
+                            "Completed at {}",
+                            Utc::now().format("%Y-%m-%d %H:%M:%S +0000")
+                        ),
                     }
                 }
                 JobFate::Fail => FinishedJob {
                     at,
                     status: "failed",
                     success: false,
-                    message: "Failed: the ticket deletion job hit an internal error (sandbox fault)".into(),
+                    message:
+                        "Failed: the ticket deletion job hit an internal error (sandbox fault)"
+                            .into(),
                 },
                 JobFate::Kill => FinishedJob {
                     at,
@@ -411,7 +425,11 @@ impl State {
         Budget {
             allowed,
             retry_after: blocked.into_iter().max().unwrap_or_default(),
-            account: (self.account.limit, self.account.remaining(), self.account.reset_in(since)),
+            account: (
+                self.account.limit,
+                self.account.remaining(),
+                self.account.reset_in(since),
+            ),
             endpoint: endpoint.map(|w| (w.limit, w.remaining(), w.reset_in(since))),
         }
     }
@@ -424,8 +442,8 @@ impl State {
         after: Option<&Position>,
         size: usize,
     ) -> (Vec<SandboxTicket>, bool) {
-        fn collect<'a, I: Iterator<Item = u64>>(
-            state: &'a State,
+        fn collect<I: Iterator<Item = u64>>(
+            state: &State,
             ids: I,
             size: usize,
         ) -> (Vec<SandboxTicket>, bool) {
@@ -448,37 +466,73 @@ impl State {
                 let lower = pos.map(|p| p.id);
                 if descending {
                     let upper = lower.map_or(Unbounded, Excluded);
-                    collect(self, self.tickets.range((Unbounded, upper)).rev().map(|(id, _)| *id), size)
+                    collect(
+                        self,
+                        self.tickets
+                            .range((Unbounded, upper))
+                            .rev()
+                            .map(|(id, _)| *id),
+                        size,
+                    )
                 } else {
                     let lower = lower.map_or(Unbounded, Excluded);
-                    collect(self, self.tickets.range((lower, Unbounded)).map(|(id, _)| *id), size)
+                    collect(
+                        self,
+                        self.tickets.range((lower, Unbounded)).map(|(id, _)| *id),
+                        size,
+                    )
                 }
             }
             (SortKey::DeletedAt, pos) => {
                 let key = pos.map(|p| (p.millis, p.id));
                 if descending {
                     let upper = key.map_or(Unbounded, Excluded);
-                    collect(self, self.by_deleted_at.range((Unbounded, upper)).rev().map(|k| k.1), size)
+                    collect(
+                        self,
+                        self.by_deleted_at
+                            .range((Unbounded, upper))
+                            .rev()
+                            .map(|k| k.1),
+                        size,
+                    )
                 } else {
                     let lower = key.map_or(Unbounded, Excluded);
-                    collect(self, self.by_deleted_at.range((lower, Unbounded)).map(|k| k.1), size)
+                    collect(
+                        self,
+                        self.by_deleted_at.range((lower, Unbounded)).map(|k| k.1),
+                        size,
+                    )
                 }
             }
             (SortKey::Subject, pos) => {
                 let key = pos.map(|p| (p.subject.clone(), p.id));
                 if descending {
                     let upper = key.map_or(Unbounded, Excluded);
-                    collect(self, self.by_subject.range((Unbounded, upper)).rev().map(|k| k.1), size)
+                    collect(
+                        self,
+                        self.by_subject.range((Unbounded, upper)).rev().map(|k| k.1),
+                        size,
+                    )
                 } else {
                     let lower = key.map_or(Unbounded, Excluded);
-                    collect(self, self.by_subject.range((lower, Unbounded)).map(|k| k.1), size)
+                    collect(
+                        self,
+                        self.by_subject.range((lower, Unbounded)).map(|k| k.1),
+                        size,
+                    )
                 }
             }
         }
     }
 
     /// An offset page: tickets `skip..skip+size` in id order, and the total.
-    pub fn offset_page(&self, sort: SortKey, descending: bool, skip: usize, size: usize) -> (Vec<SandboxTicket>, usize) {
+    pub fn offset_page(
+        &self,
+        sort: SortKey,
+        descending: bool,
+        skip: usize,
+        size: usize,
+    ) -> (Vec<SandboxTicket>, usize) {
         let ids: Box<dyn Iterator<Item = u64>> = match (sort, descending) {
             (SortKey::Id, false) => Box::new(self.tickets.keys().copied()),
             (SortKey::Id, true) => Box::new(self.tickets.keys().rev().copied()),
@@ -487,7 +541,11 @@ impl State {
             (SortKey::Subject, false) => Box::new(self.by_subject.iter().map(|k| k.1)),
             (SortKey::Subject, true) => Box::new(self.by_subject.iter().rev().map(|k| k.1)),
         };
-        let page = ids.skip(skip).take(size).filter_map(|id| self.tickets.get(&id).cloned()).collect();
+        let page = ids
+            .skip(skip)
+            .take(size)
+            .filter_map(|id| self.tickets.get(&id).cloned())
+            .collect();
         (page, self.tickets.len())
     }
 
@@ -495,8 +553,14 @@ impl State {
     pub fn create_job(&mut self, ids: Vec<u64>, now: Instant) -> JobView {
         self.next_job += 1;
         let seq = self.next_job;
-        let hex: String = (0..16).map(|_| format!("{:02x}", self.rng.random::<u8>())).collect();
-        let id = if seq % 2 == 0 { format!("V3-{hex}") } else { hex };
+        let hex: String = (0..16)
+            .map(|_| format!("{:02x}", self.rng.random::<u8>()))
+            .collect();
+        let id = if seq.is_multiple_of(2) {
+            format!("V3-{hex}")
+        } else {
+            hex
+        };
         let faults = self.options.faults.clone();
         let fate = if self.chance(faults.job_failures) {
             JobFate::Fail
@@ -508,7 +572,14 @@ impl State {
         let vanishes = self.chance(faults.job_vanish);
         self.jobs.insert(
             seq,
-            Job { id: id.clone(), ids, created: now, fate, vanishes, finished: None },
+            Job {
+                id: id.clone(),
+                ids,
+                created: now,
+                fate,
+                vanishes,
+                finished: None,
+            },
         );
         self.job_seq.insert(id.clone(), seq);
         JobView {
@@ -560,7 +631,11 @@ impl State {
     /// Restores ids, all or none: an id that is not soft-deleted refuses the
     /// whole call.
     pub fn restore(&mut self, ids: &[u64]) -> Result<(), Vec<u64>> {
-        let missing: Vec<u64> = ids.iter().copied().filter(|id| !self.tickets.contains_key(id)).collect();
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.tickets.contains_key(id))
+            .collect();
         if !missing.is_empty() {
             return Err(missing);
         }

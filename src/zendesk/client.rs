@@ -105,7 +105,11 @@ pub fn check_base_url(text: &str) -> Result<Url, String> {
                 "{text:?} uses plain http to a host that is not loopback: credentials would cross the network in clear; use https://"
             ));
         }
-        other => return Err(format!("{text:?}: scheme {other:?} is not supported; use https://")),
+        other => {
+            return Err(format!(
+                "{text:?}: scheme {other:?} is not supported; use https://"
+            ));
+        }
     }
     if url.host_str().is_none() {
         return Err(format!("{text:?} has no host"));
@@ -278,7 +282,10 @@ impl ZendeskClient {
         url.set_path(parsed.path());
         url.set_query(parsed.query());
         if parsed.host_str() != self.inner.base.host_str() {
-            tracing::debug!(link, "next-page link names another host; following it on the configured base URL");
+            tracing::debug!(
+                link,
+                "next-page link names another host; following it on the configured base URL"
+            );
         }
         Ok(url)
     }
@@ -397,7 +404,9 @@ impl ZendeskClient {
             description: format!("DELETE deleted_tickets/{id}"),
             class: EndpointClass::Other,
         };
-        self.json::<JobStatusEnvelope>(call).await.map(|e| e.job_status)
+        self.json::<JobStatusEnvelope>(call)
+            .await
+            .map(|e| e.job_status)
     }
 
     /// Permanently deletes up to 100 soft-deleted tickets; answers with the
@@ -412,7 +421,9 @@ impl ZendeskClient {
             description: format!("DELETE deleted_tickets/destroy_many ({batch})"),
             class: EndpointClass::Other,
         };
-        self.json::<JobStatusEnvelope>(call).await.map(|e| e.job_status)
+        self.json::<JobStatusEnvelope>(call)
+            .await
+            .map(|e| e.job_status)
     }
 
     /// One job's status.
@@ -424,7 +435,9 @@ impl ZendeskClient {
             description: format!("GET job_statuses/{id}"),
             class: EndpointClass::Other,
         };
-        self.json::<JobStatusEnvelope>(call).await.map(|e| e.job_status)
+        self.json::<JobStatusEnvelope>(call)
+            .await
+            .map(|e| e.job_status)
     }
 
     /// Several jobs' statuses in one call per 100 ids. Jobs Zendesk no longer
@@ -433,7 +446,11 @@ impl ZendeskClient {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(100) {
             let mut url = self.url("/api/v2/job_statuses/show_many.json");
-            let joined = chunk.iter().map(|j| j.0.as_str()).collect::<Vec<_>>().join(",");
+            let joined = chunk
+                .iter()
+                .map(|j| j.0.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
             url.query_pairs_mut().append_pair("ids", &joined);
             let call = Call {
                 method: Method::GET,
@@ -510,7 +527,10 @@ impl ZendeskClient {
             attempts: 1,
         };
         tracing::trace!(call = %call.description, "sending");
-        let request = self.inner.http.request(call.method.clone(), call.url.clone());
+        let request = self
+            .inner
+            .http
+            .request(call.method.clone(), call.url.clone());
         let response = self
             .inner
             .auth
@@ -522,7 +542,10 @@ impl ZendeskClient {
             Ok(r) => r,
             Err(e) => {
                 stats.record(call.endpoint, 0);
-                return Err(transient(describe_reqwest(&e, self.inner.retry.request_timeout)));
+                return Err(transient(describe_reqwest(
+                    &e,
+                    self.inner.retry.request_timeout,
+                )));
             }
         };
         let status = response.status();
@@ -543,21 +566,39 @@ impl ZendeskClient {
             return Ok(body);
         }
         let text = String::from_utf8_lossy(&body);
-        let api_body = ApiErrorBody::parse(&text);
+        let api_body = Box::new(ApiErrorBody::parse(&text));
         let call_name = call.description.clone();
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => {
                 stats.record_rate_limited();
-                let wait = retry_after(&headers).unwrap_or_else(|| self.limits().account.window.min(Duration::from_secs(60)));
+                let wait = retry_after(&headers)
+                    .unwrap_or_else(|| self.limits().account.window.min(Duration::from_secs(60)));
                 self.inner.pacer.hold_account(wait);
-                ZendeskError::RateLimited { call: call_name, wait, body: api_body }
+                ZendeskError::RateLimited {
+                    call: call_name,
+                    wait,
+                    body: api_body,
+                }
             }
-            StatusCode::UNAUTHORIZED => ZendeskError::Unauthorized { call: call_name, body: api_body },
-            StatusCode::FORBIDDEN => ZendeskError::Forbidden { call: call_name, body: api_body },
-            StatusCode::NOT_FOUND => ZendeskError::NotFound { call: call_name, body: api_body },
+            StatusCode::UNAUTHORIZED => ZendeskError::Unauthorized {
+                call: call_name,
+                body: api_body,
+            },
+            StatusCode::FORBIDDEN => ZendeskError::Forbidden {
+                call: call_name,
+                body: api_body,
+            },
+            StatusCode::NOT_FOUND => ZendeskError::NotFound {
+                call: call_name,
+                body: api_body,
+            },
             StatusCode::REQUEST_TIMEOUT => transient(format!("{status}: {api_body}")),
             s if s.is_server_error() => transient(format!("{status}: {api_body}")),
-            s => ZendeskError::InvalidRequest { call: call_name, status: s.as_u16(), body: api_body },
+            s => ZendeskError::InvalidRequest {
+                call: call_name,
+                status: s.as_u16(),
+                body: api_body,
+            },
         })
     }
 }
@@ -571,7 +612,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
     parse_seconds(text).or_else(|| {
         let at = httpdate::parse_http_date(text.trim()).ok()?;
-        Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+        Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     })
 }
 

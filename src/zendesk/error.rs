@@ -13,19 +13,32 @@ pub enum ZendeskError {
     RateLimited {
         call: String,
         wait: Duration,
-        body: ApiErrorBody,
+        body: Box<ApiErrorBody>,
     },
     #[error("{call}: not found (404): {body}")]
-    NotFound { call: String, body: ApiErrorBody },
-    #[error("{call}: unauthorized (401): Zendesk refused the credentials; check the email and the API token (or OAuth token) in the config: {body}")]
-    Unauthorized { call: String, body: ApiErrorBody },
-    #[error("{call}: forbidden (403): the user lacks a permission; deleted tickets need an agent with \"view deleted tickets\", OAuth needs the tickets:write scope: {body}")]
-    Forbidden { call: String, body: ApiErrorBody },
+    NotFound {
+        call: String,
+        body: Box<ApiErrorBody>,
+    },
+    #[error(
+        "{call}: unauthorized (401): Zendesk refused the credentials; check the email and the API token (or OAuth token) in the config: {body}"
+    )]
+    Unauthorized {
+        call: String,
+        body: Box<ApiErrorBody>,
+    },
+    #[error(
+        "{call}: forbidden (403): the user lacks a permission; deleted tickets need an agent with \"view deleted tickets\", OAuth needs the tickets:write scope: {body}"
+    )]
+    Forbidden {
+        call: String,
+        body: Box<ApiErrorBody>,
+    },
     #[error("{call}: invalid request ({status}): {body}")]
     InvalidRequest {
         call: String,
         status: u16,
-        body: ApiErrorBody,
+        body: Box<ApiErrorBody>,
     },
     #[error("{call}: transient failure, gave up after {attempts} attempt(s): {reason}")]
     Transient {
@@ -33,7 +46,9 @@ pub enum ZendeskError {
         reason: String,
         attempts: u32,
     },
-    #[error("{call}: could not decode Zendesk's answer ({reason}); the body starts with {snippet:?}")]
+    #[error(
+        "{call}: could not decode Zendesk's answer ({reason}); the body starts with {snippet:?}"
+    )]
     Decode {
         call: String,
         reason: String,

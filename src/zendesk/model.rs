@@ -46,7 +46,11 @@ pub fn parse_zendesk_time(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
-    for format in ["%Y%m%dT%H:%M:%SZ", "%Y%m%dT%H%M%SZ", "%Y-%m-%d %H:%M:%S UTC"] {
+    for format in [
+        "%Y%m%dT%H:%M:%SZ",
+        "%Y%m%dT%H%M%SZ",
+        "%Y-%m-%d %H:%M:%S UTC",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
             return Some(t.and_utc());
         }

@@ -135,7 +135,9 @@ pub struct Pacer {
 
 impl std::fmt::Debug for Pacer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pacer").field("limits", &self.limits).finish()
+        f.debug_struct("Pacer")
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -259,7 +261,8 @@ impl RateLimitHeaders {
         let mut endpoint_spent_for = None;
         for (name, value) in headers {
             let name = name.as_str();
-            if !(name.starts_with("zendesk-rate-limit-") || name.starts_with("zendesk-ratelimit-")) {
+            if !(name.starts_with("zendesk-rate-limit-") || name.starts_with("zendesk-ratelimit-"))
+            {
                 continue;
             }
             let Ok(value) = value.to_str() else { continue };
@@ -306,18 +309,30 @@ mod tests {
         let h = headers(&[
             ("ratelimit-remaining", "0"),
             ("ratelimit-reset", "12"),
-            ("zendesk-rate-limit-deleted-tickets-index", "total=10; remaining=0; resets=7"),
+            (
+                "zendesk-rate-limit-deleted-tickets-index",
+                "total=10; remaining=0; resets=7",
+            ),
         ]);
         let parsed = RateLimitHeaders::parse(&h);
-        assert_eq!(parsed.account_spent_for, Some(Some(Duration::from_secs(12))));
-        assert_eq!(parsed.endpoint_spent_for, Some(Some(Duration::from_secs(7))));
+        assert_eq!(
+            parsed.account_spent_for,
+            Some(Some(Duration::from_secs(12)))
+        );
+        assert_eq!(
+            parsed.endpoint_spent_for,
+            Some(Some(Duration::from_secs(7)))
+        );
     }
 
     #[test]
     fn budget_left_means_no_hold() {
         let h = headers(&[
             ("x-rate-limit-remaining", "199"),
-            ("zendesk-ratelimit-tickets-index", "total=1000; remaining=999; resets=12"),
+            (
+                "zendesk-ratelimit-tickets-index",
+                "total=1000; remaining=999; resets=12",
+            ),
         ]);
         assert_eq!(RateLimitHeaders::parse(&h), RateLimitHeaders::default());
     }
