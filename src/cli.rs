@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditStore;
 use crate::config::{Config, ConfigError};
+use crate::cycle::{CycleContext, RunStatus, Trigger, run_cycle};
 use crate::sandbox::{Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
 use crate::telemetry::LogFormat;
 use crate::zendesk::{DeletedTicket, ListOptions, Pagination, SortBy, SortOrder, ZendeskClient};
@@ -57,6 +61,89 @@ pub enum Command {
     /// Validate the config file and summarise its rules (exit 2 on errors).
     #[command(after_help = "Example:\n  zd-retention check-config --config config/example.toml")]
     CheckConfig,
+    /// Run one cycle now and wait for its jobs; exit 1 when the run fails.
+    #[command(
+        after_help = "Example:\n  zd-retention once --config /etc/zd-retention/config.toml --dry-run"
+    )]
+    Once(OnceArgs),
+    /// Run as a daemon: a cycle on every tick of the configured cron.
+    #[command(after_help = "Example:\n  zd-retention run --config /etc/zd-retention/config.toml")]
+    Run,
+    /// Purge a sandbox Zendesk by the example rules and show what happened.
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    Demo(DemoArgs),
+    /// Query the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    /// Decide and record only; send no write request (whatever the config says).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the run's report as JSON on stdout.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Soft-deleted tickets in the demo's sandbox.
+    #[arg(long, default_value_t = 3000)]
+    pub tickets: usize,
+    /// The demo's audit database (replaced at every demo).
+    #[arg(long, default_value = "zd-retention-demo.db")]
+    pub database: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The latest runs.
+    #[command(
+        after_help = "Example:\n  zd-retention audit runs --limit 10 --database zd-retention.db"
+    )]
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// One run: its figures, decisions per rule and its jobs.
+    #[command(after_help = "Example:\n  zd-retention audit run 1 --database zd-retention.db")]
+    Run {
+        run_id: i64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// What happened to one ticket, when, and by which rule.
+    #[command(after_help = "Example:\n  zd-retention audit ticket 4711 --database zd-retention.db")]
+    Ticket {
+        ticket_id: u64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditTarget {
+    /// The audit database; defaults to the config's audit.database.
+    #[arg(long, value_name = "PATH")]
+    pub database: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +236,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sandbox(args) => sandbox(args).await,
         Command::List(args) => list(cli.config, args).await,
         Command::CheckConfig => check_config(cli.config),
+        Command::Once(args) => once(cli.config, args).await,
+        Command::Run => daemon(cli.config).await,
+        Command::Demo(args) => crate::demo::run(args.tickets, &args.database).await,
+        Command::Audit(command) => crate::report::audit(cli.config, command).await,
     };
     match result {
         Ok(code) => code,
@@ -164,7 +255,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
+pub(crate) fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
     let path = Config::locate(path.as_deref())?;
     Config::load(&path)
 }
@@ -469,5 +560,60 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_USAGE));
     }
     println!("  credential: found");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
+    AuditStore::open(&config.audit.database).await
+}
+
+async fn once(config: Option<PathBuf>, args: OnceArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let store = open_store(&config).await?;
+    let cancel = CancellationToken::new();
+    let mut ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
+    if args.dry_run {
+        ctx.settings.dry_run = true;
+    }
+    // Ctrl-C stops sending and follows open jobs, as in the daemon.
+    let watcher = tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::warn!("stopping: no new batch is sent; following open jobs");
+        cancel.cancel();
+    });
+    let report = run_cycle(&ctx, Trigger::Manual).await?;
+    watcher.abort();
+    store.close().await;
+    match args.format {
+        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        SummaryFormat::Text => print!("{}", crate::report::summary(&report, &ctx.policy)),
+    }
+    Ok(if report.status == RunStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let store = open_store(&config).await?;
+    let cancel = CancellationToken::new();
+    let ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
+    if config.safety.dry_run {
+        tracing::warn!("safety.dry_run = true: runs decide and record, and purge nothing");
+    }
+    let signals = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            shutdown_signal().await;
+            cancel.cancel();
+        }
+    });
+    crate::daemon::run_daemon(config.schedule.clone(), ctx).await?;
+    signals.abort();
+    store.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -59,6 +59,8 @@ struct RawZendesk {
     oauth_token_file: Option<Spanned<String>>,
     request_timeout: Option<Spanned<String>>,
     max_retries: Option<Spanned<i64>>,
+    job_poll_interval: Option<Spanned<String>>,
+    job_timeout: Option<Spanned<String>>,
     #[serde(default)]
     rate_limits: RawRateLimits,
 }
@@ -94,6 +96,7 @@ struct RawSafety {
     min_age: Option<Spanned<String>>,
     max_purges_per_run: Option<Spanned<i64>>,
     protect_ids: Option<Spanned<Vec<i64>>>,
+    purge_while_scanning: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +138,10 @@ pub struct ZendeskSettings {
     pub limits: RateLimits,
     pub max_jobs_in_flight: usize,
     pub retry: RetryPolicy,
+    /// How often open jobs are polled with `show_many`.
+    pub job_poll_interval: Duration,
+    /// A job not finished after this long counts as unknown.
+    pub job_timeout: Duration,
 }
 
 /// `[schedule]`, validated.
@@ -159,6 +166,9 @@ pub struct AuditSettings {
 pub struct Safety {
     pub dry_run: bool,
     pub max_purges_per_run: u64,
+    /// Send batches while the scan goes on (faster); the purge limit then
+    /// stops sending at the limit instead of purging nothing.
+    pub purge_while_scanning: bool,
 }
 
 /// The whole configuration, validated.
@@ -452,6 +462,21 @@ impl Config {
             }
         }
 
+        let job_poll_interval = c
+            .duration("zendesk.job_poll_interval", &z.job_poll_interval)
+            .unwrap_or(Duration::from_secs(2));
+        let job_timeout = c
+            .duration("zendesk.job_timeout", &z.job_timeout)
+            .unwrap_or(Duration::from_secs(15 * 60));
+        for (key, value) in [
+            ("zendesk.job_poll_interval", job_poll_interval),
+            ("zendesk.job_timeout", job_timeout),
+        ] {
+            if value.is_zero() {
+                c.whole(key, "must be above zero, for example \"2s\"");
+            }
+        }
+
         // [schedule]
         let cron = match &raw.schedule.cron {
             None => "0 */15 * * * *".to_string(),
@@ -678,6 +703,8 @@ impl Config {
                 limits,
                 max_jobs_in_flight,
                 retry,
+                job_poll_interval,
+                job_timeout,
             },
             schedule: Schedule {
                 cron,
@@ -691,6 +718,7 @@ impl Config {
             safety: Safety {
                 dry_run: s.dry_run.unwrap_or(true),
                 max_purges_per_run,
+                purge_while_scanning: s.purge_while_scanning.unwrap_or(false),
             },
             policy: Policy {
                 rules,

@@ -3,9 +3,14 @@
 //! See ARCHITECTURE.md for the code map and the invariants that hold it
 //! together.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod cycle;
+pub mod daemon;
+pub mod demo;
 pub mod quota;
+pub mod report;
 pub mod rules;
 pub mod sandbox;
 pub mod telemetry;

@@ -79,6 +79,30 @@ impl ClientStatsSnapshot {
             .unwrap_or(0)
     }
 
+    /// The requests, 429s, retries and waits since `before`.
+    pub fn since(&self, before: &ClientStatsSnapshot) -> ClientStatsSnapshot {
+        let mut requests = self.requests.clone();
+        for (endpoint, by_status) in requests.iter_mut() {
+            for (status, n) in by_status.iter_mut() {
+                let earlier = before
+                    .requests
+                    .get(endpoint)
+                    .and_then(|m| m.get(status))
+                    .copied()
+                    .unwrap_or(0);
+                *n = n.saturating_sub(earlier);
+            }
+            by_status.retain(|_, n| *n > 0);
+        }
+        requests.retain(|_, m| !m.is_empty());
+        ClientStatsSnapshot {
+            requests,
+            rate_limited: self.rate_limited.saturating_sub(before.rate_limited),
+            retries: self.retries.saturating_sub(before.retries),
+            pacing_wait: self.pacing_wait.saturating_sub(before.pacing_wait),
+        }
+    }
+
     pub fn total_sent(&self) -> u64 {
         self.requests.values().flat_map(|m| m.values()).sum()
     }

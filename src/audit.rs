@@ -1,0 +1,620 @@
+//! The audit store: runs, decisions, jobs and outcomes in SQLite (WAL).
+//!
+//! The only module that knows SQL. Writes that precede a request to Zendesk
+//! are committed (synchronous = FULL) before the caller sends it: decisions
+//! and the batch first, the job id as soon as the answer arrives. Subjects
+//! are stored only when the config says so.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+// Column lists are constants of this module; values are always bound.
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+
+use crate::zendesk::{IdBatch, TicketId};
+
+/// A run's row id.
+pub type RunId = i64;
+/// A job's row id (ours, not Zendesk's).
+pub type JobRowId = i64;
+
+/// Timestamps as stored: RFC 3339, UTC, milliseconds.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// One decision, ready to store.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    pub ticket_id: TicketId,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub actor_id: Option<u64>,
+    pub previous_state: Option<String>,
+    /// Already `None` unless subjects are recorded.
+    pub subject: Option<String>,
+    pub rule: Option<String>,
+    pub decision: &'static str,
+}
+
+/// The figures a finished run records.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RunCounts {
+    pub scanned: u64,
+    pub matched: u64,
+    pub purged: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    pub list_requests: u64,
+    pub early_stop: bool,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: RunId,
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub dry_run: bool,
+    pub config_hash: String,
+    pub status: String,
+    pub scanned: i64,
+    pub matched: i64,
+    pub purged: i64,
+    pub failed: i64,
+    pub unknown: i64,
+    pub list_requests: i64,
+    pub early_stop: bool,
+    pub error: Option<String>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: JobRowId,
+    pub run_id: RunId,
+    pub kind: String,
+    pub zendesk_job_id: Option<String>,
+    pub ticket_ids: String,
+    pub ticket_count: i64,
+    pub recorded_at: String,
+    pub answered_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub status: String,
+    pub message: Option<String>,
+}
+
+/// One line of a ticket's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketEvent {
+    pub at: String,
+    pub run_id: RunId,
+    /// `decision` or `outcome`.
+    pub kind: String,
+    /// The decision or the outcome.
+    pub what: String,
+    pub rule: Option<String>,
+    pub job: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A ticket whose fate a later scan must settle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsettled {
+    /// `purged` or `unknown`.
+    pub outcome: String,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// The store; cheap to clone (a pool).
+#[derive(Debug, Clone)]
+pub struct AuditStore {
+    pool: SqlitePool,
+}
+
+impl AuditStore {
+    /// Opens (creating with mode 0600 if needed) and migrates the database.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        create_private(path)
+            .with_context(|| format!("cannot create the audit database {}", path.display()))?;
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the audit database {}", path.display()))?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot apply the migrations to {}", path.display()))?;
+        Ok(Self { pool })
+    }
+
+    /// Opens an existing database for queries only; works while the daemon
+    /// writes (WAL).
+    pub async fn open_read_only(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            anyhow::bail!(
+                "the audit database {} does not exist yet: run a cycle first (zd-retention once) or check audit.database",
+                path.display()
+            );
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .with_context(|| format!("bad database path {}", path.display()))?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the audit database {}", path.display()))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes runs left `running` by a crash as `interrupted`; returns them.
+    pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<RunId>> {
+        let ids: Vec<RunId> =
+            sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        if !ids.is_empty() {
+            sqlx::query("UPDATE runs SET status = 'interrupted', finished_at = ?, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'")
+                .bind(timestamp(now))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(ids)
+    }
+
+    /// Jobs not yet terminal (from any run), oldest first.
+    pub async fn open_jobs(&self) -> anyhow::Result<Vec<JobRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{JOB_COLUMNS} WHERE status IN ('pending', 'queued', 'working') ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    pub async fn start_run(
+        &self,
+        trigger: &str,
+        dry_run: bool,
+        config_hash: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<RunId> {
+        let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status) VALUES (?, ?, ?, ?, 'running')")
+            .bind(trigger)
+            .bind(timestamp(now))
+            .bind(dry_run)
+            .bind(config_hash)
+            .execute(&self.pool)
+            .await
+            .context("cannot record the start of the run")?
+            .last_insert_rowid();
+        Ok(id)
+    }
+
+    pub async fn finish_run(
+        &self,
+        run: RunId,
+        status: &str,
+        counts: &RunCounts,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ? WHERE id = ?",
+        )
+        .bind(status)
+        .bind(timestamp(now))
+        .bind(counts.scanned as i64)
+        .bind(counts.matched as i64)
+        .bind(counts.purged as i64)
+        .bind(counts.failed as i64)
+        .bind(counts.unknown as i64)
+        .bind(counts.list_requests as i64)
+        .bind(counts.early_stop)
+        .bind(error)
+        .bind(run)
+        .execute(&self.pool)
+        .await
+        .context("cannot record the end of the run")?;
+        Ok(())
+    }
+
+    /// Stores a page of decisions in one transaction.
+    pub async fn record_decisions(
+        &self,
+        run: RunId,
+        decisions: &[DecisionRecord],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let at = timestamp(now);
+        let mut tx = self.pool.begin().await?;
+        // 9 binds a row keeps each statement under SQLite's 32766 variables
+        for chunk in decisions.chunks(500) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at) ",
+            );
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(run)
+                    .push_bind(d.ticket_id as i64)
+                    .push_bind(d.deleted_at.map(timestamp))
+                    .push_bind(d.actor_id.map(|a| a as i64))
+                    .push_bind(d.previous_state.clone())
+                    .push_bind(d.subject.clone())
+                    .push_bind(d.rule.clone())
+                    .push_bind(d.decision)
+                    .push_bind(at.clone());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await.context("cannot record the decisions")?;
+        Ok(())
+    }
+
+    /// Records a write request before it is sent; returns its row.
+    pub async fn record_request(
+        &self,
+        run: RunId,
+        kind: &str,
+        batch: &IdBatch,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<JobRowId> {
+        let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
+            .bind(run)
+            .bind(kind)
+            .bind(batch.to_query())
+            .bind(batch.len() as i64)
+            .bind(timestamp(now))
+            .execute(&self.pool)
+            .await
+            .context("cannot record the request before sending it")?
+            .last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Records Zendesk's answer to a write: the job id and its state.
+    pub async fn record_answer(
+        &self,
+        job: JobRowId,
+        zendesk_job_id: Option<&str>,
+        status: &str,
+        message: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?")
+            .bind(zendesk_job_id)
+            .bind(status)
+            .bind(message)
+            .bind(timestamp(now))
+            .bind(job)
+            .execute(&self.pool)
+            .await
+            .context("cannot record Zendesk's answer")?;
+        Ok(())
+    }
+
+    /// Records a job's end and the outcome of each of its tickets, together.
+    pub async fn record_job_end(
+        &self,
+        run: RunId,
+        job: JobRowId,
+        status: &str,
+        message: Option<&str>,
+        outcome: &str,
+        tickets: &[TicketId],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let at = timestamp(now);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
+            .bind(status)
+            .bind(message)
+            .bind(&at)
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+        insert_outcomes(&mut tx, run, Some(job), tickets, outcome, message, &at).await?;
+        tx.commit().await.context("cannot record the job's end")?;
+        Ok(())
+    }
+
+    /// Records outcomes that belong to no job (not sent, settled by a scan).
+    pub async fn record_outcomes(
+        &self,
+        run: RunId,
+        job: Option<JobRowId>,
+        tickets: &[TicketId],
+        outcome: &str,
+        detail: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        if tickets.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        insert_outcomes(&mut tx, run, job, tickets, outcome, detail, &timestamp(now)).await?;
+        tx.commit().await.context("cannot record the outcomes")?;
+        Ok(())
+    }
+
+    /// Tickets whose last outcome (since `since`) is `purged` or `unknown`:
+    /// a later scan confirms them gone or finds them still there.
+    pub async fn unsettled(
+        &self,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<HashMap<TicketId, Unsettled>> {
+        let rows = sqlx::query(
+            "SELECT o.ticket_id, o.outcome,
+                    (SELECT d.deleted_at FROM decisions d WHERE d.ticket_id = o.ticket_id ORDER BY d.id DESC LIMIT 1) AS deleted_at
+             FROM outcomes o
+             WHERE o.recorded_at >= ?
+               AND o.id = (SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = o.ticket_id)
+               AND o.outcome IN ('purged', 'unknown')",
+        )
+        .bind(timestamp(since))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("ticket_id")?;
+            let deleted_at: Option<String> = row.try_get("deleted_at")?;
+            out.insert(
+                id as TicketId,
+                Unsettled {
+                    outcome: row.try_get("outcome")?,
+                    deleted_at: deleted_at
+                        .and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
+                        .map(|d| d.with_timezone(&Utc)),
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub async fn run(&self, id: RunId) -> anyhow::Result<Option<RunRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// The latest runs, newest first.
+    pub async fn runs(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<RunRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE started_at >= ? ORDER BY id DESC LIMIT ?"
+        )))
+        .bind(since.map(timestamp).unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    pub async fn jobs_of_run(&self, run: RunId) -> anyhow::Result<Vec<JobRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "{JOB_COLUMNS} WHERE run_id = ? ORDER BY id"
+        )))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// Decisions of a run per decision and rule.
+    pub async fn decision_counts(
+        &self,
+        run: RunId,
+    ) -> anyhow::Result<Vec<(String, Option<String>, i64)>> {
+        let rows = sqlx::query("SELECT decision, rule, COUNT(*) AS n FROM decisions WHERE run_id = ? GROUP BY decision, rule ORDER BY decision, rule")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("decision")?, r.try_get("rule")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Everything recorded about one ticket, oldest first.
+    pub async fn ticket_history(&self, ticket: TicketId) -> anyhow::Result<Vec<TicketEvent>> {
+        let rows = sqlx::query(
+            "SELECT at, run_id, kind, what, rule, job, detail FROM (
+                SELECT d.decided_at AS at, d.run_id, 'decision' AS kind, d.decision AS what, d.rule,
+                       NULL AS job, NULL AS detail, 0 AS ord, d.id AS seq
+                FROM decisions d WHERE d.ticket_id = ?1
+                UNION ALL
+                SELECT o.recorded_at, o.run_id, 'outcome', o.outcome, NULL,
+                       (SELECT COALESCE(j.zendesk_job_id, 'request ' || j.id) FROM jobs j WHERE j.id = o.job_id),
+                       o.detail, 1, o.id
+                FROM outcomes o WHERE o.ticket_id = ?1
+             ) ORDER BY at, ord, seq",
+        )
+        .bind(ticket as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TicketEvent {
+                    at: r.try_get("at")?,
+                    run_id: r.try_get("run_id")?,
+                    kind: r.try_get("kind")?,
+                    what: r.try_get("what")?,
+                    rule: r.try_get("rule")?,
+                    job: r.try_get("job")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ticket ids a run decided to purge, sorted.
+    pub async fn selected_tickets(&self, run: RunId) -> anyhow::Result<Vec<TicketId>> {
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT ticket_id FROM decisions WHERE run_id = ? AND decision = 'purge' ORDER BY ticket_id")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(|i| i as TicketId).collect())
+    }
+
+    /// Ticket ids with a given outcome in a run, sorted.
+    pub async fn tickets_with_outcome(
+        &self,
+        run: RunId,
+        outcome: &str,
+    ) -> anyhow::Result<Vec<TicketId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT ticket_id FROM outcomes WHERE run_id = ? AND outcome = ? ORDER BY ticket_id",
+        )
+        .bind(run)
+        .bind(outcome)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|i| i as TicketId).collect())
+    }
+
+    /// Outcomes of a run per outcome.
+    pub async fn outcome_counts(&self, run: RunId) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM outcomes WHERE run_id = ? GROUP BY outcome ORDER BY outcome")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// `PRAGMA integrity_check`'s answer (`ok` when sound).
+    pub async fn integrity_check(&self) -> anyhow::Result<String> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_outcomes(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    run: RunId,
+    job: Option<JobRowId>,
+    tickets: &[TicketId],
+    outcome: &str,
+    detail: Option<&str>,
+    at: &str,
+) -> anyhow::Result<()> {
+    for chunk in tickets.chunks(500) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(run)
+                .push_bind(job)
+                .push_bind(*t as i64)
+                .push_bind(outcome)
+                .push_bind(detail)
+                .push_bind(at);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error FROM runs";
+const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
+
+fn run_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RunRow> {
+    Ok(RunRow {
+        id: r.try_get("id")?,
+        trigger: r.try_get("trigger")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        dry_run: r.try_get("dry_run")?,
+        config_hash: r.try_get("config_hash")?,
+        status: r.try_get("status")?,
+        scanned: r.try_get("scanned")?,
+        matched: r.try_get("matched")?,
+        purged: r.try_get("purged")?,
+        failed: r.try_get("failed")?,
+        unknown: r.try_get("unknown")?,
+        list_requests: r.try_get("list_requests")?,
+        early_stop: r.try_get("early_stop")?,
+        error: r.try_get("error")?,
+    })
+}
+
+fn job_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobRow> {
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        run_id: r.try_get("run_id")?,
+        kind: r.try_get("kind")?,
+        zendesk_job_id: r.try_get("zendesk_job_id")?,
+        ticket_ids: r.try_get("ticket_ids")?,
+        ticket_count: r.try_get("ticket_count")?,
+        recorded_at: r.try_get("recorded_at")?,
+        answered_at: r.try_get("answered_at")?,
+        finished_at: r.try_get("finished_at")?,
+        status: r.try_get("status")?,
+        message: r.try_get("message")?,
+    })
+}
+
+/// Creates the database file readable by its owner only, if it is new.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses the comma-separated ids of a job row.
+pub fn parse_ids(text: &str) -> Vec<TicketId> {
+    text.split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
