@@ -326,9 +326,8 @@ impl AuditStore {
         message: Option<&str>,
         outcome: &str,
         tickets: &[TicketId],
-        now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let at = timestamp(now);
+        let at = timestamp(Utc::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
             .bind(status)

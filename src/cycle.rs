@@ -228,7 +228,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             _ => {
                 recovered_unknown += tickets.len() as u64;
                 store
-                    .record_job_end(run, job.id, "unknown", Some("the process stopped before Zendesk's answer was recorded; the next scan settles it"), "unknown", &tickets, Utc::now())
+                    .record_job_end(run, job.id, "unknown", Some("the process stopped before Zendesk's answer was recorded; the next scan settles it"), "unknown", &tickets)
                     .await?;
             }
         }
@@ -302,6 +302,12 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     }
     if let Some(e) = &tally.fatal {
         errors.push(e.clone());
+    }
+    if tally.failed > 0 {
+        errors.push(format!(
+            "{} tickets could not be purged (zd-retention audit run {run} shows why)",
+            tally.failed
+        ));
     }
     let status = if ctx.cancel.is_cancelled() {
         RunStatus::Interrupted
@@ -648,7 +654,6 @@ impl PurgeWorker {
                         Some("no longer followed: purging stopped after an error"),
                         "unknown",
                         &job.tickets,
-                        Utc::now(),
                     )
                     .await;
             }
@@ -690,7 +695,7 @@ impl PurgeWorker {
                 for job in open {
                     self.tally.unknown += job.tickets.len() as u64;
                     self.store
-                        .record_job_end(self.run, job.row, "unknown", Some("still open when the daemon stopped following jobs at shutdown; the next run settles it"), "unknown", &job.tickets, Utc::now())
+                        .record_job_end(self.run, job.row, "unknown", Some("still open when the daemon stopped following jobs at shutdown; the next run settles it"), "unknown", &job.tickets)
                         .await?;
                 }
                 return Ok(());
@@ -764,7 +769,6 @@ impl PurgeWorker {
                                 Some(&e.to_string()),
                                 "failed",
                                 ids,
-                                Utc::now(),
                             )
                             .await?;
                         self.tally.failed += ids.len() as u64;
@@ -790,15 +794,7 @@ impl PurgeWorker {
                     self.tally.unknown += ids.len() as u64;
                 }
                 self.store
-                    .record_job_end(
-                        self.run,
-                        row,
-                        status,
-                        Some(&e.to_string()),
-                        outcome,
-                        ids,
-                        Utc::now(),
-                    )
+                    .record_job_end(self.run, row, status, Some(&e.to_string()), outcome, ids)
                     .await?;
                 Ok(())
             }
@@ -875,7 +871,6 @@ impl PurgeWorker {
                 Some(why),
                 "unknown",
                 &job.tickets,
-                Utc::now(),
             )
             .await
     }
@@ -916,7 +911,6 @@ impl PurgeWorker {
                 detail.as_deref(),
                 outcome,
                 &job.tickets,
-                Utc::now(),
             )
             .await
             .context("cannot record a job's end")

@@ -57,3 +57,96 @@ pub async fn sandbox(tickets: usize) -> Sandbox {
         .await
         .unwrap()
 }
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use zd_retention::audit::AuditStore;
+use zd_retention::cycle::{CycleContext, CycleSettings};
+use zd_retention::rules::{Policy, RetentionRule, RuleAction};
+use zd_retention::sandbox::SandboxTicket;
+
+/// Settings for tests: live, quick polling, generous limits.
+pub fn test_settings() -> CycleSettings {
+    CycleSettings {
+        dry_run: false,
+        max_purges_per_run: 100_000,
+        purge_while_scanning: false,
+        max_jobs_in_flight: 10,
+        job_poll_interval: Duration::from_millis(20),
+        job_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+        record_subjects: false,
+        settle_window: Duration::from_secs(31 * 86_400),
+    }
+}
+
+/// The example config's rules: keep legal holds, purge solved/closed after
+/// 7 days and automation deletions after an hour; min_age 1h.
+pub fn example_policy() -> Policy {
+    Policy {
+        rules: vec![
+            RetentionRule {
+                subject_matches: Some(regex::Regex::new("(?i)legal hold").unwrap()),
+                ..RetentionRule::new("legal-hold", RuleAction::Keep)
+            },
+            RetentionRule {
+                previous_state: Some(["solved".to_string(), "closed".to_string()].into()),
+                older_than: Some(Duration::from_secs(7 * 86_400)),
+                ..RetentionRule::new("closed-after-7-days", RuleAction::Purge)
+            },
+            RetentionRule {
+                actor_ids: Some([900001].into()),
+                older_than: Some(Duration::from_secs(3600)),
+                ..RetentionRule::new("automation-deletions", RuleAction::Purge)
+            },
+        ],
+        min_age: Duration::from_secs(3600),
+        protect_ids: Default::default(),
+    }
+}
+
+/// The example rules written out by hand, independent of the engine, with a
+/// margin of a minute around the age limits so the clock cannot flip a case.
+pub fn example_selects(t: &SandboxTicket) -> Option<bool> {
+    let age = chrono::Utc::now() - t.deleted_at;
+    let near = |limit: chrono::Duration| (age - limit).num_seconds().abs() < 60;
+    if near(chrono::Duration::days(7)) || near(chrono::Duration::hours(1)) {
+        return None;
+    }
+    if t.subject
+        .as_deref()
+        .is_some_and(|s| s.to_lowercase().contains("legal hold"))
+    {
+        return Some(false);
+    }
+    let closed =
+        matches!(t.previous_state.as_str(), "solved" | "closed") && age > chrono::Duration::days(7);
+    let automation = t.actor_id == 900001 && age > chrono::Duration::hours(1);
+    Some(closed || automation)
+}
+
+/// A cycle context on a fresh database file.
+pub struct Engine {
+    pub ctx: CycleContext,
+    pub db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn engine(sb: &Sandbox, policy: Policy, settings: CycleSettings) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let store = AuditStore::open(&db).await.unwrap();
+    Engine {
+        ctx: CycleContext {
+            policy: Arc::new(policy),
+            settings,
+            config_hash: "test".into(),
+            client: client_for(&sb.base_url()),
+            store,
+            cancel: CancellationToken::new(),
+        },
+        db,
+        _dir: dir,
+    }
+}

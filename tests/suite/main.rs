@@ -2,5 +2,8 @@
 //! against wiremock, the sandbox's contract, and the engine end to end.
 
 mod client_wire;
+mod config_files;
+mod engine;
 mod helpers;
+mod rules_props;
 mod sandbox_contract;

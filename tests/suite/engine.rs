@@ -1,0 +1,440 @@
+//! The purge cycle end to end: the real client, the sandbox and a real
+//! SQLite file.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sqlx::Row;
+use zd_retention::cycle::{RunStatus, Trigger, run_cycle};
+use zd_retention::rules::{Policy, RetentionRule, RuleAction};
+use zd_retention::sandbox::{Faults, Sandbox, SandboxOptions, SandboxTicket, generate_tickets};
+
+use crate::helpers::{
+    engine, example_policy, example_selects, fast_sandbox_options, test_settings,
+};
+
+/// Generated tickets without any that sit within a minute of an age limit.
+fn clear_tickets(n: usize, seed: u64) -> Vec<SandboxTicket> {
+    generate_tickets(n, seed, chrono::Utc::now())
+        .into_iter()
+        .filter(|t| example_selects(t).is_some())
+        .collect()
+}
+
+async fn sandbox_with(tickets: Vec<SandboxTicket>, options: SandboxOptions) -> Sandbox {
+    Sandbox::start_with(options, tickets, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn expected(tickets: &[SandboxTicket]) -> BTreeSet<u64> {
+    tickets
+        .iter()
+        .filter(|t| example_selects(t) == Some(true))
+        .map(|t| t.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_purges_exactly_the_selected_tickets_and_audits_each() {
+    let tickets = clear_tickets(1500, 1);
+    let want = expected(&tickets);
+    assert!(
+        want.len() > 300,
+        "the data must select a good share: {}",
+        want.len()
+    );
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(purged, want, "exactly the selected tickets are gone");
+    let left: BTreeSet<u64> = sb.deleted_ids().into_iter().collect();
+    let all: BTreeSet<u64> = tickets.iter().map(|t| t.id).collect();
+    assert_eq!(left, &all - &want);
+    assert_eq!(report.counts.purged, want.len() as u64);
+    assert_eq!(report.counts.matched, want.len() as u64);
+    assert_eq!(report.purge_batches, want.len().div_ceil(100) as u64);
+    assert_eq!(sb.count("destroy_many"), want.len().div_ceil(100) as u64);
+
+    // every purged ticket: a purge decision with its rule, then an outcome
+    // naming its job
+    let rows = sqlx::query(
+        "SELECT d.ticket_id, d.rule, o.outcome, j.zendesk_job_id, d.id < o.id AS decided_first
+         FROM decisions d JOIN outcomes o ON o.ticket_id = d.ticket_id JOIN jobs j ON j.id = o.job_id
+         WHERE d.decision = 'purge'",
+    )
+    .fetch_all(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), want.len());
+    for row in rows {
+        let rule: Option<String> = row.get("rule");
+        assert!(matches!(
+            rule.as_deref(),
+            Some("closed-after-7-days" | "automation-deletions")
+        ));
+        assert_eq!(row.get::<String, _>("outcome"), "purged");
+        assert!(row.get::<Option<String>, _>("zendesk_job_id").is_some());
+    }
+    // no subject text anywhere
+    let subjects: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM decisions WHERE subject IS NOT NULL")
+            .fetch_one(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(subjects, 0);
+    // the database is private to its owner and sound
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&e.db).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(e.ctx.store.integrity_check().await.unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_sends_no_write_request() {
+    let tickets = clear_tickets(600, 2);
+    let want = expected(&tickets);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let e = engine(
+        &sb,
+        example_policy(),
+        zd_retention::cycle::CycleSettings {
+            dry_run: true,
+            ..test_settings()
+        },
+    )
+    .await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed);
+    assert!(sb.write_requests().is_empty(), "{:?}", sb.write_requests());
+    assert!(sb.purged_ids().is_empty());
+    let would: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM decisions WHERE decision = 'would_purge'")
+            .fetch_one(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(would as usize, want.len());
+    let dry: bool = sqlx::query_scalar("SELECT dry_run FROM runs")
+        .fetch_one(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert!(dry);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
+    let tickets = clear_tickets(600, 3);
+    let want = expected(&tickets);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let e = engine(
+        &sb,
+        example_policy(),
+        zd_retention::cycle::CycleSettings {
+            max_purges_per_run: 10,
+            ..test_settings()
+        },
+    )
+    .await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("max_purges_per_run"),
+        "{:?}",
+        report.error
+    );
+    assert!(sb.write_requests().is_empty());
+    assert!(sb.purged_ids().is_empty());
+    assert_eq!(report.counts.matched, want.len() as u64);
+    let status: String = sqlx::query_scalar("SELECT status FROM runs")
+        .fetch_one(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_cycle_purges_nothing_new_and_confirms_the_first() {
+    let tickets = clear_tickets(800, 4);
+    let want = expected(&tickets);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.counts.purged, want.len() as u64);
+    let destroys = sb.count("destroy_many");
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.status, RunStatus::Completed);
+    assert_eq!(second.counts.matched, 0);
+    assert_eq!(second.counts.purged, 0);
+    assert_eq!(sb.count("destroy_many"), destroys, "no new purge request");
+    assert_eq!(
+        second.confirmed_gone,
+        want.len() as u64,
+        "the second scan proves the first purges"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_stop_lists_less_than_a_full_scan() {
+    let tickets = clear_tickets(1000, 5);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    // only old tickets can be purged: the sorted scan stops at 20 days
+    let old_only = Policy {
+        rules: vec![RetentionRule {
+            older_than: Some(Duration::from_secs(20 * 86_400)),
+            ..RetentionRule::new("old", RuleAction::Purge)
+        }],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    };
+    let e = engine(
+        &sb,
+        old_only,
+        zd_retention::cycle::CycleSettings {
+            dry_run: true,
+            ..test_settings()
+        },
+    )
+    .await;
+    let early = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert!(early.counts.early_stop);
+    // an actor rule can select any age: a full scan
+    let by_actor = Policy {
+        rules: vec![RetentionRule {
+            actor_ids: Some([900001].into()),
+            ..RetentionRule::new("bot", RuleAction::Purge)
+        }],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    };
+    let e = engine(
+        &sb,
+        by_actor,
+        zd_retention::cycle::CycleSettings {
+            dry_run: true,
+            ..test_settings()
+        },
+    )
+    .await;
+    let full = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert!(!full.counts.early_stop);
+    assert_eq!(full.counts.scanned, tickets.len() as u64);
+    assert_eq!(
+        full.counts.list_requests,
+        tickets.len().div_ceil(100) as u64
+    );
+    assert!(
+        early.counts.list_requests < full.counts.list_requests,
+        "{} vs {}",
+        early.counts.list_requests,
+        full.counts.list_requests
+    );
+    // and the early scan saw every ticket older than 20 days
+    let old = tickets
+        .iter()
+        .filter(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(20))
+        .count() as u64;
+    assert_eq!(early.counts.matched, old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_cycle_run_again_purges_the_rest_with_a_consistent_audit() {
+    let tickets = clear_tickets(1500, 6);
+    let want = expected(&tickets);
+    // slow jobs so that the cancel lands while work is open
+    let sb = sandbox_with(
+        tickets,
+        SandboxOptions {
+            job_delay: Duration::from_secs(30),
+            ..fast_sandbox_options(0)
+        },
+    )
+    .await;
+    let settings = zd_retention::cycle::CycleSettings {
+        purge_while_scanning: true,
+        max_jobs_in_flight: 2,
+        ..test_settings()
+    };
+    let e = engine(&sb, example_policy(), settings).await;
+    let cancel = e.ctx.cancel.clone();
+    let ctx = e.ctx.clone();
+    let run = tokio::spawn(async move { run_cycle(&ctx, Trigger::Manual).await });
+    // cancel as soon as the first purge request has reached the sandbox
+    while sb.count("destroy_many") == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cancel.cancel();
+    let first = run.await.unwrap().unwrap();
+    assert_eq!(first.status, RunStatus::Interrupted);
+    assert!(
+        sb.purged_ids().len() < want.len(),
+        "the cancel came before the end"
+    );
+
+    let mut e2 = e.ctx.clone();
+    e2.cancel = tokio_util::sync::CancellationToken::new();
+    let second = run_cycle(&e2, Trigger::Manual).await.unwrap();
+    assert_eq!(second.status, RunStatus::Completed, "{:?}", second.error);
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(
+        purged, want,
+        "after the rerun exactly the selected tickets are gone"
+    );
+    // every ticket that left the sandbox had a purge decision before its request
+    let undecided: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outcomes o WHERE o.outcome = 'purged'
+         AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.ticket_id = o.ticket_id AND d.decision = 'purge' AND d.decided_at <= o.recorded_at)",
+    )
+    .fetch_one(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(undecided, 0);
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM runs ORDER BY id")
+        .fetch_all(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(statuses, ["interrupted", "completed"]);
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE status IN ('pending','queued','working')",
+    )
+    .fetch_one(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "no job is left open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
+    let tickets = clear_tickets(300, 7);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    // a crash between recording a request and its answer
+    let store = &e.ctx.store;
+    let crashed = store
+        .start_run("cron", false, "old", chrono::Utc::now())
+        .await
+        .unwrap();
+    let old = chrono::Utc::now() - chrono::Duration::days(20);
+    let decided: Vec<_> = [1, 2]
+        .map(|id| zd_retention::audit::DecisionRecord {
+            ticket_id: id,
+            deleted_at: Some(old),
+            actor_id: None,
+            previous_state: Some("closed".into()),
+            subject: None,
+            rule: Some("closed-after-7-days".into()),
+            decision: "purge",
+        })
+        .into();
+    store
+        .record_decisions(crashed, &decided, chrono::Utc::now())
+        .await
+        .unwrap();
+    let ghost = zd_retention::zendesk::IdBatch::new(vec![1, 2]).unwrap();
+    store
+        .record_request(crashed, "destroy_many", &ghost, chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed);
+    let old = store.run(crashed).await.unwrap().unwrap();
+    assert_eq!(old.status, "interrupted");
+    let job: String = sqlx::query_scalar("SELECT status FROM jobs WHERE run_id = ?")
+        .bind(crashed)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(job, "unknown");
+    // ids 1 and 2 were never in the sandbox: the same run's scan proves them gone
+    let settled: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = 1 ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(settled, ["unknown", "confirmed_gone"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_jobs_are_recorded_with_zendesks_message_and_fail_the_run() {
+    let tickets = clear_tickets(400, 8);
+    let want = expected(&tickets);
+    let sb = sandbox_with(
+        tickets,
+        SandboxOptions {
+            faults: Faults {
+                job_failures: 1.0,
+                ..Faults::default()
+            },
+            ..fast_sandbox_options(0)
+        },
+    )
+    .await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.counts.failed, want.len() as u64);
+    assert_eq!(report.counts.purged, 0);
+    assert!(sb.purged_ids().is_empty());
+    let message: String =
+        sqlx::query_scalar("SELECT detail FROM outcomes WHERE outcome = 'failed' LIMIT 1")
+            .fetch_one(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert!(message.contains("sandbox fault"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_that_did_not_take_is_flagged_and_tried_again() {
+    let tickets = clear_tickets(300, 9);
+    let want = expected(&tickets);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    // Zendesk reported success but the ticket comes back in the listing
+    let back = *want.iter().next().unwrap();
+    sb.insert(tickets.iter().filter(|t| t.id == back).cloned());
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.not_effective, 1);
+    assert_eq!(second.counts.purged, 1);
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = ? ORDER BY id")
+            .bind(back as i64)
+            .fetch_all(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcomes, ["purged", "not_effective", "purged"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_job_statuses_leave_outcomes_unknown_until_a_scan_settles_them() {
+    let tickets = clear_tickets(300, 10);
+    let want = expected(&tickets);
+    let sb = sandbox_with(
+        tickets,
+        SandboxOptions {
+            faults: Faults {
+                job_vanish: 1.0,
+                ..Faults::default()
+            },
+            ..fast_sandbox_options(0)
+        },
+    )
+    .await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.counts.unknown, want.len() as u64);
+    assert_eq!(first.counts.purged, 0);
+    sb.set_faults(Faults::default());
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.confirmed_gone, want.len() as u64);
+    assert_eq!(second.counts.matched, 0);
+}
