@@ -140,9 +140,9 @@ enum LateFault {
     Malformed,
 }
 
-/// Seconds as header text: whole seconds (rounded up) at Zendesk's own
+/// Reset times as header text: whole seconds (rounded up) at Zendesk's own
 /// speed; under compressed time, milliseconds as a fraction so that a client
-/// can wait exactly.
+/// can hold off exactly.
 fn seconds_text(d: Duration, time_scale: f64) -> String {
     if time_scale == 1.0 {
         d.as_secs_f64().ceil().max(0.0).to_string()
@@ -678,7 +678,7 @@ async fn handle(
                         Answer::too_many(retry_after)
                     } else if state.chance(faults.rate_limits) {
                         log.fault = Some("rate_limit");
-                        Answer::too_many(Duration::from_secs(1).div_f64(scale))
+                        Answer::too_many(Duration::from_secs(1))
                     } else if state.chance(faults.server_errors) {
                         log.fault = Some("server_error");
                         let status = [
@@ -761,7 +761,13 @@ async fn handle(
         }
     };
     if let Some(wait) = answer.retry_after {
-        set("retry-after", seconds_text(wait, scale));
+        // Whole seconds, at least 1, whatever the time scale: HTTP's
+        // delta-seconds, and clients (zenpy) parse it with int() and stop
+        // waiting at 0.
+        set(
+            "retry-after",
+            (wait.as_secs_f64().ceil() as u64).max(1).to_string(),
+        );
     }
     if let Some(budget) = budget {
         let (limit, remaining, reset) = budget.account;

@@ -1,0 +1,208 @@
+//! The binary as a user runs it: exit codes, messages, `once` and `run`
+//! against a sandbox.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use zd_retention::sandbox::{Sandbox, SandboxTicket, generate_tickets};
+
+use crate::helpers::{TOKEN, example_selects, fast_sandbox_options};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
+
+fn live_config(dir: &Path, base_url: &str, cron: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        r#"
+[zendesk]
+base_url = "{base_url}"
+email = "ops@acme.example"
+token_env = "ZD_TEST_TOKEN"
+job_poll_interval = "20ms"
+[zendesk.rate_limits]
+list = "10/100ms"
+list_deep = "5/100ms"
+account = "200/100ms"
+[schedule]
+cron = "{cron}"
+shutdown_grace = "5s"
+[audit]
+database = "{db}"
+[safety]
+dry_run = false
+[[rules]]
+name = "legal-hold"
+action = "keep"
+subject_matches = "(?i)legal hold"
+[[rules]]
+name = "closed-after-7-days"
+action = "purge"
+previous_state = ["solved", "closed"]
+older_than = "7d"
+[[rules]]
+name = "automation-deletions"
+action = "purge"
+actor_ids = [900001]
+older_than = "1h"
+"#,
+        db = dir.join("audit.db").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn clear_tickets(n: usize, seed: u64) -> Vec<SandboxTicket> {
+    generate_tickets(n, seed, chrono::Utc::now())
+        .into_iter()
+        .filter(|t| example_selects(t).is_some())
+        .collect()
+}
+
+#[test]
+fn check_config_names_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[zendesk]\nbase_url = \"http://acme.zendesk.com\"\nemail = \"a@b.c\"\ntoken_env = \"T\"\n[safety]\nmin_age = \"soon\"\n[[rules]]\nname = \"x\"\naction = \"purge\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2: zendesk.base_url"), "{stderr}");
+    assert!(stderr.contains("line 6: safety.min_age"), "{stderr}");
+    assert!(stderr.contains("match_all = true"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn commands_without_a_config_say_how_to_give_one() {
+    let out = Command::new(BIN)
+        .arg("once")
+        .env_remove("ZD_RETENTION_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_purges_exactly_what_the_rules_select() {
+    let tickets = clear_tickets(700, 21);
+    let want: BTreeSet<u64> = tickets
+        .iter()
+        .filter(|t| example_selects(t) == Some(true))
+        .map(|t| t.id)
+        .collect();
+    let sb = Sandbox::start_with(
+        fast_sandbox_options(0),
+        tickets,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let out = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("completed"), "{stdout}");
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(purged, want);
+    // at trace level the token is still nowhere
+    assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN));
+    let db = std::fs::read(dir.path().join("audit.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
+    let tickets = clear_tickets(300, 22);
+    let sb = Sandbox::start_with(
+        fast_sandbox_options(0),
+        tickets,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "* * * * * *");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let db = dir.path().join("audit.db");
+    // wait for two completed runs, read through a read-only store
+    let mut completed = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(store) = zd_retention::audit::AuditStore::open_read_only(&db).await {
+            completed = store
+                .runs(None, 100)
+                .await
+                .map(|r| r.iter().filter(|r| r.status == "completed").count())
+                .unwrap_or(0);
+            store.close().await;
+            if completed >= 2 {
+                break;
+            }
+        }
+    }
+    assert!(completed >= 2, "the daemon ran on its cron");
+    let pid = child.id().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits within 30 s")
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = zd_retention::audit::AuditStore::open_read_only(&db)
+        .await
+        .unwrap();
+    let runs = store.runs(None, 100).await.unwrap();
+    assert!(
+        runs.iter().all(|r| r.status != "running"),
+        "no run is left running"
+    );
+    // runs never overlap: each starts after the previous one finished
+    let mut by_start = runs.clone();
+    by_start.sort_by_key(|r| r.id);
+    for pair in by_start.windows(2) {
+        let finished = pair[0].finished_at.clone().unwrap();
+        assert!(
+            pair[1].started_at >= finished,
+            "run {} overlaps run {}",
+            pair[1].id,
+            pair[0].id
+        );
+    }
+}
