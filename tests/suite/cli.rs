@@ -144,7 +144,7 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = live_config(dir.path(), &sb.base_url(), "* * * * * *");
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
         .env("ZD_TEST_TOKEN", TOKEN)
