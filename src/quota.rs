@@ -43,14 +43,20 @@ impl RateQuota {
 
     /// A governor quota that lets through at most `count` requests in any
     /// window of `window`: a burst of one and one more every `spacing`.
-    /// A burst of `count` would allow almost twice the count in the first
-    /// window (governor refills while the burst is spent), which a server that
-    /// counts per fixed window answers with 429s.
     pub fn to_governor(&self) -> governor::Quota {
         governor::Quota::with_period(self.spacing())
             // spacing is non-zero: count and window are checked in `new`
             .expect("non-zero spacing")
             .allow_burst(NonZeroU32::MIN)
+    }
+
+    /// A governor quota with a burst of `count`, refilled one per `spacing`.
+    /// Alone it allows almost twice the count in the first window (governor
+    /// refills while the burst is spent); it is only safe together with a
+    /// hold-off until the server's window resets once its `remaining` reaches
+    /// zero, which is what `Pacer` does with Zendesk's headers.
+    pub fn to_governor_burst(&self) -> governor::Quota {
+        self.to_governor().allow_burst(self.count)
     }
 }
 

@@ -169,8 +169,13 @@ impl Pacer {
     pub fn new(limits: RateLimits) -> Self {
         Self {
             limits,
-            list: RateLimiter::direct(limits.list.to_governor()),
-            list_deep: RateLimiter::direct(limits.list_deep.to_governor()),
+            // Listing is sequential (each page needs the previous cursor), so
+            // a burst cannot collide with itself; the endpoint header's
+            // `remaining=0` holds the rest until the window resets. This
+            // spends each window's quota at its start instead of spreading
+            // it, which is what the quota bound assumes.
+            list: RateLimiter::direct(limits.list.to_governor_burst()),
+            list_deep: RateLimiter::direct(limits.list_deep.to_governor_burst()),
             account: RateLimiter::direct(limits.account.to_governor()),
             holds: Mutex::new(HoldOffs::default()),
             stats: ClientStats::default(),
