@@ -600,6 +600,12 @@ async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
     let store = open_store(&config).await?;
+    // A crash of the previous process shows at once, not at the first tick;
+    // its open jobs are followed by the first run.
+    let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;
+    if !interrupted.is_empty() {
+        tracing::warn!(runs = ?interrupted, "runs of an earlier process did not finish; recorded as interrupted");
+    }
     let cancel = CancellationToken::new();
     let ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
     if config.safety.dry_run {
