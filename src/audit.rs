@@ -42,6 +42,8 @@ pub struct DecisionRecord {
     pub subject: Option<String>,
     pub rule: Option<String>,
     pub decision: &'static str,
+    /// When the rules decided (the time the age conditions were read at).
+    pub decided_at: DateTime<Utc>,
 }
 
 /// The figures a finished run records.
@@ -241,17 +243,15 @@ impl AuditStore {
         Ok(())
     }
 
-    /// Stores a page of decisions in one transaction.
+    /// Stores decisions in one transaction.
     pub async fn record_decisions(
         &self,
         run: RunId,
         decisions: &[DecisionRecord],
-        now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         if decisions.is_empty() {
             return Ok(());
         }
-        let at = timestamp(now);
         let mut tx = self.pool.begin().await?;
         // 9 binds a row keeps each statement under SQLite's 32766 variables
         for chunk in decisions.chunks(500) {
@@ -267,7 +267,7 @@ impl AuditStore {
                     .push_bind(d.subject.clone())
                     .push_bind(d.rule.clone())
                     .push_bind(d.decision)
-                    .push_bind(at.clone());
+                    .push_bind(timestamp(d.decided_at));
             });
             q.build().execute(&mut *tx).await?;
         }

@@ -77,6 +77,13 @@ pub enum Command {
     Audit(AuditCommand),
 }
 
+impl Command {
+    /// Commands that serve concurrent work for a long time.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::Run | Command::Sandbox(_) | Command::Demo(_))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct OnceArgs {
     /// Decide and record only; send no write request (whatever the config says).

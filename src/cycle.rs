@@ -413,7 +413,12 @@ async fn scan(
     let mut held: Vec<TicketId> = Vec::new();
     let mut pending: Vec<TicketId> = Vec::new();
     let mut sending_stopped = false;
+    let mut queued: u64 = 0;
     let limit = settings.max_purges_per_run;
+    // Decisions are written in transactions of about ten pages (fewer
+    // fsyncs), and always before any of their ids is handed on for sending.
+    let mut unflushed: Vec<DecisionRecord> = Vec::new();
+    let mut last_flush = Instant::now();
 
     'pages: loop {
         let page = tokio::select! {
@@ -477,11 +482,19 @@ async fn scan(
                 }
                 keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
             }
-            records.push(decision_record(ticket, &decision, settings));
+            records.push(decision_record(ticket, &decision, settings, now));
         }
-        // Write-ahead: the decisions are on disk before any of these ids can
-        // be sent.
-        store.record_decisions(run, &records, now).await?;
+        unflushed.extend(records);
+        let will_send = settings.purge_while_scanning
+            && !settings.dry_run
+            && pending.len() + selected.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
+        if will_send || unflushed.len() >= 1000 || last_flush.elapsed() >= Duration::from_secs(2) {
+            // Write-ahead: the decisions are on disk before any of these ids
+            // can be sent.
+            store.record_decisions(run, &unflushed).await?;
+            unflushed.clear();
+            last_flush = Instant::now();
+        }
         for (id, prior) in not_effective {
             let (outcome, detail) = if prior == "purged" {
                 (
@@ -508,7 +521,7 @@ async fn scan(
         if !settings.dry_run && !selected.is_empty() {
             if settings.purge_while_scanning {
                 for id in selected {
-                    if result.matched > limit && !sending_stopped {
+                    if queued >= limit && !sending_stopped {
                         sending_stopped = true;
                         tracing::error!(
                             limit,
@@ -530,6 +543,7 @@ async fn scan(
                         continue;
                     }
                     pending.push(id);
+                    queued += 1;
                     if pending.len() == crate::zendesk::MAX_IDS_PER_BATCH {
                         let batch = IdBatch::new(std::mem::take(&mut pending))
                             .expect("100 distinct ids make a batch");
@@ -547,6 +561,7 @@ async fn scan(
         }
     }
     drop(pages);
+    store.record_decisions(run, &unflushed).await?;
 
     if settings.dry_run || no_purge_rules {
         return Ok(result);
@@ -600,6 +615,7 @@ fn decision_record(
     ticket: &DeletedTicket,
     decision: &Decision,
     settings: &CycleSettings,
+    now: DateTime<Utc>,
 ) -> DecisionRecord {
     DecisionRecord {
         ticket_id: ticket.id,
@@ -616,6 +632,7 @@ fn decision_record(
             Decision::Purge { .. } if settings.dry_run => "would_purge",
             other => other.kind(),
         },
+        decided_at: now,
     }
 }
 

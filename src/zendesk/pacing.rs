@@ -154,6 +154,8 @@ pub struct Pacer {
     list_deep: DefaultDirectRateLimiter,
     account: DefaultDirectRateLimiter,
     holds: Mutex<HoldOffs>,
+    /// The limiters' clock, made once: making one calibrates the TSC.
+    clock: DefaultClock,
     pub(crate) stats: ClientStats,
 }
 
@@ -178,6 +180,7 @@ impl Pacer {
             list_deep: RateLimiter::direct(limits.list_deep.to_governor_burst()),
             account: RateLimiter::direct(limits.account.to_governor()),
             holds: Mutex::new(HoldOffs::default()),
+            clock: DefaultClock::default(),
             stats: ClientStats::default(),
         }
     }
@@ -191,14 +194,14 @@ impl Pacer {
         let started = Instant::now();
         self.wait_for_holds(class).await;
         match class {
-            EndpointClass::List => until_ready(&self.list).await,
+            EndpointClass::List => until_ready(&self.list, &self.clock).await,
             EndpointClass::ListDeep => {
-                until_ready(&self.list_deep).await;
-                until_ready(&self.list).await;
+                until_ready(&self.list_deep, &self.clock).await;
+                until_ready(&self.list, &self.clock).await;
             }
             EndpointClass::Other => {}
         }
-        until_ready(&self.account).await;
+        until_ready(&self.account, &self.clock).await;
         let waited = started.elapsed();
         if waited > Duration::from_millis(1) {
             self.stats
@@ -253,8 +256,7 @@ impl Pacer {
     }
 }
 
-async fn until_ready(limiter: &DefaultDirectRateLimiter) {
-    let clock = DefaultClock::default();
+async fn until_ready(limiter: &DefaultDirectRateLimiter, clock: &DefaultClock) {
     loop {
         match limiter.check() {
             Ok(()) => return,

@@ -332,12 +332,10 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
             subject: None,
             rule: Some("closed-after-7-days".into()),
             decision: "purge",
+            decided_at: chrono::Utc::now(),
         })
         .into();
-    store
-        .record_decisions(crashed, &decided, chrono::Utc::now())
-        .await
-        .unwrap();
+    store.record_decisions(crashed, &decided).await.unwrap();
     let ghost = zd_retention::zendesk::IdBatch::new(vec![1, 2]).unwrap();
     store
         .record_request(crashed, "destroy_many", &ghost, chrono::Utc::now())
@@ -446,36 +444,62 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
     // a server that ignores sort_by: deletion times jump back and forth
     let server = MockServer::start().await;
     let ticket = |id: u64, days: i64| {
-        let at = (chrono::Utc::now() - chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        format!(r#"{{"id": {id}, "subject": null, "actor": {{"id": 1, "name": "A"}}, "deleted_at": "{at}", "previous_state": "closed"}}"#)
+        let at = (chrono::Utc::now() - chrono::Duration::days(days))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        format!(
+            r#"{{"id": {id}, "subject": null, "actor": {{"id": 1, "name": "A"}}, "deleted_at": "{at}", "previous_state": "closed"}}"#
+        )
     };
     let page = |tickets: Vec<String>, next: Option<&str>| {
-        let links = next.map_or("null".to_string(), |n| format!("\"{}/api/v2/deleted_tickets.json?page%5Bafter%5D={n}&page%5Bsize%5D=100\"", server.uri()));
-        format!(r#"{{"deleted_tickets": [{}], "meta": {{"has_more": {}}}, "links": {{"next": {links}}}}}"#, tickets.join(","), next.is_some())
+        let links = next.map_or("null".to_string(), |n| {
+            format!(
+                "\"{}/api/v2/deleted_tickets.json?page%5Bafter%5D={n}&page%5Bsize%5D=100\"",
+                server.uri()
+            )
+        });
+        format!(
+            r#"{{"deleted_tickets": [{}], "meta": {{"has_more": {}}}, "links": {{"next": {links}}}}}"#,
+            tickets.join(","),
+            next.is_some()
+        )
     };
     Mock::given(method("GET"))
         .and(path("/api/v2/deleted_tickets.json"))
         .and(query_param("page[after]", "p2"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(page(vec![ticket(3, 25), ticket(4, 1)], None), "application/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            page(vec![ticket(3, 25), ticket(4, 1)], None),
+            "application/json",
+        ))
         .expect(1)
         .mount(&server)
         .await;
     Mock::given(method("GET"))
         .and(path("/api/v2/deleted_tickets.json"))
         .and(query_param("sort_by", "deleted_at"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(page(vec![ticket(1, 20), ticket(2, 29)], Some("p2")), "application/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            page(vec![ticket(1, 20), ticket(2, 29)], Some("p2")),
+            "application/json",
+        ))
         .expect(1)
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let store = zd_retention::audit::AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+    let store = zd_retention::audit::AuditStore::open(&dir.path().join("a.db"))
+        .await
+        .unwrap();
     let ctx = zd_retention::cycle::CycleContext {
         policy: std::sync::Arc::new(Policy {
-            rules: vec![RetentionRule { older_than: Some(Duration::from_secs(10 * 86_400)), ..RetentionRule::new("old", RuleAction::Purge) }],
+            rules: vec![RetentionRule {
+                older_than: Some(Duration::from_secs(10 * 86_400)),
+                ..RetentionRule::new("old", RuleAction::Purge)
+            }],
             min_age: Duration::from_secs(3600),
             ..Policy::default()
         }),
-        settings: zd_retention::cycle::CycleSettings { dry_run: true, ..test_settings() },
+        settings: zd_retention::cycle::CycleSettings {
+            dry_run: true,
+            ..test_settings()
+        },
         config_hash: "t".into(),
         client: crate::helpers::client_for(&server.uri()),
         store,
