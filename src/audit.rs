@@ -108,6 +108,27 @@ pub struct TicketEvent {
     pub detail: Option<String>,
 }
 
+/// One line of a statistics table.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatRow {
+    /// The day, the decision or the outcome.
+    pub key: String,
+    pub rule: Option<String>,
+    pub count: i64,
+}
+
+/// The runs of one day.
+#[derive(Debug, Clone, Serialize)]
+pub struct DayRuns {
+    pub day: String,
+    pub runs: i64,
+    pub scanned: i64,
+    pub matched: i64,
+    pub purged: i64,
+    pub failed: i64,
+    pub failed_runs: i64,
+}
+
 /// A ticket whose fate a later scan must settle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unsettled {
@@ -215,6 +236,7 @@ impl AuditStore {
         Ok(id)
     }
 
+    /// Records a run's end, its figures and its decisions per kind and rule.
     pub async fn finish_run(
         &self,
         run: RunId,
@@ -223,6 +245,7 @@ impl AuditStore {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ? WHERE id = ?",
         )
@@ -237,9 +260,22 @@ impl AuditStore {
         .bind(counts.early_stop)
         .bind(error)
         .bind(run)
-        .execute(&self.pool)
-        .await
-        .context("cannot record the end of the run")?;
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM run_decision_counts WHERE run_id = ?")
+            .bind(run)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO run_decision_counts (run_id, decision, rule, count)
+             SELECT run_id, decision, rule, COUNT(*) FROM decisions WHERE run_id = ? GROUP BY decision, rule",
+        )
+        .bind(run)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit()
+            .await
+            .context("cannot record the end of the run")?;
         Ok(())
     }
 
@@ -508,6 +544,152 @@ impl AuditStore {
         rows.iter()
             .map(|r| Ok((r.try_get("outcome")?, r.try_get("n")?)))
             .collect()
+    }
+
+    /// Purge decisions per day and rule (`selected`), newest day first.
+    pub async fn stats_by_day(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatRow>> {
+        let rows = sqlx::query(
+            "SELECT substr(decided_at, 1, 10) AS day, rule, COUNT(*) AS n FROM decisions
+             WHERE decision IN ('purge', 'would_purge') AND decided_at >= ?
+             GROUP BY day, rule ORDER BY day DESC, rule",
+        )
+        .bind(since.map(timestamp).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatRow {
+                    key: r.try_get("day")?,
+                    rule: r.try_get("rule")?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs and their figures per day, newest first.
+    pub async fn runs_by_day(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<DayRuns>> {
+        let rows = sqlx::query(
+            "SELECT substr(started_at, 1, 10) AS day, COUNT(*) AS runs, SUM(scanned) AS scanned, SUM(matched) AS matched,
+                    SUM(purged) AS purged, SUM(failed) AS failed, SUM(status = 'failed') AS failed_runs
+             FROM runs WHERE started_at >= ? GROUP BY day ORDER BY day DESC",
+        )
+        .bind(since.map(timestamp).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DayRuns {
+                    day: r.try_get("day")?,
+                    runs: r.try_get("runs")?,
+                    scanned: r.try_get("scanned")?,
+                    matched: r.try_get("matched")?,
+                    purged: r.try_get("purged")?,
+                    failed: r.try_get("failed")?,
+                    failed_runs: r.try_get("failed_runs")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Decisions per rule and kind.
+    pub async fn stats_by_rule(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Vec<StatRow>> {
+        let rows = sqlx::query(
+            "SELECT c.decision, c.rule, SUM(c.count) AS n FROM run_decision_counts c JOIN runs r ON r.id = c.run_id
+             WHERE r.started_at >= ? GROUP BY c.rule, c.decision ORDER BY c.rule, c.decision",
+        )
+        .bind(since.map(timestamp).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatRow {
+                    key: r.try_get("decision")?,
+                    rule: r.try_get("rule")?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Outcomes per kind.
+    pub async fn stats_by_outcome(
+        &self,
+        since: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Vec<StatRow>> {
+        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM outcomes WHERE recorded_at >= ? GROUP BY outcome ORDER BY outcome")
+            .bind(since.map(timestamp).unwrap_or_default())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StatRow {
+                    key: r.try_get("outcome")?,
+                    rule: None,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Fills an empty database with `runs` synthetic runs of `per_run`
+    /// decisions each (a tenth of them purges, each with a job and an
+    /// outcome), for timing the audit queries at scale.
+    pub async fn generate_synthetic(&self, runs: i64, per_run: i64) -> anyhow::Result<()> {
+        let start = "2026-01-01T00:00:00";
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < ?1)
+             INSERT INTO runs (id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, list_requests)
+             SELECT n, 'cron', strftime('%Y-%m-%dT%H:%M:%fZ', ?2, '+' || (n * 15) || ' minutes'),
+                    strftime('%Y-%m-%dT%H:%M:%fZ', ?2, '+' || (n * 15 + 3) || ' minutes'), 0, 'synthetic', 'completed',
+                    ?3, ?3 / 10, ?3 / 10, ?3 / 100 FROM r",
+        )
+        .bind(runs)
+        .bind(start)
+        .bind(per_run)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "WITH RECURSIVE i(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM i WHERE k < ?1 - 1)
+             INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, rule, decision, decided_at)
+             SELECT runs.id, 1000000 + (runs.id * 37 + k) % 200000, runs.started_at, 1001 + k % 5,
+                    CASE k % 3 WHEN 0 THEN 'closed' WHEN 1 THEN 'solved' ELSE 'open' END,
+                    CASE WHEN k % 10 = 0 THEN 'closed-after-7-days' WHEN k % 10 = 1 THEN 'legal-hold' ELSE NULL END,
+                    CASE WHEN k % 10 = 0 THEN 'purge' WHEN k % 10 = 1 THEN 'keep_rule' ELSE 'keep_no_rule' END,
+                    runs.started_at
+             FROM runs CROSS JOIN i",
+        )
+        .bind(per_run)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message)
+             SELECT (run_id * 1000) + (ticket_id % 1000 / 100), run_id, 'destroy_many', printf('%032x', run_id * 1000 + ticket_id % 1000 / 100), '', 100,
+                    decided_at, decided_at, decided_at, 'completed', 'synthetic'
+             FROM decisions WHERE decision = 'purge' GROUP BY run_id, ticket_id % 1000 / 100",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at)
+             SELECT run_id, (run_id * 1000) + (ticket_id % 1000 / 100), ticket_id, 'purged', 'synthetic', decided_at
+             FROM decisions WHERE decision = 'purge'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO run_decision_counts (run_id, decision, rule, count)
+             SELECT run_id, decision, rule, COUNT(*) FROM decisions GROUP BY run_id, decision, rule",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sqlx::query("ANALYZE").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// `PRAGMA integrity_check`'s answer (`ok` when sound).

@@ -129,6 +129,19 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: AuditTarget,
     },
+    /// Counts over time: purges per rule per day, decisions per rule, outcomes.
+    #[command(
+        after_help = "Example:\n  zd-retention audit stats --by day --since 2026-11-01 --database zd-retention.db"
+    )]
+    Stats {
+        #[arg(long, value_enum, default_value_t = StatsBy::Day)]
+        by: StatsBy,
+        /// Only since this day or time (2026-11-01 or RFC 3339).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
     /// What happened to one ticket, when, and by which rule.
     #[command(after_help = "Example:\n  zd-retention audit ticket 4711 --database zd-retention.db")]
     Ticket {
@@ -136,6 +149,29 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: AuditTarget,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsBy {
+    Day,
+    Rule,
+    Outcome,
+}
+
+/// `2026-11-01`, `2026-11-01T12:00:00Z`, or a duration back from now (`7d`).
+pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?);
+    }
+    Err(format!(
+        "{text:?} is not a day (2026-11-01), a time (RFC 3339) or a duration back from now (7d)"
+    ))
 }
 
 #[derive(Debug, Args)]

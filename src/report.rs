@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use comfy_table::Table;
 
 use crate::audit::AuditStore;
-use crate::cli::{AuditCommand, AuditTarget, EXIT_FAILED, TableFormat, load_config};
+use crate::cli::{AuditCommand, AuditTarget, EXIT_FAILED, StatsBy, TableFormat, load_config};
 use crate::cycle::CycleReport;
 use crate::rules::Policy;
 
@@ -246,6 +246,89 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                             ]);
                         }
                         println!("{t}");
+                    }
+                }
+            }
+        }
+        AuditCommand::Stats { by, since, target } => {
+            let store = open(config, &target).await?;
+            match by {
+                StatsBy::Day => {
+                    let selected = store.stats_by_day(since).await?;
+                    let runs = store.runs_by_day(since).await?;
+                    match target.format {
+                        TableFormat::Json => println!(
+                            "{}",
+                            serde_json::to_string_pretty(
+                                &serde_json::json!({"purges_by_rule": selected, "runs": runs})
+                            )?
+                        ),
+                        TableFormat::Table => {
+                            let mut t = table(&["day", "rule", "selected for purge"]);
+                            for r in &selected {
+                                t.add_row(vec![
+                                    r.key.clone(),
+                                    r.rule.clone().unwrap_or_default(),
+                                    r.count.to_string(),
+                                ]);
+                            }
+                            println!("{t}");
+                            let mut t = table(&[
+                                "day",
+                                "runs",
+                                "failed runs",
+                                "scanned",
+                                "matched",
+                                "purged",
+                                "failed",
+                            ]);
+                            for d in &runs {
+                                t.add_row(vec![
+                                    d.day.clone(),
+                                    d.runs.to_string(),
+                                    d.failed_runs.to_string(),
+                                    d.scanned.to_string(),
+                                    d.matched.to_string(),
+                                    d.purged.to_string(),
+                                    d.failed.to_string(),
+                                ]);
+                            }
+                            println!("{t}");
+                        }
+                    }
+                }
+                StatsBy::Rule | StatsBy::Outcome => {
+                    let rows = if by == StatsBy::Rule {
+                        store.stats_by_rule(since).await?
+                    } else {
+                        store.stats_by_outcome(since).await?
+                    };
+                    match target.format {
+                        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                        TableFormat::Table => {
+                            let header: &[&str] = if by == StatsBy::Rule {
+                                &["rule", "decision", "tickets"]
+                            } else {
+                                &["outcome", "", "tickets"]
+                            };
+                            let mut t = table(header);
+                            for r in &rows {
+                                if by == StatsBy::Rule {
+                                    t.add_row(vec![
+                                        r.rule.clone().unwrap_or_else(|| "(none)".into()),
+                                        r.key.clone(),
+                                        r.count.to_string(),
+                                    ]);
+                                } else {
+                                    t.add_row(vec![
+                                        r.key.clone(),
+                                        String::new(),
+                                        r.count.to_string(),
+                                    ]);
+                                }
+                            }
+                            println!("{t}");
+                        }
                     }
                 }
             }
