@@ -692,6 +692,31 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Takes and releases the write lock: fails when the database cannot be
+    /// written (read-only file, full disk, held too long by another writer).
+    pub async fn check_writable(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Tickets of a purge request per rule that selected them.
+    pub async fn rules_of_request(&self, job: JobRowId) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
+             FROM jobs j JOIN json_each('[' || j.ticket_ids || ']') t
+             JOIN decisions d ON d.run_id = j.run_id AND d.ticket_id = t.value AND d.decision = 'purge'
+             WHERE j.id = ? GROUP BY d.rule",
+        )
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("rule")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// `PRAGMA integrity_check`'s answer (`ok` when sound).
     pub async fn integrity_check(&self) -> anyhow::Result<String> {
         Ok(sqlx::query_scalar("PRAGMA integrity_check")

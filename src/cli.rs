@@ -658,9 +658,24 @@ async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let cancel = cancel.clone();
         async move {
             shutdown_signal().await;
+            crate::server::notify_stopping();
             cancel.cancel();
         }
     });
+    if let Some(listen) = config.listen {
+        let metrics = crate::server::install_metrics()?;
+        // The probes outlive the cycle's cancellation a little: they stop
+        // with the process.
+        crate::server::serve(
+            listen,
+            store.clone(),
+            ctx.client.clone(),
+            metrics,
+            CancellationToken::new(),
+        )
+        .await?;
+    }
+    crate::server::notify_ready(cancel.clone());
     crate::daemon::run_daemon(config.schedule.clone(), ctx).await?;
     signals.abort();
     store.close().await;

@@ -344,6 +344,17 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         duration: started.elapsed(),
         error,
     };
+    metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
+    metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
+    for (rule, n) in &report.matched_by_rule {
+        metrics::counter!("zd_retention_tickets_matched_total", "rule" => rule.clone())
+            .increment(*n);
+    }
+    metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
+    if status == RunStatus::Completed {
+        metrics::gauge!("zd_retention_last_success_timestamp_seconds")
+            .set(Utc::now().timestamp() as f64);
+    }
     match status {
         RunStatus::Completed => tracing::info!(
             run,
@@ -703,6 +714,7 @@ impl PurgeWorker {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if closed && self.open.is_empty() {
+                metrics::gauge!("zd_retention_jobs_in_flight").set(0.0);
                 return Ok(());
             }
             if let Some(d) = deadline
@@ -717,6 +729,7 @@ impl PurgeWorker {
                 }
                 return Ok(());
             }
+            metrics::gauge!("zd_retention_jobs_in_flight").set(self.open.len() as f64);
             let can_send =
                 !closed && deadline.is_none() && self.open.len() < self.settings.max_jobs_in_flight;
             tokio::select! {
@@ -878,6 +891,18 @@ impl PurgeWorker {
         Ok(())
     }
 
+    /// Counts a request's tickets per rule into a metric.
+    async fn count_by_rule(&self, row: JobRowId, metric: &'static str) {
+        match self.store.rules_of_request(row).await {
+            Ok(rules) => {
+                for (rule, n) in rules {
+                    metrics::counter!(metric, "rule" => rule).increment(n as u64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot count tickets per rule"),
+        }
+    }
+
     async fn give_up(&mut self, job: OpenJob, why: &str) -> anyhow::Result<()> {
         self.tally.unknown += job.tickets.len() as u64;
         self.store
@@ -913,10 +938,16 @@ impl PurgeWorker {
             ),
         };
         match outcome {
-            "purged" => self.tally.purged += job.tickets.len() as u64,
+            "purged" => {
+                self.tally.purged += job.tickets.len() as u64;
+                self.count_by_rule(job.row, "zd_retention_tickets_purged_total")
+                    .await;
+            }
             "failed" => {
                 tracing::error!(job = %job.id, status = %status.status, message = detail.as_deref().unwrap_or(""), "purge job did not succeed");
                 self.tally.failed += job.tickets.len() as u64;
+                self.count_by_rule(job.row, "zd_retention_tickets_failed_total")
+                    .await;
             }
             _ => self.tally.unknown += job.tickets.len() as u64,
         }

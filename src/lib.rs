@@ -13,5 +13,6 @@ pub mod quota;
 pub mod report;
 pub mod rules;
 pub mod sandbox;
+pub mod server;
 pub mod telemetry;
 pub mod zendesk;

@@ -199,6 +199,9 @@ pub struct DeletedTicketsPage {
 }
 
 struct Inner {
+    /// Whether the last attempt failed to reach Zendesk (no answer, 5xx,
+    /// refused credentials); read by `/readyz`.
+    last_failed: std::sync::atomic::AtomicBool,
     http: reqwest::Client,
     base: Url,
     auth: Auth,
@@ -243,6 +246,7 @@ impl ZendeskClient {
             })?;
         Ok(Self {
             inner: Arc::new(Inner {
+                last_failed: std::sync::atomic::AtomicBool::new(false),
                 http,
                 base: config.base_url,
                 auth: config.auth,
@@ -250,6 +254,11 @@ impl ZendeskClient {
                 retry: config.retry,
             }),
         })
+    }
+
+    /// Whether the last request could not reach Zendesk or was refused.
+    pub fn last_attempt_failed(&self) -> bool {
+        self.inner.last_failed.load(Ordering::Relaxed)
     }
 
     pub fn base_url(&self) -> &Url {
@@ -501,6 +510,7 @@ impl ZendeskClient {
         })
         .notify(|err, wait| {
             self.inner.pacer.stats.record_retry();
+            metrics::counter!("zd_retention_retries_total", "endpoint" => call.endpoint, "reason" => err.kind()).increment(1);
             tracing::warn!(
                 call = %call.description,
                 reason = %err,
@@ -542,6 +552,8 @@ impl ZendeskClient {
             Ok(r) => r,
             Err(e) => {
                 stats.record(call.endpoint, 0);
+                self.inner.last_failed.store(true, Ordering::Relaxed);
+                metrics::counter!("zd_retention_api_requests_total", "endpoint" => call.endpoint, "status" => "none").increment(1);
                 return Err(transient(describe_reqwest(
                     &e,
                     self.inner.retry.request_timeout,
@@ -562,6 +574,11 @@ impl ZendeskClient {
             }
         };
         stats.record(call.endpoint, status.as_u16());
+        metrics::counter!("zd_retention_api_requests_total", "endpoint" => call.endpoint, "status" => status.as_str().to_string()).increment(1);
+        let unreachable = status.is_server_error()
+            || status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN;
+        self.inner.last_failed.store(unreachable, Ordering::Relaxed);
         if status.is_success() {
             return Ok(body);
         }
@@ -571,6 +588,8 @@ impl ZendeskClient {
         Err(match status {
             StatusCode::TOO_MANY_REQUESTS => {
                 stats.record_rate_limited();
+                metrics::counter!("zd_retention_rate_limited_total", "endpoint" => call.endpoint)
+                    .increment(1);
                 let wait = retry_after(&headers)
                     .unwrap_or_else(|| self.limits().account.window.min(Duration::from_secs(60)));
                 self.inner.pacer.hold_account(wait);

@@ -204,6 +204,8 @@ impl Pacer {
         until_ready(&self.account, &self.clock).await;
         let waited = started.elapsed();
         if waited > Duration::from_millis(1) {
+            metrics::counter!("zd_retention_rate_limit_wait_milliseconds_total")
+                .increment(waited.as_millis() as u64);
             self.stats
                 .pacing_wait_micros
                 .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);

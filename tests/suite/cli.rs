@@ -13,6 +13,10 @@ use crate::helpers::{TOKEN, example_selects, fast_sandbox_options};
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
 fn live_config(dir: &Path, base_url: &str, cron: &str) -> std::path::PathBuf {
+    live_config_with(dir, base_url, cron, "")
+}
+
+fn live_config_with(dir: &Path, base_url: &str, cron: &str, extra: &str) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
         r#"
@@ -32,6 +36,7 @@ shutdown_grace = "5s"
 database = "{db}"
 [safety]
 dry_run = false
+{extra}
 [[rules]]
 name = "legal-hold"
 action = "keep"
@@ -143,7 +148,17 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = live_config(dir.path(), &sb.base_url(), "* * * * * *");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = live_config_with(
+        dir.path(),
+        &sb.base_url(),
+        "* * * * * *",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\""),
+    );
     let child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
@@ -170,6 +185,31 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
         }
     }
     assert!(completed >= 2, "the daemon ran on its cron");
+    // health and metrics while it runs
+    let base = format!("http://127.0.0.1:{port}");
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "zd_retention_runs_total{status=\"completed\"}",
+        "zd_retention_api_requests_total{endpoint=\"list\",status=\"200\"}",
+        "zd_retention_tickets_matched_total{rule=",
+        "zd_retention_tickets_purged_total{rule=",
+        "zd_retention_run_duration_seconds_bucket",
+        "zd_retention_last_success_timestamp_seconds",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
     let pid = child.id().unwrap();
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])

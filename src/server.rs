@@ -1,0 +1,137 @@
+//! Health and metrics over HTTP while `run` is up: `/healthz` (the process
+//! answers), `/readyz` (config loaded, database writable, Zendesk reachable
+//! at the last attempt) and `/metrics` (Prometheus text). Also the systemd
+//! notifications: READY=1, STOPPING=1 and watchdog pings.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditStore;
+use crate::zendesk::ZendeskClient;
+
+/// Buckets of the run duration histogram, in seconds.
+const RUN_SECONDS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Installs the global metrics recorder; the handle renders `/metrics`.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("zd_retention_run_duration_seconds".into()),
+            RUN_SECONDS,
+        )
+        .context("bad histogram buckets")?
+        .install_recorder()
+        .context("cannot install the metrics recorder")
+}
+
+#[derive(Clone)]
+struct Probe {
+    store: AuditStore,
+    client: ZendeskClient,
+    metrics: PrometheusHandle,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
+    let mut problems = Vec::new();
+    if let Err(e) = probe.store.check_writable().await {
+        problems.push(format!("audit database not writable: {e:#}"));
+    }
+    if probe.client.last_attempt_failed() {
+        problems.push("Zendesk was not reachable at the last attempt".to_string());
+    }
+    if problems.is_empty() {
+        (
+            StatusCode::OK,
+            "ready: config loaded, database writable, Zendesk reachable at the last attempt\n"
+                .to_string(),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
+    }
+}
+
+async fn render_metrics(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        probe.metrics.render(),
+    )
+}
+
+/// Serves the probes until `cancel`; returns the bound address at once.
+pub async fn serve(
+    listen: SocketAddr,
+    store: AuditStore,
+    client: ZendeskClient,
+    metrics: PrometheusHandle,
+    cancel: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(Arc::new(Probe {
+            store,
+            client,
+            metrics,
+        }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the health and metrics server stopped");
+        }
+    });
+    tracing::info!(%addr, "health and metrics on /healthz, /readyz, /metrics");
+    Ok(addr)
+}
+
+/// Tells systemd the service is ready and keeps its watchdog fed until
+/// `cancel`. Outside systemd these are no-ops.
+pub fn notify_ready(cancel: CancellationToken) {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "sd_notify READY=1 not sent");
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let every = (interval / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Tells systemd the service is stopping.
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
