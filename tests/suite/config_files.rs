@@ -21,3 +21,22 @@ fn sandbox_config_parses() {
     assert_eq!(config.zendesk.base_url.as_str(), "http://127.0.0.1:8089/");
     assert!(config.safety.dry_run);
 }
+
+#[test]
+fn deployed_configs_parse() {
+    let systemd = Config::load(std::path::Path::new("deploy/systemd/config.toml")).unwrap();
+    assert_eq!(systemd.audit.database, std::path::Path::new("/var/lib/zd-retention/zd-retention.db"));
+    assert!(systemd.safety.dry_run);
+    // the config inside the Kubernetes ConfigMap
+    let yaml = std::fs::read_to_string("deploy/kubernetes/configmap.yaml").unwrap();
+    let embedded: String = yaml
+        .lines()
+        .skip_while(|l| !l.contains("config.toml: |"))
+        .skip(1)
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let k8s = Config::parse(&embedded, "configmap.yaml").unwrap();
+    assert_eq!(k8s.listen.unwrap().port(), 9464);
+    assert!(k8s.safety.dry_run);
+}
