@@ -129,6 +129,36 @@ pub struct DayRuns {
     pub failed_runs: i64,
 }
 
+/// Filters of `audit search`; every value is bound as a parameter.
+#[derive(Debug, Clone, Default)]
+pub struct SearchFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub rule: Option<String>,
+    pub outcome: Option<String>,
+    pub decision: Option<String>,
+    pub actor: Option<i64>,
+    pub ticket: Option<i64>,
+    pub limit: i64,
+}
+
+/// One row of `audit search` and `audit export`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchRow {
+    pub at: String,
+    pub run_id: RunId,
+    pub ticket_id: i64,
+    pub decision: String,
+    pub rule: Option<String>,
+    pub actor_id: Option<i64>,
+    pub deleted_at: Option<String>,
+    pub previous_state: Option<String>,
+    /// The ticket's last outcome in that run, if any.
+    pub outcome: Option<String>,
+    pub outcome_at: Option<String>,
+    pub detail: Option<String>,
+}
+
 /// A ticket whose fate a later scan must settle.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unsettled {
@@ -692,6 +722,70 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Decisions matching the filter, newest first, with each ticket's last
+    /// outcome in the same run. With an outcome filter the search starts
+    /// from the outcomes (indexed by kind and time).
+    pub async fn search(&self, f: &SearchFilter) -> anyhow::Result<Vec<SearchRow>> {
+        let since = f.since.map(timestamp).unwrap_or_default();
+        let until = f.until.map(timestamp).unwrap_or_else(|| "9999".into());
+        let sql = if f.outcome.is_some() {
+            "SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+                    o.outcome, o.recorded_at AS outcome_at, o.detail
+             FROM outcomes o JOIN decisions d ON d.id = (
+                 SELECT MAX(d2.id) FROM decisions d2 WHERE d2.ticket_id = o.ticket_id AND d2.decided_at <= o.recorded_at)
+             WHERE o.outcome = ?1 AND o.recorded_at >= ?2 AND o.recorded_at < ?3
+               AND (?4 IS NULL OR d.rule = ?4) AND (?5 IS NULL OR d.actor_id = ?5)
+               AND (?6 IS NULL OR d.decision = ?6) AND (?7 IS NULL OR d.ticket_id = ?7)
+             ORDER BY o.id DESC LIMIT ?8"
+        } else {
+            "SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+                    o.outcome, o.recorded_at AS outcome_at, o.detail
+             FROM decisions d LEFT JOIN outcomes o ON o.id = (
+                 SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
+             WHERE (?1 IS NULL OR 1) AND d.decided_at >= ?2 AND d.decided_at < ?3
+               AND (?4 IS NULL OR d.rule = ?4) AND (?5 IS NULL OR d.actor_id = ?5)
+               AND (?6 IS NULL OR d.decision = ?6) AND (?7 IS NULL OR d.ticket_id = ?7)
+             ORDER BY d.id DESC LIMIT ?8"
+        };
+        let rows = sqlx::query(sql)
+            .bind(f.outcome.as_deref())
+            .bind(since)
+            .bind(until)
+            .bind(f.rule.as_deref())
+            .bind(f.actor)
+            .bind(f.decision.as_deref())
+            .bind(f.ticket)
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(search_row).collect()
+    }
+
+    /// Every decision since `since`, oldest first, with its outcome in the
+    /// same run; streamed to `each` so that millions of rows fit in memory.
+    pub async fn export(
+        &self,
+        since: Option<DateTime<Utc>>,
+        mut each: impl FnMut(SearchRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        use futures::TryStreamExt;
+        let mut rows = sqlx::query(
+            "SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+                    o.outcome, o.recorded_at AS outcome_at, o.detail
+             FROM decisions d LEFT JOIN outcomes o ON o.id = (
+                 SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
+             WHERE d.decided_at >= ? ORDER BY d.id",
+        )
+        .bind(since.map(timestamp).unwrap_or_default())
+        .fetch(&self.pool);
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await? {
+            each(search_row(&row)?)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Takes and releases the write lock: fails when the database cannot be
     /// written (read-only file, full disk, held too long by another writer).
     pub async fn check_writable(&self) -> anyhow::Result<()> {
@@ -757,6 +851,22 @@ async fn insert_outcomes(
 
 const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error FROM runs";
 const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
+
+fn search_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<SearchRow> {
+    Ok(SearchRow {
+        at: r.try_get("at")?,
+        run_id: r.try_get("run_id")?,
+        ticket_id: r.try_get("ticket_id")?,
+        decision: r.try_get("decision")?,
+        rule: r.try_get("rule")?,
+        actor_id: r.try_get("actor_id")?,
+        deleted_at: r.try_get("deleted_at")?,
+        previous_state: r.try_get("previous_state")?,
+        outcome: r.try_get("outcome")?,
+        outcome_at: r.try_get("outcome_at")?,
+        detail: r.try_get("detail")?,
+    })
+}
 
 fn run_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RunRow> {
     Ok(RunRow {

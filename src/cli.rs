@@ -75,6 +75,68 @@ pub enum Command {
     /// Query the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A dry run against the account that records nothing: what would go, by which rule.
+    #[command(
+        after_help = "Examples:\n  zd-retention plan --config config.toml\n  zd-retention plan --config config.toml --explain 4711\n  zd-retention plan --config config.toml --format json | jq '.tickets[].id'"
+    )]
+    Plan(PlanArgs),
+    /// Take soft-deleted tickets back out of the deleted view (audited).
+    #[command(
+        after_help = "Examples:\n  zd-retention restore 4711 4712 --config config.toml\n  zd-retention restore --ids-file ids.txt --yes --config config.toml"
+    )]
+    Restore(RestoreArgs),
+    /// Permanently delete tickets by id through the audited path.
+    #[command(
+        after_help = "Example:\n  zd-retention purge 4711 4712 --yes --config config.toml\n\nThe safety floor (safety.min_age, safety.protect_ids) applies unless --force."
+    )]
+    Purge(PurgeArgs),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  zd-retention completions bash > /etc/bash_completion.d/zd-retention"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+    /// Show, condition by condition, how the rules treat this ticket.
+    #[arg(long, value_name = "TICKET_ID")]
+    pub explain: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Ticket ids.
+    pub ids: Vec<u64>,
+    /// A file of ticket ids (one per line, or separated by commas or spaces).
+    #[arg(long, value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Ticket ids.
+    pub ids: Vec<u64>,
+    #[arg(long, value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+    /// Confirm the permanent deletion.
+    #[arg(long)]
+    pub yes: bool,
+    /// Skip the safety floor (min_age, protect_ids) and the check that each id is soft-deleted.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
 }
 
 impl Command {
@@ -119,6 +181,9 @@ pub enum AuditCommand {
     Runs {
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// Only runs started since this day, time or duration back (7d).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
         #[command(flatten)]
         target: AuditTarget,
     },
@@ -128,6 +193,46 @@ pub enum AuditCommand {
         run_id: i64,
         #[command(flatten)]
         target: AuditTarget,
+    },
+    /// Decisions and their outcomes by time, rule, outcome, actor or ticket.
+    #[command(
+        after_help = "Examples:\n  zd-retention audit search --outcome failed --since 7d\n  zd-retention audit search --rule closed-after-7-days --decision purge --since 2026-11-01 --format csv"
+    )]
+    Search {
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_parser = parse_since)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        rule: Option<String>,
+        /// purged, failed, unknown, not_sent, confirmed_gone, not_effective, restored, ...
+        #[arg(long)]
+        outcome: Option<String>,
+        /// purge, would_purge, keep_rule, keep_no_rule, keep_protected, keep_too_young, ...
+        #[arg(long)]
+        decision: Option<String>,
+        /// The deleting actor's user id.
+        #[arg(long)]
+        actor: Option<i64>,
+        #[arg(long)]
+        ticket: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Every decision with its outcome, as CSV or JSON lines, for archives.
+    #[command(
+        after_help = "Example:\n  zd-retention audit export --format jsonl --since 2026-11-01 > audit.jsonl"
+    )]
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// The audit database; defaults to the config's audit.database.
+        #[arg(long, value_name = "PATH")]
+        database: Option<PathBuf>,
     },
     /// Counts over time: purges per rule per day, decisions per rule, outcomes.
     #[command(
@@ -187,6 +292,13 @@ pub struct AuditTarget {
 pub enum TableFormat {
     Table,
     Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Debug, Args)]
@@ -283,15 +395,26 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run => daemon(cli.config).await,
         Command::Demo(args) => crate::demo::run(args.tickets, &args.database).await,
         Command::Audit(command) => crate::report::audit(cli.config, command).await,
+        Command::Plan(args) => plan(cli.config, args).await,
+        Command::Restore(args) => restore(cli.config, args).await,
+        Command::Purge(args) => purge(cli.config, args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "zd-retention",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILED
-            };
+            let usage = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some();
+            let code = if usage { EXIT_USAGE } else { EXIT_FAILED };
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
@@ -458,7 +581,7 @@ async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -680,4 +803,173 @@ async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     signals.abort();
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A cycle context for manual commands: the config, its client and store.
+async fn manual_context(config: Option<PathBuf>) -> anyhow::Result<CycleContext> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let store = open_store(&config).await?;
+    Ok(CycleContext::new(
+        &config,
+        client,
+        store,
+        CancellationToken::new(),
+    ))
+}
+
+async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    // a plan writes nothing: no audit database is opened
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let bar = progress_spinner("listing deleted tickets");
+    let ticker = {
+        let bar = bar.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_message(format!("{} list requests", client.stats().sent("list")));
+            }
+        })
+    };
+    let plan = crate::manual::plan(&client, &config.policy, args.explain).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let plan = plan?;
+    crate::report::print_plan(&plan, &config.policy, args.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_ids(ids: &[u64], file: Option<&PathBuf>) -> anyhow::Result<Vec<u64>> {
+    let mut all = ids.to_vec();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read --ids-file {}: {e}", path.display()))?;
+        for (n, word) in text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .enumerate()
+        {
+            all.push(word.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--ids-file {}: {word:?} (item {}) is not a ticket id",
+                    path.display(),
+                    n + 1
+                )
+            })?);
+        }
+    }
+    if all.is_empty() {
+        return Err(UsageError(
+            "no ticket id given: pass ids as arguments or --ids-file FILE".into(),
+        )
+        .into());
+    }
+    Ok(all)
+}
+
+/// Bad command-line use: exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Asks on the terminal; refuses when there is none.
+fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!(
+            "{question} Not on a terminal: pass --yes to confirm"
+        ))
+        .into());
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+fn print_results(results: &[crate::manual::IdResult], format: TableFormat) -> anyhow::Result<()> {
+    match format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(results)?),
+        TableFormat::Csv => {
+            println!("id,outcome,detail");
+            for r in results {
+                println!(
+                    "{},{},{}",
+                    r.id,
+                    r.outcome,
+                    csv_field(r.detail.as_deref().unwrap_or(""))
+                );
+            }
+        }
+        TableFormat::Table => {
+            for r in results {
+                match &r.detail {
+                    Some(d) => println!("{} {}: {d}", r.id, r.outcome),
+                    None => println!("{} {}", r.id, r.outcome),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn restore(config: Option<PathBuf>, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let ids = read_ids(&args.ids, args.ids_file.as_ref())?;
+    if !confirm(
+        &format!("Restore {} tickets into the ticket views?", ids.len()),
+        args.yes,
+    )? {
+        eprintln!("nothing restored");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    let ctx = manual_context(config).await?;
+    let (run, results) = crate::manual::restore(&ctx, &ids).await?;
+    ctx.store.close().await;
+    print_results(&results, args.format)?;
+    let failed = results.iter().filter(|r| r.outcome != "restored").count();
+    eprintln!(
+        "{} restored, {failed} not; audit: zd-retention audit run {run}",
+        results.len() - failed
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+async fn purge(config: Option<PathBuf>, args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let ids = read_ids(&args.ids, args.ids_file.as_ref())?;
+    if !args.yes {
+        return Err(UsageError(format!(
+            "purging {} tickets cannot be undone: pass --yes to confirm",
+            ids.len()
+        ))
+        .into());
+    }
+    let ctx = manual_context(config).await?;
+    let (run, results) = crate::manual::purge(&ctx, &ids, args.force).await?;
+    ctx.store.close().await;
+    print_results(&results, args.format)?;
+    let purged = results.iter().filter(|r| r.outcome == "purged").count();
+    eprintln!(
+        "{purged} purged, {} not; audit: zd-retention audit run {run}",
+        results.len() - purged
+    );
+    Ok(if purged == results.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }

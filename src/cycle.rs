@@ -166,14 +166,44 @@ mod humantime_serde_compat {
 
 /// Outcome tallies of the purge worker.
 #[derive(Debug, Default)]
-struct Tally {
-    purged: u64,
-    failed: u64,
-    unknown: u64,
-    not_sent: u64,
-    batches: u64,
+pub(crate) struct Tally {
+    pub purged: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    pub not_sent: u64,
+    pub batches: u64,
     /// An error that ended the purging (credentials refused, store failed).
-    fatal: Option<String>,
+    pub fatal: Option<String>,
+}
+
+/// Sends batches whose decisions are already recorded, and follows their
+/// jobs to the end: the write path that manual purges share with the cycle.
+pub(crate) async fn send_and_follow(
+    ctx: &CycleContext,
+    run: RunId,
+    batches: Vec<IdBatch>,
+) -> Tally {
+    let (sender, receiver) = mpsc::channel::<IdBatch>(8);
+    let worker = PurgeWorker {
+        client: ctx.client.clone(),
+        store: ctx.store.clone(),
+        run,
+        settings: ctx.settings.clone(),
+        cancel: ctx.cancel.clone(),
+        open: Vec::new(),
+        tally: Tally::default(),
+    };
+    let worker = tokio::spawn(worker.run(receiver));
+    for batch in batches {
+        if sender.send(batch).await.is_err() {
+            break;
+        }
+    }
+    drop(sender);
+    worker.await.unwrap_or_else(|e| Tally {
+        fatal: Some(format!("the purge worker stopped: {e}")),
+        ..Tally::default()
+    })
 }
 
 /// A job sent and not yet finished.
@@ -622,7 +652,7 @@ async fn scan(
     Ok(result)
 }
 
-fn decision_record(
+pub(crate) fn decision_record(
     ticket: &DeletedTicket,
     decision: &Decision,
     settings: &CycleSettings,

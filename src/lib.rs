@@ -9,6 +9,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod demo;
+pub mod manual;
 pub mod quota;
 pub mod report;
 pub mod rules;

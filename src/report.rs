@@ -7,8 +7,11 @@ use std::process::ExitCode;
 
 use comfy_table::Table;
 
-use crate::audit::AuditStore;
-use crate::cli::{AuditCommand, AuditTarget, EXIT_FAILED, StatsBy, TableFormat, load_config};
+use crate::audit::{AuditStore, SearchFilter};
+use crate::cli::{
+    AuditCommand, AuditTarget, EXIT_FAILED, ExportFormat, StatsBy, TableFormat, csv_field,
+    load_config,
+};
 use crate::cycle::CycleReport;
 use crate::rules::Policy;
 
@@ -122,11 +125,16 @@ async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<A
 /// `zd-retention audit ...`
 pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
-        AuditCommand::Runs { limit, target } => {
+        AuditCommand::Runs {
+            limit,
+            since,
+            target,
+        } => {
             let store = open(config, &target).await?;
-            let runs = store.runs(None, limit).await?;
+            let runs = store.runs(since, limit).await?;
             match target.format {
                 TableFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+                TableFormat::Csv => print!("{}", csv_rows(&runs)?),
                 TableFormat::Table => {
                     let mut t = table(&[
                         "run", "trigger", "started", "mode", "status", "scanned", "matched",
@@ -164,6 +172,13 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
             let outcomes = store.outcome_counts(run_id).await?;
             let jobs = store.jobs_of_run(run_id).await?;
             match target.format {
+                TableFormat::Csv => {
+                    let rows: Vec<_> = decisions
+                        .iter()
+                        .map(|(d, r, n)| serde_json::json!({"decision": d, "rule": r, "count": n}))
+                        .collect();
+                    print!("{}", csv_rows(&rows)?);
+                }
                 TableFormat::Json => {
                     let decisions: Vec<_> = decisions
                         .iter()
@@ -250,6 +265,91 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                 }
             }
         }
+        AuditCommand::Search {
+            since,
+            until,
+            rule,
+            outcome,
+            decision,
+            actor,
+            ticket,
+            limit,
+            target,
+        } => {
+            let store = open(config, &target).await?;
+            let filter = SearchFilter {
+                since,
+                until,
+                rule,
+                outcome,
+                decision,
+                actor,
+                ticket,
+                limit,
+            };
+            let rows = store.search(&filter).await?;
+            match target.format {
+                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                TableFormat::Csv => print!("{}", csv_rows(&rows)?),
+                TableFormat::Table => {
+                    let mut t = table(&[
+                        "decided", "run", "ticket", "decision", "rule", "actor", "outcome",
+                        "detail",
+                    ]);
+                    for r in &rows {
+                        t.add_row(vec![
+                            r.at.clone(),
+                            r.run_id.to_string(),
+                            r.ticket_id.to_string(),
+                            r.decision.clone(),
+                            r.rule.clone().unwrap_or_default(),
+                            r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+                            r.outcome.clone().unwrap_or_default(),
+                            r.detail.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    println!("{t}");
+                    eprintln!("{} rows (at most --limit {limit})", rows.len());
+                }
+            }
+        }
+        AuditCommand::Export {
+            format,
+            since,
+            database,
+        } => {
+            let target = AuditTarget {
+                database,
+                format: TableFormat::Json,
+            };
+            let store = open(config, &target).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut header = format == ExportFormat::Csv;
+            let n = store
+                .export(since, |row| {
+                    use std::io::Write as _;
+                    match format {
+                        ExportFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&row)?)?,
+                        ExportFormat::Csv => {
+                            let csv = csv_rows(std::slice::from_ref(&row))?;
+                            let mut lines = csv.lines();
+                            let head = lines.next().unwrap_or_default();
+                            if header {
+                                writeln!(out, "{head}")?;
+                                header = false;
+                            }
+                            for line in lines {
+                                writeln!(out, "{line}")?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            use std::io::Write as _;
+            out.flush()?;
+            eprintln!("{n} decisions exported");
+        }
         AuditCommand::Stats { by, since, target } => {
             let store = open(config, &target).await?;
             match by {
@@ -257,6 +357,7 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                     let selected = store.stats_by_day(since).await?;
                     let runs = store.runs_by_day(since).await?;
                     match target.format {
+                        TableFormat::Csv => print!("{}", csv_rows(&selected)?),
                         TableFormat::Json => println!(
                             "{}",
                             serde_json::to_string_pretty(
@@ -304,6 +405,7 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                         store.stats_by_outcome(since).await?
                     };
                     match target.format {
+                        TableFormat::Csv => print!("{}", csv_rows(&rows)?),
                         TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                         TableFormat::Table => {
                             let header: &[&str] = if by == StatsBy::Rule {
@@ -338,6 +440,7 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
             let events = store.ticket_history(ticket_id).await?;
             match target.format {
                 TableFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
+                TableFormat::Csv => print!("{}", csv_rows(&events)?),
                 TableFormat::Table => {
                     if events.is_empty() {
                         println!("ticket {ticket_id}: nothing recorded");
@@ -362,4 +465,105 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows as CSV: a header of the fields, then one line per row.
+pub fn csv_rows<T: serde::Serialize>(rows: &[T]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut header: Option<Vec<String>> = None;
+    for row in rows {
+        let serde_json::Value::Object(map) = serde_json::to_value(row)? else {
+            anyhow::bail!("a CSV row must be an object");
+        };
+        let keys = header.get_or_insert_with(|| {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            out.push_str(&keys.join(","));
+            out.push('\n');
+            keys
+        });
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| match map.get(k) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => csv_field(s),
+                Some(other) => csv_field(&other.to_string()),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `plan`'s output.
+pub fn print_plan(
+    plan: &crate::manual::Plan,
+    policy: &Policy,
+    format: TableFormat,
+) -> anyhow::Result<()> {
+    match format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+        TableFormat::Csv => print!("{}", csv_rows(&plan.tickets)?),
+        TableFormat::Table => {
+            if let Some(e) = &plan.explain {
+                println!("ticket {}: {}", e.ticket, e.decision);
+                for r in &e.rules {
+                    println!(
+                        "  rule {:?} ({}): {}",
+                        r.rule,
+                        r.action,
+                        if r.matched {
+                            "matches"
+                        } else {
+                            "does not match"
+                        }
+                    );
+                    for (condition, holds) in &r.conditions {
+                        println!("    [{}] {condition}", if *holds { "x" } else { " " });
+                    }
+                }
+                println!();
+            }
+            let total: u64 = plan.would_purge.values().sum();
+            println!(
+                "plan: {} tickets scanned{}; {total} would be purged",
+                plan.scanned,
+                if plan.early_stop {
+                    " (sorted scan, stopped at tickets too young for any purge rule)"
+                } else {
+                    ""
+                }
+            );
+            for rule in policy.purge_rules() {
+                println!(
+                    "  {:<28} {:>7}",
+                    rule.name,
+                    plan.would_purge.get(&rule.name).copied().unwrap_or(0)
+                );
+            }
+            for (kind, n) in &plan.kept {
+                println!("  kept: {:<22} {n:>7}", kept_label(kind));
+            }
+            if !plan.tickets.is_empty() {
+                let mut t = table(&["ticket", "rule", "deleted at", "previous state", "actor"]);
+                for p in plan.tickets.iter().take(50) {
+                    t.add_row(vec![
+                        p.id.to_string(),
+                        p.rule.clone(),
+                        p.deleted_at.clone().unwrap_or_default(),
+                        p.previous_state.clone().unwrap_or_default(),
+                        p.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+                if plan.tickets.len() > 50 {
+                    println!(
+                        "  ... and {} more (--format json or csv lists them all)",
+                        plan.tickets.len() - 50
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

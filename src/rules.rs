@@ -113,6 +113,78 @@ impl RetentionRule {
         true
     }
 
+    /// Each condition of the rule with whether it holds for the ticket, for
+    /// `plan --explain`.
+    pub fn explain(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> Vec<(String, bool)> {
+        let age = age_of(ticket, now);
+        let shown_age = age.map_or("unknown".to_string(), |a| {
+            humantime::format_duration(Duration::from_secs(a.as_secs())).to_string()
+        });
+        let mut out = Vec::new();
+        if let Some(min) = self.older_than {
+            out.push((
+                format!(
+                    "deleted more than {} ago (it was {shown_age} ago)",
+                    humantime::format_duration(min)
+                ),
+                age.is_some_and(|a| a >= min),
+            ));
+        }
+        if let Some(max) = self.younger_than {
+            out.push((
+                format!(
+                    "deleted less than {} ago (it was {shown_age} ago)",
+                    humantime::format_duration(max)
+                ),
+                age.is_some_and(|a| a < max),
+            ));
+        }
+        if let Some(states) = &self.previous_state {
+            let state = ticket
+                .previous_state
+                .as_deref()
+                .unwrap_or("(none)")
+                .to_lowercase();
+            out.push((
+                format!("previous state in {} (it was {state})", join(states)),
+                states.contains(&state),
+            ));
+        }
+        let actor = ticket.actor.as_ref();
+        if let Some(ids) = &self.actor_ids {
+            let id = actor.and_then(|a| a.id);
+            out.push((
+                format!(
+                    "deleted by actor id {} (it was {})",
+                    join(ids),
+                    id.map_or("(none)".into(), |i| i.to_string())
+                ),
+                id.is_some_and(|i| ids.contains(&i)),
+            ));
+        }
+        if let Some(names) = &self.actor_names {
+            let name = actor.and_then(|a| a.name.as_deref()).map(str::to_lowercase);
+            out.push((
+                format!(
+                    "deleted by {} (it was {})",
+                    join(names),
+                    name.clone().unwrap_or_else(|| "(none)".into())
+                ),
+                name.is_some_and(|n| names.contains(&n)),
+            ));
+        }
+        if let Some(re) = &self.subject_matches {
+            out.push((
+                format!("subject matches /{}/", re.as_str()),
+                ticket.subject.as_deref().is_some_and(|s| re.is_match(s)),
+            ));
+        }
+        if out.is_empty() {
+            out.push(("every ticket (match_all)".into(), true));
+        }
+        out
+    }
+
     /// A one-line description of the conditions, for summaries.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();

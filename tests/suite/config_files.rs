@@ -25,7 +25,10 @@ fn sandbox_config_parses() {
 #[test]
 fn deployed_configs_parse() {
     let systemd = Config::load(std::path::Path::new("deploy/systemd/config.toml")).unwrap();
-    assert_eq!(systemd.audit.database, std::path::Path::new("/var/lib/zd-retention/zd-retention.db"));
+    assert_eq!(
+        systemd.audit.database,
+        std::path::Path::new("/var/lib/zd-retention/zd-retention.db")
+    );
     assert!(systemd.safety.dry_run);
     // the config inside the Kubernetes ConfigMap
     let yaml = std::fs::read_to_string("deploy/kubernetes/configmap.yaml").unwrap();

@@ -6,5 +6,6 @@ mod client_wire;
 mod config_files;
 mod engine;
 mod helpers;
+mod operator;
 mod rules_props;
 mod sandbox_contract;

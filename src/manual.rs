@@ -1,0 +1,397 @@
+//! What an operator does by hand: `plan` (a dry run that writes nothing),
+//! `restore` and `purge`. Restores and purges go through the same audited
+//! path as the cycle: a run, each request recorded before it is sent and
+//! answered after, an outcome per ticket.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::audit::RunCounts;
+use crate::cycle::{CycleContext, decision_record, send_and_follow};
+use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
+use crate::zendesk::{
+    DeletedTicket, IdBatch, ListOptions, SortBy, SortOrder, TicketId, ZendeskClient, ZendeskError,
+};
+
+/// One ticket a plan would purge.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedPurge {
+    pub id: TicketId,
+    pub rule: String,
+    pub deleted_at: Option<String>,
+    pub previous_state: Option<String>,
+    pub actor_id: Option<u64>,
+}
+
+/// How the rules treat one ticket, condition by condition.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub ticket: TicketId,
+    pub found: bool,
+    pub decision: String,
+    pub rules: Vec<RuleExplanation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleExplanation {
+    pub rule: String,
+    pub action: &'static str,
+    pub matched: bool,
+    pub conditions: Vec<(String, bool)>,
+}
+
+/// What `plan` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub scanned: u64,
+    pub early_stop: bool,
+    pub would_purge: BTreeMap<String, u64>,
+    pub kept: BTreeMap<String, u64>,
+    pub tickets: Vec<PlannedPurge>,
+    pub explain: Option<Explanation>,
+    pub list_requests: u64,
+}
+
+/// A dry run against the account that records nothing.
+pub async fn plan(
+    client: &ZendeskClient,
+    policy: &Policy,
+    explain: Option<TicketId>,
+) -> Result<Plan, ZendeskError> {
+    // An explanation may be asked for a young ticket: then scan everything.
+    let horizon = policy
+        .purge_horizon()
+        .filter(|h| *h < Duration::MAX / 2 && explain.is_none());
+    let before = client.stats();
+    let mut pages = client.list_deleted(ListOptions {
+        sort: horizon.map(|_| (SortBy::DeletedAt, SortOrder::Asc)),
+        ..ListOptions::default()
+    });
+    let mut plan = Plan {
+        scanned: 0,
+        early_stop: false,
+        would_purge: BTreeMap::new(),
+        kept: BTreeMap::new(),
+        tickets: Vec::new(),
+        explain: None,
+        list_requests: 0,
+    };
+    let mut sorted = horizon.is_some();
+    let mut last = None;
+    'pages: while let Some(page) = pages.next().await {
+        let page = page?;
+        let now = Utc::now();
+        for t in &page.tickets {
+            if sorted {
+                if t.deleted_at.is_none() || t.deleted_at < last {
+                    sorted = false;
+                }
+                last = t.deleted_at;
+            }
+            if let (true, Some(h), Some(age)) = (sorted, horizon, crate::rules::age_of(t, now))
+                && age < h
+            {
+                plan.early_stop = true;
+                break 'pages;
+            }
+            plan.scanned += 1;
+            let decision = policy.decide(t, now);
+            if explain == Some(t.id) {
+                plan.explain = Some(explain_ticket(policy, t, &decision, now));
+            }
+            match decision {
+                Decision::Purge { rule } => {
+                    *plan.would_purge.entry(rule.clone()).or_default() += 1;
+                    plan.tickets.push(PlannedPurge {
+                        id: t.id,
+                        rule,
+                        deleted_at: t.deleted_at.map(crate::audit::timestamp),
+                        previous_state: t.previous_state.clone(),
+                        actor_id: t.actor.as_ref().and_then(|a| a.id),
+                    });
+                }
+                keep => *plan.kept.entry(keep.kind().to_string()).or_default() += 1,
+            }
+        }
+    }
+    if let (Some(id), None) = (explain, &plan.explain) {
+        plan.explain = Some(Explanation { ticket: id, found: false, decision: "not listed: the ticket is not soft-deleted (never deleted, restored, or already purged)".into(), rules: vec![] });
+    }
+    plan.list_requests = client.stats().since(&before).sent("list");
+    Ok(plan)
+}
+
+fn explain_ticket(
+    policy: &Policy,
+    t: &DeletedTicket,
+    decision: &Decision,
+    now: chrono::DateTime<Utc>,
+) -> Explanation {
+    Explanation {
+        ticket: t.id,
+        found: true,
+        decision: decision.to_string(),
+        rules: policy
+            .rules
+            .iter()
+            .map(|r| RuleExplanation {
+                rule: r.name.clone(),
+                action: r.action.as_str(),
+                matched: r.matches(t, now),
+                conditions: r.explain(t, now),
+            })
+            .collect(),
+    }
+}
+
+/// One id's fate in a manual command.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdResult {
+    pub id: TicketId,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// Restores ids in batches of 100; a batch Zendesk refuses (an id that is no
+/// longer soft-deleted) is retried id by id, so that the others are still
+/// restored and each refused id is named.
+pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i64, Vec<IdResult>)> {
+    let store = &ctx.store;
+    let run = store
+        .start_run("restore", false, &ctx.config_hash, Utc::now())
+        .await?;
+    let mut results = Vec::new();
+    for batch in IdBatch::chunk(ids) {
+        let row = store
+            .record_request(run, "restore_many", &batch, Utc::now())
+            .await?;
+        match ctx.client.restore_many(&batch).await {
+            Ok(()) => {
+                store
+                    .record_job_end(run, row, "completed", None, "restored", batch.ids())
+                    .await?;
+                results.extend(batch.ids().iter().map(|id| IdResult {
+                    id: *id,
+                    outcome: "restored".into(),
+                    detail: None,
+                }));
+            }
+            Err(ZendeskError::NotFound { .. }) => {
+                store
+                    .record_job_end(
+                        run,
+                        row,
+                        "refused",
+                        Some("an id is not soft-deleted; restoring one by one"),
+                        "not_restored",
+                        &[],
+                    )
+                    .await?;
+                for id in batch.ids() {
+                    results.push(restore_one(ctx, run, *id).await?);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                store
+                    .record_job_end(
+                        run,
+                        row,
+                        "failed",
+                        Some(&message),
+                        "not_restored",
+                        batch.ids(),
+                    )
+                    .await?;
+                results.extend(batch.ids().iter().map(|id| IdResult {
+                    id: *id,
+                    outcome: "not_restored".into(),
+                    detail: Some(message.clone()),
+                }));
+            }
+        }
+    }
+    let failed = results.iter().filter(|r| r.outcome != "restored").count() as u64;
+    let counts = RunCounts {
+        matched: ids.len() as u64,
+        failed,
+        ..RunCounts::default()
+    };
+    let status = if failed == 0 { "completed" } else { "failed" };
+    let error = (failed > 0).then(|| format!("{failed} of {} tickets not restored", ids.len()));
+    store
+        .finish_run(run, status, &counts, error.as_deref(), Utc::now())
+        .await?;
+    Ok((run, results))
+}
+
+async fn restore_one(ctx: &CycleContext, run: i64, id: TicketId) -> anyhow::Result<IdResult> {
+    let store = &ctx.store;
+    let batch = IdBatch::new(vec![id]).expect("one id is a batch");
+    let row = store
+        .record_request(run, "restore", &batch, Utc::now())
+        .await?;
+    let (status, outcome, detail) = match ctx.client.restore(id).await {
+        Ok(()) => ("completed", "restored", None),
+        Err(ZendeskError::NotFound { .. }) => (
+            "refused",
+            "not_restored",
+            Some(
+                "not soft-deleted: already purged for good, already restored, or never deleted"
+                    .to_string(),
+            ),
+        ),
+        Err(e) => ("failed", "not_restored", Some(e.to_string())),
+    };
+    store
+        .record_job_end(run, row, status, detail.as_deref(), outcome, &[id])
+        .await?;
+    Ok(IdResult {
+        id,
+        outcome: outcome.into(),
+        detail,
+    })
+}
+
+/// Permanently deletes the given ids through the audited path. Unless
+/// `force`, each id must be listed as soft-deleted and pass the safety floor
+/// (`protect_ids`, `min_age`).
+pub async fn purge(
+    ctx: &CycleContext,
+    ids: &[TicketId],
+    force: bool,
+) -> anyhow::Result<(i64, Vec<IdResult>)> {
+    let store = &ctx.store;
+    let run = store
+        .start_run("manual_purge", false, &ctx.config_hash, Utc::now())
+        .await?;
+    let wanted: BTreeSet<TicketId> = ids.iter().copied().collect();
+    let now = Utc::now();
+    let mut results = Vec::new();
+    let mut selected = Vec::new();
+    let mut records = Vec::new();
+    if force {
+        for id in &wanted {
+            let ticket = DeletedTicket {
+                id: *id,
+                subject: None,
+                actor: None,
+                deleted_at: None,
+                previous_state: None,
+            };
+            let decision = Decision::Purge {
+                rule: "(manual --force)".into(),
+            };
+            records.push(decision_record(&ticket, &decision, &ctx.settings, now));
+            selected.push(*id);
+        }
+    } else {
+        // the floor of the config, with one rule that selects every id asked for
+        let floor = Policy {
+            rules: vec![RetentionRule {
+                match_all: true,
+                ..RetentionRule::new("(manual)", RuleAction::Purge)
+            }],
+            min_age: ctx.policy.min_age,
+            protect_ids: ctx.policy.protect_ids.clone(),
+        };
+        let mut found: HashMap<TicketId, DeletedTicket> = HashMap::new();
+        let mut pages = ctx.client.list_deleted(ListOptions::default());
+        while let Some(page) = pages.next().await {
+            for t in page?.tickets {
+                if wanted.contains(&t.id) {
+                    found.insert(t.id, t);
+                }
+            }
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        for id in &wanted {
+            let Some(t) = found.get(id) else {
+                results.push(IdResult {
+                    id: *id,
+                    outcome: "not_sent".into(),
+                    detail: Some(
+                        "not listed as soft-deleted: never deleted, restored, or already purged"
+                            .into(),
+                    ),
+                });
+                continue;
+            };
+            let decision = floor.decide(t, now);
+            records.push(decision_record(t, &decision, &ctx.settings, now));
+            match decision {
+                Decision::Purge { .. } => selected.push(*id),
+                Decision::Keep(reason) => {
+                    let why = match reason {
+                        KeepReason::Protected => "in safety.protect_ids (--force overrides)",
+                        KeepReason::TooYoung { .. } => {
+                            "deleted more recently than safety.min_age (--force overrides)"
+                        }
+                        _ => "its deletion time is unknown (--force overrides)",
+                    };
+                    results.push(IdResult {
+                        id: *id,
+                        outcome: "not_sent".into(),
+                        detail: Some(why.into()),
+                    });
+                }
+            }
+        }
+    }
+    store.record_decisions(run, &records).await?;
+    let refused: Vec<TicketId> = results.iter().map(|r| r.id).collect();
+    store
+        .record_outcomes(
+            run,
+            None,
+            &refused,
+            "not_sent",
+            Some("refused by the safety floor or not soft-deleted"),
+            Utc::now(),
+        )
+        .await?;
+    let tally = send_and_follow(ctx, run, IdBatch::chunk(&selected)).await;
+    // read back each sent id's outcome as recorded
+    for id in &selected {
+        let history = store.ticket_history(*id).await?;
+        let last = history
+            .iter()
+            .rev()
+            .find(|e| e.kind == "outcome" && e.run_id == run);
+        results.push(IdResult {
+            id: *id,
+            outcome: last.map_or("unknown".into(), |e| e.what.clone()),
+            detail: last.and_then(|e| e.detail.clone()),
+        });
+    }
+    results.sort_by_key(|r| r.id);
+    let counts = RunCounts {
+        scanned: records.len() as u64,
+        matched: selected.len() as u64,
+        purged: tally.purged,
+        failed: tally.failed,
+        unknown: tally.unknown,
+        ..RunCounts::default()
+    };
+    let ok = tally.failed == 0 && tally.fatal.is_none();
+    let error = tally
+        .fatal
+        .clone()
+        .or_else(|| (!ok).then(|| format!("{} tickets could not be purged", tally.failed)));
+    store
+        .finish_run(
+            run,
+            if ok { "completed" } else { "failed" },
+            &counts,
+            error.as_deref(),
+            Utc::now(),
+        )
+        .await?;
+    Ok((run, results))
+}
