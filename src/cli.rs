@@ -748,7 +748,27 @@ async fn once(config: Option<PathBuf>, args: OnceArgs) -> anyhow::Result<ExitCod
         tracing::warn!("stopping: no new batch is sent; following open jobs");
         cancel.cancel();
     });
-    let report = run_cycle(&ctx, Trigger::Manual).await?;
+    let bar = progress_spinner("running a cycle");
+    let ticker = {
+        let bar = bar.clone();
+        let client = ctx.client.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let s = client.stats();
+                bar.set_message(format!(
+                    "{} list requests, {} purge requests, {} job polls",
+                    s.sent("list"),
+                    s.sent("destroy_many"),
+                    s.sent("job_statuses")
+                ));
+            }
+        })
+    };
+    let report = run_cycle(&ctx, Trigger::Manual).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let report = report?;
     watcher.abort();
     store.close().await;
     match args.format {
