@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -254,15 +255,20 @@ impl AuditStore {
         config_hash: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<RunId> {
+        let mut tx = self.pool.begin().await?;
         let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status) VALUES (?, ?, ?, ?, 'running')")
             .bind(trigger)
             .bind(timestamp(now))
             .bind(dry_run)
             .bind(config_hash)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .context("cannot record the start of the run")?
             .last_insert_rowid();
+        chain_append(&mut tx, Chained::Runs, id, id).await?;
+        tx.commit()
+            .await
+            .context("cannot record the start of the run")?;
         Ok(id)
     }
 
@@ -319,6 +325,7 @@ impl AuditStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
+        let mut last = 0;
         // 9 binds a row keeps each statement under SQLite's 32766 variables
         for chunk in decisions.chunks(500) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -335,8 +342,16 @@ impl AuditStore {
                     .push_bind(d.decision)
                     .push_bind(timestamp(d.decided_at));
             });
-            q.build().execute(&mut *tx).await?;
+            last = q.build().execute(&mut *tx).await?.last_insert_rowid();
         }
+        // one writer in the transaction: the new rows have consecutive ids
+        chain_append(
+            &mut tx,
+            Chained::Decisions,
+            last - decisions.len() as i64 + 1,
+            last,
+        )
+        .await?;
         tx.commit().await.context("cannot record the decisions")?;
         Ok(())
     }
@@ -349,16 +364,21 @@ impl AuditStore {
         batch: &IdBatch,
         now: DateTime<Utc>,
     ) -> anyhow::Result<JobRowId> {
+        let mut tx = self.pool.begin().await?;
         let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
             .bind(run)
             .bind(kind)
             .bind(batch.to_query())
             .bind(batch.len() as i64)
             .bind(timestamp(now))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .context("cannot record the request before sending it")?
             .last_insert_rowid();
+        chain_append(&mut tx, Chained::Jobs, id, id).await?;
+        tx.commit()
+            .await
+            .context("cannot record the request before sending it")?;
         Ok(id)
     }
 
@@ -786,6 +806,85 @@ impl AuditStore {
         Ok(n)
     }
 
+    /// Recomputes the hash chain; names the first row changed or removed,
+    /// or added outside the chain.
+    pub async fn verify_chain(&self) -> anyhow::Result<ChainReport> {
+        use futures::TryStreamExt;
+        let mut conn = self.pool.acquire().await?;
+        let entries: Vec<(i64, String, i64, i64, String, String, String)> = sqlx::query_as(
+            "SELECT seq, tbl, first_id, last_id, digests, prev, hash FROM audit_chain ORDER BY seq",
+        )
+        .fetch(&mut *conn)
+        .try_collect()
+        .await?;
+        let mut report = ChainReport {
+            entries: entries.len() as i64,
+            rows: 0,
+            head: "genesis".into(),
+            problem: None,
+        };
+        let mut covered: HashMap<&'static str, i64> = HashMap::new();
+        for (seq, tbl, first, last, digests, prev, hash) in &entries {
+            if *prev != report.head {
+                report.problem = Some(format!(
+                    "chain entry {seq} does not follow entry {}: an entry was changed or removed",
+                    seq - 1
+                ));
+                return Ok(report);
+            }
+            if entry_hash(prev, tbl, *first, *last, digests) != *hash {
+                report.problem = Some(format!(
+                    "chain entry {seq} ({tbl} rows {first} to {last}) was altered"
+                ));
+                return Ok(report);
+            }
+            let Some(table) = Chained::parse(tbl) else {
+                report.problem = Some(format!("chain entry {seq} names an unknown table {tbl:?}"));
+                return Ok(report);
+            };
+            let current: HashMap<i64, String> = row_digests(&mut conn, table, *first, *last)
+                .await?
+                .into_iter()
+                .collect();
+            for (i, id) in (*first..=*last).enumerate() {
+                let expected = digests.get(i * 16..i * 16 + 16).unwrap_or("");
+                match current.get(&id) {
+                    None => {
+                        report.problem =
+                            Some(format!("row {id} of {tbl} was removed (chain entry {seq})"));
+                        return Ok(report);
+                    }
+                    Some(d) if d != expected => {
+                        report.problem =
+                            Some(format!("row {id} of {tbl} was changed (chain entry {seq})"));
+                        return Ok(report);
+                    }
+                    Some(_) => report.rows += 1,
+                }
+            }
+            let top = covered.entry(table.table()).or_default();
+            *top = (*top).max(*last);
+            report.head = hash.clone();
+        }
+        for table in Chained::ALL {
+            let unchained: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT MIN(id) FROM {} WHERE id > ?",
+                table.table()
+            )))
+            .bind(covered.get(table.table()).copied().unwrap_or(0))
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(id) = unchained {
+                report.problem = Some(format!(
+                    "row {id} of {} is not in the chain: it was added outside zd-retention",
+                    table.table()
+                ));
+                return Ok(report);
+            }
+        }
+        Ok(report)
+    }
+
     /// Takes and releases the write lock: fails when the database cannot be
     /// written (read-only file, full disk, held too long by another writer).
     pub async fn check_writable(&self) -> anyhow::Result<()> {
@@ -832,6 +931,10 @@ async fn insert_outcomes(
     detail: Option<&str>,
     at: &str,
 ) -> anyhow::Result<()> {
+    if tickets.is_empty() {
+        return Ok(());
+    }
+    let mut last = 0;
     for chunk in tickets.chunks(500) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) ",
@@ -844,9 +947,137 @@ async fn insert_outcomes(
                 .push_bind(detail)
                 .push_bind(at);
         });
-        q.build().execute(&mut **tx).await?;
+        last = q.build().execute(&mut **tx).await?.last_insert_rowid();
     }
+    chain_append(tx, Chained::Outcomes, last - tickets.len() as i64 + 1, last).await
+}
+
+/// The tables the chain covers, with their columns that never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chained {
+    Runs,
+    Decisions,
+    Jobs,
+    Outcomes,
+}
+
+impl Chained {
+    const ALL: [Chained; 4] = [
+        Chained::Runs,
+        Chained::Decisions,
+        Chained::Jobs,
+        Chained::Outcomes,
+    ];
+
+    fn table(self) -> &'static str {
+        match self {
+            Self::Runs => "runs",
+            Self::Decisions => "decisions",
+            Self::Jobs => "jobs",
+            Self::Outcomes => "outcomes",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.table() == name)
+    }
+
+    /// Every chained column as text, in a fixed order.
+    fn select(self) -> &'static str {
+        match self {
+            Self::Runs => {
+                "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Decisions => {
+                "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT) FROM decisions WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Jobs => {
+                "SELECT id, CAST(run_id AS TEXT), CAST(kind AS TEXT), CAST(ticket_ids AS TEXT), CAST(ticket_count AS TEXT), CAST(recorded_at AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Outcomes => {
+                "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+        }
+    }
+}
+
+/// Each row's id and a 16-hex digest of its chained columns.
+async fn row_digests(
+    conn: &mut sqlx::SqliteConnection,
+    table: Chained,
+    first: i64,
+    last: i64,
+) -> anyhow::Result<Vec<(i64, String)>> {
+    let rows = sqlx::query(table.select())
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let id: i64 = r.try_get(0)?;
+            let mut hasher = Sha256::new();
+            hasher.update(table.table().as_bytes());
+            for i in 1..r.len() {
+                let value: Option<String> = r.try_get(i)?;
+                hasher.update([0x1f]);
+                match value {
+                    Some(v) => hasher.update(v.as_bytes()),
+                    None => hasher.update([0]),
+                }
+            }
+            Ok((id, hex::encode(&hasher.finalize()[..8])))
+        })
+        .collect()
+}
+
+fn entry_hash(prev: &str, table: &str, first: i64, last: i64, digests: &str) -> String {
+    hex::encode(Sha256::digest(
+        format!("{prev}\x1e{table}\x1e{first}\x1e{last}\x1e{digests}").as_bytes(),
+    ))
+}
+
+/// Appends a chain entry for rows `first..=last` just written in `tx`. Called
+/// after the rows' insert, which already holds the write lock, so that the
+/// chain's head cannot move under it.
+async fn chain_append(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    table: Chained,
+    first: i64,
+    last: i64,
+) -> anyhow::Result<()> {
+    let digests: String = row_digests(&mut *tx, table, first, last)
+        .await?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let prev: Option<String> =
+        sqlx::query_scalar("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let prev = prev.unwrap_or_else(|| "genesis".into());
+    let hash = entry_hash(&prev, table.table(), first, last, &digests);
+    sqlx::query("INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(table.table())
+        .bind(first)
+        .bind(last)
+        .bind(digests)
+        .bind(prev)
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    pub entries: i64,
+    pub rows: i64,
+    /// The chain's last hash: note it elsewhere to detect a truncated chain.
+    pub head: String,
+    /// The first problem, naming the table and row.
+    pub problem: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error FROM runs";

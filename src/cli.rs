@@ -221,6 +221,12 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: AuditTarget,
     },
+    /// Check the audit log's hash chain; names the first row changed or removed (exit 1).
+    #[command(after_help = "Example:\n  zd-retention audit verify --database zd-retention.db")]
+    Verify {
+        #[command(flatten)]
+        target: AuditTarget,
+    },
     /// Every decision with its outcome, as CSV or JSON lines, for archives.
     #[command(
         after_help = "Example:\n  zd-retention audit export --format jsonl --since 2026-11-01 > audit.jsonl"

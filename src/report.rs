@@ -313,6 +313,25 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                 }
             }
         }
+        AuditCommand::Verify { target } => {
+            let store = open(config, &target).await?;
+            let report = store.verify_chain().await?;
+            match target.format {
+                TableFormat::Json | TableFormat::Csv => {
+                    println!("{}", serde_json::to_string_pretty(&report)?)
+                }
+                TableFormat::Table => match &report.problem {
+                    None => println!(
+                        "audit log intact: {} chain entries over {} rows; head {}",
+                        report.entries, report.rows, report.head
+                    ),
+                    Some(p) => println!("audit log TAMPERED: {p}"),
+                },
+            }
+            if report.problem.is_some() {
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        }
         AuditCommand::Export {
             format,
             since,

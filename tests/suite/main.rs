@@ -9,3 +9,4 @@ mod helpers;
 mod operator;
 mod rules_props;
 mod sandbox_contract;
+mod security;
