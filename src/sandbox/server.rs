@@ -638,6 +638,17 @@ async fn handle(
             status: 0,
             ids: vec![],
             fault: None,
+            at: chrono::Utc::now(),
+            job_id: None,
+        };
+        // the ids a write request carries, logged even when a fault answers it
+        log.ids = match &route {
+            Some(Route::Restore(id) | Route::Destroy(id)) => vec![*id],
+            Some(Route::RestoreMany | Route::DestroyMany) => query
+                .get("ids")
+                .map(|t| t.split(',').filter_map(|i| i.trim().parse().ok()).collect())
+                .unwrap_or_default(),
+            _ => vec![],
         };
         let auth_revoked = state
             .faults()
@@ -701,7 +712,16 @@ async fn handle(
                         }
                         let (answer, ids) =
                             serve_route(&mut state, route, &query, list.as_ref(), &base, now);
-                        log.ids = ids;
+                        if !ids.is_empty() {
+                            log.ids = ids;
+                        }
+                        if matches!(route, Route::Destroy(_) | Route::DestroyMany)
+                            && answer.status == StatusCode::OK
+                        {
+                            log.job_id = serde_json::from_str::<Value>(&answer.body)
+                                .ok()
+                                .and_then(|v| v["job_status"]["id"].as_str().map(str::to_string));
+                        }
                         if answer.status == StatusCode::OK {
                             if state.chance(faults.drops) {
                                 log.fault = Some("drop");

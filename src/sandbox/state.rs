@@ -131,6 +131,10 @@ pub struct LoggedRequest {
     /// Ticket ids of a write request.
     pub ids: Vec<u64>,
     pub fault: Option<&'static str>,
+    /// When the request arrived (wall clock).
+    pub at: DateTime<Utc>,
+    /// The job a purge request created, if any.
+    pub job_id: Option<String>,
 }
 
 /// A rate-limit window counter.

@@ -5,6 +5,7 @@ mod cli;
 mod client_wire;
 mod config_files;
 mod engine;
+mod faults;
 mod helpers;
 mod operator;
 mod rules_props;
