@@ -728,7 +728,7 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         None => println!("  scan: full (a purge rule has no older_than)"),
     }
     if let Err(e) = config.auth() {
-        println!("  credential: {e}");
+        eprintln!("{e}");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
     println!("  credential: found");

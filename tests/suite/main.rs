@@ -1,6 +1,7 @@
 //! Integration tests, compiled into one binary: the client's wire behaviour
 //! against wiremock, the sandbox's contract, and the engine end to end.
 
+mod bad_input;
 mod cli;
 mod client_wire;
 mod config_files;

@@ -1,0 +1,96 @@
+//! Bad input: every broken config under tests/configs/bad/ and broken
+//! command lines give a message that names the problem, exit code 2, and no
+//! panic or backtrace.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
+
+fn assert_clean_refusal(what: &str, out: &std::process::Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{what}: exit code\n{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{what}: the message does not name {expect:?}:\n{stderr}"
+    );
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!stderr.contains(bad), "{what}: {bad} in\n{stderr}");
+    }
+    assert!(
+        stderr.lines().count() <= 24,
+        "{what}: more than a screen:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_broken_config_is_refused_with_its_key_and_exit_2() {
+    let mut files: Vec<_> = std::fs::read_dir("tests/configs/bad")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "the corpus holds {} files", files.len());
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} lacks its # expect line", file.display()));
+        for command in [&["check-config"][..], &["once", "--dry-run"][..]] {
+            let out = Command::new(BIN)
+                .args(command)
+                .arg("--config")
+                .arg(file)
+                .env("RUST_BACKTRACE", "1")
+                .output()
+                .unwrap();
+            assert_clean_refusal(
+                &format!("{} ({})", file.display(), command[0]),
+                &out,
+                expect,
+            );
+        }
+    }
+}
+
+#[test]
+fn broken_command_lines_are_refused_with_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "unrecognized subcommand"),
+        (&["list", "--format", "xml"], "invalid value 'xml'"),
+        (&["once", "--dry-run=maybe"], "unexpected value"),
+        (&["audit", "ticket"], "TICKET_ID"),
+        (
+            &["audit", "ticket", "forty-two"],
+            "invalid value 'forty-two'",
+        ),
+        (
+            &["audit", "search", "--since", "last tuesday"],
+            "is not a day",
+        ),
+        (
+            &["sandbox", "--listen", "nowhere"],
+            "invalid value 'nowhere'",
+        ),
+        (&["sandbox", "--job-delay", "soon"], "invalid value 'soon'"),
+        (
+            &["restore", "--config", "config/example.toml"],
+            "no ticket id given",
+        ),
+        (
+            &["once", "--config", "/nonexistent/config.toml"],
+            "cannot read it",
+        ),
+        (&["plan", "--explain"], "TICKET_ID"),
+    ];
+    for (args, expect) in cases {
+        let out = Command::new(BIN)
+            .args(*args)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("ZD_RETENTION_CONFIG")
+            .output()
+            .unwrap();
+        assert_clean_refusal(&args.join(" "), &out, expect);
+    }
+}
