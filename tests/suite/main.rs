@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod client_wire;
 mod config_files;
+mod crash;
 mod engine;
 mod faults;
 mod helpers;

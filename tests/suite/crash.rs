@@ -1,0 +1,194 @@
+//! Crash safety: the real binary is killed with SIGKILL at random moments of
+//! its cycle and started again. After every kill the database opens, passes
+//! `PRAGMA integrity_check` and its hash chain; every ticket that left the
+//! sandbox had its decision and its request recorded first; no job id the
+//! sandbox handed out is unaccounted for. A last clean run leaves the state
+//! one clean run would have produced.
+//!
+//! `CRASH_KILLS=25 cargo nextest run crash` runs the full harness (CI: 5).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use zd_retention::audit::{AuditStore, timestamp};
+use zd_retention::sandbox::{Sandbox, SandboxOptions, SandboxTicket, generate_tickets};
+
+use crate::helpers::{TOKEN, example_selects, fast_sandbox_options};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
+
+fn config(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
+             [zendesk.rate_limits]\nlist = \"10/200ms\"\nlist_deep = \"5/200ms\"\naccount = \"200/100ms\"\nmax_jobs_in_flight = 3\n\
+             [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\npurge_while_scanning = true\n\
+             [[rules]]\nname = \"legal-hold\"\naction = \"keep\"\nsubject_matches = \"(?i)legal hold\"\n\
+             [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n\
+             [[rules]]\nname = \"automation-deletions\"\naction = \"purge\"\nactor_ids = [900001]\nolder_than = \"1h\"\n",
+            dir.join("audit.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn check_after_kill(sb: &Sandbox, db: &std::path::Path, kill: usize) {
+    let store = AuditStore::open(db)
+        .await
+        .unwrap_or_else(|e| panic!("kill {kill}: the database does not open: {e:#}"));
+    assert_eq!(
+        store.integrity_check().await.unwrap(),
+        "ok",
+        "kill {kill}: integrity_check"
+    );
+    let chain = store.verify_chain().await.unwrap();
+    assert!(chain.problem.is_none(), "kill {kill}: {:?}", chain.problem);
+    let pool = store.pool();
+    let jobs: Vec<(String, String, Option<String>, String)> =
+        sqlx::query_as("SELECT ticket_ids, recorded_at, zendesk_job_id, status FROM jobs")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let first_decided: std::collections::HashMap<i64, String> =
+        sqlx::query_as::<_, (i64, String)>("SELECT ticket_id, MIN(decided_at) FROM decisions WHERE decision = 'purge' GROUP BY ticket_id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    for request in sb.write_requests() {
+        let ids = request
+            .ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let at = timestamp(request.at);
+        let recorded: Vec<_> = jobs
+            .iter()
+            .filter(|(t, when, _, _)| *t == ids && *when <= at)
+            .collect();
+        assert!(
+            !recorded.is_empty(),
+            "kill {kill}: a purge request reached the sandbox unrecorded ({ids})"
+        );
+        if let Some(job) = &request.job_id {
+            let accounted = recorded.iter().any(|(_, _, z, status)| {
+                z.as_deref() == Some(job) || matches!(status.as_str(), "pending" | "unknown")
+            });
+            assert!(accounted, "kill {kill}: Zendesk job {job} is lost");
+        }
+        for id in &request.ids {
+            let decided = first_decided.get(&(*id as i64)).is_some_and(|d| *d <= at);
+            assert!(
+                decided,
+                "kill {kill}: ticket {id} was sent without a decision recorded first"
+            );
+        }
+    }
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_the_daemon_loses_nothing() {
+    let kills: usize = std::env::var("CRASH_KILLS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as u64);
+    eprintln!("crash harness: {kills} kills, CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let tickets: Vec<SandboxTicket> = generate_tickets(4000, 61, chrono::Utc::now())
+        .into_iter()
+        .filter(|t| example_selects(t).is_some())
+        .collect();
+    let want: BTreeSet<u64> = tickets
+        .iter()
+        .filter(|t| example_selects(t) == Some(true))
+        .map(|t| t.id)
+        .collect();
+    // jobs take 60 s of Zendesk time: 100 ms here, so kills land while they run
+    let options = SandboxOptions {
+        job_delay: Duration::from_secs(60),
+        ..fast_sandbox_options(0)
+    };
+    let sb = Sandbox::start_with(options, tickets, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &sb.base_url());
+    let db = dir.path().join("audit.db");
+
+    let mut kill = 0;
+    let mut attempts = 0;
+    while kill < kills && attempts < kills * 4 {
+        attempts += 1;
+        let mut child = tokio::process::Command::new(BIN)
+            .args(["once", "--config"])
+            .arg(&config)
+            .env("ZD_TEST_TOKEN", TOKEN)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let after = Duration::from_millis(rng.random_range(5..700));
+        tokio::time::sleep(after).await;
+        child.start_kill().unwrap(); // SIGKILL
+        let status = child.wait().await.unwrap();
+        if status.success() {
+            eprintln!("attempt {attempts}: the run had finished before {after:?}");
+        } else {
+            kill += 1;
+            eprintln!("kill {kill} after {after:?}");
+        }
+        check_after_kill(&sb, &db, attempts).await;
+    }
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the last run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(kill, kills, "every kill landed in a running cycle");
+    check_after_kill(&sb, &db, attempts + 1).await;
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(
+        purged, want,
+        "the final state is what one clean run produces"
+    );
+    let store = AuditStore::open_read_only(&db).await.unwrap();
+    let runs = store.runs(None, 1000).await.unwrap();
+    assert!(
+        runs.iter().all(|r| r.status != "running"),
+        "every killed run is marked interrupted"
+    );
+    let interrupted = runs.iter().filter(|r| r.status == "interrupted").count();
+    eprintln!(
+        "{} runs: {interrupted} interrupted, {} completed",
+        runs.len(),
+        runs.len() - interrupted
+    );
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE status IN ('pending', 'queued', 'working')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(open, 0, "every job is followed to an end");
+}
