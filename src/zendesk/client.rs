@@ -23,7 +23,9 @@ use super::model::{
     ApiErrorBody, DeletedTicket, JobId, JobStatus, JobStatusEnvelope, JobStatusesEnvelope,
     RawDeletedTicketsPage, TicketId, snippet,
 };
-use super::pacing::{ClientStatsSnapshot, EndpointClass, Pacer, RateLimits, parse_seconds};
+use super::pacing::{
+    ClientStatsSnapshot, EndpointClass, MAX_HEADER_WAIT, Pacer, RateLimits, parse_seconds,
+};
 
 /// How the client proves who it is. Debug output never shows the secret.
 #[derive(Debug, Clone)]
@@ -633,7 +635,8 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         let at = httpdate::parse_http_date(text.trim()).ok()?;
         Some(
             at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
+                .unwrap_or(Duration::ZERO)
+                .min(MAX_HEADER_WAIT),
         )
     })
 }

@@ -355,3 +355,19 @@ impl fmt::Display for ApiErrorBody {
         }
     }
 }
+
+/// Decodes a listing page's tickets, as the client does; for fuzzing and
+/// tools.
+pub fn decode_deleted_tickets(body: &[u8]) -> Result<Vec<DeletedTicket>, serde_json::Error> {
+    serde_json::from_slice::<RawDeletedTicketsPage>(body).map(|p| p.deleted_tickets)
+}
+
+/// Decodes a `{"job_status": ...}` answer.
+pub fn decode_job_status(body: &[u8]) -> Result<JobStatus, serde_json::Error> {
+    serde_json::from_slice::<JobStatusEnvelope>(body).map(|e| e.job_status)
+}
+
+/// Decodes a `{"job_statuses": [...]}` answer.
+pub fn decode_job_statuses(body: &[u8]) -> Result<Vec<JobStatus>, serde_json::Error> {
+    serde_json::from_slice::<JobStatusesEnvelope>(body).map(|e| e.job_statuses)
+}

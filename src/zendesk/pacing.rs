@@ -276,11 +276,19 @@ pub struct RateLimitHeaders {
     pub endpoint_spent_for: Option<Option<Duration>>,
 }
 
+/// The longest wait a header may ask for; more is a broken header, and an
+/// hour later the request is tried again rather than never.
+pub const MAX_HEADER_WAIT: Duration = Duration::from_secs(3600);
+
 /// Seconds as Zendesk writes them; fractions are accepted (the sandbox sends
-/// them under compressed time).
+/// them under compressed time). Capped at `MAX_HEADER_WAIT`.
 pub fn parse_seconds(text: &str) -> Option<Duration> {
     let secs: f64 = text.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    if !(secs.is_finite() && secs >= 0.0) {
+        return None;
+    }
+    // found by fuzzing: "1e300" overflowed Duration::from_secs_f64
+    Some(Duration::try_from_secs_f64(secs).map_or(MAX_HEADER_WAIT, |d| d.min(MAX_HEADER_WAIT)))
 }
 
 impl RateLimitHeaders {
@@ -374,6 +382,9 @@ mod tests {
     fn fractional_seconds_are_accepted() {
         assert_eq!(parse_seconds("0.25"), Some(Duration::from_millis(250)));
         assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("1e300"), Some(MAX_HEADER_WAIT));
+        assert_eq!(parse_seconds("NaN"), None);
+        assert_eq!(parse_seconds("86400"), Some(MAX_HEADER_WAIT));
         assert_eq!(parse_seconds("soon"), None);
     }
 }
