@@ -211,6 +211,9 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
         );
     }
     let pid = child.id().unwrap();
+    // the token is in no process argument (it comes from the environment)
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(TOKEN));
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
