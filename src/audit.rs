@@ -60,7 +60,7 @@ pub struct RunCounts {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunRow {
     pub id: RunId,
     pub trigger: String,
@@ -80,7 +80,7 @@ pub struct RunRow {
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JobRow {
     pub id: JobRowId,
     pub run_id: RunId,
@@ -144,7 +144,7 @@ pub struct SearchFilter {
 }
 
 /// One row of `audit search` and `audit export`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct SearchRow {
     pub at: String,
     pub run_id: RunId,
@@ -240,12 +240,11 @@ impl AuditStore {
 
     /// Jobs not yet terminal (from any run), oldest first.
     pub async fn open_jobs(&self) -> anyhow::Result<Vec<JobRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "{JOB_COLUMNS} WHERE status IN ('pending', 'queued', 'working') ORDER BY id"
         )))
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(job_row).collect()
+        .await?)
     }
 
     pub async fn start_run(
@@ -481,11 +480,12 @@ impl AuditStore {
     }
 
     pub async fn run(&self, id: RunId) -> anyhow::Result<Option<RunRow>> {
-        let row = sqlx::query(AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(run_row).transpose()
+        Ok(
+            sqlx::query_as(AssertSqlSafe(format!("{RUN_COLUMNS} WHERE id = ?")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The latest runs, newest first.
@@ -494,24 +494,22 @@ impl AuditStore {
         since: Option<DateTime<Utc>>,
         limit: i64,
     ) -> anyhow::Result<Vec<RunRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "{RUN_COLUMNS} WHERE started_at >= ? ORDER BY id DESC LIMIT ?"
         )))
         .bind(since.map(timestamp).unwrap_or_default())
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_row).collect()
+        .await?)
     }
 
     pub async fn jobs_of_run(&self, run: RunId) -> anyhow::Result<Vec<JobRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "{JOB_COLUMNS} WHERE run_id = ? ORDER BY id"
         )))
         .bind(run)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(job_row).collect()
+        .await?)
     }
 
     /// Decisions of a run per decision and rule.
@@ -767,7 +765,7 @@ impl AuditStore {
                AND (?6 IS NULL OR d.decision = ?6) AND (?7 IS NULL OR d.ticket_id = ?7)
              ORDER BY d.id DESC LIMIT ?8"
         };
-        let rows = sqlx::query(sql)
+        Ok(sqlx::query_as(sql)
             .bind(f.outcome.as_deref())
             .bind(since)
             .bind(until)
@@ -777,8 +775,7 @@ impl AuditStore {
             .bind(f.ticket)
             .bind(f.limit)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(search_row).collect()
+            .await?)
     }
 
     /// Every decision since `since`, oldest first, with its outcome in the
@@ -789,7 +786,7 @@ impl AuditStore {
         mut each: impl FnMut(SearchRow) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
         use futures::TryStreamExt;
-        let mut rows = sqlx::query(
+        let mut rows = sqlx::query_as::<_, SearchRow>(
             "SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome, o.recorded_at AS outcome_at, o.detail
              FROM decisions d LEFT JOIN outcomes o ON o.id = (
@@ -800,7 +797,7 @@ impl AuditStore {
         .fetch(&self.pool);
         let mut n = 0;
         while let Some(row) = rows.try_next().await? {
-            each(search_row(&row)?)?;
+            each(row)?;
             n += 1;
         }
         Ok(n)
@@ -1082,58 +1079,6 @@ pub struct ChainReport {
 
 const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error FROM runs";
 const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
-
-fn search_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<SearchRow> {
-    Ok(SearchRow {
-        at: r.try_get("at")?,
-        run_id: r.try_get("run_id")?,
-        ticket_id: r.try_get("ticket_id")?,
-        decision: r.try_get("decision")?,
-        rule: r.try_get("rule")?,
-        actor_id: r.try_get("actor_id")?,
-        deleted_at: r.try_get("deleted_at")?,
-        previous_state: r.try_get("previous_state")?,
-        outcome: r.try_get("outcome")?,
-        outcome_at: r.try_get("outcome_at")?,
-        detail: r.try_get("detail")?,
-    })
-}
-
-fn run_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<RunRow> {
-    Ok(RunRow {
-        id: r.try_get("id")?,
-        trigger: r.try_get("trigger")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-        dry_run: r.try_get("dry_run")?,
-        config_hash: r.try_get("config_hash")?,
-        status: r.try_get("status")?,
-        scanned: r.try_get("scanned")?,
-        matched: r.try_get("matched")?,
-        purged: r.try_get("purged")?,
-        failed: r.try_get("failed")?,
-        unknown: r.try_get("unknown")?,
-        list_requests: r.try_get("list_requests")?,
-        early_stop: r.try_get("early_stop")?,
-        error: r.try_get("error")?,
-    })
-}
-
-fn job_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<JobRow> {
-    Ok(JobRow {
-        id: r.try_get("id")?,
-        run_id: r.try_get("run_id")?,
-        kind: r.try_get("kind")?,
-        zendesk_job_id: r.try_get("zendesk_job_id")?,
-        ticket_ids: r.try_get("ticket_ids")?,
-        ticket_count: r.try_get("ticket_count")?,
-        recorded_at: r.try_get("recorded_at")?,
-        answered_at: r.try_get("answered_at")?,
-        finished_at: r.try_get("finished_at")?,
-        status: r.try_get("status")?,
-        message: r.try_get("message")?,
-    })
-}
 
 /// Creates the database file readable by its owner only, if it is new.
 fn create_private(path: &Path) -> std::io::Result<()> {
