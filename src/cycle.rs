@@ -593,7 +593,9 @@ async fn scan(
                         }
                     }
                 }
-            } else if held.len() as u64 <= limit {
+            } else {
+                // all of them, past the limit too: each gets its not_sent
+                // outcome when the limit refuses the run (8 bytes an id)
                 held.extend(selected);
             }
         }

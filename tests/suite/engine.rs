@@ -159,6 +159,12 @@ async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
         .await
         .unwrap();
     assert_eq!(status, "failed");
+    // every selected ticket carries the reason it was not sent
+    let not_sent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outcomes WHERE outcome = 'not_sent' AND detail LIKE '%max_purges_per_run%'")
+        .fetch_one(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(not_sent as usize, want.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
