@@ -892,13 +892,29 @@ impl AuditStore {
     }
 
     /// Tickets of a purge request per rule that selected them.
-    pub async fn rules_of_request(&self, job: JobRowId) -> anyhow::Result<Vec<(String, i64)>> {
+    pub async fn rules_of_request(
+        &self,
+        job: JobRowId,
+        tickets: &[TicketId],
+    ) -> anyhow::Result<Vec<(String, i64)>> {
+        let ids = format!(
+            "[{}]",
+            tickets
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        // the ids outer (CROSS JOIN), each looked up by ticket: the run index
+        // would scan every purge decision of the run once per id
         let rows = sqlx::query(
             "SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
-             FROM jobs j JOIN json_each('[' || j.ticket_ids || ']') t
-             JOIN decisions d ON d.run_id = j.run_id AND d.ticket_id = t.value AND d.decision = 'purge'
-             WHERE j.id = ? GROUP BY d.rule",
+             FROM json_each(?1) AS t CROSS JOIN decisions AS d INDEXED BY decisions_ticket
+             WHERE d.ticket_id = t.value AND d.decision = 'purge'
+               AND d.run_id = (SELECT run_id FROM jobs WHERE id = ?2)
+             GROUP BY d.rule",
         )
+        .bind(ids)
         .bind(job)
         .fetch_all(&self.pool)
         .await?;

@@ -924,8 +924,8 @@ impl PurgeWorker {
     }
 
     /// Counts a request's tickets per rule into a metric.
-    async fn count_by_rule(&self, row: JobRowId, metric: &'static str) {
-        match self.store.rules_of_request(row).await {
+    async fn count_by_rule(&self, row: JobRowId, tickets: &[TicketId], metric: &'static str) {
+        match self.store.rules_of_request(row, tickets).await {
             Ok(rules) => {
                 for (rule, n) in rules {
                     metrics::counter!(metric, "rule" => rule).increment(n as u64);
@@ -972,13 +972,13 @@ impl PurgeWorker {
         match outcome {
             "purged" => {
                 self.tally.purged += job.tickets.len() as u64;
-                self.count_by_rule(job.row, "zd_retention_tickets_purged_total")
+                self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_purged_total")
                     .await;
             }
             "failed" => {
                 tracing::error!(job = %job.id, status = %status.status, message = detail.as_deref().unwrap_or(""), "purge job did not succeed");
                 self.tally.failed += job.tickets.len() as u64;
-                self.count_by_rule(job.row, "zd_retention_tickets_failed_total")
+                self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_failed_total")
                     .await;
             }
             _ => self.tally.unknown += job.tickets.len() as u64,
