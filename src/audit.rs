@@ -325,6 +325,7 @@ impl AuditStore {
         }
         let mut tx = self.pool.begin().await?;
         let mut last = 0;
+        let mut digests = String::with_capacity(decisions.len() * 16);
         // 9 binds a row keeps each statement under SQLite's 32766 variables
         for chunk in decisions.chunks(500) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -342,15 +343,29 @@ impl AuditStore {
                     .push_bind(timestamp(d.decided_at));
             });
             last = q.build().execute(&mut *tx).await?.last_insert_rowid();
+            let run_text = run.to_string();
+            for d in chunk {
+                let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
+                let (deleted, decided) = (d.deleted_at.map(timestamp), timestamp(d.decided_at));
+                digests.push_str(&row_digest(
+                    Chained::Decisions,
+                    [
+                        Some(run_text.as_str()),
+                        Some(ticket.as_str()),
+                        deleted.as_deref(),
+                        actor.as_deref(),
+                        d.previous_state.as_deref(),
+                        d.subject.as_deref(),
+                        d.rule.as_deref(),
+                        Some(d.decision),
+                        Some(decided.as_str()),
+                    ],
+                ));
+            }
         }
         // one writer in the transaction: the new rows have consecutive ids
-        chain_append(
-            &mut tx,
-            Chained::Decisions,
-            last - decisions.len() as i64 + 1,
-            last,
-        )
-        .await?;
+        let first = last - decisions.len() as i64 + 1;
+        chain_append_digests(&mut tx, Chained::Decisions, first, last, digests).await?;
         tx.commit().await.context("cannot record the decisions")?;
         Ok(())
     }
@@ -948,6 +963,8 @@ async fn insert_outcomes(
         return Ok(());
     }
     let mut last = 0;
+    let (run_text, job_text) = (run.to_string(), job.map(|j| j.to_string()));
+    let mut digests = String::with_capacity(tickets.len() * 16);
     for chunk in tickets.chunks(500) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) ",
@@ -961,8 +978,29 @@ async fn insert_outcomes(
                 .push_bind(at);
         });
         last = q.build().execute(&mut **tx).await?.last_insert_rowid();
+        for t in chunk {
+            let ticket = t.to_string();
+            digests.push_str(&row_digest(
+                Chained::Outcomes,
+                [
+                    Some(run_text.as_str()),
+                    job_text.as_deref(),
+                    Some(ticket.as_str()),
+                    Some(outcome),
+                    detail,
+                    Some(at),
+                ],
+            ));
+        }
     }
-    chain_append(tx, Chained::Outcomes, last - tickets.len() as i64 + 1, last).await
+    chain_append_digests(
+        tx,
+        Chained::Outcomes,
+        last - tickets.len() as i64 + 1,
+        last,
+        digests,
+    )
+    .await
 }
 
 /// The tables the chain covers, with their columns that never change.
@@ -1029,17 +1067,10 @@ async fn row_digests(
     rows.iter()
         .map(|r| {
             let id: i64 = r.try_get(0)?;
-            let mut hasher = Sha256::new();
-            hasher.update(table.table().as_bytes());
-            for i in 1..r.len() {
-                let value: Option<String> = r.try_get(i)?;
-                hasher.update([0x1f]);
-                match value {
-                    Some(v) => hasher.update(v.as_bytes()),
-                    None => hasher.update([0]),
-                }
-            }
-            Ok((id, hex::encode(&hasher.finalize()[..8])))
+            let values = (1..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((id, row_digest(table, values.iter().map(Option::as_deref))))
         })
         .collect()
 }
@@ -1053,17 +1084,31 @@ fn entry_hash(prev: &str, table: &str, first: i64, last: i64, digests: &str) -> 
 /// Appends a chain entry for rows `first..=last` just written in `tx`. Called
 /// after the rows' insert, which already holds the write lock, so that the
 /// chain's head cannot move under it.
-async fn chain_append(
+/// A row's digest: its chained columns as text (as `CAST(.. AS TEXT)` gives
+/// them), NULL distinct from empty. Writers compute it from the values they
+/// bind; `audit verify` from the values it reads back.
+fn row_digest<'a>(table: Chained, values: impl IntoIterator<Item = Option<&'a str>>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(table.table().as_bytes());
+    for value in values {
+        hasher.update([0x1f]);
+        match value {
+            Some(v) => hasher.update(v.as_bytes()),
+            None => hasher.update([0]),
+        }
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// Appends a chain entry for rows `first..=last` whose digests the writer
+/// computed from what it inserted.
+async fn chain_append_digests(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     table: Chained,
     first: i64,
     last: i64,
+    digests: String,
 ) -> anyhow::Result<()> {
-    let digests: String = row_digests(&mut *tx, table, first, last)
-        .await?
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
     let prev: Option<String> =
         sqlx::query_scalar("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
@@ -1080,6 +1125,21 @@ async fn chain_append(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+async fn chain_append(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    table: Chained,
+    first: i64,
+    last: i64,
+) -> anyhow::Result<()> {
+    // single rows (runs, jobs): read back rather than restate their columns
+    let digests: String = row_digests(&mut *tx, table, first, last)
+        .await?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    chain_append_digests(tx, table, first, last, digests).await
 }
 
 /// What `audit verify` found.
