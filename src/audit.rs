@@ -323,30 +323,49 @@ impl AuditStore {
         if decisions.is_empty() {
             return Ok(());
         }
+        // Each time as text once, for the insert and the digest; a flush holds
+        // a few pages, each decided at one instant.
+        let mut last_decided: Option<(DateTime<Utc>, String)> = None;
+        let texts: Vec<(Option<String>, String)> = decisions
+            .iter()
+            .map(|d| {
+                let decided = match &last_decided {
+                    Some((at, text)) if *at == d.decided_at => text.clone(),
+                    _ => {
+                        let text = timestamp(d.decided_at);
+                        last_decided = Some((d.decided_at, text.clone()));
+                        text
+                    }
+                };
+                (d.deleted_at.map(timestamp), decided)
+            })
+            .collect();
+        let run_text = run.to_string();
         let mut tx = self.pool.begin().await?;
         let mut last = 0;
         let mut digests = String::with_capacity(decisions.len() * 16);
         // 9 binds a row keeps each statement under SQLite's 32766 variables
-        for chunk in decisions.chunks(500) {
+        for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at) ",
             );
-            q.push_values(chunk, |mut b, d| {
-                b.push_bind(run)
-                    .push_bind(d.ticket_id as i64)
-                    .push_bind(d.deleted_at.map(timestamp))
-                    .push_bind(d.actor_id.map(|a| a as i64))
-                    .push_bind(d.previous_state.clone())
-                    .push_bind(d.subject.clone())
-                    .push_bind(d.rule.clone())
-                    .push_bind(d.decision)
-                    .push_bind(timestamp(d.decided_at));
-            });
+            q.push_values(
+                chunk.iter().zip(chunk_texts),
+                |mut b, (d, (deleted, decided))| {
+                    b.push_bind(run)
+                        .push_bind(d.ticket_id as i64)
+                        .push_bind(deleted.as_deref())
+                        .push_bind(d.actor_id.map(|a| a as i64))
+                        .push_bind(d.previous_state.as_deref())
+                        .push_bind(d.subject.as_deref())
+                        .push_bind(d.rule.as_deref())
+                        .push_bind(d.decision)
+                        .push_bind(decided.as_str());
+                },
+            );
             last = q.build().execute(&mut *tx).await?.last_insert_rowid();
-            let run_text = run.to_string();
-            for d in chunk {
+            for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
-                let (deleted, decided) = (d.deleted_at.map(timestamp), timestamp(d.decided_at));
                 digests.push_str(&row_digest(
                     Chained::Decisions,
                     [

@@ -456,8 +456,9 @@ async fn scan(
     let mut sending_stopped = false;
     let mut queued: u64 = 0;
     let limit = settings.max_purges_per_run;
-    // Decisions are written in transactions of about ten pages (fewer
-    // fsyncs), and always before any of their ids is handed on for sending.
+    // Decisions are written in transactions of up to fifty pages or two
+    // seconds (fewer fsyncs), and always before any of their ids is handed
+    // on for sending.
     let mut unflushed: Vec<DecisionRecord> = Vec::new();
     let mut last_flush = Instant::now();
 
@@ -529,7 +530,7 @@ async fn scan(
         let will_send = settings.purge_while_scanning
             && !settings.dry_run
             && pending.len() + selected.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
-        if will_send || unflushed.len() >= 1000 || last_flush.elapsed() >= Duration::from_secs(2) {
+        if will_send || unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
             // Write-ahead: the decisions are on disk before any of these ids
             // can be sent.
             store.record_decisions(run, &unflushed).await?;
