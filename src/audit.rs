@@ -96,7 +96,7 @@ pub struct JobRow {
 }
 
 /// One line of a ticket's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct TicketEvent {
     pub at: String,
     pub run_id: RunId,
@@ -110,7 +110,7 @@ pub struct TicketEvent {
 }
 
 /// One line of a statistics table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StatRow {
     /// The day, the decision or the outcome.
     pub key: String,
@@ -119,7 +119,7 @@ pub struct StatRow {
 }
 
 /// The runs of one day.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DayRuns {
     pub day: String,
     pub runs: i64,
@@ -562,7 +562,7 @@ impl AuditStore {
 
     /// Everything recorded about one ticket, oldest first.
     pub async fn ticket_history(&self, ticket: TicketId) -> anyhow::Result<Vec<TicketEvent>> {
-        let rows = sqlx::query(
+        let rows: Vec<TicketEvent> = sqlx::query_as(
             "SELECT at, run_id, kind, what, rule, job, detail FROM (
                 SELECT d.decided_at AS at, d.run_id, 'decision' AS kind, d.decision AS what, d.rule,
                        NULL AS job, NULL AS detail, 0 AS ord, d.id AS seq
@@ -577,19 +577,7 @@ impl AuditStore {
         .bind(ticket as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TicketEvent {
-                    at: r.try_get("at")?,
-                    run_id: r.try_get("run_id")?,
-                    kind: r.try_get("kind")?,
-                    what: r.try_get("what")?,
-                    rule: r.try_get("rule")?,
-                    job: r.try_get("job")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Ticket ids a run decided to purge, sorted.
@@ -630,28 +618,19 @@ impl AuditStore {
 
     /// Purge decisions per day and rule (`selected`), newest day first.
     pub async fn stats_by_day(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<StatRow>> {
-        let rows = sqlx::query(
-            "SELECT substr(decided_at, 1, 10) AS day, rule, COUNT(*) AS n FROM decisions
+        Ok(sqlx::query_as(
+            "SELECT substr(decided_at, 1, 10) AS key, rule, COUNT(*) AS count FROM decisions
              WHERE decision IN ('purge', 'would_purge') AND decided_at >= ?
-             GROUP BY day, rule ORDER BY day DESC, rule",
+             GROUP BY key, rule ORDER BY key DESC, rule",
         )
         .bind(since.map(timestamp).unwrap_or_default())
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StatRow {
-                    key: r.try_get("day")?,
-                    rule: r.try_get("rule")?,
-                    count: r.try_get("n")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Runs and their figures per day, newest first.
     pub async fn runs_by_day(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<DayRuns>> {
-        let rows = sqlx::query(
+        let rows: Vec<DayRuns> = sqlx::query_as(
             "SELECT substr(started_at, 1, 10) AS day, COUNT(*) AS runs, SUM(scanned) AS scanned, SUM(matched) AS matched,
                     SUM(purged) AS purged, SUM(failed) AS failed, SUM(status = 'failed') AS failed_runs
              FROM runs WHERE started_at >= ? GROUP BY day ORDER BY day DESC",
@@ -659,19 +638,7 @@ impl AuditStore {
         .bind(since.map(timestamp).unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DayRuns {
-                    day: r.try_get("day")?,
-                    runs: r.try_get("runs")?,
-                    scanned: r.try_get("scanned")?,
-                    matched: r.try_get("matched")?,
-                    purged: r.try_get("purged")?,
-                    failed: r.try_get("failed")?,
-                    failed_runs: r.try_get("failed_runs")?,
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Decisions per rule and kind.
@@ -679,22 +646,13 @@ impl AuditStore {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> anyhow::Result<Vec<StatRow>> {
-        let rows = sqlx::query(
-            "SELECT c.decision, c.rule, SUM(c.count) AS n FROM run_decision_counts c JOIN runs r ON r.id = c.run_id
+        Ok(sqlx::query_as(
+            "SELECT c.decision AS key, c.rule, SUM(c.count) AS count FROM run_decision_counts c JOIN runs r ON r.id = c.run_id
              WHERE r.started_at >= ? GROUP BY c.rule, c.decision ORDER BY c.rule, c.decision",
         )
         .bind(since.map(timestamp).unwrap_or_default())
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StatRow {
-                    key: r.try_get("decision")?,
-                    rule: r.try_get("rule")?,
-                    count: r.try_get("n")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Outcomes per kind.
@@ -702,19 +660,12 @@ impl AuditStore {
         &self,
         since: Option<DateTime<Utc>>,
     ) -> anyhow::Result<Vec<StatRow>> {
-        let rows = sqlx::query("SELECT outcome, COUNT(*) AS n FROM outcomes WHERE recorded_at >= ? GROUP BY outcome ORDER BY outcome")
-            .bind(since.map(timestamp).unwrap_or_default())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StatRow {
-                    key: r.try_get("outcome")?,
-                    rule: None,
-                    count: r.try_get("n")?,
-                })
-            })
-            .collect()
+        Ok(sqlx::query_as(
+            "SELECT outcome AS key, NULL AS rule, COUNT(*) AS count FROM outcomes WHERE recorded_at >= ? GROUP BY outcome ORDER BY outcome",
+        )
+        .bind(since.map(timestamp).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Fills an empty database with `runs` synthetic runs of `per_run`
