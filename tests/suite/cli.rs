@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use zd_retention::sandbox::{Sandbox, SandboxTicket, generate_tickets};
+use zd_retention::sandbox::Sandbox;
 
-use crate::helpers::{TOKEN, example_selects, fast_sandbox_options};
+use crate::helpers::{TOKEN, clear_tickets, fast_sandbox_options, selected};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
@@ -58,13 +58,6 @@ older_than = "1h"
     path
 }
 
-fn clear_tickets(n: usize, seed: u64) -> Vec<SandboxTicket> {
-    generate_tickets(n, seed, chrono::Utc::now())
-        .into_iter()
-        .filter(|t| example_selects(t).is_some())
-        .collect()
-}
-
 #[test]
 fn check_config_names_every_problem_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,11 +96,7 @@ fn commands_without_a_config_say_how_to_give_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_purges_exactly_what_the_rules_select() {
     let tickets = clear_tickets(700, 21);
-    let want: BTreeSet<u64> = tickets
-        .iter()
-        .filter(|t| example_selects(t) == Some(true))
-        .map(|t| t.id)
-        .collect();
+    let want = selected(&tickets);
     let sb = Sandbox::start_with(
         fast_sandbox_options(0),
         tickets,

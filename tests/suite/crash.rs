@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use zd_retention::audit::{AuditStore, timestamp};
-use zd_retention::sandbox::{Sandbox, SandboxOptions, SandboxTicket, generate_tickets};
+use zd_retention::sandbox::{Sandbox, SandboxOptions};
 
-use crate::helpers::{TOKEN, example_selects, fast_sandbox_options};
+use crate::helpers::{
+    TOKEN, assert_writes_recorded_first, clear_tickets, fast_sandbox_options, ids_text, selected,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
@@ -47,46 +49,39 @@ async fn check_after_kill(sb: &Sandbox, db: &std::path::Path, kill: usize) {
     );
     let chain = store.verify_chain().await.unwrap();
     assert!(chain.problem.is_none(), "kill {kill}: {:?}", chain.problem);
+    let context = format!("kill {kill}");
+    assert_writes_recorded_first(sb, store.pool(), &context).await;
+    // beyond write-ahead: each job id is accounted for, each ticket decided first
     let pool = store.pool();
-    let jobs: Vec<(String, String, Option<String>, String)> =
-        sqlx::query_as("SELECT ticket_ids, recorded_at, zendesk_job_id, status FROM jobs")
+    let jobs: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT ticket_ids, zendesk_job_id, status FROM jobs")
             .fetch_all(pool)
             .await
             .unwrap();
-    let first_decided: std::collections::HashMap<i64, String> =
-        sqlx::query_as::<_, (i64, String)>("SELECT ticket_id, MIN(decided_at) FROM decisions WHERE decision = 'purge' GROUP BY ticket_id")
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    let first_decided: std::collections::HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+        "SELECT ticket_id, MIN(decided_at) FROM decisions WHERE decision = 'purge' GROUP BY ticket_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
     for request in sb.write_requests() {
-        let ids = request
-            .ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
+        let ids = ids_text(&request.ids);
         let at = timestamp(request.at);
-        let recorded: Vec<_> = jobs
-            .iter()
-            .filter(|(t, when, _, _)| *t == ids && *when <= at)
-            .collect();
-        assert!(
-            !recorded.is_empty(),
-            "kill {kill}: a purge request reached the sandbox unrecorded ({ids})"
-        );
         if let Some(job) = &request.job_id {
-            let accounted = recorded.iter().any(|(_, _, z, status)| {
-                z.as_deref() == Some(job) || matches!(status.as_str(), "pending" | "unknown")
+            let accounted = jobs.iter().any(|(t, z, status)| {
+                *t == ids
+                    && (z.as_deref() == Some(job)
+                        || matches!(status.as_str(), "pending" | "unknown"))
             });
-            assert!(accounted, "kill {kill}: Zendesk job {job} is lost");
+            assert!(accounted, "{context}: Zendesk job {job} is lost");
         }
         for id in &request.ids {
             let decided = first_decided.get(&(*id as i64)).is_some_and(|d| *d <= at);
             assert!(
                 decided,
-                "kill {kill}: ticket {id} was sent without a decision recorded first"
+                "{context}: ticket {id} was sent without a decision recorded first"
             );
         }
     }
@@ -106,15 +101,8 @@ async fn killed_at_random_moments_the_daemon_loses_nothing() {
     eprintln!("crash harness: {kills} kills, CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let tickets: Vec<SandboxTicket> = generate_tickets(4000, 61, chrono::Utc::now())
-        .into_iter()
-        .filter(|t| example_selects(t).is_some())
-        .collect();
-    let want: BTreeSet<u64> = tickets
-        .iter()
-        .filter(|t| example_selects(t) == Some(true))
-        .map(|t| t.id)
-        .collect();
+    let tickets = clear_tickets(4000, 61);
+    let want = selected(&tickets);
     // jobs take 60 s of Zendesk time: 100 ms here, so kills land while they run
     let options = SandboxOptions {
         job_delay: Duration::from_secs(60),

@@ -7,38 +7,17 @@ use std::time::Duration;
 use sqlx::Row;
 use zd_retention::cycle::{RunStatus, Trigger, run_cycle};
 use zd_retention::rules::{Policy, RetentionRule, RuleAction};
-use zd_retention::sandbox::{Faults, Sandbox, SandboxOptions, SandboxTicket, generate_tickets};
+use zd_retention::sandbox::{Faults, SandboxOptions};
 
 use crate::helpers::{
-    engine, example_policy, example_selects, fast_sandbox_options, test_settings,
+    clear_tickets, engine, example_policy, fast_sandbox_options, sandbox_with, selected,
+    test_settings,
 };
-
-/// Generated tickets without any that sit within a minute of an age limit.
-fn clear_tickets(n: usize, seed: u64) -> Vec<SandboxTicket> {
-    generate_tickets(n, seed, chrono::Utc::now())
-        .into_iter()
-        .filter(|t| example_selects(t).is_some())
-        .collect()
-}
-
-async fn sandbox_with(tickets: Vec<SandboxTicket>, options: SandboxOptions) -> Sandbox {
-    Sandbox::start_with(options, tickets, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-fn expected(tickets: &[SandboxTicket]) -> BTreeSet<u64> {
-    tickets
-        .iter()
-        .filter(|t| example_selects(t) == Some(true))
-        .map(|t| t.id)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_purges_exactly_the_selected_tickets_and_audits_each() {
     let tickets = clear_tickets(1500, 1);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     assert!(
         want.len() > 300,
         "the data must select a good share: {}",
@@ -98,7 +77,7 @@ async fn a_cycle_purges_exactly_the_selected_tickets_and_audits_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_sends_no_write_request() {
     let tickets = clear_tickets(600, 2);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
     let e = engine(
         &sb,
@@ -129,7 +108,7 @@ async fn dry_run_sends_no_write_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
     let tickets = clear_tickets(600, 3);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
     let e = engine(
         &sb,
@@ -170,7 +149,7 @@ async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_cycle_purges_nothing_new_and_confirms_the_first() {
     let tickets = clear_tickets(800, 4);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
     let e = engine(&sb, example_policy(), test_settings()).await;
     let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
@@ -254,7 +233,7 @@ async fn early_stop_lists_less_than_a_full_scan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_cycle_run_again_purges_the_rest_with_a_consistent_audit() {
     let tickets = clear_tickets(1500, 6);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     // slow jobs so that the cancel lands while work is open
     let sb = sandbox_with(
         tickets,
@@ -370,7 +349,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_jobs_are_recorded_with_zendesks_message_and_fail_the_run() {
     let tickets = clear_tickets(400, 8);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     let sb = sandbox_with(
         tickets,
         SandboxOptions {
@@ -399,7 +378,7 @@ async fn failed_jobs_are_recorded_with_zendesks_message_and_fail_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_that_did_not_take_is_flagged_and_tried_again() {
     let tickets = clear_tickets(300, 9);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
     let e = engine(&sb, example_policy(), test_settings()).await;
     run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
@@ -421,7 +400,7 @@ async fn a_purge_that_did_not_take_is_flagged_and_tried_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_job_statuses_leave_outcomes_unknown_until_a_scan_settles_them() {
     let tickets = clear_tickets(300, 10);
-    let want = expected(&tickets);
+    let want = selected(&tickets);
     let sb = sandbox_with(
         tickets,
         SandboxOptions {

@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use sqlx::Row;
 use zd_retention::cycle::{RunStatus, Trigger, run_cycle};
-use zd_retention::sandbox::{Faults, Sandbox, SandboxOptions, SandboxTicket, generate_tickets};
+use zd_retention::sandbox::{Faults, Sandbox, SandboxOptions};
 use zd_retention::zendesk::{Auth, ClientConfig, RetryPolicy, ZendeskClient};
 
 use crate::helpers::{
-    TOKEN, engine, example_policy, example_selects, fast_limits, fast_sandbox_options,
-    test_settings,
+    TOKEN, assert_writes_recorded_first, clear_tickets, engine, example_policy, fast_limits,
+    fast_sandbox_options, selected, test_settings,
 };
 
 /// Log lines of this test's thread (the tests run on one thread).
@@ -47,13 +47,6 @@ struct Cell {
     seed: u64,
 }
 
-fn tickets(seed: u64) -> Vec<SandboxTicket> {
-    generate_tickets(600, seed, chrono::Utc::now())
-        .into_iter()
-        .filter(|t| example_selects(t).is_some())
-        .collect()
-}
-
 async fn run_cell(cell: Cell) {
     let logs = Logs::default();
     let writer = logs.clone();
@@ -64,12 +57,8 @@ async fn run_cell(cell: Cell) {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let all = tickets(cell.seed);
-    let want: BTreeSet<u64> = all
-        .iter()
-        .filter(|t| example_selects(t) == Some(true))
-        .map(|t| t.id)
-        .collect();
+    let all = clear_tickets(600, cell.seed);
+    let want = selected(&all);
     let sb = Sandbox::start_with(
         SandboxOptions {
             faults: cell.faults.clone(),
@@ -112,24 +101,7 @@ async fn run_cell(cell: Cell) {
     );
 
     // every write request was recorded before it reached the sandbox
-    let jobs: Vec<(String, String)> = sqlx::query_as("SELECT ticket_ids, recorded_at FROM jobs")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    for request in sb.write_requests() {
-        let ids = request
-            .ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let at = zd_retention::audit::timestamp(request.at);
-        assert!(
-            jobs.iter()
-                .any(|(recorded, when)| *recorded == ids && *when <= at),
-            "request with ids {ids} at {at} was not recorded before it was sent"
-        );
-    }
+    assert_writes_recorded_first(&sb, pool, "first run").await;
 
     // the recorded run is true to what happened
     let row = sqlx::query("SELECT status, purged, failed, unknown FROM runs WHERE id = ?")

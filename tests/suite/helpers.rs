@@ -64,7 +64,7 @@ use tokio_util::sync::CancellationToken;
 use zd_retention::audit::AuditStore;
 use zd_retention::cycle::{CycleContext, CycleSettings};
 use zd_retention::rules::{Policy, RetentionRule, RuleAction};
-use zd_retention::sandbox::SandboxTicket;
+use zd_retention::sandbox::{SandboxTicket, generate_tickets};
 
 /// Settings for tests: live, quick polling, generous limits.
 pub fn test_settings() -> CycleSettings {
@@ -149,4 +149,52 @@ pub async fn engine(sb: &Sandbox, policy: Policy, settings: CycleSettings) -> En
         db,
         _dir: dir,
     }
+}
+
+/// Generated tickets without any that sit within a minute of an age limit of
+/// the example rules, so that the clock cannot flip a case mid-test.
+pub fn clear_tickets(n: usize, seed: u64) -> Vec<SandboxTicket> {
+    generate_tickets(n, seed, chrono::Utc::now())
+        .into_iter()
+        .filter(|t| example_selects(t).is_some())
+        .collect()
+}
+
+/// The ids the example rules select.
+pub fn selected(tickets: &[SandboxTicket]) -> std::collections::BTreeSet<u64> {
+    tickets
+        .iter()
+        .filter(|t| example_selects(t) == Some(true))
+        .map(|t| t.id)
+        .collect()
+}
+
+/// A sandbox on loopback port 0 holding exactly `tickets`.
+pub async fn sandbox_with(tickets: Vec<SandboxTicket>, options: SandboxOptions) -> Sandbox {
+    Sandbox::start_with(options, tickets, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The write-ahead rule, checked from the sandbox's side: every write request
+/// it received was recorded before it arrived.
+pub async fn assert_writes_recorded_first(sb: &Sandbox, pool: &sqlx::SqlitePool, context: &str) {
+    let jobs: Vec<(String, String)> = sqlx::query_as("SELECT ticket_ids, recorded_at FROM jobs")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    for request in sb.write_requests() {
+        let ids = ids_text(&request.ids);
+        let at = zd_retention::audit::timestamp(request.at);
+        assert!(
+            jobs.iter()
+                .any(|(recorded, when)| *recorded == ids && *when <= at),
+            "{context}: a write request with ids {ids} at {at} was not recorded before it was sent"
+        );
+    }
+}
+
+/// Ticket ids as the audit log's `jobs.ticket_ids` holds them.
+pub fn ids_text(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }

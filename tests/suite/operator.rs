@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use zd_retention::sandbox::{Sandbox, SandboxTicket, generate_tickets};
+use zd_retention::sandbox::Sandbox;
 
-use crate::helpers::{TOKEN, example_selects, fast_sandbox_options};
+use crate::helpers::{TOKEN, clear_tickets, fast_sandbox_options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
@@ -46,18 +46,11 @@ fn json(out: &Output) -> Value {
     })
 }
 
-fn tickets() -> Vec<SandboxTicket> {
-    generate_tickets(400, 31, chrono::Utc::now())
-        .into_iter()
-        .filter(|t| example_selects(t).is_some())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_takes_tickets_out_of_the_deleted_view_and_reports_each_id() {
     let sb = Sandbox::start_with(
         fast_sandbox_options(0),
-        tickets(),
+        clear_tickets(400, 31),
         "127.0.0.1:0".parse().unwrap(),
     )
     .await
@@ -107,7 +100,7 @@ async fn restore_takes_tickets_out_of_the_deleted_view_and_reports_each_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_purge_keeps_the_safety_floor_unless_forced() {
-    let all = tickets();
+    let all = clear_tickets(400, 31);
     let old = all
         .iter()
         .find(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(2))
@@ -170,7 +163,7 @@ async fn manual_purge_keeps_the_safety_floor_unless_forced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_and_each_audit_question_answer_in_one_command_as_table_and_json() {
-    let all = tickets();
+    let all = clear_tickets(400, 31);
     let sb = Sandbox::start_with(
         fast_sandbox_options(0),
         all.clone(),
