@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditStore;
 use crate::config::{Config, ConfigError};
 use crate::cycle::{CycleContext, RunStatus, Trigger, run_cycle};
-use crate::sandbox::{Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
+use crate::sandbox::{CursorSort, Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
 use crate::telemetry::LogFormat;
 use crate::zendesk::{DeletedTicket, ListOptions, Pagination, SortBy, SortOrder, ZendeskClient};
 
@@ -366,6 +366,24 @@ pub struct SandboxArgs {
     /// Refuse every credential after this many requests.
     #[arg(long)]
     pub reject_auth_after: Option<u64>,
+    /// Profile: whether cursor listing honours sort_by/sort_order (ignore:
+    /// id order, and links.next carries only the cursor; offset pagination
+    /// still sorts, as documented).
+    #[arg(long, value_enum, default_value_t = CursorSort::Honour)]
+    pub cursor_sort: CursorSort,
+    /// Profile: agents at work during a scan, as actions per listing request
+    /// on average (restores, deletions again with a new deleted_at, new
+    /// deletions).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// Profile: tickets deleted longer ago than this leave the view, as
+    /// Zendesk's scrub does after about 30 days (e.g. 30d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub scrub_after: Option<Duration>,
+    /// Profile: job_statuses/show_many answers 404 when any id is unknown or
+    /// expired, instead of leaving it out.
+    #[arg(long)]
+    pub strict_job_ids: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -482,8 +500,18 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             reject_auth_after: args.reject_auth_after,
         },
         auth: args.token.map_or(SandboxAuth::AnyToken, SandboxAuth::Token),
+        cursor_sort: args.cursor_sort,
+        churn: args.churn,
+        scrub_after: args.scrub_after,
+        strict_job_ids: args.strict_job_ids,
         ..SandboxOptions::default()
     };
+    if !(args.churn >= 0.0 && args.churn.is_finite()) {
+        anyhow::bail!(
+            "--churn is a number of agent actions per listing request, 0 or more, got {}",
+            args.churn
+        );
+    }
     let sandbox = Sandbox::start(options, args.listen).await?;
     if !args.listen.ip().is_loopback() {
         tracing::warn!(listen = %args.listen, "the sandbox listens beyond loopback, as asked");

@@ -20,8 +20,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use state::{
-    AUTOMATION_ACTOR, JobView, LoggedRequest, STATES, SandboxTicket, State, generate_tickets,
+    AUTOMATION_ACTOR, ChurnEvent, JobView, LoggedRequest, STATES, SandboxTicket, State,
+    generate_tickets,
 };
+
+/// How the cursor listing reads `sort_by`/`sort_order`: Zendesk documents
+/// them for this endpoint, but its pagination guide says cursor pagination
+/// sorts with `sort` instead. Offset pagination sorts in both profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CursorSort {
+    /// Cursor pages follow `sort_by`/`sort_order`, and so do their cursors.
+    #[default]
+    Honour,
+    /// Cursor pages come in id order whatever is asked; `links.next` carries
+    /// only `page[size]` and `page[after]`.
+    Ignore,
+}
 
 /// Per-minute limits at Zendesk's time; the sandbox divides the minute by
 /// `time_scale`.
@@ -95,6 +110,17 @@ pub struct SandboxOptions {
     pub auth: SandboxAuth,
     /// The reference time of the generated `deleted_at` values.
     pub now: DateTime<Utc>,
+    /// Profile: whether cursor listing honours `sort_by`.
+    pub cursor_sort: CursorSort,
+    /// Profile: agent actions (restore, delete again, new deletion) per
+    /// listing request, on average; 0 for a still account.
+    pub churn: f64,
+    /// Profile: tickets deleted longer ago than this (wall clock) leave the
+    /// view, as Zendesk's own scrub does after about 30 days.
+    pub scrub_after: Option<Duration>,
+    /// Profile: `job_statuses/show_many` answers 404 for the whole call when
+    /// any id is unknown or expired, instead of leaving it out.
+    pub strict_job_ids: bool,
 }
 
 impl Default for SandboxOptions {
@@ -110,6 +136,10 @@ impl Default for SandboxOptions {
             faults: Faults::default(),
             auth: SandboxAuth::AnyToken,
             now: Utc::now(),
+            cursor_sort: CursorSort::Honour,
+            churn: 0.0,
+            scrub_after: None,
+            strict_job_ids: false,
         }
     }
 }
@@ -177,7 +207,7 @@ impl Sandbox {
 
     /// Locks the account state after finishing the jobs that are due.
     pub fn state(&self) -> MutexGuard<'_, State> {
-        let mut guard = self.state.lock().expect("sandbox lock is never poisoned");
+        let mut guard = lock(&self.state);
         guard.advance(tokio::time::Instant::now());
         guard
     }
@@ -199,6 +229,36 @@ impl Sandbox {
         let mut ids: Vec<u64> = self.state().restored().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Purged tickets as they were when their job deleted them.
+    pub fn purged_tickets(&self) -> Vec<SandboxTicket> {
+        self.state().purged_tickets().cloned().collect()
+    }
+
+    /// Ids Zendesk's scrub removed (`scrub_after`), sorted.
+    pub fn scrubbed_ids(&self) -> Vec<u64> {
+        self.state().scrubbed().collect()
+    }
+
+    /// What the agents of `churn` did, in order.
+    pub fn churn_log(&self) -> Vec<ChurnEvent> {
+        self.state().churn_log().to_vec()
+    }
+
+    /// An agent restores a soft-deleted ticket; false if it is not one.
+    pub fn agent_restore(&self, id: u64) -> bool {
+        self.state().agent_restore(id)
+    }
+
+    /// An agent deletes a restored ticket again, now.
+    pub fn agent_delete_again(&self, id: u64) -> bool {
+        self.state().agent_delete_again(id, Utc::now(), None)
+    }
+
+    /// Changes the agents' pace while running.
+    pub fn set_churn(&self, rate: f64) {
+        self.state().options.churn = rate;
     }
 
     /// Every ticket still soft-deleted.
@@ -261,6 +321,14 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Locks the state; a panic elsewhere while it was held does not poison
+/// every later request (the state is left as the panicking call left it).
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counts a request log per endpoint and status.

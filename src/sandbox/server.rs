@@ -16,7 +16,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::SandboxAuth;
+use super::{CursorSort, SandboxAuth};
 use super::state::{JobView, LoggedRequest, Position, Quotas, SandboxTicket, SortKey, State};
 
 #[derive(Clone)]
@@ -41,6 +41,10 @@ enum Route {
     DestroyMany,
     JobStatus(String),
     JobStatuses,
+    /// `GET /api/v2/tickets/show_many?ids=`: the active tickets among ids.
+    TicketsShowMany,
+    /// `GET /api/v2/users/me`: the token's user.
+    UsersMe,
 }
 
 impl Route {
@@ -56,6 +60,8 @@ impl Route {
             ("DELETE", ["deleted_tickets", id]) => Self::Destroy(id.parse().ok()?),
             ("GET", ["job_statuses", "show_many"]) => Self::JobStatuses,
             ("GET", ["job_statuses", id]) => Self::JobStatus((*id).to_string()),
+            ("GET", ["tickets", "show_many"]) => Self::TicketsShowMany,
+            ("GET", ["users", "me"]) => Self::UsersMe,
             _ => return None,
         };
         Some(route)
@@ -70,6 +76,8 @@ impl Route {
             Self::DestroyMany => "destroy_many",
             Self::JobStatus(_) => "job_status",
             Self::JobStatuses => "job_statuses",
+            Self::TicketsShowMany => "tickets_show_many",
+            Self::UsersMe => "users_me",
         }
     }
 }
@@ -338,10 +346,11 @@ enum ListRequest {
 }
 
 impl ListRequest {
-    fn parse(query: &HashMap<String, String>) -> Result<Self, Answer> {
+    fn parse(query: &HashMap<String, String>, cursor_sort: CursorSort) -> Result<Self, Answer> {
         let (mut sort, mut descending) = sort_params(query)?;
         let cursor_style = query.keys().any(|k| k.starts_with("page["));
         if cursor_style {
+
             let size = match query.get("page[size]") {
                 None => 100,
                 Some(s) => s
@@ -376,6 +385,11 @@ impl ListRequest {
                 } else {
                     c.page.saturating_sub(1).max(1)
                 };
+            }
+            if cursor_sort == CursorSort::Ignore {
+                // the profile where cursor listing reads `sort`, not `sort_by`
+                sort = SortKey::Id;
+                descending = false;
             }
             Ok(Self::Cursor {
                 sort,
@@ -426,12 +440,12 @@ impl ListRequest {
 
 fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
     let list_url = |params: &[(&str, String)]| {
-        let mut url = url::Url::parse(&format!("{base}/api/v2/deleted_tickets.json"))
-            .expect("base URL is valid");
-        url.query_pairs_mut()
-            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())));
-        url.to_string()
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
+        format!("{base}/api/v2/deleted_tickets.json?{query}")
     };
+    let keep_sort = state.cursor_sort() == CursorSort::Honour;
     match request {
         ListRequest::Cursor {
             sort,
@@ -471,7 +485,9 @@ fn list_answer(state: &State, request: &ListRequest, base: &str) -> Answer {
             let link = |key: &str, c: &Option<String>| {
                 c.as_ref().map(|c| {
                     let mut params = vec![(key, c.clone()), ("page[size]", size.to_string())];
-                    params.extend(sort_pairs.iter().cloned());
+                    if keep_sort {
+                        params.extend(sort_pairs.iter().cloned());
+                    }
                     list_url(&params)
                 })
             };
@@ -546,10 +562,53 @@ fn serve_route(
 ) -> (Answer, Vec<u64>) {
     match route {
         Route::List => {
-            // the caller parsed the listing before spending its quota
-            let request = list.expect("listing parsed before serving");
-            (list_answer(state, request, base), vec![])
+            // agents at work between two pages (the churn profile)
+            state.churn();
+            match list {
+                Some(request) => (list_answer(state, request, base), vec![]),
+                None => (
+                    Answer::bad_request("InvalidParameter", "listing not understood"),
+                    vec![],
+                ),
+            }
         }
+        Route::UsersMe => (
+            Answer::json(
+                StatusCode::OK,
+                json!({"user": {
+                    "id": 1,
+                    "url": format!("{base}/api/v2/users/1.json"),
+                    "name": "Sandbox Admin",
+                    "email": "admin@sandbox.example",
+                    "role": "admin",
+                    "active": true,
+                }}),
+            ),
+            vec![],
+        ),
+        Route::TicketsShowMany => match ids_param(query) {
+            Err(a) => (a, vec![]),
+            Ok(ids) => {
+                let tickets: Vec<Value> = state
+                    .active_tickets(&ids)
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "id": t.id,
+                            "url": format!("{base}/api/v2/tickets/{}.json", t.id),
+                            "subject": t.subject,
+                            "status": "open",
+                            "requester_id": 20001,
+                            "updated_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        })
+                    })
+                    .collect();
+                (
+                    Answer::json(StatusCode::OK, json!({"tickets": tickets, "count": tickets.len()})),
+                    vec![],
+                )
+            }
+        },
         Route::Restore(id) => match state.restore(&[*id]) {
             Ok(()) => (Answer::empty(), vec![*id]),
             Err(_) => (Answer::not_found(), vec![*id]),
@@ -583,11 +642,16 @@ fn serve_route(
                     vec![],
                 );
             };
-            let jobs: Vec<Value> = ids
+            let found: Vec<Option<JobView>> = ids
                 .split(',')
-                .filter_map(|id| state.job(id.trim(), now))
-                .map(|j| job_json(&j, base))
+                .filter(|id| !id.trim().is_empty())
+                .map(|id| state.job(id.trim(), now))
                 .collect();
+            if state.options.strict_job_ids && found.iter().any(Option::is_none) {
+                // the profile where an unknown or expired id fails the call
+                return (Answer::not_found(), vec![]);
+            }
+            let jobs: Vec<Value> = found.iter().flatten().map(|j| job_json(j, base)).collect();
             (
                 Answer::json(StatusCode::OK, json!({"job_statuses": jobs})),
                 vec![],
@@ -617,17 +681,14 @@ async fn handle(
     headers: HeaderMap,
 ) -> Response {
     let now = Instant::now();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| shared.addr.to_string());
-    let base = format!("http://{host}");
+    // Links name the address the sandbox listens on, never the request's
+    // Host header (which a client may set to anything).
+    let base = format!("http://{}", shared.addr);
     let query = query_map(&uri);
     let route = Route::parse(&method, uri.path());
 
     let (answer, budget, late, slow, scale) = {
-        let mut state = shared.state.lock().expect("sandbox lock is never poisoned");
+        let mut state = super::lock(&shared.state);
         state.advance(now);
         state.requests_seen += 1;
         let scale = state.options.time_scale;
@@ -667,14 +728,13 @@ async fn handle(
             )
         } else if let Some(route) = &route {
             let list = match route {
-                Route::List => Some(ListRequest::parse(&query)),
+                Route::List => Some(ListRequest::parse(&query, state.cursor_sort())),
                 _ => None,
             };
             match list {
                 Some(Err(answer)) => answer,
                 list => {
-                    let list =
-                        list.map(|l| l.unwrap_or_else(|_| unreachable!("errors handled above")));
+                    let list = list.and_then(Result::ok);
                     let quotas = match &list {
                         Some(l) if l.page_number() > 100 => Quotas::ListDeep,
                         Some(_) => Quotas::List,
@@ -757,8 +817,11 @@ async fn handle(
     let body = match late {
         LateFault::None => Body::from(answer.body),
         LateFault::Malformed => {
-            let cut = answer.body.len() / 2;
-            Body::from(format!("{}<!-- truncated", &answer.body[..cut]))
+            // cut as bytes: the body may hold multi-byte characters
+            let mut bytes = answer.body.into_bytes();
+            bytes.truncate(bytes.len() / 2);
+            bytes.extend_from_slice(b"<!-- truncated");
+            Body::from(bytes)
         }
         LateFault::Drop => {
             let head = answer.body.as_bytes()[..answer.body.len() / 3].to_vec();

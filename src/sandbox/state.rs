@@ -3,7 +3,7 @@
 //! turns HTTP into calls here. Time is passed in, never read here, except
 //! where a job's completion message needs the wall clock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Faults, SandboxOptions};
+use super::{CursorSort, Faults, SandboxOptions};
 
 /// The automation actor of the generated data: deletions by a trigger or an
 /// integration rather than a person (the example config's `actor_ids`).
@@ -198,8 +198,16 @@ pub struct State {
     tickets: BTreeMap<u64, SandboxTicket>,
     by_deleted_at: BTreeSet<(i64, u64)>,
     by_subject: BTreeSet<(String, u64)>,
-    purged: HashSet<u64>,
-    restored: HashSet<u64>,
+    /// Permanently deleted by a purge job, as each ticket was at that moment.
+    purged: BTreeMap<u64, SandboxTicket>,
+    /// Active tickets that were restored (by us, an agent, or churn), as
+    /// they were when restored: what `tickets/show_many` finds.
+    restored: BTreeMap<u64, SandboxTicket>,
+    /// Removed by the scrub (`scrub_after`), not by a purge.
+    scrubbed: BTreeSet<u64>,
+    /// What the agents of `churn` did, in order.
+    churn_log: Vec<ChurnEvent>,
+    next_new_id: u64,
     jobs: BTreeMap<u64, Job>,
     job_seq: HashMap<String, u64>,
     next_job: u64,
@@ -222,8 +230,11 @@ impl State {
             tickets: BTreeMap::new(),
             by_deleted_at: BTreeSet::new(),
             by_subject: BTreeSet::new(),
-            purged: HashSet::new(),
-            restored: HashSet::new(),
+            purged: BTreeMap::new(),
+            restored: BTreeMap::new(),
+            scrubbed: BTreeSet::new(),
+            churn_log: Vec::new(),
+            next_new_id: 0,
             jobs: BTreeMap::new(),
             job_seq: HashMap::new(),
             next_job: 0,
@@ -237,6 +248,7 @@ impl State {
         for t in tickets {
             state.insert(t);
         }
+        state.next_new_id = state.tickets.keys().next_back().copied().unwrap_or(10_000) + 1_000;
         state
     }
 
@@ -250,6 +262,7 @@ impl State {
             .insert((t.subject.clone().unwrap_or_default(), t.id));
         self.purged.remove(&t.id);
         self.restored.remove(&t.id);
+        self.scrubbed.remove(&t.id);
         self.tickets.insert(t.id, t);
     }
 
@@ -283,15 +296,133 @@ impl State {
     }
 
     pub fn is_purged(&self, id: u64) -> bool {
-        self.purged.contains(&id)
+        self.purged.contains_key(&id)
     }
 
     pub fn purged(&self) -> impl Iterator<Item = u64> + '_ {
-        self.purged.iter().copied()
+        self.purged.keys().copied()
+    }
+
+    /// Purged tickets as they were when their job deleted them.
+    pub fn purged_tickets(&self) -> impl Iterator<Item = &SandboxTicket> {
+        self.purged.values()
     }
 
     pub fn restored(&self) -> impl Iterator<Item = u64> + '_ {
-        self.restored.iter().copied()
+        self.restored.keys().copied()
+    }
+
+    /// Whether an id is an active (restored) ticket now.
+    pub fn is_active(&self, id: u64) -> bool {
+        self.restored.contains_key(&id)
+    }
+
+    /// The active tickets among `ids`, in the order asked.
+    pub fn active_tickets(&self, ids: &[u64]) -> Vec<SandboxTicket> {
+        ids.iter()
+            .filter_map(|id| self.restored.get(id).cloned())
+            .collect()
+    }
+
+    pub fn scrubbed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.scrubbed.iter().copied()
+    }
+
+    pub fn churn_log(&self) -> &[ChurnEvent] {
+        &self.churn_log
+    }
+
+    /// An agent restores a soft-deleted ticket (it becomes active).
+    pub fn agent_restore(&mut self, id: u64) -> bool {
+        match self.take(id) {
+            Some(t) => {
+                self.churn_log.push(ChurnEvent::Restored { id, at: Utc::now() });
+                self.restored.insert(id, t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An agent deletes an active ticket again: it comes back to the view
+    /// with a new `deleted_at` (and maybe another actor).
+    pub fn agent_delete_again(&mut self, id: u64, at: DateTime<Utc>, actor: Option<(u64, String)>) -> bool {
+        let Some(mut t) = self.restored.remove(&id) else {
+            return false;
+        };
+        t.deleted_at = at;
+        if let Some((actor_id, name)) = actor {
+            t.actor_id = actor_id;
+            t.actor_name = name;
+        }
+        self.churn_log.push(ChurnEvent::DeletedAgain { id, at });
+        self.insert(t);
+        true
+    }
+
+    /// Agents at work between two listing requests: `churn` actions on
+    /// average (restores, deletions again, new deletions).
+    pub fn churn(&mut self) {
+        let rate = self.options.churn;
+        if rate <= 0.0 {
+            return;
+        }
+        let mut actions = rate.floor() as u64;
+        if self.chance(rate.fract()) {
+            actions += 1;
+        }
+        for _ in 0..actions {
+            let now = Utc::now();
+            match self.rng.random_range(0..3u8) {
+                0 if !self.tickets.is_empty() => {
+                    let n = self.rng.random_range(0..self.tickets.len());
+                    if let Some(id) = self.tickets.keys().nth(n).copied() {
+                        self.agent_restore(id);
+                    }
+                }
+                1 if !self.restored.is_empty() => {
+                    let n = self.rng.random_range(0..self.restored.len());
+                    if let Some(id) = self.restored.keys().nth(n).copied() {
+                        let (actor_id, name) = AGENTS[self.rng.random_range(0..AGENTS.len())];
+                        self.agent_delete_again(id, now, Some((actor_id, name.to_string())));
+                    }
+                }
+                _ => {
+                    self.next_new_id += 1;
+                    let id = self.next_new_id;
+                    let (actor_id, name) = AGENTS[self.rng.random_range(0..AGENTS.len())];
+                    let state = STATES[self.rng.random_range(0..STATES.len())].to_string();
+                    self.churn_log.push(ChurnEvent::NewDeletion { id, at: now });
+                    self.insert(SandboxTicket {
+                        id,
+                        subject: Some(format!("New deletion #{id}")),
+                        actor_id,
+                        actor_name: name.to_string(),
+                        deleted_at: now,
+                        previous_state: state,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Zendesk's own scrub: tickets deleted longer ago than `scrub_after`
+    /// (wall clock, as ticket ages are) leave the view for good.
+    fn scrub(&mut self) {
+        let Some(after) = self.options.scrub_after else {
+            return;
+        };
+        let Ok(after) = chrono::Duration::from_std(after) else {
+            return;
+        };
+        let cutoff = (Utc::now() - after).timestamp_millis();
+        while let Some(&(millis, id)) = self.by_deleted_at.first() {
+            if millis >= cutoff {
+                break;
+            }
+            self.take(id);
+            self.scrubbed.insert(id);
+        }
     }
 
     fn job_delay(&self) -> Duration {
@@ -304,6 +435,7 @@ impl State {
 
     /// Finishes the jobs whose time has come, in the order they were made.
     pub fn advance(&mut self, now: Instant) {
+        self.scrub();
         let delay = self.job_delay();
         let due: Vec<u64> = self
             .jobs
@@ -319,10 +451,11 @@ impl State {
                 JobFate::Complete => {
                     let mut all = true;
                     for id in &job.ids {
-                        if self.take(*id).is_some() {
-                            self.purged.insert(*id);
-                        } else {
-                            all = false;
+                        match self.take(*id) {
+                            Some(t) => {
+                                self.purged.insert(*id, t);
+                            }
+                            None => all = false,
                         }
                     }
                     FinishedJob {
@@ -596,6 +729,11 @@ impl State {
         }
     }
 
+    /// The cursor listing's reading of `sort_by` (a profile).
+    pub fn cursor_sort(&self) -> CursorSort {
+        self.options.cursor_sort
+    }
+
     /// A job's status, or `None` when unknown, expired or vanished.
     pub fn job(&self, id: &str, now: Instant) -> Option<JobView> {
         let job = self.jobs.get(self.job_seq.get(id)?)?;
@@ -644,8 +782,9 @@ impl State {
             return Err(missing);
         }
         for id in ids {
-            self.take(*id);
-            self.restored.insert(*id);
+            if let Some(t) = self.take(*id) {
+                self.restored.insert(*id, t);
+            }
         }
         Ok(())
     }
@@ -658,6 +797,15 @@ impl State {
     pub fn ticket_count(&self) -> usize {
         self.tickets.len()
     }
+}
+
+/// One thing the agents of `churn` did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChurnEvent {
+    Restored { id: u64, at: DateTime<Utc> },
+    DeletedAgain { id: u64, at: DateTime<Utc> },
+    NewDeletion { id: u64, at: DateTime<Utc> },
 }
 
 /// What a listing is sorted by.

@@ -20,8 +20,9 @@ use url::Url;
 use super::batch::IdBatch;
 use super::error::ZendeskError;
 use super::model::{
-    ApiErrorBody, DeletedTicket, JobId, JobStatus, JobStatusEnvelope, JobStatusesEnvelope,
-    RawDeletedTicketsPage, TicketId, snippet,
+    ActiveTicketsEnvelope, ApiErrorBody, CurrentUser, CurrentUserEnvelope, DeletedTicket, JobId,
+    JobStatus, JobStatusEnvelope, JobStatusesEnvelope, RawDeletedTicketsPage, TicketId, body_shape,
+    decode_reason,
 };
 use super::pacing::{
     ClientStatsSnapshot, EndpointClass, MAX_HEADER_WAIT, Pacer, RateLimits, parse_seconds,
@@ -371,7 +372,7 @@ impl ZendeskClient {
                         Err(ZendeskError::Decode {
                             call: format!("GET deleted_tickets (page {number})"),
                             reason,
-                            snippet: String::new(),
+                            shape: "the pagination cannot go on".to_string(),
                         })?;
                     }
                 }
@@ -389,7 +390,7 @@ impl ZendeskClient {
             description: format!("PUT deleted_tickets/{id}/restore"),
             class: EndpointClass::Other,
         };
-        self.send(call).await.map(drop)
+        self.send(&call).await.map(drop)
     }
 
     /// Restores up to 100 soft-deleted tickets in one call.
@@ -403,7 +404,7 @@ impl ZendeskClient {
             description: format!("PUT deleted_tickets/restore_many ({batch})"),
             class: EndpointClass::Other,
         };
-        self.send(call).await.map(drop)
+        self.send(&call).await.map(drop)
     }
 
     /// Permanently deletes one soft-deleted ticket; answers with its job.
@@ -475,19 +476,130 @@ impl ZendeskClient {
         Ok(out)
     }
 
+    /// Which of `ids` are active tickets (`GET tickets/show_many`): a restored
+    /// ticket is there; a purged one, or one still soft-deleted, is not.
+    /// Together with the deleted view this tells purged from restored.
+    pub async fn active_tickets(&self, batch: &IdBatch) -> Result<Vec<TicketId>, ZendeskError> {
+        let mut url = self.url("/api/v2/tickets/show_many.json");
+        url.query_pairs_mut().append_pair("ids", &batch.to_query());
+        let call = Call {
+            method: Method::GET,
+            url,
+            endpoint: "tickets_show_many",
+            description: format!("GET tickets/show_many ({batch})"),
+            class: EndpointClass::Other,
+        };
+        let wanted: std::collections::HashSet<TicketId> = batch.ids().iter().copied().collect();
+        Ok(self
+            .json::<ActiveTicketsEnvelope>(call)
+            .await?
+            .tickets
+            .into_iter()
+            .map(|t| t.id)
+            .filter(|id| wanted.contains(id))
+            .collect())
+    }
+
+    /// The token's user and role (`GET users/me`): a read-only credentials
+    /// check.
+    pub async fn current_user(&self) -> Result<CurrentUser, ZendeskError> {
+        let call = Call {
+            method: Method::GET,
+            url: self.url("/api/v2/users/me.json"),
+            endpoint: "users_me",
+            description: "GET users/me".into(),
+            class: EndpointClass::Other,
+        };
+        self.json::<CurrentUserEnvelope>(call).await.map(|e| e.user)
+    }
+
+    /// One GET under pacing, without retries or status mapping: the status,
+    /// the headers and the body, for `probe` to look at as they came.
+    pub(crate) async fn get_raw(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<(StatusCode, HeaderMap, Bytes), ZendeskError> {
+        let mut url = self.url(path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter().copied());
+        }
+        let class = if path.contains("deleted_tickets") {
+            EndpointClass::List
+        } else {
+            EndpointClass::Other
+        };
+        self.inner.pacer.acquire(class).await;
+        let request = self.inner.http.get(url);
+        let response = self
+            .inner
+            .auth
+            .apply(request)
+            .timeout(self.inner.retry.request_timeout)
+            .send()
+            .await
+            .map_err(|e| ZendeskError::Transient {
+                call: format!("GET {path}"),
+                reason: describe_reqwest(&e, self.inner.retry.request_timeout),
+                attempts: 1,
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        self.inner.pacer.observe(class, &headers);
+        self.inner.pacer.stats.record(
+            if class == EndpointClass::List { "list" } else { "probe" },
+            status.as_u16(),
+        );
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ZendeskError::Transient {
+                call: format!("GET {path}"),
+                reason: describe_reqwest(&e, self.inner.retry.request_timeout),
+                attempts: 1,
+            })?;
+        Ok((status, headers, body))
+    }
+
+    /// Sends a request and decodes its answer. A GET whose answer does not
+    /// decode (a truncated body, an HTML error page with status 200) is sent
+    /// again like a 5xx, a bounded number of times; a write is never re-sent
+    /// for that, since it was carried out.
     async fn json<T: DeserializeOwned>(&self, call: Call) -> Result<T, ZendeskError> {
-        let description = call.description.clone();
-        let body = self.send(call).await?;
-        serde_json::from_slice(&body).map_err(|e| ZendeskError::Decode {
-            call: description,
-            reason: e.to_string(),
-            snippet: snippet(&String::from_utf8_lossy(&body), 120),
+        let retry = self.inner.retry;
+        let idempotent = call.method == Method::GET;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(retry.min_delay)
+            .with_max_delay(retry.max_delay)
+            .with_max_times(retry.max_retries)
+            .with_jitter();
+        (|| async {
+            let body = self.send(&call).await?;
+            serde_json::from_slice(&body).map_err(|e| ZendeskError::Decode {
+                call: call.description.clone(),
+                reason: decode_reason(&e),
+                shape: body_shape(&body),
+            })
         })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e| idempotent && matches!(e, ZendeskError::Decode { .. }))
+        .notify(|err, wait| {
+            self.inner.pacer.stats.record_retry();
+            metrics::counter!("zd_retention_retries_total", "endpoint" => call.endpoint, "reason" => err.kind()).increment(1);
+            tracing::warn!(
+                call = %call.description,
+                reason = %err,
+                wait = %humantime::format_duration(round_ms(wait)),
+                "retrying"
+            );
+        })
+        .await
     }
 
     /// Sends one request under pacing, retrying 429s (after Retry-After) and
     /// transient failures (with exponential backoff and jitter).
-    async fn send(&self, call: Call) -> Result<Bytes, ZendeskError> {
+    async fn send(&self, call: &Call) -> Result<Bytes, ZendeskError> {
         let retry = self.inner.retry;
         let attempts = AtomicU32::new(0);
         let backoff = ExponentialBuilder::default()

@@ -46,13 +46,15 @@ pub enum ZendeskError {
         reason: String,
         attempts: u32,
     },
-    #[error(
-        "{call}: could not decode Zendesk's answer ({reason}); the body starts with {snippet:?}"
-    )]
+    /// The answer's text is never part of the message: a listing holds
+    /// subjects, names and descriptions, which must not reach a log or the
+    /// audit unless the operator asked for subjects.
+    #[error("{call}: could not decode Zendesk's answer ({reason}); {shape}")]
     Decode {
         call: String,
         reason: String,
-        snippet: String,
+        /// What the body looked like, without its content.
+        shape: String,
     },
     #[error("{call}: refused: {reason}")]
     Refused { call: String, reason: String },

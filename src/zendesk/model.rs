@@ -356,6 +356,58 @@ impl fmt::Display for ApiErrorBody {
     }
 }
 
+/// The reason a body failed to decode, without any of its content (serde's
+/// own messages quote values, such as a name).
+pub fn decode_reason(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Eof => "the JSON ends early",
+        serde_json::error::Category::Data => "a value of an unexpected type",
+        serde_json::error::Category::Io => "a read error",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// What a body looks like, without quoting it.
+pub fn body_shape(body: &[u8]) -> String {
+    let first = body.iter().copied().find(|b| !b.is_ascii_whitespace());
+    let looks = match first {
+        None => "empty",
+        Some(b'{') | Some(b'[') => "JSON",
+        Some(b'<') => "HTML or XML",
+        Some(_) => "text",
+    };
+    format!("the body ({} bytes) looks like {looks}", body.len())
+}
+
+/// One active ticket of `GET /api/v2/tickets/show_many`: only its id is read.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ActiveTicket {
+    pub id: TicketId,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ActiveTicketsEnvelope {
+    #[serde(default)]
+    pub tickets: Vec<ActiveTicket>,
+}
+
+/// The token's user, from `GET /api/v2/users/me`: no name or email is kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct CurrentUser {
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct CurrentUserEnvelope {
+    pub user: CurrentUser,
+}
+
 /// Decodes a listing page's tickets, as the client does; for fuzzing and
 /// tools.
 pub fn decode_deleted_tickets(body: &[u8]) -> Result<Vec<DeletedTicket>, serde_json::Error> {
