@@ -57,6 +57,11 @@ pub struct RunCounts {
     pub unknown: u64,
     pub list_requests: u64,
     pub early_stop: bool,
+    /// `sorted` or `full` (cycles only).
+    pub scan: Option<String>,
+    pub scan_reason: Option<String>,
+    /// The longest time from a ticket's last listing to its `destroy_many`.
+    pub max_listing_age_ms: Option<u64>,
 }
 
 /// A run as stored.
@@ -77,6 +82,9 @@ pub struct RunRow {
     pub list_requests: i64,
     pub early_stop: bool,
     pub error: Option<String>,
+    pub scan: Option<String>,
+    pub scan_reason: Option<String>,
+    pub max_listing_age_ms: Option<i64>,
 }
 
 /// A job as stored.
@@ -282,7 +290,7 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ? WHERE id = ?",
+            "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ? WHERE id = ?",
         )
         .bind(status)
         .bind(timestamp(now))
@@ -294,6 +302,9 @@ impl AuditStore {
         .bind(counts.list_requests as i64)
         .bind(counts.early_stop)
         .bind(error)
+        .bind(counts.scan.as_deref())
+        .bind(counts.scan_reason.as_deref())
+        .bind(counts.max_listing_age_ms.map(|m| m as i64))
         .bind(run)
         .execute(&mut *tx)
         .await?;
@@ -511,6 +522,35 @@ impl AuditStore {
             );
         }
         Ok(out)
+    }
+
+    /// Stores what `probe` found about an account.
+    pub async fn record_probe(
+        &self,
+        base_url: &str,
+        findings: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query("INSERT INTO probes (probed_at, base_url, findings) VALUES (?, ?, ?)")
+                .bind(timestamp(now))
+                .bind(base_url)
+                .bind(findings)
+                .execute(&self.pool)
+                .await
+                .context("cannot record the probe's findings")?
+                .last_insert_rowid(),
+        )
+    }
+
+    /// The newest probe's findings for an account, if any.
+    pub async fn latest_probe(&self, base_url: &str) -> anyhow::Result<Option<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT probed_at, findings FROM probes WHERE base_url = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(base_url)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn run(&self, id: RunId) -> anyhow::Result<Option<RunRow>> {
@@ -1123,7 +1163,7 @@ pub struct ChainReport {
     pub problem: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error, scan, scan_reason, max_listing_age_ms FROM runs";
 const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
 
 /// Creates the database file readable by its owner only, if it is new.

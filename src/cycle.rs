@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{AuditStore, DecisionRecord, JobRowId, RunCounts, RunId, Unsettled, parse_ids};
 use crate::config::Config;
+use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, Policy};
 use crate::zendesk::{
-    ClientStatsSnapshot, DeletedTicket, IdBatch, JobId, JobState, JobStatus, ListOptions, SortBy,
-    SortOrder, TicketId, ZendeskClient, ZendeskError,
+    ClientStatsSnapshot, DeletedTicket, IdBatch, JobId, JobState, JobStatus, TicketId,
+    ZendeskClient, ZendeskError,
 };
 
 /// What started a run.
@@ -145,14 +146,47 @@ pub struct CycleReport {
     pub purge_batches: u64,
     /// Reported purged earlier but listed again.
     pub not_effective: u64,
-    /// Earlier purges or unknown outcomes this scan proved gone.
+    /// Earlier purges or unknown outcomes proven gone: absent from the view
+    /// and not among the active tickets.
     pub confirmed_gone: u64,
+    /// Absent from the view but found among active tickets: restored by
+    /// someone, not purged.
+    pub restored_elsewhere: u64,
+    /// Unknown outcomes of tickets deleted more than 30 days ago and gone:
+    /// Zendesk's own scrub cannot be told from our purge.
+    pub scrubbed_by_zendesk: u64,
+    /// Absent tickets whose lookup failed: left for a later run.
+    pub unsettled_lookup_failed: u64,
+    /// Listings of a ticket already listed in this scan.
+    pub relisted: u64,
+    /// Tickets not purged because they changed during the scan (listed
+    /// twice with different data, or deleted again).
+    pub changed_during_scan: u64,
+    /// The longest time between a purged ticket's last listing and its
+    /// `destroy_many`.
+    #[serde(with = "option_seconds")]
+    pub max_listing_age: Option<Duration>,
     /// Selected but never sent (limit, failure or shutdown).
     pub not_sent: u64,
     pub requests: ClientStatsSnapshot,
+    /// `sorted` or `full`, and why.
+    pub scan: String,
+    pub scan_reason: String,
     #[serde(with = "humantime_serde_compat")]
     pub duration: Duration,
     pub error: Option<String>,
+}
+
+mod option_seconds {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 mod humantime_serde_compat {
@@ -172,6 +206,9 @@ pub(crate) struct Tally {
     pub unknown: u64,
     pub not_sent: u64,
     pub batches: u64,
+    /// The longest time between a sent ticket's last listing and its
+    /// `destroy_many`.
+    pub max_listing_age: Option<Duration>,
     /// An error that ended the purging (credentials refused, store failed).
     pub fatal: Option<String>,
 }
@@ -183,7 +220,7 @@ pub(crate) async fn send_and_follow(
     run: RunId,
     batches: Vec<IdBatch>,
 ) -> Tally {
-    let (sender, receiver) = mpsc::channel::<IdBatch>(8);
+    let (sender, receiver) = mpsc::channel::<Release>(8);
     let worker = PurgeWorker {
         client: ctx.client.clone(),
         store: ctx.store.clone(),
@@ -195,7 +232,11 @@ pub(crate) async fn send_and_follow(
     };
     let worker = tokio::spawn(worker.run(receiver));
     for batch in batches {
-        if sender.send(batch).await.is_err() {
+        let release = Release {
+            batch,
+            listed_at: Utc::now(),
+        };
+        if sender.send(release).await.is_err() {
             break;
         }
     }
@@ -246,6 +287,10 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     let mut recovered_unknown = 0u64;
     for job in store.open_jobs().await? {
         let tickets = parse_ids(&job.ticket_ids);
+        if job.kind.starts_with("restore") {
+            settle_lost_restore(ctx, run, job.id, &tickets).await?;
+            continue;
+        }
         match job.zendesk_job_id {
             Some(id) if job.kind == "destroy_many" => recovered.push(OpenJob {
                 row: job.id,
@@ -275,7 +320,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         .await?;
 
     // The purge worker: sends batches and follows jobs.
-    let (batches, receiver) = mpsc::channel::<IdBatch>(8);
+    let (batches, receiver) = mpsc::channel::<Release>(8);
     let worker = PurgeWorker {
         client: ctx.client.clone(),
         store: store.clone(),
@@ -301,29 +346,22 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     };
     let scan = scan?;
 
-    // Settle earlier outcomes the scan could see.
-    let mut confirmed_gone = 0;
+    // Settle earlier outcomes the scan could see: absent from the view is
+    // not yet proof of anything, so each absent ticket is looked up among
+    // the active tickets.
+    let mut settled = Settled::default();
     if scan.finished() {
-        let gone: Vec<TicketId> = unsettled
+        let mut absent: Vec<(TicketId, Unsettled)> = unsettled
             .iter()
             .filter(|(_, u)| match (scan.covered_until, u.deleted_at) {
                 (None, _) => true,
                 (Some(limit), Some(deleted)) => deleted < limit,
                 (Some(_), None) => false,
             })
-            .map(|(id, _)| *id)
+            .map(|(id, u)| (*id, u.clone()))
             .collect();
-        confirmed_gone = gone.len() as u64;
-        store
-            .record_outcomes(
-                run,
-                None,
-                &gone,
-                "confirmed_gone",
-                Some("not listed by a later scan that covered its deletion time"),
-                Utc::now(),
-            )
-            .await?;
+        absent.sort_by_key(|(id, _)| *id);
+        settled = settle_absent(ctx, run, &absent).await?;
     }
 
     let mut errors = Vec::new();
@@ -354,6 +392,9 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         unknown: tally.unknown,
         list_requests: ctx.client.stats().since(&stats_before).sent("list"),
         early_stop: scan.early_stop,
+        scan: Some(scan.scan.to_string()),
+        scan_reason: Some(scan.scan_reason.clone()),
+        max_listing_age_ms: tally.max_listing_age.map(|d| d.as_millis() as u64),
     };
     let error = (!errors.is_empty()).then(|| errors.join("; "));
     store
@@ -368,9 +409,17 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         kept: scan.kept,
         purge_batches: tally.batches,
         not_effective: scan.not_effective,
-        confirmed_gone,
+        confirmed_gone: settled.confirmed_gone,
+        restored_elsewhere: settled.restored_elsewhere,
+        scrubbed_by_zendesk: settled.scrubbed,
+        unsettled_lookup_failed: settled.lookup_failed,
+        relisted: scan.relisted,
+        changed_during_scan: scan.changed_during_scan,
+        max_listing_age: tally.max_listing_age,
         not_sent: tally.not_sent + scan.not_sent,
         requests: ctx.client.stats().since(&stats_before),
+        scan: scan.scan.to_string(),
+        scan_reason: scan.scan_reason.clone(),
         duration: started.elapsed(),
         error,
     };
@@ -411,16 +460,26 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
 /// What the scan found.
 #[derive(Debug, Default)]
 struct ScanResult {
+    /// Distinct tickets listed and decided.
     scanned: u64,
+    /// Tickets whose latest listing a purge rule selected.
     matched: u64,
     matched_by_rule: BTreeMap<String, u64>,
     kept: BTreeMap<String, u64>,
     early_stop: bool,
+    /// `sorted` or `full`, and why.
+    scan: &'static str,
+    scan_reason: String,
     /// With an early stop: the deletion time the scan reached.
     covered_until: Option<DateTime<Utc>>,
     cancelled: bool,
     not_effective: u64,
     not_sent: u64,
+    /// Listings of a ticket already listed in this scan.
+    relisted: u64,
+    /// Tickets not purged because their listings disagreed or the freshness
+    /// read found them deleted again.
+    changed_during_scan: u64,
     error: Option<String>,
 }
 
@@ -430,39 +489,172 @@ impl ScanResult {
     }
 }
 
+/// A batch on its way to the purge worker, with the time its oldest ticket
+/// was last listed (for the longest listing-to-purge time).
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub batch: IdBatch,
+    pub listed_at: DateTime<Utc>,
+}
+
+/// What the scan knows of a ticket it listed: its latest listing.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    deleted_at: Option<DateTime<Utc>>,
+    kind: &'static str,
+}
+
+/// A ticket whose latest listing a purge rule selected.
+#[derive(Debug, Clone)]
+struct Chosen {
+    rule: String,
+    deleted_at: Option<DateTime<Utc>>,
+    listed_at: DateTime<Utc>,
+}
+
+/// The scan's view of the selection: latest listing wins, disagreeing
+/// listings are never purged in this run.
+#[derive(Debug, Default)]
+struct Selection {
+    seen: HashMap<TicketId, Seen>,
+    chosen: HashMap<TicketId, Chosen>,
+    /// Listed more than once with different deletion times or decisions.
+    disagreed: std::collections::HashSet<TicketId>,
+    /// Ids already handed to the purge worker (pipelining only).
+    released: std::collections::HashSet<TicketId>,
+    /// Chosen ids in the order first chosen (may repeat; filtered on use).
+    order: Vec<TicketId>,
+}
+
+impl Selection {
+    /// The ids to send now: chosen by their latest listing, never disagreed,
+    /// not sent before, each once, in listing order.
+    fn take_sendable(&mut self) -> Vec<TicketId> {
+        let order = std::mem::take(&mut self.order);
+        let mut out = Vec::new();
+        for id in order {
+            if self.chosen.contains_key(&id)
+                && !self.disagreed.contains(&id)
+                && self.released.insert(id)
+            {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Like `take_sendable`, but only whole batches of 100: the rest waits
+    /// for the next release, so that no batch is sent half full mid-scan.
+    fn take_whole_batches(&mut self) -> Vec<TicketId> {
+        let mut out = self.take_sendable();
+        let keep = out.len() % crate::zendesk::MAX_IDS_PER_BATCH;
+        let rest = out.split_off(out.len() - keep);
+        for id in &rest {
+            self.released.remove(id);
+        }
+        let later = std::mem::take(&mut self.order);
+        self.order = rest;
+        self.order.extend(later);
+        out
+    }
+}
+
+/// Runs the freshness read for `ids` (listed at `oldest_listing` or later)
+/// and takes out of `ids` every ticket deleted again since its listing,
+/// recording its new decision and why it is not purged. `Err` when the
+/// read itself failed: then nothing of `ids` may be sent.
+async fn freshness_check(
+    ctx: &CycleContext,
+    run: RunId,
+    selection: &mut Selection,
+    ids: &mut Vec<TicketId>,
+    oldest_listing: DateTime<Utc>,
+    cursor_proven: bool,
+    result: &mut ScanResult,
+) -> anyhow::Result<Result<(), String>> {
+    let since = oldest_listing
+        - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+    let fresh = match crate::listing::deleted_since(&ctx.client, since, cursor_proven).await {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
+    };
+    let now = Utc::now();
+    let mut records = Vec::new();
+    let mut changed = Vec::new();
+    for t in &fresh {
+        let Some(chosen) = selection.chosen.get(&t.id) else {
+            continue;
+        };
+        if chosen.deleted_at == t.deleted_at {
+            continue;
+        }
+        let decision = ctx.policy.decide(t, now);
+        tracing::warn!(
+            ticket = t.id,
+            "deleted again during the scan: decided on its new deletion time, not purged in this run"
+        );
+        records.push(decision_record(t, &decision, &ctx.settings, now));
+        selection.chosen.remove(&t.id);
+        selection.disagreed.insert(t.id);
+        changed.push(t.id);
+    }
+    if !changed.is_empty() {
+        ctx.store.record_decisions(run, &records).await?;
+        ctx.store
+            .record_outcomes(
+                run,
+                None,
+                &changed,
+                "not_sent",
+                Some("deleted again during the scan (a newer deleted_at in the freshness read): decided on its new deletion, not purged in this run"),
+                now,
+            )
+            .await?;
+        result.changed_during_scan += changed.len() as u64;
+        result.not_sent += changed.len() as u64;
+        let gone: std::collections::HashSet<TicketId> = changed.into_iter().collect();
+        ids.retain(|id| !gone.contains(id));
+    }
+    Ok(Ok(()))
+}
+
 async fn scan(
     ctx: &CycleContext,
     run: RunId,
     unsettled: &mut HashMap<TicketId, Unsettled>,
-    batches: &mpsc::Sender<IdBatch>,
+    batches: &mpsc::Sender<Release>,
 ) -> anyhow::Result<ScanResult> {
     let settings = &ctx.settings;
     let store = &ctx.store;
-    let horizon = ctx
-        .policy
-        .purge_horizon()
-        .filter(|h| *h < Duration::MAX / 2);
+    let (plan, plan_reason) = ScanPlan::for_policy(&ctx.policy);
     let no_purge_rules = ctx.policy.purge_rules().next().is_none();
-    let mut sorted = horizon.is_some();
-    let options = ListOptions {
-        sort: sorted.then_some((SortBy::DeletedAt, SortOrder::Asc)),
-        ..ListOptions::default()
+    let horizon = match plan {
+        ScanPlan::Sorted { horizon } => Some(horizon),
+        ScanPlan::Full => None,
     };
-    let mut result = ScanResult::default();
-    let mut pages = ctx.client.list_deleted(options);
-    let mut last_deleted: Option<DateTime<Utc>> = None;
-    let mut held: Vec<TicketId> = Vec::new();
-    let mut pending: Vec<TicketId> = Vec::new();
+    let mut sorted = horizon.is_some();
+    let mut cursor_proven = false;
+    let mut result = ScanResult {
+        scan: if sorted { "sorted" } else { "full" },
+        scan_reason: plan_reason.to_string(),
+        ..ScanResult::default()
+    };
+    let mut order = PageOrder::default();
+    let mut pages = ctx.client.list_deleted(plan.list_options());
+    let mut selection = Selection::default();
+    let pipelining = settings.purge_while_scanning && !settings.dry_run && !no_purge_rules;
     let mut sending_stopped = false;
     let mut queued: u64 = 0;
+    let mut pages_since_release = 0u32;
     let limit = settings.max_purges_per_run;
     // Decisions are written in transactions of up to fifty pages or two
     // seconds (fewer fsyncs), and always before any of their ids is handed
     // on for sending.
     let mut unflushed: Vec<DecisionRecord> = Vec::new();
     let mut last_flush = Instant::now();
+    let mut first_page = true;
 
-    'pages: loop {
+    loop {
         let page = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => {
@@ -480,57 +672,94 @@ async fn scan(
                 break;
             }
         };
-        let now = Utc::now();
-        let mut records = Vec::with_capacity(page.tickets.len());
-        let mut selected = Vec::new();
-        let mut not_effective = Vec::new();
-        let mut stop = false;
-        for ticket in &page.tickets {
-            if sorted {
-                let in_order = match (last_deleted, ticket.deleted_at) {
-                    (_, None) => false,
-                    (None, Some(_)) => true,
-                    (Some(prev), Some(t)) => t >= prev,
-                };
-                if !in_order {
-                    tracing::warn!(
-                        page = page.number,
-                        ticket = ticket.id,
-                        "Zendesk did not sort by deleted_at; scanning everything instead of stopping early"
-                    );
+        if std::mem::take(&mut first_page) && sorted {
+            match crate::listing::prove_sorted(&ctx.client, &page).await {
+                Ok(why) => {
+                    cursor_proven = true;
+                    result.scan_reason = why.to_string();
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "no proven order: scanning every ticket");
                     sorted = false;
-                } else {
-                    last_deleted = ticket.deleted_at;
+                    result.scan = "full";
+                    result.scan_reason = format!("no proven order ({why})");
                 }
             }
-            if let (true, Some(h), Some(age)) = (sorted, horizon, crate::rules::age_of(ticket, now))
-                && age < h
-            {
-                result.early_stop = true;
-                result.covered_until = ticket.deleted_at;
-                stop = true;
-                break;
-            }
+        }
+        if sorted && let Err(why) = order.check(&page) {
+            tracing::warn!(reason = %why, "the listing left the deleted_at order: scanning every ticket");
+            sorted = false;
+            result.scan = "full";
+            result.scan_reason = format!("the order broke ({why}); everything was scanned");
+        }
+        let now = Utc::now();
+        let mut records = Vec::with_capacity(page.tickets.len());
+        let mut not_effective = Vec::new();
+        for ticket in &page.tickets {
             let decision = ctx.policy.decide(ticket, now);
+            let kind = decision.kind();
+            let seen = Seen {
+                deleted_at: ticket.deleted_at,
+                kind,
+            };
+            match selection.seen.insert(ticket.id, seen) {
+                None => result.scanned += 1,
+                Some(prev) => {
+                    // decided by its latest listing: undo the earlier count
+                    result.relisted += 1;
+                    if prev.kind == "purge" {
+                        if let Some(c) = selection.chosen.remove(&ticket.id)
+                            && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
+                        {
+                            *n = n.saturating_sub(1);
+                        }
+                    } else if let Some(n) = result.kept.get_mut(prev.kind) {
+                        *n = n.saturating_sub(1);
+                    }
+                    if prev.deleted_at != ticket.deleted_at || prev.kind != kind {
+                        tracing::warn!(
+                            ticket = ticket.id,
+                            "listed twice in one scan with different deletion times or decisions: not purged in this run"
+                        );
+                        selection.disagreed.insert(ticket.id);
+                        if selection.released.contains(&ticket.id) {
+                            tracing::error!(
+                                ticket = ticket.id,
+                                "listed again after its purge request was sent (purge_while_scanning)"
+                            );
+                        }
+                    }
+                }
+            }
             if let Some(prior) = unsettled.remove(&ticket.id) {
                 not_effective.push((ticket.id, prior.outcome));
             }
-            result.scanned += 1;
             match &decision {
                 Decision::Purge { rule } => {
-                    result.matched += 1;
                     *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
-                    selected.push(ticket.id);
+                    selection.chosen.insert(
+                        ticket.id,
+                        Chosen {
+                            rule: rule.clone(),
+                            deleted_at: ticket.deleted_at,
+                            listed_at: now,
+                        },
+                    );
+                    selection.order.push(ticket.id);
                 }
                 keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
             }
             records.push(decision_record(ticket, &decision, settings, now));
         }
         unflushed.extend(records);
-        let will_send = settings.purge_while_scanning
-            && !settings.dry_run
-            && pending.len() + selected.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
-        if will_send || unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
+        pages_since_release += 1;
+        let stop =
+            sorted && horizon.is_some_and(|h| crate::listing::reaches_horizon(&page, h, now));
+        let release = pipelining
+            && !sending_stopped
+            && pages_since_release >= RELEASE_EVERY_PAGES
+            && selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
+        if release || unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
             // Write-ahead: the decisions are on disk before any of these ids
             // can be sent.
             store.record_decisions(run, &unflushed).await?;
@@ -560,61 +789,67 @@ async fn scan(
                 .record_outcomes(run, None, &[id], outcome, Some(detail), now)
                 .await?;
         }
-        if !settings.dry_run && !selected.is_empty() {
-            if settings.purge_while_scanning {
-                for id in selected {
-                    if queued >= limit && !sending_stopped {
-                        sending_stopped = true;
-                        tracing::error!(
-                            limit,
-                            "max_purges_per_run reached: no further batch is sent this run"
-                        );
-                    }
-                    if sending_stopped {
-                        result.not_sent += 1;
-                        store
-                            .record_outcomes(
-                                run,
-                                None,
-                                &[id],
-                                "not_sent",
-                                Some("safety.max_purges_per_run reached"),
-                                now,
-                            )
-                            .await?;
-                        continue;
-                    }
-                    pending.push(id);
-                    queued += 1;
-                    if pending.len() == crate::zendesk::MAX_IDS_PER_BATCH {
-                        let batch = IdBatch::new(std::mem::take(&mut pending))
-                            .expect("100 distinct ids make a batch");
-                        if batches.send(batch).await.is_err() {
-                            break 'pages;
-                        }
-                    }
-                }
-            } else {
-                // all of them, past the limit too: each gets its not_sent
-                // outcome when the limit refuses the run (8 bytes an id)
-                held.extend(selected);
+        if release {
+            pages_since_release = 0;
+            if !pipeline_release(
+                ctx,
+                run,
+                &mut selection,
+                &mut result,
+                batches,
+                cursor_proven,
+                &mut queued,
+                &mut sending_stopped,
+                false,
+            )
+            .await?
+            {
+                break;
             }
         }
         if stop {
+            result.early_stop = true;
+            result.covered_until = page.tickets.last().and_then(|t| t.deleted_at);
             break;
         }
     }
     drop(pages);
     store.record_decisions(run, &unflushed).await?;
+    if result.scan == "full" {
+        result.early_stop = false;
+        result.covered_until = None;
+    }
+    result.matched = selection.chosen.len() as u64;
+    result.matched_by_rule.retain(|_, n| *n > 0);
+    result.kept.retain(|_, n| *n > 0);
+
+    // chosen by the latest listing, but listed with different data before
+    let disagreed: Vec<TicketId> = selection
+        .disagreed
+        .iter()
+        .filter(|id| selection.chosen.contains_key(id) && !selection.released.contains(id))
+        .copied()
+        .collect();
+    if !disagreed.is_empty() {
+        result.changed_during_scan += disagreed.len() as u64;
+        if !settings.dry_run {
+            result.not_sent += disagreed.len() as u64;
+            store
+                .record_outcomes(
+                    run,
+                    None,
+                    &disagreed,
+                    "not_sent",
+                    Some("listed more than once in this scan with different deletion times or decisions: not purged in this run"),
+                    Utc::now(),
+                )
+                .await?;
+        }
+    }
 
     if settings.dry_run || no_purge_rules {
         return Ok(result);
     }
-    let to_send = if settings.purge_while_scanning {
-        pending
-    } else {
-        held
-    };
     let stopped_reason = if result.cancelled {
         Some("the daemon was stopping")
     } else if result.error.is_some() {
@@ -630,29 +865,183 @@ async fn scan(
             result.matched
         );
         tracing::error!("{message}");
-        result.error = Some(message);
+        result.error.get_or_insert(message);
     } else if settings.purge_while_scanning && result.matched > limit {
-        result.error = Some(format!(
+        result.error.get_or_insert(format!(
             "{} tickets matched, more than safety.max_purges_per_run = {limit}: purging stopped at the limit",
             result.matched
         ));
     }
-    match stopped_reason {
-        Some(reason) => {
-            result.not_sent += to_send.len() as u64;
-            store
-                .record_outcomes(run, None, &to_send, "not_sent", Some(reason), Utc::now())
-                .await?;
-        }
-        None => {
-            for batch in IdBatch::chunk(&to_send) {
-                if batches.send(batch).await.is_err() {
-                    break;
-                }
-            }
+    if let Some(reason) = stopped_reason {
+        let rest = selection.take_sendable();
+        result.not_sent += rest.len() as u64;
+        store
+            .record_outcomes(run, None, &rest, "not_sent", Some(reason), Utc::now())
+            .await?;
+        return Ok(result);
+    }
+    if pipelining {
+        pipeline_release(
+            ctx,
+            run,
+            &mut selection,
+            &mut result,
+            batches,
+            cursor_proven,
+            &mut queued,
+            &mut sending_stopped,
+            true,
+        )
+        .await?;
+        return Ok(result);
+    }
+    let mut to_send = selection.take_sendable();
+    if to_send.is_empty() {
+        return Ok(result);
+    }
+    let oldest = to_send
+        .iter()
+        .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
+        .min()
+        .unwrap_or_else(Utc::now);
+    if let Err(why) = freshness_check(
+        ctx,
+        run,
+        &mut selection,
+        &mut to_send,
+        oldest,
+        cursor_proven,
+        &mut result,
+    )
+    .await?
+    {
+        let message =
+            format!("the freshness read before purging failed ({why}): nothing was purged");
+        tracing::error!("{message}");
+        result.error = Some(message);
+        result.not_sent += to_send.len() as u64;
+        store
+            .record_outcomes(
+                run,
+                None,
+                &to_send,
+                "not_sent",
+                Some("the freshness read before purging failed"),
+                Utc::now(),
+            )
+            .await?;
+        return Ok(result);
+    }
+    for batch in IdBatch::chunk(&to_send) {
+        let listed_at = batch
+            .ids()
+            .iter()
+            .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
+            .min()
+            .unwrap_or(oldest);
+        if batches.send(Release { batch, listed_at }).await.is_err() {
+            break;
         }
     }
     Ok(result)
+}
+
+/// Under `purge_while_scanning`, chosen tickets are sent every this many
+/// pages, each time after a freshness read (one list request, usually).
+const RELEASE_EVERY_PAGES: u32 = 10;
+
+/// Pipelining (`purge_while_scanning`) sends what the scan chose so far, after
+/// a freshness read, up to `max_purges_per_run`. `false` when the worker is
+/// gone and the scan should stop.
+#[allow(clippy::too_many_arguments)]
+async fn pipeline_release(
+    ctx: &CycleContext,
+    run: RunId,
+    selection: &mut Selection,
+    result: &mut ScanResult,
+    batches: &mpsc::Sender<Release>,
+    cursor_proven: bool,
+    queued: &mut u64,
+    sending_stopped: &mut bool,
+    last: bool,
+) -> anyhow::Result<bool> {
+    let limit = ctx.settings.max_purges_per_run;
+    let mut ids = if last {
+        selection.take_sendable()
+    } else {
+        selection.take_whole_batches()
+    };
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    let mut over: Vec<TicketId> = Vec::new();
+    if *sending_stopped {
+        over = std::mem::take(&mut ids);
+    } else {
+        let room = limit.saturating_sub(*queued) as usize;
+        if ids.len() > room {
+            over = ids.split_off(room);
+            *sending_stopped = true;
+            tracing::error!(
+                limit,
+                "max_purges_per_run reached: no further batch is sent this run"
+            );
+        }
+    }
+    if !over.is_empty() {
+        result.not_sent += over.len() as u64;
+        ctx.store
+            .record_outcomes(
+                run,
+                None,
+                &over,
+                "not_sent",
+                Some("safety.max_purges_per_run reached"),
+                Utc::now(),
+            )
+            .await?;
+    }
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    let oldest = ids
+        .iter()
+        .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
+        .min()
+        .unwrap_or_else(Utc::now);
+    if let Err(why) =
+        freshness_check(ctx, run, selection, &mut ids, oldest, cursor_proven, result).await?
+    {
+        tracing::error!(reason = %why, "the freshness read failed: these tickets are not sent");
+        result.error.get_or_insert_with(|| {
+            format!("the freshness read before purging failed ({why}): some selected tickets were not sent")
+        });
+        result.not_sent += ids.len() as u64;
+        ctx.store
+            .record_outcomes(
+                run,
+                None,
+                &ids,
+                "not_sent",
+                Some("the freshness read before purging failed"),
+                Utc::now(),
+            )
+            .await?;
+        return Ok(true);
+    }
+    *queued += ids.len() as u64;
+    for batch in IdBatch::chunk(&ids) {
+        let listed_at = batch
+            .ids()
+            .iter()
+            .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
+            .min()
+            .unwrap_or(oldest);
+        if batches.send(Release { batch, listed_at }).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 pub(crate) fn decision_record(
@@ -693,14 +1082,14 @@ struct PurgeWorker {
 }
 
 impl PurgeWorker {
-    async fn run(mut self, mut batches: mpsc::Receiver<IdBatch>) -> Tally {
+    async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
         if let Err(e) = self.work(&mut batches).await {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
             self.tally.fatal = Some(format!("{e:#}"));
             // Record what was never sent, so that nothing is left unexplained.
             batches.close();
-            while let Some(batch) = batches.recv().await {
-                self.not_sent(&batch, "purging stopped after an error")
+            while let Some(release) = batches.recv().await {
+                self.not_sent(&release.batch, "purging stopped after an error")
                     .await;
             }
             let open = std::mem::take(&mut self.open);
@@ -740,7 +1129,7 @@ impl PurgeWorker {
         }
     }
 
-    async fn work(&mut self, batches: &mut mpsc::Receiver<IdBatch>) -> anyhow::Result<()> {
+    async fn work(&mut self, batches: &mut mpsc::Receiver<Release>) -> anyhow::Result<()> {
         let mut closed = false;
         let mut deadline: Option<Instant> = None;
         let mut poll = tokio::time::interval(self.settings.job_poll_interval);
@@ -771,13 +1160,17 @@ impl PurgeWorker {
                     tracing::info!(open_jobs = self.open.len(), "shutdown: no new batch is sent; following open jobs");
                     deadline = Some(Instant::now() + self.settings.shutdown_grace);
                     batches.close();
-                    while let Some(batch) = batches.recv().await {
-                        self.not_sent(&batch, "the daemon was stopping").await;
+                    while let Some(release) = batches.recv().await {
+                        self.not_sent(&release.batch, "the daemon was stopping").await;
                     }
                     closed = true;
                 }
-                batch = batches.recv(), if can_send => match batch {
-                    Some(batch) => self.send(batch).await?,
+                release = batches.recv(), if can_send => match release {
+                    Some(release) => {
+                        let age = (Utc::now() - release.listed_at).to_std().unwrap_or_default();
+                        self.tally.max_listing_age = Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
+                        self.send(release.batch).await?
+                    }
                     None => closed = true,
                 },
                 _ = poll.tick(), if !self.open.is_empty() => self.poll().await?,
@@ -866,19 +1259,59 @@ impl PurgeWorker {
 
     async fn poll(&mut self) -> anyhow::Result<()> {
         let ids: Vec<JobId> = self.open.iter().map(|j| j.id.clone()).collect();
+        // Jobs whose status could not be asked this time (not a sign that
+        // they vanished); only their timeout applies.
+        let mut unasked: std::collections::HashSet<JobId> = std::collections::HashSet::new();
         let statuses = match self.client.job_statuses(&ids).await {
             Ok(s) => s,
             Err(e @ (ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. })) => {
                 return Err(anyhow::Error::new(e).context("Zendesk refused the job status request"));
             }
+            Err(e @ (ZendeskError::NotFound { .. } | ZendeskError::InvalidRequest { .. })) => {
+                // One unknown or expired id can fail the whole call: ask
+                // for each job on its own.
+                tracing::warn!(error = %e, "show_many refused the job ids; asking job by job");
+                let mut out = Vec::new();
+                for id in &ids {
+                    match self.client.job_status(id).await {
+                        Ok(s) => out.push(s),
+                        Err(ZendeskError::NotFound { .. }) => {}
+                        Err(
+                            e
+                            @ (ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. }),
+                        ) => {
+                            return Err(anyhow::Error::new(e)
+                                .context("Zendesk refused the job status request"));
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "asking for a job's status failed");
+                            unasked.insert(id.clone());
+                        }
+                    }
+                }
+                out
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "polling jobs failed; trying again at the next tick");
-                return Ok(());
+                unasked.extend(ids.iter().cloned());
+                Vec::new()
             }
         };
         let by_id: HashMap<&JobId, &JobStatus> = statuses.iter().map(|s| (&s.id, s)).collect();
         let open = std::mem::take(&mut self.open);
         for mut job in open {
+            if unasked.contains(&job.id) {
+                if job.since.elapsed() > self.settings.job_timeout {
+                    let why = format!(
+                        "no status could be read for {}; the next scan settles the outcome",
+                        humantime::format_duration(self.settings.job_timeout)
+                    );
+                    self.give_up(job, &why).await?;
+                } else {
+                    self.open.push(job);
+                }
+                continue;
+            }
             match by_id.get(&job.id) {
                 Some(status) if status.status.is_terminal() => self.finish(job, status).await?,
                 Some(status) => {
@@ -996,4 +1429,141 @@ impl PurgeWorker {
             .await
             .context("cannot record a job's end")
     }
+}
+
+/// What the settling of absent tickets found.
+#[derive(Debug, Default)]
+struct Settled {
+    confirmed_gone: u64,
+    restored_elsewhere: u64,
+    scrubbed: u64,
+    lookup_failed: u64,
+}
+
+/// Zendesk scrubs soft-deleted tickets by itself about this long after
+/// their deletion.
+const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
+
+/// Settles tickets with an open outcome (`purged` or `unknown`) that the scan
+/// did not list. Absence alone proves nothing: each is looked up among the
+/// active tickets. Active: `restored_elsewhere`. Not active: `confirmed_gone`,
+/// or `scrubbed_by_zendesk` when an unknown outcome belongs to a ticket
+/// deleted more than 30 days ago (Zendesk's scrub and our purge cannot be
+/// told apart). A failed lookup leaves the outcome open for a later run.
+async fn settle_absent(
+    ctx: &CycleContext,
+    run: RunId,
+    absent: &[(TicketId, Unsettled)],
+) -> anyhow::Result<Settled> {
+    let mut settled = Settled::default();
+    let now = Utc::now();
+    for chunk in absent.chunks(crate::zendesk::MAX_IDS_PER_BATCH) {
+        let ids: Vec<TicketId> = chunk.iter().map(|(id, _)| *id).collect();
+        let Ok(batch) = IdBatch::new(ids) else {
+            continue;
+        };
+        let active: std::collections::HashSet<TicketId> = match ctx
+            .client
+            .active_tickets(&batch)
+            .await
+        {
+            Ok(a) => a.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, tickets = chunk.len(), "cannot look up tickets gone from the deleted view; their outcome stays open until a later run");
+                settled.lookup_failed += chunk.len() as u64;
+                continue;
+            }
+        };
+        let (mut restored, mut gone, mut scrubbed) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, u) in chunk {
+            if active.contains(id) {
+                restored.push(*id);
+            } else if u.outcome == "unknown"
+                && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
+            {
+                scrubbed.push(*id);
+            } else {
+                gone.push(*id);
+            }
+        }
+        if !restored.is_empty() {
+            tracing::warn!(
+                tickets = restored.len(),
+                "tickets gone from the deleted view are active again: restored by someone, not purged"
+            );
+        }
+        for (ids, outcome, detail) in [
+            (
+                &restored,
+                "restored_elsewhere",
+                "not in the deleted view and found among active tickets: restored by someone, not purged",
+            ),
+            (
+                &gone,
+                "confirmed_gone",
+                "neither in the deleted view nor among active tickets",
+            ),
+            (
+                &scrubbed,
+                "scrubbed_by_zendesk",
+                "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
+            ),
+        ] {
+            ctx.store
+                .record_outcomes(run, None, ids, outcome, Some(detail), now)
+                .await?;
+        }
+        settled.restored_elsewhere += restored.len() as u64;
+        settled.confirmed_gone += gone.len() as u64;
+        settled.scrubbed += scrubbed.len() as u64;
+    }
+    Ok(settled)
+}
+
+/// A restore whose answer an earlier process never recorded: settled by
+/// looking the tickets up among the active ones, never as if purged.
+async fn settle_lost_restore(
+    ctx: &CycleContext,
+    run: RunId,
+    row: JobRowId,
+    tickets: &[TicketId],
+) -> anyhow::Result<()> {
+    let mut active = std::collections::HashSet::new();
+    let mut failed = None;
+    for batch in IdBatch::chunk(tickets) {
+        match ctx.client.active_tickets(&batch).await {
+            Ok(a) => active.extend(a),
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "cannot look up the tickets of a restore left open by an earlier process");
+        return ctx
+            .store
+            .record_job_end(
+                run,
+                row,
+                "unknown",
+                Some("the process stopped before the restore's answer was recorded, and the lookup failed: see audit ticket"),
+                "restore_unknown",
+                tickets,
+            )
+            .await;
+    }
+    let (done, not): (Vec<TicketId>, Vec<TicketId>) =
+        tickets.iter().partition(|id| active.contains(id));
+    let message = "the process stopped before the restore's answer was recorded; settled by looking the tickets up among active tickets";
+    ctx.store
+        .record_job_end(run, row, "unknown", Some(message), "restored", &done)
+        .await?;
+    ctx.store
+        .record_outcomes(
+            run,
+            Some(row),
+            &not,
+            "not_restored",
+            Some("not among active tickets after the restore's answer was lost"),
+            Utc::now(),
+        )
+        .await
 }

@@ -4,7 +4,6 @@
 //! answered after, an outcome per ticket.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -12,10 +11,9 @@ use serde::Serialize;
 
 use crate::audit::RunCounts;
 use crate::cycle::{CycleContext, decision_record, send_and_follow};
+use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
-use crate::zendesk::{
-    DeletedTicket, IdBatch, ListOptions, SortBy, SortOrder, TicketId, ZendeskClient, ZendeskError,
-};
+use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, TicketId, ZendeskClient, ZendeskError};
 
 /// One ticket a plan would purge.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +52,9 @@ pub struct Plan {
     pub tickets: Vec<PlannedPurge>,
     pub explain: Option<Explanation>,
     pub list_requests: u64,
+    /// `sorted` or `full`, and why (the same proof as a cycle's).
+    pub scan: String,
+    pub scan_reason: String,
 }
 
 /// A dry run against the account that records nothing.
@@ -63,14 +64,16 @@ pub async fn plan(
     explain: Option<TicketId>,
 ) -> Result<Plan, ZendeskError> {
     // An explanation may be asked for a young ticket: then scan everything.
-    let horizon = policy
-        .purge_horizon()
-        .filter(|h| *h < Duration::MAX / 2 && explain.is_none());
+    let (mut scan_plan, mut reason) = ScanPlan::for_policy(policy);
+    if explain.is_some() {
+        (scan_plan, reason) = (ScanPlan::Full, "a ticket is explained: everything is read");
+    }
+    let horizon = match scan_plan {
+        ScanPlan::Sorted { horizon } => Some(horizon),
+        ScanPlan::Full => None,
+    };
     let before = client.stats();
-    let mut pages = client.list_deleted(ListOptions {
-        sort: horizon.map(|_| (SortBy::DeletedAt, SortOrder::Asc)),
-        ..ListOptions::default()
-    });
+    let mut pages = client.list_deleted(scan_plan.list_options());
     let mut plan = Plan {
         scanned: 0,
         early_stop: false,
@@ -79,43 +82,69 @@ pub async fn plan(
         tickets: Vec::new(),
         explain: None,
         list_requests: 0,
+        scan: if horizon.is_some() { "sorted" } else { "full" }.into(),
+        scan_reason: reason.into(),
     };
     let mut sorted = horizon.is_some();
-    let mut last = None;
-    'pages: while let Some(page) = pages.next().await {
+    let mut order = PageOrder::default();
+    let mut first = true;
+    // each ticket by its latest listing (the view can change under a walk)
+    let mut latest: HashMap<TicketId, (usize, Result<PlannedPurge, &'static str>)> = HashMap::new();
+    while let Some(page) = pages.next().await {
         let page = page?;
+        if std::mem::take(&mut first) && sorted {
+            match crate::listing::prove_sorted(client, &page).await {
+                Ok(why) => plan.scan_reason = why.into(),
+                Err(why) => {
+                    sorted = false;
+                    plan.scan = "full".into();
+                    plan.scan_reason = format!("no proven order ({why})");
+                }
+            }
+        }
+        if sorted && let Err(why) = order.check(&page) {
+            sorted = false;
+            plan.scan = "full".into();
+            plan.scan_reason = format!("the order broke ({why}); everything was read");
+        }
         let now = Utc::now();
         for t in &page.tickets {
-            if sorted {
-                if t.deleted_at.is_none() || t.deleted_at < last {
-                    sorted = false;
-                }
-                last = t.deleted_at;
-            }
-            if let (true, Some(h), Some(age)) = (sorted, horizon, crate::rules::age_of(t, now))
-                && age < h
-            {
-                plan.early_stop = true;
-                break 'pages;
-            }
-            plan.scanned += 1;
             let decision = policy.decide(t, now);
             if explain == Some(t.id) {
                 plan.explain = Some(explain_ticket(policy, t, &decision, now));
             }
-            match decision {
-                Decision::Purge { rule } => {
-                    *plan.would_purge.entry(rule.clone()).or_default() += 1;
-                    plan.tickets.push(PlannedPurge {
-                        id: t.id,
-                        rule,
-                        deleted_at: t.deleted_at.map(crate::audit::timestamp),
-                        previous_state: t.previous_state.clone(),
-                        actor_id: t.actor.as_ref().and_then(|a| a.id),
-                    });
-                }
-                keep => *plan.kept.entry(keep.kind().to_string()).or_default() += 1,
+            let entry = match decision {
+                Decision::Purge { rule } => Ok(PlannedPurge {
+                    id: t.id,
+                    rule,
+                    deleted_at: t.deleted_at.map(crate::audit::timestamp),
+                    previous_state: t.previous_state.clone(),
+                    actor_id: t.actor.as_ref().and_then(|a| a.id),
+                }),
+                keep => Err(keep.kind()),
+            };
+            let position = latest.len();
+            latest
+                .entry(t.id)
+                .and_modify(|e| e.1 = entry.clone())
+                .or_insert((position, entry));
+        }
+        if sorted && horizon.is_some_and(|h| crate::listing::reaches_horizon(&page, h, now)) {
+            plan.early_stop = true;
+            break;
+        }
+    }
+    let mut listed: Vec<(usize, Result<PlannedPurge, &'static str>)> =
+        latest.into_values().collect();
+    listed.sort_by_key(|(position, _)| *position);
+    plan.scanned = listed.len() as u64;
+    for (_, entry) in listed {
+        match entry {
+            Ok(purge) => {
+                *plan.would_purge.entry(purge.rule.clone()).or_default() += 1;
+                plan.tickets.push(purge);
             }
+            Err(kind) => *plan.kept.entry(kind.to_string()).or_default() += 1,
         }
     }
     if let (Some(id), None) = (explain, &plan.explain) {
@@ -212,6 +241,41 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
                     outcome: "not_restored".into(),
                     detail: Some(message.clone()),
                 }));
+            }
+        }
+    }
+    // A refused or unanswered restore may still have worked (its answer was
+    // lost and the retry found nothing left to restore): what is active now
+    // is restored, whatever the answers said.
+    let doubtful: Vec<TicketId> = results
+        .iter()
+        .filter(|r| r.outcome != "restored")
+        .map(|r| r.id)
+        .collect();
+    for batch in IdBatch::chunk(&doubtful) {
+        match ctx.client.active_tickets(&batch).await {
+            Ok(active) if !active.is_empty() => {
+                store
+                    .record_outcomes(
+                        run,
+                        None,
+                        &active,
+                        "restored",
+                        Some("found among active tickets after the restore request was refused or its answer lost"),
+                        Utc::now(),
+                    )
+                    .await?;
+                for r in results.iter_mut().filter(|r| active.contains(&r.id)) {
+                    r.outcome = "restored".into();
+                    r.detail = Some(
+                        "found among active tickets (the request's answer was lost or refused)"
+                            .into(),
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up whether refused restores took effect")
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use comfy_table::Table;
 
@@ -44,22 +45,27 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         report.run_id,
         report.status.as_str()
     );
-    let scan_note = if c.early_stop {
-        match policy.purge_horizon() {
-            Some(h) => format!(
-                " (sorted by deletion time; stopped at tickets deleted less than {} ago)",
-                humantime::format_duration(h)
-            ),
-            None => String::new(),
-        }
-    } else {
-        " (full scan)".to_string()
+    let scan_note = match (c.early_stop, policy.purge_horizon()) {
+        (true, Some(h)) => format!(
+            " (sorted scan; stopped at tickets deleted less than {} ago)",
+            humantime::format_duration(h)
+        ),
+        _ if report.scan == "sorted" => " (sorted scan, read to the end)".to_string(),
+        _ => " (full scan)".to_string(),
     };
     let _ = writeln!(
         out,
         "  scanned    {} tickets in {} list requests{scan_note}",
         c.scanned, c.list_requests
     );
+    let _ = writeln!(out, "  scan       {}: {}", report.scan, report.scan_reason);
+    if report.relisted > 0 || report.changed_during_scan > 0 {
+        let _ = writeln!(
+            out,
+            "  changed    {} listed again during the scan; {} not purged because they changed (listed twice with other data, or deleted again)",
+            report.relisted, report.changed_during_scan
+        );
+    }
     let verb = if report.dry_run {
         "would purge"
     } else {
@@ -82,11 +88,27 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
             c.purged, report.purge_batches, c.failed, c.unknown, report.not_sent
         );
     }
-    if report.not_effective + report.confirmed_gone > 0 {
+    if let Some(age) = report.max_listing_age {
         let _ = writeln!(
             out,
-            "  settled    {} earlier purges confirmed gone, {} found still listed (purged again)",
-            report.confirmed_gone, report.not_effective
+            "  freshness  at most {} between a ticket's last listing and its destroy_many",
+            humantime::format_duration(Duration::from_millis(age.as_millis() as u64))
+        );
+    }
+    let settled = report.not_effective
+        + report.confirmed_gone
+        + report.restored_elsewhere
+        + report.scrubbed_by_zendesk
+        + report.unsettled_lookup_failed;
+    if settled > 0 {
+        let _ = writeln!(
+            out,
+            "  settled    earlier open outcomes: {} confirmed gone (not deleted, not active), {} restored elsewhere (active again), {} scrubbed by Zendesk, {} still listed (purged again), {} left open (lookup failed)",
+            report.confirmed_gone,
+            report.restored_elsewhere,
+            report.scrubbed_by_zendesk,
+            report.not_effective,
+            report.unsettled_lookup_failed
         );
     }
     let requests: Vec<String> = report
@@ -213,13 +235,22 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                         run.failed,
                         run.unknown,
                         run.list_requests,
-                        if run.early_stop {
-                            ", stopped early"
-                        } else {
-                            ""
+                        match (run.scan.as_deref(), run.early_stop) {
+                            (_, true) => ", sorted scan stopped early".to_string(),
+                            (Some(scan), false) => format!(", {scan} scan"),
+                            (None, false) => String::new(),
                         },
                         &run.config_hash[..12.min(run.config_hash.len())]
                     );
+                    if let Some(reason) = &run.scan_reason {
+                        println!("  scan: {reason}");
+                    }
+                    if let Some(ms) = run.max_listing_age_ms {
+                        println!(
+                            "  at most {} between a ticket's last listing and its destroy_many",
+                            humantime::format_duration(Duration::from_millis(ms as u64))
+                        );
+                    }
                     if let Some(e) = &run.error {
                         println!("  error: {e}");
                     }

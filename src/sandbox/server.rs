@@ -16,8 +16,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::{CursorSort, SandboxAuth};
 use super::state::{JobView, LoggedRequest, Position, Quotas, SandboxTicket, SortKey, State};
+use super::{CursorSort, SandboxAuth};
 
 #[derive(Clone)]
 struct Shared {
@@ -350,7 +350,6 @@ impl ListRequest {
         let (mut sort, mut descending) = sort_params(query)?;
         let cursor_style = query.keys().any(|k| k.starts_with("page["));
         if cursor_style {
-
             let size = match query.get("page[size]") {
                 None => 100,
                 Some(s) => s
@@ -604,7 +603,10 @@ fn serve_route(
                     })
                     .collect();
                 (
-                    Answer::json(StatusCode::OK, json!({"tickets": tickets, "count": tickets.len()})),
+                    Answer::json(
+                        StatusCode::OK,
+                        json!({"tickets": tickets, "count": tickets.len()}),
+                    ),
                     vec![],
                 )
             }

@@ -336,7 +336,8 @@ impl State {
     pub fn agent_restore(&mut self, id: u64) -> bool {
         match self.take(id) {
             Some(t) => {
-                self.churn_log.push(ChurnEvent::Restored { id, at: Utc::now() });
+                self.churn_log
+                    .push(ChurnEvent::Restored { id, at: Utc::now() });
                 self.restored.insert(id, t);
                 true
             }
@@ -346,7 +347,12 @@ impl State {
 
     /// An agent deletes an active ticket again: it comes back to the view
     /// with a new `deleted_at` (and maybe another actor).
-    pub fn agent_delete_again(&mut self, id: u64, at: DateTime<Utc>, actor: Option<(u64, String)>) -> bool {
+    pub fn agent_delete_again(
+        &mut self,
+        id: u64,
+        at: DateTime<Utc>,
+        actor: Option<(u64, String)>,
+    ) -> bool {
         let Some(mut t) = self.restored.remove(&id) else {
             return false;
         };

@@ -547,7 +547,11 @@ impl ZendeskClient {
         let headers = response.headers().clone();
         self.inner.pacer.observe(class, &headers);
         self.inner.pacer.stats.record(
-            if class == EndpointClass::List { "list" } else { "probe" },
+            if class == EndpointClass::List {
+                "list"
+            } else {
+                "probe"
+            },
             status.as_u16(),
         );
         let body = response

@@ -302,7 +302,10 @@ async fn error_bodies_are_kept_json_or_text() {
     match err {
         ZendeskError::Decode { shape, call, .. } => {
             assert!(shape.contains("HTML"), "{shape}");
-            assert!(!shape.contains("not json"), "the body's text is never quoted: {shape}");
+            assert!(
+                !shape.contains("not json"),
+                "the body's text is never quoted: {shape}"
+            );
             assert!(call.contains("DELETE deleted_tickets/9"), "{call}");
         }
         other => panic!("expected a decode error, got {other:?}"),
