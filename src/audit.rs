@@ -174,6 +174,9 @@ pub struct Unsettled {
     /// `purged` or `unknown`.
     pub outcome: String,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When its latest decision was made: it was listed then, so a deletion
+    /// again would carry a later `deleted_at`.
+    pub decided_at: Option<DateTime<Utc>>,
 }
 
 /// The store; cheap to clone (a pool).
@@ -498,7 +501,8 @@ impl AuditStore {
     ) -> anyhow::Result<HashMap<TicketId, Unsettled>> {
         let rows = sqlx::query(
             "SELECT o.ticket_id, o.outcome,
-                    (SELECT d.deleted_at FROM decisions d WHERE d.ticket_id = o.ticket_id ORDER BY d.id DESC LIMIT 1) AS deleted_at
+                    (SELECT d.deleted_at FROM decisions d WHERE d.ticket_id = o.ticket_id ORDER BY d.id DESC LIMIT 1) AS deleted_at,
+                    (SELECT d.decided_at FROM decisions d WHERE d.ticket_id = o.ticket_id ORDER BY d.id DESC LIMIT 1) AS decided_at
              FROM outcomes o
              WHERE o.recorded_at >= ?
                AND o.id = (SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = o.ticket_id)
@@ -511,13 +515,17 @@ impl AuditStore {
         for row in rows {
             let id: i64 = row.try_get("ticket_id")?;
             let deleted_at: Option<String> = row.try_get("deleted_at")?;
+            let decided_at: Option<String> = row.try_get("decided_at")?;
+            let parse = |t: Option<String>| {
+                t.and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
+                    .map(|d| d.with_timezone(&Utc))
+            };
             out.insert(
                 id as TicketId,
                 Unsettled {
                     outcome: row.try_get("outcome")?,
-                    deleted_at: deleted_at
-                        .and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
-                        .map(|d| d.with_timezone(&Utc)),
+                    deleted_at: parse(deleted_at),
+                    decided_at: parse(decided_at),
                 },
             );
         }

@@ -498,6 +498,7 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             job_kills: args.fault_job_kill,
             job_vanish: args.fault_job_vanish,
             reject_auth_after: args.reject_auth_after,
+            endpoints: Vec::new(),
         },
         auth: args.token.map_or(SandboxAuth::AnyToken, SandboxAuth::Token),
         cursor_sort: args.cursor_sort,

@@ -361,7 +361,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             .map(|(id, u)| (*id, u.clone()))
             .collect();
         absent.sort_by_key(|(id, _)| *id);
-        settled = settle_absent(ctx, run, &absent).await?;
+        settled = settle_absent(ctx, run, absent, scan.cursor_proven).await?;
     }
 
     let mut errors = Vec::new();
@@ -408,7 +408,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         matched_by_rule: scan.matched_by_rule,
         kept: scan.kept,
         purge_batches: tally.batches,
-        not_effective: scan.not_effective,
+        not_effective: scan.not_effective + settled.not_effective,
         confirmed_gone: settled.confirmed_gone,
         restored_elsewhere: settled.restored_elsewhere,
         scrubbed_by_zendesk: settled.scrubbed,
@@ -470,6 +470,8 @@ struct ScanResult {
     /// `sorted` or `full`, and why.
     scan: &'static str,
     scan_reason: String,
+    /// The cursor listing's order was proven this run.
+    cursor_proven: bool,
     /// With an early stop: the deletion time the scan reached.
     covered_until: Option<DateTime<Utc>>,
     cancelled: bool,
@@ -520,6 +522,8 @@ struct Selection {
     chosen: HashMap<TicketId, Chosen>,
     /// Listed more than once with different deletion times or decisions.
     disagreed: std::collections::HashSet<TicketId>,
+    /// Of those, the ones a purge rule selected in one of their listings.
+    disagreed_selected: std::collections::HashSet<TicketId>,
     /// Ids already handed to the purge worker (pipelining only).
     released: std::collections::HashSet<TicketId>,
     /// Chosen ids in the order first chosen (may repeat; filtered on use).
@@ -595,7 +599,6 @@ async fn freshness_check(
         );
         records.push(decision_record(t, &decision, &ctx.settings, now));
         selection.chosen.remove(&t.id);
-        selection.disagreed.insert(t.id);
         changed.push(t.id);
     }
     if !changed.is_empty() {
@@ -676,6 +679,7 @@ async fn scan(
             match crate::listing::prove_sorted(&ctx.client, &page).await {
                 Ok(why) => {
                     cursor_proven = true;
+                    result.cursor_proven = true;
                     result.scan_reason = why.to_string();
                 }
                 Err(why) => {
@@ -722,6 +726,9 @@ async fn scan(
                             "listed twice in one scan with different deletion times or decisions: not purged in this run"
                         );
                         selection.disagreed.insert(ticket.id);
+                        if prev.kind == "purge" || kind == "purge" {
+                            selection.disagreed_selected.insert(ticket.id);
+                        }
                         if selection.released.contains(&ticket.id) {
                             tracing::error!(
                                 ticket = ticket.id,
@@ -823,15 +830,17 @@ async fn scan(
     result.matched_by_rule.retain(|_, n| *n > 0);
     result.kept.retain(|_, n| *n > 0);
 
-    // chosen by the latest listing, but listed with different data before
-    let disagreed: Vec<TicketId> = selection
-        .disagreed
+    // selected by one of its listings, but listed with different data in
+    // another: not purged in this run, and the audit says why
+    let mut disagreed: Vec<TicketId> = selection
+        .disagreed_selected
         .iter()
-        .filter(|id| selection.chosen.contains_key(id) && !selection.released.contains(id))
+        .filter(|id| !selection.released.contains(id))
         .copied()
         .collect();
+    disagreed.sort_unstable();
+    result.changed_during_scan += selection.disagreed.len() as u64;
     if !disagreed.is_empty() {
-        result.changed_during_scan += disagreed.len() as u64;
         if !settings.dry_run {
             result.not_sent += disagreed.len() as u64;
             store
@@ -1438,6 +1447,7 @@ struct Settled {
     restored_elsewhere: u64,
     scrubbed: u64,
     lookup_failed: u64,
+    not_effective: u64,
 }
 
 /// Zendesk scrubs soft-deleted tickets by itself about this long after
@@ -1453,10 +1463,54 @@ const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
 async fn settle_absent(
     ctx: &CycleContext,
     run: RunId,
-    absent: &[(TicketId, Unsettled)],
+    mut absent: Vec<(TicketId, Unsettled)>,
+    cursor_proven: bool,
 ) -> anyhow::Result<Settled> {
     let mut settled = Settled::default();
     let now = Utc::now();
+    // A ticket restored and deleted again since its listing sits at the
+    // young end of the view, which an early stop never read and a full walk
+    // may have passed before it came back: read newest-first back to the
+    // oldest of those listings before calling anything gone.
+    let mut may_be_gone = true;
+    if !absent.is_empty() {
+        let since = absent
+            .iter()
+            .filter_map(|(_, u)| u.decided_at)
+            .min()
+            .unwrap_or(now)
+            - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+        match crate::listing::deleted_since(&ctx.client, since, cursor_proven).await {
+            Ok(fresh) => {
+                let listed: std::collections::HashSet<TicketId> =
+                    fresh.iter().map(|t| t.id).collect();
+                let (again, rest): (Vec<_>, Vec<_>) =
+                    absent.into_iter().partition(|(id, _)| listed.contains(id));
+                absent = rest;
+                for (id, u) in again {
+                    let (outcome, detail) = if u.outcome == "purged" {
+                        settled.not_effective += 1;
+                        (
+                            "not_effective",
+                            "reported purged earlier but deleted again since (listed newest-first); decided again when reached",
+                        )
+                    } else {
+                        (
+                            "still_present",
+                            "deleted again since its listing (found newest-first); decided again when reached",
+                        )
+                    };
+                    ctx.store
+                        .record_outcomes(run, None, &[id], outcome, Some(detail), now)
+                        .await?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the newest deletions: tickets missing from this scan are not settled as gone");
+                may_be_gone = false;
+            }
+        }
+    }
     for chunk in absent.chunks(crate::zendesk::MAX_IDS_PER_BATCH) {
         let ids: Vec<TicketId> = chunk.iter().map(|(id, _)| *id).collect();
         let Ok(batch) = IdBatch::new(ids) else {
@@ -1478,6 +1532,8 @@ async fn settle_absent(
         for (id, u) in chunk {
             if active.contains(id) {
                 restored.push(*id);
+            } else if !may_be_gone {
+                settled.lookup_failed += 1;
             } else if u.outcome == "unknown"
                 && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
             {

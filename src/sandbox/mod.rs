@@ -79,6 +79,9 @@ pub struct Faults {
     pub job_vanish: f64,
     /// After this many requests, every credential is refused with 401.
     pub reject_auth_after: Option<u64>,
+    /// The endpoints (`list`, `restore_many`, `job_statuses`, ...) the faults
+    /// above apply to; empty for all.
+    pub endpoints: Vec<String>,
 }
 
 /// Who may call the sandbox.
@@ -121,6 +124,36 @@ pub struct SandboxOptions {
     /// Profile: `job_statuses/show_many` answers 404 for the whole call when
     /// any id is unknown or expired, instead of leaving it out.
     pub strict_job_ids: bool,
+    /// Agents' actions at chosen moments, for tests that need a change at an
+    /// exact point of a scan.
+    pub script: Vec<ScriptedAction>,
+}
+
+/// When a scripted agent acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptMoment {
+    /// Just before the n-th listing request (1-based) is answered.
+    BeforeList(u64),
+    /// Just before the n-th `destroy_many` (1-based) creates its job.
+    BeforeDestroyMany(u64),
+}
+
+/// What a scripted agent does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAction {
+    Restore(u64),
+    /// Deletes a restored ticket again, now, optionally as another actor.
+    DeleteAgain {
+        id: u64,
+        actor: Option<(u64, String)>,
+    },
+}
+
+/// One scripted action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptedAction {
+    pub at: ScriptMoment,
+    pub action: AgentAction,
 }
 
 impl Default for SandboxOptions {
@@ -140,6 +173,7 @@ impl Default for SandboxOptions {
             churn: 0.0,
             scrub_after: None,
             strict_job_ids: false,
+            script: Vec::new(),
         }
     }
 }

@@ -561,7 +561,8 @@ fn serve_route(
 ) -> (Answer, Vec<u64>) {
     match route {
         Route::List => {
-            // agents at work between two pages (the churn profile)
+            // agents at work between two pages (the churn profile, the script)
+            state.before_list();
             state.churn();
             match list {
                 Some(request) => (list_answer(state, request, base), vec![]),
@@ -625,7 +626,10 @@ fn serve_route(
         Route::Destroy(id) => destroy(state, vec![*id], base, now),
         Route::DestroyMany => match ids_param(query) {
             Err(a) => (a, vec![]),
-            Ok(ids) => destroy(state, ids, base, now),
+            Ok(ids) => {
+                state.before_destroy_many();
+                destroy(state, ids, base, now)
+            }
         },
         Route::JobStatus(id) => match state.job(id, now) {
             Some(job) => (
@@ -746,7 +750,12 @@ async fn handle(
                     let allowed = spent.allowed;
                     let retry_after = spent.retry_after;
                     budget = Some(spent);
-                    let faults = state.faults().clone();
+                    let mut faults = state.faults().clone();
+                    if !faults.endpoints.is_empty()
+                        && !faults.endpoints.iter().any(|e| e == route.label())
+                    {
+                        faults = super::Faults::default();
+                    }
                     if !allowed {
                         Answer::too_many(retry_after)
                     } else if state.chance(faults.rate_limits) {

@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{CursorSort, Faults, SandboxOptions};
+use super::{AgentAction, CursorSort, Faults, SandboxOptions, ScriptMoment};
 
 /// The automation actor of the generated data: deletions by a trigger or an
 /// integration rather than a person (the example config's `actor_ids`).
@@ -208,6 +208,9 @@ pub struct State {
     /// What the agents of `churn` did, in order.
     churn_log: Vec<ChurnEvent>,
     next_new_id: u64,
+    /// Listing and `destroy_many` requests served, for the script.
+    lists_served: u64,
+    destroys_served: u64,
     jobs: BTreeMap<u64, Job>,
     job_seq: HashMap<String, u64>,
     next_job: u64,
@@ -235,6 +238,8 @@ impl State {
             scrubbed: BTreeSet::new(),
             churn_log: Vec::new(),
             next_new_id: 0,
+            lists_served: 0,
+            destroys_served: 0,
             jobs: BTreeMap::new(),
             job_seq: HashMap::new(),
             next_job: 0,
@@ -407,6 +412,38 @@ impl State {
                         deleted_at: now,
                         previous_state: state,
                     });
+                }
+            }
+        }
+    }
+
+    /// Counts a listing request and plays the scripted actions due before it.
+    pub fn before_list(&mut self) {
+        self.lists_served += 1;
+        self.play(ScriptMoment::BeforeList(self.lists_served));
+    }
+
+    /// Counts a `destroy_many` and plays the scripted actions due before it.
+    pub fn before_destroy_many(&mut self) {
+        self.destroys_served += 1;
+        self.play(ScriptMoment::BeforeDestroyMany(self.destroys_served));
+    }
+
+    fn play(&mut self, moment: ScriptMoment) {
+        let due: Vec<AgentAction> = self
+            .options
+            .script
+            .iter()
+            .filter(|a| a.at == moment)
+            .map(|a| a.action.clone())
+            .collect();
+        for action in due {
+            match action {
+                AgentAction::Restore(id) => {
+                    self.agent_restore(id);
+                }
+                AgentAction::DeleteAgain { id, actor } => {
+                    self.agent_delete_again(id, Utc::now(), actor);
                 }
             }
         }

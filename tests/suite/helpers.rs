@@ -198,3 +198,67 @@ pub async fn assert_writes_recorded_first(sb: &Sandbox, pool: &sqlx::SqlitePool,
 pub fn ids_text(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
+
+/// The sandbox's readings of what Zendesk leaves open, one per profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Our own reading: cursor listing honours sort_by, a still account.
+    Default,
+    /// Cursor listing in id order whatever sort_by says.
+    CursorIgnore,
+    /// Tickets deleted more than 30 days ago leave the view.
+    Scrub30d,
+    /// show_many fails the whole call for an unknown job id.
+    StrictJobIds,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 4] = [
+        Profile::Default,
+        Profile::CursorIgnore,
+        Profile::Scrub30d,
+        Profile::StrictJobIds,
+    ];
+
+    pub fn apply(self, options: SandboxOptions) -> SandboxOptions {
+        match self {
+            Profile::Default => options,
+            Profile::CursorIgnore => SandboxOptions {
+                cursor_sort: zd_retention::sandbox::CursorSort::Ignore,
+                ..options
+            },
+            Profile::Scrub30d => SandboxOptions {
+                scrub_after: Some(Duration::from_secs(30 * 86_400)),
+                ..options
+            },
+            Profile::StrictJobIds => SandboxOptions {
+                strict_job_ids: true,
+                ..options
+            },
+        }
+    }
+}
+
+/// The last outcome of each ticket in the audit.
+pub async fn last_outcomes(pool: &sqlx::SqlitePool) -> std::collections::BTreeMap<u64, String> {
+    sqlx::query_as::<_, (i64, String)>(
+        "SELECT ticket_id, outcome FROM outcomes o WHERE id = (SELECT MAX(id) FROM outcomes WHERE ticket_id = o.ticket_id)",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(t, o)| (t as u64, o))
+    .collect()
+}
+
+/// The last decision of a ticket in the audit.
+pub async fn last_decision(pool: &sqlx::SqlitePool, ticket: u64) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT decision FROM decisions WHERE ticket_id = ? ORDER BY id DESC LIMIT 1",
+    )
+    .bind(ticket as i64)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}

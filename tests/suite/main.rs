@@ -10,6 +10,7 @@ mod engine;
 mod faults;
 mod helpers;
 mod operator;
+mod profiles;
 mod rules_props;
 mod sandbox_contract;
 mod security;
