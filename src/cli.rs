@@ -90,6 +90,12 @@ pub enum Command {
         after_help = "Example:\n  zd-retention purge 4711 4712 --yes --config config.toml\n\nThe safety floor (safety.min_age, safety.protect_ids) applies unless --force."
     )]
     Purge(PurgeArgs),
+    /// Find out, with read requests only, how the account behaves where
+    /// Zendesk's documentation leaves it open. Run it first.
+    #[command(
+        after_help = "Example:\n  zd-retention probe --config /etc/zd-retention/config.toml\n  zd-retention probe --config config.toml --format json\n\nNever sends a write request. The findings are stored in the audit database."
+    )]
+    Probe(ProbeArgs),
     /// Print shell completions.
     #[command(
         after_help = "Example:\n  zd-retention completions bash > /etc/bash_completion.d/zd-retention"
@@ -386,6 +392,18 @@ pub struct SandboxArgs {
     pub strict_job_ids: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[arg(long, value_enum, default_value_t = ProbeFormat::Table)]
+    pub format: ProbeFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeFormat {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     Table,
@@ -422,6 +440,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan(cli.config, args).await,
         Command::Restore(args) => restore(cli.config, args).await,
         Command::Purge(args) => purge(cli.config, args).await,
+        Command::Probe(args) => probe(cli.config, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -762,6 +781,40 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     println!("  credential: found");
     Ok(ExitCode::SUCCESS)
+}
+
+async fn probe(config: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let bar = progress_spinner("probing the account (read requests only)");
+    let findings = crate::zendesk::probe::probe(&client).await;
+    bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&findings)?;
+    let stored = match open_store(&config).await {
+        Ok(store) => {
+            let id = store
+                .record_probe(&findings.base_url, &json, findings.probed_at)
+                .await;
+            store.close().await;
+            id.map(Some)
+        }
+        Err(e) => Err(e),
+    };
+    match args.format {
+        ProbeFormat::Json => println!("{json}"),
+        ProbeFormat::Table => print!("{}", crate::report::probe_table(&findings)),
+    }
+    match stored {
+        Ok(Some(id)) => eprintln!("probe {id} stored in {}", config.audit.database.display()),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: the findings were not stored: {e:#}"),
+    }
+    let usable = findings.credentials == "ok" && findings.listing_error.is_none();
+    Ok(if usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {

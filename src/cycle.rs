@@ -840,20 +840,18 @@ async fn scan(
         .collect();
     disagreed.sort_unstable();
     result.changed_during_scan += selection.disagreed.len() as u64;
-    if !disagreed.is_empty() {
-        if !settings.dry_run {
-            result.not_sent += disagreed.len() as u64;
-            store
-                .record_outcomes(
-                    run,
-                    None,
-                    &disagreed,
-                    "not_sent",
-                    Some("listed more than once in this scan with different deletion times or decisions: not purged in this run"),
-                    Utc::now(),
-                )
-                .await?;
-        }
+    if !disagreed.is_empty() && !settings.dry_run {
+        result.not_sent += disagreed.len() as u64;
+        store
+            .record_outcomes(
+                run,
+                None,
+                &disagreed,
+                "not_sent",
+                Some("listed more than once in this scan with different deletion times or decisions: not purged in this run"),
+                Utc::now(),
+            )
+            .await?;
     }
 
     if settings.dry_run || no_purge_rules {

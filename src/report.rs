@@ -34,6 +34,79 @@ fn kept_label(kind: &str) -> &str {
     }
 }
 
+/// What `probe` found, as a table for a person.
+pub fn probe_table(f: &crate::zendesk::probe::ProbeFindings) -> String {
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "yes".to_string(),
+        Some(false) => "no".to_string(),
+        None => "not seen".to_string(),
+    };
+    let mut t = table(&["check", "finding"]);
+    let rows: Vec<(&str, String)> = vec![
+        ("account", f.base_url.clone()),
+        ("credentials (GET users/me)", f.credentials.clone()),
+        ("role", f.role.clone().unwrap_or_else(|| "unknown".into())),
+        (
+            "account limit (requests/minute)",
+            f.account_limit
+                .map_or("no header".to_string(), |l| l.to_string()),
+        ),
+        (
+            "rate-limit headers",
+            if f.rate_limit_headers.is_empty() {
+                "none".to_string()
+            } else {
+                f.rate_limit_headers.join(", ")
+            },
+        ),
+        (
+            "listing deleted tickets",
+            f.listing_error
+                .clone()
+                .map_or("ok".to_string(), |e| format!("failed: {e}")),
+        ),
+        ("cursor listing, sort_by=deleted_at", f.cursor_sort.words()),
+        (
+            "cursor page 2 keeps the order",
+            yes_no(f.cursor_later_page_in_order),
+        ),
+        (
+            "links.next carries sort_by",
+            yes_no(f.cursor_next_link_keeps_sort),
+        ),
+        ("offset listing, sort_by=deleted_at", f.offset_sort.words()),
+        ("show_many, unknown job id", f.unknown_job_id.clone()),
+        ("active-ticket lookup", f.active_lookup.clone()),
+        (
+            "first page",
+            format!(
+                "{} tickets{}",
+                f.first_page_tickets,
+                if f.more_pages { ", more pages" } else { "" }
+            ),
+        ),
+        (
+            "oldest deletion in the view",
+            f.oldest_deletion_days
+                .map_or("unknown (no sorted listing)".to_string(), |d| {
+                    format!("{d} days ago")
+                }),
+        ),
+        (
+            "view changed during the probe",
+            yes_no(f.view_changed_during_probe),
+        ),
+    ];
+    for (check, finding) in rows {
+        t.add_row(vec![check.to_string(), finding]);
+    }
+    let mut out = format!("{t}\n");
+    for line in &f.advice {
+        let _ = writeln!(out, "- {line}");
+    }
+    out
+}
+
 /// A run's summary for a person.
 pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     let c = &report.counts;

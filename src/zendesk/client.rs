@@ -614,7 +614,7 @@ impl ZendeskClient {
         let result = (|| async {
             attempts.fetch_add(1, Ordering::Relaxed);
             self.inner.pacer.acquire(call.class).await;
-            self.attempt(&call).await
+            self.attempt(call).await
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)

@@ -6,6 +6,7 @@ pub mod client;
 pub mod error;
 pub mod model;
 pub mod pacing;
+pub mod probe;
 
 pub use batch::{IdBatch, IdBatchError, MAX_IDS_PER_BATCH};
 pub use client::{

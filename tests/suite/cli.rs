@@ -127,6 +127,99 @@ async fn once_purges_exactly_what_the_rules_select() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_against_an_id_ordered_cursor_listing_says_it_scanned_everything() {
+    let tickets = clear_tickets(700, 22);
+    let want = selected(&tickets);
+    let options = zd_retention::sandbox::SandboxOptions {
+        cursor_sort: zd_retention::sandbox::CursorSort::Ignore,
+        ..fast_sandbox_options(0)
+    };
+    let sb = Sandbox::start_with(options, tickets, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let out = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("(full scan)"), "{stdout}");
+    assert!(
+        stdout.contains("scan       full: no proven order"),
+        "{stdout}"
+    );
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(purged, want);
+    let audit = std::process::Command::new(BIN)
+        .args(["audit", "run", "1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        text.contains("full scan") && text.contains("scan: no proven order"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reads_only_stores_its_findings_and_fails_on_refused_credentials() {
+    let options = zd_retention::sandbox::SandboxOptions {
+        auth: zd_retention::sandbox::SandboxAuth::Token(TOKEN.into()),
+        strict_job_ids: true,
+        ..fast_sandbox_options(300)
+    };
+    let sb = Sandbox::start_local(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let out = tokio::process::Command::new(BIN)
+        .args(["probe", "--format", "json", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let findings: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(findings["cursor_sort"], "honoured");
+    assert!(
+        findings["unknown_job_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("the whole call fails")
+    );
+    assert!(sb.write_requests().is_empty(), "probe sent a write request");
+    let store = zd_retention::audit::AuditStore::open_read_only(&dir.path().join("audit.db"))
+        .await
+        .unwrap();
+    let (_, stored) = store
+        .latest_probe(findings["base_url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .expect("the findings are stored");
+    assert!(!stored.contains(TOKEN));
+    assert!(stored.contains("\"cursor_sort\": \"honoured\""), "{stored}");
+
+    let refused = tokio::process::Command::new(BIN)
+        .args(["probe", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", "wrong-token")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("wrong-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
     let tickets = clear_tickets(300, 22);
     let sb = Sandbox::start_with(

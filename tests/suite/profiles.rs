@@ -644,3 +644,96 @@ async fn the_sandbox_survives_any_host_header_and_links_name_its_own_address() {
     assert_eq!(pages.len(), 3);
     assert!(pages.iter().all(Result::is_ok));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_tells_every_profile_apart_with_read_requests_only() {
+    use zd_retention::zendesk::probe::{SortFinding, probe};
+    let cases: Vec<(&str, SandboxOptions)> = vec![
+        ("default", fast_sandbox_options(0)),
+        (
+            "cursor-sort ignore",
+            SandboxOptions {
+                cursor_sort: CursorSort::Ignore,
+                ..fast_sandbox_options(0)
+            },
+        ),
+        (
+            "strict job ids",
+            SandboxOptions {
+                strict_job_ids: true,
+                ..fast_sandbox_options(0)
+            },
+        ),
+        (
+            "churn",
+            SandboxOptions {
+                churn: 3.0,
+                ..fast_sandbox_options(0)
+            },
+        ),
+        (
+            "scrub after 30 days",
+            SandboxOptions {
+                scrub_after: Some(Duration::from_secs(30 * 86_400)),
+                ..fast_sandbox_options(0)
+            },
+        ),
+    ];
+    for (name, options) in cases {
+        // deletions over 40 days, so that a 30-day scrub shows
+        let tickets: Vec<SandboxTicket> = (0..400u64)
+            .map(|i| {
+                ticket(
+                    30_000 + i,
+                    chrono::Duration::hours(i as i64 * 2 + 1),
+                    "closed",
+                    1001,
+                )
+            })
+            .collect();
+        let sb = sandbox_with(tickets, options).await;
+        let client = crate::helpers::client_for(&sb.base_url());
+        let f = probe(&client).await;
+        assert!(sb.write_requests().is_empty(), "{name}: probe wrote");
+        assert_eq!(f.credentials, "ok", "{name}");
+        assert_eq!(f.role.as_deref(), Some("admin"), "{name}");
+        assert_eq!(f.account_limit, Some(200), "{name}");
+        assert!(
+            f.rate_limit_headers
+                .iter()
+                .any(|h| h == "ratelimit-remaining"),
+            "{name}: {:?}",
+            f.rate_limit_headers
+        );
+        assert!(
+            f.active_lookup.starts_with("works"),
+            "{name}: {}",
+            f.active_lookup
+        );
+        let expect_cursor = if name == "cursor-sort ignore" {
+            SortFinding::Ignored
+        } else {
+            SortFinding::Honoured
+        };
+        assert_eq!(f.cursor_sort, expect_cursor, "{name}");
+        assert_eq!(
+            f.offset_sort,
+            SortFinding::Honoured,
+            "{name}: offset sorts in every profile"
+        );
+        assert_eq!(
+            f.unknown_job_id.starts_with("the whole call fails"),
+            name == "strict job ids",
+            "{name}: {}",
+            f.unknown_job_id
+        );
+        assert_eq!(f.view_changed_during_probe, Some(name == "churn"), "{name}");
+        let oldest = f.oldest_deletion_days.unwrap();
+        if name == "scrub after 30 days" {
+            assert!(oldest <= 30.0, "{name}: {oldest}");
+        } else {
+            assert!(oldest > 33.0, "{name}: {oldest}");
+        }
+        sb.shutdown().await;
+    }
+}
