@@ -209,6 +209,10 @@ pub(crate) struct Tally {
     /// The longest time between a sent ticket's last listing and its
     /// `destroy_many`.
     pub max_listing_age: Option<Duration>,
+    /// Tickets the freshness read found deleted again: not sent.
+    pub changed: u64,
+    /// Why batches were not sent: the freshness read failed.
+    pub freshness_failed: Option<String>,
     /// An error that ended the purging (credentials refused, store failed).
     pub fatal: Option<String>,
 }
@@ -218,24 +222,18 @@ pub(crate) struct Tally {
 pub(crate) async fn send_and_follow(
     ctx: &CycleContext,
     run: RunId,
-    batches: Vec<IdBatch>,
+    releases: Vec<Release>,
 ) -> Tally {
     let (sender, receiver) = mpsc::channel::<Release>(8);
-    let worker = PurgeWorker {
-        client: ctx.client.clone(),
-        store: ctx.store.clone(),
+    let worker = PurgeWorker::new(
+        ctx,
         run,
-        settings: ctx.settings.clone(),
-        cancel: ctx.cancel.clone(),
-        open: Vec::new(),
-        tally: Tally::default(),
-    };
+        ListingGate::default(),
+        Vec::new(),
+        Tally::default(),
+    );
     let worker = tokio::spawn(worker.run(receiver));
-    for batch in batches {
-        let release = Release {
-            batch,
-            listed_at: Utc::now(),
-        };
+    for release in releases {
         if sender.send(release).await.is_err() {
             break;
         }
@@ -321,21 +319,20 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
 
     // The purge worker: sends batches and follows jobs.
     let (batches, receiver) = mpsc::channel::<Release>(8);
-    let worker = PurgeWorker {
-        client: ctx.client.clone(),
-        store: store.clone(),
+    let gate = ListingGate::default();
+    let worker = PurgeWorker::new(
+        ctx,
         run,
-        settings: settings.clone(),
-        cancel: ctx.cancel.clone(),
-        open: recovered,
-        tally: Tally {
+        gate.clone(),
+        recovered,
+        Tally {
             unknown: recovered_unknown,
             ..Tally::default()
         },
-    };
+    );
     let worker = tokio::spawn(worker.run(receiver));
 
-    let scan = scan(ctx, run, &mut unsettled, &batches).await;
+    let scan = scan(ctx, run, &mut unsettled, &batches, &gate).await;
     drop(batches);
     let tally = match worker.await {
         Ok(t) => t,
@@ -369,6 +366,9 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         errors.push(e.clone());
     }
     if let Some(e) = &tally.fatal {
+        errors.push(e.clone());
+    }
+    if let Some(e) = &tally.freshness_failed {
         errors.push(e.clone());
     }
     if tally.failed > 0 {
@@ -414,7 +414,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         scrubbed_by_zendesk: settled.scrubbed,
         unsettled_lookup_failed: settled.lookup_failed,
         relisted: scan.relisted,
-        changed_during_scan: scan.changed_during_scan,
+        changed_during_scan: scan.changed_during_scan + tally.changed,
         max_listing_age: tally.max_listing_age,
         not_sent: tally.not_sent + scan.not_sent,
         requests: ctx.client.stats().since(&stats_before),
@@ -491,12 +491,41 @@ impl ScanResult {
     }
 }
 
-/// A batch on its way to the purge worker, with the time its oldest ticket
-/// was last listed (for the longest listing-to-purge time).
+/// A batch on its way to the purge worker: the ids, each one's deletion
+/// time as last listed, and when the oldest of them was listed.
 #[derive(Debug)]
 pub(crate) struct Release {
     pub batch: IdBatch,
+    /// Parallel to `batch.ids()`.
+    pub deleted_at: Vec<Option<DateTime<Utc>>>,
     pub listed_at: DateTime<Utc>,
+    /// Whether the freshness read applies (not for `purge --force`, where
+    /// the operator names the ids without a listing).
+    pub check_freshness: bool,
+}
+
+/// Shared by the scan and the purge worker of one cycle: listing requests
+/// and each freshness read with the sends it clears take turns, so that no
+/// page of the scan falls between a freshness read and its `destroy_many`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListingGate {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the cursor listing's order was proven this cycle (the
+    /// freshness read then uses it; otherwise offset pagination).
+    cursor_proven: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A freshness read is reused for further sends while no listing request
+/// was made since and it is younger than this.
+const FRESHNESS_REUSE: Duration = Duration::from_secs(10);
+
+/// The last freshness read: every ticket deleted since `since`, as listed.
+struct FreshRead {
+    since: DateTime<Utc>,
+    at: Instant,
+    /// The client's listing requests counted right after the read.
+    lists_after: u64,
+    tickets: HashMap<TicketId, DeletedTicket>,
 }
 
 /// What the scan knows of a ticket it listed: its latest listing.
@@ -563,69 +592,12 @@ impl Selection {
     }
 }
 
-/// Runs the freshness read for `ids` (listed at `oldest_listing` or later)
-/// and takes out of `ids` every ticket deleted again since its listing,
-/// recording its new decision and why it is not purged. `Err` when the
-/// read itself failed: then nothing of `ids` may be sent.
-async fn freshness_check(
-    ctx: &CycleContext,
-    run: RunId,
-    selection: &mut Selection,
-    ids: &mut Vec<TicketId>,
-    oldest_listing: DateTime<Utc>,
-    cursor_proven: bool,
-    result: &mut ScanResult,
-) -> anyhow::Result<Result<(), String>> {
-    let since = oldest_listing
-        - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
-    let fresh = match crate::listing::deleted_since(&ctx.client, since, cursor_proven).await {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(e)),
-    };
-    let now = Utc::now();
-    let mut records = Vec::new();
-    let mut changed = Vec::new();
-    for t in &fresh {
-        let Some(chosen) = selection.chosen.get(&t.id) else {
-            continue;
-        };
-        if chosen.deleted_at == t.deleted_at {
-            continue;
-        }
-        let decision = ctx.policy.decide(t, now);
-        tracing::warn!(
-            ticket = t.id,
-            "deleted again during the scan: decided on its new deletion time, not purged in this run"
-        );
-        records.push(decision_record(t, &decision, &ctx.settings, now));
-        selection.chosen.remove(&t.id);
-        changed.push(t.id);
-    }
-    if !changed.is_empty() {
-        ctx.store.record_decisions(run, &records).await?;
-        ctx.store
-            .record_outcomes(
-                run,
-                None,
-                &changed,
-                "not_sent",
-                Some("deleted again during the scan (a newer deleted_at in the freshness read): decided on its new deletion, not purged in this run"),
-                now,
-            )
-            .await?;
-        result.changed_during_scan += changed.len() as u64;
-        result.not_sent += changed.len() as u64;
-        let gone: std::collections::HashSet<TicketId> = changed.into_iter().collect();
-        ids.retain(|id| !gone.contains(id));
-    }
-    Ok(Ok(()))
-}
-
 async fn scan(
     ctx: &CycleContext,
     run: RunId,
     unsettled: &mut HashMap<TicketId, Unsettled>,
     batches: &mpsc::Sender<Release>,
+    gate: &ListingGate,
 ) -> anyhow::Result<ScanResult> {
     let settings = &ctx.settings;
     let store = &ctx.store;
@@ -636,7 +608,6 @@ async fn scan(
         ScanPlan::Full => None,
     };
     let mut sorted = horizon.is_some();
-    let mut cursor_proven = false;
     let mut result = ScanResult {
         scan: if sorted { "sorted" } else { "full" },
         scan_reason: plan_reason.to_string(),
@@ -664,7 +635,10 @@ async fn scan(
                 result.cancelled = true;
                 break;
             }
-            page = pages.next() => page,
+            page = async {
+                let _turn = gate.turn.lock().await;
+                pages.next().await
+            } => page,
         };
         let page = match page {
             None => break,
@@ -676,10 +650,15 @@ async fn scan(
             }
         };
         if std::mem::take(&mut first_page) && sorted {
-            match crate::listing::prove_sorted(&ctx.client, &page).await {
+            let proof = {
+                let _turn = gate.turn.lock().await;
+                crate::listing::prove_sorted(&ctx.client, &page).await
+            };
+            match proof {
                 Ok(why) => {
-                    cursor_proven = true;
                     result.cursor_proven = true;
+                    gate.cursor_proven
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     result.scan_reason = why.to_string();
                 }
                 Err(why) => {
@@ -804,7 +783,6 @@ async fn scan(
                 &mut selection,
                 &mut result,
                 batches,
-                cursor_proven,
                 &mut queued,
                 &mut sending_stopped,
                 false,
@@ -894,7 +872,6 @@ async fn scan(
             &mut selection,
             &mut result,
             batches,
-            cursor_proven,
             &mut queued,
             &mut sending_stopped,
             true,
@@ -902,55 +879,38 @@ async fn scan(
         .await?;
         return Ok(result);
     }
-    let mut to_send = selection.take_sendable();
-    if to_send.is_empty() {
-        return Ok(result);
-    }
-    let oldest = to_send
-        .iter()
-        .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
-        .min()
-        .unwrap_or_else(Utc::now);
-    if let Err(why) = freshness_check(
-        ctx,
-        run,
-        &mut selection,
-        &mut to_send,
-        oldest,
-        cursor_proven,
-        &mut result,
-    )
-    .await?
-    {
-        let message =
-            format!("the freshness read before purging failed ({why}): nothing was purged");
-        tracing::error!("{message}");
-        result.error = Some(message);
-        result.not_sent += to_send.len() as u64;
-        store
-            .record_outcomes(
-                run,
-                None,
-                &to_send,
-                "not_sent",
-                Some("the freshness read before purging failed"),
-                Utc::now(),
-            )
-            .await?;
-        return Ok(result);
-    }
-    for batch in IdBatch::chunk(&to_send) {
-        let listed_at = batch
+    let to_send = selection.take_sendable();
+    release(&selection, &to_send, batches).await;
+    Ok(result)
+}
+
+/// Hands chosen ids to the purge worker in batches of 100, each with the
+/// deletion times as listed; `false` when the worker is gone.
+async fn release(selection: &Selection, ids: &[TicketId], batches: &mpsc::Sender<Release>) -> bool {
+    for batch in IdBatch::chunk(ids) {
+        let chosen: Vec<Option<&Chosen>> = batch
             .ids()
             .iter()
-            .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
-            .min()
-            .unwrap_or(oldest);
-        if batches.send(Release { batch, listed_at }).await.is_err() {
-            break;
+            .map(|id| selection.chosen.get(id))
+            .collect();
+        let release = Release {
+            deleted_at: chosen
+                .iter()
+                .map(|c| c.and_then(|c| c.deleted_at))
+                .collect(),
+            listed_at: chosen
+                .iter()
+                .filter_map(|c| c.map(|c| c.listed_at))
+                .min()
+                .unwrap_or_else(Utc::now),
+            check_freshness: true,
+            batch,
+        };
+        if batches.send(release).await.is_err() {
+            return false;
         }
     }
-    Ok(result)
+    true
 }
 
 /// Under `purge_while_scanning`, chosen tickets are sent every this many
@@ -967,7 +927,6 @@ async fn pipeline_release(
     selection: &mut Selection,
     result: &mut ScanResult,
     batches: &mpsc::Sender<Release>,
-    cursor_proven: bool,
     queued: &mut u64,
     sending_stopped: &mut bool,
     last: bool,
@@ -1011,44 +970,8 @@ async fn pipeline_release(
     if ids.is_empty() {
         return Ok(true);
     }
-    let oldest = ids
-        .iter()
-        .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
-        .min()
-        .unwrap_or_else(Utc::now);
-    if let Err(why) =
-        freshness_check(ctx, run, selection, &mut ids, oldest, cursor_proven, result).await?
-    {
-        tracing::error!(reason = %why, "the freshness read failed: these tickets are not sent");
-        result.error.get_or_insert_with(|| {
-            format!("the freshness read before purging failed ({why}): some selected tickets were not sent")
-        });
-        result.not_sent += ids.len() as u64;
-        ctx.store
-            .record_outcomes(
-                run,
-                None,
-                &ids,
-                "not_sent",
-                Some("the freshness read before purging failed"),
-                Utc::now(),
-            )
-            .await?;
-        return Ok(true);
-    }
     *queued += ids.len() as u64;
-    for batch in IdBatch::chunk(&ids) {
-        let listed_at = batch
-            .ids()
-            .iter()
-            .filter_map(|id| selection.chosen.get(id).map(|c| c.listed_at))
-            .min()
-            .unwrap_or(oldest);
-        if batches.send(Release { batch, listed_at }).await.is_err() {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    Ok(release(selection, &ids, batches).await)
 }
 
 pub(crate) fn decision_record(
@@ -1083,12 +1006,169 @@ struct PurgeWorker {
     store: AuditStore,
     run: RunId,
     settings: CycleSettings,
+    /// To decide again a ticket the freshness read finds deleted again.
+    policy: Arc<Policy>,
     cancel: CancellationToken,
     open: Vec<OpenJob>,
     tally: Tally,
+    gate: ListingGate,
+    fresh: Option<FreshRead>,
 }
 
 impl PurgeWorker {
+    fn new(
+        ctx: &CycleContext,
+        run: RunId,
+        gate: ListingGate,
+        open: Vec<OpenJob>,
+        tally: Tally,
+    ) -> Self {
+        Self {
+            client: ctx.client.clone(),
+            store: ctx.store.clone(),
+            run,
+            settings: ctx.settings.clone(),
+            policy: ctx.policy.clone(),
+            cancel: ctx.cancel.clone(),
+            open,
+            tally,
+            gate,
+            fresh: None,
+        }
+    }
+
+    /// Sends a group of batches right after a freshness read (or one reused
+    /// while no listing request came between), holding the listing gate so
+    /// that no page of the scan comes between the read and the sends. A
+    /// ticket the read shows deleted again since its listing is decided
+    /// again on its new deletion and not sent.
+    async fn send_group(&mut self, releases: Vec<Release>) -> anyhow::Result<()> {
+        let gate = self.gate.clone();
+        let _turn = gate.turn.lock().await;
+        let checked: Vec<&Release> = releases.iter().filter(|r| r.check_freshness).collect();
+        if let Some(oldest) = checked.iter().map(|r| r.listed_at).min() {
+            let since = oldest
+                - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+            let lists_now = self.client.stats().sent("list");
+            let reusable = self.fresh.as_ref().is_some_and(|f| {
+                f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
+            });
+            if !reusable {
+                let proven = gate
+                    .cursor_proven
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                match crate::listing::deleted_since(&self.client, since, proven).await {
+                    Ok(tickets) => {
+                        self.fresh = Some(FreshRead {
+                            since,
+                            at: Instant::now(),
+                            lists_after: self.client.stats().sent("list"),
+                            tickets: tickets.into_iter().map(|t| (t.id, t)).collect(),
+                        });
+                    }
+                    Err(why) => {
+                        self.fresh = None;
+                        let message =
+                            format!("the freshness read before purging failed ({why}): not sent");
+                        tracing::error!("{message}");
+                        self.tally.freshness_failed = Some(message);
+                        for r in &releases {
+                            self.not_sent(&r.batch, "the freshness read before purging failed")
+                                .await;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        for release in releases {
+            let mut ids = Vec::with_capacity(release.batch.len());
+            let mut changed = Vec::new();
+            let mut records = Vec::new();
+            // restored since its listing: not soft-deleted now, and if it
+            // were deleted again before the job ran, the job would take the
+            // new deletion
+            let active: std::collections::HashSet<TicketId> = if release.check_freshness {
+                match self.client.active_tickets(&release.batch).await {
+                    Ok(a) => a.into_iter().collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; sending the batch as listed");
+                        Default::default()
+                    }
+                }
+            } else {
+                Default::default()
+            };
+            let mut restored = Vec::new();
+            let now = Utc::now();
+            for (id, listed) in release.batch.ids().iter().zip(&release.deleted_at) {
+                let again = release
+                    .check_freshness
+                    .then(|| self.fresh.as_ref().and_then(|f| f.tickets.get(id)))
+                    .flatten()
+                    .filter(|t| t.deleted_at != *listed);
+                if active.contains(id) {
+                    restored.push(*id);
+                    continue;
+                }
+                match again {
+                    Some(t) => {
+                        tracing::warn!(
+                            ticket = t.id,
+                            "deleted again since its listing: decided on its new deletion, not purged in this run"
+                        );
+                        let decision = self.policy.decide(t, now);
+                        records.push(decision_record(t, &decision, &self.settings, now));
+                        changed.push(*id);
+                    }
+                    None => ids.push(*id),
+                }
+            }
+            if !restored.is_empty() {
+                tracing::warn!(
+                    tickets = restored.len(),
+                    "restored since their listing: not purged"
+                );
+                self.store
+                    .record_outcomes(
+                        self.run,
+                        None,
+                        &restored,
+                        "not_sent",
+                        Some("restored since its listing (found among active tickets just before purging): not purged"),
+                        now,
+                    )
+                    .await?;
+                self.tally.changed += restored.len() as u64;
+                self.tally.not_sent += restored.len() as u64;
+            }
+            if !changed.is_empty() {
+                self.store.record_decisions(self.run, &records).await?;
+                self.store
+                    .record_outcomes(
+                        self.run,
+                        None,
+                        &changed,
+                        "not_sent",
+                        Some("deleted again since its listing (a newer deleted_at in the freshness read just before purging): decided on its new deletion, not purged in this run"),
+                        now,
+                    )
+                    .await?;
+                self.tally.changed += changed.len() as u64;
+                self.tally.not_sent += changed.len() as u64;
+            }
+            let Ok(batch) = IdBatch::new(ids) else {
+                continue;
+            };
+            let age = (Utc::now() - release.listed_at)
+                .to_std()
+                .unwrap_or_default();
+            self.tally.max_listing_age =
+                Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
+            self.send(batch).await?;
+        }
+        Ok(())
+    }
     async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
         if let Err(e) = self.work(&mut batches).await {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
@@ -1173,10 +1253,16 @@ impl PurgeWorker {
                     closed = true;
                 }
                 release = batches.recv(), if can_send => match release {
-                    Some(release) => {
-                        let age = (Utc::now() - release.listed_at).to_std().unwrap_or_default();
-                        self.tally.max_listing_age = Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
-                        self.send(release.batch).await?
+                    Some(first) => {
+                        // as many as there are job slots, cleared by one read
+                        let mut group = vec![first];
+                        while self.open.len() + group.len() < self.settings.max_jobs_in_flight {
+                            match batches.try_recv() {
+                                Ok(r) => group.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                        self.send_group(group).await?
                     }
                     None => closed = true,
                 },

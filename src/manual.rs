@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::audit::RunCounts;
-use crate::cycle::{CycleContext, decision_record, send_and_follow};
+use crate::cycle::{CycleContext, Release, decision_record, send_and_follow};
 use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
 use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, TicketId, ZendeskClient, ZendeskError};
@@ -338,6 +338,7 @@ pub async fn purge(
     let mut results = Vec::new();
     let mut selected = Vec::new();
     let mut records = Vec::new();
+    let mut listed: HashMap<TicketId, Option<chrono::DateTime<Utc>>> = HashMap::new();
     if force {
         for id in &wanted {
             let ticket = DeletedTicket {
@@ -388,6 +389,7 @@ pub async fn purge(
                 continue;
             };
             let decision = floor.decide(t, now);
+            listed.insert(t.id, t.deleted_at);
             records.push(decision_record(t, &decision, &ctx.settings, now));
             match decision {
                 Decision::Purge { .. } => selected.push(*id),
@@ -420,7 +422,23 @@ pub async fn purge(
             Utc::now(),
         )
         .await?;
-    let tally = send_and_follow(ctx, run, IdBatch::chunk(&selected)).await;
+    // each batch with the deletion times as listed, so that the freshness
+    // read just before sending catches a ticket deleted again meanwhile;
+    // forced ids were not listed and are sent as named
+    let releases = IdBatch::chunk(&selected)
+        .into_iter()
+        .map(|batch| Release {
+            deleted_at: batch
+                .ids()
+                .iter()
+                .map(|id| listed.get(id).copied().flatten())
+                .collect(),
+            listed_at: now,
+            check_freshness: !force,
+            batch,
+        })
+        .collect();
+    let tally = send_and_follow(ctx, run, releases).await;
     // read back each sent id's outcome as recorded
     for id in &selected {
         let history = store.ticket_history(*id).await?;

@@ -270,6 +270,12 @@ impl Sandbox {
         self.state().purged_tickets().cloned().collect()
     }
 
+    /// Each ticket as it was when the last purge request naming it arrived
+    /// (its job runs later; compare with `purged_tickets`).
+    pub fn purge_requested_as(&self) -> BTreeMap<u64, SandboxTicket> {
+        self.state().requested_as().clone()
+    }
+
     /// Ids Zendesk's scrub removed (`scrub_after`), sorted.
     pub fn scrubbed_ids(&self) -> Vec<u64> {
         self.state().scrubbed().collect()

@@ -203,6 +203,11 @@ pub struct State {
     /// Active tickets that were restored (by us, an agent, or churn), as
     /// they were when restored: what `tickets/show_many` finds.
     restored: BTreeMap<u64, SandboxTicket>,
+    /// Each ticket as it was when the last purge request naming it arrived:
+    /// a job runs later, and an agent may restore and delete the ticket
+    /// again in between (the job then deletes the new deletion, as a real
+    /// queue would: the sandbox does not pretend to know better).
+    requested_as: BTreeMap<u64, SandboxTicket>,
     /// Removed by the scrub (`scrub_after`), not by a purge.
     scrubbed: BTreeSet<u64>,
     /// What the agents of `churn` did, in order.
@@ -235,6 +240,7 @@ impl State {
             by_subject: BTreeSet::new(),
             purged: BTreeMap::new(),
             restored: BTreeMap::new(),
+            requested_as: BTreeMap::new(),
             scrubbed: BTreeSet::new(),
             churn_log: Vec::new(),
             next_new_id: 0,
@@ -729,8 +735,18 @@ impl State {
         (page, self.tickets.len())
     }
 
+    /// Each ticket as it was when the last purge request naming it arrived.
+    pub fn requested_as(&self) -> &BTreeMap<u64, SandboxTicket> {
+        &self.requested_as
+    }
+
     /// Starts a permanent-deletion job for ids that are soft-deleted now.
     pub fn create_job(&mut self, ids: Vec<u64>, now: Instant) -> JobView {
+        for id in &ids {
+            if let Some(t) = self.tickets.get(id) {
+                self.requested_as.insert(*id, t.clone());
+            }
+        }
         self.next_job += 1;
         let seq = self.next_job;
         let hex: String = (0..16)

@@ -263,10 +263,11 @@ async fn a_ticket_restored_during_a_run_is_restored_elsewhere_not_confirmed_gone
     let tickets = old_closed(150);
     let target = tickets[10].id;
     let options = SandboxOptions {
-        // an agent restores it just as the first batch arrives: the job
-        // completes without full success
+        // an agent restores it just as its batch (the second, after the
+        // lookup that clears it) arrives: the job completes without full
+        // success
         script: vec![ScriptedAction {
-            at: ScriptMoment::BeforeDestroyMany(1),
+            at: ScriptMoment::BeforeDestroyMany(2),
             action: AgentAction::Restore(target),
         }],
         ..fast_sandbox_options(0)
@@ -274,7 +275,7 @@ async fn a_ticket_restored_during_a_run_is_restored_elsewhere_not_confirmed_gone
     let sb = sandbox_with(tickets, options).await;
     let e = engine(&sb, example_policy(), test_settings()).await;
     let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert!(first.counts.unknown >= 50, "{:?}", first.counts);
+    assert_eq!(first.counts.unknown, 50, "{:?}", first.counts);
     let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(second.status, RunStatus::Completed, "{:?}", second.error);
     let outcomes = last_outcomes(e.ctx.store.pool()).await;
@@ -293,6 +294,39 @@ async fn a_ticket_restored_during_a_run_is_restored_elsewhere_not_confirmed_gone
             "{id}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_restored_before_its_batch_is_sent_is_left_out_of_it() {
+    let tickets = old_closed(150);
+    let target = tickets[10].id; // in the second batch
+    let options = SandboxOptions {
+        script: vec![ScriptedAction {
+            at: ScriptMoment::BeforeDestroyMany(1),
+            action: AgentAction::Restore(target),
+        }],
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(
+        report.counts.purged, 149,
+        "the rest purged with full success"
+    );
+    assert_eq!(report.counts.unknown, 0);
+    let sent: Vec<u64> = sb
+        .write_requests()
+        .into_iter()
+        .flat_map(|r| r.ids)
+        .collect();
+    assert!(
+        !sent.contains(&target),
+        "a restored ticket was sent for purging"
+    );
+    let outcomes = last_outcomes(e.ctx.store.pool()).await;
+    assert_eq!(outcomes.get(&target).map(String::as_str), Some("not_sent"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,8 +562,17 @@ async fn churn_over_five_runs_purges_nothing_young_or_held_and_every_outcome_is_
     let log = sb.churn_log();
     assert!(log.len() > 50, "the agents were at work: {}", log.len());
     let now = Utc::now();
-    // checked from the sandbox's side: each ticket as it was when purged
+    // checked from the sandbox's side: each ticket as it was when purged.
+    // Sends happen after the scan and no listing runs while the jobs do, so
+    // the agents (who act on listing requests) cannot slip in between.
+    let requested = sb.purge_requested_as();
     for t in sb.purged_tickets() {
+        assert_eq!(
+            requested.get(&t.id),
+            Some(&t),
+            "ticket {} changed between its purge request and its job",
+            t.id
+        );
         let age = now - t.deleted_at;
         assert!(
             age > chrono::Duration::from_std(min_age).unwrap(),
