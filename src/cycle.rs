@@ -166,6 +166,10 @@ pub struct CycleReport {
     /// `destroy_many`.
     #[serde(with = "option_seconds")]
     pub max_listing_age: Option<Duration>,
+    /// Listing requests beyond the scan's pages: the order proof, the
+    /// freshness reads before purging, the newest-first read that settles
+    /// absent tickets.
+    pub safety_list_requests: SafetyRequests,
     /// Selected but never sent (limit, failure or shutdown).
     pub not_sent: u64,
     pub requests: ClientStatsSnapshot,
@@ -198,6 +202,14 @@ mod humantime_serde_compat {
     }
 }
 
+/// Listing requests made for safety rather than for the scan itself.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SafetyRequests {
+    pub order_proof: u64,
+    pub freshness: u64,
+    pub settle: u64,
+}
+
 /// Outcome tallies of the purge worker.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
@@ -211,6 +223,8 @@ pub(crate) struct Tally {
     pub max_listing_age: Option<Duration>,
     /// Tickets the freshness read found deleted again: not sent.
     pub changed: u64,
+    /// Listing requests of the freshness reads.
+    pub freshness_requests: u64,
     /// Why batches were not sent: the freshness read failed.
     pub freshness_failed: Option<String>,
     /// An error that ended the purging (credentials refused, store failed).
@@ -347,6 +361,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     // not yet proof of anything, so each absent ticket is looked up among
     // the active tickets.
     let mut settled = Settled::default();
+    let mut settle_requests = 0;
     if scan.finished() {
         let mut absent: Vec<(TicketId, Unsettled)> = unsettled
             .iter()
@@ -358,7 +373,9 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             .map(|(id, u)| (*id, u.clone()))
             .collect();
         absent.sort_by_key(|(id, _)| *id);
+        let before = ctx.client.stats().sent("list");
         settled = settle_absent(ctx, run, absent, scan.cursor_proven).await?;
+        settle_requests = ctx.client.stats().sent("list") - before;
     }
 
     let mut errors = Vec::new();
@@ -416,6 +433,11 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         relisted: scan.relisted,
         changed_during_scan: scan.changed_during_scan + tally.changed,
         max_listing_age: tally.max_listing_age,
+        safety_list_requests: SafetyRequests {
+            order_proof: scan.proof_requests,
+            freshness: tally.freshness_requests,
+            settle: settle_requests,
+        },
         not_sent: tally.not_sent + scan.not_sent,
         requests: ctx.client.stats().since(&stats_before),
         scan: scan.scan.to_string(),
@@ -472,6 +494,8 @@ struct ScanResult {
     scan_reason: String,
     /// The cursor listing's order was proven this run.
     cursor_proven: bool,
+    /// Listing requests of the order proof.
+    proof_requests: u64,
     /// With an early stop: the deletion time the scan reached.
     covered_until: Option<DateTime<Utc>>,
     cancelled: bool,
@@ -652,7 +676,10 @@ async fn scan(
         if std::mem::take(&mut first_page) && sorted {
             let proof = {
                 let _turn = gate.turn.lock().await;
-                crate::listing::prove_sorted(&ctx.client, &page).await
+                let before = ctx.client.stats().sent("list");
+                let proof = crate::listing::prove_sorted(&ctx.client, &page).await;
+                result.proof_requests = ctx.client.stats().sent("list") - before;
+                proof
             };
             match proof {
                 Ok(why) => {
@@ -1057,7 +1084,10 @@ impl PurgeWorker {
                 let proven = gate
                     .cursor_proven
                     .load(std::sync::atomic::Ordering::Relaxed);
-                match crate::listing::deleted_since(&self.client, since, proven).await {
+                let before = self.client.stats().sent("list");
+                let read = crate::listing::deleted_since(&self.client, since, proven).await;
+                self.tally.freshness_requests += self.client.stats().sent("list") - before;
+                match read {
                     Ok(tickets) => {
                         self.fresh = Some(FreshRead {
                             since,
