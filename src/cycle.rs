@@ -374,7 +374,8 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             .collect();
         absent.sort_by_key(|(id, _)| *id);
         let before = ctx.client.stats().sent("list");
-        settled = settle_absent(ctx, run, absent, scan.cursor_proven).await?;
+        settled =
+            settle_absent(ctx, run, absent, scan.cursor_proven, !scan.incomplete_walk).await?;
         settle_requests = ctx.client.stats().sent("list") - before;
     }
 
@@ -503,6 +504,11 @@ struct ScanResult {
     not_sent: u64,
     /// Listings of a ticket already listed in this scan.
     relisted: u64,
+    /// The walk may have missed tickets (its order broke after it began
+    /// sorted): absence proves nothing this run.
+    incomplete_walk: bool,
+    /// Empty pages in a row that still said there was more.
+    empty_pages: u32,
     /// Tickets not purged because their listings disagreed or the freshness
     /// read found them deleted again.
     changed_during_scan: u64,
@@ -520,8 +526,9 @@ impl ScanResult {
 #[derive(Debug)]
 pub(crate) struct Release {
     pub batch: IdBatch,
-    /// Parallel to `batch.ids()`.
-    pub deleted_at: Vec<Option<DateTime<Utc>>>,
+    /// Each ticket as listed, parallel to `batch.ids()` (`None`: not
+    /// listed, as with `purge --force`).
+    pub listed: Vec<Option<ListedAs>>,
     pub listed_at: DateTime<Utc>,
     /// Whether the freshness read applies (not for `purge --force`, where
     /// the operator names the ids without a listing).
@@ -541,7 +548,7 @@ pub(crate) struct ListingGate {
 
 /// A freshness read is reused for further sends while no listing request
 /// was made since and it is younger than this.
-const FRESHNESS_REUSE: Duration = Duration::from_secs(10);
+const FRESHNESS_REUSE: Duration = Duration::from_secs(2);
 
 /// The last freshness read: every ticket deleted since `since`, as listed.
 struct FreshRead {
@@ -552,33 +559,51 @@ struct FreshRead {
     tickets: HashMap<TicketId, DeletedTicket>,
 }
 
-/// What the scan knows of a ticket it listed: its latest listing.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    deleted_at: Option<DateTime<Utc>>,
-    kind: &'static str,
+/// A ticket as a listing showed it, in what decides a purge: compared with
+/// a later listing to tell a deletion again (even within the same second,
+/// by another actor) from the same deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListedAs {
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub actor_id: Option<u64>,
+    pub previous_state: Option<String>,
+}
+
+impl ListedAs {
+    pub(crate) fn of(t: &DeletedTicket) -> Self {
+        Self {
+            deleted_at: t.deleted_at,
+            actor_id: t.actor.as_ref().and_then(|a| a.id),
+            previous_state: t.previous_state.clone(),
+        }
+    }
 }
 
 /// A ticket whose latest listing a purge rule selected.
 #[derive(Debug, Clone)]
 struct Chosen {
     rule: String,
-    deleted_at: Option<DateTime<Utc>>,
+    listed: ListedAs,
     listed_at: DateTime<Utc>,
 }
+
+/// Ids in a set with a fast hash: a full scan of a million tickets keeps
+/// every id it listed.
+type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
 
 /// The scan's view of the selection: latest listing wins, disagreeing
 /// listings are never purged in this run.
 #[derive(Debug, Default)]
 struct Selection {
-    seen: HashMap<TicketId, Seen>,
+    /// Every id listed (8 bytes each); what a purge rule chose is in
+    /// `chosen` with its listing.
+    seen: IdSet,
     chosen: HashMap<TicketId, Chosen>,
-    /// Listed more than once with different deletion times or decisions.
-    disagreed: std::collections::HashSet<TicketId>,
-    /// Of those, the ones a purge rule selected in one of their listings.
-    disagreed_selected: std::collections::HashSet<TicketId>,
+    /// Selected by a purge rule in one listing and not in another, or
+    /// selected twice with different deletion data: not purged this run.
+    disagreed_selected: IdSet,
     /// Ids already handed to the purge worker (pipelining only).
-    released: std::collections::HashSet<TicketId>,
+    released: IdSet,
     /// Chosen ids in the order first chosen (may repeat; filtered on use).
     order: Vec<TicketId>,
 }
@@ -591,7 +616,7 @@ impl Selection {
         let mut out = Vec::new();
         for id in order {
             if self.chosen.contains_key(&id)
-                && !self.disagreed.contains(&id)
+                && !self.disagreed_selected.contains(&id)
                 && self.released.insert(id)
             {
                 out.push(id);
@@ -700,47 +725,64 @@ async fn scan(
             tracing::warn!(reason = %why, "the listing left the deleted_at order: scanning every ticket");
             sorted = false;
             result.scan = "full";
-            result.scan_reason = format!("the order broke ({why}); everything was scanned");
+            result.scan_reason = format!(
+                "the order broke ({why}); everything was scanned, and absence proves nothing this run"
+            );
+            // a cursor that does not keep its order may also skip tickets
+            result.incomplete_walk = true;
+        }
+        if page.tickets.is_empty() && page.has_more {
+            result.empty_pages += 1;
+            if result.empty_pages > 3 {
+                let message = "the listing keeps answering empty pages that say there is more: the walk stops".to_string();
+                tracing::error!("{message}");
+                result.error = Some(message);
+                break;
+            }
+        } else {
+            result.empty_pages = 0;
         }
         let now = Utc::now();
         let mut records = Vec::with_capacity(page.tickets.len());
         let mut not_effective = Vec::new();
         for ticket in &page.tickets {
             let decision = ctx.policy.decide(ticket, now);
-            let kind = decision.kind();
-            let seen = Seen {
-                deleted_at: ticket.deleted_at,
-                kind,
-            };
-            match selection.seen.insert(ticket.id, seen) {
-                None => result.scanned += 1,
-                Some(prev) => {
-                    // decided by its latest listing: undo the earlier count
-                    result.relisted += 1;
-                    if prev.kind == "purge" {
-                        if let Some(c) = selection.chosen.remove(&ticket.id)
-                            && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
-                        {
-                            *n = n.saturating_sub(1);
-                        }
-                    } else if let Some(n) = result.kept.get_mut(prev.kind) {
-                        *n = n.saturating_sub(1);
+            let listed = ListedAs::of(ticket);
+            let first_listing = selection.seen.insert(ticket.id);
+            let mut counted = true;
+            if first_listing {
+                result.scanned += 1;
+            } else {
+                // decided by its latest listing
+                result.relisted += 1;
+                let earlier = selection.chosen.remove(&ticket.id);
+                let agrees = match (&earlier, &decision) {
+                    (Some(c), Decision::Purge { rule }) => c.listed == listed && c.rule == *rule,
+                    (Some(_), _) | (None, Decision::Purge { .. }) => false,
+                    // kept both times: its first listing stays in the counts
+                    (None, _) => {
+                        counted = false;
+                        true
                     }
-                    if prev.deleted_at != ticket.deleted_at || prev.kind != kind {
-                        tracing::warn!(
+                };
+                if let Some(c) = &earlier
+                    && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
+                {
+                    *n = n.saturating_sub(1);
+                }
+                if !agrees {
+                    // counted as kept if it is kept now, in no purge count
+                    counted = !matches!(decision, Decision::Purge { .. });
+                    tracing::warn!(
+                        ticket = ticket.id,
+                        "listed twice in one scan with different deletion data or decisions: not purged in this run"
+                    );
+                    selection.disagreed_selected.insert(ticket.id);
+                    if selection.released.contains(&ticket.id) {
+                        tracing::error!(
                             ticket = ticket.id,
-                            "listed twice in one scan with different deletion times or decisions: not purged in this run"
+                            "listed again after its purge request was sent (purge_while_scanning)"
                         );
-                        selection.disagreed.insert(ticket.id);
-                        if prev.kind == "purge" || kind == "purge" {
-                            selection.disagreed_selected.insert(ticket.id);
-                        }
-                        if selection.released.contains(&ticket.id) {
-                            tracing::error!(
-                                ticket = ticket.id,
-                                "listed again after its purge request was sent (purge_while_scanning)"
-                            );
-                        }
                     }
                 }
             }
@@ -748,19 +790,21 @@ async fn scan(
                 not_effective.push((ticket.id, prior.outcome));
             }
             match &decision {
-                Decision::Purge { rule } => {
+                Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
                     *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
                     selection.chosen.insert(
                         ticket.id,
                         Chosen {
                             rule: rule.clone(),
-                            deleted_at: ticket.deleted_at,
+                            listed,
                             listed_at: now,
                         },
                     );
                     selection.order.push(ticket.id);
                 }
-                keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+                Decision::Purge { .. } => {}
+                keep if counted => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+                _ => {}
             }
             records.push(decision_record(ticket, &decision, settings, now));
         }
@@ -816,6 +860,23 @@ async fn scan(
             )
             .await?
             {
+                // the purge worker is gone (an error or a shutdown): the
+                // walk did not finish, and the rest is not sent
+                result
+                    .error
+                    .get_or_insert_with(|| "purging stopped before the scan finished".to_string());
+                let rest = selection.take_sendable();
+                result.not_sent += rest.len() as u64;
+                store
+                    .record_outcomes(
+                        run,
+                        None,
+                        &rest,
+                        "not_sent",
+                        Some("purging stopped after an error"),
+                        Utc::now(),
+                    )
+                    .await?;
                 break;
             }
         }
@@ -844,7 +905,7 @@ async fn scan(
         .copied()
         .collect();
     disagreed.sort_unstable();
-    result.changed_during_scan += selection.disagreed.len() as u64;
+    result.changed_during_scan += disagreed.len() as u64;
     if !disagreed.is_empty() && !settings.dry_run {
         result.not_sent += disagreed.len() as u64;
         store
@@ -907,13 +968,31 @@ async fn scan(
         return Ok(result);
     }
     let to_send = selection.take_sendable();
-    release(&selection, &to_send, batches).await;
+    let unsent = release(&selection, &to_send, batches).await;
+    if !unsent.is_empty() {
+        result.not_sent += unsent.len() as u64;
+        store
+            .record_outcomes(
+                run,
+                None,
+                &unsent,
+                "not_sent",
+                Some("purging stopped after an error"),
+                Utc::now(),
+            )
+            .await?;
+    }
     Ok(result)
 }
 
 /// Hands chosen ids to the purge worker in batches of 100, each with the
-/// deletion times as listed; `false` when the worker is gone.
-async fn release(selection: &Selection, ids: &[TicketId], batches: &mpsc::Sender<Release>) -> bool {
+/// tickets as listed; returns the ids it could not hand over (the worker is
+/// gone), for their `not_sent` outcome.
+async fn release(
+    selection: &Selection,
+    ids: &[TicketId],
+    batches: &mpsc::Sender<Release>,
+) -> Vec<TicketId> {
     for batch in IdBatch::chunk(ids) {
         let chosen: Vec<Option<&Chosen>> = batch
             .ids()
@@ -921,10 +1000,7 @@ async fn release(selection: &Selection, ids: &[TicketId], batches: &mpsc::Sender
             .map(|id| selection.chosen.get(id))
             .collect();
         let release = Release {
-            deleted_at: chosen
-                .iter()
-                .map(|c| c.and_then(|c| c.deleted_at))
-                .collect(),
+            listed: chosen.iter().map(|c| c.map(|c| c.listed.clone())).collect(),
             listed_at: chosen
                 .iter()
                 .filter_map(|c| c.map(|c| c.listed_at))
@@ -933,16 +1009,20 @@ async fn release(selection: &Selection, ids: &[TicketId], batches: &mpsc::Sender
             check_freshness: true,
             batch,
         };
-        if batches.send(release).await.is_err() {
-            return false;
+        if let Err(refused) = batches.send(release).await {
+            let at = ids
+                .iter()
+                .position(|id| Some(id) == refused.0.batch.ids().first())
+                .unwrap_or(0);
+            return ids[at..].to_vec();
         }
     }
-    true
+    Vec::new()
 }
 
 /// Under `purge_while_scanning`, chosen tickets are sent every this many
 /// pages, each time after a freshness read (one list request, usually).
-const RELEASE_EVERY_PAGES: u32 = 10;
+const RELEASE_EVERY_PAGES: u32 = 20;
 
 /// Pipelining (`purge_while_scanning`) sends what the scan chose so far, after
 /// a freshness read, up to `max_purges_per_run`. `false` when the worker is
@@ -998,7 +1078,22 @@ async fn pipeline_release(
         return Ok(true);
     }
     *queued += ids.len() as u64;
-    Ok(release(selection, &ids, batches).await)
+    let unsent = release(selection, &ids, batches).await;
+    if unsent.is_empty() {
+        return Ok(true);
+    }
+    result.not_sent += unsent.len() as u64;
+    ctx.store
+        .record_outcomes(
+            run,
+            None,
+            &unsent,
+            "not_sent",
+            Some("purging stopped after an error"),
+            Utc::now(),
+        )
+        .await?;
+    Ok(false)
 }
 
 pub(crate) fn decision_record(
@@ -1064,141 +1159,171 @@ impl PurgeWorker {
         }
     }
 
-    /// Sends a group of batches right after a freshness read (or one reused
-    /// while no listing request came between), holding the listing gate so
-    /// that no page of the scan comes between the read and the sends. A
-    /// ticket the read shows deleted again since its listing is decided
-    /// again on its new deletion and not sent.
     async fn send_group(&mut self, releases: Vec<Release>) -> anyhow::Result<()> {
-        let gate = self.gate.clone();
-        let _turn = gate.turn.lock().await;
-        let checked: Vec<&Release> = releases.iter().filter(|r| r.check_freshness).collect();
-        if let Some(oldest) = checked.iter().map(|r| r.listed_at).min() {
-            let since = oldest
-                - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
-            let lists_now = self.client.stats().sent("list");
-            let reusable = self.fresh.as_ref().is_some_and(|f| {
-                f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
-            });
-            if !reusable {
-                let proven = gate
-                    .cursor_proven
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                let before = self.client.stats().sent("list");
-                let read = crate::listing::deleted_since(&self.client, since, proven).await;
-                self.tally.freshness_requests += self.client.stats().sent("list") - before;
-                match read {
-                    Ok(tickets) => {
-                        self.fresh = Some(FreshRead {
-                            since,
-                            at: Instant::now(),
-                            lists_after: self.client.stats().sent("list"),
-                            tickets: tickets.into_iter().map(|t| (t.id, t)).collect(),
-                        });
-                    }
-                    Err(why) => {
-                        self.fresh = None;
-                        let message =
-                            format!("the freshness read before purging failed ({why}): not sent");
-                        tracing::error!("{message}");
-                        self.tally.freshness_failed = Some(message);
-                        for r in &releases {
-                            self.not_sent(&r.batch, "the freshness read before purging failed")
-                                .await;
-                        }
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        // Restored since its listing: not soft-deleted now. Looked up before
+        // the gate is taken (a restore after the lookup is caught by the
+        // freshness read if the ticket is deleted again, and otherwise is
+        // not purged by Zendesk, whose job then reports a partial success).
+        let mut pending = std::collections::VecDeque::with_capacity(releases.len());
         for release in releases {
-            let mut ids = Vec::with_capacity(release.batch.len());
-            let mut changed = Vec::new();
-            let mut records = Vec::new();
-            // restored since its listing: not soft-deleted now, and if it
-            // were deleted again before the job ran, the job would take the
-            // new deletion
-            let active: std::collections::HashSet<TicketId> = if release.check_freshness {
+            let active: IdSet = if release.check_freshness {
                 match self.client.active_tickets(&release.batch).await {
                     Ok(a) => a.into_iter().collect(),
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; sending the batch as listed");
-                        Default::default()
+                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
+                        IdSet::default()
                     }
                 }
             } else {
-                Default::default()
+                IdSet::default()
             };
-            let mut restored = Vec::new();
-            let now = Utc::now();
-            for (id, listed) in release.batch.ids().iter().zip(&release.deleted_at) {
-                let again = release
-                    .check_freshness
-                    .then(|| self.fresh.as_ref().and_then(|f| f.tickets.get(id)))
-                    .flatten()
-                    .filter(|t| t.deleted_at != *listed);
-                if active.contains(id) {
-                    restored.push(*id);
-                    continue;
+            pending.push_back((release, active));
+        }
+        // The whole group under one turn of the gate: the scan lists no page
+        // between the freshness read and these sends.
+        let gate = self.gate.clone();
+        let _turn = gate.turn.lock().await;
+        while let Some((release, active)) = pending.pop_front() {
+            if let Err(e) = self.send_checked(release, &active).await {
+                // what was taken off the channel with it gets its outcome
+                for (rest, _) in pending.drain(..) {
+                    self.not_sent(&rest.batch, "purging stopped after an error")
+                        .await;
                 }
-                match again {
-                    Some(t) => {
-                        tracing::warn!(
-                            ticket = t.id,
-                            "deleted again since its listing: decided on its new deletion, not purged in this run"
-                        );
-                        let decision = self.policy.decide(t, now);
-                        records.push(decision_record(t, &decision, &self.settings, now));
-                        changed.push(*id);
-                    }
-                    None => ids.push(*id),
-                }
+                return Err(e);
             }
-            if !restored.is_empty() {
-                tracing::warn!(
-                    tickets = restored.len(),
-                    "restored since their listing: not purged"
-                );
-                self.store
-                    .record_outcomes(
-                        self.run,
-                        None,
-                        &restored,
-                        "not_sent",
-                        Some("restored since its listing (found among active tickets just before purging): not purged"),
-                        now,
-                    )
-                    .await?;
-                self.tally.changed += restored.len() as u64;
-                self.tally.not_sent += restored.len() as u64;
-            }
-            if !changed.is_empty() {
-                self.store.record_decisions(self.run, &records).await?;
-                self.store
-                    .record_outcomes(
-                        self.run,
-                        None,
-                        &changed,
-                        "not_sent",
-                        Some("deleted again since its listing (a newer deleted_at in the freshness read just before purging): decided on its new deletion, not purged in this run"),
-                        now,
-                    )
-                    .await?;
-                self.tally.changed += changed.len() as u64;
-                self.tally.not_sent += changed.len() as u64;
-            }
-            let Ok(batch) = IdBatch::new(ids) else {
-                continue;
-            };
-            let age = (Utc::now() - release.listed_at)
-                .to_std()
-                .unwrap_or_default();
-            self.tally.max_listing_age =
-                Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
-            self.send(batch).await?;
         }
         Ok(())
     }
+
+    /// Sends one batch right after a freshness read (or one reused while no
+    /// listing request came between and it is younger than
+    /// `FRESHNESS_REUSE`), holding the listing gate so that no page of the
+    /// scan comes between the read and the send. A ticket the read shows
+    /// deleted again since its listing is decided again on its new deletion
+    /// and not sent; one found among active tickets (restored) is left out.
+    async fn send_checked(&mut self, release: Release, active: &IdSet) -> anyhow::Result<()> {
+        if !release.check_freshness {
+            return self.send_timed(release.batch, release.listed_at).await;
+        }
+        let gate = &self.gate;
+        let since = release.listed_at
+            - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+        let lists_now = self.client.stats().sent("list");
+        let reusable = self.fresh.as_ref().is_some_and(|f| {
+            f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
+        });
+        if !reusable {
+            let proven = gate
+                .cursor_proven
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let before = self.client.stats().sent("list");
+            let read = crate::listing::deleted_since(&self.client, since, proven).await;
+            self.tally.freshness_requests += self.client.stats().sent("list") - before;
+            let failure = match read {
+                Ok(r) if r.complete => {
+                    self.fresh = Some(FreshRead {
+                        since,
+                        at: Instant::now(),
+                        lists_after: self.client.stats().sent("list"),
+                        tickets: r.tickets.into_iter().map(|t| (t.id, t)).collect(),
+                    });
+                    None
+                }
+                Ok(r) => Some(format!(
+                    "more than {} pages were deleted since {} (read back to {})",
+                    crate::listing::FRESHNESS_MAX_PAGES,
+                    crate::audit::timestamp(since),
+                    crate::audit::timestamp(r.covered_from)
+                )),
+                Err(why) => Some(why),
+            };
+            if let Some(why) = failure {
+                self.fresh = None;
+                let message = format!("the freshness read before purging failed ({why}): not sent");
+                tracing::error!("{message}");
+                self.tally.freshness_failed = Some(message);
+                self.not_sent(&release.batch, "the freshness read before purging failed")
+                    .await;
+                return Ok(());
+            }
+        }
+        let mut ids = Vec::with_capacity(release.batch.len());
+        let mut changed = Vec::new();
+        let mut restored = Vec::new();
+        let mut records = Vec::new();
+        let now = Utc::now();
+        for (id, listed) in release.batch.ids().iter().zip(&release.listed) {
+            if active.contains(id) {
+                restored.push(*id);
+                continue;
+            }
+            let again = self
+                .fresh
+                .as_ref()
+                .and_then(|f| f.tickets.get(id))
+                .filter(|t| listed.as_ref() != Some(&ListedAs::of(t)));
+            match again {
+                Some(t) => {
+                    tracing::warn!(
+                        ticket = t.id,
+                        "deleted again since its listing: decided on its new deletion, not purged in this run"
+                    );
+                    let decision = self.policy.decide(t, now);
+                    records.push(decision_record(t, &decision, &self.settings, now));
+                    changed.push(*id);
+                }
+                None => ids.push(*id),
+            }
+        }
+        if !restored.is_empty() {
+            tracing::warn!(
+                tickets = restored.len(),
+                "restored since their listing: not purged"
+            );
+            self.store
+                .record_outcomes(
+                    self.run,
+                    None,
+                    &restored,
+                    "not_sent",
+                    Some("restored since its listing (found among active tickets just before purging): not purged"),
+                    now,
+                )
+                .await?;
+            self.tally.changed += restored.len() as u64;
+            self.tally.not_sent += restored.len() as u64;
+        }
+        if !changed.is_empty() {
+            self.store.record_decisions(self.run, &records).await?;
+            self.store
+                .record_outcomes(
+                    self.run,
+                    None,
+                    &changed,
+                    "not_sent",
+                    Some("deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run"),
+                    now,
+                )
+                .await?;
+            self.tally.changed += changed.len() as u64;
+            self.tally.not_sent += changed.len() as u64;
+        }
+        match IdBatch::new(ids) {
+            Ok(batch) => self.send_timed(batch, release.listed_at).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Sends a batch and notes the time from its oldest listing to Zendesk's
+    /// answer (an upper bound of listing-to-purge).
+    async fn send_timed(&mut self, batch: IdBatch, listed_at: DateTime<Utc>) -> anyhow::Result<()> {
+        let result = self.send(batch).await;
+        let age = (Utc::now() - listed_at).to_std().unwrap_or_default();
+        self.tally.max_listing_age = Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
+        result
+    }
+
     async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
         if let Err(e) = self.work(&mut batches).await {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
@@ -1569,125 +1694,163 @@ struct Settled {
 const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
 /// Settles tickets with an open outcome (`purged` or `unknown`) that the scan
-/// did not list. Absence alone proves nothing: each is looked up among the
-/// active tickets. Active: `restored_elsewhere`. Not active: `confirmed_gone`,
-/// or `scrubbed_by_zendesk` when an unknown outcome belongs to a ticket
-/// deleted more than 30 days ago (Zendesk's scrub and our purge cannot be
-/// told apart). A failed lookup leaves the outcome open for a later run.
+/// did not list. Absence alone proves nothing:
+/// 1. each is looked up among the active tickets: active is
+///    `restored_elsewhere`;
+/// 2. the others are looked for newest-first, back to their listing (a
+///    ticket restored and deleted again since sits at the young end of the
+///    view, which an early stop never read and a full walk may have passed
+///    before it came back): found is `not_effective` / `still_present`;
+/// 3. what is still unexplained is looked up once more (it may have been
+///    restored meanwhile), and only then is it `confirmed_gone`, or
+///    `scrubbed_by_zendesk` for an unknown outcome of a ticket deleted more
+///    than 30 days ago (Zendesk's scrub cannot be told from our purge).
+///
+/// A failed lookup or read leaves the outcome open for a later run; so does
+/// a walk that may have missed tickets (`may_call_gone` false).
 async fn settle_absent(
     ctx: &CycleContext,
     run: RunId,
-    mut absent: Vec<(TicketId, Unsettled)>,
+    absent: Vec<(TicketId, Unsettled)>,
     cursor_proven: bool,
+    may_call_gone: bool,
 ) -> anyhow::Result<Settled> {
     let mut settled = Settled::default();
     let now = Utc::now();
-    // A ticket restored and deleted again since its listing sits at the
-    // young end of the view, which an early stop never read and a full walk
-    // may have passed before it came back: read newest-first back to the
-    // oldest of those listings before calling anything gone.
-    let mut may_be_gone = true;
-    if !absent.is_empty() {
-        let since = absent
-            .iter()
-            .filter_map(|(_, u)| u.decided_at)
-            .min()
-            .unwrap_or(now)
-            - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
-        match crate::listing::deleted_since(&ctx.client, since, cursor_proven).await {
-            Ok(fresh) => {
-                let listed: std::collections::HashSet<TicketId> =
-                    fresh.iter().map(|t| t.id).collect();
-                let (again, rest): (Vec<_>, Vec<_>) =
-                    absent.into_iter().partition(|(id, _)| listed.contains(id));
-                absent = rest;
-                for (id, u) in again {
-                    let (outcome, detail) = if u.outcome == "purged" {
-                        settled.not_effective += 1;
-                        (
-                            "not_effective",
-                            "reported purged earlier but deleted again since (listed newest-first); decided again when reached",
-                        )
-                    } else {
-                        (
-                            "still_present",
-                            "deleted again since its listing (found newest-first); decided again when reached",
-                        )
-                    };
-                    ctx.store
-                        .record_outcomes(run, None, &[id], outcome, Some(detail), now)
-                        .await?;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the newest deletions: tickets missing from this scan are not settled as gone");
-                may_be_gone = false;
-            }
-        }
+    if absent.is_empty() {
+        return Ok(settled);
     }
-    for chunk in absent.chunks(crate::zendesk::MAX_IDS_PER_BATCH) {
-        let ids: Vec<TicketId> = chunk.iter().map(|(id, _)| *id).collect();
-        let Ok(batch) = IdBatch::new(ids) else {
-            continue;
-        };
-        let active: std::collections::HashSet<TicketId> = match ctx
-            .client
-            .active_tickets(&batch)
-            .await
-        {
-            Ok(a) => a.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, tickets = chunk.len(), "cannot look up tickets gone from the deleted view; their outcome stays open until a later run");
-                settled.lookup_failed += chunk.len() as u64;
-                continue;
-            }
-        };
-        let (mut restored, mut gone, mut scrubbed) = (Vec::new(), Vec::new(), Vec::new());
-        for (id, u) in chunk {
-            if active.contains(id) {
-                restored.push(*id);
-            } else if !may_be_gone {
-                settled.lookup_failed += 1;
-            } else if u.outcome == "unknown"
-                && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
-            {
-                scrubbed.push(*id);
+    let ids: Vec<TicketId> = absent.iter().map(|(id, _)| *id).collect();
+    let Some(active) = active_among(ctx, &ids).await else {
+        settled.lookup_failed += ids.len() as u64;
+        return Ok(settled);
+    };
+    let (restored, rest): (Vec<_>, Vec<_>) =
+        absent.into_iter().partition(|(id, _)| active.contains(id));
+    let restored_ids: Vec<TicketId> = restored.iter().map(|(id, _)| *id).collect();
+    if !restored_ids.is_empty() {
+        tracing::warn!(
+            tickets = restored_ids.len(),
+            "tickets gone from the deleted view are active again: restored by someone, not purged"
+        );
+        ctx.store
+            .record_outcomes(run, None, &restored_ids, "restored_elsewhere", Some("not in the deleted view and found among active tickets: restored by someone, not purged"), now)
+            .await?;
+        settled.restored_elsewhere += restored_ids.len() as u64;
+    }
+    if rest.is_empty() {
+        return Ok(settled);
+    }
+    if !may_call_gone {
+        tracing::warn!(
+            tickets = rest.len(),
+            "the walk may have missed tickets (its order broke): tickets missing from it stay open"
+        );
+        settled.lookup_failed += rest.len() as u64;
+        return Ok(settled);
+    }
+    let margin = chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+    let since = rest
+        .iter()
+        .filter_map(|(_, u)| u.decided_at)
+        .min()
+        .unwrap_or(now)
+        - margin;
+    let recent = match crate::listing::deleted_since(&ctx.client, since, cursor_proven).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the newest deletions: tickets missing from this scan stay open");
+            settled.lookup_failed += rest.len() as u64;
+            return Ok(settled);
+        }
+    };
+    let listed: std::collections::HashSet<TicketId> = recent.tickets.iter().map(|t| t.id).collect();
+    let mut unexplained = Vec::new();
+    for (id, u) in rest {
+        if listed.contains(&id) {
+            let (outcome, detail) = if u.outcome == "purged" {
+                settled.not_effective += 1;
+                (
+                    "not_effective",
+                    "reported purged earlier but deleted again since (found newest-first); decided again when reached",
+                )
             } else {
-                gone.push(*id);
+                (
+                    "still_present",
+                    "deleted again since its listing (found newest-first); decided again when reached",
+                )
+            };
+            ctx.store
+                .record_outcomes(run, None, &[id], outcome, Some(detail), now)
+                .await?;
+        } else if u
+            .decided_at
+            .is_none_or(|d| d - margin < recent.covered_from)
+        {
+            // listed before what the read could cover: a later run settles it
+            settled.lookup_failed += 1;
+        } else {
+            unexplained.push((id, u));
+        }
+    }
+    let ids: Vec<TicketId> = unexplained.iter().map(|(id, _)| *id).collect();
+    let Some(active) = active_among(ctx, &ids).await else {
+        settled.lookup_failed += ids.len() as u64;
+        return Ok(settled);
+    };
+    let (mut restored, mut gone, mut scrubbed) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, u) in unexplained {
+        if active.contains(&id) {
+            restored.push(id);
+        } else if u.outcome == "unknown"
+            && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
+        {
+            scrubbed.push(id);
+        } else {
+            gone.push(id);
+        }
+    }
+    for (ids, outcome, detail) in [
+        (
+            &restored,
+            "restored_elsewhere",
+            "not in the deleted view and found among active tickets: restored by someone, not purged",
+        ),
+        (
+            &gone,
+            "confirmed_gone",
+            "neither in the deleted view (read newest-first back to its listing) nor among active tickets",
+        ),
+        (
+            &scrubbed,
+            "scrubbed_by_zendesk",
+            "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
+        ),
+    ] {
+        ctx.store
+            .record_outcomes(run, None, ids, outcome, Some(detail), now)
+            .await?;
+    }
+    settled.restored_elsewhere += restored.len() as u64;
+    settled.confirmed_gone += gone.len() as u64;
+    settled.scrubbed += scrubbed.len() as u64;
+    Ok(settled)
+}
+
+/// The active tickets among `ids` (in calls of 100), or `None` when a
+/// lookup failed.
+async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
+    let mut active = IdSet::default();
+    for batch in IdBatch::chunk(ids) {
+        match ctx.client.active_tickets(&batch).await {
+            Ok(a) => active.extend(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up tickets among the active ones; their outcome stays open");
+                return None;
             }
         }
-        if !restored.is_empty() {
-            tracing::warn!(
-                tickets = restored.len(),
-                "tickets gone from the deleted view are active again: restored by someone, not purged"
-            );
-        }
-        for (ids, outcome, detail) in [
-            (
-                &restored,
-                "restored_elsewhere",
-                "not in the deleted view and found among active tickets: restored by someone, not purged",
-            ),
-            (
-                &gone,
-                "confirmed_gone",
-                "neither in the deleted view nor among active tickets",
-            ),
-            (
-                &scrubbed,
-                "scrubbed_by_zendesk",
-                "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
-            ),
-        ] {
-            ctx.store
-                .record_outcomes(run, None, ids, outcome, Some(detail), now)
-                .await?;
-        }
-        settled.restored_elsewhere += restored.len() as u64;
-        settled.confirmed_gone += gone.len() as u64;
-        settled.scrubbed += scrubbed.len() as u64;
     }
-    Ok(settled)
+    Some(active)
 }
 
 /// A restore whose answer an earlier process never recorded: settled by

@@ -141,6 +141,17 @@ pub async fn prove_sorted(
                 .into(),
         );
     }
+    // A listing sorted by id that honours sort_order would pass the checks
+    // above whenever tickets were deleted in id order (a bulk deletion):
+    // then the two orders cannot be told apart, and nothing is proven.
+    let ids_up = |p: &DeletedTicketsPage| p.tickets.windows(2).all(|w| w[0].id < w[1].id);
+    let ids_down = |p: &DeletedTicketsPage| p.tickets.windows(2).all(|w| w[0].id > w[1].id);
+    if ids_up(oldest_first) && ids_down(&desc_page) {
+        return Err(
+            "the pages are in id order as well as in deletion order: a listing sorted by id cannot be told apart"
+                .into(),
+        );
+    }
     Ok(
         "sorted by deleted_at: the first page read oldest-first and newest-first agreed; each later page is checked whole",
     )
@@ -189,16 +200,28 @@ pub fn reaches_horizon(page: &DeletedTicketsPage, horizon: Duration, now: DateTi
         .is_some_and(|age| age < horizon)
 }
 
+/// What a newest-first read found.
+#[derive(Debug, Clone)]
+pub struct RecentDeletions {
+    /// Every ticket deleted at or after `covered_from`, as listed now.
+    pub tickets: Vec<DeletedTicket>,
+    /// How far back the read is complete: `since` when it got there, or the
+    /// oldest deletion read when it stopped at the page limit.
+    pub covered_from: DateTime<Utc>,
+    /// Whether it reached `since`.
+    pub complete: bool,
+}
+
 /// Reads the most recently deleted tickets, newest first, until one deleted
-/// before `since`: every deletion since then, as the view shows it now.
-/// Uses the cursor listing when its order was proven this run, otherwise
-/// offset pagination, which Zendesk documents as sorting; either way each
-/// page is checked newest-first before it is believed.
+/// before `since` (or the page limit): every deletion since then, as the
+/// view shows it now. Uses the cursor listing when its order was proven this
+/// run, otherwise offset pagination, which Zendesk documents as sorting;
+/// either way each page is checked newest-first before it is believed.
 pub async fn deleted_since(
     client: &ZendeskClient,
     since: DateTime<Utc>,
     cursor_proven: bool,
-) -> Result<Vec<DeletedTicket>, String> {
+) -> Result<RecentDeletions, String> {
     let mut pages = client.list_deleted(ListOptions {
         sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
         pagination: if cursor_proven {
@@ -213,9 +236,14 @@ pub async fn deleted_since(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| e.to_string())?;
         if page.number > FRESHNESS_MAX_PAGES {
-            return Err(format!(
-                "more than {FRESHNESS_MAX_PAGES} pages of tickets were deleted since {since}"
-            ));
+            // complete only from the oldest whole second read
+            let covered_from = last.map_or(Utc::now(), |l| l + chrono::Duration::seconds(1));
+            out.retain(|t: &DeletedTicket| t.deleted_at.is_some_and(|d| d >= covered_from));
+            return Ok(RecentDeletions {
+                tickets: out,
+                covered_from,
+                complete: false,
+            });
         }
         let mut reached = false;
         for t in page.tickets {
@@ -239,10 +267,14 @@ pub async fn deleted_since(
             }
         }
         if reached {
-            return Ok(out);
+            break;
         }
     }
-    Ok(out)
+    Ok(RecentDeletions {
+        tickets: out,
+        covered_from: since,
+        complete: true,
+    })
 }
 
 #[cfg(test)]

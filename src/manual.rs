@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::audit::RunCounts;
-use crate::cycle::{CycleContext, Release, decision_record, send_and_follow};
+use crate::cycle::{CycleContext, ListedAs, Release, decision_record, send_and_follow};
 use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
 use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, TicketId, ZendeskClient, ZendeskError};
@@ -193,6 +193,23 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
     let run = store
         .start_run("restore", false, &ctx.config_hash, Utc::now())
         .await?;
+    // Which ids are active before anything is sent: a refused restore of one
+    // of those is not ours to call restored afterwards. `None` when the
+    // lookup fails: then no refused restore is upgraded.
+    let mut active_before: Option<std::collections::HashSet<TicketId>> = Some(Default::default());
+    for batch in IdBatch::chunk(ids) {
+        match ctx.client.active_tickets(&batch).await {
+            Ok(a) => {
+                if let Some(set) = active_before.as_mut() {
+                    set.extend(a);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look up the tickets before restoring them");
+                active_before = None;
+            }
+        }
+    }
     let mut results = Vec::new();
     for batch in IdBatch::chunk(ids) {
         let row = store
@@ -247,11 +264,19 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
     // A refused or unanswered restore may still have worked (its answer was
     // lost and the retry found nothing left to restore): what is active now
     // is restored, whatever the answers said.
-    let doubtful: Vec<TicketId> = results
-        .iter()
-        .filter(|r| r.outcome != "restored")
-        .map(|r| r.id)
-        .collect();
+    let doubtful: Vec<TicketId> = match &active_before {
+        Some(before) => results
+            .iter()
+            .filter(|r| r.outcome != "restored" && !before.contains(&r.id))
+            .map(|r| r.id)
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(before) = &active_before {
+        for r in results.iter_mut().filter(|r| before.contains(&r.id)) {
+            r.detail = Some("already active before the restore: it was not deleted".into());
+        }
+    }
     for batch in IdBatch::chunk(&doubtful) {
         match ctx.client.active_tickets(&batch).await {
             Ok(active) if !active.is_empty() => {
@@ -338,7 +363,7 @@ pub async fn purge(
     let mut results = Vec::new();
     let mut selected = Vec::new();
     let mut records = Vec::new();
-    let mut listed: HashMap<TicketId, Option<chrono::DateTime<Utc>>> = HashMap::new();
+    let mut listed: HashMap<TicketId, ListedAs> = HashMap::new();
     if force {
         for id in &wanted {
             let ticket = DeletedTicket {
@@ -389,7 +414,7 @@ pub async fn purge(
                 continue;
             };
             let decision = floor.decide(t, now);
-            listed.insert(t.id, t.deleted_at);
+            listed.insert(t.id, ListedAs::of(t));
             records.push(decision_record(t, &decision, &ctx.settings, now));
             match decision {
                 Decision::Purge { .. } => selected.push(*id),
@@ -428,10 +453,10 @@ pub async fn purge(
     let releases = IdBatch::chunk(&selected)
         .into_iter()
         .map(|batch| Release {
-            deleted_at: batch
+            listed: batch
                 .ids()
                 .iter()
-                .map(|id| listed.get(id).copied().flatten())
+                .map(|id| listed.get(id).cloned())
                 .collect(),
             listed_at: now,
             check_freshness: !force,

@@ -349,6 +349,12 @@ impl ZendeskClient {
                                     u.query_pairs_mut()
                                         .append_pair("page[after]", &cursor)
                                         .append_pair("page[size]", &size.to_string());
+                                    // the order asked for goes on with the cursor
+                                    if let Some((by, order)) = options.sort {
+                                        u.query_pairs_mut()
+                                            .append_pair("sort_by", by.as_str())
+                                            .append_pair("sort_order", order.as_str());
+                                    }
                                     Some(Ok(u))
                                 }
                                 (None, None) => Some(Err("meta.has_more is true but neither links.next nor meta.after_cursor is given".to_string())),

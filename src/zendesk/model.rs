@@ -388,7 +388,8 @@ pub(crate) struct ActiveTicket {
 
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct ActiveTicketsEnvelope {
-    #[serde(default)]
+    /// Required: an answer without it says nothing about which are active,
+    /// and must not be read as "none".
     pub tickets: Vec<ActiveTicket>,
 }
 

@@ -299,10 +299,11 @@ async fn a_ticket_restored_during_a_run_is_restored_elsewhere_not_confirmed_gone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_restored_before_its_batch_is_sent_is_left_out_of_it() {
     let tickets = old_closed(150);
-    let target = tickets[10].id; // in the second batch
+    let target = tickets[140].id; // on the first page, oldest-first
     let options = SandboxOptions {
+        // restored while the scan reads its second page, before any send
         script: vec![ScriptedAction {
-            at: ScriptMoment::BeforeDestroyMany(1),
+            at: ScriptMoment::BeforeList(3),
             action: AgentAction::Restore(target),
         }],
         ..fast_sandbox_options(0)
