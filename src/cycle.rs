@@ -587,17 +587,48 @@ struct Chosen {
     listed_at: DateTime<Utc>,
 }
 
-/// Ids in a set with a fast hash: a full scan of a million tickets keeps
-/// every id it listed.
+/// Ids in a set with a fast hash.
 type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
+
+/// Every id a scan listed: a full scan of a million tickets keeps them all,
+/// in 4 bytes each while they fit (Zendesk's ids do, in practice), 8 after.
+#[derive(Debug)]
+enum SeenIds {
+    Narrow(std::collections::HashSet<u32, foldhash::fast::RandomState>),
+    Wide(IdSet),
+}
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        Self::Narrow(Default::default())
+    }
+}
+
+impl SeenIds {
+    /// `true` when the id was not listed before.
+    fn insert(&mut self, id: TicketId) -> bool {
+        match self {
+            Self::Narrow(narrow) => match u32::try_from(id) {
+                Ok(small) => narrow.insert(small),
+                Err(_) => {
+                    let mut wide: IdSet = narrow.drain().map(TicketId::from).collect();
+                    let new = wide.insert(id);
+                    *self = Self::Wide(wide);
+                    new
+                }
+            },
+            Self::Wide(wide) => wide.insert(id),
+        }
+    }
+}
 
 /// The scan's view of the selection: latest listing wins, disagreeing
 /// listings are never purged in this run.
 #[derive(Debug, Default)]
 struct Selection {
-    /// Every id listed (8 bytes each); what a purge rule chose is in
+    /// Every id listed (4 or 8 bytes each); what a purge rule chose is in
     /// `chosen` with its listing.
-    seen: IdSet,
+    seen: SeenIds,
     chosen: HashMap<TicketId, Chosen>,
     /// Selected by a purge rule in one listing and not in another, or
     /// selected twice with different deletion data: not purged this run.
@@ -747,7 +778,6 @@ async fn scan(
         let mut not_effective = Vec::new();
         for ticket in &page.tickets {
             let decision = ctx.policy.decide(ticket, now);
-            let listed = ListedAs::of(ticket);
             let first_listing = selection.seen.insert(ticket.id);
             let mut counted = true;
             if first_listing {
@@ -757,7 +787,9 @@ async fn scan(
                 result.relisted += 1;
                 let earlier = selection.chosen.remove(&ticket.id);
                 let agrees = match (&earlier, &decision) {
-                    (Some(c), Decision::Purge { rule }) => c.listed == listed && c.rule == *rule,
+                    (Some(c), Decision::Purge { rule }) => {
+                        c.listed == ListedAs::of(ticket) && c.rule == *rule
+                    }
                     (Some(_), _) | (None, Decision::Purge { .. }) => false,
                     // kept both times: its first listing stays in the counts
                     (None, _) => {
@@ -796,7 +828,7 @@ async fn scan(
                         ticket.id,
                         Chosen {
                             rule: rule.clone(),
-                            listed,
+                            listed: ListedAs::of(ticket),
                             listed_at: now,
                         },
                     );
@@ -1899,4 +1931,22 @@ async fn settle_lost_restore(
             Utc::now(),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_widen_without_forgetting() {
+        let mut seen = SeenIds::default();
+        assert!(seen.insert(7));
+        assert!(!seen.insert(7));
+        assert!(seen.insert(u64::from(u32::MAX)));
+        assert!(seen.insert(u64::from(u32::MAX) + 1), "a wide id");
+        assert!(matches!(seen, SeenIds::Wide(_)));
+        assert!(!seen.insert(7), "narrow ids kept when widening");
+        assert!(!seen.insert(u64::from(u32::MAX) + 1));
+        assert!(seen.insert(u64::MAX));
+    }
 }
