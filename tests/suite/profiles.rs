@@ -781,3 +781,46 @@ async fn probe_tells_every_profile_apart_with_read_requests_only() {
         sb.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_beside_a_cycle_ends_restored_not_confirmed_gone() {
+    let tickets = old_closed(120);
+    // jobs take 10 minutes of Zendesk's time (1 s here): the restore lands
+    // while the purge job is queued
+    let options = SandboxOptions {
+        job_delay: Duration::from_secs(600),
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let ctx = e.ctx.clone();
+    let cycle = tokio::spawn(async move { run_cycle(&ctx, Trigger::Manual).await });
+    // wait (briefly, polling) for the first purge request to reach Zendesk
+    let first_batch = loop {
+        if let Some(r) = sb
+            .write_requests()
+            .into_iter()
+            .find(|r| r.method == "DELETE")
+        {
+            break r.ids;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let target = first_batch[0];
+    let (_, restored) = zd_retention::manual::restore(&e.ctx, &[target])
+        .await
+        .unwrap();
+    assert_eq!(restored[0].outcome, "restored", "{restored:?}");
+    let report = cycle.await.unwrap().unwrap();
+    assert!(report.counts.unknown >= 1, "{:?}", report.counts);
+    let next = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(next.status, RunStatus::Completed, "{:?}", next.error);
+    let outcomes = last_outcomes(e.ctx.store.pool()).await;
+    assert_eq!(
+        outcomes.get(&target).map(String::as_str),
+        Some("restored_elsewhere"),
+        "a ticket restored beside the cycle was recorded as gone"
+    );
+    assert!(sb.restored_ids().contains(&target));
+    assert!(!sb.purged_ids().contains(&target));
+}
