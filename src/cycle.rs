@@ -159,6 +159,9 @@ pub struct CycleReport {
     pub unsettled_lookup_failed: u64,
     /// Listings of a ticket already listed in this scan.
     pub relisted: u64,
+    /// Selected, but already in a purge job an earlier (killed) process
+    /// sent: that job is followed, and they are not sent again.
+    pub already_in_flight: u64,
     /// Tickets not purged because they changed during the scan (listed
     /// twice with different data, or deleted again).
     pub changed_during_scan: u64,
@@ -297,6 +300,9 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     // Jobs an earlier process sent and did not see end.
     let mut recovered = Vec::new();
     let mut recovered_unknown = 0u64;
+    // Ids in jobs an earlier process sent that are still open: this run
+    // follows those jobs and does not ask Zendesk to purge them again.
+    let mut in_flight = IdSet::default();
     for job in store.open_jobs().await? {
         let tickets = parse_ids(&job.ticket_ids);
         if job.kind.starts_with("restore") {
@@ -304,14 +310,17 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             continue;
         }
         match job.zendesk_job_id {
-            Some(id) if job.kind == "destroy_many" => recovered.push(OpenJob {
-                row: job.id,
-                id: JobId(id),
-                tickets,
-                since: Instant::now(),
-                misses: 0,
-                last_status: job.status,
-            }),
+            Some(id) if job.kind == "destroy_many" => {
+                in_flight.extend(tickets.iter().copied());
+                recovered.push(OpenJob {
+                    row: job.id,
+                    id: JobId(id),
+                    tickets,
+                    since: Instant::now(),
+                    misses: 0,
+                    last_status: job.status,
+                })
+            }
             _ => {
                 recovered_unknown += tickets.len() as u64;
                 store
@@ -346,7 +355,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     );
     let worker = tokio::spawn(worker.run(receiver));
 
-    let scan = scan(ctx, run, &mut unsettled, &batches, &gate).await;
+    let scan = scan(ctx, run, &mut unsettled, &batches, &gate, in_flight).await;
     drop(batches);
     let tally = match worker.await {
         Ok(t) => t,
@@ -432,6 +441,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         scrubbed_by_zendesk: settled.scrubbed,
         unsettled_lookup_failed: settled.lookup_failed,
         relisted: scan.relisted,
+        already_in_flight: scan.in_flight,
         changed_during_scan: scan.changed_during_scan + tally.changed,
         max_listing_age: tally.max_listing_age,
         safety_list_requests: SafetyRequests {
@@ -509,6 +519,9 @@ struct ScanResult {
     incomplete_walk: bool,
     /// Empty pages in a row that still said there was more.
     empty_pages: u32,
+    /// Selected, but already in a purge job an earlier process sent (that
+    /// job is followed instead).
+    in_flight: u64,
     /// Tickets not purged because their listings disagreed or the freshness
     /// read found them deleted again.
     changed_during_scan: u64,
@@ -678,6 +691,7 @@ async fn scan(
     unsettled: &mut HashMap<TicketId, Unsettled>,
     batches: &mpsc::Sender<Release>,
     gate: &ListingGate,
+    in_flight: IdSet,
 ) -> anyhow::Result<ScanResult> {
     let settings = &ctx.settings;
     let store = &ctx.store;
@@ -821,7 +835,16 @@ async fn scan(
             if let Some(prior) = unsettled.remove(&ticket.id) {
                 not_effective.push((ticket.id, prior.outcome));
             }
+            if matches!(decision, Decision::Purge { .. }) && in_flight.contains(&ticket.id) {
+                // its purge job, sent by an earlier process, is followed
+                // by this run: not sent again
+                if first_listing {
+                    result.in_flight += 1;
+                }
+                counted = false;
+            }
             match &decision {
+                Decision::Purge { .. } if !counted => {}
                 Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
                     *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
                     selection.chosen.insert(
@@ -1513,9 +1536,41 @@ impl PurgeWorker {
                         );
                     }
                     ZendeskError::InvalidRequest { .. } => ("refused", "failed"),
-                    // 404: none of the ids is soft-deleted any more; the next
-                    // scan shows whether they are gone.
-                    ZendeskError::NotFound { .. } => ("refused", "unknown"),
+                    // 404: none of the ids is soft-deleted any more. Those
+                    // active again were restored; the rest the next scan
+                    // settles.
+                    ZendeskError::NotFound { .. } => {
+                        let active: IdSet = match self.client.active_tickets(&batch).await {
+                            Ok(a) => a.into_iter().collect(),
+                            Err(_) => IdSet::default(),
+                        };
+                        let (restored, rest): (Vec<TicketId>, Vec<TicketId>) =
+                            ids.iter().partition(|id| active.contains(id));
+                        let message = e.to_string();
+                        self.store
+                            .record_job_end(
+                                self.run,
+                                row,
+                                "refused",
+                                Some(&message),
+                                "unknown",
+                                &rest,
+                            )
+                            .await?;
+                        self.store
+                            .record_outcomes(
+                                self.run,
+                                Some(row),
+                                &restored,
+                                "restored_elsewhere",
+                                Some("the purge was answered 404 and the ticket is among active tickets: restored, not purged"),
+                                Utc::now(),
+                            )
+                            .await?;
+                        tracing::error!(error = %e, ids = ids.len(), restored = restored.len(), "purge request refused: not soft-deleted");
+                        self.tally.unknown += rest.len() as u64;
+                        return Ok(());
+                    }
                     // The request may have been carried out (a dropped answer,
                     // a broken body): only a later scan can tell.
                     ZendeskError::Transient { .. }

@@ -132,6 +132,13 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         c.scanned, c.list_requests
     );
     let _ = writeln!(out, "  scan       {}: {}", report.scan, report.scan_reason);
+    if report.already_in_flight > 0 {
+        let _ = writeln!(
+            out,
+            "  in flight  {} selected tickets are in purge jobs an earlier process sent: those jobs were followed, nothing sent again",
+            report.already_in_flight
+        );
+    }
     if report.relisted > 0 || report.changed_during_scan > 0 {
         let _ = writeln!(
             out,
@@ -176,7 +183,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     if settled > 0 {
         let _ = writeln!(
             out,
-            "  settled    earlier open outcomes: {} confirmed gone (not deleted, not active), {} restored elsewhere (active again), {} scrubbed by Zendesk, {} still listed (purged again), {} left open (lookup failed)",
+            "  checked    earlier purges and unknown outcomes: {} confirmed gone (listed no more, not active), {} restored elsewhere (active again), {} scrubbed by Zendesk, {} still listed (decided again), {} left open for a later run",
             report.confirmed_gone,
             report.restored_elsewhere,
             report.scrubbed_by_zendesk,

@@ -340,7 +340,8 @@ async fn a_forced_purge_answered_404_for_a_restored_ticket_settles_as_restored_e
     let (_, results) = zd_retention::manual::purge(&e.ctx, &[target], true)
         .await
         .unwrap();
-    assert_eq!(results[0].outcome, "unknown", "{results:?}");
+    // answered 404, and found among active tickets at once
+    assert_eq!(results[0].outcome, "restored_elsewhere", "{results:?}");
     let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(report.status, RunStatus::Completed);
     let outcomes = last_outcomes(e.ctx.store.pool()).await;
@@ -823,4 +824,53 @@ async fn a_restore_beside_a_cycle_ends_restored_not_confirmed_gone() {
     );
     assert!(sb.restored_ids().contains(&target));
     assert!(!sb.purged_ids().contains(&target));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_after_a_crash_follows_the_open_jobs_and_does_not_purge_their_tickets_again() {
+    let tickets = old_closed(150);
+    // jobs take 10 minutes of Zendesk's time (1 s here): still queued when
+    // the next process starts
+    let options = SandboxOptions {
+        job_delay: Duration::from_secs(600),
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets.clone(), options).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    // an earlier process decided, sent one batch, recorded its job, and died
+    let store = &e.ctx.store;
+    let run = store
+        .start_run("cron", false, "test", Utc::now())
+        .await
+        .unwrap();
+    let sent: Vec<u64> = tickets.iter().take(100).map(|t| t.id).collect();
+    let batch = zd_retention::zendesk::IdBatch::new(sent.clone()).unwrap();
+    let row = store
+        .record_request(run, "destroy_many", &batch, Utc::now())
+        .await
+        .unwrap();
+    let job = e.ctx.client.destroy_many(&batch).await.unwrap();
+    store
+        .record_answer(row, Some(&job.id.0), "queued", None, Utc::now())
+        .await
+        .unwrap();
+
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(report.already_in_flight, 100);
+    let requests: Vec<Vec<u64>> = sb
+        .write_requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.ids)
+        .collect();
+    for id in &sent {
+        let times = requests.iter().filter(|ids| ids.contains(id)).count();
+        assert_eq!(times, 1, "ticket {id} was asked to be purged {times} times");
+    }
+    assert_eq!(sb.purged_ids().len(), 150);
+    let outcomes = last_outcomes(store.pool()).await;
+    for id in &sent {
+        assert_eq!(outcomes.get(id).map(String::as_str), Some("purged"), "{id}");
+    }
 }
