@@ -614,7 +614,7 @@ impl Config {
                 rule.previous_state = Some(
                     v.get_ref()
                         .iter()
-                        .map(|s| s.trim().to_lowercase())
+                        .map(|s| crate::rules::normalize(s))
                         .collect(),
                 );
             }
@@ -652,7 +652,7 @@ impl Config {
                 rule.actor_names = Some(
                     v.get_ref()
                         .iter()
-                        .map(|s| s.trim().to_lowercase())
+                        .map(|s| crate::rules::normalize(s))
                         .collect(),
                 );
             }
@@ -672,12 +672,29 @@ impl Config {
                 }
             }
             rule.match_all = r.match_all.unwrap_or(false);
+            let subject_invalid = r.subject_matches.is_some() && rule.subject_matches.is_none();
             if action == RuleAction::Purge
                 && !rule.has_condition()
                 && !rule.match_all
-                && r.subject_matches.is_none()
+                && !subject_invalid
             {
                 c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
+            } else if action == RuleAction::Purge
+                && rule.has_condition()
+                && !subject_invalid
+                && !rule.has_effective_condition(min_age)
+            {
+                // conditions that select everything in disguise
+                let why = if rule
+                    .subject_matches
+                    .as_ref()
+                    .is_some_and(|re| re.is_match(""))
+                {
+                    "its subject_matches matches the empty string, so every subject"
+                } else {
+                    "its older_than is not above safety.min_age, so it adds nothing to the floor"
+                };
+                c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: {why}; add a real condition or, if that is really meant, match_all = true"));
             }
             if rule.match_all && rule.has_condition() {
                 c.at(key("name"), &r.name, "match_all = true together with conditions is ambiguous: remove match_all or the conditions");

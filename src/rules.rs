@@ -30,6 +30,16 @@ impl RuleAction {
     }
 }
 
+/// The form in which names and states are compared: trimmed, then Unicode
+/// canonical caseless (NFD, full case folding, NFD), so that `"Closed "`,
+/// `"CLOSED"`, `"Jose\u{301}"` / `"José"` and `"STRASSE"` / `"Straße"` each
+/// compare equal, and a keep rule is never dodged by spelling.
+pub fn normalize(text: &str) -> String {
+    use caseless::Caseless;
+    use unicode_normalization::UnicodeNormalization;
+    text.trim().nfd().default_case_fold().nfd().collect()
+}
+
 /// One `[[rules]]` entry, validated. Every condition present must hold.
 #[derive(Debug, Clone)]
 pub struct RetentionRule {
@@ -39,10 +49,10 @@ pub struct RetentionRule {
     pub older_than: Option<Duration>,
     /// Deleted less than this long ago.
     pub younger_than: Option<Duration>,
-    /// Status before deletion, lower case.
+    /// Status before deletion, as `normalize` writes it.
     pub previous_state: Option<BTreeSet<String>>,
     pub actor_ids: Option<BTreeSet<u64>>,
-    /// Compared without regard to case.
+    /// Names as `normalize` writes them: compared trimmed and caseless.
     pub actor_names: Option<BTreeSet<String>>,
     pub subject_matches: Option<Regex>,
     /// Set on a purge rule that has no condition on purpose.
@@ -63,6 +73,22 @@ impl RetentionRule {
             subject_matches: None,
             match_all: false,
         }
+    }
+
+    /// Whether the rule has a condition that can leave a ticket out, given
+    /// the safety floor: an `older_than` not above `min_age` adds nothing,
+    /// and a `subject_matches` that matches the empty string selects every
+    /// ticket with a subject.
+    pub fn has_effective_condition(&self, min_age: Duration) -> bool {
+        self.older_than.is_some_and(|o| o > min_age)
+            || self.younger_than.is_some()
+            || self.previous_state.is_some()
+            || self.actor_ids.is_some()
+            || self.actor_names.is_some()
+            || self
+                .subject_matches
+                .as_ref()
+                .is_some_and(|re| !re.is_match(""))
     }
 
     pub fn has_condition(&self) -> bool {
@@ -88,7 +114,7 @@ impl RetentionRule {
             return false;
         }
         if let Some(states) = &self.previous_state {
-            let state = ticket.previous_state.as_deref().map(str::to_lowercase);
+            let state = ticket.previous_state.as_deref().map(normalize);
             if !state.is_some_and(|s| states.contains(&s)) {
                 return false;
             }
@@ -100,7 +126,7 @@ impl RetentionRule {
             return false;
         }
         if let Some(names) = &self.actor_names {
-            let name = actor.and_then(|a| a.name.as_deref()).map(str::to_lowercase);
+            let name = actor.and_then(|a| a.name.as_deref()).map(normalize);
             if !name.is_some_and(|n| names.contains(&n)) {
                 return false;
             }
@@ -140,11 +166,7 @@ impl RetentionRule {
             ));
         }
         if let Some(states) = &self.previous_state {
-            let state = ticket
-                .previous_state
-                .as_deref()
-                .unwrap_or("(none)")
-                .to_lowercase();
+            let state = normalize(ticket.previous_state.as_deref().unwrap_or("(none)"));
             out.push((
                 format!("previous state in {} (it was {state})", join(states)),
                 states.contains(&state),
@@ -163,7 +185,7 @@ impl RetentionRule {
             ));
         }
         if let Some(names) = &self.actor_names {
-            let name = actor.and_then(|a| a.name.as_deref()).map(str::to_lowercase);
+            let name = actor.and_then(|a| a.name.as_deref()).map(normalize);
             out.push((
                 format!(
                     "deleted by {} (it was {})",
@@ -369,6 +391,69 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_states_compare_trimmed_caseless_and_normalised() {
+        assert_eq!(normalize("Closed "), normalize("closed"));
+        assert_eq!(normalize("CLOSED"), normalize("closed"));
+        assert_eq!(normalize("Jose\u{301}"), normalize("Jos\u{e9}"));
+        assert_eq!(normalize("STRASSE"), normalize("Stra\u{df}e"));
+        assert_eq!(normalize(" \tAda Lovelace\n"), normalize("ada lovelace"));
+        assert_ne!(normalize("closed"), normalize("close"));
+    }
+
+    #[test]
+    fn a_keep_rule_is_not_dodged_by_spelling() {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let policy = Policy {
+            rules: vec![
+                RetentionRule {
+                    previous_state: Some([normalize("closed")].into()),
+                    ..RetentionRule::new("hold-closed", RuleAction::Keep)
+                },
+                RetentionRule {
+                    actor_names: Some([normalize("José Stra\u{df}e")].into()),
+                    ..RetentionRule::new("hold-jose", RuleAction::Keep)
+                },
+                RetentionRule {
+                    older_than: Some(Duration::from_secs(86_400)),
+                    ..RetentionRule::new("old", RuleAction::Purge)
+                },
+            ],
+            min_age: Duration::from_secs(3600),
+            protect_ids: Default::default(),
+        };
+        let ticket = |state: &str, name: &str| DeletedTicket {
+            id: 1,
+            subject: None,
+            actor: Some(Actor {
+                id: Some(5),
+                name: Some(name.into()),
+            }),
+            deleted_at: Some(now - chrono::Duration::days(3)),
+            previous_state: Some(state.into()),
+        };
+        for (state, name) in [
+            ("Closed ", "x"),
+            ("CLOSED", "x"),
+            ("open", "Jose\u{301} STRASSE "),
+            ("open", "JOSÉ STRASSE"),
+        ] {
+            assert!(
+                matches!(
+                    policy.decide(&ticket(state, name), now),
+                    Decision::Keep(KeepReason::Rule(_))
+                ),
+                "{state:?} / {name:?} dodged a keep rule"
+            );
+        }
+        assert!(matches!(
+            policy.decide(&ticket("open", "Ada"), now),
+            Decision::Purge { .. }
+        ));
+    }
     use crate::zendesk::Actor;
 
     fn ticket(id: u64, age_hours: i64, state: &str, actor: u64) -> (DeletedTicket, DateTime<Utc>) {
