@@ -138,9 +138,14 @@ pub struct PurgeArgs {
     /// Confirm the permanent deletion.
     #[arg(long)]
     pub yes: bool,
-    /// Skip the safety floor (min_age, protect_ids) and the check that each id is soft-deleted.
+    /// Skip the config's keep rules, the safety floor (min_age, protect_ids)
+    /// and the check that each id is soft-deleted; recorded as forced.
     #[arg(long)]
     pub force: bool,
+    /// Purge although the config says safety.dry_run = true (otherwise the
+    /// ids are recorded as would_purge and nothing is sent).
+    #[arg(long)]
+    pub live: bool,
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
 }
@@ -1067,9 +1072,23 @@ async fn purge(config: Option<PathBuf>, args: PurgeArgs) -> anyhow::Result<ExitC
         .into());
     }
     let ctx = manual_context(config).await?;
-    let (run, results) = crate::manual::purge(&ctx, &ids, args.force).await?;
+    let (run, results) = crate::manual::purge(&ctx, &ids, args.force, args.live).await?;
     ctx.store.close().await;
     print_results(&results, args.format)?;
+    let would = results
+        .iter()
+        .filter(|r| r.outcome == "would_purge")
+        .count();
+    if would > 0 {
+        eprintln!(
+            "dry run: {would} would be purged, nothing was sent (safety.dry_run = true; pass --live to purge); audit: zd-retention audit run {run}"
+        );
+        return Ok(if would == results.len() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILED)
+        });
+    }
     let purged = results.iter().filter(|r| r.outcome == "purged").count();
     eprintln!(
         "{purged} purged, {} not; audit: zd-retention audit run {run}",

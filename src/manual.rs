@@ -353,10 +353,16 @@ pub async fn purge(
     ctx: &CycleContext,
     ids: &[TicketId],
     force: bool,
+    live: bool,
 ) -> anyhow::Result<(i64, Vec<IdResult>)> {
     let store = &ctx.store;
+    // a dry-run config stays dry for a manual purge too, unless the
+    // operator says --live
+    let dry_run = ctx.settings.dry_run && !live;
+    let mut settings = ctx.settings.clone();
+    settings.dry_run = dry_run;
     let run = store
-        .start_run("manual_purge", false, &ctx.config_hash, Utc::now())
+        .start_run("manual_purge", dry_run, &ctx.config_hash, Utc::now())
         .await?;
     let wanted: BTreeSet<TicketId> = ids.iter().copied().collect();
     let now = Utc::now();
@@ -376,7 +382,7 @@ pub async fn purge(
             let decision = Decision::Purge {
                 rule: "(manual --force)".into(),
             };
-            records.push(decision_record(&ticket, &decision, &ctx.settings, now));
+            records.push(decision_record(&ticket, &decision, &settings, now));
             selected.push(*id);
         }
     } else {
@@ -413,23 +419,34 @@ pub async fn purge(
                 });
                 continue;
             };
-            let decision = floor.decide(t, now);
+            // a keep rule of the config (a legal hold) wins over a manual
+            // purge; then the floor applies
+            let decision = match ctx.policy.decide(t, now) {
+                keep @ Decision::Keep(KeepReason::Rule(_)) => keep,
+                _ => floor.decide(t, now),
+            };
             listed.insert(t.id, ListedAs::of(t));
-            records.push(decision_record(t, &decision, &ctx.settings, now));
+            records.push(decision_record(t, &decision, &settings, now));
             match decision {
                 Decision::Purge { .. } => selected.push(*id),
                 Decision::Keep(reason) => {
                     let why = match reason {
-                        KeepReason::Protected => "in safety.protect_ids (--force overrides)",
+                        KeepReason::Rule(rule) => {
+                            format!("kept by the config's rule {rule:?} (--force overrides)")
+                        }
+                        KeepReason::Protected => {
+                            "in safety.protect_ids (--force overrides)".to_string()
+                        }
                         KeepReason::TooYoung { .. } => {
                             "deleted more recently than safety.min_age (--force overrides)"
+                                .to_string()
                         }
-                        _ => "its deletion time is unknown (--force overrides)",
+                        _ => "its deletion time is unknown (--force overrides)".to_string(),
                     };
                     results.push(IdResult {
                         id: *id,
                         outcome: "not_sent".into(),
-                        detail: Some(why.into()),
+                        detail: Some(why),
                     });
                 }
             }
@@ -443,10 +460,32 @@ pub async fn purge(
             None,
             &refused,
             "not_sent",
-            Some("refused by the safety floor or not soft-deleted"),
+            Some("refused by a keep rule, the safety floor, or not soft-deleted"),
             Utc::now(),
         )
         .await?;
+    if dry_run {
+        // recorded as would_purge; nothing is sent
+        for id in &selected {
+            results.push(IdResult {
+                id: *id,
+                outcome: "would_purge".into(),
+                detail: Some(
+                    "dry run (safety.dry_run = true): nothing sent; pass --live to purge".into(),
+                ),
+            });
+        }
+        results.sort_by_key(|r| r.id);
+        let counts = RunCounts {
+            scanned: records.len() as u64,
+            matched: selected.len() as u64,
+            ..RunCounts::default()
+        };
+        store
+            .finish_run(run, "completed", &counts, None, Utc::now())
+            .await?;
+        return Ok((run, results));
+    }
     // each batch with the deletion times as listed, so that the freshness
     // read just before sending catches a ticket deleted again meanwhile;
     // forced ids were not listed and are sent as named

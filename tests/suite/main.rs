@@ -12,5 +12,6 @@ mod helpers;
 mod operator;
 mod profiles;
 mod rules_props;
+mod safety;
 mod sandbox_contract;
 mod security;

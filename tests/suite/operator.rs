@@ -101,9 +101,18 @@ async fn restore_takes_tickets_out_of_the_deleted_view_and_reports_each_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_purge_keeps_the_safety_floor_unless_forced() {
     let all = clear_tickets(400, 31);
+    // not held by the config's legal-hold keep rule, which also applies
     let old = all
         .iter()
-        .find(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(2))
+        .find(|t| {
+            chrono::Utc::now() - t.deleted_at > chrono::Duration::days(2)
+                && !t
+                    .subject
+                    .as_deref()
+                    .unwrap_or("")
+                    .to_lowercase()
+                    .contains("legal hold")
+        })
         .unwrap()
         .id;
     let young = all

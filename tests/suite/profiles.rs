@@ -337,7 +337,7 @@ async fn a_forced_purge_answered_404_for_a_restored_ticket_settles_as_restored_e
     let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
     let e = engine(&sb, example_policy(), test_settings()).await;
     assert!(sb.agent_restore(target));
-    let (_, results) = zd_retention::manual::purge(&e.ctx, &[target], true)
+    let (_, results) = zd_retention::manual::purge(&e.ctx, &[target], true, false)
         .await
         .unwrap();
     // answered 404, and found among active tickets at once
