@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -218,8 +217,9 @@ impl AuditStore {
                 path.display()
             );
         }
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .with_context(|| format!("bad database path {}", path.display()))?
+        // a file name, not a URL: `?` and `%` in a path are just characters
+        let options = SqliteConnectOptions::new()
+            .filename(path)
             .read_only(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()

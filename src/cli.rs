@@ -448,13 +448,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Probe(args) => probe(cli.config, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "zd-retention",
-                &mut std::io::stdout(),
-            );
-            Ok(ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "zd-retention", &mut script);
+            // a reader that went away (`| head`) is not a failure
+            use std::io::Write as _;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("cannot write the completions"))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
     };
     match result {

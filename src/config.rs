@@ -792,10 +792,32 @@ impl Config {
     }
 }
 
+/// A token as read, trimmed; refused when it holds a control character (a
+/// newline inside it, a pasted escape): Zendesk would refuse it on every
+/// request, and retries would only hide why. The message never shows it.
+fn checked_token(
+    key: &'static str,
+    text: &str,
+    source: &str,
+) -> Result<SecretString, (&'static str, String)> {
+    let token = text.trim();
+    if token.chars().any(char::is_control) {
+        return Err((
+            key,
+            format!(
+                "the token in {source} holds a control character (a line break or tab inside it): write the token alone on one line"
+            ),
+        ));
+    }
+    Ok(SecretString::from(token.to_string()))
+}
+
 fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
     let from_env = |key: &'static str, var: &str| -> Result<SecretString, (&'static str, String)> {
         match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+            Ok(v) if !v.trim().is_empty() => {
+                checked_token(key, &v, &format!("the environment variable {var}"))
+            }
             Ok(_) => Err((
                 key,
                 format!("the environment variable {var} is empty: set it to the token"),
@@ -812,7 +834,9 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
         |key: &'static str, path: &Path| -> Result<SecretString, (&'static str, String)> {
             warn_if_world_readable(path);
             match std::fs::read_to_string(path) {
-                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+                Ok(v) if !v.trim().is_empty() => {
+                    checked_token(key, &v, &format!("the token file {}", path.display()))
+                }
                 Ok(_) => Err((
                     key,
                     format!(

@@ -7,6 +7,21 @@ use clap::Parser;
 use zd_retention::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // `zd-retention audit run 1 | head -1`: the reader went away, which is
+    // not an error of ours; leave quietly instead of panicking on the write.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     zd_retention::telemetry::init(cli.log_format);
     // One-shot commands run on one thread: fewer wake-ups across threads per

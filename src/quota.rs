@@ -19,7 +19,8 @@ pub struct RateQuota {
 impl RateQuota {
     pub fn new(count: u32, window: Duration) -> Option<Self> {
         let count = NonZeroU32::new(count)?;
-        (!window.is_zero()).then_some(Self { count, window })
+        // the spacing between two requests must not round to zero
+        (!(window / count.get()).is_zero()).then_some(Self { count, window })
     }
 
     pub fn per_minute(count: u32) -> Option<Self> {
@@ -44,9 +45,11 @@ impl RateQuota {
     /// A governor quota that lets through at most `count` requests in any
     /// window of `window`: a burst of one and one more every `spacing`.
     pub fn to_governor(&self) -> governor::Quota {
-        governor::Quota::with_period(self.spacing())
-            // spacing is non-zero: count and window are checked in `new`
-            .expect("non-zero spacing")
+        // `new` refuses a spacing that rounds to zero; `scaled` can still
+        // shrink one, so a nanosecond is the floor (never a panic)
+        let period = self.spacing().max(Duration::from_nanos(1));
+        governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MAX))
             .allow_burst(NonZeroU32::MIN)
     }
 
@@ -98,7 +101,7 @@ impl FromStr for RateQuota {
             )
         })?;
         RateQuota::new(count, window)
-            .ok_or_else(|| format!("{s:?}: count and window must both be above zero: {hint}"))
+            .ok_or_else(|| format!("{s:?}: count and window must both be above zero, and the window long enough that window/count does not round to zero: {hint}"))
     }
 }
 

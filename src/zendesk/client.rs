@@ -117,6 +117,12 @@ pub fn check_base_url(text: &str) -> Result<Url, String> {
     if url.host_str().is_none() {
         return Err(format!("{text:?} has no host"));
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        // never echo the URL: it holds a credential
+        return Err(
+            "base_url holds a user name or password (user:password@host): credentials go in token_env or token_file, never in the URL".into(),
+        );
+    }
     Ok(url)
 }
 
@@ -239,14 +245,19 @@ struct Call {
 
 impl ZendeskClient {
     pub fn new(config: ClientConfig) -> Result<Self, ZendeskError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("zd-retention/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.retry.request_timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| ZendeskError::Refused {
-                call: "building the HTTP client".into(),
-                reason: e.to_string(),
-            })?;
+            .connect_timeout(config.retry.request_timeout.min(Duration::from_secs(10)));
+        if config.base_url.scheme() == "http" {
+            // plain http is allowed to loopback only, and a proxy from the
+            // environment (HTTP_PROXY) would read the credential in clear;
+            // https honours HTTPS_PROXY / NO_PROXY as operators expect
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().map_err(|e| ZendeskError::Refused {
+            call: "building the HTTP client".into(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 last_failed: std::sync::atomic::AtomicBool::new(false),

@@ -124,3 +124,139 @@ async fn keep_rules_match_states_and_names_however_they_are_spelled() {
         .unwrap();
     assert_eq!(sb.purged_ids(), [5], "{:?}", report.kept);
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
+
+fn sandbox_config(dir: &std::path::Path, base_url: &str, credential: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\n{credential}\n\
+             [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
+             [audit]\ndatabase = \"{}\"\n[[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"30d\"\n",
+            dir.join("audit.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_in_the_environment_never_sees_a_loopback_request() {
+    // a "proxy" that records whether anyone connected
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((_conn, _)) = proxy.accept().await {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let sb = crate::helpers::sandbox(150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = sandbox_config(dir.path(), &sb.base_url(), "token_env = \"ZD_TEST_TOKEN\"");
+    let proxy_url = format!("http://{proxy_addr}");
+    let out = tokio::process::Command::new(BIN)
+        .args(["list", "--format", "json", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .env("HTTP_PROXY", &proxy_url)
+        .env("http_proxy", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !seen.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy received a plain-http request carrying the credential"
+    );
+}
+
+#[test]
+fn a_token_with_a_control_character_is_refused_at_load_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tok-SECRET\u{1b}[0m-rest\n").unwrap();
+    let config = sandbox_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        &format!("token_file = \"{}\"", token.display()),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("control character"), "{stderr}");
+    assert!(
+        !stderr.contains("tok-SECRET"),
+        "the token was shown: {stderr}"
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::io::Read;
+    for args in [&["completions", "bash"][..], &["--help"][..]] {
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // read one byte, then close the pipe, as `| head -c1` does
+        let mut stdout = child.stdout.take().unwrap();
+        let mut one = [0u8; 1];
+        let _ = stdout.read(&mut one);
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_commands_open_a_database_whose_path_holds_question_marks_and_percents() {
+    let sb = crate::helpers::sandbox(150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("a?b%20c#d");
+    std::fs::create_dir(&odd).unwrap();
+    let config = sandbox_config(&odd, &sb.base_url(), "token_env = \"ZD_TEST_TOKEN\"");
+    let once = tokio::process::Command::new(BIN)
+        .args(["once", "--dry-run", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    let runs = tokio::process::Command::new(BIN)
+        .args(["audit", "runs", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        runs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&runs.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+}
