@@ -832,6 +832,8 @@ async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
 async fn once(config: Option<PathBuf>, args: OnceArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
+    // one writer per audit database, for the whole command
+    let _lock = crate::writer_lock::acquire(&config.audit.database, "once")?;
     let store = open_store(&config).await?;
     let cancel = CancellationToken::new();
     let mut ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
@@ -881,6 +883,28 @@ async fn once(config: Option<PathBuf>, args: OnceArgs) -> anyhow::Result<ExitCod
 async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
+    // Active/standby: a second daemon on the same database waits here until
+    // the active one ends (its lock goes with its process, SIGKILL too).
+    let standby_cancel = CancellationToken::new();
+    let stop_waiting = tokio::spawn({
+        let cancel = standby_cancel.clone();
+        async move {
+            shutdown_signal().await;
+            cancel.cancel();
+        }
+    });
+    let lock = crate::writer_lock::acquire_or_wait(
+        &config.audit.database,
+        "run",
+        Duration::from_millis(500),
+        &standby_cancel,
+    )
+    .await?;
+    stop_waiting.abort();
+    let Some(_lock) = lock else {
+        tracing::info!("stopped while on standby");
+        return Ok(ExitCode::SUCCESS);
+    };
     let store = open_store(&config).await?;
     // A crash of the previous process shows at once, not at the first tick;
     // its open jobs are followed by the first run.
@@ -922,15 +946,18 @@ async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 /// A cycle context for manual commands: the config, its client and store.
-async fn manual_context(config: Option<PathBuf>) -> anyhow::Result<CycleContext> {
+async fn manual_context(
+    config: Option<PathBuf>,
+    command: &str,
+) -> anyhow::Result<(CycleContext, crate::writer_lock::WriterLock)> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
+    // one writer per audit database, for the whole command
+    let lock = crate::writer_lock::acquire(&config.audit.database, command)?;
     let store = open_store(&config).await?;
-    Ok(CycleContext::new(
-        &config,
-        client,
-        store,
-        CancellationToken::new(),
+    Ok((
+        CycleContext::new(&config, client, store, CancellationToken::new()),
+        lock,
     ))
 }
 
@@ -1049,7 +1076,7 @@ async fn restore(config: Option<PathBuf>, args: RestoreArgs) -> anyhow::Result<E
         eprintln!("nothing restored");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
-    let ctx = manual_context(config).await?;
+    let (ctx, _lock) = manual_context(config, "restore").await?;
     let (run, results) = crate::manual::restore(&ctx, &ids).await?;
     ctx.store.close().await;
     print_results(&results, args.format)?;
@@ -1074,7 +1101,7 @@ async fn purge(config: Option<PathBuf>, args: PurgeArgs) -> anyhow::Result<ExitC
         ))
         .into());
     }
-    let ctx = manual_context(config).await?;
+    let (ctx, _lock) = manual_context(config, "purge").await?;
     let (run, results) = crate::manual::purge(&ctx, &ids, args.force, args.live).await?;
     ctx.store.close().await;
     print_results(&results, args.format)?;

@@ -32,6 +32,8 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
         ..SandboxOptions::default()
     })
     .await?;
+    // one writer per database: never start over a database in use
+    let _lock = crate::writer_lock::acquire(database, "demo")?;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = database.as_os_str().to_owned();
         p.push(suffix);

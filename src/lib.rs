@@ -17,4 +17,5 @@ pub mod rules;
 pub mod sandbox;
 pub mod server;
 pub mod telemetry;
+pub mod writer_lock;
 pub mod zendesk;

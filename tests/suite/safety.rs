@@ -260,3 +260,150 @@ async fn audit_commands_open_a_database_whose_path_holds_question_marks_and_perc
     let json: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 1);
 }
+
+fn live_config(dir: &std::path::Path, base_url: &str, cron: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
+             [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
+             [schedule]\ncron = \"{cron}\"\nshutdown_grace = \"5s\"\n\
+             [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n\
+             [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
+            dir.join("audit.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_once_on_the_same_database_exits_1_naming_the_first() {
+    let tickets = crate::helpers::clear_tickets(600, 44);
+    let options = zd_retention::sandbox::SandboxOptions {
+        // jobs of 10 minutes at Zendesk's time, 1 s here: the first run lasts
+        job_delay: std::time::Duration::from_secs(600),
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let first = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id().unwrap();
+    // the first holds the lock once it lists (it locks before anything else)
+    while sb.count("list") == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let second = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another writer"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {first_pid}")), "{stderr}");
+    assert!(stderr.contains("command once"), "{stderr}");
+    let first = first.wait_with_output().await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let store = zd_retention::audit::AuditStore::open_read_only(&dir.path().join("audit.db"))
+        .await
+        .unwrap();
+    let runs = store.runs(None, 10).await.unwrap();
+    assert_eq!(runs.len(), 1, "the second wrote nothing");
+    assert_eq!(runs[0].status, "completed");
+    assert_eq!(runs[0].purged as usize, sb.purged_ids().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_are_active_and_standby_and_the_standby_takes_over_after_sigkill() {
+    let sb = sandbox_with(
+        crate::helpers::clear_tickets(300, 45),
+        fast_sandbox_options(0),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "* * * * * *");
+    let db = dir.path().join("audit.db");
+    let spawn = || {
+        tokio::process::Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let completed = || async {
+        match zd_retention::audit::AuditStore::open_read_only(&db).await {
+            Ok(store) => {
+                let n = store
+                    .runs(None, 1000)
+                    .await
+                    .map(|r| r.iter().filter(|r| r.status == "completed").count())
+                    .unwrap_or(0);
+                store.close().await;
+                n
+            }
+            Err(_) => 0,
+        }
+    };
+    let mut active = spawn();
+    for _ in 0..100 {
+        if completed().await >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(completed().await >= 1, "the first daemon ran");
+    let mut standby = spawn();
+    // the standby announces itself on stderr
+    let mut standby_err = standby.stderr.take().unwrap();
+    let mut seen = String::new();
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !seen.contains("standby") {
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            standby_err.read(&mut buf),
+        )
+        .await
+        .expect("the standby says it waits")
+        .unwrap();
+        assert!(n > 0, "the standby ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    active.start_kill().unwrap(); // SIGKILL
+    active.wait().await.unwrap();
+    let before = completed().await;
+    let mut took_over = false;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if completed().await > before {
+            took_over = true;
+            break;
+        }
+    }
+    assert!(
+        took_over,
+        "the standby completed a cycle after the active one died"
+    );
+    unsafe { libc::kill(standby.id().unwrap() as i32, libc::SIGTERM) };
+    let status = standby.wait().await.unwrap();
+    assert!(status.success());
+}
