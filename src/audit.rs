@@ -26,6 +26,10 @@ pub type RunId = i64;
 /// A job's row id (ours, not Zendesk's).
 pub type JobRowId = i64;
 
+/// The largest ticket id the store keeps: SQLite integers are signed 64-bit,
+/// and an id above this would be stored wrapped (negative).
+pub const MAX_TICKET_ID: TicketId = i64::MAX as TicketId;
+
 /// Timestamps as stored: RFC 3339, UTC, milliseconds.
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -205,7 +209,12 @@ impl AuditStore {
             .run(&pool)
             .await
             .with_context(|| format!("cannot apply the migrations to {}", path.display()))?;
-        Ok(Self { pool })
+        let store = Self { pool };
+        store
+            .seal_states()
+            .await
+            .with_context(|| format!("cannot record the runs' states in {}", path.display()))?;
+        Ok(store)
     }
 
     /// Opens an existing database for queries only; works while the daemon
@@ -241,10 +250,15 @@ impl AuditStore {
                 .fetch_all(&self.pool)
                 .await?;
         if !ids.is_empty() {
+            let mut tx = self.pool.begin().await?;
             sqlx::query("UPDATE runs SET status = 'interrupted', finished_at = ?, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'")
                 .bind(timestamp(now))
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+            for id in &ids {
+                chain_append(&mut tx, Chained::RunsState, *id, *id).await?;
+            }
+            tx.commit().await?;
         }
         Ok(ids)
     }
@@ -276,6 +290,7 @@ impl AuditStore {
             .context("cannot record the start of the run")?
             .last_insert_rowid();
         chain_append(&mut tx, Chained::Runs, id, id).await?;
+        chain_append(&mut tx, Chained::RunsState, id, id).await?;
         tx.commit()
             .await
             .context("cannot record the start of the run")?;
@@ -311,6 +326,7 @@ impl AuditStore {
         .bind(run)
         .execute(&mut *tx)
         .await?;
+        chain_append(&mut tx, Chained::RunsState, run, run).await?;
         sqlx::query("DELETE FROM run_decision_counts WHERE run_id = ?")
             .bind(run)
             .execute(&mut *tx)
@@ -423,6 +439,7 @@ impl AuditStore {
             .context("cannot record the request before sending it")?
             .last_insert_rowid();
         chain_append(&mut tx, Chained::Jobs, id, id).await?;
+        chain_append(&mut tx, Chained::JobsState, id, id).await?;
         tx.commit()
             .await
             .context("cannot record the request before sending it")?;
@@ -438,13 +455,18 @@ impl AuditStore {
         message: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?")
             .bind(zendesk_job_id)
             .bind(status)
             .bind(message)
             .bind(timestamp(now))
             .bind(job)
-            .execute(&self.pool)
+            .execute(&mut *tx)
+            .await
+            .context("cannot record Zendesk's answer")?;
+        chain_append(&mut tx, Chained::JobsState, job, job).await?;
+        tx.commit()
             .await
             .context("cannot record Zendesk's answer")?;
         Ok(())
@@ -469,6 +491,7 @@ impl AuditStore {
             .bind(job)
             .execute(&mut *tx)
             .await?;
+        chain_append(&mut tx, Chained::JobsState, job, job).await?;
         insert_outcomes(&mut tx, run, Some(job), tickets, outcome, message, &at).await?;
         tx.commit().await.context("cannot record the job's end")?;
         Ok(())
@@ -854,6 +877,10 @@ impl AuditStore {
             problem: None,
         };
         let mut covered: HashMap<&'static str, i64> = HashMap::new();
+        // the row ranges each insert entry covers, per table
+        let mut ranges: HashMap<&'static str, Vec<(i64, i64)>> = HashMap::new();
+        // the latest recorded state of each run and job: (entry, digest)
+        let mut states: HashMap<(&'static str, i64), (i64, String)> = HashMap::new();
         for (seq, tbl, first, last, digests, prev, hash) in &entries {
             if *prev != report.head {
                 report.problem = Some(format!(
@@ -872,6 +899,19 @@ impl AuditStore {
                 report.problem = Some(format!("chain entry {seq} names an unknown table {tbl:?}"));
                 return Ok(report);
             };
+            if Chained::STATES.contains(&table) {
+                // a state is checked against the latest one recorded, below
+                for (i, id) in (*first..=*last).enumerate() {
+                    let digest = digests.get(i * 16..i * 16 + 16).unwrap_or("").to_string();
+                    states.insert((table.entry_name(), id), (*seq, digest));
+                }
+                report.head = hash.clone();
+                continue;
+            }
+            ranges
+                .entry(table.table())
+                .or_default()
+                .push((*first, *last));
             let current: HashMap<i64, String> = row_digests(&mut conn, table, *first, *last)
                 .await?
                 .into_iter()
@@ -911,8 +951,140 @@ impl AuditStore {
                 ));
                 return Ok(report);
             }
+            // ids the chain never gives out (zero, negative) and rows in
+            // the gaps between the chained ranges
+            let below: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT MIN(id) FROM {} WHERE id < 1",
+                table.table()
+            )))
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(id) = below {
+                report.problem = Some(format!(
+                    "row {id} of {} has an id the chain never gives out: it was added outside zd-retention",
+                    table.table()
+                ));
+                return Ok(report);
+            }
+            let mut spans = ranges.remove(table.table()).unwrap_or_default();
+            spans.sort_unstable();
+            let mut next_expected = 1;
+            for (first, last) in spans {
+                if first > next_expected {
+                    let stray: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "SELECT MIN(id) FROM {} WHERE id >= ? AND id < ?",
+                        table.table()
+                    )))
+                    .bind(next_expected)
+                    .bind(first)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    if let Some(id) = stray {
+                        report.problem = Some(format!(
+                            "row {id} of {} is not in the chain: it was added outside zd-retention",
+                            table.table()
+                        ));
+                        return Ok(report);
+                    }
+                }
+                next_expected = next_expected.max(last + 1);
+            }
+        }
+        // every run's and job's state as last recorded
+        for table in Chained::STATES {
+            let current = row_digests(&mut conn, table, i64::MIN, i64::MAX).await?;
+            for (id, digest) in current {
+                match states.get(&(table.entry_name(), id)) {
+                    None => {
+                        report.problem = Some(format!(
+                            "row {id} of {} has no recorded state: it was added outside zd-retention",
+                            table.table()
+                        ));
+                        return Ok(report);
+                    }
+                    Some((seq, recorded)) if *recorded != digest => {
+                        report.problem = Some(format!(
+                            "row {id} of {} was changed after its last recorded state (status, figures or job id; chain entry {seq})",
+                            table.table()
+                        ));
+                        return Ok(report);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        // the derived counts that `audit run` and `audit stats` read
+        let forged: Option<(i64, String)> = sqlx::query_as(
+            "SELECT run_id, decision FROM (
+                 SELECT run_id, decision, rule, count FROM run_decision_counts
+                 EXCEPT
+                 SELECT run_id, decision, rule, COUNT(*) FROM decisions
+                 WHERE run_id IN (SELECT run_id FROM run_decision_counts)
+                 GROUP BY run_id, decision, rule)
+             UNION ALL
+             SELECT run_id, decision FROM (
+                 SELECT run_id, decision, rule, COUNT(*) FROM decisions
+                 WHERE run_id IN (SELECT run_id FROM run_decision_counts)
+                 GROUP BY run_id, decision, rule
+                 EXCEPT
+                 SELECT run_id, decision, rule, count FROM run_decision_counts)
+             LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((run, decision)) = forged {
+            report.problem = Some(format!(
+                "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"
+            ));
+            return Ok(report);
         }
         Ok(report)
+    }
+
+    /// The chain's last entry number and hash (`genesis` before any).
+    pub async fn chain_head(&self) -> anyhow::Result<(i64, String)> {
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(head.unwrap_or((0, "genesis".into())))
+    }
+
+    /// Whether an entry with this hash is in the chain.
+    pub async fn chain_contains(&self, hash: &str) -> anyhow::Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_chain WHERE hash = ?")
+                .bind(hash)
+                .fetch_one(&self.pool)
+                .await?
+                > 0,
+        )
+    }
+
+    /// A database written before the runs' and jobs' states were chained:
+    /// their states as they are now are recorded once, so that from here on
+    /// every change is covered (earlier changes were not, and cannot be).
+    async fn seal_states(&self) -> anyhow::Result<()> {
+        let sealed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_chain WHERE tbl IN ('runs.state', 'jobs.state')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if sealed > 0 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (table, state) in [("runs", Chained::RunsState), ("jobs", Chained::JobsState)] {
+            let ids: Vec<i64> =
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT id FROM {table} ORDER BY id")))
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for id in ids {
+                chain_append(&mut tx, state, id, id).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Takes and releases the write lock: fails when the database cannot be
@@ -1028,27 +1200,47 @@ enum Chained {
     Decisions,
     Jobs,
     Outcomes,
+    /// The columns of a run that change (status, figures, error): each
+    /// change appends their new values, so an UPDATE outside is seen.
+    RunsState,
+    /// The columns of a job that change (Zendesk's job id, status, times).
+    JobsState,
 }
 
 impl Chained {
+    /// The tables whose rows are inserted under the chain.
     const ALL: [Chained; 4] = [
         Chained::Runs,
         Chained::Decisions,
         Chained::Jobs,
         Chained::Outcomes,
     ];
+    /// The mutable states, chained at every change.
+    const STATES: [Chained; 2] = [Chained::RunsState, Chained::JobsState];
 
     fn table(self) -> &'static str {
         match self {
-            Self::Runs => "runs",
+            Self::Runs | Self::RunsState => "runs",
             Self::Decisions => "decisions",
-            Self::Jobs => "jobs",
+            Self::Jobs | Self::JobsState => "jobs",
             Self::Outcomes => "outcomes",
         }
     }
 
+    /// The name a chain entry carries.
+    fn entry_name(self) -> &'static str {
+        match self {
+            Self::RunsState => "runs.state",
+            Self::JobsState => "jobs.state",
+            other => other.table(),
+        }
+    }
+
     fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.table() == name)
+        Self::ALL
+            .into_iter()
+            .chain(Self::STATES)
+            .find(|c| c.entry_name() == name)
     }
 
     /// Every chained column as text, in a fixed order.
@@ -1065,6 +1257,12 @@ impl Chained {
             }
             Self::Outcomes => {
                 "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::RunsState => {
+                "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::JobsState => {
+                "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
             }
         }
     }
@@ -1107,7 +1305,7 @@ fn entry_hash(prev: &str, table: &str, first: i64, last: i64, digests: &str) -> 
 /// bind; `audit verify` from the values it reads back.
 fn row_digest<'a>(table: Chained, values: impl IntoIterator<Item = Option<&'a str>>) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(table.table().as_bytes());
+    hasher.update(table.entry_name().as_bytes());
     for value in values {
         hasher.update([0x1f]);
         match value {
@@ -1132,9 +1330,9 @@ async fn chain_append_digests(
             .fetch_optional(&mut **tx)
             .await?;
     let prev = prev.unwrap_or_else(|| "genesis".into());
-    let hash = entry_hash(&prev, table.table(), first, last, &digests);
+    let hash = entry_hash(&prev, table.entry_name(), first, last, &digests);
     sqlx::query("INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(table.table())
+        .bind(table.entry_name())
         .bind(first)
         .bind(last)
         .bind(digests)

@@ -232,9 +232,21 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: AuditTarget,
     },
-    /// Check the audit log's hash chain; names the first row changed or removed (exit 1).
-    #[command(after_help = "Example:\n  zd-retention audit verify --database zd-retention.db")]
+    /// Check the audit log's hash chain; names the first row changed, removed or added (exit 1).
+    #[command(
+        after_help = "Examples:\n  zd-retention audit verify --database zd-retention.db\n  zd-retention audit verify --expect-head 3f2a...  # a head logged or noted earlier: detects a removed tail"
+    )]
     Verify {
+        /// A head hash noted earlier (from a run's log line or `audit head`):
+        /// it must still be in the chain, or entries were removed.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// The chain's head: its entry number and hash, to note elsewhere.
+    #[command(after_help = "Example:\n  zd-retention audit head --database zd-retention.db")]
+    Head {
         #[command(flatten)]
         target: AuditTarget,
     },
@@ -1007,6 +1019,15 @@ fn read_ids(ids: &[u64], file: Option<&PathBuf>) -> anyhow::Result<Vec<u64>> {
         return Err(UsageError(
             "no ticket id given: pass ids as arguments or --ids-file FILE".into(),
         )
+        .into());
+    }
+    // the audit stores ids as SQLite integers (signed 64-bit): a larger id
+    // is no Zendesk ticket, and would be stored wrapped
+    if let Some(big) = all.iter().find(|id| **id > crate::audit::MAX_TICKET_ID) {
+        return Err(UsageError(format!(
+            "{big} is not a ticket id: Zendesk ids are below 2^63 ({})",
+            crate::audit::MAX_TICKET_ID
+        ))
         .into());
     }
     Ok(all)

@@ -427,6 +427,10 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     store
         .finish_run(run, status.as_str(), &counts, error.as_deref(), Utc::now())
         .await?;
+    // noted elsewhere (the log), the head lets `audit verify --expect-head`
+    // find a tail removed later
+    let (entry, head) = store.chain_head().await?;
+    tracing::info!(run, entry, head = %head, "audit chain head");
     let report = CycleReport {
         run_id: run,
         status,
@@ -791,6 +795,18 @@ async fn scan(
         let mut records = Vec::with_capacity(page.tickets.len());
         let mut not_effective = Vec::new();
         for ticket in &page.tickets {
+            if ticket.id > crate::audit::MAX_TICKET_ID {
+                // kept, logged, and never stored wrapped
+                tracing::warn!(
+                    ticket = ticket.id,
+                    "a listed ticket id is above 2^63-1: kept, not recorded"
+                );
+                *result
+                    .kept
+                    .entry("keep_id_out_of_range".into())
+                    .or_default() += 1;
+                continue;
+            }
             let decision = ctx.policy.decide(ticket, now);
             let first_listing = selection.seen.insert(ticket.id);
             let mut counted = true;

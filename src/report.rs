@@ -30,6 +30,7 @@ fn kept_label(kind: &str) -> &str {
         "keep_protected" => "protected id",
         "keep_too_young" => "younger than min_age",
         "keep_unknown_age" => "deletion time unknown",
+        "keep_id_out_of_range" => "id above 2^63-1 (not recorded)",
         other => other,
     }
 }
@@ -424,9 +425,30 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                 }
             }
         }
-        AuditCommand::Verify { target } => {
+        AuditCommand::Head { target } => {
             let store = open(config, &target).await?;
-            let report = store.verify_chain().await?;
+            let (seq, hash) = store.chain_head().await?;
+            match target.format {
+                TableFormat::Json | TableFormat::Csv => {
+                    println!("{}", serde_json::json!({"entry": seq, "hash": hash}))
+                }
+                TableFormat::Table => println!("chain head: entry {seq}, hash {hash}"),
+            }
+        }
+        AuditCommand::Verify {
+            expect_head,
+            target,
+        } => {
+            let store = open(config, &target).await?;
+            let mut report = store.verify_chain().await?;
+            if let Some(expected) = expect_head.as_deref().map(str::trim)
+                && report.problem.is_none()
+                && !store.chain_contains(expected).await?
+            {
+                report.problem = Some(format!(
+                    "the chain does not contain the expected head {expected}: entries after it were removed (or the hash belongs to another database)"
+                ));
+            }
             match target.format {
                 TableFormat::Json | TableFormat::Csv => {
                     println!("{}", serde_json::to_string_pretty(&report)?)

@@ -407,3 +407,42 @@ async fn two_daemons_are_active_and_standby_and_the_standby_takes_over_after_sig
     let status = standby.wait().await.unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_id_above_i64_is_kept_and_logged_never_stored_wrapped() {
+    let big = (i64::MAX as u64) + 5;
+    let sb = sandbox_with(
+        vec![old(big, "huge"), old(7, "small")],
+        fast_sandbox_options(0),
+    )
+    .await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let report = zd_retention::cycle::run_cycle(&e.ctx, zd_retention::cycle::Trigger::Manual)
+        .await
+        .unwrap();
+    assert_eq!(sb.purged_ids(), [7], "only the representable id is purged");
+    assert_eq!(report.kept.get("keep_id_out_of_range"), Some(&1));
+    let negative: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM decisions WHERE ticket_id < 0) + (SELECT COUNT(*) FROM outcomes WHERE ticket_id < 0)",
+    )
+    .fetch_one(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(negative, 0, "an id was stored wrapped");
+    let chain = e.ctx.store.verify_chain().await.unwrap();
+    assert!(chain.problem.is_none(), "{:?}", chain.problem);
+
+    // on the command line it is refused with a clear error
+    let dir = tempfile::tempdir().unwrap();
+    let config = sandbox_config(dir.path(), &sb.base_url(), "token_env = \"ZD_TEST_TOKEN\"");
+    let out = std::process::Command::new(BIN)
+        .args(["purge", &big.to_string(), "--yes", "--force", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a ticket id"), "{stderr}");
+    assert!(sb.write_requests().iter().all(|r| !r.ids.contains(&big)));
+}

@@ -67,9 +67,11 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("intact"), "{text}");
 
+    // a copy with everything committed (the WAL too)
+    let backup = |to: &Path| sqlite(&db, &format!(".backup '{}'", to.display()));
     let tampered = |name: &str, sql: &str| {
         let copy = dir.path().join(format!("{name}.db"));
-        std::fs::copy(&db, &copy).unwrap();
+        backup(&copy);
         sqlite(&copy, sql);
         verify(&copy)
     };
@@ -97,6 +99,107 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     );
     assert_eq!(code, 1);
     assert!(text.contains("chain entry 2"), "{text}");
+
+    // updates of what changes after insert: a run's figures and status, a
+    // job's Zendesk id, the derived decision counts
+    let (code, text) = tampered(
+        "run-figures",
+        "UPDATE runs SET purged = 0, status = 'completed' WHERE id = 1",
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("row 1 of runs was changed after its last recorded state"),
+        "{text}"
+    );
+    let (code, text) = tampered(
+        "job-id",
+        "UPDATE jobs SET zendesk_job_id = 'forged' WHERE id = 1",
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("row 1 of jobs was changed after its last recorded state"),
+        "{text}"
+    );
+    let (code, text) = tampered(
+        "counts",
+        "UPDATE run_decision_counts SET count = count + 1 WHERE rowid = (SELECT MIN(rowid) FROM run_decision_counts)",
+    );
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("decision counts of run 1"), "{text}");
+    // rows with ids the chain never gives out
+    for (name, sql) in [
+        (
+            "zero",
+            "INSERT INTO decisions (id, run_id, ticket_id, decision, decided_at) VALUES (0, 1, 4711, 'purge', '2026-01-01')",
+        ),
+        (
+            "negative",
+            "INSERT INTO outcomes (id, run_id, ticket_id, outcome, recorded_at) VALUES (-1, 1, 4711, 'purged', '2026-01-01')",
+        ),
+    ] {
+        let (code, text) = tampered(name, sql);
+        assert_eq!(code, 1, "{name}: {text}");
+        assert!(
+            text.contains("has an id the chain never gives out"),
+            "{name}: {text}"
+        );
+    }
+
+    // a second run; the head noted after it. A forger who removes that
+    // whole run (its rows and its chain entries) leaves a chain that
+    // verifies on its own: only the noted head shows the tail is gone.
+    let out = Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = Command::new(BIN)
+        .args(["audit", "head", "--format", "json", "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    let hash = head["hash"].as_str().unwrap().to_string();
+    assert!(head["entry"].as_i64().unwrap() > 3);
+    let copy = dir.path().join("truncated.db");
+    backup(&copy);
+    sqlite(
+        &copy,
+        "DELETE FROM audit_chain WHERE seq >= (SELECT seq FROM audit_chain WHERE tbl = 'runs' AND first_id = 2);
+         DELETE FROM outcomes WHERE run_id = 2; DELETE FROM decisions WHERE run_id = 2;
+         DELETE FROM jobs WHERE run_id = 2; DELETE FROM run_decision_counts WHERE run_id = 2;
+         DELETE FROM runs WHERE id = 2;",
+    );
+    let (code, text) = verify(&copy);
+    assert_eq!(code, 0, "the truncated chain verifies on its own: {text}");
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--expect-head", &hash, "--database"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("does not contain the expected head"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--expect-head", &hash, "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
