@@ -186,6 +186,11 @@ pub struct Unsettled {
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pool: SqlitePool,
+    /// For a writer: the file and its identity when opened. A database
+    /// removed or replaced while in use fails the next write loudly:
+    /// SQLite would go on writing to the removed file, and the history
+    /// would vanish without a word.
+    file: Option<(std::path::PathBuf, FileIdentity)>,
 }
 
 impl AuditStore {
@@ -209,7 +214,16 @@ impl AuditStore {
             .run(&pool)
             .await
             .with_context(|| format!("cannot apply the migrations to {}", path.display()))?;
-        let store = Self { pool };
+        let identity = FileIdentity::of(path).with_context(|| {
+            format!(
+                "the audit database {} vanished as it was opened",
+                path.display()
+            )
+        })?;
+        let store = Self {
+            pool,
+            file: Some((path.to_path_buf(), identity)),
+        };
         store
             .seal_states()
             .await
@@ -236,7 +250,21 @@ impl AuditStore {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, file: None })
+    }
+
+    /// Fails when the database file a writer opened was removed or replaced
+    /// since (device and inode), before anything more is written.
+    fn check_file(&self) -> anyhow::Result<()> {
+        if let Some((path, identity)) = &self.file
+            && FileIdentity::of(path) != Some(*identity)
+        {
+            anyhow::bail!(
+                "the audit database {} was removed or replaced while in use: what this process writes would be lost with it, so it stops; restore the database (from a backup or the moved file) before running again",
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -245,6 +273,7 @@ impl AuditStore {
 
     /// Closes runs left `running` by a crash as `interrupted`; returns them.
     pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<RunId>> {
+        self.check_file()?;
         let ids: Vec<RunId> =
             sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' ORDER BY id")
                 .fetch_all(&self.pool)
@@ -279,6 +308,7 @@ impl AuditStore {
         config_hash: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<RunId> {
+        self.check_file()?;
         let mut tx = self.pool.begin().await?;
         let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status) VALUES (?, ?, ?, ?, 'running')")
             .bind(trigger)
@@ -306,6 +336,7 @@ impl AuditStore {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
+        self.check_file()?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ? WHERE id = ?",
@@ -350,6 +381,7 @@ impl AuditStore {
         run: RunId,
         decisions: &[DecisionRecord],
     ) -> anyhow::Result<()> {
+        self.check_file()?;
         if decisions.is_empty() {
             return Ok(());
         }
@@ -427,6 +459,7 @@ impl AuditStore {
         batch: &IdBatch,
         now: DateTime<Utc>,
     ) -> anyhow::Result<JobRowId> {
+        self.check_file()?;
         let mut tx = self.pool.begin().await?;
         let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
             .bind(run)
@@ -455,6 +488,7 @@ impl AuditStore {
         message: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
+        self.check_file()?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?")
             .bind(zendesk_job_id)
@@ -482,6 +516,7 @@ impl AuditStore {
         outcome: &str,
         tickets: &[TicketId],
     ) -> anyhow::Result<()> {
+        self.check_file()?;
         let at = timestamp(Utc::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
@@ -507,6 +542,7 @@ impl AuditStore {
         detail: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
+        self.check_file()?;
         if tickets.is_empty() {
             return Ok(());
         }
@@ -562,6 +598,7 @@ impl AuditStore {
         findings: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<i64> {
+        self.check_file()?;
         Ok(
             sqlx::query("INSERT INTO probes (probed_at, base_url, findings) VALUES (?, ?, ?)")
                 .bind(timestamp(now))
@@ -1374,7 +1411,14 @@ const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, 
 
 /// Creates the database file readable by its owner only, if it is new.
 fn create_private(path: &Path) -> std::io::Result<()> {
-    if path.exists() {
+    // never through a symbolic link (a dangling one would have SQLite
+    // create its target with the default mode, elsewhere)
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() {
+            return Err(std::io::Error::other(
+                "it is a symbolic link: point audit.database at the file itself",
+            ));
+        }
         return Ok(());
     }
     if let Some(dir) = path.parent()
@@ -1387,12 +1431,32 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
+        // create_new is O_CREAT | O_EXCL: it never follows a link
         options.mode(0o600);
     }
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// The identity of the database file while a writer uses it: its device
+/// and inode, checked at every commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
     }
 }
 

@@ -42,6 +42,10 @@ pub struct Cli {
     /// Log line format on stderr; the level comes from RUST_LOG.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Begin a fresh audit history although the database that was in use
+    /// here is missing (otherwise a writer refuses to start).
+    #[arg(long, global = true)]
+    pub new_history: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -450,13 +454,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sandbox(args) => sandbox(args).await,
         Command::List(args) => list(cli.config, args).await,
         Command::CheckConfig => check_config(cli.config),
-        Command::Once(args) => once(cli.config, args).await,
-        Command::Run => daemon(cli.config).await,
+        Command::Once(args) => once(cli.config, args, cli.new_history).await,
+        Command::Run => daemon(cli.config, cli.new_history).await,
         Command::Demo(args) => crate::demo::run(args.tickets, &args.database).await,
         Command::Audit(command) => crate::report::audit(cli.config, command).await,
         Command::Plan(args) => plan(cli.config, args).await,
-        Command::Restore(args) => restore(cli.config, args).await,
-        Command::Purge(args) => purge(cli.config, args).await,
+        Command::Restore(args) => restore(cli.config, args, cli.new_history).await,
+        Command::Purge(args) => purge(cli.config, args, cli.new_history).await,
         Command::Probe(args) => probe(cli.config, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -841,12 +845,18 @@ async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
     AuditStore::open(&config.audit.database).await
 }
 
-async fn once(config: Option<PathBuf>, args: OnceArgs) -> anyhow::Result<ExitCode> {
+async fn once(
+    config: Option<PathBuf>,
+    args: OnceArgs,
+    new_history: bool,
+) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // one writer per audit database, for the whole command
-    let _lock = crate::writer_lock::acquire(&config.audit.database, "once")?;
+    let mut lock = crate::writer_lock::acquire(&config.audit.database, "once")?;
+    crate::writer_lock::check_history(&config.audit.database, &lock, new_history)?;
     let store = open_store(&config).await?;
+    lock.mark_history();
     let cancel = CancellationToken::new();
     let mut ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
     if args.dry_run {
@@ -892,7 +902,7 @@ async fn once(config: Option<PathBuf>, args: OnceArgs) -> anyhow::Result<ExitCod
     })
 }
 
-async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // Active/standby: a second daemon on the same database waits here until
@@ -913,11 +923,13 @@ async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     )
     .await?;
     stop_waiting.abort();
-    let Some(_lock) = lock else {
+    let Some(mut lock) = lock else {
         tracing::info!("stopped while on standby");
         return Ok(ExitCode::SUCCESS);
     };
+    crate::writer_lock::check_history(&config.audit.database, &lock, new_history)?;
     let store = open_store(&config).await?;
+    lock.mark_history();
     // A crash of the previous process shows at once, not at the first tick;
     // its open jobs are followed by the first run.
     let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;
@@ -961,12 +973,15 @@ async fn daemon(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 async fn manual_context(
     config: Option<PathBuf>,
     command: &str,
+    new_history: bool,
 ) -> anyhow::Result<(CycleContext, crate::writer_lock::WriterLock)> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // one writer per audit database, for the whole command
-    let lock = crate::writer_lock::acquire(&config.audit.database, command)?;
+    let mut lock = crate::writer_lock::acquire(&config.audit.database, command)?;
+    crate::writer_lock::check_history(&config.audit.database, &lock, new_history)?;
     let store = open_store(&config).await?;
+    lock.mark_history();
     Ok((
         CycleContext::new(&config, client, store, CancellationToken::new()),
         lock,
@@ -1088,7 +1103,11 @@ fn print_results(results: &[crate::manual::IdResult], format: TableFormat) -> an
     Ok(())
 }
 
-async fn restore(config: Option<PathBuf>, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+async fn restore(
+    config: Option<PathBuf>,
+    args: RestoreArgs,
+    new_history: bool,
+) -> anyhow::Result<ExitCode> {
     let ids = read_ids(&args.ids, args.ids_file.as_ref())?;
     if !confirm(
         &format!("Restore {} tickets into the ticket views?", ids.len()),
@@ -1097,7 +1116,7 @@ async fn restore(config: Option<PathBuf>, args: RestoreArgs) -> anyhow::Result<E
         eprintln!("nothing restored");
         return Ok(ExitCode::from(EXIT_FAILED));
     }
-    let (ctx, _lock) = manual_context(config, "restore").await?;
+    let (ctx, _lock) = manual_context(config, "restore", new_history).await?;
     let (run, results) = crate::manual::restore(&ctx, &ids).await?;
     ctx.store.close().await;
     print_results(&results, args.format)?;
@@ -1113,7 +1132,11 @@ async fn restore(config: Option<PathBuf>, args: RestoreArgs) -> anyhow::Result<E
     })
 }
 
-async fn purge(config: Option<PathBuf>, args: PurgeArgs) -> anyhow::Result<ExitCode> {
+async fn purge(
+    config: Option<PathBuf>,
+    args: PurgeArgs,
+    new_history: bool,
+) -> anyhow::Result<ExitCode> {
     let ids = read_ids(&args.ids, args.ids_file.as_ref())?;
     if !args.yes {
         return Err(UsageError(format!(
@@ -1122,7 +1145,7 @@ async fn purge(config: Option<PathBuf>, args: PurgeArgs) -> anyhow::Result<ExitC
         ))
         .into());
     }
-    let (ctx, _lock) = manual_context(config, "purge").await?;
+    let (ctx, _lock) = manual_context(config, "purge", new_history).await?;
     let (run, results) = crate::manual::purge(&ctx, &ids, args.force, args.live).await?;
     ctx.store.close().await;
     print_results(&results, args.format)?;

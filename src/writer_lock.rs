@@ -25,14 +25,48 @@ use tokio_util::sync::CancellationToken;
 /// The lock held; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct WriterLock {
-    _file: File,
+    file: File,
     path: PathBuf,
+    /// The lock file said a database with history was opened here before.
+    had_history: bool,
 }
 
 impl WriterLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whether a database with history was opened beside this lock before:
+    /// if the database is missing now, its history vanished.
+    pub fn had_history(&self) -> bool {
+        self.had_history
+    }
+
+    /// Notes, in the lock file, that the database was opened: from now on
+    /// its disappearance is noticed at the next start.
+    pub fn mark_history(&mut self) {
+        if !self.had_history {
+            let _ = self
+                .file
+                .seek(SeekFrom::End(0))
+                .and_then(|_| self.file.write_all(b"history=kept\n"))
+                .and_then(|()| self.file.sync_all());
+            self.had_history = true;
+        }
+    }
+}
+
+/// Refuses to begin a fresh history where one vanished: the database is
+/// missing, but the lock file beside it says one was in use here.
+pub fn check_history(database: &Path, lock: &WriterLock, new_history: bool) -> anyhow::Result<()> {
+    if lock.had_history() && std::fs::symlink_metadata(database).is_err() && !new_history {
+        anyhow::bail!(
+            "the audit database {} is missing, but {} shows one was in use here: its history is gone. Restore it from a backup; or, to start a fresh history knowingly, run again with --new-history",
+            database.display(),
+            lock.path().display()
+        );
+    }
+    Ok(())
 }
 
 /// Why the lock was not taken.
@@ -114,13 +148,17 @@ pub fn acquire(database: &Path, command: &str) -> Result<WriterLock, LockError> 
             });
         }
     }
+    let mut previous = String::new();
+    let _ = file.read_to_string(&mut previous);
+    let had_history = previous.lines().any(|l| l == "history=kept");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let text = format!(
-        "pid={}\ncommand={command}\nhost={host}\nsince={}\n",
+        "pid={}\ncommand={command}\nhost={host}\nsince={}\n{}",
         std::process::id(),
-        crate::audit::timestamp(Utc::now())
+        crate::audit::timestamp(Utc::now()),
+        if had_history { "history=kept\n" } else { "" }
     );
     // the holder's name is for messages only: failing to write it is not fatal
     let _ = file
@@ -128,7 +166,11 @@ pub fn acquire(database: &Path, command: &str) -> Result<WriterLock, LockError> 
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| file.write_all(text.as_bytes()))
         .and_then(|()| file.flush());
-    Ok(WriterLock { _file: file, path })
+    Ok(WriterLock {
+        file,
+        path,
+        had_history,
+    })
 }
 
 /// For a daemon: takes the lock, or waits as a standby until the holder

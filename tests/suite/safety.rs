@@ -446,3 +446,85 @@ async fn a_ticket_id_above_i64_is_kept_and_logged_never_stored_wrapped() {
     assert!(stderr.contains("is not a ticket id"), "{stderr}");
     assert!(sb.write_requests().iter().all(|r| !r.ids.contains(&big)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_removed_mid_run_fails_the_run_and_the_next_start_refuses_a_fresh_history() {
+    let tickets = crate::helpers::clear_tickets(1500, 46);
+    let options = zd_retention::sandbox::SandboxOptions {
+        job_delay: std::time::Duration::from_secs(600),
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let db = dir.path().join("audit.db");
+    let child = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the first purge request is out: remove the database under the run
+    while !sb.write_requests().iter().any(|r| r.method == "DELETE") {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("removed or replaced while in use"), "{text}");
+
+    let again = std::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("its history is gone"), "{stderr}");
+    assert!(!db.exists(), "no fresh database was begun silently");
+    let fresh = std::process::Command::new(BIN)
+        .args(["once", "--new-history", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        fresh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
+    assert!(db.exists());
+}
+
+#[test]
+fn a_dangling_symlink_as_the_database_is_refused_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere.db");
+    let config = sandbox_config(
+        dir.path(),
+        "http://127.0.0.1:9",
+        "token_env = \"ZD_TEST_TOKEN\"",
+    );
+    let db = dir.path().join("audit.db");
+    std::os::unix::fs::symlink(&target, &db).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert!(!target.exists(), "a file was created through the link");
+}
