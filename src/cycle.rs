@@ -1498,14 +1498,63 @@ impl PurgeWorker {
         }
     }
 
+    /// Sends a batch, each attempt recorded before it leaves: when an
+    /// answer is lost (a timeout, a dropped connection, a 5xx, a body that
+    /// does not decode), the attempt may have created a job whose id is never
+    /// learnt, so it ends `unknown` and the next attempt is a new row.
     async fn send(&mut self, batch: IdBatch) -> anyhow::Result<()> {
-        let row = self
-            .store
-            .record_request(self.run, "destroy_many", &batch, Utc::now())
-            .await?;
+        let retry = self.client.retry_policy();
+        let mut waits = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(retry.min_delay)
+                .with_max_delay(retry.max_delay)
+                .with_max_times(retry.max_retries)
+                .with_jitter(),
+        );
         self.tally.batches += 1;
-        tracing::debug!(ids = batch.len(), row, "sending destroy_many");
-        match self.client.destroy_many(&batch).await {
+        let mut attempt = 1u32;
+        loop {
+            let row = self
+                .store
+                .record_request(self.run, "destroy_many", &batch, Utc::now())
+                .await?;
+            tracing::debug!(ids = batch.len(), row, attempt, "sending destroy_many");
+            let answer = self.client.destroy_many(&batch).await;
+            if let Err(e @ (ZendeskError::Transient { .. } | ZendeskError::Decode { .. })) = &answer
+                && let Some(wait) = waits.next()
+            {
+                let message = format!(
+                    "{e}; the answer was lost and the request may have been carried out (a job whose id is unknown); sent again as attempt {}",
+                    attempt + 1
+                );
+                tracing::warn!(error = %e, attempt, "purge answer lost; sending again as a new recorded attempt");
+                self.store
+                    .record_job_end(
+                        self.run,
+                        row,
+                        "unknown",
+                        Some(&message),
+                        "unknown",
+                        batch.ids(),
+                    )
+                    .await?;
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
+            }
+            return self.settle_answer(&batch, row, answer).await;
+        }
+    }
+
+    /// Records what Zendesk answered to one purge attempt.
+    async fn settle_answer(
+        &mut self,
+        batch: &IdBatch,
+        row: JobRowId,
+        answer: Result<JobStatus, ZendeskError>,
+    ) -> anyhow::Result<()> {
+        let batch = batch.clone();
+        match answer {
             Ok(job) => {
                 self.store
                     .record_answer(

@@ -243,6 +243,17 @@ struct Call {
     class: EndpointClass,
 }
 
+impl Call {
+    /// A permanent deletion is not sent again here after an answer that
+    /// was lost (a timeout, a dropped connection, a 5xx): the first attempt
+    /// may have created a job, so the caller records each attempt before
+    /// sending it again. A 429 is still waited out and re-sent here: Zendesk
+    /// did not carry it out.
+    fn caller_retries_transient(&self) -> bool {
+        matches!(self.endpoint, "destroy_many" | "destroy")
+    }
+}
+
 impl ZendeskClient {
     pub fn new(config: ClientConfig) -> Result<Self, ZendeskError> {
         let mut builder = reqwest::Client::builder()
@@ -277,6 +288,12 @@ impl ZendeskClient {
 
     pub fn base_url(&self) -> &Url {
         &self.inner.base
+    }
+
+    /// The retry policy, for callers that retry themselves (each purge
+    /// attempt is journalled).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
     }
 
     pub fn limits(&self) -> RateLimits {
@@ -635,7 +652,10 @@ impl ZendeskClient {
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(ZendeskError::is_retryable)
+        .when(|e| {
+            e.is_retryable()
+                && !(call.caller_retries_transient() && matches!(e, ZendeskError::Transient { .. }))
+        })
         // Past the last retry `dur` is None and must stay None, or backon
         // would retry forever.
         .adjust(|err, dur| match (err, dur) {

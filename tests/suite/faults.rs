@@ -100,8 +100,10 @@ async fn run_cell(cell: Cell) {
         purged.difference(&want).collect::<Vec<_>>()
     );
 
-    // every write request was recorded before it reached the sandbox
+    // every write request was recorded before it reached the sandbox, and
+    // every job Zendesk created is accounted for (a retried attempt too)
     assert_writes_recorded_first(&sb, pool, "first run").await;
+    crate::helpers::assert_job_ids_accounted(&sb, pool, "first run").await;
 
     // the recorded run is true to what happened
     let row = sqlx::query("SELECT status, purged, failed, unknown FROM runs WHERE id = ?")

@@ -262,3 +262,33 @@ pub async fn last_decision(pool: &sqlx::SqlitePool, ticket: u64) -> Option<Strin
     .await
     .unwrap()
 }
+
+/// Every Zendesk job the sandbox created is accounted for in the audit: a
+/// request row with its ids that names the job, or that ended `unknown`
+/// because its answer was lost (the job id was never learnt), or is still
+/// pending.
+pub async fn assert_job_ids_accounted(sb: &Sandbox, pool: &sqlx::SqlitePool, context: &str) {
+    let jobs: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT ticket_ids, zendesk_job_id, status FROM jobs")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for request in sb.write_requests() {
+        let Some(job) = &request.job_id else { continue };
+        let ids = ids_text(&request.ids);
+        let accounted = jobs.iter().any(|(t, z, status)| {
+            *t == ids
+                && (z.as_deref() == Some(job) || matches!(status.as_str(), "pending" | "unknown"))
+        });
+        assert!(
+            accounted,
+            "{context}: Zendesk job {job} is not in the audit"
+        );
+    }
+    // and no two attempts claim one job
+    let mut named: Vec<&str> = jobs.iter().filter_map(|(_, z, _)| z.as_deref()).collect();
+    named.sort_unstable();
+    let before = named.len();
+    named.dedup();
+    assert_eq!(before, named.len(), "{context}: a job id is recorded twice");
+}
