@@ -191,11 +191,19 @@ pub struct AuditStore {
     /// SQLite would go on writing to the removed file, and the history
     /// would vanish without a word.
     file: Option<(std::path::PathBuf, FileIdentity)>,
+    /// The write-ahead log this writer opened: removed with the database's
+    /// disappearance, so that SQLite never replays it onto another file
+    /// moved into its place.
+    wal: Option<FileIdentity>,
 }
 
 impl AuditStore {
     /// Opens (creating with mode 0600 if needed) and migrates the database.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        // absolute: a path that begins with `file:` is then never read as
+        // an SQLite URI naming another file
+        let path = &std::path::absolute(path)
+            .with_context(|| format!("bad database path {}", path.display()))?;
         create_private(path)
             .with_context(|| format!("cannot create the audit database {}", path.display()))?;
         let options = SqliteConnectOptions::new()
@@ -220,20 +228,25 @@ impl AuditStore {
                 path.display()
             )
         })?;
+        let wal = FileIdentity::of(&suffixed(path, "-wal"));
         let store = Self {
             pool,
             file: Some((path.to_path_buf(), identity)),
+            wal,
         };
         store
             .seal_states()
             .await
             .with_context(|| format!("cannot record the runs' states in {}", path.display()))?;
+        store.check_states().await?;
         Ok(store)
     }
 
     /// Opens an existing database for queries only; works while the daemon
     /// writes (WAL).
     pub async fn open_read_only(path: &Path) -> anyhow::Result<Self> {
+        let path = &std::path::absolute(path)
+            .with_context(|| format!("bad database path {}", path.display()))?;
         if !path.exists() {
             anyhow::bail!(
                 "the audit database {} does not exist yet: run a cycle first (zd-retention once) or check audit.database",
@@ -250,7 +263,11 @@ impl AuditStore {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
-        Ok(Self { pool, file: None })
+        Ok(Self {
+            pool,
+            file: None,
+            wal: None,
+        })
     }
 
     /// Fails when the database file a writer opened was removed or replaced
@@ -259,6 +276,13 @@ impl AuditStore {
         if let Some((path, identity)) = &self.file
             && FileIdentity::of(path) != Some(*identity)
         {
+            // our log belongs to the file that went: left at this path,
+            // SQLite would replay it onto whatever file takes the name
+            let wal_path = suffixed(path, "-wal");
+            if self.wal.is_some() && FileIdentity::of(&wal_path) == self.wal {
+                let _ = std::fs::remove_file(&wal_path);
+                let _ = std::fs::remove_file(suffixed(path, "-shm"));
+            }
             anyhow::bail!(
                 "the audit database {} was removed or replaced while in use: what this process writes would be lost with it, so it stops; restore the database (from a backup or the moved file) before running again",
                 path.display()
@@ -1124,6 +1148,34 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Checks that every run's and job's state is the one last chained: a
+    /// writer never builds on a row changed outside zd-retention (a crash
+    /// recovery would otherwise chain the forged values as its own). Cheap:
+    /// runs and jobs are few, and an index finds each latest state.
+    pub async fn check_states(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        for table in Chained::STATES {
+            let latest: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+                "SELECT c.first_id, c.digests FROM audit_chain c
+                 WHERE c.tbl = ? AND c.seq = (SELECT MAX(seq) FROM audit_chain WHERE tbl = c.tbl AND first_id = c.first_id)",
+            )
+            .bind(table.entry_name())
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+            for (id, digest) in row_digests(&mut conn, table, i64::MIN, i64::MAX).await? {
+                if latest.get(&id) != Some(&digest) {
+                    anyhow::bail!(
+                        "row {id} of {} was changed outside zd-retention since its last recorded state: the audit database is not trusted, and nothing more is written to it; run `zd-retention audit verify` and restore the database from a backup",
+                        table.table()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Takes and releases the write lock: fails when the database cannot be
     /// written (read-only file, full disk, held too long by another writer).
     pub async fn check_writable(&self) -> anyhow::Result<()> {
@@ -1410,7 +1462,7 @@ const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run,
 const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
 
 /// Creates the database file readable by its owner only, if it is new.
-fn create_private(path: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private(path: &Path) -> std::io::Result<()> {
     // never through a symbolic link (a dangling one would have SQLite
     // create its target with the default mode, elsewhere)
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -1439,6 +1491,13 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// `path` with a suffix on its file name (`-wal`, `-shm`).
+fn suffixed(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// The identity of the database file while a writer uses it: its device

@@ -853,8 +853,7 @@ async fn once(
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // one writer per audit database, for the whole command
-    let mut lock = crate::writer_lock::acquire(&config.audit.database, "once")?;
-    crate::writer_lock::check_history(&config.audit.database, &lock, new_history)?;
+    let mut lock = crate::writer_lock::acquire(&config.audit.database, "once", new_history)?;
     let store = open_store(&config).await?;
     lock.mark_history();
     let cancel = CancellationToken::new();
@@ -918,6 +917,7 @@ async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow::Result<Ex
     let lock = crate::writer_lock::acquire_or_wait(
         &config.audit.database,
         "run",
+        new_history,
         Duration::from_millis(500),
         &standby_cancel,
     )
@@ -927,7 +927,6 @@ async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow::Result<Ex
         tracing::info!("stopped while on standby");
         return Ok(ExitCode::SUCCESS);
     };
-    crate::writer_lock::check_history(&config.audit.database, &lock, new_history)?;
     let store = open_store(&config).await?;
     lock.mark_history();
     // A crash of the previous process shows at once, not at the first tick;
@@ -978,8 +977,7 @@ async fn manual_context(
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // one writer per audit database, for the whole command
-    let mut lock = crate::writer_lock::acquire(&config.audit.database, command)?;
-    crate::writer_lock::check_history(&config.audit.database, &lock, new_history)?;
+    let mut lock = crate::writer_lock::acquire(&config.audit.database, command, new_history)?;
     let store = open_store(&config).await?;
     lock.mark_history();
     Ok((

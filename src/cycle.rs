@@ -283,6 +283,8 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     let settings = &ctx.settings;
     let now = Utc::now();
 
+    // never build on rows changed outside (a daemon runs for months)
+    store.check_states().await?;
     let interrupted = store.close_interrupted_runs(now).await?;
     if !interrupted.is_empty() {
         tracing::warn!(runs = ?interrupted, "earlier runs did not finish; recorded as interrupted");

@@ -32,13 +32,16 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
         ..SandboxOptions::default()
     })
     .await?;
-    // one writer per database: never start over a database in use
-    let _lock = crate::writer_lock::acquire(database, "demo")?;
+    // one writer per database: never start over a database in use; the
+    // demo's history is new by design
+    let old = crate::writer_lock::acquire(database, "demo", true)?;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = database.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(&p);
     }
+    let _lock = crate::writer_lock::acquire(database, "demo", true)?;
+    drop(old);
     let store = AuditStore::open(database).await?;
     let limits = config.zendesk.limits;
     let client = ZendeskClient::new(ClientConfig {

@@ -1,17 +1,25 @@
 //! One writer per audit database: every command that writes (`run`,
 //! `once`, `purge`, `restore`, the demo) holds an exclusive advisory lock on
-//! `<database>.lock` for its whole life.
+//! the database file itself for its whole life.
 //!
-//! The lock is the operating system's (`flock`, through std's
-//! `File::try_lock`): it is released when the process ends, however it
-//! ends (SIGKILL included), so a standby never waits on a dead holder and no
-//! heartbeat is needed. It works between processes on one host and on
-//! volumes whose file system honours `flock` (local disks, most Kubernetes
-//! block volumes); on NFS it may not, which the README says. The file holds
-//! the holder's pid, command, host and start time, for the message a second
-//! writer gets. Read-only audit commands never take it.
+//! The lock is the operating system's `flock` (through std's
+//! `File::try_lock`) on the database file: it belongs to the file, not to a
+//! path, so a hard link, a relative path or a symlinked directory reaches
+//! the same lock; and it is released when the process ends, however it ends
+//! (SIGKILL included), so a standby never waits on a dead holder and no
+//! heartbeat is needed. (`flock` and SQLite's own `fcntl` locks do not
+//! interfere on Linux.) It works between processes on one host and on
+//! volumes whose file system honours `flock`; on NFS it may not, which the
+//! README says.
 //!
-//! Owns the lock file; never touches the database itself.
+//! A sidecar file `<database>.lock` names the holder (pid, command, host,
+//! since when) for the message a second writer gets, and remembers that a
+//! database with history was used here, so that a vanished database is not
+//! silently begun again. Neither file is ever opened through a symbolic
+//! link. Read-only audit commands take no lock.
+//!
+//! Owns the lock and the sidecar; never reads or writes the database's
+//! content.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -25,48 +33,33 @@ use tokio_util::sync::CancellationToken;
 /// The lock held; released when dropped or when the process ends.
 #[derive(Debug)]
 pub struct WriterLock {
-    file: File,
+    /// The database file, flocked.
+    _database: File,
+    sidecar: Option<File>,
     path: PathBuf,
-    /// The lock file said a database with history was opened here before.
     had_history: bool,
 }
 
 impl WriterLock {
+    /// The sidecar file naming the holder.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Whether a database with history was opened beside this lock before:
-    /// if the database is missing now, its history vanished.
-    pub fn had_history(&self) -> bool {
-        self.had_history
-    }
-
-    /// Notes, in the lock file, that the database was opened: from now on
-    /// its disappearance is noticed at the next start.
+    /// Notes, in the sidecar, that the database was opened: from now on its
+    /// disappearance is noticed at the next start.
     pub fn mark_history(&mut self) {
-        if !self.had_history {
-            let _ = self
-                .file
-                .seek(SeekFrom::End(0))
-                .and_then(|_| self.file.write_all(b"history=kept\n"))
-                .and_then(|()| self.file.sync_all());
-            self.had_history = true;
+        if self.had_history {
+            return;
         }
+        if let Some(file) = self.sidecar.as_mut() {
+            let _ = file
+                .seek(SeekFrom::End(0))
+                .and_then(|_| file.write_all(b"history=kept\n"))
+                .and_then(|()| file.sync_all());
+        }
+        self.had_history = true;
     }
-}
-
-/// Refuses to begin a fresh history where one vanished: the database is
-/// missing, but the lock file beside it says one was in use here.
-pub fn check_history(database: &Path, lock: &WriterLock, new_history: bool) -> anyhow::Result<()> {
-    if lock.had_history() && std::fs::symlink_metadata(database).is_err() && !new_history {
-        anyhow::bail!(
-            "the audit database {} is missing, but {} shows one was in use here: its history is gone. Restore it from a backup; or, to start a fresh history knowingly, run again with --new-history",
-            database.display(),
-            lock.path().display()
-        );
-    }
-    Ok(())
 }
 
 /// Why the lock was not taken.
@@ -76,11 +69,19 @@ pub enum LockError {
         "the audit database {database} is in use by another writer ({holder}): only one command that writes may use it at a time; wait for that one to finish or stop it (read-only audit commands work meanwhile)"
     )]
     Held { database: String, holder: String },
-    #[error("cannot lock the audit database's lock file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(
+        "the audit database {database} is missing, but {sidecar} shows one was in use here: its history is gone. Restore it from a backup; or, to start a fresh history knowingly, run again with --new-history"
+    )]
+    HistoryGone { database: String, sidecar: String },
+    #[error("cannot use {path} for the audit database: {reason}")]
+    Io { path: String, reason: String },
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> LockError {
+    LockError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// `<database>.lock`, beside the database.
@@ -93,64 +94,74 @@ pub fn lock_path(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
-fn open(path: &Path) -> Result<File, LockError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| LockError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    }
+/// Opens a file that must not be a symbolic link (`O_NOFOLLOW`), creating
+/// it 0600 when `create`.
+fn open_no_follow(path: &Path, create: bool) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create(create)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|source| LockError::Io {
-            path: path.display().to_string(),
-            source,
-        })
 }
 
-/// Who holds the lock, as its file says.
-fn holder(path: &Path) -> String {
-    let mut text = String::new();
-    let read = File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+/// Who holds the lock, as the sidecar says.
+fn holder(text: &str) -> String {
     let fields: Vec<String> = text
         .lines()
         .filter_map(|l| l.split_once('='))
         .filter(|(k, _)| matches!(*k, "pid" | "command" | "host" | "since"))
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
-    match (read, fields.is_empty()) {
-        (Ok(_), false) => fields.join(", "),
-        _ => "a process that has not written its name yet".into(),
+    if fields.is_empty() {
+        "a process that has not written its name yet".into()
+    } else {
+        fields.join(", ")
     }
 }
 
-/// Takes the lock at once, or says who holds it.
-pub fn acquire(database: &Path, command: &str) -> Result<WriterLock, LockError> {
-    let path = lock_path(database);
-    let mut file = open(&path)?;
+/// Takes the lock at once, or says who holds it. Before anything is
+/// created: refuses to begin a fresh history where one vanished, unless
+/// `new_history`.
+pub fn acquire(database: &Path, command: &str, new_history: bool) -> Result<WriterLock, LockError> {
+    let database = std::path::absolute(database).map_err(|e| io(database, e))?;
+    let sidecar_path = lock_path(&database);
+    if let Some(dir) = database.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    let mut sidecar = match open_no_follow(&sidecar_path, true) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(io(
+                &sidecar_path,
+                format!("{e} (is it a symbolic link? it must be a plain file)"),
+            ));
+        }
+    };
+    let mut previous = String::new();
+    let _ = sidecar.read_to_string(&mut previous);
+    let had_history = previous.lines().any(|l| l == "history=kept");
+    let exists = std::fs::symlink_metadata(&database).is_ok();
+    if had_history && !exists && !new_history {
+        return Err(LockError::HistoryGone {
+            database: database.display().to_string(),
+            sidecar: sidecar_path.display().to_string(),
+        });
+    }
+    crate::audit::create_private(&database).map_err(|e| io(&database, e))?;
+    let file = open_no_follow(&database, false).map_err(|e| io(&database, e))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             return Err(LockError::Held {
                 database: database.display().to_string(),
-                holder: holder(&path),
+                holder: holder(&previous),
             });
         }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(LockError::Io {
-                path: path.display().to_string(),
-                source,
-            });
-        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(&database, e)),
     }
-    let mut previous = String::new();
-    let _ = file.read_to_string(&mut previous);
-    let had_history = previous.lines().any(|l| l == "history=kept");
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -161,14 +172,15 @@ pub fn acquire(database: &Path, command: &str) -> Result<WriterLock, LockError> 
         if had_history { "history=kept\n" } else { "" }
     );
     // the holder's name is for messages only: failing to write it is not fatal
-    let _ = file
+    let _ = sidecar
         .set_len(0)
-        .and_then(|()| file.seek(SeekFrom::Start(0)))
-        .and_then(|_| file.write_all(text.as_bytes()))
-        .and_then(|()| file.flush());
+        .and_then(|()| sidecar.seek(SeekFrom::Start(0)))
+        .and_then(|_| sidecar.write_all(text.as_bytes()))
+        .and_then(|()| sidecar.flush());
     Ok(WriterLock {
-        file,
-        path,
+        _database: file,
+        sidecar: Some(sidecar),
+        path: sidecar_path,
         had_history,
     })
 }
@@ -178,12 +190,13 @@ pub fn acquire(database: &Path, command: &str) -> Result<WriterLock, LockError> 
 pub async fn acquire_or_wait(
     database: &Path,
     command: &str,
+    new_history: bool,
     poll: Duration,
     cancel: &CancellationToken,
 ) -> Result<Option<WriterLock>, LockError> {
     let mut announced = false;
     loop {
-        match acquire(database, command) {
+        match acquire(database, command, new_history) {
             Ok(lock) => {
                 if announced {
                     tracing::warn!(
@@ -216,25 +229,7 @@ pub async fn acquire_or_wait(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_second_writer_is_refused_with_the_holders_name_until_the_first_lets_go() {
-        let dir = tempfile_dir();
-        let db = dir.join("audit.db");
-        let first = acquire(&db, "once").unwrap();
-        let err = acquire(&db, "purge").unwrap_err().to_string();
-        assert!(err.contains("in use by another writer"), "{err}");
-        assert!(
-            err.contains(&format!("pid {}", std::process::id())),
-            "{err}"
-        );
-        assert!(err.contains("command once"), "{err}");
-        drop(first);
-        let again = acquire(&db, "purge").unwrap();
-        assert_eq!(again.path(), lock_path(&db));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
+    fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "zd-lock-test-{}-{}",
             std::process::id(),
@@ -242,5 +237,54 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_with_the_holders_name_until_the_first_lets_go() {
+        let dir = temp_dir();
+        let db = dir.join("audit.db");
+        let first = acquire(&db, "once", false).unwrap();
+        let err = acquire(&db, "purge", false).unwrap_err().to_string();
+        assert!(err.contains("in use by another writer"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        assert!(err.contains("command once"), "{err}");
+        drop(first);
+        let again = acquire(&db, "purge", false).unwrap();
+        assert_eq!(again.path(), lock_path(&std::path::absolute(&db).unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_hard_link_or_another_spelling_of_the_path_reaches_the_same_lock() {
+        let dir = temp_dir();
+        let db = dir.join("audit.db");
+        let _first = acquire(&db, "once", false).unwrap();
+        let link = dir.join("other-name.db");
+        std::fs::hard_link(&db, &link).unwrap();
+        assert!(matches!(
+            acquire(&link, "once", false),
+            Err(LockError::Held { .. })
+        ));
+        let dotted = dir.join(".").join("audit.db");
+        assert!(matches!(
+            acquire(&dotted, "once", false),
+            Err(LockError::Held { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_symlinked_sidecar_is_never_followed() {
+        let dir = temp_dir();
+        let victim = dir.join("victim.txt");
+        std::fs::write(&victim, "important").unwrap();
+        let db = dir.join("audit.db");
+        std::os::unix::fs::symlink(&victim, lock_path(&db)).unwrap();
+        assert!(acquire(&db, "once", false).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "important");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -528,3 +528,137 @@ fn a_dangling_symlink_as_the_database_is_refused_and_nothing_is_created() {
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert!(!target.exists(), "a file was created through the link");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_forged_after_a_crash_is_not_laundered_by_the_next_writer() {
+    let sb = sandbox_with(
+        crate::helpers::clear_tickets(300, 47),
+        fast_sandbox_options(0),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let db = dir.path().join("audit.db");
+    let once = || {
+        std::process::Command::new(BIN)
+            .args(["once", "--config"])
+            .arg(&config)
+            .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+            .output()
+            .unwrap()
+    };
+    assert!(once().status.success());
+    // as if the process died mid-run, and someone then edited its figures
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE runs SET status = 'running', scanned = 9999, purged = 9999, error = 'all fine' WHERE id = 1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let next = once();
+    let stderr = String::from_utf8_lossy(&next.stderr);
+    assert_eq!(next.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed outside zd-retention"), "{stderr}");
+    let verify = std::process::Command::new(BIN)
+        .args(["audit", "verify", "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "the forged row is still named"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_path_that_looks_like_an_sqlite_uri_is_a_plain_file() {
+    let sb = crate::helpers::sandbox(150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[zendesk]\nbase_url = \"{}\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n\
+             [zendesk.rate_limits]\nlist = \"10/100ms\"\naccount = \"200/100ms\"\n\
+             [audit]\ndatabase = \"file:d.db\"\n[[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"30d\"\n",
+            sb.base_url()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["once", "--dry-run", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("file:d.db").metadata().unwrap().len() > 0);
+    assert!(
+        !dir.path().join("d.db").exists(),
+        "the path was read as a URI"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_replaced_mid_run_does_not_receive_the_old_write_ahead_log() {
+    let sb = sandbox_with(
+        crate::helpers::clear_tickets(1500, 48),
+        zd_retention::sandbox::SandboxOptions {
+            job_delay: std::time::Duration::from_secs(600),
+            ..fast_sandbox_options(0)
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // another database, with a history of its own
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other_config = live_config(&other_dir, &sb.base_url(), "0 0 * * * *");
+    let out = std::process::Command::new(BIN)
+        .args(["once", "--dry-run", "--config"])
+        .arg(&other_config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let other_db = other_dir.join("audit.db");
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let db = dir.path().join("audit.db");
+    let child = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !sb.write_requests().iter().any(|r| r.method == "DELETE") {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    std::fs::rename(&other_db, &db).unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the moved-in database keeps its own history, untouched
+    let verify = std::process::Command::new(BIN)
+        .args(["audit", "runs", "--format", "json", "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let runs: serde_json::Value = serde_json::from_slice(&verify.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&verify.stderr)));
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["dry_run"], true, "the other database's one dry run");
+}
