@@ -129,6 +129,10 @@ pub struct RestoreArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Restore although the config says safety.dry_run = true (a dry run
+    /// sends no write request at all otherwise).
+    #[arg(long)]
+    pub live: bool,
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
 }
@@ -1115,6 +1119,13 @@ async fn restore(
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     let (ctx, _lock) = manual_context(config, "restore", new_history).await?;
+    if ctx.settings.dry_run && !args.live {
+        return Err(UsageError(format!(
+            "safety.dry_run = true: a dry run sends no write request, so {} tickets were not restored; pass --live to restore them",
+            ids.len()
+        ))
+        .into());
+    }
     let (run, results) = crate::manual::restore(&ctx, &ids).await?;
     ctx.store.close().await;
     print_results(&results, args.format)?;

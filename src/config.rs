@@ -685,15 +685,7 @@ impl Config {
                 && !rule.has_effective_condition(min_age)
             {
                 // conditions that select everything in disguise
-                let why = if rule
-                    .subject_matches
-                    .as_ref()
-                    .is_some_and(|re| re.is_match(""))
-                {
-                    "its subject_matches matches the empty string, so every subject"
-                } else {
-                    "its older_than is not above safety.min_age, so it adds nothing to the floor"
-                };
+                let why = "its conditions leave nothing out (an older_than not above safety.min_age, a younger_than of 30 days or more, every standard previous_state, or a subject_matches that matches any subject)";
                 c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: {why}; add a real condition or, if that is really meant, match_all = true"));
             }
             if rule.match_all && rule.has_condition() {
@@ -801,11 +793,13 @@ fn checked_token(
     source: &str,
 ) -> Result<SecretString, (&'static str, String)> {
     let token = text.trim();
-    if token.chars().any(char::is_control) {
+    // Zendesk's tokens are printable ASCII: anything else (a line break, an
+    // escape, an invisible or direction-changing character) was pasted in
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
         return Err((
             key,
             format!(
-                "the token in {source} holds a control character (a line break or tab inside it): write the token alone on one line"
+                "the token in {source} holds a control character, a space or a non-ASCII character (a line break, an invisible character): write the token alone on one line"
             ),
         ));
     }
@@ -822,7 +816,13 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
                 key,
                 format!("the environment variable {var} is empty: set it to the token"),
             )),
-            Err(_) => Err((
+            Err(std::env::VarError::NotUnicode(_)) => Err((
+                key,
+                format!(
+                    "the environment variable {var} holds bytes that are not text: set it to the token alone"
+                ),
+            )),
+            Err(std::env::VarError::NotPresent) => Err((
                 key,
                 format!(
                     "the environment variable {var} is not set: export {var}=<token> (or use a token file)"

@@ -222,7 +222,7 @@ pub async fn deleted_since(
     since: DateTime<Utc>,
     cursor_proven: bool,
 ) -> Result<RecentDeletions, String> {
-    let mut pages = client.list_deleted(ListOptions {
+    let options = ListOptions {
         sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
         pagination: if cursor_proven {
             Pagination::Cursor
@@ -230,11 +230,14 @@ pub async fn deleted_since(
             Pagination::Offset
         },
         ..ListOptions::default()
-    });
-    let mut out = Vec::new();
+    };
+    let mut pages = client.list_deleted(options);
+    let mut out: Vec<DeletedTicket> = Vec::new();
     let mut last: Option<DateTime<Utc>> = None;
+    let mut walked_pages = 0;
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| e.to_string())?;
+        walked_pages = page.number;
         if page.number > FRESHNESS_MAX_PAGES {
             // complete only from the oldest whole second read
             let covered_from = last.map_or(Utc::now(), |l| l + chrono::Duration::seconds(1));
@@ -270,12 +273,57 @@ pub async fn deleted_since(
             break;
         }
     }
+    drop(pages);
+    // A ticket deleted again while this walk went on moved to the head of
+    // the listing, which the walk had already passed. Read the head again,
+    // down to a ticket already seen unchanged (everything after it was
+    // seen), until one such pass ends on its first page: then nothing can
+    // have moved past the reader unseen.
+    let mut latest: std::collections::HashMap<u64, DeletedTicket> =
+        out.into_iter().map(|t| (t.id, t)).collect();
+    // (a walk of one page was read in one answer: nothing to re-read)
+    let mut stable = walked_pages <= 1;
+    for _ in 0..HEAD_PASSES {
+        if stable {
+            break;
+        }
+        let mut pages = client.list_deleted(options);
+        let mut first_page_only = true;
+        'pages: while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| e.to_string())?;
+            if page.number > 1 {
+                first_page_only = false;
+            }
+            if page.number > FRESHNESS_MAX_PAGES {
+                break;
+            }
+            for t in page.tickets {
+                if t.deleted_at.is_none_or(|d| d < since)
+                    || latest.get(&t.id).is_some_and(|seen| *seen == t)
+                {
+                    break 'pages;
+                }
+                latest.insert(t.id, t);
+            }
+        }
+        // ended on its first page: anchored there, or the view ended there
+        stable = first_page_only;
+    }
+    if !stable {
+        return Err(format!(
+            "the deleted view kept changing at its head while it was read ({HEAD_PASSES} passes)"
+        ));
+    }
     Ok(RecentDeletions {
-        tickets: out,
+        tickets: latest.into_values().collect(),
         covered_from: since,
         complete: true,
     })
 }
+
+/// How many times the head of the listing is read again before a freshness
+/// read gives up on a view that does not hold still.
+const HEAD_PASSES: usize = 6;
 
 #[cfg(test)]
 mod tests {

@@ -17,8 +17,13 @@ fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(0);
+        if message.contains("failed printing to stdout") {
+            if message.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            // a full disk, a closed descriptor: an error, not a crash
+            eprintln!("error: cannot write the output: {message}");
+            std::process::exit(1);
         }
         default_hook(info);
     }));

@@ -439,9 +439,18 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
             expect_head,
             target,
         } => {
+            let expect_head = expect_head.map(|h| h.trim().to_ascii_lowercase());
+            if let Some(h) = &expect_head
+                && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(crate::cli::UsageError(format!(
+                    "--expect-head {h:?} is not a chain head: it is 64 hexadecimal characters, as `zd-retention audit head` prints"
+                ))
+                .into());
+            }
             let store = open(config, &target).await?;
             let mut report = store.verify_chain().await?;
-            if let Some(expected) = expect_head.as_deref().map(str::trim)
+            if let Some(expected) = expect_head.as_deref()
                 && report.problem.is_none()
                 && !store.chain_contains(expected).await?
             {

@@ -30,15 +30,36 @@ impl RuleAction {
     }
 }
 
-/// The form in which names and states are compared: trimmed, then Unicode
-/// canonical caseless (NFD, full case folding, NFD), so that `"Closed "`,
-/// `"CLOSED"`, `"Jose\u{301}"` / `"José"` and `"STRASSE"` / `"Straße"` each
-/// compare equal, and a keep rule is never dodged by spelling.
+/// The form in which names and states are compared: Unicode compatibility
+/// caseless (NFKD, full case folding, NFKD), without invisible format
+/// characters (zero-width spaces and joiners, direction marks, soft
+/// hyphens, byte-order marks), with every run of white space (no-break
+/// spaces and tabs included) made one space and trimmed. So `"Closed "`,
+/// `"CLOSED"`, `"Jose\u{301}"` / `"José"`, `"STRASSE"` / `"Straße"`, `"Ada\u{a0}Lovelace"`,
+/// `"Ada  Lovelace"` and full-width letters each compare equal, and a keep
+/// rule is never dodged by spelling.
 pub fn normalize(text: &str) -> String {
     use caseless::Caseless;
     use unicode_normalization::UnicodeNormalization;
-    text.trim().nfd().default_case_fold().nfd().collect()
+    let folded: String = text
+        .nfkd()
+        .default_case_fold()
+        .nfkd()
+        .filter(|c| !is_invisible(*c))
+        .collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// Characters that change nothing a person sees in a name.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}')
+}
+
+/// The statuses every Zendesk account has (custom ones come on top).
+pub const STANDARD_STATES: [&str; 6] = ["new", "open", "pending", "hold", "solved", "closed"];
 
 /// One `[[rules]]` entry, validated. Every condition present must hold.
 #[derive(Debug, Clone)]
@@ -80,15 +101,35 @@ impl RetentionRule {
     /// and a `subject_matches` that matches the empty string selects every
     /// ticket with a subject.
     pub fn has_effective_condition(&self, min_age: Duration) -> bool {
+        // Zendesk scrubs deleted tickets after about 30 days: "deleted less
+        // than 30 days ago or more" leaves nothing out
+        const SCRUB: Duration = Duration::from_secs(30 * 86_400);
+        // a pattern that matches all of these matches every real subject
+        const SUBJECTS: [&str; 8] = [
+            "a",
+            "Z",
+            "0",
+            " ",
+            "-",
+            "\u{e9}",
+            "Refund request #4711",
+            "Legal hold: contract review",
+        ];
+        let all_states = self.previous_state.as_ref().is_some_and(|states| {
+            STANDARD_STATES
+                .iter()
+                .all(|s| states.contains(&normalize(s)))
+        });
+        let every_subject = |re: &Regex| re.is_match("") || SUBJECTS.iter().all(|s| re.is_match(s));
         self.older_than.is_some_and(|o| o > min_age)
-            || self.younger_than.is_some()
-            || self.previous_state.is_some()
+            || self.younger_than.is_some_and(|y| y < SCRUB)
+            || (self.previous_state.is_some() && !all_states)
             || self.actor_ids.is_some()
             || self.actor_names.is_some()
             || self
                 .subject_matches
                 .as_ref()
-                .is_some_and(|re| !re.is_match(""))
+                .is_some_and(|re| !every_subject(re))
     }
 
     pub fn has_condition(&self) -> bool {
@@ -400,6 +441,11 @@ mod tests {
         assert_eq!(normalize("STRASSE"), normalize("Stra\u{df}e"));
         assert_eq!(normalize(" \tAda Lovelace\n"), normalize("ada lovelace"));
         assert_ne!(normalize("closed"), normalize("close"));
+        assert_eq!(normalize("Ada\u{a0}Lovelace"), normalize("ada lovelace"));
+        assert_eq!(normalize("Ada  \tLovelace"), normalize("ada lovelace"));
+        assert_eq!(normalize("Ａｄａ Lovelace"), normalize("ada lovelace"));
+        assert_eq!(normalize("Ada Lovelace\u{200b}"), normalize("ada lovelace"));
+        assert_eq!(normalize("pending\u{200b}"), normalize("pending"));
     }
 
     #[test]

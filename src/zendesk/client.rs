@@ -99,6 +99,13 @@ pub fn subdomain_url(subdomain: &str) -> Result<Url, String> {
 /// Accepts `https://` anywhere and `http://` only on loopback, where no
 /// credential can be read off the wire.
 pub fn check_base_url(text: &str) -> Result<Url, String> {
+    // First, and without echoing the text: a URL with `@` carries (or
+    // looks like it carries) a credential, and no Zendesk URL needs one.
+    if text.contains('@') {
+        return Err(
+            "base_url holds a user name or password (an '@' before the host): credentials go in token_env or token_file, never in the URL".into(),
+        );
+    }
     let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
     match url.scheme() {
         "https" => {}

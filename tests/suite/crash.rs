@@ -177,11 +177,26 @@ async fn harness_with_churn() {
             .subject
             .as_deref()
             .is_some_and(|s| s.to_lowercase().contains("legal hold"));
-        assert!(
-            (closed || automation) && !held,
-            "ticket {} was purged as {t:?}",
-            t.id
-        );
+        if !((closed || automation) && !held) {
+            let requests: Vec<String> = sb
+                .write_requests()
+                .iter()
+                .filter(|r| r.ids.contains(&t.id))
+                .map(|r| format!("{} {} {:?} {:?}", r.at, r.status, r.fault, r.job_id))
+                .collect();
+            let churn: Vec<String> = sb
+                .churn_log()
+                .iter()
+                .filter(|e| format!("{e:?}").contains(&format!("id: {},", t.id)))
+                .map(|e| format!("{e:?}"))
+                .collect();
+            let store = AuditStore::open_read_only(&db).await.unwrap();
+            let history = store.ticket_history(t.id).await.unwrap();
+            panic!(
+                "ticket {} was purged as {t:?}\nrequests: {requests:#?}\nchurn: {churn:#?}\naudit: {history:#?}",
+                t.id
+            );
+        }
     }
     assert!(!sb.churn_log().is_empty());
     eprintln!("{raced} tickets deleted again between their purge request and its job");

@@ -662,3 +662,105 @@ async fn a_database_replaced_mid_run_does_not_receive_the_old_write_ahead_log() 
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0]["dry_run"], true, "the other database's one dry run");
 }
+
+#[test]
+fn a_url_with_a_credential_is_refused_first_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "http://user:hunter2@example.com",
+        "http://user:hunter2@127.0.0.1:99999",
+        "ftp://user:hunter2@127.0.0.1",
+        "http://user:hunter2@",
+    ] {
+        let config = sandbox_config(dir.path(), url, "token_env = \"ZD_TEST_TOKEN\"");
+        let out = std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{url}: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{url}: the password was echoed: {text}"
+        );
+    }
+}
+
+#[test]
+fn invisible_characters_in_a_token_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for token in [
+        "SECRETx\u{200b}y",
+        "SECRETx\u{2028}y",
+        "SECRETx\u{202e}y",
+        "SECRETx y",
+    ] {
+        let config = sandbox_config(
+            dir.path(),
+            "http://127.0.0.1:9",
+            "token_env = \"ZD_ODD_TOKEN\"",
+        );
+        let out = std::process::Command::new(BIN)
+            .args(["once", "--config"])
+            .arg(&config)
+            .env("ZD_ODD_TOKEN", token)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{token:?}: {stderr}");
+        assert!(!stderr.contains("SECRET"), "{token:?}: shown: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_expected_head_is_a_usage_error_and_case_does_not_matter() {
+    let sb = crate::helpers::sandbox(150).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = sandbox_config(dir.path(), &sb.base_url(), "token_env = \"ZD_TEST_TOKEN\"");
+    let out = tokio::process::Command::new(BIN)
+        .args(["once", "--dry-run", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let db = dir.path().join("audit.db");
+    let head = std::process::Command::new(BIN)
+        .args(["audit", "head", "--format", "json", "--database"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    let upper = head["hash"].as_str().unwrap().to_uppercase();
+    let verify = |expect: &str| {
+        std::process::Command::new(BIN)
+            .args(["audit", "verify", "--expect-head", expect, "--database"])
+            .arg(&db)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(verify(&upper), Some(0));
+    assert_eq!(verify(""), Some(2));
+    assert_eq!(verify("abc123"), Some(2));
+    // a write error other than a closed pipe is an error, not a panic
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+    if let Ok(full) = full {
+        let out = std::process::Command::new(BIN)
+            .args(["audit", "runs", "--database"])
+            .arg(&db)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
