@@ -565,6 +565,9 @@ pub(crate) struct ListingGate {
     cursor_proven: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A purge answered 429 this many times in a row is given up for this run.
+const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
+
 /// A freshness read is reused for further sends while no listing request
 /// was made since and it is younger than this.
 const FRESHNESS_REUSE: Duration = Duration::from_secs(2);
@@ -1275,9 +1278,63 @@ impl PurgeWorker {
     /// scan comes between the read and the send. A ticket the read shows
     /// deleted again since its listing is decided again on its new deletion
     /// and not sent; one found among active tickets (restored) is left out.
+    /// Sends a release after its freshness read; when Zendesk answers 429
+    /// (the request was not carried out), waits Retry-After and goes again,
+    /// with a new freshness read: the wait can be long, and the view moves.
     async fn send_checked(&mut self, release: Release, active: &IdSet) -> anyhow::Result<()> {
+        let mut release = release;
+        let mut rounds = 0;
+        loop {
+            let Some((wait, sent)) = self.send_checked_once(&release, active).await? else {
+                return Ok(());
+            };
+            rounds += 1;
+            if rounds > MAX_RATE_LIMITED_ROUNDS {
+                let why = "Zendesk kept answering 429 (rate limited) to this purge";
+                tracing::error!(ids = sent.len(), "{why}; not sent");
+                self.not_sent(&sent, why).await;
+                return Ok(());
+            }
+            tracing::warn!(
+                ids = sent.len(),
+                wait = %humantime::format_duration(wait),
+                "purge rate limited (429, not carried out): waiting, then reading the newest deletions again"
+            );
+            tokio::time::sleep(wait).await;
+            self.fresh = None;
+            let listed: HashMap<TicketId, Option<ListedAs>> = release
+                .batch
+                .ids()
+                .iter()
+                .copied()
+                .zip(release.listed.iter().cloned())
+                .collect();
+            release = Release {
+                listed: sent
+                    .ids()
+                    .iter()
+                    .map(|id| listed.get(id).cloned().flatten())
+                    .collect(),
+                listed_at: release.listed_at,
+                check_freshness: release.check_freshness,
+                batch: sent,
+            };
+        }
+    }
+
+    /// One round of `send_checked`: `Some` with Retry-After and the batch
+    /// sent when Zendesk answered 429.
+    async fn send_checked_once(
+        &mut self,
+        release: &Release,
+        active: &IdSet,
+    ) -> anyhow::Result<Option<(Duration, IdBatch)>> {
         if !release.check_freshness {
-            return self.send_timed(release.batch, release.listed_at).await;
+            let batch = release.batch.clone();
+            return Ok(self
+                .send_timed(batch.clone(), release.listed_at)
+                .await?
+                .map(|wait| (wait, batch)));
         }
         let gate = &self.gate;
         let since = release.listed_at
@@ -1318,7 +1375,7 @@ impl PurgeWorker {
                 self.tally.freshness_failed = Some(message);
                 self.not_sent(&release.batch, "the freshness read before purging failed")
                     .await;
-                return Ok(());
+                return Ok(None);
             }
         }
         let mut ids = Vec::with_capacity(release.batch.len());
@@ -1383,14 +1440,21 @@ impl PurgeWorker {
             self.tally.not_sent += changed.len() as u64;
         }
         match IdBatch::new(ids) {
-            Ok(batch) => self.send_timed(batch, release.listed_at).await,
-            Err(_) => Ok(()),
+            Ok(batch) => Ok(self
+                .send_timed(batch.clone(), release.listed_at)
+                .await?
+                .map(|wait| (wait, batch))),
+            Err(_) => Ok(None),
         }
     }
 
     /// Sends a batch and notes the time from its oldest listing to Zendesk's
     /// answer (an upper bound of listing-to-purge).
-    async fn send_timed(&mut self, batch: IdBatch, listed_at: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn send_timed(
+        &mut self,
+        batch: IdBatch,
+        listed_at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Duration>> {
         let result = self.send(batch).await;
         let age = (Utc::now() - listed_at).to_std().unwrap_or_default();
         self.tally.max_listing_age = Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
@@ -1504,7 +1568,7 @@ impl PurgeWorker {
     /// answer is lost (a timeout, a dropped connection, a 5xx, a body that
     /// does not decode), the attempt may have created a job whose id is never
     /// learnt, so it ends `unknown` and the next attempt is a new row.
-    async fn send(&mut self, batch: IdBatch) -> anyhow::Result<()> {
+    async fn send(&mut self, batch: IdBatch) -> anyhow::Result<Option<Duration>> {
         let retry = self.client.retry_policy();
         let mut waits = backon::BackoffBuilder::build(
             backon::ExponentialBuilder::default()
@@ -1522,6 +1586,22 @@ impl PurgeWorker {
                 .await?;
             tracing::debug!(ids = batch.len(), row, attempt, "sending destroy_many");
             let answer = self.client.destroy_many(&batch).await;
+            if let Err(e @ ZendeskError::RateLimited { wait, .. }) = &answer {
+                // not carried out: the caller waits, reads again, re-sends
+                self.store
+                    .record_job_end(
+                        self.run,
+                        row,
+                        "rate_limited",
+                        Some(&format!(
+                            "{e}; sent again after the wait and a new freshness read"
+                        )),
+                        "unknown",
+                        &[],
+                    )
+                    .await?;
+                return Ok(Some(*wait));
+            }
             if let Err(e @ (ZendeskError::Transient { .. } | ZendeskError::Decode { .. })) = &answer
                 && let Some(wait) = waits.next()
             {
@@ -1544,7 +1624,7 @@ impl PurgeWorker {
                 attempt += 1;
                 continue;
             }
-            return self.settle_answer(&batch, row, answer).await;
+            return self.settle_answer(&batch, row, answer).await.map(|()| None);
         }
     }
 

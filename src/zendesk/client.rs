@@ -251,11 +251,11 @@ struct Call {
 }
 
 impl Call {
-    /// A permanent deletion is not sent again here after an answer that
-    /// was lost (a timeout, a dropped connection, a 5xx): the first attempt
+    /// A permanent deletion is never sent again here: after an answer that
+    /// was lost (a timeout, a dropped connection, a 5xx) the first attempt
     /// may have created a job, so the caller records each attempt before
-    /// sending it again. A 429 is still waited out and re-sent here: Zendesk
-    /// did not carry it out.
+    /// sending it again; after a 429 the caller waits, and reads the newest
+    /// deletions again before re-sending (the wait can be a minute).
     fn caller_retries_transient(&self) -> bool {
         matches!(self.endpoint, "destroy_many" | "destroy")
     }
@@ -659,10 +659,7 @@ impl ZendeskClient {
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(|e| {
-            e.is_retryable()
-                && !(call.caller_retries_transient() && matches!(e, ZendeskError::Transient { .. }))
-        })
+        .when(|e| e.is_retryable() && !call.caller_retries_transient())
         // Past the last retry `dur` is None and must stay None, or backon
         // would retry forever.
         .adjust(|err, dur| match (err, dur) {

@@ -127,7 +127,9 @@ async fn follows_cursor_links_to_the_end_on_the_configured_host() {
 }
 
 #[tokio::test]
-async fn waits_retry_after_on_429_and_resends_the_same_ids() {
+async fn a_purge_answered_429_comes_back_with_its_wait_and_is_not_resent_by_the_client() {
+    // The worker waits Retry-After, reads the newest deletions again and
+    // re-sends (each attempt recorded); the client sends it once.
     let server = MockServer::start().await;
     Mock::given(method("DELETE"))
         .and(path("/api/v2/deleted_tickets/destroy_many.json"))
@@ -137,28 +139,52 @@ async fn waits_retry_after_on_429_and_resends_the_same_ids() {
                 .insert_header("retry-after", "1")
                 .set_body_raw("<html><body>Too Many Requests</body></html>", "text/html"),
         )
-        .up_to_n_times(1)
-        .expect(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("DELETE"))
-        .and(path("/api/v2/deleted_tickets/destroy_many.json"))
-        .and(query_param("ids", "1,2,3"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(QUEUED_JOB, "application/json"))
         .expect(1)
         .mount(&server)
         .await;
     let client = client_for(&server.uri());
-    let started = Instant::now();
-    let job = client
+    let err = client
         .destroy_many(&IdBatch::new(vec![1, 2, 3]).unwrap())
         .await
-        .unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "Retry-After of 1s was not waited"
-    );
-    assert_eq!(job.id.0, "82de0b044094f0c67893ac9fe64f1a99");
+        .unwrap_err();
+    match err {
+        ZendeskError::RateLimited { wait, .. } => assert_eq!(wait, Duration::from_secs(1)),
+        other => panic!("expected a 429, got {other:?}"),
+    }
+    let stats = client.stats();
+    assert_eq!(stats.rate_limited, 1);
+    assert_eq!(stats.retries, 0);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_listing_answered_429_is_waited_out_and_sent_again_by_the_client() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/deleted_tickets.json"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_raw("<html><body>Too Many Requests</body></html>", "text/html"),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v2/deleted_tickets.json"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            r#"{"deleted_tickets": [], "meta": {"has_more": false}, "links": {"next": null}}"#,
+            "application/json",
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server.uri());
+    use futures::StreamExt;
+    let pages: Vec<_> = client.list_deleted(Default::default()).collect().await;
+    assert_eq!(pages.len(), 1);
+    assert!(pages[0].is_ok());
     let stats = client.stats();
     assert_eq!(stats.rate_limited, 1);
     assert_eq!(stats.retries, 1);
