@@ -942,17 +942,14 @@ async fn scan(
                     .error
                     .get_or_insert_with(|| "purging stopped before the scan finished".to_string());
                 let rest = selection.take_sendable();
-                result.not_sent += rest.len() as u64;
-                store
-                    .record_outcomes(
-                        run,
-                        None,
-                        &rest,
-                        "not_sent",
-                        Some("purging stopped after an error"),
-                        Utc::now(),
-                    )
-                    .await?;
+                record_not_sent(
+                    store,
+                    run,
+                    &mut result,
+                    &rest,
+                    "purging stopped after an error",
+                )
+                .await?;
                 break;
             }
         }
@@ -983,17 +980,7 @@ async fn scan(
     disagreed.sort_unstable();
     result.changed_during_scan += disagreed.len() as u64;
     if !disagreed.is_empty() && !settings.dry_run {
-        result.not_sent += disagreed.len() as u64;
-        store
-            .record_outcomes(
-                run,
-                None,
-                &disagreed,
-                "not_sent",
-                Some("listed more than once in this scan with different deletion times or decisions: not purged in this run"),
-                Utc::now(),
-            )
-            .await?;
+        record_not_sent(store, run, &mut result, &disagreed, "listed more than once in this scan with different deletion times or decisions: not purged in this run").await?;
     }
 
     if settings.dry_run || no_purge_rules {
@@ -1023,10 +1010,7 @@ async fn scan(
     }
     if let Some(reason) = stopped_reason {
         let rest = selection.take_sendable();
-        result.not_sent += rest.len() as u64;
-        store
-            .record_outcomes(run, None, &rest, "not_sent", Some(reason), Utc::now())
-            .await?;
+        record_not_sent(store, run, &mut result, &rest, reason).await?;
         return Ok(result);
     }
     if pipelining {
@@ -1046,17 +1030,14 @@ async fn scan(
     let to_send = selection.take_sendable();
     let unsent = release(&selection, &to_send, batches).await;
     if !unsent.is_empty() {
-        result.not_sent += unsent.len() as u64;
-        store
-            .record_outcomes(
-                run,
-                None,
-                &unsent,
-                "not_sent",
-                Some("purging stopped after an error"),
-                Utc::now(),
-            )
-            .await?;
+        record_not_sent(
+            store,
+            run,
+            &mut result,
+            &unsent,
+            "purging stopped after an error",
+        )
+        .await?;
     }
     Ok(result)
 }
@@ -1094,6 +1075,20 @@ async fn release(
         }
     }
     Vec::new()
+}
+
+/// Records the scan's selected tickets that are not sent, and counts them.
+async fn record_not_sent(
+    store: &AuditStore,
+    run: RunId,
+    result: &mut ScanResult,
+    ids: &[TicketId],
+    reason: &str,
+) -> anyhow::Result<()> {
+    result.not_sent += ids.len() as u64;
+    store
+        .record_outcomes(run, None, ids, "not_sent", Some(reason), Utc::now())
+        .await
 }
 
 /// Under `purge_while_scanning`, chosen tickets are sent every this many
@@ -1138,17 +1133,14 @@ async fn pipeline_release(
         }
     }
     if !over.is_empty() {
-        result.not_sent += over.len() as u64;
-        ctx.store
-            .record_outcomes(
-                run,
-                None,
-                &over,
-                "not_sent",
-                Some("safety.max_purges_per_run reached"),
-                Utc::now(),
-            )
-            .await?;
+        record_not_sent(
+            &ctx.store,
+            run,
+            result,
+            &over,
+            "safety.max_purges_per_run reached",
+        )
+        .await?;
     }
     if ids.is_empty() {
         return Ok(true);
@@ -1158,17 +1150,14 @@ async fn pipeline_release(
     if unsent.is_empty() {
         return Ok(true);
     }
-    result.not_sent += unsent.len() as u64;
-    ctx.store
-        .record_outcomes(
-            run,
-            None,
-            &unsent,
-            "not_sent",
-            Some("purging stopped after an error"),
-            Utc::now(),
-        )
-        .await?;
+    record_not_sent(
+        &ctx.store,
+        run,
+        result,
+        &unsent,
+        "purging stopped after an error",
+    )
+    .await?;
     Ok(false)
 }
 
@@ -2074,17 +2063,13 @@ async fn settle_absent(
 /// The active tickets among `ids` (in calls of 100), or `None` when a
 /// lookup failed.
 async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
-    let mut active = IdSet::default();
-    for batch in IdBatch::chunk(ids) {
-        match ctx.client.active_tickets(&batch).await {
-            Ok(a) => active.extend(a),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up tickets among the active ones; their outcome stays open");
-                return None;
-            }
+    match ctx.client.active_among(ids).await {
+        Ok(active) => Some(active.into_iter().collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up tickets among the active ones; their outcome stays open");
+            None
         }
     }
-    Some(active)
 }
 
 /// A restore whose answer an earlier process never recorded: settled by
@@ -2095,17 +2080,11 @@ async fn settle_lost_restore(
     row: JobRowId,
     tickets: &[TicketId],
 ) -> anyhow::Result<()> {
-    let mut active = std::collections::HashSet::new();
-    let mut failed = None;
-    for batch in IdBatch::chunk(tickets) {
-        match ctx.client.active_tickets(&batch).await {
-            Ok(a) => active.extend(a),
-            Err(e) => failed = Some(e.to_string()),
-        }
-    }
-    if let Some(e) = failed {
-        tracing::warn!(error = %e, "cannot look up the tickets of a restore left open by an earlier process");
-        return ctx
+    let active = match ctx.client.active_among(tickets).await {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the tickets of a restore left open by an earlier process");
+            return ctx
             .store
             .record_job_end(
                 run,
@@ -2116,7 +2095,8 @@ async fn settle_lost_restore(
                 tickets,
             )
             .await;
-    }
+        }
+    };
     let (done, not): (Vec<TicketId>, Vec<TicketId>) =
         tickets.iter().partition(|id| active.contains(id));
     let message = "the process stopped before the restore's answer was recorded; settled by looking the tickets up among active tickets";

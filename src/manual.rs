@@ -196,20 +196,13 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
     // Which ids are active before anything is sent: a refused restore of one
     // of those is not ours to call restored afterwards. `None` when the
     // lookup fails: then no refused restore is upgraded.
-    let mut active_before: Option<std::collections::HashSet<TicketId>> = Some(Default::default());
-    for batch in IdBatch::chunk(ids) {
-        match ctx.client.active_tickets(&batch).await {
-            Ok(a) => {
-                if let Some(set) = active_before.as_mut() {
-                    set.extend(a);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up the tickets before restoring them");
-                active_before = None;
-            }
+    let active_before = match ctx.client.active_among(ids).await {
+        Ok(active) => Some(active),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the tickets before restoring them");
+            None
         }
-    }
+    };
     let mut results = Vec::new();
     for batch in IdBatch::chunk(ids) {
         let row = store
@@ -277,31 +270,30 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
             r.detail = Some("already active before the restore: it was not deleted".into());
         }
     }
-    for batch in IdBatch::chunk(&doubtful) {
-        match ctx.client.active_tickets(&batch).await {
-            Ok(active) if !active.is_empty() => {
-                store
-                    .record_outcomes(
-                        run,
-                        None,
-                        &active,
-                        "restored",
-                        Some("found among active tickets after the restore request was refused or its answer lost"),
-                        Utc::now(),
-                    )
-                    .await?;
-                for r in results.iter_mut().filter(|r| active.contains(&r.id)) {
-                    r.outcome = "restored".into();
-                    r.detail = Some(
-                        "found among active tickets (the request's answer was lost or refused)"
-                            .into(),
-                    );
-                }
+    match ctx.client.active_among(&doubtful).await {
+        Ok(active) if !active.is_empty() => {
+            let mut active: Vec<TicketId> = active.into_iter().collect();
+            active.sort_unstable();
+            store
+                .record_outcomes(
+                    run,
+                    None,
+                    &active,
+                    "restored",
+                    Some("found among active tickets after the restore request was refused or its answer lost"),
+                    Utc::now(),
+                )
+                .await?;
+            for r in results.iter_mut().filter(|r| active.contains(&r.id)) {
+                r.outcome = "restored".into();
+                r.detail = Some(
+                    "found among active tickets (the request's answer was lost or refused)".into(),
+                );
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot look up whether refused restores took effect")
-            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up whether refused restores took effect")
         }
     }
     let failed = results.iter().filter(|r| r.outcome != "restored").count() as u64;

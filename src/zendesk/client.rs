@@ -541,6 +541,18 @@ impl ZendeskClient {
             .collect())
     }
 
+    /// Which of any number of ids are active tickets, in calls of 100.
+    pub async fn active_among(
+        &self,
+        ids: &[TicketId],
+    ) -> Result<std::collections::HashSet<TicketId>, ZendeskError> {
+        let mut active = std::collections::HashSet::new();
+        for batch in IdBatch::chunk(ids) {
+            active.extend(self.active_tickets(&batch).await?);
+        }
+        Ok(active)
+    }
+
     /// The token's user and role (`GET users/me`): a read-only credentials
     /// check.
     pub async fn current_user(&self) -> Result<CurrentUser, ZendeskError> {
