@@ -80,6 +80,7 @@ struct RawSchedule {
     cron: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    reconcile: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +88,7 @@ struct RawSchedule {
 struct RawAudit {
     database: Option<String>,
     record_subjects: Option<bool>,
+    keep_details: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +154,9 @@ pub struct Schedule {
     pub timezone: chrono_tz::Tz,
     /// How long a stopping daemon follows open jobs before it gives up.
     pub shutdown_grace: Duration,
+    /// How often a run walks the whole view (a reconcile) instead of only
+    /// the newest deletions; `0s` makes every run a reconcile.
+    pub reconcile: Duration,
 }
 
 /// `[audit]`, validated.
@@ -159,6 +164,9 @@ pub struct Schedule {
 pub struct AuditSettings {
     pub database: PathBuf,
     pub record_subjects: bool,
+    /// Details of tickets settled longer ago than this are pruned (`None`:
+    /// kept for ever); each purge's evidence is always kept.
+    pub keep_details: Option<Duration>,
 }
 
 /// `[safety]`, validated.
@@ -498,6 +506,19 @@ impl Config {
         let shutdown_grace = c
             .duration("schedule.shutdown_grace", &raw.schedule.shutdown_grace)
             .unwrap_or(Duration::from_secs(25));
+        let reconcile = c
+            .duration("schedule.reconcile", &raw.schedule.reconcile)
+            .unwrap_or(Duration::from_secs(86_400));
+        let keep_details = c.duration("audit.keep_details", &raw.audit.keep_details);
+        if let (Some(keep), Some(v)) = (keep_details, &raw.audit.keep_details)
+            && keep < Duration::from_secs(31 * 86_400)
+        {
+            c.at(
+                "audit.keep_details",
+                v,
+                "must be at least 31d: a ticket's details are needed until Zendesk's own scrub (30 days) has settled it".to_string(),
+            );
+        }
 
         // [audit]
         let database = raw
@@ -719,10 +740,12 @@ impl Config {
                 cron,
                 timezone,
                 shutdown_grace,
+                reconcile,
             },
             audit: AuditSettings {
                 database: PathBuf::from(database.trim()),
                 record_subjects: raw.audit.record_subjects.unwrap_or(false),
+                keep_details,
             },
             safety: Safety {
                 dry_run: s.dry_run.unwrap_or(true),

@@ -82,9 +82,10 @@ fn times_of(page: &DeletedTicketsPage) -> Option<Vec<DateTime<Utc>>> {
     page.tickets.iter().map(|t| t.deleted_at).collect()
 }
 
-/// Proves, from the first page of an oldest-first listing and a newest-first
-/// first page read here, that the cursor listing sorts by `deleted_at`.
-/// `Ok` carries the words for the run's record, `Err` why there is no proof.
+/// Proves, from the first page of a listing sorted by `deleted_at` (in
+/// `first_order`) and the first page of the other order read here, that the
+/// cursor listing sorts by `deleted_at`. `Ok` carries the words for the
+/// run's record, `Err` why there is no proof.
 ///
 /// A server that ignores `sort_by` returns the same page both ways: it cannot
 /// be both non-decreasing and non-increasing unless every time on it is
@@ -92,13 +93,43 @@ fn times_of(page: &DeletedTicketsPage) -> Option<Vec<DateTime<Utc>>> {
 /// newest-first page's first time, so the proof fails.
 pub async fn prove_sorted(
     client: &ZendeskClient,
-    oldest_first: &DeletedTicketsPage,
+    first: &DeletedTicketsPage,
+    first_order: SortOrder,
 ) -> Result<&'static str, String> {
-    if !oldest_first.has_more {
+    if !first.has_more {
         return Err("the whole view fits on one page: it is read whole".into());
     }
+    let other_order = match first_order {
+        SortOrder::Asc => SortOrder::Desc,
+        SortOrder::Desc => SortOrder::Asc,
+    };
+    let mut other = client.list_deleted(ListOptions {
+        sort: Some((SortBy::DeletedAt, other_order)),
+        ..ListOptions::default()
+    });
+    let other_page = match other.next().await {
+        Some(Ok(page)) => page,
+        Some(Err(e)) => {
+            return Err(format!(
+                "the first page in the other order, read to prove the order, failed: {e}"
+            ));
+        }
+        None => return Err("the listing in the other order returned no page".into()),
+    };
+    match first_order {
+        SortOrder::Asc => compare_first_pages(first, &other_page),
+        SortOrder::Desc => compare_first_pages(&other_page, first),
+    }
+}
+
+/// The proof proper: the oldest-first and newest-first first pages are each
+/// in their order, differ, bracket each other, and are not also in id order.
+fn compare_first_pages(
+    oldest_first: &DeletedTicketsPage,
+    desc_page: &DeletedTicketsPage,
+) -> Result<&'static str, String> {
     let Some(asc) = times_of(oldest_first) else {
-        return Err("a ticket on the first page has no readable deleted_at".into());
+        return Err("a ticket on the oldest-first page has no readable deleted_at".into());
     };
     if !non_decreasing(&asc) {
         return Err(
@@ -106,20 +137,7 @@ pub async fn prove_sorted(
                 .into(),
         );
     }
-    let mut newest = client.list_deleted(ListOptions {
-        sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
-        ..ListOptions::default()
-    });
-    let desc_page = match newest.next().await {
-        Some(Ok(page)) => page,
-        Some(Err(e)) => {
-            return Err(format!(
-                "the newest-first page, read to prove the order, failed: {e}"
-            ));
-        }
-        None => return Err("the newest-first listing returned no page".into()),
-    };
-    let Some(desc) = times_of(&desc_page) else {
+    let Some(desc) = times_of(desc_page) else {
         return Err("a ticket on the newest-first page has no readable deleted_at".into());
     };
     if !non_increasing(&desc) {
@@ -146,7 +164,7 @@ pub async fn prove_sorted(
     // then the two orders cannot be told apart, and nothing is proven.
     let ids_up = |p: &DeletedTicketsPage| p.tickets.windows(2).all(|w| w[0].id < w[1].id);
     let ids_down = |p: &DeletedTicketsPage| p.tickets.windows(2).all(|w| w[0].id > w[1].id);
-    if ids_up(oldest_first) && ids_down(&desc_page) {
+    if ids_up(oldest_first) && ids_down(desc_page) {
         return Err(
             "the pages are in id order as well as in deletion order: a listing sorted by id cannot be told apart"
                 .into(),
@@ -161,9 +179,18 @@ pub async fn prove_sorted(
 #[derive(Debug, Default)]
 pub struct PageOrder {
     last: Option<DateTime<Utc>>,
+    newest_first: bool,
 }
 
 impl PageOrder {
+    /// The check of a newest-first walk (a refresh).
+    pub fn newest_first() -> Self {
+        Self {
+            last: None,
+            newest_first: true,
+        }
+    }
+
     /// Checks a whole page against the order so far: every ticket has a
     /// deletion time and none is older than the one before it. `Err` names
     /// the first ticket out of order.
@@ -177,9 +204,15 @@ impl PageOrder {
                         page.number, t.id
                     ));
                 }
-                (Some(prev), Some(at)) if at < prev => {
+                (Some(prev), Some(at)) if !self.newest_first && at < prev => {
                     return Err(format!(
                         "page {}: ticket {} was deleted before the ticket listed ahead of it",
+                        page.number, t.id
+                    ));
+                }
+                (Some(prev), Some(at)) if self.newest_first && at > prev => {
+                    return Err(format!(
+                        "page {}: ticket {} was deleted after the ticket listed ahead of it",
                         page.number, t.id
                     ));
                 }

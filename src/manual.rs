@@ -93,7 +93,7 @@ pub async fn plan(
     while let Some(page) = pages.next().await {
         let page = page?;
         if std::mem::take(&mut first) && sorted {
-            match crate::listing::prove_sorted(client, &page).await {
+            match crate::listing::prove_sorted(client, &page, crate::zendesk::SortOrder::Asc).await {
                 Ok(why) => plan.scan_reason = why.into(),
                 Err(why) => {
                     sorted = false;

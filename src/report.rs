@@ -119,18 +119,27 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         report.run_id,
         report.status.as_str()
     );
-    let scan_note = match (c.early_stop, policy.purge_horizon()) {
-        (true, Some(h)) => format!(
-            " (sorted scan; stopped at tickets deleted less than {} ago)",
-            humantime::format_duration(h)
-        ),
-        _ if report.scan == "sorted" => " (sorted scan, read to the end)".to_string(),
-        _ => " (full scan)".to_string(),
+    let scan_note = if report.step == "refresh" {
+        " (the newest deletions)"
+    } else {
+        " (the whole view)"
     };
     let _ = writeln!(
         out,
         "  scanned    {} tickets in {} list requests{scan_note}",
         c.scanned, c.list_requests
+    );
+    if report.decided_from_ledger > 0 {
+        let _ = writeln!(
+            out,
+            "  ledger     {} more tickets decided from the ledger, without a listing",
+            report.decided_from_ledger
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  recorded   {} decisions (first sightings and changes)",
+        report.decisions_recorded
     );
     let _ = writeln!(out, "  scan       {}: {}", report.scan, report.scan_reason);
     if report.already_in_flight > 0 {
@@ -177,6 +186,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         );
     }
     let settled = report.not_effective
+        + report.left_view
         + report.confirmed_gone
         + report.restored_elsewhere
         + report.scrubbed_by_zendesk
@@ -184,12 +194,13 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     if settled > 0 {
         let _ = writeln!(
             out,
-            "  checked    earlier purges and unknown outcomes: {} confirmed gone (listed no more, not active), {} restored elsewhere (active again), {} scrubbed by Zendesk, {} still listed (decided again), {} left open for a later run",
+            "  checked    earlier purges and unknown outcomes: {} confirmed gone (listed no more, not active), {} restored elsewhere (active again), {} scrubbed by Zendesk, {} still listed (decided again), {} left open for a later run; {} kept tickets left the view",
             report.confirmed_gone,
             report.restored_elsewhere,
             report.scrubbed_by_zendesk,
             report.not_effective,
-            report.unsettled_lookup_failed
+            report.unsettled_lookup_failed,
+            report.left_view
         );
     }
     let requests: Vec<String> = report

@@ -143,6 +143,31 @@ impl RetentionRule {
 
     /// Whether every condition holds for the ticket at `now`.
     pub fn matches(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> bool {
+        self.matches_with(ticket, now, |re| {
+            Some(ticket.subject.as_deref().is_some_and(|s| re.is_match(s)))
+        })
+        .unwrap_or(false)
+    }
+
+    /// Like `matches`, with the subject condition answered by `subject`
+    /// (from the ledger's tags when the subject is not kept); `None` when
+    /// that answer is needed and unknown.
+    pub fn matches_with(
+        &self,
+        ticket: &DeletedTicket,
+        now: DateTime<Utc>,
+        subject: impl Fn(&Regex) -> Option<bool>,
+    ) -> Option<bool> {
+        if !self.matches_but_subject(ticket, now) {
+            return Some(false);
+        }
+        match &self.subject_matches {
+            Some(re) => subject(re),
+            None => Some(true),
+        }
+    }
+
+    fn matches_but_subject(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> bool {
         let age = age_of(ticket, now);
         if let Some(min) = self.older_than
             && age.is_none_or(|a| a < min)
@@ -171,11 +196,6 @@ impl RetentionRule {
             if !name.is_some_and(|n| names.contains(&n)) {
                 return false;
             }
-        }
-        if let Some(re) = &self.subject_matches
-            && !ticket.subject.as_deref().is_some_and(|s| re.is_match(s))
-        {
-            return false;
         }
         true
     }
@@ -293,6 +313,13 @@ fn join<T: fmt::Display>(items: &BTreeSet<T>) -> String {
 
 /// How long ago the ticket was deleted; `None` when unknown. A deletion time
 /// in the future counts as age zero.
+/// A subject pattern's fingerprint in the ledger's tags: its source text,
+/// hashed (the pattern itself, which may name people, is not stored).
+pub fn subject_fingerprint(re: &Regex) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(re.as_str().as_bytes())[..6])
+}
+
 pub fn age_of(ticket: &DeletedTicket, now: DateTime<Utc>) -> Option<Duration> {
     let deleted = ticket.deleted_at?;
     Some((now - deleted).to_std().unwrap_or(Duration::ZERO))
@@ -389,12 +416,90 @@ impl Policy {
     /// The first matching rule decides; no match keeps. Protected ids, tickets
     /// younger than `min_age` and tickets of unknown age are never purged.
     pub fn decide(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> Decision {
-        if self.protect_ids.contains(&ticket.id) {
-            return Decision::Keep(KeepReason::Protected);
+        self.decide_with(ticket, now, |re| {
+            Some(ticket.subject.as_deref().is_some_and(|s| re.is_match(s)))
+        })
+        .unwrap_or(Decision::Keep(KeepReason::NoRuleMatched))
+    }
+
+    /// Decides from a ledger row whose subject is not kept: each subject
+    /// pattern is answered by the tags written when the ticket was listed
+    /// (`subject_tags`). `None` when a pattern the decision needs was not
+    /// in force then: the ticket must be listed again.
+    pub fn decide_tagged(
+        &self,
+        ticket: &DeletedTicket,
+        now: DateTime<Utc>,
+        tags: Option<&str>,
+    ) -> Option<Decision> {
+        let tags = tags.unwrap_or("");
+        self.decide_with(ticket, now, |re| {
+            let fp = subject_fingerprint(re);
+            tags.split(' ').find_map(|tag| match tag.strip_prefix(fp.as_str()) {
+                Some("+") => Some(true),
+                Some("-") => Some(false),
+                _ => None,
+            })
+        })
+    }
+
+    /// The ledger's tags for a listed ticket: for each subject pattern in
+    /// force, its fingerprint and whether it matched (`None` without one).
+    pub fn subject_tags(&self, ticket: &DeletedTicket) -> Option<String> {
+        let patterns = self.subject_fingerprints();
+        if patterns.is_empty() {
+            return None;
         }
-        let Some(rule) = self.rules.iter().find(|r| r.matches(ticket, now)) else {
-            return Decision::Keep(KeepReason::NoRuleMatched);
+        let subject = ticket.subject.as_deref();
+        let mut tags = Vec::new();
+        for rule in &self.rules {
+            if let Some(re) = &rule.subject_matches {
+                let fp = subject_fingerprint(re);
+                let hit = subject.is_some_and(|s| re.is_match(s));
+                let tag = format!("{fp}{}", if hit { '+' } else { '-' });
+                if !tags.contains(&tag) {
+                    tags.push(tag);
+                }
+            }
+        }
+        Some(tags.join(" "))
+    }
+
+    /// The fingerprints of the subject patterns in force, each once.
+    pub fn subject_fingerprints(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rules
+            .iter()
+            .filter_map(|r| r.subject_matches.as_ref().map(subject_fingerprint))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn decide_with(
+        &self,
+        ticket: &DeletedTicket,
+        now: DateTime<Utc>,
+        subject: impl Fn(&Regex) -> Option<bool>,
+    ) -> Option<Decision> {
+        if self.protect_ids.contains(&ticket.id) {
+            return Some(Decision::Keep(KeepReason::Protected));
+        }
+        let mut found = None;
+        for rule in &self.rules {
+            if rule.matches_with(ticket, now, &subject)? {
+                found = Some(rule);
+                break;
+            }
+        }
+        let Some(rule) = found else {
+            return Some(Decision::Keep(KeepReason::NoRuleMatched));
         };
+        Some(self.decide_by(rule, ticket, now))
+    }
+
+    fn decide_by(&self, rule: &RetentionRule, ticket: &DeletedTicket, now: DateTime<Utc>) -> Decision {
         match rule.action {
             RuleAction::Keep => Decision::Keep(KeepReason::Rule(rule.name.clone())),
             RuleAction::Purge => match age_of(ticket, now) {
@@ -422,6 +527,12 @@ impl Policy {
             horizon = Some(horizon.map_or(older, |h| h.min(older)));
         }
         Some(horizon.unwrap_or(Duration::MAX).max(self.min_age))
+    }
+
+    /// Whether a rule reads the subject (which the ledger keeps only when
+    /// subjects are recorded).
+    pub fn uses_subjects(&self) -> bool {
+        self.rules.iter().any(|r| r.subject_matches.is_some())
     }
 
     pub fn purge_rules(&self) -> impl Iterator<Item = &RetentionRule> {

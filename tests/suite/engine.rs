@@ -313,11 +313,14 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
             ticket_id: id,
             deleted_at: Some(old),
             actor_id: None,
+            actor_name: None,
             previous_state: Some("closed".into()),
             subject: None,
             rule: Some("closed-after-7-days".into()),
             decision: "purge",
             decided_at: chrono::Utc::now(),
+            listed: true,
+            subject_tags: None,
         })
         .into();
     store.record_decisions(crashed, &decided).await.unwrap();

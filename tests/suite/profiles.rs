@@ -632,11 +632,14 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
         ticket_id: old.id,
         deleted_at: Some(old.deleted_at),
         actor_id: Some(old.actor_id),
+        actor_name: None,
         previous_state: Some(old.previous_state.clone()),
         subject: None,
         rule: Some("closed-after-7-days".into()),
         decision: "purge",
         decided_at: Utc::now(),
+        listed: true,
+            subject_tags: None,
     };
     store.record_decisions(run, &[decision]).await.unwrap();
     store

@@ -21,6 +21,9 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 
 use crate::zendesk::{IdBatch, TicketId};
 
+mod ledger;
+pub use ledger::{LedgerEntry, LedgerState, ListingMarks, Sighting};
+
 /// A run's row id.
 pub type RunId = i64;
 /// A job's row id (ours, not Zendesk's).
@@ -31,6 +34,12 @@ pub type JobRowId = i64;
 pub const MAX_TICKET_ID: TicketId = i64::MAX as TicketId;
 
 /// Timestamps as stored: RFC 3339, UTC, milliseconds.
+/// Reads a stored time back (`None` for NULL, empty or unreadable text).
+pub(crate) fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
+    text.and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
+        .map(|d| d.with_timezone(&Utc))
+}
+
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -41,6 +50,8 @@ pub struct DecisionRecord {
     pub ticket_id: TicketId,
     pub deleted_at: Option<DateTime<Utc>>,
     pub actor_id: Option<u64>,
+    /// Kept in the ledger (a rule can name actors), not in the decision row.
+    pub actor_name: Option<String>,
     pub previous_state: Option<String>,
     /// Already `None` unless subjects are recorded.
     pub subject: Option<String>,
@@ -48,6 +59,10 @@ pub struct DecisionRecord {
     pub decision: &'static str,
     /// When the rules decided (the time the age conditions were read at).
     pub decided_at: DateTime<Utc>,
+    /// Decided from a listing at `decided_at` (not from the ledger alone).
+    pub listed: bool,
+    /// The ledger's subject-pattern tags (`Policy::subject_tags`).
+    pub subject_tags: Option<String>,
 }
 
 /// The figures a finished run records.
@@ -65,6 +80,12 @@ pub struct RunCounts {
     pub scan_reason: Option<String>,
     /// The longest time from a ticket's last listing to its `destroy_many`.
     pub max_listing_age_ms: Option<u64>,
+    /// `refresh` or `reconcile` (cycles only).
+    pub step: Option<String>,
+    /// The newest deletion known once the listing step finished whole.
+    pub high_water: Option<DateTime<Utc>>,
+    /// Decision rows the run wrote (decisions are recorded on change).
+    pub decisions_recorded: Option<u64>,
 }
 
 /// A run as stored.
@@ -363,7 +384,7 @@ impl AuditStore {
         self.check_file()?;
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ? WHERE id = ?",
+            "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ?, step = ?, high_water = ?, decisions_recorded = ? WHERE id = ?",
         )
         .bind(status)
         .bind(timestamp(now))
@@ -378,6 +399,9 @@ impl AuditStore {
         .bind(counts.scan.as_deref())
         .bind(counts.scan_reason.as_deref())
         .bind(counts.max_listing_age_ms.map(|m| m as i64))
+        .bind(counts.step.as_deref())
+        .bind(counts.high_water.map(timestamp))
+        .bind(counts.decisions_recorded.map(|n| n as i64))
         .bind(run)
         .execute(&mut *tx)
         .await?;
@@ -471,6 +495,7 @@ impl AuditStore {
         // one writer in the transaction: the new rows have consecutive ids
         let first = last - decisions.len() as i64 + 1;
         chain_append_digests(&mut tx, Chained::Decisions, first, last, digests).await?;
+        ledger::upsert_decisions(&mut tx, run, decisions).await?;
         tx.commit().await.context("cannot record the decisions")?;
         Ok(())
     }
@@ -497,6 +522,9 @@ impl AuditStore {
             .last_insert_rowid();
         chain_append(&mut tx, Chained::Jobs, id, id).await?;
         chain_append(&mut tx, Chained::JobsState, id, id).await?;
+        if kind == "destroy_many" {
+            ledger::apply_request(&mut tx, batch.ids(), &timestamp(now)).await?;
+        }
         tx.commit()
             .await
             .context("cannot record the request before sending it")?;
@@ -1272,6 +1300,7 @@ async fn insert_outcomes(
             ));
         }
     }
+    ledger::apply_outcome(tx, tickets, outcome, at).await?;
     chain_append_digests(
         tx,
         Chained::Outcomes,
@@ -1332,6 +1361,14 @@ impl Chained {
             .find(|c| c.entry_name() == name)
     }
 
+    /// How many chained columns the first schema had; later ones follow.
+    fn base_columns(self) -> usize {
+        match self {
+            Self::RunsState => 13,
+            _ => usize::MAX,
+        }
+    }
+
     /// Every chained column as text, in a fixed order.
     fn select(self) -> &'static str {
         match self {
@@ -1348,7 +1385,7 @@ impl Chained {
                 "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::RunsState => {
-                "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::JobsState => {
                 "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
@@ -1372,9 +1409,14 @@ async fn row_digests(
     rows.iter()
         .map(|r| {
             let id: i64 = r.try_get(0)?;
-            let values = (1..r.len())
+            let mut values = (1..r.len())
                 .map(|i| r.try_get::<Option<String>, _>(i))
                 .collect::<Result<Vec<_>, _>>()?;
+            // columns added later count only once set: rows chained before
+            // they existed keep their digests
+            while values.len() > table.base_columns() && values.last() == Some(&None) {
+                values.pop();
+            }
             Ok((id, row_digest(table, values.iter().map(Option::as_deref))))
         })
         .collect()

@@ -18,13 +18,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditStore, DecisionRecord, JobRowId, RunCounts, RunId, Unsettled, parse_ids};
+use crate::audit::{
+    AuditStore, DecisionRecord, JobRowId, LedgerEntry, LedgerState, ListingMarks, RunCounts, RunId,
+    Sighting, Unsettled, parse_ids,
+};
 use crate::config::Config;
-use crate::listing::{PageOrder, ScanPlan};
+use crate::listing::PageOrder;
 use crate::rules::{Decision, Policy};
 use crate::zendesk::{
-    ClientStatsSnapshot, DeletedTicket, IdBatch, JobId, JobState, JobStatus, TicketId,
-    ZendeskClient, ZendeskError,
+    ClientStatsSnapshot, DeletedTicket, IdBatch, JobId, JobState, JobStatus, ListOptions, SortBy,
+    SortOrder, TicketId, ZendeskClient, ZendeskError,
 };
 
 /// What started a run.
@@ -83,6 +86,9 @@ pub struct CycleSettings {
     /// Unsettled outcomes older than this are no longer checked (Zendesk
     /// scrubs deleted tickets after about 30 days).
     pub settle_window: Duration,
+    /// A run walks the whole view when the last such walk started longer
+    /// ago than this; otherwise it reads only the newest deletions.
+    pub reconcile_every: Duration,
 }
 
 impl CycleSettings {
@@ -97,6 +103,7 @@ impl CycleSettings {
             shutdown_grace: config.schedule.shutdown_grace,
             record_subjects: config.audit.record_subjects,
             settle_window: Duration::from_secs(31 * 86_400),
+            reconcile_every: config.schedule.reconcile,
         }
     }
 }
@@ -176,9 +183,17 @@ pub struct CycleReport {
     /// Selected but never sent (limit, failure or shutdown).
     pub not_sent: u64,
     pub requests: ClientStatsSnapshot,
-    /// `sorted` or `full`, and why.
+    /// `refresh` (the newest deletions) or `full` (a whole walk), and why.
     pub scan: String,
     pub scan_reason: String,
+    /// `refresh` or `reconcile`.
+    pub step: String,
+    /// Live ledger rows decided again without a listing.
+    pub decided_from_ledger: u64,
+    /// Decision rows written: first sightings and changed decisions only.
+    pub decisions_recorded: u64,
+    /// Kept tickets a whole walk no longer found, and not active.
+    pub left_view: u64,
     #[serde(with = "humantime_serde_compat")]
     pub duration: Duration,
     pub error: Option<String>,
@@ -338,9 +353,13 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         );
     }
 
-    let mut unsettled = store
-        .unsettled(now - chrono::Duration::from_std(settings.settle_window).unwrap_or_default())
-        .await?;
+    let mut ledger = store.ledger_live().await?;
+    let patterns = if settings.record_subjects {
+        Vec::new()
+    } else {
+        ctx.policy.subject_fingerprints()
+    };
+    let marks = store.listing_marks(&patterns).await?;
 
     // The purge worker: sends batches and follows jobs.
     let (batches, receiver) = mpsc::channel::<Release>(8);
@@ -357,7 +376,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     );
     let worker = tokio::spawn(worker.run(receiver));
 
-    let scan = scan(ctx, run, &mut unsettled, &batches, &gate, in_flight).await;
+    let scan = scan(ctx, run, &mut ledger, &marks, &batches, &gate, in_flight).await;
     drop(batches);
     let tally = match worker.await {
         Ok(t) => t,
@@ -368,20 +387,35 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     };
     let scan = scan?;
 
-    // Settle earlier outcomes the scan could see: absent from the view is
-    // not yet proof of anything, so each absent ticket is looked up among
-    // the active tickets.
+    // A whole walk (a reconcile) settles the live ledger rows it did not
+    // list: absent from the view is not yet proof of anything, so each is
+    // looked up among the active tickets and read for newest-first.
     let mut settled = Settled::default();
     let mut settle_requests = 0;
-    if scan.finished() {
-        let mut absent: Vec<(TicketId, Unsettled)> = unsettled
+    if scan.finished() && scan.step == Step::Reconcile {
+        let mut absent: Vec<(TicketId, Unsettled)> = scan
+            .absent
             .iter()
-            .filter(|(_, u)| match (scan.covered_until, u.deleted_at) {
-                (None, _) => true,
-                (Some(limit), Some(deleted)) => deleted < limit,
-                (Some(_), None) => false,
+            .filter(|e| e.state != LedgerState::PurgeRequested)
+            .map(|e| {
+                let since = match e.state {
+                    // a deletion again after the purge request carries a later time
+                    LedgerState::Purged | LedgerState::Unknown => {
+                        e.requested_at.or(e.last_seen).unwrap_or(scan.walk_started)
+                    }
+                    // known in the view when the walk began, or the refreshes
+                    // since its last sighting would have found it deleted again
+                    _ => scan.walk_started,
+                };
+                (
+                    e.ticket_id,
+                    Unsettled {
+                        outcome: e.state.as_str().to_string(),
+                        deleted_at: e.deleted_at,
+                        decided_at: Some(since),
+                    },
+                )
             })
-            .map(|(id, u)| (*id, u.clone()))
             .collect();
         absent.sort_by_key(|(id, _)| *id);
         let before = ctx.client.stats().sent("list");
@@ -424,6 +458,9 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         scan: Some(scan.scan.to_string()),
         scan_reason: Some(scan.scan_reason.clone()),
         max_listing_age_ms: tally.max_listing_age.map(|d| d.as_millis() as u64),
+        step: Some(scan.step.as_str().to_string()),
+        high_water: scan.high_water,
+        decisions_recorded: Some(scan.decisions_recorded),
     };
     let error = (!errors.is_empty()).then(|| errors.join("; "));
     store
@@ -459,6 +496,10 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         requests: ctx.client.stats().since(&stats_before),
         scan: scan.scan.to_string(),
         scan_reason: scan.scan_reason.clone(),
+        step: scan.step.as_str().to_string(),
+        decided_from_ledger: scan.decided_from_ledger,
+        decisions_recorded: scan.decisions_recorded,
+        left_view: settled.left_view,
         duration: started.elapsed(),
         error,
     };
@@ -497,7 +538,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
 }
 
 /// What the scan found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ScanResult {
     /// Distinct tickets listed and decided.
     scanned: u64,
@@ -513,8 +554,6 @@ struct ScanResult {
     cursor_proven: bool,
     /// Listing requests of the order proof.
     proof_requests: u64,
-    /// With an early stop: the deletion time the scan reached.
-    covered_until: Option<DateTime<Utc>>,
     cancelled: bool,
     not_effective: u64,
     not_sent: u64,
@@ -532,6 +571,18 @@ struct ScanResult {
     /// read found them deleted again.
     changed_during_scan: u64,
     error: Option<String>,
+    /// Which listing the run made.
+    step: Step,
+    /// When the listing began: the ledger is current as of then.
+    walk_started: DateTime<Utc>,
+    /// The newest deletion known once the listing finished whole.
+    high_water: Option<DateTime<Utc>>,
+    /// Live ledger rows a whole walk did not list: settled after it.
+    absent: Vec<LedgerEntry>,
+    /// Decision rows written (first sightings and changes only).
+    decisions_recorded: u64,
+    /// Live ledger rows decided again without a listing.
+    decided_from_ledger: u64,
 }
 
 impl ScanResult {
@@ -694,30 +745,123 @@ impl Selection {
     }
 }
 
+/// Which listing a run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The newest deletions, newest first, down to the high-water mark of
+    /// the last listing less an overlap; the rest is decided from the ledger.
+    Refresh { down_to: DateTime<Utc> },
+    /// The whole view, in any order; live ledger rows it does not list are
+    /// settled.
+    Reconcile,
+}
+
+impl Step {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Refresh { .. } => "refresh",
+            Self::Reconcile => "reconcile",
+        }
+    }
+
+    fn list_options(self) -> ListOptions {
+        match self {
+            Self::Refresh { .. } => ListOptions {
+                sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
+                ..ListOptions::default()
+            },
+            Self::Reconcile => ListOptions::default(),
+        }
+    }
+}
+
+/// How far below the high-water mark a refresh reads: tickets deleted in
+/// the same second, and clock skew between Zendesk's hosts.
+pub const REFRESH_OVERLAP: Duration = Duration::from_secs(600);
+
+/// The listing a run makes, and why.
+pub(crate) fn choose_step(
+    settings: &CycleSettings,
+    marks: &ListingMarks,
+    now: DateTime<Utc>,
+) -> (Step, String) {
+    if marks.untagged > 0 {
+        return (
+            Step::Reconcile,
+            format!(
+                "{} tickets in the ledger were listed before a subject pattern now in force (subjects are not kept): the whole view is walked",
+                marks.untagged
+            ),
+        );
+    }
+    let (Some(high_water), Some(last)) = (marks.high_water, marks.last_reconcile) else {
+        return (
+            Step::Reconcile,
+            "the ledger has no whole walk of the view yet".into(),
+        );
+    };
+    let every = chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
+    if now - last >= every {
+        return (
+            Step::Reconcile,
+            format!(
+                "the last whole walk began {} ago (schedule.reconcile = {})",
+                humantime::format_duration(Duration::from_secs((now - last).num_seconds().max(0) as u64)),
+                humantime::format_duration(settings.reconcile_every)
+            ),
+        );
+    }
+    let overlap = chrono::Duration::from_std(REFRESH_OVERLAP).unwrap_or_default();
+    (
+        Step::Refresh {
+            down_to: high_water - overlap,
+        },
+        "the newest deletions, down to the last listing's high-water mark; the rest decided from the ledger".into(),
+    )
+}
+
 async fn scan(
     ctx: &CycleContext,
     run: RunId,
-    unsettled: &mut HashMap<TicketId, Unsettled>,
+    ledger: &mut HashMap<TicketId, LedgerEntry>,
+    marks: &ListingMarks,
     batches: &mpsc::Sender<Release>,
     gate: &ListingGate,
     in_flight: IdSet,
 ) -> anyhow::Result<ScanResult> {
     let settings = &ctx.settings;
     let store = &ctx.store;
-    let (plan, plan_reason) = ScanPlan::for_policy(&ctx.policy);
     let no_purge_rules = ctx.policy.purge_rules().next().is_none();
-    let horizon = match plan {
-        ScanPlan::Sorted { horizon } => Some(horizon),
-        ScanPlan::Full => None,
-    };
-    let mut sorted = horizon.is_some();
+    let walk_started = Utc::now();
+    let (mut step, reason) = choose_step(settings, marks, walk_started);
     let mut result = ScanResult {
-        scan: if sorted { "sorted" } else { "full" },
-        scan_reason: plan_reason.to_string(),
-        ..ScanResult::default()
+        scanned: 0,
+        matched: 0,
+        matched_by_rule: BTreeMap::new(),
+        kept: BTreeMap::new(),
+        early_stop: false,
+        scan: if step == Step::Reconcile { "full" } else { "refresh" },
+        scan_reason: reason,
+        cursor_proven: false,
+        proof_requests: 0,
+        cancelled: false,
+        not_effective: 0,
+        not_sent: 0,
+        relisted: 0,
+        incomplete_walk: false,
+        empty_pages: 0,
+        in_flight: 0,
+        changed_during_scan: 0,
+        error: None,
+        step,
+        walk_started,
+        high_water: None,
+        absent: Vec::new(),
+        decisions_recorded: 0,
+        decided_from_ledger: 0,
     };
-    let mut order = PageOrder::default();
-    let mut pages = ctx.client.list_deleted(plan.list_options());
+    let mut order = PageOrder::newest_first();
+    let mut pages = ctx.client.list_deleted(step.list_options());
     let mut selection = Selection::default();
     let pipelining = settings.purge_while_scanning && !settings.dry_run && !no_purge_rules;
     let mut sending_stopped = false;
@@ -728,8 +872,10 @@ async fn scan(
     // seconds (fewer fsyncs), and always before any of their ids is handed
     // on for sending.
     let mut unflushed: Vec<DecisionRecord> = Vec::new();
+    let mut touched: Vec<Sighting> = Vec::new();
     let mut last_flush = Instant::now();
     let mut first_page = true;
+    let mut newest: Option<DateTime<Utc>> = None;
 
     loop {
         let page = tokio::select! {
@@ -752,38 +898,50 @@ async fn scan(
                 break;
             }
         };
-        if std::mem::take(&mut first_page) && sorted {
-            let proof = {
-                let _turn = gate.turn.lock().await;
-                let before = ctx.client.stats().sent("list");
-                let proof = crate::listing::prove_sorted(&ctx.client, &page).await;
-                result.proof_requests = ctx.client.stats().sent("list") - before;
-                proof
-            };
-            match proof {
-                Ok(why) => {
-                    result.cursor_proven = true;
-                    gate.cursor_proven
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    result.scan_reason = why.to_string();
-                }
-                Err(why) => {
-                    tracing::warn!(reason = %why, "no proven order: scanning every ticket");
-                    sorted = false;
+        if let Step::Refresh { .. } = step {
+            let mut fall_back: Option<String> = None;
+            if std::mem::take(&mut first_page) {
+                if !page.has_more {
+                    // the whole view on one page: read whole, a reconcile
+                    step = Step::Reconcile;
+                    result.step = step;
                     result.scan = "full";
-                    result.scan_reason = format!("no proven order ({why})");
+                    result.scan_reason = "the whole view fits on one page: it is read whole".into();
+                } else {
+                    let proof = {
+                        let _turn = gate.turn.lock().await;
+                        let before = ctx.client.stats().sent("list");
+                        let proof =
+                            crate::listing::prove_sorted(&ctx.client, &page, SortOrder::Desc).await;
+                        result.proof_requests = ctx.client.stats().sent("list") - before;
+                        proof
+                    };
+                    match proof {
+                        Ok(why) => {
+                            result.cursor_proven = true;
+                            gate.cursor_proven
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            result.scan_reason = format!("{}; {why}", result.scan_reason);
+                        }
+                        Err(why) => fall_back = Some(format!("no proven order ({why})")),
+                    }
                 }
             }
-        }
-        if sorted && let Err(why) = order.check(&page) {
-            tracing::warn!(reason = %why, "the listing left the deleted_at order: scanning every ticket");
-            sorted = false;
-            result.scan = "full";
-            result.scan_reason = format!(
-                "the order broke ({why}); everything was scanned, and absence proves nothing this run"
-            );
-            // a cursor that does not keep its order may also skip tickets
-            result.incomplete_walk = true;
+            if fall_back.is_none()
+                && step != Step::Reconcile
+                && let Err(why) = order.check(&page)
+            {
+                fall_back = Some(format!("the order broke ({why})"));
+            }
+            if let Some(why) = fall_back {
+                tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
+                step = Step::Reconcile;
+                result.step = step;
+                result.scan = "full";
+                result.scan_reason = format!("{why}: the whole view is walked");
+                pages = ctx.client.list_deleted(step.list_options());
+                continue;
+            }
         }
         if page.tickets.is_empty() && page.has_more {
             result.empty_pages += 1;
@@ -797,7 +955,6 @@ async fn scan(
             result.empty_pages = 0;
         }
         let now = Utc::now();
-        let mut records = Vec::with_capacity(page.tickets.len());
         let mut not_effective = Vec::new();
         for ticket in &page.tickets {
             if ticket.id > crate::audit::MAX_TICKET_ID {
@@ -811,6 +968,9 @@ async fn scan(
                     .entry("keep_id_out_of_range".into())
                     .or_default() += 1;
                 continue;
+            }
+            if ticket.deleted_at > newest {
+                newest = ticket.deleted_at;
             }
             let decision = ctx.policy.decide(ticket, now);
             let first_listing = selection.seen.insert(ticket.id);
@@ -853,8 +1013,42 @@ async fn scan(
                     }
                 }
             }
-            if let Some(prior) = unsettled.remove(&ticket.id) {
-                not_effective.push((ticket.id, prior.outcome));
+            // The ledger: a first sighting, a deletion again or a changed
+            // decision is recorded; an unchanged ticket is only seen again.
+            let prior = if first_listing {
+                ledger.remove(&ticket.id)
+            } else {
+                None
+            };
+            if let Some(p) = &prior
+                && matches!(p.state, LedgerState::Purged | LedgerState::Unknown)
+            {
+                not_effective.push((ticket.id, p.state));
+            }
+            let kind = recorded_kind(&decision, settings);
+            let tags = if settings.record_subjects {
+                None
+            } else {
+                ctx.policy.subject_tags(ticket)
+            };
+            let unchanged = prior.as_ref().is_some_and(|p| {
+                p.deleted_at == ticket.deleted_at
+                    && p.decision.as_deref() == Some(kind)
+                    && p.rule.as_deref() == decision.rule()
+                    && p.actor_id == ticket.actor.as_ref().and_then(|a| a.id)
+                    && p.previous_state == ticket.previous_state
+                    && !p.state.awaits_settling()
+            });
+            if unchanged {
+                touched.push(Sighting {
+                    ticket_id: ticket.id,
+                    deleted_at: ticket.deleted_at,
+                    subject_tags: tags,
+                });
+            } else {
+                let mut record = decision_record(ticket, &decision, settings, now);
+                record.subject_tags = tags;
+                unflushed.push(record);
             }
             if matches!(decision, Decision::Purge { .. }) && in_flight.contains(&ticket.id) {
                 // its purge job, sent by an earlier process, is followed
@@ -882,12 +1076,16 @@ async fn scan(
                 keep if counted => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
                 _ => {}
             }
-            records.push(decision_record(ticket, &decision, settings, now));
         }
-        unflushed.extend(records);
         pages_since_release += 1;
-        let stop =
-            sorted && horizon.is_some_and(|h| crate::listing::reaches_horizon(&page, h, now));
+        let stop = match step {
+            Step::Refresh { down_to } => page
+                .tickets
+                .last()
+                .and_then(|t| t.deleted_at)
+                .is_some_and(|d| d < down_to),
+            Step::Reconcile => false,
+        };
         let release = pipelining
             && !sending_stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
@@ -895,12 +1093,15 @@ async fn scan(
         if release || unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
             // Write-ahead: the decisions are on disk before any of these ids
             // can be sent.
+            result.decisions_recorded += unflushed.len() as u64;
             store.record_decisions(run, &unflushed).await?;
             unflushed.clear();
+            store.ledger_touch(&touched, now).await?;
+            touched.clear();
             last_flush = Instant::now();
         }
         for (id, prior) in not_effective {
-            let (outcome, detail) = if prior == "purged" {
+            let (outcome, detail) = if prior == LedgerState::Purged {
                 (
                     "not_effective",
                     "reported purged earlier but listed again; decided again",
@@ -911,13 +1112,17 @@ async fn scan(
                     "outcome was unknown; listed again and decided again",
                 )
             };
-            if prior == "purged" {
+            if prior == LedgerState::Purged {
                 result.not_effective += 1;
                 tracing::warn!(
                     ticket = id,
                     "a ticket reported purged is still listed; it is decided and purged again"
                 );
             }
+            // its decision first: the outcome then finds its row
+            result.decisions_recorded += unflushed.len() as u64;
+            store.record_decisions(run, &unflushed).await?;
+            unflushed.clear();
             store
                 .record_outcomes(run, None, &[id], outcome, Some(detail), now)
                 .await?;
@@ -955,15 +1160,31 @@ async fn scan(
         }
         if stop {
             result.early_stop = true;
-            result.covered_until = page.tickets.last().and_then(|t| t.deleted_at);
             break;
         }
     }
     drop(pages);
+    result.decisions_recorded += unflushed.len() as u64;
     store.record_decisions(run, &unflushed).await?;
-    if result.scan == "full" {
-        result.early_stop = false;
-        result.covered_until = None;
+    store.ledger_touch(&touched, Utc::now()).await?;
+    drop(touched);
+
+    if !result.cancelled && result.error.is_none() {
+        result.high_water = match step {
+            Step::Refresh { .. } => newest.max(marks.high_water),
+            // a ticket deleted while the walk went on may have been passed:
+            // the next refresh reads down to the walk's start
+            Step::Reconcile => Some(newest.map_or(walk_started, |n| n.min(walk_started))),
+        };
+        match step {
+            Step::Refresh { .. } => {
+                decide_from_ledger(ctx, run, ledger, &in_flight, &mut selection, &mut result)
+                    .await?
+            }
+            Step::Reconcile => {
+                result.absent = ledger.drain().map(|(_, e)| e).collect();
+            }
+        }
     }
     result.matched = selection.chosen.len() as u64;
     result.matched_by_rule.retain(|_, n| *n > 0);
@@ -1040,6 +1261,75 @@ async fn scan(
         .await?;
     }
     Ok(result)
+}
+
+/// Decides again, at the run's time and without a listing, every live
+/// ledger row the refresh did not list: a ticket ages into a purge rule, or
+/// the rules changed. A changed decision is recorded; a purge joins the
+/// selection as the ledger knows it, current as of the refresh's start (the
+/// freshness read before sending looks back to then).
+async fn decide_from_ledger(
+    ctx: &CycleContext,
+    run: RunId,
+    ledger: &HashMap<TicketId, LedgerEntry>,
+    in_flight: &IdSet,
+    selection: &mut Selection,
+    result: &mut ScanResult,
+) -> anyhow::Result<()> {
+    let settings = &ctx.settings;
+    let now = Utc::now();
+    let mut entries: Vec<&LedgerEntry> = ledger
+        .values()
+        .filter(|e| !e.state.awaits_settling() && !in_flight.contains(&e.ticket_id))
+        .collect();
+    entries.sort_unstable_by_key(|e| (e.deleted_at, e.ticket_id));
+    let mut records = Vec::new();
+    for entry in entries {
+        let ticket = ticket_of(entry);
+        let decision = if settings.record_subjects {
+            ctx.policy.decide(&ticket, now)
+        } else {
+            match ctx
+                .policy
+                .decide_tagged(&ticket, now, entry.subject_tags.as_deref())
+            {
+                Some(d) => d,
+                // listed before a subject pattern now in force: the next
+                // reconcile lists it (the run's start counted none)
+                None => continue,
+            }
+        };
+        let kind = recorded_kind(&decision, settings);
+        result.decided_from_ledger += 1;
+        if entry.decision.as_deref() != Some(kind) || entry.rule.as_deref() != decision.rule() {
+            let mut record = decision_record(&ticket, &decision, settings, now);
+            record.listed = false;
+            // the subject is what the ledger holds (recorded subjects only)
+            record.subject = entry.subject.clone();
+            record.subject_tags = entry.subject_tags.clone();
+            records.push(record);
+        }
+        match &decision {
+            Decision::Purge { rule } => {
+                *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
+                selection.chosen.insert(
+                    ticket.id,
+                    Chosen {
+                        rule: rule.clone(),
+                        listed: ListedAs::of(&ticket),
+                        listed_at: result.walk_started,
+                    },
+                );
+                selection.order.push(ticket.id);
+            }
+            keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+        }
+    }
+    result.decisions_recorded += records.len() as u64;
+    for chunk in records.chunks(5000) {
+        ctx.store.record_decisions(run, chunk).await?;
+    }
+    Ok(())
 }
 
 /// Hands chosen ids to the purge worker in batches of 100, each with the
@@ -1171,6 +1461,7 @@ pub(crate) fn decision_record(
         ticket_id: ticket.id,
         deleted_at: ticket.deleted_at,
         actor_id: ticket.actor.as_ref().and_then(|a| a.id),
+        actor_name: ticket.actor.as_ref().and_then(|a| a.name.clone()),
         previous_state: ticket.previous_state.clone(),
         subject: if settings.record_subjects {
             ticket.subject.clone()
@@ -1183,6 +1474,32 @@ pub(crate) fn decision_record(
             other => other.kind(),
         },
         decided_at: now,
+        listed: true,
+        subject_tags: None,
+    }
+}
+
+/// The kind a decision is recorded as.
+fn recorded_kind(decision: &Decision, settings: &CycleSettings) -> &'static str {
+    match decision {
+        Decision::Purge { .. } if settings.dry_run => "would_purge",
+        other => other.kind(),
+    }
+}
+
+/// A ledger row as the ticket the rules read.
+fn ticket_of(entry: &LedgerEntry) -> DeletedTicket {
+    DeletedTicket {
+        id: entry.ticket_id,
+        subject: entry.subject.clone(),
+        actor: (entry.actor_id.is_some() || entry.actor_name.is_some()).then(|| {
+            crate::zendesk::Actor {
+                id: entry.actor_id,
+                name: entry.actor_name.clone(),
+            }
+        }),
+        deleted_at: entry.deleted_at,
+        previous_state: entry.previous_state.clone(),
     }
 }
 
@@ -1906,6 +2223,8 @@ impl PurgeWorker {
 #[derive(Debug, Default)]
 struct Settled {
     confirmed_gone: u64,
+    /// Kept tickets gone from the view, not by this tool.
+    left_view: u64,
     restored_elsewhere: u64,
     scrubbed: u64,
     lookup_failed: u64,
@@ -1990,7 +2309,11 @@ async fn settle_absent(
     let listed: std::collections::HashSet<TicketId> = recent.tickets.iter().map(|t| t.id).collect();
     let mut unexplained = Vec::new();
     for (id, u) in rest {
-        if listed.contains(&id) {
+        let ours = matches!(u.outcome.as_str(), "purged" | "unknown");
+        if listed.contains(&id) && !ours {
+            // deleted again: the next refresh reads its new deletion
+            settled.lookup_failed += 1;
+        } else if listed.contains(&id) {
             let (outcome, detail) = if u.outcome == "purged" {
                 settled.not_effective += 1;
                 (
@@ -2021,10 +2344,13 @@ async fn settle_absent(
         settled.lookup_failed += ids.len() as u64;
         return Ok(settled);
     };
-    let (mut restored, mut gone, mut scrubbed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut restored, mut gone, mut scrubbed, mut left) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, u) in unexplained {
         if active.contains(&id) {
             restored.push(id);
+        } else if !matches!(u.outcome.as_str(), "purged" | "unknown") {
+            left.push(id);
         } else if u.outcome == "unknown"
             && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
         {
@@ -2045,6 +2371,11 @@ async fn settle_absent(
             "neither in the deleted view (read newest-first back to its listing) nor among active tickets",
         ),
         (
+            &left,
+            "left_view",
+            "kept, and now neither in the deleted view nor among active tickets: deleted for good by someone else, or scrubbed by Zendesk",
+        ),
+        (
             &scrubbed,
             "scrubbed_by_zendesk",
             "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
@@ -2057,6 +2388,7 @@ async fn settle_absent(
     settled.restored_elsewhere += restored.len() as u64;
     settled.confirmed_gone += gone.len() as u64;
     settled.scrubbed += scrubbed.len() as u64;
+    settled.left_view += left.len() as u64;
     Ok(settled)
 }
 

@@ -1,0 +1,377 @@
+//! The ticket ledger: one row per ticket and deletion, kept in step with the
+//! chained rows. Every change of a row's state is written in the same
+//! transaction as the decision, job or outcome that causes it, so the
+//! ledger never says more than the chain does.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{AuditStore, DecisionRecord, RunId, parse_time, timestamp};
+use crate::zendesk::TicketId;
+
+/// Where a ticket's deletion stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+pub enum LedgerState {
+    /// Decided to keep (by a rule, no rule, too young, protected).
+    Kept,
+    /// A purge rule selects it; not sent yet (or sent and refused).
+    Selected,
+    /// In a `destroy_many` whose end is not recorded yet.
+    PurgeRequested,
+    /// Reported purged by its job; a reconcile confirms it.
+    Purged,
+    /// Its purge's outcome is unknown; a reconcile settles it.
+    Unknown,
+    /// Purged and proven gone.
+    Gone,
+    /// Kept, then gone from the view and not active: deleted for good by
+    /// someone else or scrubbed by Zendesk.
+    LeftView,
+    /// Active again: restored.
+    Restored,
+    /// Gone after an unknown outcome, deleted more than 30 days ago.
+    Scrubbed,
+    /// The ticket was deleted again: a newer row stands for it.
+    Superseded,
+}
+
+impl LedgerState {
+    pub const LIVE: [LedgerState; 5] = [
+        Self::Kept,
+        Self::Selected,
+        Self::PurgeRequested,
+        Self::Purged,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kept => "kept",
+            Self::Selected => "selected",
+            Self::PurgeRequested => "purge_requested",
+            Self::Purged => "purged",
+            Self::Unknown => "unknown",
+            Self::Gone => "gone",
+            Self::LeftView => "left_view",
+            Self::Restored => "restored",
+            Self::Scrubbed => "scrubbed",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    /// Still expected in the deleted view.
+    pub fn is_live(self) -> bool {
+        Self::LIVE.contains(&self)
+    }
+
+    /// Waiting for its purge to be settled: not decided again unless listed.
+    pub fn awaits_settling(self) -> bool {
+        matches!(self, Self::PurgeRequested | Self::Purged | Self::Unknown)
+    }
+
+    /// The state a decision puts a row in.
+    pub fn of_decision(decision: &str) -> Self {
+        if matches!(decision, "purge" | "would_purge") {
+            Self::Selected
+        } else {
+            Self::Kept
+        }
+    }
+}
+
+/// The live states as an SQL list.
+const LIVE_SQL: &str = "('kept', 'selected', 'purge_requested', 'purged', 'unknown')";
+
+/// A live ledger row: what the ticket was listed as and where it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    pub ticket_id: TicketId,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub actor_id: Option<u64>,
+    pub actor_name: Option<String>,
+    pub previous_state: Option<String>,
+    pub subject: Option<String>,
+    pub subject_tags: Option<String>,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
+    pub config_hash: Option<String>,
+    pub state: LedgerState,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// A listed ticket whose ledger row did not change: seen again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sighting {
+    pub ticket_id: TicketId,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub subject_tags: Option<String>,
+}
+
+/// What the runs so far established about the listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListingMarks {
+    /// The newest deletion a finished listing step saw.
+    pub high_water: Option<DateTime<Utc>>,
+    /// When the last whole walk of the view (a reconcile) started.
+    pub last_reconcile: Option<DateTime<Utc>>,
+    /// Live rows without a tag for one of the subject patterns asked about:
+    /// they cannot be decided without a listing.
+    pub untagged: u64,
+}
+
+impl AuditStore {
+    /// Every live ledger row, the newest deletion per ticket.
+    pub async fn ledger_live(&self) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
+        let sql = format!(
+            "SELECT ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags, decision, rule, config_hash, state, last_seen, requested_at
+             FROM ledger WHERE state IN {LIVE_SQL} ORDER BY ticket_id, deleted_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await
+            .context("cannot read the ticket ledger")?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row.try_get("ticket_id")?;
+            let deleted: String = row.try_get("deleted_at")?;
+            let entry = LedgerEntry {
+                ticket_id: id as TicketId,
+                deleted_at: parse_time(Some(deleted)),
+                actor_id: row.try_get::<Option<i64>, _>("actor_id")?.map(|a| a as u64),
+                actor_name: row.try_get("actor_name")?,
+                previous_state: row.try_get("previous_state")?,
+                subject: row.try_get("subject")?,
+                subject_tags: row.try_get("subject_tags")?,
+                decision: row.try_get("decision")?,
+                rule: row.try_get("rule")?,
+                config_hash: row.try_get("config_hash")?,
+                state: row.try_get("state")?,
+                last_seen: parse_time(row.try_get("last_seen")?),
+                requested_at: parse_time(row.try_get("requested_at")?),
+            };
+            // ordered by deletion time: the newest deletion stays
+            out.insert(entry.ticket_id, entry);
+        }
+        Ok(out)
+    }
+
+    /// Notes that listed tickets were seen again unchanged.
+    pub async fn ledger_touch(&self, seen: &[Sighting], at: DateTime<Utc>) -> anyhow::Result<()> {
+        self.check_file()?;
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let at = timestamp(at);
+        let mut tx = self.pool().begin().await?;
+        for chunk in seen.chunks(300) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE ledger SET last_seen = ");
+            q.push_bind(&at);
+            q.push(", subject_tags = COALESCE(v.column3, ledger.subject_tags) FROM (VALUES ");
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push("(")
+                    .push_bind_unseparated(s.ticket_id as i64)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(s.deleted_at.map(timestamp).unwrap_or_default())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(s.subject_tags.clone())
+                    .push_unseparated(")");
+            }
+            q.push(") AS v WHERE ledger.ticket_id = v.column1 AND ledger.deleted_at = v.column2");
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await.context("cannot update the ticket ledger")?;
+        Ok(())
+    }
+
+    /// The high-water mark and the last reconcile, from finished listings;
+    /// with the live rows that lack a tag for one of `patterns`.
+    pub async fn listing_marks(&self, patterns: &[String]) -> anyhow::Result<ListingMarks> {
+        let mut untagged = 0;
+        if !patterns.is_empty() {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "SELECT COUNT(*) FROM ledger WHERE state IN {LIVE_SQL} AND subject IS NULL AND ("
+            ));
+            let mut sep = q.separated(" OR ");
+            for fp in patterns {
+                sep.push("COALESCE(subject_tags, '') NOT LIKE ")
+                    .push_bind_unseparated(format!("%{fp}%"));
+            }
+            q.push(")");
+            let n: i64 = q.build_query_scalar().fetch_one(self.pool()).await?;
+            untagged = n as u64;
+        }
+        let high: Option<String> = sqlx::query_scalar(
+            "SELECT high_water FROM runs WHERE high_water IS NOT NULL ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await?
+        .flatten();
+        let reconciled: Option<String> = sqlx::query_scalar(
+            "SELECT MAX(started_at) FROM runs WHERE step = 'reconcile' AND high_water IS NOT NULL",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ListingMarks {
+            high_water: parse_time(high),
+            last_reconcile: parse_time(reconciled),
+            untagged,
+        })
+    }
+
+    /// Rows per ledger state, for `audit ledger` and the metrics.
+    pub async fn ledger_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM ledger GROUP BY state ORDER BY state")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}
+
+/// Writes recorded decisions into the ledger: the ticket's other live rows
+/// are superseded (it was deleted again), its row for this deletion takes
+/// the decision's state.
+pub(super) async fn upsert_decisions(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    run: RunId,
+    decisions: &[DecisionRecord],
+) -> anyhow::Result<()> {
+    let config_hash: Option<String> =
+        sqlx::query_scalar("SELECT config_hash FROM runs WHERE id = ?")
+            .bind(run)
+            .fetch_optional(&mut **tx)
+            .await?;
+    for chunk in decisions.chunks(400) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("UPDATE ledger SET state = 'superseded', state_at = ");
+        q.push_bind(timestamp(chunk[0].decided_at));
+        q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
+        let mut sep = q.separated(", ");
+        for d in chunk {
+            sep.push_bind(d.ticket_id as i64);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO ledger (ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags, first_seen, last_seen, decision, rule, config_hash, state, state_at) ",
+        );
+        q.push_values(chunk, |mut b, d| {
+            let at = timestamp(d.decided_at);
+            b.push_bind(d.ticket_id as i64)
+                .push_bind(d.deleted_at.map(timestamp).unwrap_or_default())
+                .push_bind(d.actor_id.map(|a| a as i64))
+                .push_bind(d.actor_name.clone())
+                .push_bind(d.previous_state.clone())
+                .push_bind(d.subject.clone())
+                .push_bind(d.subject_tags.clone())
+                .push_bind(at.clone())
+                .push_bind(at.clone())
+                .push_bind(d.decision)
+                .push_bind(d.rule.clone())
+                .push_bind(config_hash.clone())
+                .push_bind(LedgerState::of_decision(d.decision).as_str())
+                .push_bind(at);
+        });
+        // an unlisted re-decision keeps the row's last sighting
+        q.push(
+            " ON CONFLICT (ticket_id, deleted_at) DO UPDATE SET
+                actor_id = COALESCE(excluded.actor_id, actor_id),
+                actor_name = COALESCE(excluded.actor_name, actor_name),
+                previous_state = COALESCE(excluded.previous_state, previous_state),
+                subject = excluded.subject,
+                subject_tags = COALESCE(excluded.subject_tags, subject_tags),
+                decision = excluded.decision, rule = excluded.rule,
+                config_hash = excluded.config_hash,
+                state = excluded.state, state_at = excluded.state_at",
+        );
+        q.build()
+            .execute(&mut **tx)
+            .await
+            .context("cannot update the ticket ledger")?;
+        let listed: Vec<&DecisionRecord> = chunk.iter().filter(|d| d.listed).collect();
+        if !listed.is_empty() {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("UPDATE ledger SET last_seen = state_at WHERE (ticket_id, deleted_at) IN (VALUES ");
+            let mut sep = q.separated(", ");
+            for d in listed {
+                sep.push("(")
+                    .push_bind_unseparated(d.ticket_id as i64)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(d.deleted_at.map(timestamp).unwrap_or_default())
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            q.build().execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves the live rows of `tickets` to the state an outcome implies.
+pub(super) async fn apply_outcome(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tickets: &[TicketId],
+    outcome: &str,
+    at: &str,
+) -> anyhow::Result<()> {
+    let state = match outcome {
+        "purged" => "'purged'",
+        "unknown" => "'unknown'",
+        "confirmed_gone" => "'gone'",
+        "restored_elsewhere" | "restored" => "'restored'",
+        "scrubbed_by_zendesk" => "'scrubbed'",
+        "left_view" => "'left_view'",
+        // back to what its decision says: sent again when still selected
+        "failed" | "not_sent" | "not_effective" | "still_present" => {
+            "CASE WHEN decision IN ('purge', 'would_purge') THEN 'selected' ELSE 'kept' END"
+        }
+        _ => return Ok(()),
+    };
+    for chunk in tickets.chunks(400) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("UPDATE ledger SET state = {state}, state_at = "));
+        q.push_bind(at);
+        q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
+        let mut sep = q.separated(", ");
+        for t in chunk {
+            sep.push_bind(*t as i64);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Marks the live rows of a purge request's tickets as requested.
+pub(super) async fn apply_request(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tickets: &[TicketId],
+    at: &str,
+) -> anyhow::Result<()> {
+    for chunk in tickets.chunks(400) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE ledger SET state = 'purge_requested', state_at = ",
+        );
+        q.push_bind(at);
+        q.push(", requested_at = ");
+        q.push_bind(at);
+        q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
+        let mut sep = q.separated(", ");
+        for t in chunk {
+            sep.push_bind(*t as i64);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
