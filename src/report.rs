@@ -327,15 +327,22 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                         run.failed,
                         run.unknown,
                         run.list_requests,
-                        match (run.scan.as_deref(), run.early_stop) {
-                            (_, true) => ", sorted scan stopped early".to_string(),
-                            (Some(scan), false) => format!(", {scan} scan"),
-                            (None, false) => String::new(),
+                        match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
+                            (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
+                            (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
+                            (_, _, true) => ", sorted scan stopped early".to_string(),
+                            (_, Some(scan), false) => format!(", {scan} scan"),
+                            (_, None, false) => String::new(),
                         },
                         &run.config_hash[..12.min(run.config_hash.len())]
                     );
                     if let Some(reason) = &run.scan_reason {
                         println!("  scan: {reason}");
+                    }
+                    if let Some(n) = run.decisions_recorded {
+                        println!(
+                            "  {n} decisions recorded (first sightings and changes; the ledger holds the rest)"
+                        );
                     }
                     if let Some(ms) = run.max_listing_age_ms {
                         println!(

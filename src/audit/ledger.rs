@@ -337,11 +337,18 @@ pub(super) async fn apply_outcome(
         }
         _ => return Ok(()),
     };
+    // A job's word on a ticket restored beside it (by hand, while the job
+    // was queued) reopens it: the next reconcile settles what became of it.
+    let states = if matches!(outcome, "purged" | "unknown") {
+        "('kept', 'selected', 'purge_requested', 'purged', 'unknown', 'restored')"
+    } else {
+        LIVE_SQL
+    };
     for chunk in tickets.chunks(400) {
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("UPDATE ledger SET state = {state}, state_at = "));
         q.push_bind(at);
-        q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
+        q.push(format!(" WHERE state IN {states} AND ticket_id IN ("));
         let mut sep = q.separated(", ");
         for t in chunk {
             sep.push_bind(*t as i64);

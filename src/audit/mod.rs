@@ -109,6 +109,10 @@ pub struct RunRow {
     pub scan: Option<String>,
     pub scan_reason: Option<String>,
     pub max_listing_age_ms: Option<i64>,
+    /// `refresh` or `reconcile` (cycles since the ledger).
+    pub step: Option<String>,
+    pub high_water: Option<String>,
+    pub decisions_recorded: Option<i64>,
 }
 
 /// A job as stored.
@@ -1500,7 +1504,7 @@ pub struct ChainReport {
     pub problem: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error, scan, scan_reason, max_listing_age_ms FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded FROM runs";
 const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
 
 /// Creates the database file readable by its owner only, if it is new.

@@ -168,10 +168,9 @@ async fn a_second_cycle_purges_nothing_new_and_confirms_the_first() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn early_stop_lists_less_than_a_full_scan() {
+async fn a_refresh_lists_only_the_newest_deletions_and_decides_the_rest_from_the_ledger() {
     let tickets = clear_tickets(1000, 5);
     let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
-    // only old tickets can be purged: the sorted scan stops at 20 days
     let old_only = Policy {
         rules: vec![RetentionRule {
             older_than: Some(Duration::from_secs(20 * 86_400)),
@@ -180,54 +179,64 @@ async fn early_stop_lists_less_than_a_full_scan() {
         min_age: Duration::from_secs(3600),
         ..Policy::default()
     };
-    let e = engine(
+    let mut e = engine(
         &sb,
         old_only,
         zd_retention::cycle::CycleSettings {
             dry_run: true,
+            reconcile_every: Duration::from_secs(86_400),
             ..test_settings()
         },
     )
     .await;
-    let early = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert!(early.counts.early_stop);
-    // an actor rule can select any age: a full scan
-    let by_actor = Policy {
-        rules: vec![RetentionRule {
-            actor_ids: Some([900001].into()),
-            ..RetentionRule::new("bot", RuleAction::Purge)
-        }],
-        min_age: Duration::from_secs(3600),
-        ..Policy::default()
-    };
-    let e = engine(
-        &sb,
-        by_actor,
-        zd_retention::cycle::CycleSettings {
-            dry_run: true,
-            ..test_settings()
-        },
-    )
-    .await;
+    // the first run walks the whole view: the ledger is empty
     let full = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert!(!full.counts.early_stop);
+    assert_eq!(full.step, "reconcile");
     assert_eq!(full.counts.scanned, tickets.len() as u64);
     assert_eq!(
         full.counts.list_requests,
         tickets.len().div_ceil(100) as u64
     );
-    assert!(
-        early.counts.list_requests < full.counts.list_requests,
-        "{} vs {}",
-        early.counts.list_requests,
-        full.counts.list_requests
-    );
-    // and the early scan saw every ticket older than 20 days
+    assert_eq!(full.decisions_recorded, tickets.len() as u64);
     let old = tickets
         .iter()
         .filter(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(20))
         .count() as u64;
-    assert_eq!(early.counts.matched, old);
+    assert_eq!(full.counts.matched, old);
+    // the next reads the newest page, proves the order, and decides the
+    // rest from the ledger: the same selection, nothing recorded again
+    let refresh = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(refresh.step, "refresh", "{}", refresh.scan_reason);
+    assert!(refresh.counts.early_stop);
+    assert!(
+        refresh.counts.list_requests <= 3,
+        "{} list requests",
+        refresh.counts.list_requests
+    );
+    assert_eq!(refresh.counts.matched, old, "the selection, from the ledger");
+    assert_eq!(refresh.decisions_recorded, 0, "nothing changed");
+    assert!(refresh.decided_from_ledger > 800, "{}", refresh.decided_from_ledger);
+    // new rules re-decide the whole ledger without a listing: each change
+    // is recorded once
+    e.ctx.policy = std::sync::Arc::new(Policy {
+        rules: vec![RetentionRule {
+            older_than: Some(Duration::from_secs(25 * 86_400)),
+            ..RetentionRule::new("older", RuleAction::Purge)
+        }],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    });
+    let changed = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(changed.step, "refresh");
+    let older = tickets
+        .iter()
+        .filter(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(25))
+        .count() as u64;
+    assert_eq!(changed.counts.matched, older);
+    // every old ticket changed rule or decision
+    assert_eq!(changed.decisions_recorded, old);
+    let again = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(again.decisions_recorded, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,17 +467,16 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
             page(vec![ticket(3, 25), ticket(4, 1)], None),
             "application/json",
         ))
-        .expect(1)
         .mount(&server)
         .await;
+    // sorted or not, the same first page
     Mock::given(method("GET"))
         .and(path("/api/v2/deleted_tickets.json"))
-        .and(query_param("sort_by", "deleted_at"))
+        .and(wiremock::matchers::query_param_is_missing("page[after]"))
         .respond_with(ResponseTemplate::new(200).set_body_raw(
             page(vec![ticket(1, 20), ticket(2, 29)], Some("p2")),
             "application/json",
         ))
-        .expect(1)
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
@@ -486,6 +494,7 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
         }),
         settings: zd_retention::cycle::CycleSettings {
             dry_run: true,
+            reconcile_every: Duration::from_secs(86_400),
             ..test_settings()
         },
         config_hash: "t".into(),
@@ -493,9 +502,19 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
         store,
         cancel: tokio_util::sync::CancellationToken::new(),
     };
+    let first = run_cycle(&ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.step, "reconcile");
+    assert_eq!(first.counts.scanned, 4);
+    // the second would read the newest deletions first: the pages come the
+    // same both ways, so it walks everything, and ticket 4 (one day old)
+    // does not end the walk before ticket 3
     let report = run_cycle(&ctx, Trigger::Manual).await.unwrap();
-    // ticket 2 comes after ticket 1 but was deleted earlier: no early stop,
-    // and ticket 4 (one day old) does not end the scan before ticket 3
+    assert_eq!(report.step, "reconcile", "{}", report.scan_reason);
+    assert!(
+        report.scan_reason.contains("no proven order"),
+        "{}",
+        report.scan_reason
+    );
     assert!(!report.counts.early_stop);
     assert_eq!(report.counts.scanned, 4);
     assert_eq!(report.counts.matched, 3);

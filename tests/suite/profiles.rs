@@ -64,7 +64,7 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
         }
         let want: BTreeSet<u64> = &selected(&tickets) - &scrubbed_early;
         let sb = sandbox_with(tickets.clone(), profile.apply(fast_sandbox_options(0))).await;
-        let e = engine(&sb, example_policy(), test_settings()).await;
+        let mut e = engine(&sb, example_policy(), test_settings()).await;
 
         let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
         assert_eq!(
@@ -73,14 +73,12 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
             "{profile:?}: {:?}",
             report.error
         );
+        assert_eq!(report.step, "reconcile", "{profile:?}");
         let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
         assert_eq!(purged, want, "{profile:?}: exactly the selection is purged");
         assert_eq!(report.counts.purged, want.len() as u64, "{profile:?}");
-        let expected_scan = if profile == Profile::CursorIgnore {
-            "full"
-        } else {
-            "sorted"
-        };
+        // the first run walks the whole view: the ledger is empty
+        let expected_scan = "full";
         assert_eq!(
             report.scan, expected_scan,
             "{profile:?}: {}",
@@ -110,6 +108,31 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
                 "{profile:?}: ticket {id} ends {o:?}"
             );
         }
+
+        // A third run reads only what changed: 150 new deletions, too young
+        // to purge. Where the order is proven it lists about two pages;
+        // without proof it walks the whole view again.
+        e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
+        let fresh: Vec<SandboxTicket> = (0..150u64)
+            .map(|i| ticket(95_000 + i, chrono::Duration::seconds(i as i64), "closed", 1001))
+            .collect();
+        sb.insert(fresh);
+        let third = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(third.status, RunStatus::Completed, "{profile:?}: {:?}", third.error);
+        assert_eq!(third.counts.purged, 0, "{profile:?}");
+        if profile == Profile::CursorIgnore {
+            assert_eq!(third.step, "reconcile", "{profile:?}: {}", third.scan_reason);
+            assert!(third.scan_reason.contains("no proven order"), "{}", third.scan_reason);
+        } else {
+            assert_eq!(third.step, "refresh", "{profile:?}: {}", third.scan_reason);
+            assert!(
+                (150..=250).contains(&third.counts.scanned),
+                "{profile:?}: a refresh lists the new deletions and its overlap, not {}",
+                third.counts.scanned
+            );
+            assert!(third.decided_from_ledger > 0, "{profile:?}");
+        }
+        assert_eq!(third.decisions_recorded, 150, "{profile:?}: only the first sightings");
         sb.shutdown().await;
     }
 }
@@ -147,11 +170,6 @@ async fn cursor_listing_that_ignores_sort_by_still_purges_everything_an_age_rule
     let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
     assert_eq!(report.scan, "full", "{}", report.scan_reason);
-    assert!(
-        report.scan_reason.contains("ignores sort_by") || report.scan_reason.contains("both ways"),
-        "{}",
-        report.scan_reason
-    );
     assert_eq!(
         report.counts.scanned,
         tickets.len() as u64,
@@ -159,21 +177,34 @@ async fn cursor_listing_that_ignores_sort_by_still_purges_everything_an_age_rule
     );
     let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
     assert_eq!(purged, want, "none missed, none extra");
+    // a later run would read only the newest deletions: it cannot prove the
+    // order, and walks the whole view again
+    let mut e = e;
+    e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.step, "reconcile", "{}", second.scan_reason);
+    assert!(
+        second.scan_reason.contains("ignores sort_by") || second.scan_reason.contains("both ways"),
+        "{}",
+        second.scan_reason
+    );
+    assert_eq!(second.counts.purged, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_deleted_again_during_the_scan_is_decided_by_its_latest_listing() {
     let tickets = old_closed(300);
-    let target = tickets[295].id; // among the oldest: on the first page
+    let target = tickets[5].id; // on the first page, in id order
     let options = SandboxOptions {
         script: vec![
-            // after page 1 and the proof's newest-first page
+            // after page 1: the id-ordered walk does not meet it again, the
+            // freshness read before the purge does
             ScriptedAction {
-                at: ScriptMoment::BeforeList(3),
+                at: ScriptMoment::BeforeList(2),
                 action: AgentAction::Restore(target),
             },
             ScriptedAction {
-                at: ScriptMoment::BeforeList(3),
+                at: ScriptMoment::BeforeList(2),
                 action: AgentAction::DeleteAgain {
                     id: target,
                     actor: None,
@@ -197,7 +228,7 @@ async fn a_ticket_deleted_again_during_the_scan_is_decided_by_its_latest_listing
         last_decision(e.ctx.store.pool(), target).await.as_deref(),
         Some("keep_no_rule")
     );
-    assert!(report.relisted >= 1, "the second listing was seen");
+    // the freshness read saw its second deletion
     assert_eq!(report.changed_during_scan, 1);
     let outcomes = last_outcomes(e.ctx.store.pool()).await;
     assert_eq!(outcomes.get(&target).map(String::as_str), Some("not_sent"));
@@ -261,7 +292,8 @@ async fn a_later_listing_that_a_keep_rule_matches_is_not_purged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_restored_during_a_run_is_restored_elsewhere_not_confirmed_gone() {
     let tickets = old_closed(150);
-    let target = tickets[10].id;
+    // the first run walks in id order: the second batch holds the last 50
+    let target = tickets[120].id;
     let options = SandboxOptions {
         // an agent restores it just as its batch (the second, after the
         // lookup that clears it) arrives: the job completes without full
@@ -299,11 +331,11 @@ async fn a_ticket_restored_during_a_run_is_restored_elsewhere_not_confirmed_gone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticket_restored_before_its_batch_is_sent_is_left_out_of_it() {
     let tickets = old_closed(150);
-    let target = tickets[140].id; // on the first page, oldest-first
+    let target = tickets[10].id; // on the first page, in id order
     let options = SandboxOptions {
         // restored while the scan reads its second page, before any send
         script: vec![ScriptedAction {
-            at: ScriptMoment::BeforeList(3),
+            at: ScriptMoment::BeforeList(2),
             action: AgentAction::Restore(target),
         }],
         ..fast_sandbox_options(0)
