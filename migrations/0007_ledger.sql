@@ -29,6 +29,12 @@ CREATE TABLE ledger (
 CREATE INDEX ledger_live ON ledger (state)
     WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown');
 
+-- A decision row keeps what the ledger decides from: the actor's name (a
+-- rule can name actors) and the subject-pattern tags. Chained like the
+-- other columns once set.
+ALTER TABLE decisions ADD COLUMN actor_name TEXT;
+ALTER TABLE decisions ADD COLUMN subject_tags TEXT;
+
 -- How each run listed: refresh (the newest deletions, down to the mark) or
 -- reconcile (the whole view), and the newest deletion it knows of after.
 ALTER TABLE runs ADD COLUMN step TEXT CHECK (step IN ('refresh', 'reconcile'));

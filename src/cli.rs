@@ -115,8 +115,12 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
     /// Show, condition by condition, how the rules treat this ticket.
-    #[arg(long, value_name = "TICKET_ID")]
+    #[arg(long, value_name = "TICKET_ID", conflicts_with = "ledger")]
     pub explain: Option<u64>,
+    /// Compare this config's decisions with the ticket ledger in its audit
+    /// database, without a listing: which tickets change decision, by rule.
+    #[arg(long)]
+    pub ledger: bool,
 }
 
 #[derive(Debug, Args)]
@@ -991,8 +995,23 @@ async fn manual_context(
 }
 
 async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Result<ExitCode> {
-    // a plan writes nothing: no audit database is opened
     let config = load_config(config)?;
+    if args.ledger {
+        // read-only: the running daemon's ledger is not disturbed
+        let store = AuditStore::open_read_only(&config.audit.database).await?;
+        let entries = store.ledger_live().await?;
+        store.close().await;
+        let diff = crate::manual::ledger_diff(
+            &entries,
+            &config.policy,
+            config.audit.record_subjects,
+            config.safety.dry_run,
+            chrono::Utc::now(),
+        );
+        crate::report::print_ledger_diff(&diff, args.format)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // a plan writes nothing: no audit database is opened
     let client = client_from(&config)?;
     let bar = progress_spinner("listing deleted tickets");
     let ticker = {

@@ -93,7 +93,8 @@ pub async fn plan(
     while let Some(page) = pages.next().await {
         let page = page?;
         if std::mem::take(&mut first) && sorted {
-            match crate::listing::prove_sorted(client, &page, crate::zendesk::SortOrder::Asc).await {
+            match crate::listing::prove_sorted(client, &page, crate::zendesk::SortOrder::Asc).await
+            {
                 Ok(why) => plan.scan_reason = why.into(),
                 Err(why) => {
                     sorted = false;
@@ -532,4 +533,99 @@ pub async fn purge(
         )
         .await?;
     Ok((run, results))
+}
+
+/// One change a config would make to the ledger's decisions.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DecisionChange {
+    pub from_decision: String,
+    pub from_rule: Option<String>,
+    pub to_decision: String,
+    pub to_rule: Option<String>,
+    pub tickets: u64,
+    /// The first ticket ids, lowest first (all of them in JSON).
+    pub ticket_ids: Vec<TicketId>,
+}
+
+/// What a config would change, decided against the ledger without a
+/// listing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LedgerDiff {
+    /// Live tickets in the ledger (waiting ones included).
+    pub live: u64,
+    pub unchanged: u64,
+    pub changes: Vec<DecisionChange>,
+    /// Tickets listed before a subject pattern of this config (subjects not
+    /// kept): their decision needs a listing.
+    pub undecidable: u64,
+    /// Tickets whose purge is sent or being settled: not decided again.
+    pub awaiting_settlement: u64,
+}
+
+/// Decides every live ledger row with `policy` at `now` and compares with
+/// the decision the ledger holds. Pure: the rule engine and the rows.
+pub fn ledger_diff(
+    entries: &std::collections::HashMap<TicketId, crate::audit::LedgerEntry>,
+    policy: &Policy,
+    record_subjects: bool,
+    dry_run: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> LedgerDiff {
+    type Key = (String, Option<String>, String, Option<String>);
+    let mut groups: BTreeMap<Key, Vec<TicketId>> = BTreeMap::new();
+    let mut diff = LedgerDiff {
+        live: entries.len() as u64,
+        unchanged: 0,
+        changes: Vec::new(),
+        undecidable: 0,
+        awaiting_settlement: 0,
+    };
+    for entry in entries.values() {
+        if entry.state.awaits_settling() {
+            diff.awaiting_settlement += 1;
+            continue;
+        }
+        let ticket = entry.as_ticket();
+        let decision = if record_subjects || entry.subject.is_some() {
+            Some(policy.decide(&ticket, now))
+        } else {
+            policy.decide_tagged(&ticket, now, entry.subject_tags.as_deref())
+        };
+        let Some(decision) = decision else {
+            diff.undecidable += 1;
+            continue;
+        };
+        let kind = match &decision {
+            crate::rules::Decision::Purge { .. } if dry_run => "would_purge",
+            other => other.kind(),
+        };
+        let from = entry.decision.clone().unwrap_or_else(|| "none".into());
+        let rule = decision.rule().map(str::to_string);
+        if from == kind && entry.rule == rule {
+            diff.unchanged += 1;
+            continue;
+        }
+        groups
+            .entry((from, entry.rule.clone(), kind.to_string(), rule))
+            .or_default()
+            .push(entry.ticket_id);
+    }
+    diff.changes = groups
+        .into_iter()
+        .map(
+            |((from_decision, from_rule, to_decision, to_rule), mut ids)| {
+                ids.sort_unstable();
+                DecisionChange {
+                    from_decision,
+                    from_rule,
+                    to_decision,
+                    to_rule,
+                    tickets: ids.len() as u64,
+                    ticket_ids: ids,
+                }
+            },
+        )
+        .collect();
+    diff.changes.sort_by(|a, b| b.tickets.cmp(&a.tickets));
+    diff
 }

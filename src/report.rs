@@ -328,8 +328,10 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                         run.unknown,
                         run.list_requests,
                         match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
-                            (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
-                            (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
+                            (Some("refresh"), _, _) =>
+                                ", a refresh (the newest deletions)".to_string(),
+                            (Some("reconcile"), _, _) =>
+                                ", a reconcile (the whole view)".to_string(),
                             (_, _, true) => ", sorted scan stopped early".to_string(),
                             (_, Some(scan), false) => format!(", {scan} scan"),
                             (_, None, false) => String::new(),
@@ -742,6 +744,72 @@ pub fn print_plan(
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `plan --ledger`: what a config would change in the ledger's decisions.
+pub fn print_ledger_diff(
+    diff: &crate::manual::LedgerDiff,
+    format: TableFormat,
+) -> anyhow::Result<()> {
+    match format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(diff)?),
+        TableFormat::Csv => {
+            #[derive(serde::Serialize)]
+            struct Row<'a> {
+                ticket_id: u64,
+                from_decision: &'a str,
+                from_rule: Option<&'a str>,
+                to_decision: &'a str,
+                to_rule: Option<&'a str>,
+            }
+            let rows: Vec<Row> = diff
+                .changes
+                .iter()
+                .flat_map(|c| {
+                    c.ticket_ids.iter().map(move |id| Row {
+                        ticket_id: *id,
+                        from_decision: &c.from_decision,
+                        from_rule: c.from_rule.as_deref(),
+                        to_decision: &c.to_decision,
+                        to_rule: c.to_rule.as_deref(),
+                    })
+                })
+                .collect();
+            print!("{}", csv_rows(&rows)?);
+        }
+        TableFormat::Table => {
+            let changed: u64 = diff.changes.iter().map(|c| c.tickets).sum();
+            println!(
+                "against the ledger ({} live tickets, no listing): {changed} would change decision, {} unchanged, {} awaiting the settling of a purge",
+                diff.live, diff.unchanged, diff.awaiting_settlement
+            );
+            if diff.undecidable > 0 {
+                println!(
+                    "{} tickets were listed before a subject pattern of this config (subjects are not kept): the next run walks the whole view to decide them",
+                    diff.undecidable
+                );
+            }
+            if diff.changes.is_empty() {
+                return Ok(());
+            }
+            let mut t = table(&["from", "to", "tickets", "first ids"]);
+            let side = |d: &str, r: &Option<String>| match r {
+                Some(r) => format!("{d} ({r})"),
+                None => d.to_string(),
+            };
+            for c in &diff.changes {
+                let ids: Vec<String> = c.ticket_ids.iter().take(5).map(u64::to_string).collect();
+                t.add_row(vec![
+                    side(&c.from_decision, &c.from_rule),
+                    side(&c.to_decision, &c.to_rule),
+                    c.tickets.to_string(),
+                    ids.join(", ") + if c.ticket_ids.len() > 5 { ", ..." } else { "" },
+                ]);
+            }
+            println!("{t}");
         }
     }
     Ok(())

@@ -435,11 +435,12 @@ impl Policy {
         let tags = tags.unwrap_or("");
         self.decide_with(ticket, now, |re| {
             let fp = subject_fingerprint(re);
-            tags.split(' ').find_map(|tag| match tag.strip_prefix(fp.as_str()) {
-                Some("+") => Some(true),
-                Some("-") => Some(false),
-                _ => None,
-            })
+            tags.split(' ')
+                .find_map(|tag| match tag.strip_prefix(fp.as_str()) {
+                    Some("+") => Some(true),
+                    Some("-") => Some(false),
+                    _ => None,
+                })
         })
     }
 
@@ -499,7 +500,12 @@ impl Policy {
         Some(self.decide_by(rule, ticket, now))
     }
 
-    fn decide_by(&self, rule: &RetentionRule, ticket: &DeletedTicket, now: DateTime<Utc>) -> Decision {
+    fn decide_by(
+        &self,
+        rule: &RetentionRule,
+        ticket: &DeletedTicket,
+        now: DateTime<Utc>,
+    ) -> Decision {
         match rule.action {
             RuleAction::Keep => Decision::Keep(KeepReason::Rule(rule.name.clone())),
             RuleAction::Purge => match age_of(ticket, now) {

@@ -106,6 +106,24 @@ pub struct LedgerEntry {
     pub requested_at: Option<DateTime<Utc>>,
 }
 
+impl LedgerEntry {
+    /// The row as the ticket the rules read.
+    pub fn as_ticket(&self) -> crate::zendesk::DeletedTicket {
+        crate::zendesk::DeletedTicket {
+            id: self.ticket_id,
+            subject: self.subject.clone(),
+            actor: (self.actor_id.is_some() || self.actor_name.is_some()).then(|| {
+                crate::zendesk::Actor {
+                    id: self.actor_id,
+                    name: self.actor_name.clone(),
+                }
+            }),
+            deleted_at: self.deleted_at,
+            previous_state: self.previous_state.clone(),
+        }
+    }
+}
+
 /// A listed ticket whose ledger row did not change: seen again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sighting {
@@ -127,11 +145,22 @@ pub struct ListingMarks {
 }
 
 impl AuditStore {
-    /// Every live ledger row, the newest deletion per ticket.
+    /// Every live ledger row, the newest deletion per ticket. Each row must
+    /// say what its latest decision row (chained) says: a ledger changed
+    /// outside zd-retention is refused, never purged from.
     pub async fn ledger_live(&self) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
         let sql = format!(
-            "SELECT ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags, decision, rule, config_hash, state, last_seen, requested_at
-             FROM ledger WHERE state IN {LIVE_SQL} ORDER BY ticket_id, deleted_at"
+            "SELECT l.ticket_id, l.deleted_at, l.actor_id, l.actor_name, l.previous_state, l.subject, l.subject_tags,
+                    l.decision, l.rule, l.config_hash, l.state, l.last_seen, l.requested_at,
+                    (d.id IS NOT NULL
+                     AND COALESCE(d.deleted_at, '') = l.deleted_at
+                     AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
+                     AND d.previous_state IS l.previous_state AND d.subject IS l.subject
+                     AND d.subject_tags IS l.subject_tags
+                     AND d.decision IS l.decision AND d.rule IS l.rule) AS agrees
+             FROM ledger l
+             LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
+             WHERE l.state IN {LIVE_SQL} ORDER BY l.ticket_id, l.deleted_at"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(self.pool())
@@ -140,6 +169,11 @@ impl AuditStore {
         let mut out = HashMap::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.try_get("ticket_id")?;
+            if !row.try_get::<bool, _>("agrees")? {
+                anyhow::bail!(
+                    "the ticket ledger was changed outside zd-retention: ticket {id} differs from its latest recorded decision. Nothing is decided from it; run `zd-retention audit verify`, and restore the database from a backup"
+                );
+            }
             let deleted: String = row.try_get("deleted_at")?;
             let entry = LedgerEntry {
                 ticket_id: id as TicketId,
@@ -187,7 +221,9 @@ impl AuditStore {
             q.push(") AS v WHERE ledger.ticket_id = v.column1 AND ledger.deleted_at = v.column2");
             q.build().execute(&mut *tx).await?;
         }
-        tx.commit().await.context("cannot update the ticket ledger")?;
+        tx.commit()
+            .await
+            .context("cannot update the ticket ledger")?;
         Ok(())
     }
 
@@ -282,14 +318,15 @@ pub(super) async fn upsert_decisions(
                 .push_bind(LedgerState::of_decision(d.decision).as_str())
                 .push_bind(at);
         });
-        // an unlisted re-decision keeps the row's last sighting
+        // the row says what its latest decision row says; an unlisted
+        // re-decision keeps the row's last sighting
         q.push(
             " ON CONFLICT (ticket_id, deleted_at) DO UPDATE SET
-                actor_id = COALESCE(excluded.actor_id, actor_id),
-                actor_name = COALESCE(excluded.actor_name, actor_name),
-                previous_state = COALESCE(excluded.previous_state, previous_state),
+                actor_id = excluded.actor_id,
+                actor_name = excluded.actor_name,
+                previous_state = excluded.previous_state,
                 subject = excluded.subject,
-                subject_tags = COALESCE(excluded.subject_tags, subject_tags),
+                subject_tags = excluded.subject_tags,
                 decision = excluded.decision, rule = excluded.rule,
                 config_hash = excluded.config_hash,
                 state = excluded.state, state_at = excluded.state_at",
@@ -300,8 +337,9 @@ pub(super) async fn upsert_decisions(
             .context("cannot update the ticket ledger")?;
         let listed: Vec<&DecisionRecord> = chunk.iter().filter(|d| d.listed).collect();
         if !listed.is_empty() {
-            let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("UPDATE ledger SET last_seen = state_at WHERE (ticket_id, deleted_at) IN (VALUES ");
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "UPDATE ledger SET last_seen = state_at WHERE (ticket_id, deleted_at) IN (VALUES ",
+            );
             let mut sep = q.separated(", ");
             for d in listed {
                 sep.push("(")
@@ -366,9 +404,8 @@ pub(super) async fn apply_request(
     at: &str,
 ) -> anyhow::Result<()> {
     for chunk in tickets.chunks(400) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "UPDATE ledger SET state = 'purge_requested', state_at = ",
-        );
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("UPDATE ledger SET state = 'purge_requested', state_at = ");
         q.push_bind(at);
         q.push(", requested_at = ");
         q.push_bind(at);

@@ -458,10 +458,10 @@ impl AuditStore {
         let mut tx = self.pool.begin().await?;
         let mut last = 0;
         let mut digests = String::with_capacity(decisions.len() * 16);
-        // 9 binds a row keeps each statement under SQLite's 32766 variables
+        // 11 binds a row keep each statement under SQLite's 32766 variables
         for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at) ",
+                "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags) ",
             );
             q.push_values(
                 chunk.iter().zip(chunk_texts),
@@ -474,7 +474,9 @@ impl AuditStore {
                         .push_bind(d.subject.as_deref())
                         .push_bind(d.rule.as_deref())
                         .push_bind(d.decision)
-                        .push_bind(decided.as_str());
+                        .push_bind(decided.as_str())
+                        .push_bind(d.actor_name.as_deref())
+                        .push_bind(d.subject_tags.as_deref());
                 },
             );
             last = q.build().execute(&mut *tx).await?.last_insert_rowid();
@@ -492,6 +494,8 @@ impl AuditStore {
                         d.rule.as_deref(),
                         Some(d.decision),
                         Some(decided.as_str()),
+                        d.actor_name.as_deref(),
+                        d.subject_tags.as_deref(),
                     ],
                 ));
             }
@@ -1369,6 +1373,7 @@ impl Chained {
     fn base_columns(self) -> usize {
         match self {
             Self::RunsState => 13,
+            Self::Decisions => 9,
             _ => usize::MAX,
         }
     }
@@ -1380,7 +1385,7 @@ impl Chained {
                 "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::Decisions => {
-                "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT) FROM decisions WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::Jobs => {
                 "SELECT id, CAST(run_id AS TEXT), CAST(kind AS TEXT), CAST(ticket_ids AS TEXT), CAST(ticket_count AS TEXT), CAST(recorded_at AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
@@ -1413,14 +1418,9 @@ async fn row_digests(
     rows.iter()
         .map(|r| {
             let id: i64 = r.try_get(0)?;
-            let mut values = (1..r.len())
+            let values = (1..r.len())
                 .map(|i| r.try_get::<Option<String>, _>(i))
                 .collect::<Result<Vec<_>, _>>()?;
-            // columns added later count only once set: rows chained before
-            // they existed keep their digests
-            while values.len() > table.base_columns() && values.last() == Some(&None) {
-                values.pop();
-            }
             Ok((id, row_digest(table, values.iter().map(Option::as_deref))))
         })
         .collect()
@@ -1439,6 +1439,12 @@ fn entry_hash(prev: &str, table: &str, first: i64, last: i64, digests: &str) -> 
 /// them), NULL distinct from empty. Writers compute it from the values they
 /// bind; `audit verify` from the values it reads back.
 fn row_digest<'a>(table: Chained, values: impl IntoIterator<Item = Option<&'a str>>) -> String {
+    let mut values: Vec<Option<&str>> = values.into_iter().collect();
+    // columns added later count only once set: rows chained before they
+    // existed keep their digests
+    while values.len() > table.base_columns() && values.last() == Some(&None) {
+        values.pop();
+    }
     let mut hasher = Sha256::new();
     hasher.update(table.entry_name().as_bytes());
     for value in values {

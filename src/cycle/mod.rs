@@ -800,13 +800,16 @@ pub(crate) fn choose_step(
             "the ledger has no whole walk of the view yet".into(),
         );
     };
-    let every = chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
+    let every =
+        chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
     if now - last >= every {
         return (
             Step::Reconcile,
             format!(
                 "the last whole walk began {} ago (schedule.reconcile = {})",
-                humantime::format_duration(Duration::from_secs((now - last).num_seconds().max(0) as u64)),
+                humantime::format_duration(Duration::from_secs(
+                    (now - last).num_seconds().max(0) as u64
+                )),
                 humantime::format_duration(settings.reconcile_every)
             ),
         );
@@ -840,7 +843,11 @@ async fn scan(
         matched_by_rule: BTreeMap::new(),
         kept: BTreeMap::new(),
         early_stop: false,
-        scan: if step == Step::Reconcile { "full" } else { "refresh" },
+        scan: if step == Step::Reconcile {
+            "full"
+        } else {
+            "refresh"
+        },
         scan_reason: reason,
         cursor_proven: false,
         proof_requests: 0,
@@ -1036,7 +1043,10 @@ async fn scan(
                     && p.decision.as_deref() == Some(kind)
                     && p.rule.as_deref() == decision.rule()
                     && p.actor_id == ticket.actor.as_ref().and_then(|a| a.id)
+                    && p.actor_name == ticket.actor.as_ref().and_then(|a| a.name.clone())
                     && p.previous_state == ticket.previous_state
+                    && p.subject_tags == tags
+                    && (!settings.record_subjects || p.subject == ticket.subject)
                     && !p.state.awaits_settling()
             });
             if unchanged {
@@ -1285,7 +1295,7 @@ async fn decide_from_ledger(
     entries.sort_unstable_by_key(|e| (e.deleted_at, e.ticket_id));
     let mut records = Vec::new();
     for entry in entries {
-        let ticket = ticket_of(entry);
+        let ticket = entry.as_ticket();
         let decision = if settings.record_subjects {
             ctx.policy.decide(&ticket, now)
         } else {
@@ -1484,22 +1494,6 @@ fn recorded_kind(decision: &Decision, settings: &CycleSettings) -> &'static str 
     match decision {
         Decision::Purge { .. } if settings.dry_run => "would_purge",
         other => other.kind(),
-    }
-}
-
-/// A ledger row as the ticket the rules read.
-fn ticket_of(entry: &LedgerEntry) -> DeletedTicket {
-    DeletedTicket {
-        id: entry.ticket_id,
-        subject: entry.subject.clone(),
-        actor: (entry.actor_id.is_some() || entry.actor_name.is_some()).then(|| {
-            crate::zendesk::Actor {
-                id: entry.actor_id,
-                name: entry.actor_name.clone(),
-            }
-        }),
-        deleted_at: entry.deleted_at,
-        previous_state: entry.previous_state.clone(),
     }
 }
 

@@ -213,9 +213,16 @@ async fn a_refresh_lists_only_the_newest_deletions_and_decides_the_rest_from_the
         "{} list requests",
         refresh.counts.list_requests
     );
-    assert_eq!(refresh.counts.matched, old, "the selection, from the ledger");
+    assert_eq!(
+        refresh.counts.matched, old,
+        "the selection, from the ledger"
+    );
     assert_eq!(refresh.decisions_recorded, 0, "nothing changed");
-    assert!(refresh.decided_from_ledger > 800, "{}", refresh.decided_from_ledger);
+    assert!(
+        refresh.decided_from_ledger > 800,
+        "{}",
+        refresh.decided_from_ledger
+    );
     // new rules re-decide the whole ledger without a listing: each change
     // is recorded once
     e.ctx.policy = std::sync::Arc::new(Policy {

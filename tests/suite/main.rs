@@ -9,6 +9,7 @@ mod crash;
 mod engine;
 mod faults;
 mod helpers;
+mod ledger;
 mod operator;
 mod profiles;
 mod rules_props;

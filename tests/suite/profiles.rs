@@ -114,15 +114,35 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
         // without proof it walks the whole view again.
         e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
         let fresh: Vec<SandboxTicket> = (0..150u64)
-            .map(|i| ticket(95_000 + i, chrono::Duration::seconds(i as i64), "closed", 1001))
+            .map(|i| {
+                ticket(
+                    95_000 + i,
+                    chrono::Duration::seconds(i as i64),
+                    "closed",
+                    1001,
+                )
+            })
             .collect();
         sb.insert(fresh);
         let third = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-        assert_eq!(third.status, RunStatus::Completed, "{profile:?}: {:?}", third.error);
+        assert_eq!(
+            third.status,
+            RunStatus::Completed,
+            "{profile:?}: {:?}",
+            third.error
+        );
         assert_eq!(third.counts.purged, 0, "{profile:?}");
         if profile == Profile::CursorIgnore {
-            assert_eq!(third.step, "reconcile", "{profile:?}: {}", third.scan_reason);
-            assert!(third.scan_reason.contains("no proven order"), "{}", third.scan_reason);
+            assert_eq!(
+                third.step, "reconcile",
+                "{profile:?}: {}",
+                third.scan_reason
+            );
+            assert!(
+                third.scan_reason.contains("no proven order"),
+                "{}",
+                third.scan_reason
+            );
         } else {
             assert_eq!(third.step, "refresh", "{profile:?}: {}", third.scan_reason);
             assert!(
@@ -132,7 +152,10 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
             );
             assert!(third.decided_from_ledger > 0, "{profile:?}");
         }
-        assert_eq!(third.decisions_recorded, 150, "{profile:?}: only the first sightings");
+        assert_eq!(
+            third.decisions_recorded, 150,
+            "{profile:?}: only the first sightings"
+        );
         sb.shutdown().await;
     }
 }
@@ -671,7 +694,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
         decision: "purge",
         decided_at: Utc::now(),
         listed: true,
-            subject_tags: None,
+        subject_tags: None,
     };
     store.record_decisions(run, &[decision]).await.unwrap();
     store

@@ -1,0 +1,340 @@
+//! The ticket ledger: a run lists what changed and decides the rest from
+//! what it knows; an old database is upgraded in place.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use zd_retention::audit::AuditStore;
+use zd_retention::cycle::{CycleSettings, RunStatus, Trigger, run_cycle};
+use zd_retention::rules::{Policy, RetentionRule, RuleAction};
+use zd_retention::sandbox::SandboxTicket;
+
+use crate::helpers::*;
+
+fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> SandboxTicket {
+    SandboxTicket {
+        id,
+        subject: Some(format!("Ticket {id}")),
+        actor_id: actor,
+        actor_name: format!("Agent {actor}"),
+        deleted_at: Utc::now() - age,
+        previous_state: state.into(),
+    }
+}
+
+/// Purges only the bot's deletions older than an hour: most tickets are
+/// kept, which is when re-listing everything costs most.
+fn bot_policy() -> Policy {
+    Policy {
+        rules: vec![RetentionRule {
+            actor_ids: Some([900001].into()),
+            older_than: Some(Duration::from_secs(3600)),
+            ..RetentionRule::new("bot-deletions", RuleAction::Purge)
+        }],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    }
+}
+
+fn ledger_settings() -> CycleSettings {
+    CycleSettings {
+        reconcile_every: Duration::from_secs(86_400),
+        ..test_settings()
+    }
+}
+
+/// 1,000 tickets over 30 days, one in ten by the bot.
+fn mixed(n: u64) -> Vec<SandboxTicket> {
+    (0..n)
+        .map(|i| {
+            let actor = if i % 10 == 0 { 900001 } else { 1001 };
+            // spread over 30 days, none within a minute of the hour limit
+            let age = chrono::Duration::minutes(120 + (i as i64 * 43_000 / n as i64));
+            ticket(10_000 + i, age, "closed", actor)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_run_lists_only_what_changed_and_purges_exactly_the_selection() {
+    let tickets = mixed(1000);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let e = engine(&sb, bot_policy(), ledger_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
+    assert_eq!(first.step, "reconcile");
+    assert_eq!(first.counts.purged, 100);
+
+    // Between the runs: 40 new deletions (8 by the bot), 5 restores of kept
+    // tickets, 2 kept tickets restored and deleted again.
+    let fresh: Vec<SandboxTicket> = (0..40u64)
+        .map(|i| {
+            let actor = if i % 5 == 0 { 900001 } else { 1001 };
+            ticket(
+                50_000 + i,
+                chrono::Duration::seconds(i as i64),
+                "solved",
+                actor,
+            )
+        })
+        .collect();
+    sb.insert(fresh.clone());
+    let kept_ids: Vec<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id != 900001)
+        .map(|t| t.id)
+        .collect();
+    for id in &kept_ids[..5] {
+        assert!(sb.agent_restore(*id));
+    }
+    for id in &kept_ids[5..7] {
+        assert!(sb.agent_restore(*id));
+        assert!(sb.agent_delete_again(*id));
+    }
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.status, RunStatus::Completed, "{:?}", second.error);
+    assert_eq!(second.step, "refresh", "{}", second.scan_reason);
+    // 42 changes: one page, the order proof, and nothing else
+    assert!(
+        second.counts.list_requests <= 42u64.div_ceil(100) + 2,
+        "{} list requests",
+        second.counts.list_requests
+    );
+    // the one page read holds the 42 changes and older tickets, seen again
+    assert!(
+        (42..=100).contains(&second.counts.scanned),
+        "{}",
+        second.counts.scanned
+    );
+    // new deletions are minutes old: nothing new to purge, and every
+    // decision recorded is a first sighting
+    assert_eq!(second.counts.purged, 0);
+    assert_eq!(second.decisions_recorded, 42);
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    let want: BTreeSet<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id == 900001)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(purged, want);
+
+    // New rules: anything older than a minute, decided from the ledger
+    // without a listing (the fresh deletions and the two deleted again are
+    // younger)
+    let mut e = e;
+    e.ctx.policy = std::sync::Arc::new(Policy {
+        rules: vec![RetentionRule {
+            actor_ids: Some([900001, 1001].into()),
+            older_than: Some(Duration::from_secs(60)),
+            ..RetentionRule::new("everyone", RuleAction::Purge)
+        }],
+        min_age: Duration::from_secs(60),
+        ..Policy::default()
+    });
+    let third = {
+        let mut ctx = e.ctx.clone();
+        ctx.settings.max_purges_per_run = 10;
+        run_cycle(&ctx, Trigger::Manual).await.unwrap()
+    };
+    // far over the limit: refused before anything is sent
+    assert_eq!(third.status, RunStatus::Failed);
+    assert!(
+        third
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("max_purges_per_run")),
+        "{:?}",
+        third.error
+    );
+    assert_eq!(third.counts.purged, 0);
+    assert_eq!(sb.purged_ids().len(), 100, "nothing sent over the limit");
+    // restored tickets are no longer in the view; the lookup before
+    // sending leaves them out
+    let fourth = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(fourth.status, RunStatus::Completed, "{:?}", fourth.error);
+    assert_eq!(fourth.step, "refresh");
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    for id in &kept_ids[..5] {
+        assert!(!purged.contains(id), "restored ticket {id} purged");
+    }
+    // everything still deleted and older than a minute is purged
+    let still: Vec<u64> = sb.deleted_ids();
+    for t in sb.tickets() {
+        if still.contains(&t.id) {
+            assert!(
+                Utc::now() - t.deleted_at < chrono::Duration::minutes(2),
+                "{} left: deleted {}",
+                t.id,
+                t.deleted_at
+            );
+        }
+    }
+    // deleted again just now: too young for a one-minute rule
+    for id in &kept_ids[5..7] {
+        assert!(!purged.contains(id), "{id} purged by its old deletion");
+    }
+    assert_eq!(
+        fourth.counts.purged, 893,
+        "the other old tickets, from the ledger"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_settles_what_left_the_view_and_a_ledger_edit_is_refused() {
+    let tickets = mixed(300);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let mut e = engine(&sb, bot_policy(), ledger_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.counts.purged, 30);
+    let kept: Vec<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id != 900001)
+        .map(|t| t.id)
+        .take(3)
+        .collect();
+    assert!(sb.agent_restore(kept[0]));
+    // a refresh does not see what left the view; purges stay `purged`
+    let refresh = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(refresh.step, "refresh");
+    assert_eq!(refresh.confirmed_gone, 0);
+    // a reconcile walks everything and settles
+    e.ctx.settings.reconcile_every = Duration::ZERO;
+    let reconcile = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(reconcile.step, "reconcile");
+    assert_eq!(reconcile.confirmed_gone, 30);
+    assert_eq!(reconcile.restored_elsewhere, 1);
+    let counts: std::collections::BTreeMap<String, i64> = e
+        .ctx
+        .store
+        .ledger_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(counts.get("gone"), Some(&30));
+    assert_eq!(counts.get("restored"), Some(&1));
+    assert_eq!(counts.get("kept"), Some(&269));
+    assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
+
+    // someone makes a kept ticket look like the bot's, in the ledger only
+    sqlx::query("UPDATE ledger SET actor_id = 900001 WHERE ticket_id = ?")
+        .bind(kept[1] as i64)
+        .execute(e.ctx.store.pool())
+        .await
+        .unwrap();
+    e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
+    let err = run_cycle(&e.ctx, Trigger::Manual).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("changed outside zd-retention"),
+        "{err:#}"
+    );
+    assert_eq!(
+        sb.purged_ids().len(),
+        30,
+        "nothing purged from a forged ledger"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
+    let mut tickets = mixed(200);
+    for t in tickets.iter_mut().step_by(7) {
+        t.subject = Some("Legal hold: contract".into());
+    }
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let policy = |pattern: &str| Policy {
+        rules: vec![
+            RetentionRule {
+                subject_matches: Some(regex::Regex::new(pattern).unwrap()),
+                ..RetentionRule::new("hold", RuleAction::Keep)
+            },
+            RetentionRule {
+                older_than: Some(Duration::from_secs(3600)),
+                ..RetentionRule::new("old", RuleAction::Purge)
+            },
+        ],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    };
+    let mut e = engine(
+        &sb,
+        policy("(?i)legal hold"),
+        CycleSettings {
+            dry_run: true,
+            ..ledger_settings()
+        },
+    )
+    .await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    let held = tickets.iter().step_by(7).count() as u64;
+    assert_eq!(first.counts.matched, 200 - held);
+    // no subject stored anywhere
+    let subjects: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger WHERE subject IS NOT NULL")
+        .fetch_one(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(subjects, 0);
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.step, "refresh");
+    assert_eq!(
+        second.counts.matched,
+        200 - held,
+        "the hold decided from tags"
+    );
+    // a new pattern cannot be answered from the old tags: a whole walk
+    e.ctx.policy = std::sync::Arc::new(policy("(?i)contract"));
+    let third = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(third.step, "reconcile", "{}", third.scan_reason);
+    assert!(
+        third.scan_reason.contains("subject pattern"),
+        "{}",
+        third.scan_reason
+    );
+    assert_eq!(third.counts.matched, 200 - held);
+    let fourth = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(fourth.step, "refresh");
+}
+
+#[tokio::test]
+async fn a_database_made_before_the_ledger_is_upgraded_and_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pre-ledger.db"),
+        &db,
+    )
+    .unwrap();
+    let store = AuditStore::open(&db).await.unwrap();
+    let report = store.verify_chain().await.unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert_eq!(report.rows, 869, "every row of the old history");
+    let counts: std::collections::BTreeMap<String, i64> =
+        store.ledger_counts().await.unwrap().into_iter().collect();
+    assert_eq!(counts.get("gone"), Some(&83), "{counts:?}");
+    let decided: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT ticket_id) FROM decisions")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        counts.values().sum::<i64>(),
+        decided,
+        "one row per ticket ever decided"
+    );
+    // the history answers as before: a purged ticket's story
+    let purged: i64 =
+        sqlx::query_scalar("SELECT ticket_id FROM outcomes WHERE outcome = 'purged' LIMIT 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let story = store.ticket_history(purged as u64).await.unwrap();
+    let kinds: Vec<&str> = story.iter().map(|e| e.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"decision") && kinds.contains(&"outcome"),
+        "{kinds:?}"
+    );
+    // and the live rows agree with their decisions: a run may build on them
+    let live = store.ledger_live().await.unwrap();
+    assert_eq!(live.len() as i64, decided - 83);
+    store.close().await;
+}
