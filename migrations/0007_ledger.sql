@@ -63,3 +63,18 @@ SELECT d.ticket_id, COALESCE(d.deleted_at, ''), d.actor_id, d.previous_state, d.
        d.decided_at
 FROM decisions d JOIN runs r ON r.id = d.run_id
 WHERE d.id = (SELECT MAX(d3.id) FROM decisions d3 WHERE d3.ticket_id = d.ticket_id);
+
+-- Rows pruned by `[audit] keep_details`: details of tickets settled long
+-- ago (decisions other than purge, outcomes that were no purge's). Each is
+-- chained like any insert, so `audit verify` accepts exactly these rows as
+-- gone; their digests stay in the chain entries that first covered them.
+-- A purge's evidence (its decision, job and outcomes) is never pruned.
+CREATE TABLE pruned (
+    id        INTEGER PRIMARY KEY,
+    tbl       TEXT    NOT NULL CHECK (tbl IN ('decisions', 'outcomes')),
+    row_id    INTEGER NOT NULL,
+    run_id    INTEGER NOT NULL,                 -- the run the pruned row belonged to
+    what      TEXT    NOT NULL,                 -- its decision or outcome
+    pruned_at TEXT    NOT NULL,
+    UNIQUE (tbl, row_id)
+);

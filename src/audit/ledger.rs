@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{AuditStore, DecisionRecord, RunId, parse_time, timestamp};
+use super::{AuditStore, Chained, DecisionRecord, RunId, parse_time, row_digest, timestamp};
 use crate::zendesk::TicketId;
 
 /// Where a ticket's deletion stands.
@@ -260,6 +260,89 @@ impl AuditStore {
             last_reconcile: parse_time(reconciled),
             untagged,
         })
+    }
+
+    /// Prunes the details of tickets settled before `settled_before`: their
+    /// decisions other than a purge, their `not_sent`, `still_present` and
+    /// `left_view` outcomes, and their ledger rows. Each pruned row is
+    /// recorded (and chained) in `pruned`, so `audit verify` accepts its
+    /// absence; a purge's decision, job and outcomes stay for ever.
+    /// Returns the rows pruned.
+    pub async fn prune_details(
+        &self,
+        settled_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<u64> {
+        self.check_file()?;
+        let mut tx = self.pool().begin().await?;
+        let settled = format!(
+            "SELECT ticket_id FROM ledger GROUP BY ticket_id
+             HAVING SUM(state IN {LIVE_SQL}) = 0 AND MAX(state_at) < ?"
+        );
+        let doomed: Vec<(String, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT 'decisions', id, run_id, decision FROM decisions
+             WHERE decision <> 'purge' AND ticket_id IN ({settled})
+             UNION ALL
+             SELECT 'outcomes', id, run_id, outcome FROM outcomes
+             WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN ({settled})
+             ORDER BY 1, 2"
+        )))
+        .bind(timestamp(settled_before))
+        .bind(timestamp(settled_before))
+        .fetch_all(&mut *tx)
+        .await
+        .context("cannot find the details to prune")?;
+        let at = timestamp(now);
+        let mut first = None;
+        let mut last = 0;
+        let mut digests = String::with_capacity(doomed.len() * 16);
+        for chunk in doomed.chunks(500) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO pruned (tbl, row_id, run_id, what, pruned_at) ");
+            q.push_values(chunk, |mut b, (tbl, id, run_id, what)| {
+                b.push_bind(tbl.as_str())
+                    .push_bind(*id)
+                    .push_bind(*run_id)
+                    .push_bind(what.as_str())
+                    .push_bind(at.as_str());
+            });
+            last = q.build().execute(&mut *tx).await?.last_insert_rowid();
+            first.get_or_insert(last - chunk.len() as i64 + 1);
+            for (tbl, id, run_id, what) in chunk {
+                let (id, run_id) = (id.to_string(), run_id.to_string());
+                digests.push_str(&row_digest(
+                    Chained::Pruned,
+                    [
+                        Some(tbl.as_str()),
+                        Some(id.as_str()),
+                        Some(run_id.as_str()),
+                        Some(what.as_str()),
+                        Some(at.as_str()),
+                    ],
+                ));
+            }
+        }
+        if let Some(first) = first {
+            super::chain_append_digests(&mut tx, Chained::Pruned, first, last, digests).await?;
+            for table in ["decisions", "outcomes"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT row_id FROM pruned WHERE tbl = '{table}' AND pruned_at = ?)"
+                )))
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM ledger WHERE ticket_id IN ({settled})"
+        )))
+        .bind(timestamp(settled_before))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit()
+            .await
+            .context("cannot prune the audit's details")?;
+        Ok(doomed.len() as u64)
     }
 
     /// Rows per ledger state, for `audit ledger` and the metrics.

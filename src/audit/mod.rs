@@ -970,10 +970,19 @@ impl AuditStore {
         let mut report = ChainReport {
             entries: entries.len() as i64,
             rows: 0,
+            pruned: 0,
             head: "genesis".into(),
             problem: None,
         };
         let mut covered: HashMap<&'static str, i64> = HashMap::new();
+        // rows that `audit.keep_details` pruned: absent by design (the
+        // pruned table is itself chained, below)
+        let pruned: std::collections::HashSet<(String, i64)> =
+            sqlx::query_as::<_, (String, i64)>("SELECT tbl, row_id FROM pruned")
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
         // the row ranges each insert entry covers, per table
         let mut ranges: HashMap<&'static str, Vec<(i64, i64)>> = HashMap::new();
         // the latest recorded state of each run and job: (entry, digest)
@@ -1016,6 +1025,7 @@ impl AuditStore {
             for (i, id) in (*first..=*last).enumerate() {
                 let expected = digests.get(i * 16..i * 16 + 16).unwrap_or("");
                 match current.get(&id) {
+                    None if pruned.contains(&(tbl.clone(), id)) => report.pruned += 1,
                     None => {
                         report.problem =
                             Some(format!("row {id} of {tbl} was removed (chain entry {seq})"));
@@ -1112,19 +1122,23 @@ impl AuditStore {
         }
         // the derived counts that `audit run` and `audit stats` read
         let forged: Option<(i64, String)> = sqlx::query_as(
-            "SELECT run_id, decision FROM (
+            "WITH whole AS (SELECT run_id FROM run_decision_counts
+                            EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
+             SELECT run_id, decision FROM (
                  SELECT run_id, decision, rule, count FROM run_decision_counts
+                 WHERE run_id IN whole
                  EXCEPT
                  SELECT run_id, decision, rule, COUNT(*) FROM decisions
-                 WHERE run_id IN (SELECT run_id FROM run_decision_counts)
+                 WHERE run_id IN whole
                  GROUP BY run_id, decision, rule)
              UNION ALL
              SELECT run_id, decision FROM (
                  SELECT run_id, decision, rule, COUNT(*) FROM decisions
-                 WHERE run_id IN (SELECT run_id FROM run_decision_counts)
+                 WHERE run_id IN whole
                  GROUP BY run_id, decision, rule
                  EXCEPT
-                 SELECT run_id, decision, rule, count FROM run_decision_counts)
+                 SELECT run_id, decision, rule, count FROM run_decision_counts
+                 WHERE run_id IN whole)
              LIMIT 1",
         )
         .fetch_optional(&mut *conn)
@@ -1326,6 +1340,8 @@ enum Chained {
     Decisions,
     Jobs,
     Outcomes,
+    /// Rows pruned by `audit.keep_details`.
+    Pruned,
     /// The columns of a run that change (status, figures, error): each
     /// change appends their new values, so an UPDATE outside is seen.
     RunsState,
@@ -1335,11 +1351,12 @@ enum Chained {
 
 impl Chained {
     /// The tables whose rows are inserted under the chain.
-    const ALL: [Chained; 4] = [
+    const ALL: [Chained; 5] = [
         Chained::Runs,
         Chained::Decisions,
         Chained::Jobs,
         Chained::Outcomes,
+        Chained::Pruned,
     ];
     /// The mutable states, chained at every change.
     const STATES: [Chained; 2] = [Chained::RunsState, Chained::JobsState];
@@ -1350,6 +1367,7 @@ impl Chained {
             Self::Decisions => "decisions",
             Self::Jobs | Self::JobsState => "jobs",
             Self::Outcomes => "outcomes",
+            Self::Pruned => "pruned",
         }
     }
 
@@ -1392,6 +1410,9 @@ impl Chained {
             }
             Self::Outcomes => {
                 "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Pruned => {
+                "SELECT id, CAST(tbl AS TEXT), CAST(row_id AS TEXT), CAST(run_id AS TEXT), CAST(what AS TEXT), CAST(pruned_at AS TEXT) FROM pruned WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::RunsState => {
                 "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
@@ -1504,6 +1525,9 @@ async fn chain_append(
 pub struct ChainReport {
     pub entries: i64,
     pub rows: i64,
+    /// Rows pruned by `audit.keep_details` (their digests checked in the
+    /// chain, the rows themselves gone by design).
+    pub pruned: i64,
     /// The chain's last hash: note it elsewhere to detect a truncated chain.
     pub head: String,
     /// The first problem, naming the table and row.

@@ -89,6 +89,8 @@ pub struct CycleSettings {
     /// A run walks the whole view when the last such walk started longer
     /// ago than this; otherwise it reads only the newest deletions.
     pub reconcile_every: Duration,
+    /// Details of tickets settled longer ago are pruned after each run.
+    pub keep_details: Option<Duration>,
 }
 
 impl CycleSettings {
@@ -104,6 +106,7 @@ impl CycleSettings {
             record_subjects: config.audit.record_subjects,
             settle_window: Duration::from_secs(31 * 86_400),
             reconcile_every: config.schedule.reconcile,
+            keep_details: config.audit.keep_details,
         }
     }
 }
@@ -194,6 +197,8 @@ pub struct CycleReport {
     pub decisions_recorded: u64,
     /// Kept tickets a whole walk no longer found, and not active.
     pub left_view: u64,
+    /// Audit rows pruned by `audit.keep_details`.
+    pub pruned: u64,
     #[serde(with = "humantime_serde_compat")]
     pub duration: Duration,
     pub error: Option<String>,
@@ -424,6 +429,24 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         settle_requests = ctx.client.stats().sent("list") - before;
     }
 
+    let mut pruned = 0;
+    if let Some(keep) = settings.keep_details {
+        let now = Utc::now();
+        // a period longer than the calendar prunes nothing
+        if let Some(before) = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+        {
+            pruned = store.prune_details(before, now).await?;
+        }
+        if pruned > 0 {
+            tracing::info!(
+                rows = pruned,
+                "pruned the details of tickets settled long ago"
+            );
+        }
+    }
+
     let mut errors = Vec::new();
     if let Some(e) = &scan.error {
         errors.push(e.clone());
@@ -500,6 +523,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         decided_from_ledger: scan.decided_from_ledger,
         decisions_recorded: scan.decisions_recorded,
         left_view: settled.left_view,
+        pruned,
         duration: started.elapsed(),
         error,
     };

@@ -81,6 +81,7 @@ pub fn test_settings() -> CycleSettings {
         // every run walks the whole view, as before the ledger; the refresh
         // tests set a day
         reconcile_every: Duration::ZERO,
+        keep_details: None,
     }
 }
 

@@ -338,3 +338,88 @@ async fn a_database_made_before_the_ledger_is_upgraded_and_still_verifies() {
     assert_eq!(live.len() as i64, decided - 83);
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_each_purges_evidence_and_the_chain_still_verifies() {
+    let tickets = mixed(300);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let mut e = engine(&sb, bot_policy(), ledger_settings()).await;
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    // five kept tickets leave the view (deleted for good elsewhere: here,
+    // restored and purged by hand in the sandbox), and a reconcile settles
+    let kept: Vec<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id != 900001)
+        .map(|t| t.id)
+        .take(5)
+        .collect();
+    {
+        let mut state = sb.state();
+        for id in &kept {
+            assert!(state.agent_restore(*id));
+        }
+    }
+    e.ctx.settings.reconcile_every = Duration::ZERO;
+    let settled = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(settled.confirmed_gone, 30);
+    assert_eq!(settled.restored_elsewhere, 5);
+    let store = &e.ctx.store;
+    let pool = store.pool();
+    let rows = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    let purge_decisions = rows("SELECT COUNT(*) FROM decisions WHERE decision = 'purge'").await;
+    let decisions = rows("SELECT COUNT(*) FROM decisions").await;
+
+    // everything settled counts as long ago
+    let pruned = store
+        .prune_details(Utc::now() + chrono::Duration::days(1), Utc::now())
+        .await
+        .unwrap();
+    // the 5 restored tickets' keep decisions; the purged tickets' first
+    // sightings were purge decisions (they were old)
+    assert_eq!(pruned, 5, "{pruned}");
+    assert_eq!(rows("SELECT COUNT(*) FROM decisions").await, decisions - 5);
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM decisions WHERE decision = 'purge'").await,
+        purge_decisions,
+        "every purge decision kept"
+    );
+    assert_eq!(
+        rows("SELECT COUNT(*) FROM outcomes WHERE outcome IN ('purged', 'confirmed_gone')").await,
+        60,
+        "every purge outcome kept"
+    );
+    assert_eq!(rows("SELECT COUNT(*) FROM ledger").await, 300 - 35);
+    let report = store.verify_chain().await.unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert_eq!(report.pruned, 5);
+    // a purged ticket's story is whole
+    let purged = sb.purged_ids()[0];
+    let story = store.ticket_history(purged).await.unwrap();
+    let whats: Vec<&str> = story.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(whats, ["purge", "purged", "confirmed_gone"], "{story:?}");
+    // a run goes on on the pruned database, and it still verifies
+    let next = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(next.status, RunStatus::Completed, "{:?}", next.error);
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
+
+    // a purge decision removed and passed off as pruned is caught
+    let victim: i64 = rows("SELECT MIN(id) FROM decisions WHERE decision = 'purge'").await;
+    sqlx::query("DELETE FROM decisions WHERE id = ?")
+        .bind(victim)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO pruned (tbl, row_id, run_id, what, pruned_at) VALUES ('decisions', ?, 1, 'keep_no_rule', '2026-01-01T00:00:00.000Z')")
+        .bind(victim)
+        .execute(pool)
+        .await
+        .unwrap();
+    let report = store.verify_chain().await.unwrap();
+    let problem = report.problem.expect("a forged prune is caught");
+    assert!(problem.contains("pruned"), "{problem}");
+}
