@@ -35,9 +35,10 @@ CREATE INDEX ledger_live ON ledger (state)
 ALTER TABLE decisions ADD COLUMN actor_name TEXT;
 ALTER TABLE decisions ADD COLUMN subject_tags TEXT;
 
--- How each run listed: refresh (the newest deletions, down to the mark) or
--- reconcile (the whole view), and the newest deletion it knows of after.
-ALTER TABLE runs ADD COLUMN step TEXT CHECK (step IN ('refresh', 'reconcile'));
+-- How each run listed: backlog (a first run, oldest first up to the purge
+-- horizon), refresh (the newest deletions, down to the mark) or reconcile
+-- (the whole view), and the newest deletion it knows of after.
+ALTER TABLE runs ADD COLUMN step TEXT CHECK (step IN ('backlog', 'refresh', 'reconcile'));
 ALTER TABLE runs ADD COLUMN high_water TEXT;
 -- Decision rows written by the run (decisions are recorded on change).
 ALTER TABLE runs ADD COLUMN decisions_recorded INTEGER;

@@ -626,6 +626,6 @@ pub fn ledger_diff(
             },
         )
         .collect();
-    diff.changes.sort_by(|a, b| b.tickets.cmp(&a.tickets));
+    diff.changes.sort_by_key(|c| std::cmp::Reverse(c.tickets));
     diff
 }

@@ -142,6 +142,8 @@ pub struct ListingMarks {
     /// Live rows without a tag for one of the subject patterns asked about:
     /// they cannot be decided without a listing.
     pub untagged: u64,
+    /// Runs that finished a listing step: none before the first run.
+    pub listings: u64,
 }
 
 impl AuditStore {
@@ -255,7 +257,13 @@ impl AuditStore {
         )
         .fetch_one(self.pool())
         .await?;
+        let listings: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runs WHERE step IS NOT NULL AND status = 'completed'",
+        )
+        .fetch_one(self.pool())
+        .await?;
         Ok(ListingMarks {
+            listings: listings as u64,
             high_water: parse_time(high),
             last_reconcile: parse_time(reconciled),
             untagged,

@@ -612,45 +612,6 @@ impl AuditStore {
         Ok(())
     }
 
-    /// Tickets whose last outcome (since `since`) is `purged` or `unknown`:
-    /// a later scan confirms them gone or finds them still there.
-    pub async fn unsettled(
-        &self,
-        since: DateTime<Utc>,
-    ) -> anyhow::Result<HashMap<TicketId, Unsettled>> {
-        let rows = sqlx::query(
-            "SELECT o.ticket_id, o.outcome,
-                    (SELECT d.deleted_at FROM decisions d WHERE d.ticket_id = o.ticket_id ORDER BY d.id DESC LIMIT 1) AS deleted_at,
-                    (SELECT d.decided_at FROM decisions d WHERE d.ticket_id = o.ticket_id ORDER BY d.id DESC LIMIT 1) AS decided_at
-             FROM outcomes o
-             WHERE o.recorded_at >= ?
-               AND o.id = (SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = o.ticket_id)
-               AND o.outcome IN ('purged', 'unknown')",
-        )
-        .bind(timestamp(since))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get("ticket_id")?;
-            let deleted_at: Option<String> = row.try_get("deleted_at")?;
-            let decided_at: Option<String> = row.try_get("decided_at")?;
-            let parse = |t: Option<String>| {
-                t.and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
-                    .map(|d| d.with_timezone(&Utc))
-            };
-            out.insert(
-                id as TicketId,
-                Unsettled {
-                    outcome: row.try_get("outcome")?,
-                    deleted_at: parse(deleted_at),
-                    decided_at: parse(decided_at),
-                },
-            );
-        }
-        Ok(out)
-    }
-
     /// Stores what `probe` found about an account.
     pub async fn record_probe(
         &self,

@@ -772,6 +772,10 @@ impl Selection {
 /// Which listing a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
+    /// A first run whose purge rules all have an age: oldest first, up to
+    /// the youngest purgeable age (the backlog), provided the order is
+    /// proven. The next run walks the whole view and builds the ledger.
+    Backlog { horizon: Duration },
     /// The newest deletions, newest first, down to the high-water mark of
     /// the last listing less an overlap; the rest is decided from the ledger.
     Refresh { down_to: DateTime<Utc> },
@@ -783,13 +787,27 @@ pub(crate) enum Step {
 impl Step {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Self::Backlog { .. } => "backlog",
             Self::Refresh { .. } => "refresh",
             Self::Reconcile => "reconcile",
         }
     }
 
+    /// Read in deletion order (proven first, checked on every page).
+    fn sorted(self) -> Option<SortOrder> {
+        match self {
+            Self::Backlog { .. } => Some(SortOrder::Asc),
+            Self::Refresh { .. } => Some(SortOrder::Desc),
+            Self::Reconcile => None,
+        }
+    }
+
     fn list_options(self) -> ListOptions {
         match self {
+            Self::Backlog { .. } => ListOptions {
+                sort: Some((SortBy::DeletedAt, SortOrder::Asc)),
+                ..ListOptions::default()
+            },
             Self::Refresh { .. } => ListOptions {
                 sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
                 ..ListOptions::default()
@@ -805,10 +823,21 @@ pub const REFRESH_OVERLAP: Duration = Duration::from_secs(600);
 
 /// The listing a run makes, and why.
 pub(crate) fn choose_step(
+    policy: &Policy,
     settings: &CycleSettings,
     marks: &ListingMarks,
     now: DateTime<Utc>,
 ) -> (Step, String) {
+    if marks.high_water.is_none()
+        && marks.listings == 0
+        && let (crate::listing::ScanPlan::Sorted { horizon }, _) =
+            crate::listing::ScanPlan::for_policy(policy)
+    {
+        return (
+            Step::Backlog { horizon },
+            "a first run: the oldest deletions up to the youngest purgeable age; the next run walks the whole view into the ledger".into(),
+        );
+    }
     if marks.untagged > 0 {
         return (
             Step::Reconcile,
@@ -860,17 +889,17 @@ async fn scan(
     let store = &ctx.store;
     let no_purge_rules = ctx.policy.purge_rules().next().is_none();
     let walk_started = Utc::now();
-    let (mut step, reason) = choose_step(settings, marks, walk_started);
+    let (mut step, reason) = choose_step(&ctx.policy, settings, marks, walk_started);
     let mut result = ScanResult {
         scanned: 0,
         matched: 0,
         matched_by_rule: BTreeMap::new(),
         kept: BTreeMap::new(),
         early_stop: false,
-        scan: if step == Step::Reconcile {
-            "full"
-        } else {
-            "refresh"
+        scan: match step {
+            Step::Backlog { .. } => "sorted",
+            Step::Refresh { .. } => "refresh",
+            Step::Reconcile => "full",
         },
         scan_reason: reason,
         cursor_proven: false,
@@ -891,7 +920,10 @@ async fn scan(
         decisions_recorded: 0,
         decided_from_ledger: 0,
     };
-    let mut order = PageOrder::newest_first();
+    let mut order = match step {
+        Step::Refresh { .. } => PageOrder::newest_first(),
+        _ => PageOrder::default(),
+    };
     let mut pages = ctx.client.list_deleted(step.list_options());
     let mut selection = Selection::default();
     let pipelining = settings.purge_while_scanning && !settings.dry_run && !no_purge_rules;
@@ -929,7 +961,7 @@ async fn scan(
                 break;
             }
         };
-        if let Step::Refresh { .. } = step {
+        if let Some(direction) = step.sorted() {
             let mut fall_back: Option<String> = None;
             if std::mem::take(&mut first_page) {
                 if !page.has_more {
@@ -943,7 +975,7 @@ async fn scan(
                         let _turn = gate.turn.lock().await;
                         let before = ctx.client.stats().sent("list");
                         let proof =
-                            crate::listing::prove_sorted(&ctx.client, &page, SortOrder::Desc).await;
+                            crate::listing::prove_sorted(&ctx.client, &page, direction).await;
                         result.proof_requests = ctx.client.stats().sent("list") - before;
                         proof
                     };
@@ -1113,6 +1145,7 @@ async fn scan(
         }
         pages_since_release += 1;
         let stop = match step {
+            Step::Backlog { horizon } => crate::listing::reaches_horizon(&page, horizon, now),
             Step::Refresh { down_to } => page
                 .tickets
                 .last()
@@ -1203,8 +1236,15 @@ async fn scan(
     store.ledger_touch(&touched, Utc::now()).await?;
     drop(touched);
 
+    if step.sorted().is_some() && !result.early_stop && result.step != Step::Reconcile {
+        // a sorted walk read to its end saw the whole view
+        step = Step::Reconcile;
+        result.step = step;
+    }
     if !result.cancelled && result.error.is_none() {
         result.high_water = match step {
+            // the ledger is not whole yet: the next run walks everything
+            Step::Backlog { .. } => None,
             Step::Refresh { .. } => newest.max(marks.high_water),
             // a ticket deleted while the walk went on may have been passed:
             // the next refresh reads down to the walk's start
@@ -1218,6 +1258,8 @@ async fn scan(
             Step::Reconcile => {
                 result.absent = ledger.drain().map(|(_, e)| e).collect();
             }
+            // rows it did not list are neither decided nor settled
+            Step::Backlog { .. } => {}
         }
     }
     result.matched = selection.chosen.len() as u64;

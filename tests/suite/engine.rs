@@ -189,19 +189,29 @@ async fn a_refresh_lists_only_the_newest_deletions_and_decides_the_rest_from_the
         },
     )
     .await;
-    // the first run walks the whole view: the ledger is empty
+    let old = tickets
+        .iter()
+        .filter(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(20))
+        .count() as u64;
+    // the first run reads the backlog oldest-first and stops at 20 days
+    let backlog = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(backlog.step, "backlog", "{}", backlog.scan_reason);
+    assert!(backlog.counts.early_stop);
+    assert_eq!(backlog.counts.matched, old);
+    assert!(backlog.counts.scanned < tickets.len() as u64);
+    // the second walks the whole view into the ledger: the backlog's
+    // tickets are seen again unchanged, only the others recorded
     let full = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(full.step, "reconcile");
+    assert_eq!(full.step, "reconcile", "{}", full.scan_reason);
     assert_eq!(full.counts.scanned, tickets.len() as u64);
     assert_eq!(
         full.counts.list_requests,
         tickets.len().div_ceil(100) as u64
     );
-    assert_eq!(full.decisions_recorded, tickets.len() as u64);
-    let old = tickets
-        .iter()
-        .filter(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(20))
-        .count() as u64;
+    assert_eq!(
+        full.decisions_recorded,
+        tickets.len() as u64 - backlog.counts.scanned
+    );
     assert_eq!(full.counts.matched, old);
     // the next reads the newest page, proves the order, and decides the
     // rest from the ledger: the same selection, nothing recorded again
@@ -348,6 +358,9 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
 
     let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(report.status, RunStatus::Completed);
+    // the first whole walk settles (the run above read the backlog only)
+    let whole = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(whole.step, "reconcile");
     let old = store.run(crashed).await.unwrap().unwrap();
     assert_eq!(old.status, "interrupted");
     let job: String = sqlx::query_scalar("SELECT status FROM jobs WHERE run_id = ?")
@@ -356,7 +369,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
         .await
         .unwrap();
     assert_eq!(job, "unknown");
-    // ids 1 and 2 were never in the sandbox: the same run's scan proves them gone
+    // ids 1 and 2 were never in the sandbox: the whole walk proves them gone
     let settled: Vec<String> =
         sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = 1 ORDER BY id")
             .fetch_all(store.pool())
