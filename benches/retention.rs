@@ -6,8 +6,13 @@
 //! quotas and job delay allow, 429s, retries, peak RSS and CPU seconds of
 //! the daemon process, and audit rows written per second.
 //!
-//!   cargo bench --bench retention              # S1 to S4
+//!   cargo bench --bench retention              # S1 to S6
 //!   cargo bench --bench retention -- S1 S3     # some of them
+//!   ZD_BENCH_BEFORE=path/to/older/zd-retention cargo bench --bench retention -- S6
+//!                                              # S6 for another build too
+//!
+//! S1 to S4 are first runs at default settings (no purge_while_scanning).
+//! S5 and S6 measure the runs after (the ticket ledger): see `steady.rs`.
 //!   cargo bench --bench retention -- --smoke   # CI: small S1, checks request counts only
 //!
 //! The smoke run exits non-zero when a request count is off; times are never
@@ -20,6 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+#[path = "retention/steady.rs"]
+mod steady;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
@@ -121,7 +129,7 @@ fn write_config(dir: &Path, port: u16, s: &Scenario) -> PathBuf {
     let text = format!(
         "[zendesk]\nbase_url = \"http://127.0.0.1:{port}\"\nemail = \"bench@sandbox.example\"\ntoken_env = \"BENCH_TOKEN\"\njob_poll_interval = \"{poll}ms\"\nrequest_timeout = \"30s\"\n\
          [zendesk.rate_limits]\nlist = \"{LIST}/{w}ms\"\nlist_deep = \"{LIST_DEEP}/{w}ms\"\naccount = \"{ACCOUNT}/{w}ms\"\nmax_jobs_in_flight = 10\n\
-         [audit]\ndatabase = \"{db}\"\n[safety]\ndry_run = {dry}\nmax_purges_per_run = 1000000\npurge_while_scanning = true\n{rules}",
+         [audit]\ndatabase = \"{db}\"\n[safety]\ndry_run = {dry}\nmax_purges_per_run = 1000000\n{rules}",
         w = w.round() as u64,
         poll = ((JOB_DELAY.as_millis() as f64 / s.time_scale) / 2.0)
             .max(5.0)
@@ -337,6 +345,22 @@ fn main() {
     let results: Vec<Value> = chosen.iter().map(run).collect();
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
+    let want = |name: &str| !smoke && (wanted.is_empty() || wanted.iter().any(|w| *w == name));
+    let mut steady_results = Vec::new();
+    if want("S5") {
+        steady_results.push(steady::s5());
+    }
+    if want("S6") {
+        steady_results.push(steady::s6(Path::new(BIN), true));
+        if let Some(before) = std::env::var_os("ZD_BENCH_BEFORE") {
+            steady_results.push(steady::s6(Path::new(&before), false));
+        }
+    }
+    if !steady_results.is_empty() {
+        let text = serde_json::to_string_pretty(&steady_results).unwrap();
+        std::fs::write(out.join("steady.json"), &text).unwrap();
+        println!("\n{text}\nwritten to {}/steady.json", out.display());
+    }
     let md = markdown(&results);
     let stem = if smoke { "smoke" } else { "results" };
     std::fs::write(

@@ -61,6 +61,7 @@ struct RawZendesk {
     max_retries: Option<Spanned<i64>>,
     job_poll_interval: Option<Spanned<String>>,
     job_timeout: Option<Spanned<String>>,
+    clock_skew: Option<Spanned<String>>,
     #[serde(default)]
     rate_limits: RawRateLimits,
 }
@@ -144,6 +145,9 @@ pub struct ZendeskSettings {
     pub job_poll_interval: Duration,
     /// A job not finished after this long counts as unknown.
     pub job_timeout: Duration,
+    /// How far Zendesk's clock (its `deleted_at`) and this host's may
+    /// disagree: each newest-first read looks back this much further.
+    pub clock_skew: Duration,
 }
 
 /// `[schedule]`, validated.
@@ -476,9 +480,20 @@ impl Config {
         let job_timeout = c
             .duration("zendesk.job_timeout", &z.job_timeout)
             .unwrap_or(Duration::from_secs(15 * 60));
+        let clock_skew = c
+            .duration("zendesk.clock_skew", &z.clock_skew)
+            .unwrap_or(Duration::from_secs(120));
+        if let (Some(v), true) = (&z.clock_skew, clock_skew > Duration::from_secs(3600)) {
+            c.at(
+                "zendesk.clock_skew",
+                v,
+                "must be at most 1h: every newest-first read looks back this far".to_string(),
+            );
+        }
         for (key, value) in [
             ("zendesk.job_poll_interval", job_poll_interval),
             ("zendesk.job_timeout", job_timeout),
+            ("zendesk.clock_skew", clock_skew),
         ] {
             if value.is_zero() {
                 c.whole(key, "must be above zero, for example \"2s\"");
@@ -735,6 +750,7 @@ impl Config {
                 retry,
                 job_poll_interval,
                 job_timeout,
+                clock_skew,
             },
             schedule: Schedule {
                 cron,

@@ -22,10 +22,6 @@ use crate::zendesk::{
     DeletedTicket, DeletedTicketsPage, ListOptions, Pagination, SortBy, SortOrder, ZendeskClient,
 };
 
-/// How far before a scan's start the freshness read looks, for clock skew
-/// between Zendesk and this host.
-pub const FRESHNESS_MARGIN: Duration = Duration::from_secs(120);
-
 /// At most this many pages in one freshness read (10,000 deletions during
 /// one scan); past it the purge is refused rather than half-checked.
 pub const FRESHNESS_MAX_PAGES: u32 = 100;

@@ -91,6 +91,10 @@ pub struct CycleSettings {
     pub reconcile_every: Duration,
     /// Details of tickets settled longer ago are pruned after each run.
     pub keep_details: Option<Duration>,
+    /// How far Zendesk's `deleted_at` and this host's clock may disagree:
+    /// the refresh reads this far below the high-water mark, and every
+    /// freshness read this far before the listing it checks.
+    pub clock_skew: Duration,
 }
 
 impl CycleSettings {
@@ -107,6 +111,7 @@ impl CycleSettings {
             settle_window: Duration::from_secs(31 * 86_400),
             reconcile_every: config.schedule.reconcile,
             keep_details: config.audit.keep_details,
+            clock_skew: config.zendesk.clock_skew,
         }
     }
 }
@@ -817,10 +822,6 @@ impl Step {
     }
 }
 
-/// How far below the high-water mark a refresh reads: tickets deleted in
-/// the same second, and clock skew between Zendesk's hosts.
-pub const REFRESH_OVERLAP: Duration = Duration::from_secs(600);
-
 /// The listing a run makes, and why.
 pub(crate) fn choose_step(
     policy: &Policy,
@@ -867,7 +868,8 @@ pub(crate) fn choose_step(
             ),
         );
     }
-    let overlap = chrono::Duration::from_std(REFRESH_OVERLAP).unwrap_or_default();
+    // tickets deleted in the same second, and clock skew
+    let overlap = chrono::Duration::from_std(settings.clock_skew).unwrap_or_default();
     (
         Step::Refresh {
             down_to: high_water - overlap,
@@ -1704,7 +1706,7 @@ impl PurgeWorker {
         }
         let gate = &self.gate;
         let since = release.listed_at
-            - chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+            - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
         let lists_now = self.client.stats().sent("list");
         let reusable = self.fresh.as_ref().is_some_and(|f| {
             f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
@@ -2351,7 +2353,7 @@ async fn settle_absent(
         settled.lookup_failed += rest.len() as u64;
         return Ok(settled);
     }
-    let margin = chrono::Duration::from_std(crate::listing::FRESHNESS_MARGIN).unwrap_or_default();
+    let margin = chrono::Duration::from_std(ctx.settings.clock_skew).unwrap_or_default();
     let since = rest
         .iter()
         .filter_map(|(_, u)| u.decided_at)

@@ -82,6 +82,7 @@ pub fn test_settings() -> CycleSettings {
         // tests set a day
         reconcile_every: Duration::ZERO,
         keep_details: None,
+        clock_skew: Duration::from_secs(120),
     }
 }
 
