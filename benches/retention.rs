@@ -363,14 +363,16 @@ fn main() {
     }
     let md = markdown(&results);
     let stem = if smoke { "smoke" } else { "results" };
-    std::fs::write(
-        out.join(format!("{stem}.json")),
-        serde_json::to_string_pretty(&results).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(out.join(format!("{stem}.md")), &md).unwrap();
-    println!("\n{md}");
-    println!("written to {}/{stem}.json and {stem}.md", out.display());
+    if !results.is_empty() {
+        std::fs::write(
+            out.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(&results).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(out.join(format!("{stem}.md")), &md).unwrap();
+        println!("\n{md}");
+        println!("written to {}/{stem}.json and {stem}.md", out.display());
+    }
     if smoke {
         // Request counts are deterministic: check them, never the times.
         let mut ok = true;

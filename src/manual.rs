@@ -10,6 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::audit::RunCounts;
+use crate::audit::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use crate::cycle::{CycleContext, ListedAs, Release, decision_record, send_and_follow};
 use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
@@ -192,7 +193,7 @@ pub struct IdResult {
 pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i64, Vec<IdResult>)> {
     let store = &ctx.store;
     let run = store
-        .start_run("restore", false, &ctx.config_hash, Utc::now())
+        .start_run(Trigger::Restore, false, &ctx.config_hash, Utc::now())
         .await?;
     // Which ids are active before anything is sent: a refused restore of one
     // of those is not ours to call restored afterwards. `None` when the
@@ -207,12 +208,19 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
     let mut results = Vec::new();
     for batch in IdBatch::chunk(ids) {
         let row = store
-            .record_request(run, "restore_many", &batch, Utc::now())
+            .record_request(run, RequestKind::RestoreMany, &batch, Utc::now())
             .await?;
         match ctx.client.restore_many(&batch).await {
             Ok(()) => {
                 store
-                    .record_job_end(run, row, "completed", None, "restored", batch.ids())
+                    .record_job_end(
+                        run,
+                        row,
+                        JobRowStatus::Completed,
+                        None,
+                        Outcome::Restored,
+                        batch.ids(),
+                    )
                     .await?;
                 results.extend(batch.ids().iter().map(|id| IdResult {
                     id: *id,
@@ -225,9 +233,9 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
                     .record_job_end(
                         run,
                         row,
-                        "refused",
+                        JobRowStatus::Refused,
                         Some("an id is not soft-deleted; restoring one by one"),
-                        "not_restored",
+                        Outcome::NotRestored,
                         &[],
                     )
                     .await?;
@@ -241,9 +249,9 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
                     .record_job_end(
                         run,
                         row,
-                        "failed",
+                        JobRowStatus::Failed,
                         Some(&message),
-                        "not_restored",
+                        Outcome::NotRestored,
                         batch.ids(),
                     )
                     .await?;
@@ -280,7 +288,7 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
                     run,
                     None,
                     &active,
-                    "restored",
+                    Outcome::Restored,
                     Some("found among active tickets after the restore request was refused or its answer lost"),
                     Utc::now(),
                 )
@@ -303,7 +311,11 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
         failed,
         ..RunCounts::default()
     };
-    let status = if failed == 0 { "completed" } else { "failed" };
+    let status = if failed == 0 {
+        RunStatus::Completed
+    } else {
+        RunStatus::Failed
+    };
     let error = (failed > 0).then(|| format!("{failed} of {} tickets not restored", ids.len()));
     store
         .finish_run(run, status, &counts, error.as_deref(), Utc::now())
@@ -315,26 +327,30 @@ async fn restore_one(ctx: &CycleContext, run: i64, id: TicketId) -> anyhow::Resu
     let store = &ctx.store;
     let batch = IdBatch::new(vec![id]).expect("one id is a batch");
     let row = store
-        .record_request(run, "restore", &batch, Utc::now())
+        .record_request(run, RequestKind::Restore, &batch, Utc::now())
         .await?;
     let (status, outcome, detail) = match ctx.client.restore(id).await {
-        Ok(()) => ("completed", "restored", None),
+        Ok(()) => (JobRowStatus::Completed, Outcome::Restored, None),
         Err(ZendeskError::NotFound { .. }) => (
-            "refused",
-            "not_restored",
+            JobRowStatus::Refused,
+            Outcome::NotRestored,
             Some(
                 "not soft-deleted: already purged for good, already restored, or never deleted"
                     .to_string(),
             ),
         ),
-        Err(e) => ("failed", "not_restored", Some(e.to_string())),
+        Err(e) => (
+            JobRowStatus::Failed,
+            Outcome::NotRestored,
+            Some(e.to_string()),
+        ),
     };
     store
         .record_job_end(run, row, status, detail.as_deref(), outcome, &[id])
         .await?;
     Ok(IdResult {
         id,
-        outcome: outcome.into(),
+        outcome: outcome.as_str().into(),
         detail,
     })
 }
@@ -355,7 +371,7 @@ pub async fn purge(
     let mut settings = ctx.settings.clone();
     settings.dry_run = dry_run;
     let run = store
-        .start_run("manual_purge", dry_run, &ctx.config_hash, Utc::now())
+        .start_run(Trigger::ManualPurge, dry_run, &ctx.config_hash, Utc::now())
         .await?;
     let wanted: BTreeSet<TicketId> = ids.iter().copied().collect();
     let now = Utc::now();
@@ -452,7 +468,7 @@ pub async fn purge(
             run,
             None,
             &refused,
-            "not_sent",
+            Outcome::NotSent,
             Some("refused by a keep rule, the safety floor, or not soft-deleted"),
             Utc::now(),
         )
@@ -475,7 +491,7 @@ pub async fn purge(
             ..RunCounts::default()
         };
         store
-            .finish_run(run, "completed", &counts, None, Utc::now())
+            .finish_run(run, RunStatus::Completed, &counts, None, Utc::now())
             .await?;
         return Ok((run, results));
     }
@@ -526,7 +542,11 @@ pub async fn purge(
     store
         .finish_run(
             run,
-            if ok { "completed" } else { "failed" },
+            if ok {
+                RunStatus::Completed
+            } else {
+                RunStatus::Failed
+            },
             &counts,
             error.as_deref(),
             Utc::now(),

@@ -257,14 +257,14 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                     for r in &runs {
                         t.add_row(vec![
                             r.id.to_string(),
-                            r.trigger.clone(),
+                            r.trigger.to_string(),
                             r.started_at.clone(),
                             if r.dry_run {
                                 "dry run".into()
                             } else {
                                 "live".into()
                             },
-                            r.status.clone(),
+                            r.status.to_string(),
                             r.scanned.to_string(),
                             r.matched.to_string(),
                             r.purged.to_string(),
@@ -384,11 +384,11 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                         for j in &jobs {
                             t.add_row(vec![
                                 j.id.to_string(),
-                                j.kind.clone(),
+                                j.kind.to_string(),
                                 j.zendesk_job_id.clone().unwrap_or_default(),
                                 j.ticket_count.to_string(),
                                 j.recorded_at.clone(),
-                                j.status.clone(),
+                                j.status.to_string(),
                                 j.message.clone().unwrap_or_default(),
                             ]);
                         }

@@ -76,8 +76,8 @@ impl LedgerState {
     }
 
     /// The state a decision puts a row in.
-    pub fn of_decision(decision: &str) -> Self {
-        if matches!(decision, "purge" | "would_purge") {
+    pub fn of_decision(decision: super::DecisionKind) -> Self {
+        if decision.selects() {
             Self::Selected
         } else {
             Self::Kept
@@ -403,7 +403,7 @@ pub(super) async fn upsert_decisions(
                 .push_bind(d.subject_tags.clone())
                 .push_bind(at.clone())
                 .push_bind(at.clone())
-                .push_bind(d.decision)
+                .push_bind(d.decision.as_str())
                 .push_bind(d.rule.clone())
                 .push_bind(config_hash.clone())
                 .push_bind(LedgerState::of_decision(d.decision).as_str())
@@ -450,25 +450,26 @@ pub(super) async fn upsert_decisions(
 pub(super) async fn apply_outcome(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     tickets: &[TicketId],
-    outcome: &str,
+    outcome: super::Outcome,
     at: &str,
 ) -> anyhow::Result<()> {
+    use super::Outcome as O;
     let state = match outcome {
-        "purged" => "'purged'",
-        "unknown" => "'unknown'",
-        "confirmed_gone" => "'gone'",
-        "restored_elsewhere" | "restored" => "'restored'",
-        "scrubbed_by_zendesk" => "'scrubbed'",
-        "left_view" => "'left_view'",
+        O::Purged => "'purged'",
+        O::Unknown => "'unknown'",
+        O::ConfirmedGone => "'gone'",
+        O::RestoredElsewhere | O::Restored => "'restored'",
+        O::ScrubbedByZendesk => "'scrubbed'",
+        O::LeftView => "'left_view'",
         // back to what its decision says: sent again when still selected
-        "failed" | "not_sent" | "not_effective" | "still_present" => {
+        O::Failed | O::NotSent | O::NotEffective | O::StillPresent => {
             "CASE WHEN decision IN ('purge', 'would_purge') THEN 'selected' ELSE 'kept' END"
         }
-        _ => return Ok(()),
+        O::NotRestored | O::RestoreUnknown => return Ok(()),
     };
     // A job's word on a ticket restored beside it (by hand, while the job
     // was queued) reopens it: the next reconcile settles what became of it.
-    let states = if matches!(outcome, "purged" | "unknown") {
+    let states = if matches!(outcome, O::Purged | O::Unknown) {
         "('kept', 'selected', 'purge_requested', 'purged', 'unknown', 'restored')"
     } else {
         LIVE_SQL

@@ -21,7 +21,9 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 
 use crate::zendesk::{IdBatch, TicketId};
 
+mod kinds;
 mod ledger;
+pub use kinds::{DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 pub use ledger::{LedgerEntry, LedgerState, ListingMarks, Sighting};
 
 /// A run's row id.
@@ -56,7 +58,7 @@ pub struct DecisionRecord {
     /// Already `None` unless subjects are recorded.
     pub subject: Option<String>,
     pub rule: Option<String>,
-    pub decision: &'static str,
+    pub decision: DecisionKind,
     /// When the rules decided (the time the age conditions were read at).
     pub decided_at: DateTime<Utc>,
     /// Decided from a listing at `decided_at` (not from the ledger alone).
@@ -92,12 +94,12 @@ pub struct RunCounts {
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunRow {
     pub id: RunId,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub started_at: String,
     pub finished_at: Option<String>,
     pub dry_run: bool,
     pub config_hash: String,
-    pub status: String,
+    pub status: RunStatus,
     pub scanned: i64,
     pub matched: i64,
     pub purged: i64,
@@ -120,14 +122,14 @@ pub struct RunRow {
 pub struct JobRow {
     pub id: JobRowId,
     pub run_id: RunId,
-    pub kind: String,
+    pub kind: RequestKind,
     pub zendesk_job_id: Option<String>,
     pub ticket_ids: String,
     pub ticket_count: i64,
     pub recorded_at: String,
     pub answered_at: Option<String>,
     pub finished_at: Option<String>,
-    pub status: String,
+    pub status: JobRowStatus,
     pub message: Option<String>,
 }
 
@@ -352,7 +354,7 @@ impl AuditStore {
 
     pub async fn start_run(
         &self,
-        trigger: &str,
+        trigger: Trigger,
         dry_run: bool,
         config_hash: &str,
         now: DateTime<Utc>,
@@ -360,7 +362,7 @@ impl AuditStore {
         self.check_file()?;
         let mut tx = self.pool.begin().await?;
         let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status) VALUES (?, ?, ?, ?, 'running')")
-            .bind(trigger)
+            .bind(trigger.as_str())
             .bind(timestamp(now))
             .bind(dry_run)
             .bind(config_hash)
@@ -380,7 +382,7 @@ impl AuditStore {
     pub async fn finish_run(
         &self,
         run: RunId,
-        status: &str,
+        status: RunStatus,
         counts: &RunCounts,
         error: Option<&str>,
         now: DateTime<Utc>,
@@ -390,7 +392,7 @@ impl AuditStore {
         sqlx::query(
             "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ?, step = ?, high_water = ?, decisions_recorded = ? WHERE id = ?",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(timestamp(now))
         .bind(counts.scanned as i64)
         .bind(counts.matched as i64)
@@ -473,7 +475,7 @@ impl AuditStore {
                         .push_bind(d.previous_state.as_deref())
                         .push_bind(d.subject.as_deref())
                         .push_bind(d.rule.as_deref())
-                        .push_bind(d.decision)
+                        .push_bind(d.decision.as_str())
                         .push_bind(decided.as_str())
                         .push_bind(d.actor_name.as_deref())
                         .push_bind(d.subject_tags.as_deref());
@@ -492,7 +494,7 @@ impl AuditStore {
                         d.previous_state.as_deref(),
                         d.subject.as_deref(),
                         d.rule.as_deref(),
-                        Some(d.decision),
+                        Some(d.decision.as_str()),
                         Some(decided.as_str()),
                         d.actor_name.as_deref(),
                         d.subject_tags.as_deref(),
@@ -512,7 +514,7 @@ impl AuditStore {
     pub async fn record_request(
         &self,
         run: RunId,
-        kind: &str,
+        kind: RequestKind,
         batch: &IdBatch,
         now: DateTime<Utc>,
     ) -> anyhow::Result<JobRowId> {
@@ -520,7 +522,7 @@ impl AuditStore {
         let mut tx = self.pool.begin().await?;
         let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
             .bind(run)
-            .bind(kind)
+            .bind(kind.as_str())
             .bind(batch.to_query())
             .bind(batch.len() as i64)
             .bind(timestamp(now))
@@ -530,7 +532,7 @@ impl AuditStore {
             .last_insert_rowid();
         chain_append(&mut tx, Chained::Jobs, id, id).await?;
         chain_append(&mut tx, Chained::JobsState, id, id).await?;
-        if kind == "destroy_many" {
+        if kind == RequestKind::DestroyMany {
             ledger::apply_request(&mut tx, batch.ids(), &timestamp(now)).await?;
         }
         tx.commit()
@@ -544,7 +546,7 @@ impl AuditStore {
         &self,
         job: JobRowId,
         zendesk_job_id: Option<&str>,
-        status: &str,
+        status: JobRowStatus,
         message: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
@@ -552,7 +554,7 @@ impl AuditStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?")
             .bind(zendesk_job_id)
-            .bind(status)
+            .bind(status.as_str())
             .bind(message)
             .bind(timestamp(now))
             .bind(job)
@@ -571,16 +573,16 @@ impl AuditStore {
         &self,
         run: RunId,
         job: JobRowId,
-        status: &str,
+        status: JobRowStatus,
         message: Option<&str>,
-        outcome: &str,
+        outcome: Outcome,
         tickets: &[TicketId],
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let at = timestamp(Utc::now());
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
-            .bind(status)
+            .bind(status.as_str())
             .bind(message)
             .bind(&at)
             .bind(job)
@@ -598,7 +600,7 @@ impl AuditStore {
         run: RunId,
         job: Option<JobRowId>,
         tickets: &[TicketId],
-        outcome: &str,
+        outcome: Outcome,
         detail: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
@@ -722,13 +724,13 @@ impl AuditStore {
     pub async fn tickets_with_outcome(
         &self,
         run: RunId,
-        outcome: &str,
+        outcome: Outcome,
     ) -> anyhow::Result<Vec<TicketId>> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT ticket_id FROM outcomes WHERE run_id = ? AND outcome = ? ORDER BY ticket_id",
         )
         .bind(run)
-        .bind(outcome)
+        .bind(outcome.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(|i| i as TicketId).collect())
@@ -1245,7 +1247,7 @@ async fn insert_outcomes(
     run: RunId,
     job: Option<JobRowId>,
     tickets: &[TicketId],
-    outcome: &str,
+    outcome: Outcome,
     detail: Option<&str>,
     at: &str,
 ) -> anyhow::Result<()> {
@@ -1263,7 +1265,7 @@ async fn insert_outcomes(
             b.push_bind(run)
                 .push_bind(job)
                 .push_bind(*t as i64)
-                .push_bind(outcome)
+                .push_bind(outcome.as_str())
                 .push_bind(detail)
                 .push_bind(at);
         });
@@ -1276,7 +1278,7 @@ async fn insert_outcomes(
                     Some(run_text.as_str()),
                     job_text.as_deref(),
                     Some(ticket.as_str()),
-                    Some(outcome),
+                    Some(outcome.as_str()),
                     detail,
                     Some(at),
                 ],

@@ -19,9 +19,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{
-    AuditStore, DecisionRecord, JobRowId, LedgerEntry, LedgerState, ListingMarks, RunCounts, RunId,
-    Sighting, Unsettled, parse_ids,
+    AuditStore, DecisionKind, DecisionRecord, JobRowId, JobRowStatus, LedgerEntry, LedgerState,
+    ListingMarks, Outcome, RequestKind, RunCounts, RunId, Sighting, Unsettled, parse_ids,
 };
+pub use crate::audit::{RunStatus, Trigger};
 use crate::config::Config;
 use crate::listing::PageOrder;
 use crate::rules::{Decision, Policy};
@@ -29,44 +30,6 @@ use crate::zendesk::{
     ClientStatsSnapshot, DeletedTicket, IdBatch, JobId, JobState, JobStatus, ListOptions, SortBy,
     SortOrder, TicketId, ZendeskClient, ZendeskError,
 };
-
-/// What started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Cron,
-    Manual,
-    Demo,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cron => "cron",
-            Self::Manual => "manual",
-            Self::Demo => "demo",
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Completed,
-    Failed,
-    Interrupted,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
 
 /// The knobs of a cycle, from the config or set by tests.
 #[derive(Debug, Clone)]
@@ -315,7 +278,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         tracing::warn!(runs = ?interrupted, "earlier runs did not finish; recorded as interrupted");
     }
     let run = store
-        .start_run(trigger.as_str(), settings.dry_run, &ctx.config_hash, now)
+        .start_run(trigger, settings.dry_run, &ctx.config_hash, now)
         .await?;
     tracing::info!(
         run,
@@ -332,12 +295,12 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     let mut in_flight = IdSet::default();
     for job in store.open_jobs().await? {
         let tickets = parse_ids(&job.ticket_ids);
-        if job.kind.starts_with("restore") {
+        if job.kind != RequestKind::DestroyMany {
             settle_lost_restore(ctx, run, job.id, &tickets).await?;
             continue;
         }
         match job.zendesk_job_id {
-            Some(id) if job.kind == "destroy_many" => {
+            Some(id) => {
                 in_flight.extend(tickets.iter().copied());
                 recovered.push(OpenJob {
                     row: job.id,
@@ -345,13 +308,13 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
                     tickets,
                     since: Instant::now(),
                     misses: 0,
-                    last_status: job.status,
+                    last_status: job.status.to_string(),
                 })
             }
             _ => {
                 recovered_unknown += tickets.len() as u64;
                 store
-                    .record_job_end(run, job.id, "unknown", Some("the process stopped before Zendesk's answer was recorded; the next scan settles it"), "unknown", &tickets)
+                    .record_job_end(run, job.id, JobRowStatus::Unknown, Some("the process stopped before Zendesk's answer was recorded; the next scan settles it"), Outcome::Unknown, &tickets)
                     .await?;
             }
         }
@@ -492,7 +455,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     };
     let error = (!errors.is_empty()).then(|| errors.join("; "));
     store
-        .finish_run(run, status.as_str(), &counts, error.as_deref(), Utc::now())
+        .finish_run(run, status, &counts, error.as_deref(), Utc::now())
         .await?;
     // noted elsewhere (the log), the head lets `audit verify --expect-head`
     // find a tail removed later
@@ -539,6 +502,10 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             .increment(*n);
     }
     metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
+    metrics::counter!("zd_retention_decisions_recorded_total").increment(report.decisions_recorded);
+    for (state, n) in store.ledger_counts().await.unwrap_or_default() {
+        metrics::gauge!("zd_retention_ledger_tickets", "state" => state).set(n as f64);
+    }
     if status == RunStatus::Completed {
         metrics::gauge!("zd_retention_last_success_timestamp_seconds")
             .set(Utc::now().timestamp() as f64);
@@ -557,7 +524,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             purged = report.counts.purged,
             "run interrupted by shutdown"
         ),
-        RunStatus::Failed => tracing::error!(
+        RunStatus::Failed | RunStatus::Running => tracing::error!(
             run,
             error = report.error.as_deref().unwrap_or(""),
             "run failed"
@@ -1172,12 +1139,12 @@ async fn scan(
         for (id, prior) in not_effective {
             let (outcome, detail) = if prior == LedgerState::Purged {
                 (
-                    "not_effective",
+                    Outcome::NotEffective,
                     "reported purged earlier but listed again; decided again",
                 )
             } else {
                 (
-                    "still_present",
+                    Outcome::StillPresent,
                     "outcome was unknown; listed again and decided again",
                 )
             };
@@ -1455,7 +1422,7 @@ async fn record_not_sent(
 ) -> anyhow::Result<()> {
     result.not_sent += ids.len() as u64;
     store
-        .record_outcomes(run, None, ids, "not_sent", Some(reason), Utc::now())
+        .record_outcomes(run, None, ids, Outcome::NotSent, Some(reason), Utc::now())
         .await
 }
 
@@ -1547,10 +1514,7 @@ pub(crate) fn decision_record(
             None
         },
         rule: decision.rule().map(str::to_string),
-        decision: match decision {
-            Decision::Purge { .. } if settings.dry_run => "would_purge",
-            other => other.kind(),
-        },
+        decision: DecisionKind::of(decision, settings.dry_run),
         decided_at: now,
         listed: true,
         subject_tags: None,
@@ -1784,7 +1748,7 @@ impl PurgeWorker {
                     self.run,
                     None,
                     &restored,
-                    "not_sent",
+                    Outcome::NotSent,
                     Some("restored since its listing (found among active tickets just before purging): not purged"),
                     now,
                 )
@@ -1799,7 +1763,7 @@ impl PurgeWorker {
                     self.run,
                     None,
                     &changed,
-                    "not_sent",
+                    Outcome::NotSent,
                     Some("deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run"),
                     now,
                 )
@@ -1847,9 +1811,9 @@ impl PurgeWorker {
                     .record_job_end(
                         self.run,
                         job.row,
-                        "unknown",
+                        JobRowStatus::Unknown,
                         Some("no longer followed: purging stopped after an error"),
-                        "unknown",
+                        Outcome::Unknown,
                         &job.tickets,
                     )
                     .await;
@@ -1866,7 +1830,7 @@ impl PurgeWorker {
                 self.run,
                 None,
                 batch.ids(),
-                "not_sent",
+                Outcome::NotSent,
                 Some(reason),
                 Utc::now(),
             )
@@ -1893,7 +1857,7 @@ impl PurgeWorker {
                 for job in open {
                     self.tally.unknown += job.tickets.len() as u64;
                     self.store
-                        .record_job_end(self.run, job.row, "unknown", Some("still open when the daemon stopped following jobs at shutdown; the next run settles it"), "unknown", &job.tickets)
+                        .record_job_end(self.run, job.row, JobRowStatus::Unknown, Some("still open when the daemon stopped following jobs at shutdown; the next run settles it"), Outcome::Unknown, &job.tickets)
                         .await?;
                 }
                 return Ok(());
@@ -1950,7 +1914,7 @@ impl PurgeWorker {
         loop {
             let row = self
                 .store
-                .record_request(self.run, "destroy_many", &batch, Utc::now())
+                .record_request(self.run, RequestKind::DestroyMany, &batch, Utc::now())
                 .await?;
             tracing::debug!(ids = batch.len(), row, attempt, "sending destroy_many");
             let answer = self.client.destroy_many(&batch).await;
@@ -1960,11 +1924,11 @@ impl PurgeWorker {
                     .record_job_end(
                         self.run,
                         row,
-                        "rate_limited",
+                        JobRowStatus::RateLimited,
                         Some(&format!(
                             "{e}; sent again after the wait and a new freshness read"
                         )),
-                        "unknown",
+                        Outcome::Unknown,
                         &[],
                     )
                     .await?;
@@ -1982,9 +1946,9 @@ impl PurgeWorker {
                     .record_job_end(
                         self.run,
                         row,
-                        "unknown",
+                        JobRowStatus::Unknown,
                         Some(&message),
-                        "unknown",
+                        Outcome::Unknown,
                         batch.ids(),
                     )
                     .await?;
@@ -2010,7 +1974,7 @@ impl PurgeWorker {
                     .record_answer(
                         row,
                         Some(&job.id.0),
-                        job.status.as_str(),
+                        JobRowStatus::of(&job.status),
                         job.message.as_deref(),
                         Utc::now(),
                     )
@@ -2039,9 +2003,9 @@ impl PurgeWorker {
                             .record_job_end(
                                 self.run,
                                 row,
-                                "refused",
+                                JobRowStatus::Refused,
                                 Some(&e.to_string()),
-                                "failed",
+                                Outcome::Failed,
                                 ids,
                             )
                             .await?;
@@ -2050,7 +2014,7 @@ impl PurgeWorker {
                             anyhow::Error::new(e).context("Zendesk refused the purge request")
                         );
                     }
-                    ZendeskError::InvalidRequest { .. } => ("refused", "failed"),
+                    ZendeskError::InvalidRequest { .. } => (JobRowStatus::Refused, Outcome::Failed),
                     // 404: none of the ids is soft-deleted any more. Those
                     // active again were restored; the rest the next scan
                     // settles.
@@ -2066,9 +2030,9 @@ impl PurgeWorker {
                             .record_job_end(
                                 self.run,
                                 row,
-                                "refused",
+                                JobRowStatus::Refused,
                                 Some(&message),
-                                "unknown",
+                                Outcome::Unknown,
                                 &rest,
                             )
                             .await?;
@@ -2077,7 +2041,7 @@ impl PurgeWorker {
                                 self.run,
                                 Some(row),
                                 &restored,
-                                "restored_elsewhere",
+                                Outcome::RestoredElsewhere,
                                 Some("the purge was answered 404 and the ticket is among active tickets: restored, not purged"),
                                 Utc::now(),
                             )
@@ -2091,10 +2055,10 @@ impl PurgeWorker {
                     ZendeskError::Transient { .. }
                     | ZendeskError::Decode { .. }
                     | ZendeskError::RateLimited { .. }
-                    | ZendeskError::Refused { .. } => ("unknown", "unknown"),
+                    | ZendeskError::Refused { .. } => (JobRowStatus::Unknown, Outcome::Unknown),
                 };
-                tracing::error!(error = %e, ids = ids.len(), outcome, "purge request failed");
-                if outcome == "failed" {
+                tracing::error!(error = %e, ids = ids.len(), %outcome, "purge request failed");
+                if outcome == Outcome::Failed {
                     self.tally.failed += ids.len() as u64;
                 } else {
                     self.tally.unknown += ids.len() as u64;
@@ -2184,7 +2148,7 @@ impl PurgeWorker {
                             .record_answer(
                                 job.row,
                                 Some(&job.id.0),
-                                status.status.as_str(),
+                                JobRowStatus::of(&status.status),
                                 status.message.as_deref(),
                                 Utc::now(),
                             )
@@ -2225,9 +2189,9 @@ impl PurgeWorker {
             .record_job_end(
                 self.run,
                 job.row,
-                "unknown",
+                JobRowStatus::Unknown,
                 Some(why),
-                "unknown",
+                Outcome::Unknown,
                 &job.tickets,
             )
             .await
@@ -2236,16 +2200,16 @@ impl PurgeWorker {
     async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
         let message = status.message.clone();
         let (outcome, detail) = match (&status.status, status.results.succeeded()) {
-            (JobState::Completed, Some(true)) => ("purged", message.clone()),
+            (JobState::Completed, Some(true)) => (Outcome::Purged, message.clone()),
             (JobState::Completed, _) => (
-                "unknown",
+                Outcome::Unknown,
                 Some(format!(
                     "the job completed without full success ({}); which tickets are gone is settled by the next scan",
                     message.as_deref().unwrap_or("no message")
                 )),
             ),
             _ => (
-                "failed",
+                Outcome::Failed,
                 Some(
                     message
                         .clone()
@@ -2254,12 +2218,12 @@ impl PurgeWorker {
             ),
         };
         match outcome {
-            "purged" => {
+            Outcome::Purged => {
                 self.tally.purged += job.tickets.len() as u64;
                 self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_purged_total")
                     .await;
             }
-            "failed" => {
+            Outcome::Failed => {
                 tracing::error!(job = %job.id, status = %status.status, message = detail.as_deref().unwrap_or(""), "purge job did not succeed");
                 self.tally.failed += job.tickets.len() as u64;
                 self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_failed_total")
@@ -2271,7 +2235,7 @@ impl PurgeWorker {
             .record_job_end(
                 self.run,
                 job.row,
-                status.status.as_str(),
+                JobRowStatus::of(&status.status),
                 detail.as_deref(),
                 outcome,
                 &job.tickets,
@@ -2338,7 +2302,7 @@ async fn settle_absent(
             "tickets gone from the deleted view are active again: restored by someone, not purged"
         );
         ctx.store
-            .record_outcomes(run, None, &restored_ids, "restored_elsewhere", Some("not in the deleted view and found among active tickets: restored by someone, not purged"), now)
+            .record_outcomes(run, None, &restored_ids, Outcome::RestoredElsewhere, Some("not in the deleted view and found among active tickets: restored by someone, not purged"), now)
             .await?;
         settled.restored_elsewhere += restored_ids.len() as u64;
     }
@@ -2379,12 +2343,12 @@ async fn settle_absent(
             let (outcome, detail) = if u.outcome == "purged" {
                 settled.not_effective += 1;
                 (
-                    "not_effective",
+                    Outcome::NotEffective,
                     "reported purged earlier but deleted again since (found newest-first); decided again when reached",
                 )
             } else {
                 (
-                    "still_present",
+                    Outcome::StillPresent,
                     "deleted again since its listing (found newest-first); decided again when reached",
                 )
             };
@@ -2424,22 +2388,22 @@ async fn settle_absent(
     for (ids, outcome, detail) in [
         (
             &restored,
-            "restored_elsewhere",
+            Outcome::RestoredElsewhere,
             "not in the deleted view and found among active tickets: restored by someone, not purged",
         ),
         (
             &gone,
-            "confirmed_gone",
+            Outcome::ConfirmedGone,
             "neither in the deleted view (read newest-first back to its listing) nor among active tickets",
         ),
         (
             &left,
-            "left_view",
+            Outcome::LeftView,
             "kept, and now neither in the deleted view nor among active tickets: deleted for good by someone else, or scrubbed by Zendesk",
         ),
         (
             &scrubbed,
-            "scrubbed_by_zendesk",
+            Outcome::ScrubbedByZendesk,
             "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
         ),
     ] {
@@ -2483,9 +2447,9 @@ async fn settle_lost_restore(
             .record_job_end(
                 run,
                 row,
-                "unknown",
+                JobRowStatus::Unknown,
                 Some("the process stopped before the restore's answer was recorded, and the lookup failed: see audit ticket"),
-                "restore_unknown",
+                Outcome::RestoreUnknown,
                 tickets,
             )
             .await;
@@ -2495,14 +2459,21 @@ async fn settle_lost_restore(
         tickets.iter().partition(|id| active.contains(id));
     let message = "the process stopped before the restore's answer was recorded; settled by looking the tickets up among active tickets";
     ctx.store
-        .record_job_end(run, row, "unknown", Some(message), "restored", &done)
+        .record_job_end(
+            run,
+            row,
+            JobRowStatus::Unknown,
+            Some(message),
+            Outcome::Restored,
+            &done,
+        )
         .await?;
     ctx.store
         .record_outcomes(
             run,
             Some(row),
             &not,
-            "not_restored",
+            Outcome::NotRestored,
             Some("not among active tickets after the restore's answer was lost"),
             Utc::now(),
         )

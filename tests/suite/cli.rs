@@ -268,7 +268,11 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
             completed = store
                 .runs(None, 100)
                 .await
-                .map(|r| r.iter().filter(|r| r.status == "completed").count())
+                .map(|r| {
+                    r.iter()
+                        .filter(|r| r.status == zd_retention::audit::RunStatus::Completed)
+                        .count()
+                })
                 .unwrap_or(0);
             store.close().await;
             if completed >= 2 {
@@ -325,7 +329,8 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let runs = store.runs(None, 100).await.unwrap();
     assert!(
-        runs.iter().all(|r| r.status != "running"),
+        runs.iter()
+            .all(|r| r.status != zd_retention::audit::RunStatus::Running),
         "no run is left running"
     );
     // runs never overlap: each starts after the previous one finished

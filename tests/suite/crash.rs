@@ -284,10 +284,14 @@ async fn harness(profile: Option<Profile>) {
     let store = AuditStore::open_read_only(&db).await.unwrap();
     let runs = store.runs(None, 1000).await.unwrap();
     assert!(
-        runs.iter().all(|r| r.status != "running"),
+        runs.iter()
+            .all(|r| r.status != zd_retention::audit::RunStatus::Running),
         "every killed run is marked interrupted"
     );
-    let interrupted = runs.iter().filter(|r| r.status == "interrupted").count();
+    let interrupted = runs
+        .iter()
+        .filter(|r| r.status == zd_retention::audit::RunStatus::Interrupted)
+        .count();
     eprintln!(
         "{} runs: {interrupted} interrupted, {} completed",
         runs.len(),

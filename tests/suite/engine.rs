@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sqlx::Row;
+use zd_retention::audit::RequestKind;
 use zd_retention::cycle::{RunStatus, Trigger, run_cycle};
 use zd_retention::rules::{Policy, RetentionRule, RuleAction};
 use zd_retention::sandbox::{Faults, SandboxOptions};
@@ -330,7 +331,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     // a crash between recording a request and its answer
     let store = &e.ctx.store;
     let crashed = store
-        .start_run("cron", false, "old", chrono::Utc::now())
+        .start_run(Trigger::Cron, false, "old", chrono::Utc::now())
         .await
         .unwrap();
     let old = chrono::Utc::now() - chrono::Duration::days(20);
@@ -343,7 +344,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
             previous_state: Some("closed".into()),
             subject: None,
             rule: Some("closed-after-7-days".into()),
-            decision: "purge",
+            decision: zd_retention::audit::DecisionKind::Purge,
             decided_at: chrono::Utc::now(),
             listed: true,
             subject_tags: None,
@@ -352,7 +353,12 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     store.record_decisions(crashed, &decided).await.unwrap();
     let ghost = zd_retention::zendesk::IdBatch::new(vec![1, 2]).unwrap();
     store
-        .record_request(crashed, "destroy_many", &ghost, chrono::Utc::now())
+        .record_request(
+            crashed,
+            RequestKind::DestroyMany,
+            &ghost,
+            chrono::Utc::now(),
+        )
         .await
         .unwrap();
 
@@ -362,7 +368,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     let whole = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(whole.step, "reconcile");
     let old = store.run(crashed).await.unwrap().unwrap();
-    assert_eq!(old.status, "interrupted");
+    assert_eq!(old.status, zd_retention::audit::RunStatus::Interrupted);
     let job: String = sqlx::query_scalar("SELECT status FROM jobs WHERE run_id = ?")
         .bind(crashed)
         .fetch_one(store.pool())

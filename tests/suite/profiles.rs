@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::Utc;
+use zd_retention::audit::{JobRowStatus, Outcome, RequestKind};
 use zd_retention::cycle::{RunStatus, Trigger, run_cycle};
 use zd_retention::rules::{Policy, RetentionRule, RuleAction};
 use zd_retention::sandbox::{
@@ -437,7 +438,12 @@ async fn a_restore_whose_answer_was_lost_is_reported_restored() {
         assert_eq!(r.outcome, "restored", "{r:?}");
     }
     let row = e.ctx.store.run(run).await.unwrap().unwrap();
-    assert_eq!(row.status, "completed", "{:?}", row.error);
+    assert_eq!(
+        row.status,
+        zd_retention::audit::RunStatus::Completed,
+        "{:?}",
+        row.error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,12 +455,12 @@ async fn a_restore_left_pending_by_a_crash_is_settled_as_restored_not_purged() {
     // an earlier process recorded the restore and died before the answer
     let store = &e.ctx.store;
     let run = store
-        .start_run("restore", false, "test", Utc::now())
+        .start_run(Trigger::Restore, false, "test", Utc::now())
         .await
         .unwrap();
     let batch = zd_retention::zendesk::IdBatch::new(ids.clone()).unwrap();
     store
-        .record_request(run, "restore_many", &batch, Utc::now())
+        .record_request(run, RequestKind::RestoreMany, &batch, Utc::now())
         .await
         .unwrap();
     for id in &ids {
@@ -688,7 +694,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
     // an earlier run decided it and lost the answer of its purge
     let store = &e.ctx.store;
     let run = store
-        .start_run("cron", false, "test", Utc::now())
+        .start_run(Trigger::Cron, false, "test", Utc::now())
         .await
         .unwrap();
     let decision = zd_retention::audit::DecisionRecord {
@@ -699,7 +705,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
         previous_state: Some(old.previous_state.clone()),
         subject: None,
         rule: Some("closed-after-7-days".into()),
-        decision: "purge",
+        decision: zd_retention::audit::DecisionKind::Purge,
         decided_at: Utc::now(),
         listed: true,
         subject_tags: None,
@@ -710,7 +716,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
             run,
             None,
             &[old.id],
-            "unknown",
+            Outcome::Unknown,
             Some("answer lost"),
             Utc::now(),
         )
@@ -906,18 +912,18 @@ async fn a_run_after_a_crash_follows_the_open_jobs_and_does_not_purge_their_tick
     // an earlier process decided, sent one batch, recorded its job, and died
     let store = &e.ctx.store;
     let run = store
-        .start_run("cron", false, "test", Utc::now())
+        .start_run(Trigger::Cron, false, "test", Utc::now())
         .await
         .unwrap();
     let sent: Vec<u64> = tickets.iter().take(100).map(|t| t.id).collect();
     let batch = zd_retention::zendesk::IdBatch::new(sent.clone()).unwrap();
     let row = store
-        .record_request(run, "destroy_many", &batch, Utc::now())
+        .record_request(run, RequestKind::DestroyMany, &batch, Utc::now())
         .await
         .unwrap();
     let job = e.ctx.client.destroy_many(&batch).await.unwrap();
     store
-        .record_answer(row, Some(&job.id.0), "queued", None, Utc::now())
+        .record_answer(row, Some(&job.id.0), JobRowStatus::Queued, None, Utc::now())
         .await
         .unwrap();
 

@@ -325,7 +325,7 @@ async fn a_second_once_on_the_same_database_exits_1_naming_the_first() {
         .unwrap();
     let runs = store.runs(None, 10).await.unwrap();
     assert_eq!(runs.len(), 1, "the second wrote nothing");
-    assert_eq!(runs[0].status, "completed");
+    assert_eq!(runs[0].status, zd_retention::audit::RunStatus::Completed);
     assert_eq!(runs[0].purged as usize, sb.purged_ids().len());
 }
 
@@ -355,7 +355,11 @@ async fn two_daemons_are_active_and_standby_and_the_standby_takes_over_after_sig
                 let n = store
                     .runs(None, 1000)
                     .await
-                    .map(|r| r.iter().filter(|r| r.status == "completed").count())
+                    .map(|r| {
+                        r.iter()
+                            .filter(|r| r.status == zd_retention::audit::RunStatus::Completed)
+                            .count()
+                    })
                     .unwrap_or(0);
                 store.close().await;
                 n

@@ -1,0 +1,229 @@
+//! The closed vocabularies of the audit log, as Rust enums stored as text.
+//! Each has its `CHECK` in the schema (migration 0008: triggers, since
+//! SQLite cannot add a `CHECK` to an existing table), so that no state is a
+//! bare string on either side.
+
+use serde::Serialize;
+
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::Type)]
+        #[serde(rename_all = "snake_case")]
+        #[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// What became of a ticket, as Zendesk told or a later walk proved.
+    Outcome {
+        /// Reported purged by a completed job.
+        Purged => "purged",
+        /// In a failed or killed job, or refused.
+        Failed => "failed",
+        /// Its job's end was not seen; a reconcile settles it.
+        Unknown => "unknown",
+        /// Selected but never sent (a limit, a failure, a change, shutdown).
+        NotSent => "not_sent",
+        /// Absent from the view and not active: the purge took effect.
+        ConfirmedGone => "confirmed_gone",
+        /// Reported purged, listed again.
+        NotEffective => "not_effective",
+        /// Unknown, listed again.
+        StillPresent => "still_present",
+        /// Restored by hand through zd-retention.
+        Restored => "restored",
+        /// Not restored by a restore request.
+        NotRestored => "not_restored",
+        /// A restore whose answer was lost and could not be looked up.
+        RestoreUnknown => "restore_unknown",
+        /// Absent from the view, found among the active tickets.
+        RestoredElsewhere => "restored_elsewhere",
+        /// An unknown outcome, gone, deleted more than 30 days ago.
+        ScrubbedByZendesk => "scrubbed_by_zendesk",
+        /// A kept ticket gone from the view and not active.
+        LeftView => "left_view",
+    }
+}
+
+text_enum! {
+    /// A write request's state in the `jobs` table.
+    JobRowStatus {
+        /// Recorded, not answered yet.
+        Pending => "pending",
+        Queued => "queued",
+        Working => "working",
+        Completed => "completed",
+        Failed => "failed",
+        Killed => "killed",
+        /// Zendesk refused the request (4xx).
+        Refused => "refused",
+        /// Answered 429: not carried out, sent again after the wait.
+        RateLimited => "rate_limited",
+        /// Its end was not seen (timeout, lost answer, shutdown).
+        Unknown => "unknown",
+    }
+}
+
+text_enum! {
+    /// The kind of a write request.
+    RequestKind {
+        DestroyMany => "destroy_many",
+        RestoreMany => "restore_many",
+        /// A single restore (`PUT deleted_tickets/{id}/restore`).
+        Restore => "restore",
+    }
+}
+
+text_enum! {
+    /// What the rules decided, as recorded.
+    DecisionKind {
+        Purge => "purge",
+        /// A purge decision in a dry run.
+        WouldPurge => "would_purge",
+        KeepRule => "keep_rule",
+        KeepNoRule => "keep_no_rule",
+        KeepProtected => "keep_protected",
+        KeepTooYoung => "keep_too_young",
+        KeepUnknownAge => "keep_unknown_age",
+    }
+}
+
+text_enum! {
+    /// What started a run.
+    Trigger {
+        Cron => "cron",
+        Manual => "manual",
+        Demo => "demo",
+        /// `zd-retention restore`.
+        Restore => "restore",
+        /// `zd-retention purge`.
+        ManualPurge => "manual_purge",
+    }
+}
+
+text_enum! {
+    /// Where a run stands.
+    RunStatus {
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Interrupted => "interrupted",
+    }
+}
+
+impl DecisionKind {
+    /// Whether the decision selects the ticket for a purge.
+    pub fn selects(self) -> bool {
+        matches!(self, Self::Purge | Self::WouldPurge)
+    }
+
+    pub fn of(decision: &crate::rules::Decision, dry_run: bool) -> Self {
+        use crate::rules::{Decision, KeepReason};
+        match decision {
+            Decision::Purge { .. } if dry_run => Self::WouldPurge,
+            Decision::Purge { .. } => Self::Purge,
+            Decision::Keep(KeepReason::Rule(_)) => Self::KeepRule,
+            Decision::Keep(KeepReason::NoRuleMatched) => Self::KeepNoRule,
+            Decision::Keep(KeepReason::Protected) => Self::KeepProtected,
+            Decision::Keep(KeepReason::TooYoung { .. }) => Self::KeepTooYoung,
+            Decision::Keep(KeepReason::UnknownAge { .. }) => Self::KeepUnknownAge,
+        }
+    }
+}
+
+impl JobRowStatus {
+    /// A job still to be followed.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Queued | Self::Working)
+    }
+
+    /// The row's status for a state Zendesk reported; a state it does not
+    /// document is followed as working.
+    pub fn of(state: &crate::zendesk::JobState) -> Self {
+        use crate::zendesk::JobState;
+        match state {
+            JobState::Queued => Self::Queued,
+            JobState::Working | JobState::Other(_) => Self::Working,
+            JobState::Completed => Self::Completed,
+            JobState::Failed => Self::Failed,
+            JobState::Killed => Self::Killed,
+        }
+    }
+}
+
+/// The `CHECK` of migration 0008 lists exactly these values (a unit test
+/// reads the migration).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed_in_migration(column: &str, values: &[&str]) {
+        let sql = include_str!("../../migrations/0008_closed_vocabularies.sql");
+        let start = sql
+            .find(&format!("-- {column}:"))
+            .unwrap_or_else(|| panic!("{column} has no check in migration 0008"));
+        let check = &sql[start..];
+        let end = check.find(";\nEND;").unwrap();
+        let check = &check[..end];
+        for v in values {
+            assert!(
+                check.contains(&format!("'{v}'")),
+                "{column}: {v} is not allowed by the migration"
+            );
+        }
+        let quoted = check.matches('\'').count() / 2;
+        assert_eq!(
+            quoted,
+            values.len() + 1,
+            "{column}: the migration allows other values"
+        );
+    }
+
+    #[test]
+    fn every_value_round_trips_and_the_schema_allows_exactly_these() {
+        macro_rules! check {
+            ($ty:ident, $column:literal) => {
+                let texts: Vec<&str> = $ty::ALL.iter().map(|v| v.as_str()).collect();
+                for v in $ty::ALL {
+                    assert_eq!($ty::parse(v.as_str()), Some(*v));
+                    let json = serde_json::to_string(v).unwrap();
+                    assert_eq!(json, format!("\"{}\"", v.as_str()));
+                }
+                listed_in_migration($column, &texts);
+            };
+        }
+        check!(Outcome, "outcomes.outcome");
+        check!(JobRowStatus, "jobs.status");
+        check!(RequestKind, "jobs.kind");
+        check!(DecisionKind, "decisions.decision");
+        check!(Trigger, "runs.trigger");
+        check!(RunStatus, "runs.status");
+    }
+}
