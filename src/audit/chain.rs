@@ -1,0 +1,481 @@
+//! Tamper evidence: every insert into runs, decisions, jobs, outcomes and
+//! pruned appends a chain entry hashing the rows it added; every change of a
+//! run's or job's state appends their new values. `verify` recomputes it.
+
+use super::*;
+
+impl AuditStore {
+    /// Recomputes the hash chain; names the first row changed or removed,
+    /// or added outside the chain.
+    pub async fn verify_chain(&self) -> anyhow::Result<ChainReport> {
+        use futures::TryStreamExt;
+        let mut conn = self.pool.acquire().await?;
+        let entries: Vec<(i64, String, i64, i64, String, String, String)> = sqlx::query_as(
+            "SELECT seq, tbl, first_id, last_id, digests, prev, hash FROM audit_chain ORDER BY seq",
+        )
+        .fetch(&mut *conn)
+        .try_collect()
+        .await?;
+        let mut report = ChainReport {
+            entries: entries.len() as i64,
+            rows: 0,
+            pruned: 0,
+            head: "genesis".into(),
+            problem: None,
+        };
+        let mut covered: HashMap<&'static str, i64> = HashMap::new();
+        // rows that `audit.keep_details` pruned: absent by design (the
+        // pruned table is itself chained, below)
+        let pruned: std::collections::HashSet<(String, i64)> =
+            sqlx::query_as::<_, (String, i64)>("SELECT tbl, row_id FROM pruned")
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+        // the row ranges each insert entry covers, per table
+        let mut ranges: HashMap<&'static str, Vec<(i64, i64)>> = HashMap::new();
+        // the latest recorded state of each run and job: (entry, digest)
+        let mut states: HashMap<(&'static str, i64), (i64, String)> = HashMap::new();
+        for (seq, tbl, first, last, digests, prev, hash) in &entries {
+            if *prev != report.head {
+                report.problem = Some(format!(
+                    "chain entry {seq} does not follow entry {}: an entry was changed or removed",
+                    seq - 1
+                ));
+                return Ok(report);
+            }
+            if entry_hash(prev, tbl, *first, *last, digests) != *hash {
+                report.problem = Some(format!(
+                    "chain entry {seq} ({tbl} rows {first} to {last}) was altered"
+                ));
+                return Ok(report);
+            }
+            let Some(table) = Chained::parse(tbl) else {
+                report.problem = Some(format!("chain entry {seq} names an unknown table {tbl:?}"));
+                return Ok(report);
+            };
+            if Chained::STATES.contains(&table) {
+                // a state is checked against the latest one recorded, below
+                for (i, id) in (*first..=*last).enumerate() {
+                    let digest = digests.get(i * 16..i * 16 + 16).unwrap_or("").to_string();
+                    states.insert((table.entry_name(), id), (*seq, digest));
+                }
+                report.head = hash.clone();
+                continue;
+            }
+            ranges
+                .entry(table.table())
+                .or_default()
+                .push((*first, *last));
+            let current: HashMap<i64, String> = row_digests(&mut conn, table, *first, *last)
+                .await?
+                .into_iter()
+                .collect();
+            for (i, id) in (*first..=*last).enumerate() {
+                let expected = digests.get(i * 16..i * 16 + 16).unwrap_or("");
+                match current.get(&id) {
+                    None if pruned.contains(&(tbl.clone(), id)) => report.pruned += 1,
+                    None => {
+                        report.problem =
+                            Some(format!("row {id} of {tbl} was removed (chain entry {seq})"));
+                        return Ok(report);
+                    }
+                    Some(d) if d != expected => {
+                        report.problem =
+                            Some(format!("row {id} of {tbl} was changed (chain entry {seq})"));
+                        return Ok(report);
+                    }
+                    Some(_) => report.rows += 1,
+                }
+            }
+            let top = covered.entry(table.table()).or_default();
+            *top = (*top).max(*last);
+            report.head = hash.clone();
+        }
+        for table in Chained::ALL {
+            let unchained: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT MIN(id) FROM {} WHERE id > ?",
+                table.table()
+            )))
+            .bind(covered.get(table.table()).copied().unwrap_or(0))
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(id) = unchained {
+                report.problem = Some(format!(
+                    "row {id} of {} is not in the chain: it was added outside zd-retention",
+                    table.table()
+                ));
+                return Ok(report);
+            }
+            // ids the chain never gives out (zero, negative) and rows in
+            // the gaps between the chained ranges
+            let below: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT MIN(id) FROM {} WHERE id < 1",
+                table.table()
+            )))
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(id) = below {
+                report.problem = Some(format!(
+                    "row {id} of {} has an id the chain never gives out: it was added outside zd-retention",
+                    table.table()
+                ));
+                return Ok(report);
+            }
+            let mut spans = ranges.remove(table.table()).unwrap_or_default();
+            spans.sort_unstable();
+            let mut next_expected = 1;
+            for (first, last) in spans {
+                if first > next_expected {
+                    let stray: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "SELECT MIN(id) FROM {} WHERE id >= ? AND id < ?",
+                        table.table()
+                    )))
+                    .bind(next_expected)
+                    .bind(first)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    if let Some(id) = stray {
+                        report.problem = Some(format!(
+                            "row {id} of {} is not in the chain: it was added outside zd-retention",
+                            table.table()
+                        ));
+                        return Ok(report);
+                    }
+                }
+                next_expected = next_expected.max(last + 1);
+            }
+        }
+        // every run's and job's state as last recorded
+        for table in Chained::STATES {
+            let current = row_digests(&mut conn, table, i64::MIN, i64::MAX).await?;
+            for (id, digest) in current {
+                match states.get(&(table.entry_name(), id)) {
+                    None => {
+                        report.problem = Some(format!(
+                            "row {id} of {} has no recorded state: it was added outside zd-retention",
+                            table.table()
+                        ));
+                        return Ok(report);
+                    }
+                    Some((seq, recorded)) if *recorded != digest => {
+                        report.problem = Some(format!(
+                            "row {id} of {} was changed after its last recorded state (status, figures or job id; chain entry {seq})",
+                            table.table()
+                        ));
+                        return Ok(report);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        // the derived counts that `audit run` and `audit stats` read
+        let forged: Option<(i64, String)> = sqlx::query_as(
+            "WITH whole AS (SELECT run_id FROM run_decision_counts
+                            EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
+             SELECT run_id, decision FROM (
+                 SELECT run_id, decision, rule, count FROM run_decision_counts
+                 WHERE run_id IN whole
+                 EXCEPT
+                 SELECT run_id, decision, rule, COUNT(*) FROM decisions
+                 WHERE run_id IN whole
+                 GROUP BY run_id, decision, rule)
+             UNION ALL
+             SELECT run_id, decision FROM (
+                 SELECT run_id, decision, rule, COUNT(*) FROM decisions
+                 WHERE run_id IN whole
+                 GROUP BY run_id, decision, rule
+                 EXCEPT
+                 SELECT run_id, decision, rule, count FROM run_decision_counts
+                 WHERE run_id IN whole)
+             LIMIT 1",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((run, decision)) = forged {
+            report.problem = Some(format!(
+                "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"
+            ));
+            return Ok(report);
+        }
+        Ok(report)
+    }
+
+    /// The chain's last entry number and hash (`genesis` before any).
+    pub async fn chain_head(&self) -> anyhow::Result<(i64, String)> {
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(head.unwrap_or((0, "genesis".into())))
+    }
+
+    /// Whether an entry with this hash is in the chain.
+    pub async fn chain_contains(&self, hash: &str) -> anyhow::Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_chain WHERE hash = ?")
+                .bind(hash)
+                .fetch_one(&self.pool)
+                .await?
+                > 0,
+        )
+    }
+
+    /// A database written before the runs' and jobs' states were chained:
+    /// their states as they are now are recorded once, so that from here on
+    /// every change is covered (earlier changes were not, and cannot be).
+    pub(super) async fn seal_states(&self) -> anyhow::Result<()> {
+        let sealed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit_chain WHERE tbl IN ('runs.state', 'jobs.state')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if sealed > 0 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (table, state) in [("runs", Chained::RunsState), ("jobs", Chained::JobsState)] {
+            let ids: Vec<i64> =
+                sqlx::query_scalar(AssertSqlSafe(format!("SELECT id FROM {table} ORDER BY id")))
+                    .fetch_all(&mut *tx)
+                    .await?;
+            for id in ids {
+                chain_append(&mut tx, state, id, id).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks that every run's and job's state is the one last chained: a
+    /// writer never builds on a row changed outside zd-retention (a crash
+    /// recovery would otherwise chain the forged values as its own). Cheap:
+    /// runs and jobs are few, and an index finds each latest state.
+    pub async fn check_states(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        for table in Chained::STATES {
+            let latest: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+                "SELECT c.first_id, c.digests FROM audit_chain c
+                 WHERE c.tbl = ? AND c.seq = (SELECT MAX(seq) FROM audit_chain WHERE tbl = c.tbl AND first_id = c.first_id)",
+            )
+            .bind(table.entry_name())
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+            for (id, digest) in row_digests(&mut conn, table, i64::MIN, i64::MAX).await? {
+                if latest.get(&id) != Some(&digest) {
+                    anyhow::bail!(
+                        "row {id} of {} was changed outside zd-retention since its last recorded state: the audit database is not trusted, and nothing more is written to it; run `zd-retention audit verify` and restore the database from a backup",
+                        table.table()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The tables the chain covers, with their columns that never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chained {
+    Runs,
+    Decisions,
+    Jobs,
+    Outcomes,
+    /// Rows pruned by `audit.keep_details`.
+    Pruned,
+    /// The columns of a run that change (status, figures, error): each
+    /// change appends their new values, so an UPDATE outside is seen.
+    RunsState,
+    /// The columns of a job that change (Zendesk's job id, status, times).
+    JobsState,
+}
+
+impl Chained {
+    /// The tables whose rows are inserted under the chain.
+    pub(super) const ALL: [Chained; 5] = [
+        Chained::Runs,
+        Chained::Decisions,
+        Chained::Jobs,
+        Chained::Outcomes,
+        Chained::Pruned,
+    ];
+    /// The mutable states, chained at every change.
+    pub(super) const STATES: [Chained; 2] = [Chained::RunsState, Chained::JobsState];
+
+    pub(super) fn table(self) -> &'static str {
+        match self {
+            Self::Runs | Self::RunsState => "runs",
+            Self::Decisions => "decisions",
+            Self::Jobs | Self::JobsState => "jobs",
+            Self::Outcomes => "outcomes",
+            Self::Pruned => "pruned",
+        }
+    }
+
+    /// The name a chain entry carries.
+    pub(super) fn entry_name(self) -> &'static str {
+        match self {
+            Self::RunsState => "runs.state",
+            Self::JobsState => "jobs.state",
+            other => other.table(),
+        }
+    }
+
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .chain(Self::STATES)
+            .find(|c| c.entry_name() == name)
+    }
+
+    /// How many chained columns the first schema had; later ones follow.
+    pub(super) fn base_columns(self) -> usize {
+        match self {
+            Self::RunsState => 13,
+            Self::Decisions => 9,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Every chained column as text, in a fixed order.
+    pub(super) fn select(self) -> &'static str {
+        match self {
+            Self::Runs => {
+                "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Decisions => {
+                "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Jobs => {
+                "SELECT id, CAST(run_id AS TEXT), CAST(kind AS TEXT), CAST(ticket_ids AS TEXT), CAST(ticket_count AS TEXT), CAST(recorded_at AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Outcomes => {
+                "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::Pruned => {
+                "SELECT id, CAST(tbl AS TEXT), CAST(row_id AS TEXT), CAST(run_id AS TEXT), CAST(what AS TEXT), CAST(pruned_at AS TEXT) FROM pruned WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::RunsState => {
+                "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::JobsState => {
+                "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+        }
+    }
+}
+
+/// Each row's id and a 16-hex digest of its chained columns.
+pub(super) async fn row_digests(
+    conn: &mut sqlx::SqliteConnection,
+    table: Chained,
+    first: i64,
+    last: i64,
+) -> anyhow::Result<Vec<(i64, String)>> {
+    let rows = sqlx::query(table.select())
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let id: i64 = r.try_get(0)?;
+            let values = (1..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((id, row_digest(table, values.iter().map(Option::as_deref))))
+        })
+        .collect()
+}
+
+pub(super) fn entry_hash(prev: &str, table: &str, first: i64, last: i64, digests: &str) -> String {
+    hex::encode(Sha256::digest(
+        format!("{prev}\x1e{table}\x1e{first}\x1e{last}\x1e{digests}").as_bytes(),
+    ))
+}
+
+/// Appends a chain entry for rows `first..=last` just written in `tx`. Called
+/// after the rows' insert, which already holds the write lock, so that the
+/// chain's head cannot move under it.
+/// A row's digest: its chained columns as text (as `CAST(.. AS TEXT)` gives
+/// them), NULL distinct from empty. Writers compute it from the values they
+/// bind; `audit verify` from the values it reads back.
+pub(super) fn row_digest<'a>(
+    table: Chained,
+    values: impl IntoIterator<Item = Option<&'a str>>,
+) -> String {
+    let mut values: Vec<Option<&str>> = values.into_iter().collect();
+    // columns added later count only once set: rows chained before they
+    // existed keep their digests
+    while values.len() > table.base_columns() && values.last() == Some(&None) {
+        values.pop();
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(table.entry_name().as_bytes());
+    for value in values {
+        hasher.update([0x1f]);
+        match value {
+            Some(v) => hasher.update(v.as_bytes()),
+            None => hasher.update([0]),
+        }
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// Appends a chain entry for rows `first..=last` whose digests the writer
+/// computed from what it inserted.
+pub(super) async fn chain_append_digests(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    table: Chained,
+    first: i64,
+    last: i64,
+    digests: String,
+) -> anyhow::Result<()> {
+    let prev: Option<String> =
+        sqlx::query_scalar("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let prev = prev.unwrap_or_else(|| "genesis".into());
+    let hash = entry_hash(&prev, table.entry_name(), first, last, &digests);
+    sqlx::query("INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(table.entry_name())
+        .bind(first)
+        .bind(last)
+        .bind(digests)
+        .bind(prev)
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn chain_append(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    table: Chained,
+    first: i64,
+    last: i64,
+) -> anyhow::Result<()> {
+    // single rows (runs, jobs): read back rather than restate their columns
+    let digests: String = row_digests(&mut *tx, table, first, last)
+        .await?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    chain_append_digests(tx, table, first, last, digests).await
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    pub entries: i64,
+    pub rows: i64,
+    /// Rows pruned by `audit.keep_details` (their digests checked in the
+    /// chain, the rows themselves gone by design).
+    pub pruned: i64,
+    /// The chain's last hash: note it elsewhere to detect a truncated chain.
+    pub head: String,
+    /// The first problem, naming the table and row.
+    pub problem: Option<String>,
+}

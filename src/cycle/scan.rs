@@ -1,0 +1,958 @@
+//! The listing step of a run (backlog, refresh or reconcile), the ledger
+//! comparison that records only first sightings and changes, the decisions
+//! made from the ledger, and the selection handed to the purge worker.
+
+use super::*;
+
+/// What the scan found.
+#[derive(Debug)]
+pub(super) struct ScanResult {
+    /// Distinct tickets listed and decided.
+    pub(super) scanned: u64,
+    /// Tickets whose latest listing a purge rule selected.
+    pub(super) matched: u64,
+    pub(super) matched_by_rule: BTreeMap<String, u64>,
+    pub(super) kept: BTreeMap<String, u64>,
+    pub(super) early_stop: bool,
+    /// `sorted` or `full`, and why.
+    pub(super) scan: &'static str,
+    pub(super) scan_reason: String,
+    /// The cursor listing's order was proven this run.
+    pub(super) cursor_proven: bool,
+    /// Listing requests of the order proof.
+    pub(super) proof_requests: u64,
+    pub(super) cancelled: bool,
+    pub(super) not_effective: u64,
+    pub(super) not_sent: u64,
+    /// Listings of a ticket already listed in this scan.
+    pub(super) relisted: u64,
+    /// The walk may have missed tickets (its order broke after it began
+    /// sorted): absence proves nothing this run.
+    pub(super) incomplete_walk: bool,
+    /// Empty pages in a row that still said there was more.
+    pub(super) empty_pages: u32,
+    /// Selected, but already in a purge job an earlier process sent (that
+    /// job is followed instead).
+    pub(super) in_flight: u64,
+    /// Tickets not purged because their listings disagreed or the freshness
+    /// read found them deleted again.
+    pub(super) changed_during_scan: u64,
+    pub(super) error: Option<String>,
+    /// Which listing the run made.
+    pub(super) step: Step,
+    /// When the listing began: the ledger is current as of then.
+    pub(super) walk_started: DateTime<Utc>,
+    /// The newest deletion known once the listing finished whole.
+    pub(super) high_water: Option<DateTime<Utc>>,
+    /// Live ledger rows a whole walk did not list: settled after it.
+    pub(super) absent: Vec<LedgerEntry>,
+    /// Decision rows written (first sightings and changes only).
+    pub(super) decisions_recorded: u64,
+    /// Live ledger rows decided again without a listing.
+    pub(super) decided_from_ledger: u64,
+}
+
+impl ScanResult {
+    pub(super) fn finished(&self) -> bool {
+        !self.cancelled && self.error.is_none()
+    }
+}
+
+/// A ticket whose latest listing a purge rule selected.
+#[derive(Debug, Clone)]
+pub(super) struct Chosen {
+    pub(super) rule: String,
+    pub(super) listed: ListedAs,
+    pub(super) listed_at: DateTime<Utc>,
+}
+
+/// Ids in a set with a fast hash.
+pub(super) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
+
+/// Every id a scan listed: a full scan of a million tickets keeps them all,
+/// in 4 bytes each while they fit (Zendesk's ids do, in practice), 8 after.
+#[derive(Debug)]
+pub(super) enum SeenIds {
+    Narrow(std::collections::HashSet<u32, foldhash::fast::RandomState>),
+    Wide(IdSet),
+}
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        Self::Narrow(Default::default())
+    }
+}
+
+impl SeenIds {
+    /// `true` when the id was not listed before.
+    fn insert(&mut self, id: TicketId) -> bool {
+        match self {
+            Self::Narrow(narrow) => match u32::try_from(id) {
+                Ok(small) => narrow.insert(small),
+                Err(_) => {
+                    let mut wide: IdSet = narrow.drain().map(TicketId::from).collect();
+                    let new = wide.insert(id);
+                    *self = Self::Wide(wide);
+                    new
+                }
+            },
+            Self::Wide(wide) => wide.insert(id),
+        }
+    }
+}
+
+/// The scan's view of the selection: latest listing wins, disagreeing
+/// listings are never purged in this run.
+#[derive(Debug, Default)]
+pub(super) struct Selection {
+    /// Every id listed (4 or 8 bytes each); what a purge rule chose is in
+    /// `chosen` with its listing.
+    pub(super) seen: SeenIds,
+    pub(super) chosen: HashMap<TicketId, Chosen>,
+    /// Selected by a purge rule in one listing and not in another, or
+    /// selected twice with different deletion data: not purged this run.
+    pub(super) disagreed_selected: IdSet,
+    /// Ids already handed to the purge worker (pipelining only).
+    pub(super) released: IdSet,
+    /// Chosen ids in the order first chosen (may repeat; filtered on use).
+    pub(super) order: Vec<TicketId>,
+}
+
+impl Selection {
+    /// The ids to send now: chosen by their latest listing, never disagreed,
+    /// not sent before, each once, in listing order.
+    fn take_sendable(&mut self) -> Vec<TicketId> {
+        let order = std::mem::take(&mut self.order);
+        let mut out = Vec::new();
+        for id in order {
+            if self.chosen.contains_key(&id)
+                && !self.disagreed_selected.contains(&id)
+                && self.released.insert(id)
+            {
+                out.push(id);
+            }
+        }
+        out
+    }
+
+    /// Like `take_sendable`, but only whole batches of 100: the rest waits
+    /// for the next release, so that no batch is sent half full mid-scan.
+    fn take_whole_batches(&mut self) -> Vec<TicketId> {
+        let mut out = self.take_sendable();
+        let keep = out.len() % crate::zendesk::MAX_IDS_PER_BATCH;
+        let rest = out.split_off(out.len() - keep);
+        for id in &rest {
+            self.released.remove(id);
+        }
+        let later = std::mem::take(&mut self.order);
+        self.order = rest;
+        self.order.extend(later);
+        out
+    }
+}
+
+/// Which listing a run makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A first run whose purge rules all have an age: oldest first, up to
+    /// the youngest purgeable age (the backlog), provided the order is
+    /// proven. The next run walks the whole view and builds the ledger.
+    Backlog { horizon: Duration },
+    /// The newest deletions, newest first, down to the high-water mark of
+    /// the last listing less an overlap; the rest is decided from the ledger.
+    Refresh { down_to: DateTime<Utc> },
+    /// The whole view, in any order; live ledger rows it does not list are
+    /// settled.
+    Reconcile,
+}
+
+impl Step {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Backlog { .. } => "backlog",
+            Self::Refresh { .. } => "refresh",
+            Self::Reconcile => "reconcile",
+        }
+    }
+
+    /// Read in deletion order (proven first, checked on every page).
+    fn sorted(self) -> Option<SortOrder> {
+        match self {
+            Self::Backlog { .. } => Some(SortOrder::Asc),
+            Self::Refresh { .. } => Some(SortOrder::Desc),
+            Self::Reconcile => None,
+        }
+    }
+
+    fn list_options(self) -> ListOptions {
+        match self {
+            Self::Backlog { .. } => ListOptions {
+                sort: Some((SortBy::DeletedAt, SortOrder::Asc)),
+                ..ListOptions::default()
+            },
+            Self::Refresh { .. } => ListOptions {
+                sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
+                ..ListOptions::default()
+            },
+            Self::Reconcile => ListOptions::default(),
+        }
+    }
+}
+
+/// The listing a run makes, and why.
+pub(crate) fn choose_step(
+    policy: &Policy,
+    settings: &CycleSettings,
+    marks: &ListingMarks,
+    now: DateTime<Utc>,
+) -> (Step, String) {
+    if marks.high_water.is_none()
+        && marks.listings == 0
+        && let (crate::listing::ScanPlan::Sorted { horizon }, _) =
+            crate::listing::ScanPlan::for_policy(policy)
+    {
+        return (
+            Step::Backlog { horizon },
+            "a first run: the oldest deletions up to the youngest purgeable age; the next run walks the whole view into the ledger".into(),
+        );
+    }
+    if marks.untagged > 0 {
+        return (
+            Step::Reconcile,
+            format!(
+                "{} tickets in the ledger were listed before a subject pattern now in force (subjects are not kept): the whole view is walked",
+                marks.untagged
+            ),
+        );
+    }
+    let (Some(high_water), Some(last)) = (marks.high_water, marks.last_reconcile) else {
+        return (
+            Step::Reconcile,
+            "the ledger has no whole walk of the view yet".into(),
+        );
+    };
+    let every =
+        chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
+    if now - last >= every {
+        return (
+            Step::Reconcile,
+            format!(
+                "the last whole walk began {} ago (schedule.reconcile = {})",
+                humantime::format_duration(Duration::from_secs(
+                    (now - last).num_seconds().max(0) as u64
+                )),
+                humantime::format_duration(settings.reconcile_every)
+            ),
+        );
+    }
+    // tickets deleted in the same second, and clock skew
+    let overlap = chrono::Duration::from_std(settings.clock_skew).unwrap_or_default();
+    (
+        Step::Refresh {
+            down_to: high_water - overlap,
+        },
+        "the newest deletions, down to the last listing's high-water mark; the rest decided from the ledger".into(),
+    )
+}
+
+pub(super) async fn scan(
+    ctx: &CycleContext,
+    run: RunId,
+    ledger: &mut HashMap<TicketId, LedgerEntry>,
+    marks: &ListingMarks,
+    batches: &mpsc::Sender<Release>,
+    gate: &ListingGate,
+    in_flight: IdSet,
+) -> anyhow::Result<ScanResult> {
+    let settings = &ctx.settings;
+    let store = &ctx.store;
+    let no_purge_rules = ctx.policy.purge_rules().next().is_none();
+    let walk_started = Utc::now();
+    let (mut step, reason) = choose_step(&ctx.policy, settings, marks, walk_started);
+    let mut result = ScanResult {
+        scanned: 0,
+        matched: 0,
+        matched_by_rule: BTreeMap::new(),
+        kept: BTreeMap::new(),
+        early_stop: false,
+        scan: match step {
+            Step::Backlog { .. } => "sorted",
+            Step::Refresh { .. } => "refresh",
+            Step::Reconcile => "full",
+        },
+        scan_reason: reason,
+        cursor_proven: false,
+        proof_requests: 0,
+        cancelled: false,
+        not_effective: 0,
+        not_sent: 0,
+        relisted: 0,
+        incomplete_walk: false,
+        empty_pages: 0,
+        in_flight: 0,
+        changed_during_scan: 0,
+        error: None,
+        step,
+        walk_started,
+        high_water: None,
+        absent: Vec::new(),
+        decisions_recorded: 0,
+        decided_from_ledger: 0,
+    };
+    let mut order = match step {
+        Step::Refresh { .. } => PageOrder::newest_first(),
+        _ => PageOrder::default(),
+    };
+    let mut pages = ctx.client.list_deleted(step.list_options());
+    let mut selection = Selection::default();
+    let pipelining = settings.purge_while_scanning && !settings.dry_run && !no_purge_rules;
+    let mut sending_stopped = false;
+    let mut queued: u64 = 0;
+    let mut pages_since_release = 0u32;
+    let limit = settings.max_purges_per_run;
+    // Decisions are written in transactions of up to fifty pages or two
+    // seconds (fewer fsyncs), and always before any of their ids is handed
+    // on for sending.
+    let mut unflushed: Vec<DecisionRecord> = Vec::new();
+    let mut touched: Vec<Sighting> = Vec::new();
+    let mut last_flush = Instant::now();
+    let mut first_page = true;
+    let mut newest: Option<DateTime<Utc>> = None;
+
+    loop {
+        let page = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => {
+                result.cancelled = true;
+                break;
+            }
+            page = async {
+                let _turn = gate.turn.lock().await;
+                pages.next().await
+            } => page,
+        };
+        let page = match page {
+            None => break,
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "listing failed; the scan stops here");
+                result.error = Some(format!("listing deleted tickets failed: {e}"));
+                break;
+            }
+        };
+        if let Some(direction) = step.sorted() {
+            let mut fall_back: Option<String> = None;
+            if std::mem::take(&mut first_page) {
+                if !page.has_more {
+                    // the whole view on one page: read whole, a reconcile
+                    step = Step::Reconcile;
+                    result.step = step;
+                    result.scan = "full";
+                    result.scan_reason = "the whole view fits on one page: it is read whole".into();
+                } else {
+                    let proof = {
+                        let _turn = gate.turn.lock().await;
+                        let before = ctx.client.stats().sent("list");
+                        let proof =
+                            crate::listing::prove_sorted(&ctx.client, &page, direction).await;
+                        result.proof_requests = ctx.client.stats().sent("list") - before;
+                        proof
+                    };
+                    match proof {
+                        Ok(why) => {
+                            result.cursor_proven = true;
+                            gate.cursor_proven
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            result.scan_reason = format!("{}; {why}", result.scan_reason);
+                        }
+                        Err(why) => fall_back = Some(format!("no proven order ({why})")),
+                    }
+                }
+            }
+            if fall_back.is_none()
+                && step != Step::Reconcile
+                && let Err(why) = order.check(&page)
+            {
+                fall_back = Some(format!("the order broke ({why})"));
+            }
+            if let Some(why) = fall_back {
+                tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
+                step = Step::Reconcile;
+                result.step = step;
+                result.scan = "full";
+                result.scan_reason = format!("{why}: the whole view is walked");
+                pages = ctx.client.list_deleted(step.list_options());
+                continue;
+            }
+        }
+        if page.tickets.is_empty() && page.has_more {
+            result.empty_pages += 1;
+            if result.empty_pages > 3 {
+                let message = "the listing keeps answering empty pages that say there is more: the walk stops".to_string();
+                tracing::error!("{message}");
+                result.error = Some(message);
+                break;
+            }
+        } else {
+            result.empty_pages = 0;
+        }
+        let now = Utc::now();
+        let mut not_effective = Vec::new();
+        for ticket in &page.tickets {
+            if ticket.id > crate::audit::MAX_TICKET_ID {
+                // kept, logged, and never stored wrapped
+                tracing::warn!(
+                    ticket = ticket.id,
+                    "a listed ticket id is above 2^63-1: kept, not recorded"
+                );
+                *result
+                    .kept
+                    .entry("keep_id_out_of_range".into())
+                    .or_default() += 1;
+                continue;
+            }
+            if ticket.deleted_at > newest {
+                newest = ticket.deleted_at;
+            }
+            let decision = ctx.policy.decide(ticket, now);
+            let first_listing = selection.seen.insert(ticket.id);
+            let mut counted = true;
+            if first_listing {
+                result.scanned += 1;
+            } else {
+                // decided by its latest listing
+                result.relisted += 1;
+                let earlier = selection.chosen.remove(&ticket.id);
+                let agrees = match (&earlier, &decision) {
+                    (Some(c), Decision::Purge { rule }) => {
+                        c.listed == ListedAs::of(ticket) && c.rule == *rule
+                    }
+                    (Some(_), _) | (None, Decision::Purge { .. }) => false,
+                    // kept both times: its first listing stays in the counts
+                    (None, _) => {
+                        counted = false;
+                        true
+                    }
+                };
+                if let Some(c) = &earlier
+                    && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
+                {
+                    *n = n.saturating_sub(1);
+                }
+                if !agrees {
+                    // counted as kept if it is kept now, in no purge count
+                    counted = !matches!(decision, Decision::Purge { .. });
+                    tracing::warn!(
+                        ticket = ticket.id,
+                        "listed twice in one scan with different deletion data or decisions: not purged in this run"
+                    );
+                    selection.disagreed_selected.insert(ticket.id);
+                    if selection.released.contains(&ticket.id) {
+                        tracing::error!(
+                            ticket = ticket.id,
+                            "listed again after its purge request was sent (purge_while_scanning)"
+                        );
+                    }
+                }
+            }
+            // The ledger: a first sighting, a deletion again or a changed
+            // decision is recorded; an unchanged ticket is only seen again.
+            let prior = if first_listing {
+                ledger.remove(&ticket.id)
+            } else {
+                None
+            };
+            if let Some(p) = &prior
+                && matches!(p.state, LedgerState::Purged | LedgerState::Unknown)
+            {
+                not_effective.push((ticket.id, p.state));
+            }
+            let kind = recorded_kind(&decision, settings);
+            let tags = if settings.record_subjects {
+                None
+            } else {
+                ctx.policy.subject_tags(ticket)
+            };
+            let unchanged = prior.as_ref().is_some_and(|p| {
+                p.deleted_at == ticket.deleted_at
+                    && p.decision.as_deref() == Some(kind)
+                    && p.rule.as_deref() == decision.rule()
+                    && p.actor_id == ticket.actor.as_ref().and_then(|a| a.id)
+                    && p.actor_name == ticket.actor.as_ref().and_then(|a| a.name.clone())
+                    && p.previous_state == ticket.previous_state
+                    && p.subject_tags == tags
+                    && (!settings.record_subjects || p.subject == ticket.subject)
+                    && !p.state.awaits_settling()
+            });
+            if unchanged {
+                touched.push(Sighting {
+                    ticket_id: ticket.id,
+                    deleted_at: ticket.deleted_at,
+                    subject_tags: tags,
+                });
+            } else {
+                let mut record = decision_record(ticket, &decision, settings, now);
+                record.subject_tags = tags;
+                unflushed.push(record);
+            }
+            if matches!(decision, Decision::Purge { .. }) && in_flight.contains(&ticket.id) {
+                // its purge job, sent by an earlier process, is followed
+                // by this run: not sent again
+                if first_listing {
+                    result.in_flight += 1;
+                }
+                counted = false;
+            }
+            match &decision {
+                Decision::Purge { .. } if !counted => {}
+                Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
+                    *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
+                    selection.chosen.insert(
+                        ticket.id,
+                        Chosen {
+                            rule: rule.clone(),
+                            listed: ListedAs::of(ticket),
+                            listed_at: now,
+                        },
+                    );
+                    selection.order.push(ticket.id);
+                }
+                Decision::Purge { .. } => {}
+                keep if counted => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+                _ => {}
+            }
+        }
+        pages_since_release += 1;
+        let stop = match step {
+            Step::Backlog { horizon } => crate::listing::reaches_horizon(&page, horizon, now),
+            Step::Refresh { down_to } => page
+                .tickets
+                .last()
+                .and_then(|t| t.deleted_at)
+                .is_some_and(|d| d < down_to),
+            Step::Reconcile => false,
+        };
+        let release = pipelining
+            && !sending_stopped
+            && pages_since_release >= RELEASE_EVERY_PAGES
+            && selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
+        if release || unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
+            // Write-ahead: the decisions are on disk before any of these ids
+            // can be sent.
+            result.decisions_recorded += unflushed.len() as u64;
+            store.record_decisions(run, &unflushed).await?;
+            unflushed.clear();
+            store.ledger_touch(&touched, now).await?;
+            touched.clear();
+            last_flush = Instant::now();
+        }
+        for (id, prior) in not_effective {
+            let (outcome, detail) = if prior == LedgerState::Purged {
+                (
+                    Outcome::NotEffective,
+                    "reported purged earlier but listed again; decided again",
+                )
+            } else {
+                (
+                    Outcome::StillPresent,
+                    "outcome was unknown; listed again and decided again",
+                )
+            };
+            if prior == LedgerState::Purged {
+                result.not_effective += 1;
+                tracing::warn!(
+                    ticket = id,
+                    "a ticket reported purged is still listed; it is decided and purged again"
+                );
+            }
+            // its decision first: the outcome then finds its row
+            result.decisions_recorded += unflushed.len() as u64;
+            store.record_decisions(run, &unflushed).await?;
+            unflushed.clear();
+            store
+                .record_outcomes(run, None, &[id], outcome, Some(detail), now)
+                .await?;
+        }
+        if release {
+            pages_since_release = 0;
+            if !pipeline_release(
+                ctx,
+                run,
+                &mut selection,
+                &mut result,
+                batches,
+                &mut queued,
+                &mut sending_stopped,
+                false,
+            )
+            .await?
+            {
+                // the purge worker is gone (an error or a shutdown): the
+                // walk did not finish, and the rest is not sent
+                result
+                    .error
+                    .get_or_insert_with(|| "purging stopped before the scan finished".to_string());
+                let rest = selection.take_sendable();
+                record_not_sent(
+                    store,
+                    run,
+                    &mut result,
+                    &rest,
+                    "purging stopped after an error",
+                )
+                .await?;
+                break;
+            }
+        }
+        if stop {
+            result.early_stop = true;
+            break;
+        }
+    }
+    drop(pages);
+    result.decisions_recorded += unflushed.len() as u64;
+    store.record_decisions(run, &unflushed).await?;
+    store.ledger_touch(&touched, Utc::now()).await?;
+    drop(touched);
+
+    if step.sorted().is_some() && !result.early_stop && result.step != Step::Reconcile {
+        // a sorted walk read to its end saw the whole view
+        step = Step::Reconcile;
+        result.step = step;
+    }
+    if !result.cancelled && result.error.is_none() {
+        result.high_water = match step {
+            // the ledger is not whole yet: the next run walks everything
+            Step::Backlog { .. } => None,
+            Step::Refresh { .. } => newest.max(marks.high_water),
+            // a ticket deleted while the walk went on may have been passed:
+            // the next refresh reads down to the walk's start
+            Step::Reconcile => Some(newest.map_or(walk_started, |n| n.min(walk_started))),
+        };
+        match step {
+            Step::Refresh { .. } => {
+                decide_from_ledger(ctx, run, ledger, &in_flight, &mut selection, &mut result)
+                    .await?
+            }
+            Step::Reconcile => {
+                result.absent = ledger.drain().map(|(_, e)| e).collect();
+            }
+            // rows it did not list are neither decided nor settled
+            Step::Backlog { .. } => {}
+        }
+    }
+    result.matched = selection.chosen.len() as u64;
+    result.matched_by_rule.retain(|_, n| *n > 0);
+    result.kept.retain(|_, n| *n > 0);
+
+    // selected by one of its listings, but listed with different data in
+    // another: not purged in this run, and the audit says why
+    let mut disagreed: Vec<TicketId> = selection
+        .disagreed_selected
+        .iter()
+        .filter(|id| !selection.released.contains(id))
+        .copied()
+        .collect();
+    disagreed.sort_unstable();
+    result.changed_during_scan += disagreed.len() as u64;
+    if !disagreed.is_empty() && !settings.dry_run {
+        record_not_sent(store, run, &mut result, &disagreed, "listed more than once in this scan with different deletion times or decisions: not purged in this run").await?;
+    }
+
+    if settings.dry_run || no_purge_rules {
+        return Ok(result);
+    }
+    let stopped_reason = if result.cancelled {
+        Some("the daemon was stopping")
+    } else if result.error.is_some() {
+        Some("the scan failed before it finished")
+    } else if !settings.purge_while_scanning && result.matched > limit {
+        Some("safety.max_purges_per_run exceeded: nothing was purged")
+    } else {
+        None
+    };
+    if !settings.purge_while_scanning && result.matched > limit {
+        let message = format!(
+            "{} tickets matched, more than safety.max_purges_per_run = {limit}: nothing was purged; check the rules (zd-retention plan) or raise the limit",
+            result.matched
+        );
+        tracing::error!("{message}");
+        result.error.get_or_insert(message);
+    } else if settings.purge_while_scanning && result.matched > limit {
+        result.error.get_or_insert(format!(
+            "{} tickets matched, more than safety.max_purges_per_run = {limit}: purging stopped at the limit",
+            result.matched
+        ));
+    }
+    if let Some(reason) = stopped_reason {
+        let rest = selection.take_sendable();
+        record_not_sent(store, run, &mut result, &rest, reason).await?;
+        return Ok(result);
+    }
+    if pipelining {
+        pipeline_release(
+            ctx,
+            run,
+            &mut selection,
+            &mut result,
+            batches,
+            &mut queued,
+            &mut sending_stopped,
+            true,
+        )
+        .await?;
+        return Ok(result);
+    }
+    let to_send = selection.take_sendable();
+    let unsent = release(&selection, &to_send, batches).await;
+    if !unsent.is_empty() {
+        record_not_sent(
+            store,
+            run,
+            &mut result,
+            &unsent,
+            "purging stopped after an error",
+        )
+        .await?;
+    }
+    Ok(result)
+}
+
+/// Decides again, at the run's time and without a listing, every live
+/// ledger row the refresh did not list: a ticket ages into a purge rule, or
+/// the rules changed. A changed decision is recorded; a purge joins the
+/// selection as the ledger knows it, current as of the refresh's start (the
+/// freshness read before sending looks back to then).
+pub(super) async fn decide_from_ledger(
+    ctx: &CycleContext,
+    run: RunId,
+    ledger: &HashMap<TicketId, LedgerEntry>,
+    in_flight: &IdSet,
+    selection: &mut Selection,
+    result: &mut ScanResult,
+) -> anyhow::Result<()> {
+    let settings = &ctx.settings;
+    let now = Utc::now();
+    let mut entries: Vec<&LedgerEntry> = ledger
+        .values()
+        .filter(|e| !e.state.awaits_settling() && !in_flight.contains(&e.ticket_id))
+        .collect();
+    entries.sort_unstable_by_key(|e| (e.deleted_at, e.ticket_id));
+    let mut records = Vec::new();
+    for entry in entries {
+        let ticket = entry.as_ticket();
+        let decision = if settings.record_subjects {
+            ctx.policy.decide(&ticket, now)
+        } else {
+            match ctx
+                .policy
+                .decide_tagged(&ticket, now, entry.subject_tags.as_deref())
+            {
+                Some(d) => d,
+                // listed before a subject pattern now in force: the next
+                // reconcile lists it (the run's start counted none)
+                None => continue,
+            }
+        };
+        let kind = recorded_kind(&decision, settings);
+        result.decided_from_ledger += 1;
+        if entry.decision.as_deref() != Some(kind) || entry.rule.as_deref() != decision.rule() {
+            let mut record = decision_record(&ticket, &decision, settings, now);
+            record.listed = false;
+            // the subject is what the ledger holds (recorded subjects only)
+            record.subject = entry.subject.clone();
+            record.subject_tags = entry.subject_tags.clone();
+            records.push(record);
+        }
+        match &decision {
+            Decision::Purge { rule } => {
+                *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
+                selection.chosen.insert(
+                    ticket.id,
+                    Chosen {
+                        rule: rule.clone(),
+                        listed: ListedAs::of(&ticket),
+                        listed_at: result.walk_started,
+                    },
+                );
+                selection.order.push(ticket.id);
+            }
+            keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+        }
+    }
+    result.decisions_recorded += records.len() as u64;
+    for chunk in records.chunks(5000) {
+        ctx.store.record_decisions(run, chunk).await?;
+    }
+    Ok(())
+}
+
+/// Hands chosen ids to the purge worker in batches of 100, each with the
+/// tickets as listed; returns the ids it could not hand over (the worker is
+/// gone), for their `not_sent` outcome.
+pub(super) async fn release(
+    selection: &Selection,
+    ids: &[TicketId],
+    batches: &mpsc::Sender<Release>,
+) -> Vec<TicketId> {
+    for batch in IdBatch::chunk(ids) {
+        let chosen: Vec<Option<&Chosen>> = batch
+            .ids()
+            .iter()
+            .map(|id| selection.chosen.get(id))
+            .collect();
+        let release = Release {
+            listed: chosen.iter().map(|c| c.map(|c| c.listed.clone())).collect(),
+            listed_at: chosen
+                .iter()
+                .filter_map(|c| c.map(|c| c.listed_at))
+                .min()
+                .unwrap_or_else(Utc::now),
+            check_freshness: true,
+            batch,
+        };
+        if let Err(refused) = batches.send(release).await {
+            let at = ids
+                .iter()
+                .position(|id| Some(id) == refused.0.batch.ids().first())
+                .unwrap_or(0);
+            return ids[at..].to_vec();
+        }
+    }
+    Vec::new()
+}
+
+/// Records the scan's selected tickets that are not sent, and counts them.
+pub(super) async fn record_not_sent(
+    store: &AuditStore,
+    run: RunId,
+    result: &mut ScanResult,
+    ids: &[TicketId],
+    reason: &str,
+) -> anyhow::Result<()> {
+    result.not_sent += ids.len() as u64;
+    store
+        .record_outcomes(run, None, ids, Outcome::NotSent, Some(reason), Utc::now())
+        .await
+}
+
+/// Under `purge_while_scanning`, chosen tickets are sent every this many
+/// pages, each time after a freshness read (one list request, usually).
+pub(super) const RELEASE_EVERY_PAGES: u32 = 20;
+
+/// Pipelining (`purge_while_scanning`) sends what the scan chose so far, after
+/// a freshness read, up to `max_purges_per_run`. `false` when the worker is
+/// gone and the scan should stop.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn pipeline_release(
+    ctx: &CycleContext,
+    run: RunId,
+    selection: &mut Selection,
+    result: &mut ScanResult,
+    batches: &mpsc::Sender<Release>,
+    queued: &mut u64,
+    sending_stopped: &mut bool,
+    last: bool,
+) -> anyhow::Result<bool> {
+    let limit = ctx.settings.max_purges_per_run;
+    let mut ids = if last {
+        selection.take_sendable()
+    } else {
+        selection.take_whole_batches()
+    };
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    let mut over: Vec<TicketId> = Vec::new();
+    if *sending_stopped {
+        over = std::mem::take(&mut ids);
+    } else {
+        let room = limit.saturating_sub(*queued) as usize;
+        if ids.len() > room {
+            over = ids.split_off(room);
+            *sending_stopped = true;
+            tracing::error!(
+                limit,
+                "max_purges_per_run reached: no further batch is sent this run"
+            );
+        }
+    }
+    if !over.is_empty() {
+        record_not_sent(
+            &ctx.store,
+            run,
+            result,
+            &over,
+            "safety.max_purges_per_run reached",
+        )
+        .await?;
+    }
+    if ids.is_empty() {
+        return Ok(true);
+    }
+    *queued += ids.len() as u64;
+    let unsent = release(selection, &ids, batches).await;
+    if unsent.is_empty() {
+        return Ok(true);
+    }
+    record_not_sent(
+        &ctx.store,
+        run,
+        result,
+        &unsent,
+        "purging stopped after an error",
+    )
+    .await?;
+    Ok(false)
+}
+
+pub(crate) fn decision_record(
+    ticket: &DeletedTicket,
+    decision: &Decision,
+    settings: &CycleSettings,
+    now: DateTime<Utc>,
+) -> DecisionRecord {
+    DecisionRecord {
+        ticket_id: ticket.id,
+        deleted_at: ticket.deleted_at,
+        actor_id: ticket.actor.as_ref().and_then(|a| a.id),
+        actor_name: ticket.actor.as_ref().and_then(|a| a.name.clone()),
+        previous_state: ticket.previous_state.clone(),
+        subject: if settings.record_subjects {
+            ticket.subject.clone()
+        } else {
+            None
+        },
+        rule: decision.rule().map(str::to_string),
+        decision: DecisionKind::of(decision, settings.dry_run),
+        decided_at: now,
+        listed: true,
+        subject_tags: None,
+    }
+}
+
+/// The kind a decision is recorded as.
+pub(super) fn recorded_kind(decision: &Decision, settings: &CycleSettings) -> &'static str {
+    match decision {
+        Decision::Purge { .. } if settings.dry_run => "would_purge",
+        other => other.kind(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_widen_without_forgetting() {
+        let mut seen = SeenIds::default();
+        assert!(seen.insert(7));
+        assert!(!seen.insert(7));
+        assert!(seen.insert(u64::from(u32::MAX)));
+        assert!(seen.insert(u64::from(u32::MAX) + 1), "a wide id");
+        assert!(matches!(seen, SeenIds::Wide(_)));
+        assert!(!seen.insert(7), "narrow ids kept when widening");
+        assert!(!seen.insert(u64::from(u32::MAX) + 1));
+        assert!(seen.insert(u64::MAX));
+    }
+}

@@ -1,0 +1,239 @@
+//! Settling what a whole walk did not list: lookups among active tickets and
+//! a newest-first read before anything is called gone.
+
+use super::*;
+
+/// What the settling of absent tickets found.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    pub(super) confirmed_gone: u64,
+    /// Kept tickets gone from the view, not by this tool.
+    pub(super) left_view: u64,
+    pub(super) restored_elsewhere: u64,
+    pub(super) scrubbed: u64,
+    pub(super) lookup_failed: u64,
+    pub(super) not_effective: u64,
+}
+
+/// Zendesk scrubs soft-deleted tickets by itself about this long after
+/// their deletion.
+pub(super) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
+
+/// Settles tickets with an open outcome (`purged` or `unknown`) that the scan
+/// did not list. Absence alone proves nothing:
+/// 1. each is looked up among the active tickets: active is
+///    `restored_elsewhere`;
+/// 2. the others are looked for newest-first, back to their listing (a
+///    ticket restored and deleted again since sits at the young end of the
+///    view, which an early stop never read and a full walk may have passed
+///    before it came back): found is `not_effective` / `still_present`;
+/// 3. what is still unexplained is looked up once more (it may have been
+///    restored meanwhile), and only then is it `confirmed_gone`, or
+///    `scrubbed_by_zendesk` for an unknown outcome of a ticket deleted more
+///    than 30 days ago (Zendesk's scrub cannot be told from our purge).
+///
+/// A failed lookup or read leaves the outcome open for a later run; so does
+/// a walk that may have missed tickets (`may_call_gone` false).
+pub(super) async fn settle_absent(
+    ctx: &CycleContext,
+    run: RunId,
+    absent: Vec<(TicketId, Unsettled)>,
+    cursor_proven: bool,
+    may_call_gone: bool,
+) -> anyhow::Result<Settled> {
+    let mut settled = Settled::default();
+    let now = Utc::now();
+    if absent.is_empty() {
+        return Ok(settled);
+    }
+    let ids: Vec<TicketId> = absent.iter().map(|(id, _)| *id).collect();
+    let Some(active) = active_among(ctx, &ids).await else {
+        settled.lookup_failed += ids.len() as u64;
+        return Ok(settled);
+    };
+    let (restored, rest): (Vec<_>, Vec<_>) =
+        absent.into_iter().partition(|(id, _)| active.contains(id));
+    let restored_ids: Vec<TicketId> = restored.iter().map(|(id, _)| *id).collect();
+    if !restored_ids.is_empty() {
+        tracing::warn!(
+            tickets = restored_ids.len(),
+            "tickets gone from the deleted view are active again: restored by someone, not purged"
+        );
+        ctx.store
+            .record_outcomes(run, None, &restored_ids, Outcome::RestoredElsewhere, Some("not in the deleted view and found among active tickets: restored by someone, not purged"), now)
+            .await?;
+        settled.restored_elsewhere += restored_ids.len() as u64;
+    }
+    if rest.is_empty() {
+        return Ok(settled);
+    }
+    if !may_call_gone {
+        tracing::warn!(
+            tickets = rest.len(),
+            "the walk may have missed tickets (its order broke): tickets missing from it stay open"
+        );
+        settled.lookup_failed += rest.len() as u64;
+        return Ok(settled);
+    }
+    let margin = chrono::Duration::from_std(ctx.settings.clock_skew).unwrap_or_default();
+    let since = rest
+        .iter()
+        .filter_map(|(_, u)| u.decided_at)
+        .min()
+        .unwrap_or(now)
+        - margin;
+    let recent = match crate::listing::deleted_since(&ctx.client, since, cursor_proven).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the newest deletions: tickets missing from this scan stay open");
+            settled.lookup_failed += rest.len() as u64;
+            return Ok(settled);
+        }
+    };
+    let listed: std::collections::HashSet<TicketId> = recent.tickets.iter().map(|t| t.id).collect();
+    let mut unexplained = Vec::new();
+    for (id, u) in rest {
+        let ours = matches!(u.outcome.as_str(), "purged" | "unknown");
+        if listed.contains(&id) && !ours {
+            // deleted again: the next refresh reads its new deletion
+            settled.lookup_failed += 1;
+        } else if listed.contains(&id) {
+            let (outcome, detail) = if u.outcome == "purged" {
+                settled.not_effective += 1;
+                (
+                    Outcome::NotEffective,
+                    "reported purged earlier but deleted again since (found newest-first); decided again when reached",
+                )
+            } else {
+                (
+                    Outcome::StillPresent,
+                    "deleted again since its listing (found newest-first); decided again when reached",
+                )
+            };
+            ctx.store
+                .record_outcomes(run, None, &[id], outcome, Some(detail), now)
+                .await?;
+        } else if u
+            .decided_at
+            .is_none_or(|d| d - margin < recent.covered_from)
+        {
+            // listed before what the read could cover: a later run settles it
+            settled.lookup_failed += 1;
+        } else {
+            unexplained.push((id, u));
+        }
+    }
+    let ids: Vec<TicketId> = unexplained.iter().map(|(id, _)| *id).collect();
+    let Some(active) = active_among(ctx, &ids).await else {
+        settled.lookup_failed += ids.len() as u64;
+        return Ok(settled);
+    };
+    let (mut restored, mut gone, mut scrubbed, mut left) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, u) in unexplained {
+        if active.contains(&id) {
+            restored.push(id);
+        } else if !matches!(u.outcome.as_str(), "purged" | "unknown") {
+            left.push(id);
+        } else if u.outcome == "unknown"
+            && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
+        {
+            scrubbed.push(id);
+        } else {
+            gone.push(id);
+        }
+    }
+    for (ids, outcome, detail) in [
+        (
+            &restored,
+            Outcome::RestoredElsewhere,
+            "not in the deleted view and found among active tickets: restored by someone, not purged",
+        ),
+        (
+            &gone,
+            Outcome::ConfirmedGone,
+            "neither in the deleted view (read newest-first back to its listing) nor among active tickets",
+        ),
+        (
+            &left,
+            Outcome::LeftView,
+            "kept, and now neither in the deleted view nor among active tickets: deleted for good by someone else, or scrubbed by Zendesk",
+        ),
+        (
+            &scrubbed,
+            Outcome::ScrubbedByZendesk,
+            "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
+        ),
+    ] {
+        ctx.store
+            .record_outcomes(run, None, ids, outcome, Some(detail), now)
+            .await?;
+    }
+    settled.restored_elsewhere += restored.len() as u64;
+    settled.confirmed_gone += gone.len() as u64;
+    settled.scrubbed += scrubbed.len() as u64;
+    settled.left_view += left.len() as u64;
+    Ok(settled)
+}
+
+/// The active tickets among `ids` (in calls of 100), or `None` when a
+/// lookup failed.
+pub(super) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
+    match ctx.client.active_among(ids).await {
+        Ok(active) => Some(active.into_iter().collect()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up tickets among the active ones; their outcome stays open");
+            None
+        }
+    }
+}
+
+/// A restore whose answer an earlier process never recorded: settled by
+/// looking the tickets up among the active ones, never as if purged.
+pub(super) async fn settle_lost_restore(
+    ctx: &CycleContext,
+    run: RunId,
+    row: JobRowId,
+    tickets: &[TicketId],
+) -> anyhow::Result<()> {
+    let active = match ctx.client.active_among(tickets).await {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the tickets of a restore left open by an earlier process");
+            return ctx
+            .store
+            .record_job_end(
+                run,
+                row,
+                JobRowStatus::Unknown,
+                Some("the process stopped before the restore's answer was recorded, and the lookup failed: see audit ticket"),
+                Outcome::RestoreUnknown,
+                tickets,
+            )
+            .await;
+        }
+    };
+    let (done, not): (Vec<TicketId>, Vec<TicketId>) =
+        tickets.iter().partition(|id| active.contains(id));
+    let message = "the process stopped before the restore's answer was recorded; settled by looking the tickets up among active tickets";
+    ctx.store
+        .record_job_end(
+            run,
+            row,
+            JobRowStatus::Unknown,
+            Some(message),
+            Outcome::Restored,
+            &done,
+        )
+        .await?;
+    ctx.store
+        .record_outcomes(
+            run,
+            Some(row),
+            &not,
+            Outcome::NotRestored,
+            Some("not among active tickets after the restore's answer was lost"),
+            Utc::now(),
+        )
+        .await
+}

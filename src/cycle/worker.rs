@@ -1,0 +1,843 @@
+//! The purge worker: sends batches whose decisions are recorded, each after
+//! a lookup among active tickets and a freshness read under the listing
+//! gate, and follows the jobs with `show_many` to their end.
+
+use super::*;
+
+/// Outcome tallies of the purge worker.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub purged: u64,
+    pub failed: u64,
+    pub unknown: u64,
+    pub not_sent: u64,
+    pub batches: u64,
+    /// The longest time between a sent ticket's last listing and its
+    /// `destroy_many`.
+    pub max_listing_age: Option<Duration>,
+    /// Tickets the freshness read found deleted again: not sent.
+    pub changed: u64,
+    /// Listing requests of the freshness reads.
+    pub freshness_requests: u64,
+    /// Why batches were not sent: the freshness read failed.
+    pub freshness_failed: Option<String>,
+    /// An error that ended the purging (credentials refused, store failed).
+    pub fatal: Option<String>,
+}
+
+/// Sends batches whose decisions are already recorded, and follows their
+/// jobs to the end: the write path that manual purges share with the cycle.
+pub(crate) async fn send_and_follow(
+    ctx: &CycleContext,
+    run: RunId,
+    releases: Vec<Release>,
+) -> Tally {
+    let (sender, receiver) = mpsc::channel::<Release>(8);
+    let worker = PurgeWorker::new(
+        ctx,
+        run,
+        ListingGate::default(),
+        Vec::new(),
+        Tally::default(),
+    );
+    let worker = tokio::spawn(worker.run(receiver));
+    for release in releases {
+        if sender.send(release).await.is_err() {
+            break;
+        }
+    }
+    drop(sender);
+    worker.await.unwrap_or_else(|e| Tally {
+        fatal: Some(format!("the purge worker stopped: {e}")),
+        ..Tally::default()
+    })
+}
+
+/// A job sent and not yet finished.
+#[derive(Debug, Clone)]
+pub(super) struct OpenJob {
+    pub(super) row: JobRowId,
+    pub(super) id: JobId,
+    pub(super) tickets: Vec<TicketId>,
+    pub(super) since: Instant,
+    /// Consecutive polls that did not find it.
+    pub(super) misses: u32,
+    pub(super) last_status: String,
+}
+
+/// A batch on its way to the purge worker: the ids, each one's deletion
+/// time as last listed, and when the oldest of them was listed.
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub batch: IdBatch,
+    /// Each ticket as listed, parallel to `batch.ids()` (`None`: not
+    /// listed, as with `purge --force`).
+    pub listed: Vec<Option<ListedAs>>,
+    pub listed_at: DateTime<Utc>,
+    /// Whether the freshness read applies (not for `purge --force`, where
+    /// the operator names the ids without a listing).
+    pub check_freshness: bool,
+}
+
+/// Shared by the scan and the purge worker of one cycle: listing requests
+/// and each freshness read with the sends it clears take turns, so that no
+/// page of the scan falls between a freshness read and its `destroy_many`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ListingGate {
+    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the cursor listing's order was proven this cycle (the
+    /// freshness read then uses it; otherwise offset pagination).
+    pub(super) cursor_proven: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A purge answered 429 this many times in a row is given up for this run.
+pub(super) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
+
+/// A freshness read is reused for further sends while no listing request
+/// was made since and it is younger than this.
+pub(super) const FRESHNESS_REUSE: Duration = Duration::from_secs(2);
+
+/// The last freshness read: every ticket deleted since `since`, as listed.
+pub(super) struct FreshRead {
+    pub(super) since: DateTime<Utc>,
+    pub(super) at: Instant,
+    /// The client's listing requests counted right after the read.
+    pub(super) lists_after: u64,
+    pub(super) tickets: HashMap<TicketId, DeletedTicket>,
+}
+
+/// A ticket as a listing showed it, in what decides a purge: compared with
+/// a later listing to tell a deletion again (even within the same second,
+/// by another actor) from the same deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListedAs {
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub actor_id: Option<u64>,
+    pub previous_state: Option<String>,
+}
+
+impl ListedAs {
+    pub(crate) fn of(t: &DeletedTicket) -> Self {
+        Self {
+            deleted_at: t.deleted_at,
+            actor_id: t.actor.as_ref().and_then(|a| a.id),
+            previous_state: t.previous_state.clone(),
+        }
+    }
+}
+
+/// Sends purge batches (at most `max_jobs_in_flight` jobs open) and follows
+/// the jobs with `show_many` to their end.
+pub(super) struct PurgeWorker {
+    pub(super) client: ZendeskClient,
+    pub(super) store: AuditStore,
+    pub(super) run: RunId,
+    pub(super) settings: CycleSettings,
+    /// To decide again a ticket the freshness read finds deleted again.
+    pub(super) policy: Arc<Policy>,
+    pub(super) cancel: CancellationToken,
+    pub(super) open: Vec<OpenJob>,
+    pub(super) tally: Tally,
+    pub(super) gate: ListingGate,
+    pub(super) fresh: Option<FreshRead>,
+}
+
+impl PurgeWorker {
+    pub(super) fn new(
+        ctx: &CycleContext,
+        run: RunId,
+        gate: ListingGate,
+        open: Vec<OpenJob>,
+        tally: Tally,
+    ) -> Self {
+        Self {
+            client: ctx.client.clone(),
+            store: ctx.store.clone(),
+            run,
+            settings: ctx.settings.clone(),
+            policy: ctx.policy.clone(),
+            cancel: ctx.cancel.clone(),
+            open,
+            tally,
+            gate,
+            fresh: None,
+        }
+    }
+
+    async fn send_group(&mut self, releases: Vec<Release>) -> anyhow::Result<()> {
+        // Restored since its listing: not soft-deleted now. Looked up before
+        // the gate is taken (a restore after the lookup is caught by the
+        // freshness read if the ticket is deleted again, and otherwise is
+        // not purged by Zendesk, whose job then reports a partial success).
+        let mut pending = std::collections::VecDeque::with_capacity(releases.len());
+        for release in releases {
+            let active: IdSet = if release.check_freshness {
+                match self.client.active_tickets(&release.batch).await {
+                    Ok(a) => a.into_iter().collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
+                        IdSet::default()
+                    }
+                }
+            } else {
+                IdSet::default()
+            };
+            pending.push_back((release, active));
+        }
+        // The whole group under one turn of the gate: the scan lists no page
+        // between the freshness read and these sends.
+        let gate = self.gate.clone();
+        let _turn = gate.turn.lock().await;
+        while let Some((release, active)) = pending.pop_front() {
+            if let Err(e) = self.send_checked(release, &active).await {
+                // what was taken off the channel with it gets its outcome
+                for (rest, _) in pending.drain(..) {
+                    self.not_sent(&rest.batch, "purging stopped after an error")
+                        .await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one batch right after a freshness read (or one reused while no
+    /// listing request came between and it is younger than
+    /// `FRESHNESS_REUSE`), holding the listing gate so that no page of the
+    /// scan comes between the read and the send. A ticket the read shows
+    /// deleted again since its listing is decided again on its new deletion
+    /// and not sent; one found among active tickets (restored) is left out.
+    /// Sends a release after its freshness read; when Zendesk answers 429
+    /// (the request was not carried out), waits Retry-After and goes again,
+    /// with a new freshness read: the wait can be long, and the view moves.
+    async fn send_checked(&mut self, release: Release, active: &IdSet) -> anyhow::Result<()> {
+        let mut release = release;
+        let mut rounds = 0;
+        loop {
+            let Some((wait, sent)) = self.send_checked_once(&release, active).await? else {
+                return Ok(());
+            };
+            rounds += 1;
+            if rounds > MAX_RATE_LIMITED_ROUNDS {
+                let why = "Zendesk kept answering 429 (rate limited) to this purge";
+                tracing::error!(ids = sent.len(), "{why}; not sent");
+                self.not_sent(&sent, why).await;
+                return Ok(());
+            }
+            tracing::warn!(
+                ids = sent.len(),
+                wait = %humantime::format_duration(wait),
+                "purge rate limited (429, not carried out): waiting, then reading the newest deletions again"
+            );
+            tokio::time::sleep(wait).await;
+            self.fresh = None;
+            let listed: HashMap<TicketId, Option<ListedAs>> = release
+                .batch
+                .ids()
+                .iter()
+                .copied()
+                .zip(release.listed.iter().cloned())
+                .collect();
+            release = Release {
+                listed: sent
+                    .ids()
+                    .iter()
+                    .map(|id| listed.get(id).cloned().flatten())
+                    .collect(),
+                listed_at: release.listed_at,
+                check_freshness: release.check_freshness,
+                batch: sent,
+            };
+        }
+    }
+
+    /// One round of `send_checked`: `Some` with Retry-After and the batch
+    /// sent when Zendesk answered 429.
+    async fn send_checked_once(
+        &mut self,
+        release: &Release,
+        active: &IdSet,
+    ) -> anyhow::Result<Option<(Duration, IdBatch)>> {
+        if !release.check_freshness {
+            let batch = release.batch.clone();
+            return Ok(self
+                .send_timed(batch.clone(), release.listed_at)
+                .await?
+                .map(|wait| (wait, batch)));
+        }
+        let gate = &self.gate;
+        let since = release.listed_at
+            - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
+        let lists_now = self.client.stats().sent("list");
+        let reusable = self.fresh.as_ref().is_some_and(|f| {
+            f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
+        });
+        if !reusable {
+            let proven = gate
+                .cursor_proven
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let before = self.client.stats().sent("list");
+            let read = crate::listing::deleted_since(&self.client, since, proven).await;
+            self.tally.freshness_requests += self.client.stats().sent("list") - before;
+            let failure = match read {
+                Ok(r) if r.complete => {
+                    self.fresh = Some(FreshRead {
+                        since,
+                        at: Instant::now(),
+                        lists_after: self.client.stats().sent("list"),
+                        tickets: r.tickets.into_iter().map(|t| (t.id, t)).collect(),
+                    });
+                    None
+                }
+                Ok(r) => Some(format!(
+                    "more than {} pages were deleted since {} (read back to {})",
+                    crate::listing::FRESHNESS_MAX_PAGES,
+                    crate::audit::timestamp(since),
+                    crate::audit::timestamp(r.covered_from)
+                )),
+                Err(why) => Some(why),
+            };
+            if let Some(why) = failure {
+                self.fresh = None;
+                let message = format!("the freshness read before purging failed ({why}): not sent");
+                tracing::error!("{message}");
+                self.tally.freshness_failed = Some(message);
+                self.not_sent(&release.batch, "the freshness read before purging failed")
+                    .await;
+                return Ok(None);
+            }
+        }
+        let mut ids = Vec::with_capacity(release.batch.len());
+        let mut changed = Vec::new();
+        let mut restored = Vec::new();
+        let mut records = Vec::new();
+        let now = Utc::now();
+        for (id, listed) in release.batch.ids().iter().zip(&release.listed) {
+            if active.contains(id) {
+                restored.push(*id);
+                continue;
+            }
+            let again = self
+                .fresh
+                .as_ref()
+                .and_then(|f| f.tickets.get(id))
+                .filter(|t| listed.as_ref() != Some(&ListedAs::of(t)));
+            match again {
+                Some(t) => {
+                    tracing::warn!(
+                        ticket = t.id,
+                        "deleted again since its listing: decided on its new deletion, not purged in this run"
+                    );
+                    let decision = self.policy.decide(t, now);
+                    records.push(decision_record(t, &decision, &self.settings, now));
+                    changed.push(*id);
+                }
+                None => ids.push(*id),
+            }
+        }
+        if !restored.is_empty() {
+            tracing::warn!(
+                tickets = restored.len(),
+                "restored since their listing: not purged"
+            );
+            self.store
+                .record_outcomes(
+                    self.run,
+                    None,
+                    &restored,
+                    Outcome::NotSent,
+                    Some("restored since its listing (found among active tickets just before purging): not purged"),
+                    now,
+                )
+                .await?;
+            self.tally.changed += restored.len() as u64;
+            self.tally.not_sent += restored.len() as u64;
+        }
+        if !changed.is_empty() {
+            self.store.record_decisions(self.run, &records).await?;
+            self.store
+                .record_outcomes(
+                    self.run,
+                    None,
+                    &changed,
+                    Outcome::NotSent,
+                    Some("deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run"),
+                    now,
+                )
+                .await?;
+            self.tally.changed += changed.len() as u64;
+            self.tally.not_sent += changed.len() as u64;
+        }
+        match IdBatch::new(ids) {
+            Ok(batch) => Ok(self
+                .send_timed(batch.clone(), release.listed_at)
+                .await?
+                .map(|wait| (wait, batch))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Sends a batch and notes the time from its oldest listing to Zendesk's
+    /// answer (an upper bound of listing-to-purge).
+    async fn send_timed(
+        &mut self,
+        batch: IdBatch,
+        listed_at: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Duration>> {
+        let result = self.send(batch).await;
+        let age = (Utc::now() - listed_at).to_std().unwrap_or_default();
+        self.tally.max_listing_age = Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
+        result
+    }
+
+    pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
+        if let Err(e) = self.work(&mut batches).await {
+            tracing::error!(error = %format!("{e:#}"), "purging stopped");
+            self.tally.fatal = Some(format!("{e:#}"));
+            // Record what was never sent, so that nothing is left unexplained.
+            batches.close();
+            while let Some(release) = batches.recv().await {
+                self.not_sent(&release.batch, "purging stopped after an error")
+                    .await;
+            }
+            let open = std::mem::take(&mut self.open);
+            for job in open {
+                self.tally.unknown += job.tickets.len() as u64;
+                let _ = self
+                    .store
+                    .record_job_end(
+                        self.run,
+                        job.row,
+                        JobRowStatus::Unknown,
+                        Some("no longer followed: purging stopped after an error"),
+                        Outcome::Unknown,
+                        &job.tickets,
+                    )
+                    .await;
+            }
+        }
+        self.tally
+    }
+
+    async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
+        self.tally.not_sent += batch.len() as u64;
+        if let Err(e) = self
+            .store
+            .record_outcomes(
+                self.run,
+                None,
+                batch.ids(),
+                Outcome::NotSent,
+                Some(reason),
+                Utc::now(),
+            )
+            .await
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot record tickets not sent");
+        }
+    }
+
+    async fn work(&mut self, batches: &mut mpsc::Receiver<Release>) -> anyhow::Result<()> {
+        let mut closed = false;
+        let mut deadline: Option<Instant> = None;
+        let mut poll = tokio::time::interval(self.settings.job_poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if closed && self.open.is_empty() {
+                metrics::gauge!("zd_retention_jobs_in_flight").set(0.0);
+                return Ok(());
+            }
+            if let Some(d) = deadline
+                && Instant::now() >= d
+            {
+                let open = std::mem::take(&mut self.open);
+                for job in open {
+                    self.tally.unknown += job.tickets.len() as u64;
+                    self.store
+                        .record_job_end(self.run, job.row, JobRowStatus::Unknown, Some("still open when the daemon stopped following jobs at shutdown; the next run settles it"), Outcome::Unknown, &job.tickets)
+                        .await?;
+                }
+                return Ok(());
+            }
+            metrics::gauge!("zd_retention_jobs_in_flight").set(self.open.len() as f64);
+            let can_send =
+                !closed && deadline.is_none() && self.open.len() < self.settings.max_jobs_in_flight;
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled(), if deadline.is_none() => {
+                    tracing::info!(open_jobs = self.open.len(), "shutdown: no new batch is sent; following open jobs");
+                    deadline = Some(Instant::now() + self.settings.shutdown_grace);
+                    batches.close();
+                    while let Some(release) = batches.recv().await {
+                        self.not_sent(&release.batch, "the daemon was stopping").await;
+                    }
+                    closed = true;
+                }
+                release = batches.recv(), if can_send => match release {
+                    Some(first) => {
+                        // as many as there are job slots, cleared by one read
+                        let mut group = vec![first];
+                        while self.open.len() + group.len() < self.settings.max_jobs_in_flight {
+                            match batches.try_recv() {
+                                Ok(r) => group.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                        self.send_group(group).await?
+                    }
+                    None => closed = true,
+                },
+                _ = poll.tick(), if !self.open.is_empty() => self.poll().await?,
+                _ = tokio::time::sleep(Duration::from_millis(50)), if deadline.is_some() => {}
+            }
+        }
+    }
+
+    /// Sends a batch, each attempt recorded before it leaves: when an
+    /// answer is lost (a timeout, a dropped connection, a 5xx, a body that
+    /// does not decode), the attempt may have created a job whose id is never
+    /// learnt, so it ends `unknown` and the next attempt is a new row.
+    async fn send(&mut self, batch: IdBatch) -> anyhow::Result<Option<Duration>> {
+        let retry = self.client.retry_policy();
+        let mut waits = backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(retry.min_delay)
+                .with_max_delay(retry.max_delay)
+                .with_max_times(retry.max_retries)
+                .with_jitter(),
+        );
+        self.tally.batches += 1;
+        let mut attempt = 1u32;
+        loop {
+            let row = self
+                .store
+                .record_request(self.run, RequestKind::DestroyMany, &batch, Utc::now())
+                .await?;
+            tracing::debug!(ids = batch.len(), row, attempt, "sending destroy_many");
+            let answer = self.client.destroy_many(&batch).await;
+            if let Err(e @ ZendeskError::RateLimited { wait, .. }) = &answer {
+                // not carried out: the caller waits, reads again, re-sends
+                self.store
+                    .record_job_end(
+                        self.run,
+                        row,
+                        JobRowStatus::RateLimited,
+                        Some(&format!(
+                            "{e}; sent again after the wait and a new freshness read"
+                        )),
+                        Outcome::Unknown,
+                        &[],
+                    )
+                    .await?;
+                return Ok(Some(*wait));
+            }
+            if let Err(e @ (ZendeskError::Transient { .. } | ZendeskError::Decode { .. })) = &answer
+                && let Some(wait) = waits.next()
+            {
+                let message = format!(
+                    "{e}; the answer was lost and the request may have been carried out (a job whose id is unknown); sent again as attempt {}",
+                    attempt + 1
+                );
+                tracing::warn!(error = %e, attempt, "purge answer lost; sending again as a new recorded attempt");
+                self.store
+                    .record_job_end(
+                        self.run,
+                        row,
+                        JobRowStatus::Unknown,
+                        Some(&message),
+                        Outcome::Unknown,
+                        batch.ids(),
+                    )
+                    .await?;
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+                continue;
+            }
+            return self.settle_answer(&batch, row, answer).await.map(|()| None);
+        }
+    }
+
+    /// Records what Zendesk answered to one purge attempt.
+    async fn settle_answer(
+        &mut self,
+        batch: &IdBatch,
+        row: JobRowId,
+        answer: Result<JobStatus, ZendeskError>,
+    ) -> anyhow::Result<()> {
+        let batch = batch.clone();
+        match answer {
+            Ok(job) => {
+                self.store
+                    .record_answer(
+                        row,
+                        Some(&job.id.0),
+                        JobRowStatus::of(&job.status),
+                        job.message.as_deref(),
+                        Utc::now(),
+                    )
+                    .await?;
+                let open = OpenJob {
+                    row,
+                    id: job.id.clone(),
+                    tickets: batch.ids().to_vec(),
+                    since: Instant::now(),
+                    misses: 0,
+                    last_status: job.status.to_string(),
+                };
+                if job.status.is_terminal() {
+                    self.finish(open, &job).await?;
+                } else {
+                    self.open.push(open);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let ids = batch.ids();
+                let (status, outcome) = match &e {
+                    // Credentials refused: nothing else will work this run.
+                    ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. } => {
+                        self.store
+                            .record_job_end(
+                                self.run,
+                                row,
+                                JobRowStatus::Refused,
+                                Some(&e.to_string()),
+                                Outcome::Failed,
+                                ids,
+                            )
+                            .await?;
+                        self.tally.failed += ids.len() as u64;
+                        return Err(
+                            anyhow::Error::new(e).context("Zendesk refused the purge request")
+                        );
+                    }
+                    ZendeskError::InvalidRequest { .. } => (JobRowStatus::Refused, Outcome::Failed),
+                    // 404: none of the ids is soft-deleted any more. Those
+                    // active again were restored; the rest the next scan
+                    // settles.
+                    ZendeskError::NotFound { .. } => {
+                        let active: IdSet = match self.client.active_tickets(&batch).await {
+                            Ok(a) => a.into_iter().collect(),
+                            Err(_) => IdSet::default(),
+                        };
+                        let (restored, rest): (Vec<TicketId>, Vec<TicketId>) =
+                            ids.iter().partition(|id| active.contains(id));
+                        let message = e.to_string();
+                        self.store
+                            .record_job_end(
+                                self.run,
+                                row,
+                                JobRowStatus::Refused,
+                                Some(&message),
+                                Outcome::Unknown,
+                                &rest,
+                            )
+                            .await?;
+                        self.store
+                            .record_outcomes(
+                                self.run,
+                                Some(row),
+                                &restored,
+                                Outcome::RestoredElsewhere,
+                                Some("the purge was answered 404 and the ticket is among active tickets: restored, not purged"),
+                                Utc::now(),
+                            )
+                            .await?;
+                        tracing::error!(error = %e, ids = ids.len(), restored = restored.len(), "purge request refused: not soft-deleted");
+                        self.tally.unknown += rest.len() as u64;
+                        return Ok(());
+                    }
+                    // The request may have been carried out (a dropped answer,
+                    // a broken body): only a later scan can tell.
+                    ZendeskError::Transient { .. }
+                    | ZendeskError::Decode { .. }
+                    | ZendeskError::RateLimited { .. }
+                    | ZendeskError::Refused { .. } => (JobRowStatus::Unknown, Outcome::Unknown),
+                };
+                tracing::error!(error = %e, ids = ids.len(), %outcome, "purge request failed");
+                if outcome == Outcome::Failed {
+                    self.tally.failed += ids.len() as u64;
+                } else {
+                    self.tally.unknown += ids.len() as u64;
+                }
+                self.store
+                    .record_job_end(self.run, row, status, Some(&e.to_string()), outcome, ids)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn poll(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<JobId> = self.open.iter().map(|j| j.id.clone()).collect();
+        // Jobs whose status could not be asked this time (not a sign that
+        // they vanished); only their timeout applies.
+        let mut unasked: std::collections::HashSet<JobId> = std::collections::HashSet::new();
+        let statuses = match self.client.job_statuses(&ids).await {
+            Ok(s) => s,
+            Err(e @ (ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. })) => {
+                return Err(anyhow::Error::new(e).context("Zendesk refused the job status request"));
+            }
+            Err(e @ (ZendeskError::NotFound { .. } | ZendeskError::InvalidRequest { .. })) => {
+                // One unknown or expired id can fail the whole call: ask
+                // for each job on its own.
+                tracing::warn!(error = %e, "show_many refused the job ids; asking job by job");
+                let mut out = Vec::new();
+                for id in &ids {
+                    match self.client.job_status(id).await {
+                        Ok(s) => out.push(s),
+                        Err(ZendeskError::NotFound { .. }) => {}
+                        Err(
+                            e
+                            @ (ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. }),
+                        ) => {
+                            return Err(anyhow::Error::new(e)
+                                .context("Zendesk refused the job status request"));
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "asking for a job's status failed");
+                            unasked.insert(id.clone());
+                        }
+                    }
+                }
+                out
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "polling jobs failed; trying again at the next tick");
+                unasked.extend(ids.iter().cloned());
+                Vec::new()
+            }
+        };
+        let by_id: HashMap<&JobId, &JobStatus> = statuses.iter().map(|s| (&s.id, s)).collect();
+        let open = std::mem::take(&mut self.open);
+        for mut job in open {
+            if unasked.contains(&job.id) {
+                if job.since.elapsed() > self.settings.job_timeout {
+                    let why = format!(
+                        "no status could be read for {}; the next scan settles the outcome",
+                        humantime::format_duration(self.settings.job_timeout)
+                    );
+                    self.give_up(job, &why).await?;
+                } else {
+                    self.open.push(job);
+                }
+                continue;
+            }
+            match by_id.get(&job.id) {
+                Some(status) if status.status.is_terminal() => self.finish(job, status).await?,
+                Some(status) => {
+                    job.misses = 0;
+                    if job.since.elapsed() > self.settings.job_timeout {
+                        self.give_up(
+                            job,
+                            &format!(
+                                "still {} after {}",
+                                status.status,
+                                humantime::format_duration(self.settings.job_timeout)
+                            ),
+                        )
+                        .await?;
+                        continue;
+                    }
+                    if status.status.as_str() != job.last_status {
+                        job.last_status = status.status.to_string();
+                        self.store
+                            .record_answer(
+                                job.row,
+                                Some(&job.id.0),
+                                JobRowStatus::of(&status.status),
+                                status.message.as_deref(),
+                                Utc::now(),
+                            )
+                            .await?;
+                    }
+                    self.open.push(job);
+                }
+                None => {
+                    // A job just created can be missing for a moment.
+                    job.misses += 1;
+                    if job.misses >= 3 {
+                        tracing::warn!(job = %job.id, "job status vanished; outcome unknown until the next scan");
+                        self.give_up(job, "the job status vanished from Zendesk; the next scan settles the outcome").await?;
+                    } else {
+                        self.open.push(job);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a request's tickets per rule into a metric.
+    async fn count_by_rule(&self, row: JobRowId, tickets: &[TicketId], metric: &'static str) {
+        match self.store.rules_of_request(row, tickets).await {
+            Ok(rules) => {
+                for (rule, n) in rules {
+                    metrics::counter!(metric, "rule" => rule).increment(n as u64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot count tickets per rule"),
+        }
+    }
+
+    async fn give_up(&mut self, job: OpenJob, why: &str) -> anyhow::Result<()> {
+        self.tally.unknown += job.tickets.len() as u64;
+        self.store
+            .record_job_end(
+                self.run,
+                job.row,
+                JobRowStatus::Unknown,
+                Some(why),
+                Outcome::Unknown,
+                &job.tickets,
+            )
+            .await
+    }
+
+    async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
+        let message = status.message.clone();
+        let (outcome, detail) = match (&status.status, status.results.succeeded()) {
+            (JobState::Completed, Some(true)) => (Outcome::Purged, message.clone()),
+            (JobState::Completed, _) => (
+                Outcome::Unknown,
+                Some(format!(
+                    "the job completed without full success ({}); which tickets are gone is settled by the next scan",
+                    message.as_deref().unwrap_or("no message")
+                )),
+            ),
+            _ => (
+                Outcome::Failed,
+                Some(
+                    message
+                        .clone()
+                        .unwrap_or_else(|| format!("job {}", status.status)),
+                ),
+            ),
+        };
+        match outcome {
+            Outcome::Purged => {
+                self.tally.purged += job.tickets.len() as u64;
+                self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_purged_total")
+                    .await;
+            }
+            Outcome::Failed => {
+                tracing::error!(job = %job.id, status = %status.status, message = detail.as_deref().unwrap_or(""), "purge job did not succeed");
+                self.tally.failed += job.tickets.len() as u64;
+                self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_failed_total")
+                    .await;
+            }
+            _ => self.tally.unknown += job.tickets.len() as u64,
+        }
+        self.store
+            .record_job_end(
+                self.run,
+                job.row,
+                JobRowStatus::of(&status.status),
+                detail.as_deref(),
+                outcome,
+                &job.tickets,
+            )
+            .await
+            .context("cannot record a job's end")
+    }
+}
