@@ -102,6 +102,22 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
         "  total      {:.1}s including start-up\n",
         started.elapsed().as_secs_f64()
     );
+
+    // A later run costs what changed: 40 new deletions are listed, the rest
+    // is decided from the ticket ledger.
+    let now = chrono::Utc::now();
+    sandbox.insert((0..40u64).map(|i| crate::sandbox::SandboxTicket {
+        id: 9_000_000 + i,
+        subject: Some(format!("Deleted just now #{i}")),
+        actor_id: 900001,
+        actor_name: "Automation".into(),
+        deleted_at: now - chrono::Duration::seconds(i as i64),
+        previous_state: "closed".into(),
+    }));
+    let second = run_cycle(&ctx, Trigger::Demo).await?;
+    println!("40 tickets deleted since:");
+    print!("{}", crate::report::summary(&second, &ctx.policy));
+    println!();
     let example = selected.first().copied().unwrap_or(0);
     println!("The audit log is in {}. Try:", database.display());
     println!(

@@ -119,10 +119,10 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         report.run_id,
         report.status.as_str()
     );
-    let scan_note = if report.step == "refresh" {
-        " (the newest deletions)"
-    } else {
-        " (the whole view)"
+    let scan_note = match report.step.as_str() {
+        "refresh" => " (the newest deletions)",
+        "backlog" => " (oldest first, up to the youngest purgeable age)",
+        _ => " (the whole view)",
     };
     let _ = writeln!(
         out,
@@ -174,7 +174,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     if !report.dry_run {
         let _ = writeln!(
             out,
-            "  purged     {} in {} destroy_many jobs; {} failed, {} unknown (settled by the next scan), {} not sent",
+            "  purged     {} in {} destroy_many jobs; {} failed, {} unknown (settled by the next whole walk), {} not sent",
             c.purged, report.purge_batches, c.failed, c.unknown, report.not_sent
         );
     }

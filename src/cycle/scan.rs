@@ -604,7 +604,8 @@ pub(super) async fn scan(
                 break;
             }
         }
-        if stop {
+        // a stop on the last page read everything: no early stop
+        if stop && page.has_more {
             result.early_stop = true;
             break;
         }
@@ -615,10 +616,18 @@ pub(super) async fn scan(
     store.ledger_touch(&touched, Utc::now()).await?;
     drop(touched);
 
-    if step.sorted().is_some() && !result.early_stop && result.step != Step::Reconcile {
+    if step.sorted().is_some()
+        && !result.early_stop
+        && result.step != Step::Reconcile
+        && !result.cancelled
+        && result.error.is_none()
+    {
         // a sorted walk read to its end saw the whole view
         step = Step::Reconcile;
         result.step = step;
+        result
+            .scan_reason
+            .push_str("; it read to the end: the whole view, into the ledger");
     }
     if !result.cancelled && result.error.is_none() {
         result.high_water = match step {
