@@ -256,6 +256,13 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: AuditTarget,
     },
+    /// The ticket ledger: tickets per state, the high-water mark of the
+    /// newest deletions, and when the view was last walked whole.
+    #[command(after_help = "Example:\n  zd-retention audit ledger --database zd-retention.db")]
+    Ledger {
+        #[command(flatten)]
+        target: AuditTarget,
+    },
     /// The chain's head: its entry number and hash, to note elsewhere.
     #[command(after_help = "Example:\n  zd-retention audit head --database zd-retention.db")]
     Head {

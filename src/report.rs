@@ -445,6 +445,37 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                 }
             }
         }
+        AuditCommand::Ledger { target } => {
+            let store = open(config, &target).await?;
+            let counts = store.ledger_counts().await?;
+            let marks = store.listing_marks(&[]).await?;
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::audit::timestamp);
+            match target.format {
+                TableFormat::Json | TableFormat::Csv => println!(
+                    "{}",
+                    serde_json::json!({
+                        "tickets": counts.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                        "high_water": time(marks.high_water),
+                        "last_reconcile": time(marks.last_reconcile),
+                    })
+                ),
+                TableFormat::Table => {
+                    let mut t = table(&["state", "tickets"]);
+                    for (state, n) in &counts {
+                        t.add_row(vec![state.clone(), n.to_string()]);
+                    }
+                    println!("{t}");
+                    println!(
+                        "newest deletion known (high-water mark): {}",
+                        time(marks.high_water).unwrap_or_else(|| "none yet".into())
+                    );
+                    println!(
+                        "last whole walk of the view began: {}",
+                        time(marks.last_reconcile).unwrap_or_else(|| "never".into())
+                    );
+                }
+            }
+        }
         AuditCommand::Head { target } => {
             let store = open(config, &target).await?;
             let (seq, hash) = store.chain_head().await?;

@@ -346,3 +346,106 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_ledger_shows_what_a_new_config_changes_without_a_listing() {
+    let tickets = clear_tickets(600, 31);
+    let sb = Sandbox::start_with(
+        fast_sandbox_options(0),
+        tickets.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let out = tokio::process::Command::new(BIN)
+        .args(["once", "--config"])
+        .arg(&config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // the same account and database, with the automation rule dropped and a
+    // hold on agent 1003's deletions
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cut = text
+        .find("[[rules]]\nname = \"automation-deletions\"")
+        .unwrap();
+    let new_config = dir.path().join("new.toml");
+    std::fs::write(
+        &new_config,
+        format!(
+            "{}[[rules]]\nname = \"carla-holds\"\naction = \"keep\"\nactor_ids = [1003]\n",
+            &text[..cut]
+        )
+        .replace(
+            "[[rules]]\nname = \"legal-hold\"",
+            "[[rules]]\nname = \"carla-first\"\naction = \"keep\"\nactor_ids = [1003]\n[[rules]]\nname = \"legal-hold\"",
+        ),
+    )
+    .unwrap();
+    let requests_before = sb.count("list");
+    let out = std::process::Command::new(BIN)
+        .args(["plan", "--ledger", "--format", "json", "--config"])
+        .arg(&new_config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sb.count("list"), requests_before, "no listing");
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = diff["changes"].as_array().unwrap();
+    assert!(!changes.is_empty(), "{diff}");
+    // the ledger holds the kept tickets (the purged await settling): agent
+    // 1003's kept by no rule become kept by the new rule
+    let carla_kept: u64 = changes
+        .iter()
+        .filter(|c| c["to_rule"] == "carla-first")
+        .map(|c| c["tickets"].as_u64().unwrap())
+        .sum();
+    let expected = tickets
+        .iter()
+        .filter(|t| t.actor_id == 1003 && !sb.purged_ids().contains(&t.id))
+        .count() as u64;
+    assert!(
+        carla_kept > 0 && carla_kept <= expected,
+        "{carla_kept} of {expected}: {diff}"
+    );
+    // the table names both rules
+    let out = std::process::Command::new(BIN)
+        .args(["plan", "--ledger", "--config"])
+        .arg(&new_config)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("would change decision") && text.contains("carla-first"),
+        "{text}"
+    );
+    // and the ledger's own view
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "ledger", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let ledger: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        ledger["tickets"]["purged"].as_u64(),
+        Some(sb.purged_ids().len() as u64),
+        "{ledger}"
+    );
+    assert!(ledger["high_water"].is_string(), "{ledger}");
+}
