@@ -169,6 +169,17 @@ impl AuditStore {
                 }
             }
         }
+        // the ledger says what the chained decisions say
+        let forged: Option<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(super::ledger::disagreeing_rows_sql()))
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(ticket) = forged {
+            report.problem = Some(format!(
+                "the ledger's row of ticket {ticket} differs from its latest recorded decision: the ledger was changed outside zd-retention"
+            ));
+            return Ok(report);
+        }
         // the derived counts that `audit run` and `audit stats` read
         let forged: Option<(i64, String)> = sqlx::query_as(
             "WITH whole AS (SELECT run_id FROM run_decision_counts

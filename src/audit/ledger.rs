@@ -88,6 +88,27 @@ impl LedgerState {
 /// The live states as an SQL list.
 const LIVE_SQL: &str = "('kept', 'selected', 'purge_requested', 'purged', 'unknown')";
 
+/// Only a ticket's current row (`l`), its newest deletion.
+const CURRENT_ROW: &str =
+    "AND l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)";
+
+/// The current live rows whose attributes or decision differ from their
+/// ticket's latest decision row.
+pub(super) fn disagreeing_rows_sql() -> String {
+    format!(
+        "SELECT l.ticket_id FROM ledger l
+         LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
+         WHERE l.state IN {LIVE_SQL} {CURRENT_ROW}
+           AND NOT (d.id IS NOT NULL
+                AND COALESCE(d.deleted_at, '') = l.deleted_at
+                AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
+                AND d.previous_state IS l.previous_state AND d.subject IS l.subject
+                AND d.subject_tags IS l.subject_tags
+                AND d.decision IS l.decision AND d.rule IS l.rule)
+         ORDER BY l.ticket_id LIMIT 1"
+    )
+}
+
 /// A live ledger row: what the ticket was listed as and where it stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerEntry {
@@ -162,7 +183,7 @@ impl AuditStore {
                      AND d.decision IS l.decision AND d.rule IS l.rule) AS agrees
              FROM ledger l
              LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-             WHERE l.state IN {LIVE_SQL} ORDER BY l.ticket_id, l.deleted_at"
+             WHERE l.state IN {LIVE_SQL} {CURRENT_ROW} ORDER BY l.ticket_id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_all(self.pool())
@@ -478,15 +499,22 @@ pub(super) async fn apply_outcome(
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("UPDATE ledger SET state = {state}, state_at = "));
         q.push_bind(at);
-        q.push(format!(" WHERE state IN {states} AND ticket_id IN ("));
-        let mut sep = q.separated(", ");
-        for t in chunk {
-            sep.push_bind(*t as i64);
-        }
-        q.push(")");
+        q.push(format!(" WHERE state IN {states} AND "));
+        current_rows(&mut q, chunk);
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Restricts an UPDATE to each ticket's current row, its newest deletion:
+/// an outcome or a request concerns that deletion, never an earlier one.
+fn current_rows(q: &mut QueryBuilder<Sqlite>, tickets: &[TicketId]) {
+    q.push("(ticket_id, deleted_at) IN (SELECT ticket_id, MAX(deleted_at) FROM ledger WHERE ticket_id IN (");
+    let mut sep = q.separated(", ");
+    for t in tickets {
+        sep.push_bind(*t as i64);
+    }
+    q.push(") GROUP BY ticket_id)");
 }
 
 /// Marks the live rows of a purge request's tickets as requested.
@@ -501,12 +529,8 @@ pub(super) async fn apply_request(
         q.push_bind(at);
         q.push(", requested_at = ");
         q.push_bind(at);
-        q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
-        let mut sep = q.separated(", ");
-        for t in chunk {
-            sep.push_bind(*t as i64);
-        }
-        q.push(")");
+        q.push(format!(" WHERE state IN {LIVE_SQL} AND "));
+        current_rows(&mut q, chunk);
         q.build().execute(&mut **tx).await?;
     }
     Ok(())

@@ -274,13 +274,36 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         );
     }
 
-    let mut ledger = store.ledger_live().await?;
     let patterns = if settings.record_subjects {
         Vec::new()
     } else {
         ctx.policy.subject_fingerprints()
     };
-    let marks = store.listing_marks(&patterns).await?;
+    let loaded = async {
+        anyhow::Ok((
+            store.ledger_live().await?,
+            store.listing_marks(&patterns).await?,
+        ))
+    }
+    .await;
+    let (mut ledger, marks) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // the run ends here, and says why
+            let message = format!("{e:#}");
+            tracing::error!(run, error = %message, "run failed");
+            store
+                .finish_run(
+                    run,
+                    RunStatus::Failed,
+                    &RunCounts::default(),
+                    Some(&message),
+                    Utc::now(),
+                )
+                .await?;
+            return Err(e);
+        }
+    };
 
     // The purge worker: sends batches and follows jobs.
     let (batches, receiver) = mpsc::channel::<Release>(8);

@@ -423,3 +423,78 @@ async fn pruning_keeps_each_purges_evidence_and_the_chain_still_verifies() {
     let problem = report.problem.expect("a forged prune is caught");
     assert!(problem.contains("pruned"), "{problem}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_restored_then_deleted_again_and_purged_keeps_each_deletion_apart() {
+    // found by a hostile run: the purge of the second deletion was written
+    // onto the first deletion's row too, and every later run refused the
+    // ledger as edited
+    let tickets = mixed(300);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let policy = Policy {
+        rules: vec![RetentionRule {
+            actor_ids: Some([900001].into()),
+            ..RetentionRule::new("bot", RuleAction::Purge)
+        }],
+        min_age: Duration::ZERO,
+        ..Policy::default()
+    };
+    let mut e = engine(&sb, policy, test_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.counts.purged, 30);
+    let kept = tickets.iter().find(|t| t.actor_id == 1001).unwrap().id;
+    assert!(sb.agent_restore(kept));
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.restored_elsewhere, 1);
+    // deleted again, by the bot: the new deletion is selected
+    assert!(
+        sb.state()
+            .agent_delete_again(kept, Utc::now(), Some((900001, "Automation".into())))
+    );
+    e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
+    let third = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(third.status, RunStatus::Completed, "{:?}", third.error);
+    assert_eq!(third.step, "refresh");
+    assert!(sb.purged_ids().contains(&kept));
+    let states: Vec<(String, String)> = sqlx::query_as(
+        "SELECT decision, state FROM ledger WHERE ticket_id = ? ORDER BY deleted_at",
+    )
+    .bind(kept as i64)
+    .fetch_all(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        [
+            ("keep_no_rule".to_string(), "restored".to_string()),
+            ("purge".to_string(), "purged".to_string())
+        ]
+    );
+    let fourth = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(fourth.status, RunStatus::Completed, "{:?}", fourth.error);
+    assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
+    // a ledger edited outside fails the run, recorded as failed, and verify
+    // names it too
+    sqlx::query(
+        "UPDATE ledger SET previous_state = 'solved' WHERE ticket_id = ? AND state = 'kept'",
+    )
+    .bind(
+        tickets
+            .iter()
+            .filter(|t| t.actor_id == 1001)
+            .nth(3)
+            .unwrap()
+            .id as i64,
+    )
+    .execute(e.ctx.store.pool())
+    .await
+    .unwrap();
+    let problem = e.ctx.store.verify_chain().await.unwrap().problem.unwrap();
+    assert!(problem.contains("ledger"), "{problem}");
+    assert!(run_cycle(&e.ctx, Trigger::Manual).await.is_err());
+    let last: String = sqlx::query_scalar("SELECT status FROM runs ORDER BY id DESC LIMIT 1")
+        .fetch_one(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(last, "failed");
+}
