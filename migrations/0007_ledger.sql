@@ -72,8 +72,8 @@ WHERE d.id = (SELECT MAX(d3.id) FROM decisions d3 WHERE d3.ticket_id = d.ticket_
 -- A purge's evidence (its decision, job and outcomes) is never pruned.
 CREATE TABLE pruned (
     id        INTEGER PRIMARY KEY,
-    tbl       TEXT    NOT NULL CHECK (tbl IN ('decisions', 'outcomes')),
-    row_id    INTEGER NOT NULL,
+    tbl       TEXT    NOT NULL CHECK (tbl IN ('decisions', 'outcomes', 'ledger')),
+    row_id    INTEGER NOT NULL,                 -- for 'ledger': the ticket id whose rows went
     run_id    INTEGER NOT NULL,                 -- the run the pruned row belonged to
     what      TEXT    NOT NULL,                 -- its decision or outcome
     pruned_at TEXT    NOT NULL,

@@ -180,6 +180,15 @@ impl AuditStore {
             ));
             return Ok(report);
         }
+        let unbacked: Option<i64> = sqlx::query_scalar(super::ledger::unbacked_rows_sql())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(ticket) = unbacked {
+            report.problem = Some(format!(
+                "the ledger's row of ticket {ticket} is missing or in a state its recorded outcomes do not bear out: the ledger was changed outside zd-retention"
+            ));
+            return Ok(report);
+        }
         // the derived counts that `audit run` and `audit stats` read
         let forged: Option<(i64, String)> = sqlx::query_as(
             "WITH whole AS (SELECT run_id FROM run_decision_counts

@@ -92,6 +92,25 @@ const LIVE_SQL: &str = "('kept', 'selected', 'purge_requested', 'purged', 'unkno
 const CURRENT_ROW: &str =
     "AND l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)";
 
+/// A ticket with decisions and no ledger row that a prune removed, or a
+/// current row whose state its latest outcome does not bear out.
+pub(super) fn unbacked_rows_sql() -> &'static str {
+    "SELECT ticket_id FROM (
+         SELECT d.ticket_id FROM decisions d
+         WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.ticket_id = d.ticket_id)
+           AND NOT EXISTS (SELECT 1 FROM pruned p WHERE p.tbl = 'ledger' AND p.row_id = d.ticket_id)
+         UNION ALL
+         SELECT l.ticket_id FROM ledger l
+         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
+           AND l.state IN ('purged', 'gone', 'restored', 'scrubbed', 'left_view', 'unknown')
+           AND COALESCE((SELECT o.outcome FROM outcomes o WHERE o.ticket_id = l.ticket_id ORDER BY o.id DESC LIMIT 1), '')
+               NOT IN (CASE l.state WHEN 'purged' THEN 'purged' WHEN 'gone' THEN 'confirmed_gone'
+                                    WHEN 'scrubbed' THEN 'scrubbed_by_zendesk' WHEN 'left_view' THEN 'left_view'
+                                    WHEN 'unknown' THEN 'unknown' ELSE 'restored' END,
+                       CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END))
+     LIMIT 1"
+}
+
 /// The current live rows whose attributes or decision differ from their
 /// ticket's latest decision row.
 pub(super) fn disagreeing_rows_sql() -> String {
@@ -314,8 +333,12 @@ impl AuditStore {
              UNION ALL
              SELECT 'outcomes', id, run_id, outcome FROM outcomes
              WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN ({settled})
+             UNION ALL
+             SELECT 'ledger', ticket_id, 0, 'ledger' FROM ledger
+             WHERE ticket_id IN ({settled}) GROUP BY ticket_id
              ORDER BY 1, 2"
         )))
+        .bind(timestamp(settled_before))
         .bind(timestamp(settled_before))
         .bind(timestamp(settled_before))
         .fetch_all(&mut *tx)
@@ -371,7 +394,7 @@ impl AuditStore {
         tx.commit()
             .await
             .context("cannot prune the audit's details")?;
-        Ok(doomed.len() as u64)
+        Ok(doomed.iter().filter(|(tbl, ..)| tbl != "ledger").count() as u64)
     }
 
     /// Rows per ledger state, for `audit ledger` and the metrics.

@@ -498,3 +498,44 @@ async fn a_ticket_restored_then_deleted_again_and_purged_keeps_each_deletion_apa
         .unwrap();
     assert_eq!(last, "failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded() {
+    let tickets = mixed(300);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let e = engine(&sb, bot_policy(), test_settings()).await;
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    let store = &e.ctx.store;
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
+    let kept = tickets.iter().find(|t| t.actor_id == 1001).unwrap().id as i64;
+    for (edit, undo) in [
+        (
+            "UPDATE ledger SET state = 'gone' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+        ),
+        (
+            "UPDATE ledger SET state = 'restored' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+        ),
+        ("DELETE FROM ledger WHERE ticket_id = ?", "SELECT ?"),
+    ] {
+        sqlx::query(edit)
+            .bind(kept)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let problem = store.verify_chain().await.unwrap().problem;
+        assert!(
+            problem
+                .as_deref()
+                .is_some_and(|p| p.contains(&format!("ticket {kept}"))),
+            "{edit}: {problem:?}"
+        );
+        sqlx::query(undo)
+            .bind(kept)
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+}

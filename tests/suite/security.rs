@@ -180,9 +180,23 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     let (code, text) = verify(&copy);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("ledger"), "{text}");
-    // a forger who also drops the ledger (a summary, rebuilt by the next
-    // whole walk) leaves a prefix that verifies on its own
-    sqlite(&copy, "DELETE FROM ledger;");
+    // a forger who also rebuilds the ledger from the remaining rows leaves
+    // a prefix that verifies on its own
+    sqlite(
+        &copy,
+        "DELETE FROM ledger;
+         INSERT INTO ledger (ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags,
+                             first_seen, last_seen, decision, rule, config_hash, state, state_at)
+         SELECT d.ticket_id, COALESCE(d.deleted_at, ''), d.actor_id, d.actor_name, d.previous_state, d.subject,
+                d.subject_tags, d.decided_at, d.decided_at, d.decision, d.rule, '',
+                CASE COALESCE((SELECT o.outcome FROM outcomes o WHERE o.ticket_id = d.ticket_id ORDER BY o.id DESC LIMIT 1), '')
+                    WHEN 'purged' THEN 'purged' WHEN 'unknown' THEN 'unknown' WHEN 'confirmed_gone' THEN 'gone'
+                    WHEN 'restored_elsewhere' THEN 'restored' WHEN 'restored' THEN 'restored'
+                    WHEN 'scrubbed_by_zendesk' THEN 'scrubbed' WHEN 'left_view' THEN 'left_view'
+                    ELSE CASE WHEN d.decision IN ('purge', 'would_purge') THEN 'selected' ELSE 'kept' END END,
+                d.decided_at
+         FROM decisions d WHERE d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = d.ticket_id);",
+    );
     let (code, text) = verify(&copy);
     assert_eq!(code, 0, "the truncated chain verifies on its own: {text}");
     let out = Command::new(BIN)
