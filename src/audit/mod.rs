@@ -226,6 +226,23 @@ pub struct AuditStore {
     /// disappearance, so that SQLite never replays it onto another file
     /// moved into its place.
     wal: Option<FileIdentity>,
+    /// An upgraded private copy of an older database being read: removed
+    /// when the last clone of the store goes.
+    scratch: Option<std::sync::Arc<ScratchFile>>,
+}
+
+/// A temporary file removed on drop.
+#[derive(Debug)]
+struct ScratchFile(std::path::PathBuf);
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl AuditStore {
@@ -264,6 +281,7 @@ impl AuditStore {
             pool,
             file: Some((path.to_path_buf(), identity)),
             wal,
+            scratch: None,
         };
         store
             .seal_states()
@@ -294,10 +312,68 @@ impl AuditStore {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
+        // A database an older zd-retention wrote is read through an upgraded
+        // copy: reading never writes, and a writer upgrades it in place.
+        let newest = sqlx::migrate!("./migrations")
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(None);
+        if applied.is_some_and(|v| v < newest) {
+            let copy = ScratchFile(std::env::temp_dir().join(format!(
+                "zd-retention-upgraded-{}-{}.db",
+                std::process::id(),
+                Utc::now().timestamp_nanos_opt().unwrap_or_default()
+            )));
+            sqlx::query("VACUUM INTO ?")
+                .bind(copy.0.to_string_lossy().into_owned())
+                .execute(&pool)
+                .await
+                .with_context(|| format!("cannot copy the older database {}", path.display()))?;
+            pool.close().await;
+            tracing::warn!(
+                database = %path.display(),
+                "written by an older zd-retention: read through an upgraded copy; the next writer (once, run) upgrades it in place"
+            );
+            let mut upgraded = Self::open_upgraded_copy(&copy.0).await?;
+            upgraded.scratch = Some(std::sync::Arc::new(copy));
+            return Ok(upgraded);
+        }
         Ok(Self {
             pool,
             file: None,
             wal: None,
+            scratch: None,
+        })
+    }
+
+    /// Migrates a private copy of an older database and opens it read-only.
+    async fn open_upgraded_copy(copy: &Path) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::new().filename(copy);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context("cannot upgrade a copy of the older database")?;
+        pool.close().await;
+        let options = SqliteConnectOptions::new().filename(copy).read_only(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            file: None,
+            wal: None,
+            scratch: None,
         })
     }
 

@@ -539,3 +539,42 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
             .unwrap();
     }
 }
+
+#[test]
+fn read_only_commands_read_an_older_database_through_an_upgraded_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pre-ledger.db"),
+        &db,
+    )
+    .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let bin = env!("CARGO_BIN_EXE_zd-retention");
+    for args in [
+        vec!["audit", "verify"],
+        vec!["audit", "runs"],
+        vec!["audit", "ledger"],
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .arg("--database")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("older zd-retention"),
+            "{args:?}"
+        );
+    }
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "reading never writes"
+    );
+}
