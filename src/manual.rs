@@ -495,6 +495,28 @@ pub async fn purge(
             .await?;
         return Ok((run, results));
     }
+    if let Err(message) = crate::cycle::clock_trusted(&ctx.client, ctx.settings.clock_skew) {
+        store
+            .record_outcomes(
+                run,
+                None,
+                &selected,
+                Outcome::NotSent,
+                Some(&message),
+                Utc::now(),
+            )
+            .await?;
+        store
+            .finish_run(
+                run,
+                RunStatus::Failed,
+                &RunCounts::default(),
+                Some(&message),
+                Utc::now(),
+            )
+            .await?;
+        anyhow::bail!("{message}");
+    }
     // each batch with the deletion times as listed, so that the freshness
     // read just before sending catches a ticket deleted again meanwhile;
     // forced ids were not listed and are sent as named

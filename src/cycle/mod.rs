@@ -210,6 +210,30 @@ pub struct SafetyRequests {
     pub settle: u64,
 }
 
+/// Whether this host's clock agrees with Zendesk's (the latest answer's
+/// `Date` header) within `clock_skew` and the header's one-second grain.
+/// Ages, and so `min_age`, are read off this host's clock.
+pub(crate) fn clock_trusted(client: &ZendeskClient, clock_skew: Duration) -> Result<(), String> {
+    let Some(offset) = client.clock_offset() else {
+        return Ok(());
+    };
+    let allowed =
+        chrono::Duration::from_std(clock_skew).unwrap_or_default() + chrono::Duration::seconds(2);
+    if offset.abs() <= allowed {
+        return Ok(());
+    }
+    Err(format!(
+        "this host's clock is {} {} Zendesk's (its Date header), more than zendesk.clock_skew = {} allows: ages cannot be trusted, nothing is purged; set the clock right (NTP) or raise zendesk.clock_skew",
+        humantime::format_duration(Duration::from_secs(offset.num_seconds().unsigned_abs())),
+        if offset < chrono::Duration::zero() {
+            "ahead of"
+        } else {
+            "behind"
+        },
+        humantime::format_duration(clock_skew),
+    ))
+}
+
 /// Runs one cycle to its end and records it. `Err` only when the audit
 /// store itself fails; a failed run is an `Ok` report with status `failed`.
 pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<CycleReport> {

@@ -385,6 +385,13 @@ pub(super) async fn scan(
                 continue;
             }
         }
+        // Ages are read off this host's clock: a clock far from Zendesk's
+        // (its Date header) would purge tickets younger than min_age.
+        if let Err(message) = clock_trusted(&ctx.client, settings.clock_skew) {
+            tracing::error!("{message}");
+            result.error = Some(message);
+            break;
+        }
         if page.tickets.is_empty() && page.has_more {
             result.empty_pages += 1;
             if result.empty_pages > 3 {

@@ -127,6 +127,9 @@ pub struct SandboxOptions {
     /// Agents' actions at chosen moments, for tests that need a change at an
     /// exact point of a scan.
     pub script: Vec<ScriptedAction>,
+    /// How far Zendesk's clock is ahead of the host's (negative: behind), as
+    /// its `Date` header shows: a host whose clock is wrong.
+    pub clock_offset: chrono::Duration,
 }
 
 /// When a scripted agent acts.
@@ -174,6 +177,7 @@ impl Default for SandboxOptions {
             scrub_after: None,
             strict_job_ids: false,
             script: Vec::new(),
+            clock_offset: chrono::Duration::zero(),
         }
     }
 }

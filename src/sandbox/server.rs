@@ -27,8 +27,25 @@ struct Shared {
 
 pub fn router(state: Arc<Mutex<State>>, addr: SocketAddr) -> Router {
     Router::new()
-        .fallback(handle)
+        .fallback(handle_dated)
         .with_state(Shared { state, addr })
+}
+
+/// Every answer carries Zendesk's clock in its `Date` header (offset by the
+/// `clock_offset` option).
+async fn handle_dated(
+    AxumState(shared): AxumState<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let offset = super::lock(&shared.state).options.clock_offset;
+    let mut response = handle(AxumState(shared), method, uri, headers).await;
+    let date = (chrono::Utc::now() + offset).format("%a, %d %b %Y %H:%M:%S GMT");
+    if let Ok(value) = HeaderValue::from_str(&date.to_string()) {
+        response.headers_mut().insert(header::DATE, value);
+    }
+    response
 }
 
 /// The seven endpoints.

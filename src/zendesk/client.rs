@@ -262,6 +262,12 @@ impl Call {
 }
 
 impl ZendeskClient {
+    /// Zendesk's clock minus this host's, from the latest answer's `Date`
+    /// header; `None` before any answer carried one.
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        self.inner.pacer.clock_offset()
+    }
+
     pub fn new(config: ClientConfig) -> Result<Self, ZendeskError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("zd-retention/", env!("CARGO_PKG_VERSION")))

@@ -157,6 +157,9 @@ pub struct Pacer {
     /// The limiters' clock, made once: making one calibrates the TSC.
     clock: DefaultClock,
     pub(crate) stats: ClientStats,
+    /// Zendesk's clock (its `Date` header) minus this host's, in ms, from
+    /// the latest answer; `i64::MIN` before any.
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -182,6 +185,7 @@ impl Pacer {
             holds: Mutex::new(HoldOffs::default()),
             clock: DefaultClock::default(),
             stats: ClientStats::default(),
+            clock_offset_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -234,7 +238,27 @@ impl Pacer {
 
     /// Reads the rate-limit headers of an answer and holds off the class or
     /// the whole account when Zendesk says its budget is spent.
+    /// Zendesk's clock minus this host's, from the latest answer's `Date`
+    /// header (whole seconds: within a second of the truth).
+    pub fn clock_offset(&self) -> Option<chrono::Duration> {
+        let ms = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (ms != i64::MIN).then(|| chrono::Duration::milliseconds(ms))
+    }
+
     pub fn observe(&self, class: EndpointClass, headers: &HeaderMap) {
+        if let Some(date) = headers
+            .get(reqwest::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+        {
+            let offset = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
+            self.clock_offset_ms.store(
+                offset.num_milliseconds(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let budget = RateLimitHeaders::parse(headers);
         let now = Instant::now();
         let mut holds = self.holds.lock().expect("holds lock is never poisoned");

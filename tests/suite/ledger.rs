@@ -578,3 +578,34 @@ fn read_only_commands_read_an_older_database_through_an_upgraded_copy() {
         "reading never writes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_clock_far_from_zendesks_purges_nothing() {
+    // found by a hostile run: with the host's clock two hours ahead, a
+    // ticket deleted 16 minutes earlier passed min_age = 1h and was purged
+    let tickets = mixed(300);
+    for (offset, purges) in [
+        (chrono::Duration::hours(-2), false),
+        (chrono::Duration::seconds(-30), true),
+    ] {
+        let options = zd_retention::sandbox::SandboxOptions {
+            clock_offset: offset,
+            ..fast_sandbox_options(0)
+        };
+        let sb = sandbox_with(tickets.clone(), options).await;
+        let e = engine(&sb, bot_policy(), test_settings()).await;
+        let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        if purges {
+            assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+            assert_eq!(sb.purged_ids().len(), 30);
+        } else {
+            assert_eq!(report.status, RunStatus::Failed);
+            let error = report.error.unwrap_or_default();
+            assert!(
+                error.contains("ahead of Zendesk's") && error.contains("clock_skew"),
+                "{error}"
+            );
+            assert!(sb.purged_ids().is_empty(), "purged on a wrong clock");
+        }
+    }
+}
