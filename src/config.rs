@@ -524,6 +524,16 @@ impl Config {
         let reconcile = c
             .duration("schedule.reconcile", &raw.schedule.reconcile)
             .unwrap_or(Duration::from_secs(86_400));
+        if let (Some(v), true) = (
+            &raw.schedule.reconcile,
+            reconcile > Duration::from_secs(7 * 86_400),
+        ) {
+            c.at(
+                "schedule.reconcile",
+                v,
+                "must be at most 7d: a deletion the newest-first reads missed waits for the next whole walk, and Zendesk scrubs deleted tickets after about 30 days".to_string(),
+            );
+        }
         let keep_details = c.duration("audit.keep_details", &raw.audit.keep_details);
         if let (Some(keep), Some(v)) = (keep_details, &raw.audit.keep_details)
             && keep < Duration::from_secs(31 * 86_400)
