@@ -39,9 +39,12 @@ pub struct Cli {
     /// The config file (TOML); falls back to $ZD_RETENTION_CONFIG.
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Log line format on stderr; the level comes from RUST_LOG.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log line format on stderr (default: text, but JSON for `run` when
+    /// stderr is not a terminal, as under journald or Kubernetes); the level
+    /// comes from RUST_LOG (default: this program's lines at info, its
+    /// libraries' at warn).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Begin a fresh audit history although the database that was in use
     /// here is missing (otherwise a writer refuses to start).
     #[arg(long, global = true)]
@@ -743,6 +746,11 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
+    // valid, or a list of problems: never both
+    if let Err(e) = config.auth() {
+        eprintln!("{e}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let file = config
         .source
         .as_ref()
@@ -780,7 +788,7 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         } else {
             "LIVE (tickets are purged for good)"
         },
-        humantime::format_duration(config.policy.min_age),
+        crate::human::duration(config.policy.min_age),
         config.safety.max_purges_per_run,
         config.policy.protect_ids.len()
     );
@@ -806,18 +814,20 @@ fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     if config.policy.rules.is_empty() {
         println!("    (none: every ticket is kept)");
     }
-    match config.policy.purge_horizon() {
-        Some(h) if h < Duration::MAX => println!(
-            "  scan: sorted by deletion time, stops at tickets younger than {}",
-            humantime::format_duration(h)
+    // the plan the cycle itself follows (cycle::choose_step)
+    match crate::listing::ScanPlan::for_policy(&config.policy) {
+        (crate::listing::ScanPlan::Sorted { horizon }, _) => println!(
+            "  first run: the oldest deletions first, stopping at tickets younger than {} (once the order is proven)",
+            crate::human::duration(horizon)
         ),
-        Some(_) => println!("  scan: no purge rule, nothing to scan for"),
-        None => println!("  scan: full (a purge rule has no older_than)"),
+        (crate::listing::ScanPlan::Full, why) => {
+            println!("  first run: the whole view ({why})")
+        }
     }
-    if let Err(e) = config.auth() {
-        eprintln!("{e}");
-        return Ok(ExitCode::from(EXIT_USAGE));
-    }
+    println!(
+        "  later runs: the newest deletions only, the rest decided from the ledger; the whole view every {}",
+        crate::human::duration(config.schedule.reconcile)
+    );
     println!("  credential: found");
     Ok(ExitCode::SUCCESS)
 }

@@ -325,7 +325,8 @@ impl Config {
                 ),
             }],
         })?;
-        warn_if_world_readable(path);
+        // the config holds no secret (tokens come from a variable or a
+        // file): its mode is not warned about
         let mut config = Self::parse(&text, &file)?;
         config.source = Some(path.to_path_buf());
         // A relative database path is taken relative to the working
@@ -335,9 +336,9 @@ impl Config {
 
     /// Validates config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        let raw = parse_raw(text).map_err(|(e, path)| ConfigError {
             file: file.to_string(),
-            problems: vec![toml_problem(text, &e)],
+            problems: vec![toml_problem(text, &e, path)],
         })?;
         let mut c = Checker {
             text,
@@ -958,7 +959,18 @@ pub fn cron_parser() -> croner::parser::CronParser {
         .build()
 }
 
-fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
+/// The TOML read into the raw shape, or the error with the key path it
+/// concerns (`safety.dry_run`), when it concerns one.
+fn parse_raw(text: &str) -> Result<RawConfig, (toml::de::Error, Option<String>)> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| (e, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = (!path.is_empty() && path != ".").then_some(path);
+        (e.into_inner(), path)
+    })
+}
+
+fn toml_problem(text: &str, e: &toml::de::Error, path: Option<String>) -> ConfigProblem {
     let line = e
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -973,12 +985,15 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> ConfigProblem {
     } else {
         ""
     };
-    let key = e
-        .span()
-        .and_then(|s| text.get(s.clone()))
-        .map(|s| s.trim().chars().take(40).collect::<String>())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "(syntax)".into());
+    // the key path when serde knows it (a wrong type names
+    // `safety.dry_run`), else the text at the error
+    let key = path.unwrap_or_else(|| {
+        e.span()
+            .and_then(|s| text.get(s.clone()))
+            .map(|s| s.trim().chars().take(40).collect::<String>())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "(syntax)".into())
+    });
     ConfigProblem {
         key,
         line,

@@ -80,7 +80,7 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
     }
     println!(
         "  safety: nothing younger than {} is purged\n",
-        humantime::format_duration(ctx.policy.min_age)
+        crate::human::duration(ctx.policy.min_age)
     );
 
     let report = run_cycle(&ctx, Trigger::Demo).await?;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod demo;
+pub mod human;
 pub mod listing;
 pub mod manual;
 pub mod quota;

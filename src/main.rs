@@ -28,7 +28,10 @@ fn main() -> ExitCode {
         default_hook(info);
     }));
     let cli = Cli::parse();
-    zd_retention::telemetry::init(cli.log_format);
+    zd_retention::telemetry::init(zd_retention::telemetry::LogFormat::choose(
+        cli.log_format,
+        matches!(cli.command, zd_retention::cli::Command::Run),
+    ));
     // One-shot commands run on one thread: fewer wake-ups across threads per
     // page. The daemon and the sandbox serve concurrent work on several.
     let runtime = if cli.command.is_long_running() {

@@ -65,12 +65,7 @@ impl RateQuota {
 
 impl fmt::Display for RateQuota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}",
-            self.count,
-            humantime::format_duration(self.window)
-        )
+        write!(f, "{}/{}", self.count, crate::human::duration(self.window))
     }
 }
 

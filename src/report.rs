@@ -182,7 +182,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         let _ = writeln!(
             out,
             "  freshness  at most {} between a ticket's last listing and its destroy_many",
-            humantime::format_duration(Duration::from_millis(age.as_millis() as u64))
+            crate::human::duration(Duration::from_millis(age.as_millis() as u64))
         );
     }
     let settled = report.not_effective
@@ -349,7 +349,7 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                     if let Some(ms) = run.max_listing_age_ms {
                         println!(
                             "  at most {} between a ticket's last listing and its destroy_many",
-                            humantime::format_duration(Duration::from_millis(ms as u64))
+                            crate::human::duration(Duration::from_millis(ms as u64))
                         );
                     }
                     if let Some(e) = &run.error {

@@ -205,14 +205,14 @@ impl RetentionRule {
     pub fn explain(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> Vec<(String, bool)> {
         let age = age_of(ticket, now);
         let shown_age = age.map_or("unknown".to_string(), |a| {
-            humantime::format_duration(Duration::from_secs(a.as_secs())).to_string()
+            crate::human::duration(Duration::from_secs(a.as_secs())).to_string()
         });
         let mut out = Vec::new();
         if let Some(min) = self.older_than {
             out.push((
                 format!(
                     "deleted more than {} ago (it was {shown_age} ago)",
-                    humantime::format_duration(min)
+                    crate::human::duration(min)
                 ),
                 age.is_some_and(|a| a >= min),
             ));
@@ -221,7 +221,7 @@ impl RetentionRule {
             out.push((
                 format!(
                     "deleted less than {} ago (it was {shown_age} ago)",
-                    humantime::format_duration(max)
+                    crate::human::duration(max)
                 ),
                 age.is_some_and(|a| a < max),
             ));
@@ -274,13 +274,13 @@ impl RetentionRule {
         if let Some(d) = self.older_than {
             parts.push(format!(
                 "deleted more than {} ago",
-                humantime::format_duration(d)
+                crate::human::duration(d)
             ));
         }
         if let Some(d) = self.younger_than {
             parts.push(format!(
                 "deleted less than {} ago",
-                humantime::format_duration(d)
+                crate::human::duration(d)
             ));
         }
         if let Some(s) = &self.previous_state {

@@ -254,6 +254,14 @@ impl AuditStore {
             .with_context(|| format!("bad database path {}", path.display()))?;
         create_private(path)
             .with_context(|| format!("cannot create the audit database {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                // subjects, actors and the purge history are personal data
+                tracing::warn!(database = %path.display(), "the audit database is readable by every user of this machine; consider chmod 600");
+            }
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -224,13 +224,13 @@ pub(crate) fn clock_trusted(client: &ZendeskClient, clock_skew: Duration) -> Res
     }
     Err(format!(
         "this host's clock is {} {} Zendesk's (its Date header), more than zendesk.clock_skew = {} allows: ages cannot be trusted, nothing is purged; set the clock right (NTP) or raise zendesk.clock_skew",
-        humantime::format_duration(Duration::from_secs(offset.num_seconds().unsigned_abs())),
+        crate::human::duration(Duration::from_secs(offset.num_seconds().unsigned_abs())),
         if offset < chrono::Duration::zero() {
             "ahead of"
         } else {
             "behind"
         },
-        humantime::format_duration(clock_skew),
+        crate::human::duration(clock_skew),
     ))
 }
 

@@ -238,10 +238,10 @@ pub(crate) fn choose_step(
             Step::Reconcile,
             format!(
                 "the last whole walk began {} ago (schedule.reconcile = {})",
-                humantime::format_duration(Duration::from_secs(
+                crate::human::duration(Duration::from_secs(
                     (now - last).num_seconds().max(0) as u64
                 )),
-                humantime::format_duration(settings.reconcile_every)
+                crate::human::duration(settings.reconcile_every)
             ),
         );
     }

@@ -226,7 +226,7 @@ impl PurgeWorker {
             }
             tracing::warn!(
                 ids = sent.len(),
-                wait = %humantime::format_duration(wait),
+                wait = %crate::human::duration(wait),
                 "purge rate limited (429, not carried out): waiting, then reading the newest deletions again"
             );
             tokio::time::sleep(wait).await;
@@ -715,7 +715,7 @@ impl PurgeWorker {
                 if job.since.elapsed() > self.settings.job_timeout {
                     let why = format!(
                         "no status could be read for {}; the next scan settles the outcome",
-                        humantime::format_duration(self.settings.job_timeout)
+                        crate::human::duration(self.settings.job_timeout)
                     );
                     self.give_up(job, &why).await?;
                 } else {
@@ -733,7 +733,7 @@ impl PurgeWorker {
                             &format!(
                                 "still {} after {}",
                                 status.status,
-                                humantime::format_duration(self.settings.job_timeout)
+                                crate::human::duration(self.settings.job_timeout)
                             ),
                         )
                         .await?;

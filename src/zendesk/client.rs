@@ -653,7 +653,7 @@ impl ZendeskClient {
             tracing::warn!(
                 call = %call.description,
                 reason = %err,
-                wait = %humantime::format_duration(round_ms(wait)),
+                wait = %crate::human::duration(round_ms(wait)),
                 "retrying"
             );
         })
@@ -691,7 +691,7 @@ impl ZendeskClient {
             tracing::warn!(
                 call = %call.description,
                 reason = %err,
-                wait = %humantime::format_duration(round_ms(wait)),
+                wait = %crate::human::duration(round_ms(wait)),
                 "retrying"
             );
         })
@@ -819,7 +819,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// A reqwest error in words, without the URL and never with headers.
 fn describe_reqwest(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
-        return format!("no answer within {}", humantime::format_duration(timeout));
+        return format!("no answer within {}", crate::human::duration(timeout));
     }
     let kind = if e.is_connect() {
         "could not connect"

@@ -9,7 +9,7 @@ use super::model::ApiErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZendeskError {
-    #[error("{call}: rate limited by Zendesk (429), retry after {}; the request was not carried out: {body}", humantime::format_duration(*wait))]
+    #[error("{call}: rate limited by Zendesk (429), retry after {}; the request was not carried out: {body}", crate::human::duration(*wait))]
     RateLimited {
         call: String,
         wait: Duration,

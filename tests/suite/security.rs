@@ -249,4 +249,19 @@ fn a_world_readable_token_file_is_warned_about_not_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("readable by every user"), "{stderr}");
     assert!(!stderr.contains(TOKEN) && !String::from_utf8_lossy(&out.stdout).contains(TOKEN));
+    // not on a terminal: no colour codes in the log
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes off a terminal: {stderr:?}"
+    );
+    // the config holds no secret: its own mode is not warned about
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("readable by every user"), "{stderr}");
 }

@@ -1,0 +1,66 @@
+//! Durations as people write them in a config: `7d`, `12h`, `1h 30m`,
+//! `250ms`. At most the two largest units, so a printed age reads at a
+//! glance; humantime still parses every form printed here.
+
+use std::time::Duration;
+
+/// `7d`, `12h`, `1h 30m`, `2m 5s`, `250ms`, `0s`.
+pub fn duration(d: Duration) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let secs = d.as_secs();
+    if secs == 0 {
+        let ms = d.subsec_millis();
+        return if ms == 0 {
+            "0s".into()
+        } else {
+            format!("{ms}ms")
+        };
+    }
+    let mut rest = secs;
+    let mut parts = Vec::new();
+    for (size, unit) in UNITS {
+        let n = rest / size;
+        if n > 0 {
+            parts.push(format!("{n}{unit}"));
+            rest %= size;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+        // a gap ends the reading: 1d 0h 5m is written 1d
+        if !parts.is_empty() && n == 0 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written_in_a_config() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (90, "1m 30s"),
+            (3_600, "1h"),
+            (5_400, "1h 30m"),
+            (43_200, "12h"),
+            (7 * 86_400, "7d"),
+            (86_400 + 3_600, "1d 1h"),
+            (86_400 + 300, "1d"),
+            (30 * 86_400 + 59, "30d"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(duration(Duration::from_secs(secs)), text, "{secs}");
+        }
+        assert_eq!(duration(Duration::from_millis(250)), "250ms");
+        // what is printed parses back to at most the value
+        for (secs, text) in cases {
+            let back = humantime::parse_duration(text).unwrap();
+            assert!(back <= Duration::from_secs(secs), "{text}");
+        }
+    }
+}
