@@ -10,8 +10,7 @@ use comfy_table::Table;
 
 use crate::audit::{AuditStore, SearchFilter};
 use crate::cli::{
-    AuditCommand, AuditTarget, EXIT_FAILED, ExportFormat, StatsBy, TableFormat, csv_field,
-    load_config,
+    AuditCommand, AuditTarget, EXIT_FAILED, ExportFormat, StatsBy, TableFormat, load_config,
 };
 use crate::cycle::CycleReport;
 use crate::rules::Policy;
@@ -287,9 +286,19 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
             let jobs = store.jobs_of_run(run_id).await?;
             match target.format {
                 TableFormat::Csv => {
-                    let rows: Vec<_> = decisions
+                    #[derive(serde::Serialize)]
+                    struct Row<'a> {
+                        decision: &'a str,
+                        rule: Option<&'a str>,
+                        count: i64,
+                    }
+                    let rows: Vec<Row> = decisions
                         .iter()
-                        .map(|(d, r, n)| serde_json::json!({"decision": d, "rule": r, "count": n}))
+                        .map(|(d, r, n)| Row {
+                            decision: d,
+                            rule: r.as_deref(),
+                            count: *n,
+                        })
                         .collect();
                     print!("{}", csv_rows(&rows)?);
                 }
@@ -535,31 +544,33 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
                 format: TableFormat::Json,
             };
             let store = open(config, &target).await?;
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let mut header = format == ExportFormat::Csv;
-            let n = store
-                .export(since, |row| {
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            let n = match format {
+                ExportFormat::Jsonl => {
                     use std::io::Write as _;
-                    match format {
-                        ExportFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&row)?)?,
-                        ExportFormat::Csv => {
-                            let csv = csv_rows(std::slice::from_ref(&row))?;
-                            let mut lines = csv.lines();
-                            let head = lines.next().unwrap_or_default();
-                            if header {
-                                writeln!(out, "{head}")?;
-                                header = false;
-                            }
-                            for line in lines {
-                                writeln!(out, "{line}")?;
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-                .await?;
-            use std::io::Write as _;
-            out.flush()?;
+                    let mut out = out;
+                    let n = store
+                        .export(since, |row| {
+                            writeln!(out, "{}", serde_json::to_string(&row)?)?;
+                            Ok(())
+                        })
+                        .await?;
+                    out.flush()?;
+                    n
+                }
+                ExportFormat::Csv => {
+                    // one CSV writer for the whole stream: its header once
+                    let mut out = csv::Writer::from_writer(out);
+                    let n = store
+                        .export(since, |row| {
+                            out.serialize(&row)?;
+                            Ok(())
+                        })
+                        .await?;
+                    out.flush()?;
+                    n
+                }
+            };
             eprintln!("{n} decisions exported");
         }
         AuditCommand::Stats { by, since, target } => {
@@ -679,32 +690,18 @@ pub async fn audit(config: Option<PathBuf>, command: AuditCommand) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rows as CSV: a header of the fields, then one line per row.
+/// Rows as CSV through the `csv` crate: the columns in the order the row
+/// type declares its fields (for stored rows, the schema's order), the
+/// header once, quoting as RFC 4180 asks. No rows: no output.
 pub fn csv_rows<T: serde::Serialize>(rows: &[T]) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let mut header: Option<Vec<String>> = None;
+    let mut writer = csv::Writer::from_writer(Vec::new());
     for row in rows {
-        let serde_json::Value::Object(map) = serde_json::to_value(row)? else {
-            anyhow::bail!("a CSV row must be an object");
-        };
-        let keys = header.get_or_insert_with(|| {
-            let keys: Vec<String> = map.keys().cloned().collect();
-            out.push_str(&keys.join(","));
-            out.push('\n');
-            keys
-        });
-        let cells: Vec<String> = keys
-            .iter()
-            .map(|k| match map.get(k) {
-                None | Some(serde_json::Value::Null) => String::new(),
-                Some(serde_json::Value::String(s)) => csv_field(s),
-                Some(other) => csv_field(&other.to_string()),
-            })
-            .collect();
-        out.push_str(&cells.join(","));
-        out.push('\n');
+        writer.serialize(row)?;
     }
-    Ok(out)
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("cannot write CSV: {e}"))?;
+    Ok(String::from_utf8(bytes)?)
 }
 
 /// `plan`'s output.

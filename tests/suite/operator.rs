@@ -312,6 +312,28 @@ async fn plan_and_each_audit_question_answer_in_one_command_as_table_and_json() 
         lines + 1,
         "a header and a line per decision"
     );
+    // columns in the schema's order, quoted where a field holds a comma
+    let runs = zd(&config, &["audit", "runs", "--format", "csv"]).await;
+    let text = String::from_utf8_lossy(&runs.stdout);
+    let mut rows = text.lines();
+    assert!(
+        rows.next().is_some_and(|h| h.starts_with(
+            "id,trigger,started_at,finished_at,dry_run,config_hash,status,scanned,matched,purged"
+        )),
+        "{text}"
+    );
+    for args in [
+        &["audit", "run", "1", "--format", "csv"][..],
+        &["audit", "stats", "--by", "rule", "--format", "csv"][..],
+        &["audit", "ticket", "1", "--format", "csv"][..],
+    ] {
+        let out = zd(&config, args).await;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
