@@ -525,14 +525,15 @@ impl Policy {
     /// When every purge rule requires a minimum age, the youngest age at
     /// which anything can be purged: a listing sorted by `deleted_at` may
     /// stop at the first ticket younger than this. `None` when some purge rule
-    /// can select tickets of any age.
+    /// can select tickets of any age, and when there is no purge rule at all
+    /// (nothing bounds the walk; `ScanPlan::for_policy` says why).
     pub fn purge_horizon(&self) -> Option<Duration> {
         let mut horizon: Option<Duration> = None;
         for rule in self.rules.iter().filter(|r| r.action == RuleAction::Purge) {
             let older = rule.older_than?;
             horizon = Some(horizon.map_or(older, |h| h.min(older)));
         }
-        Some(horizon.unwrap_or(Duration::MAX).max(self.min_age))
+        horizon.map(|h| h.max(self.min_age))
     }
 
     /// Whether a rule reads the subject (which the ledger keeps only when
@@ -723,6 +724,11 @@ mod tests {
             actor_ids: Some([1].into()),
             ..RetentionRule::new("bot", RuleAction::Purge)
         });
+        assert_eq!(policy.purge_horizon(), None);
+        // no purge rule: no horizon either (no sentinel duration)
+        policy.rules.clear();
+        assert_eq!(policy.purge_horizon(), None);
+        policy.rules.push(RetentionRule::new("hold", RuleAction::Keep));
         assert_eq!(policy.purge_horizon(), None);
     }
 }
