@@ -728,7 +728,9 @@ mod tests {
         // no purge rule: no horizon either (no sentinel duration)
         policy.rules.clear();
         assert_eq!(policy.purge_horizon(), None);
-        policy.rules.push(RetentionRule::new("hold", RuleAction::Keep));
+        policy
+            .rules
+            .push(RetentionRule::new("hold", RuleAction::Keep));
         assert_eq!(policy.purge_horizon(), None);
     }
 }

@@ -268,6 +268,12 @@ impl ZendeskClient {
         self.inner.pacer.clock_offset()
     }
 
+    /// How long requests are still held off by Zendesk's rate-limit headers
+    /// or a 429's Retry-After, if at all.
+    pub fn holding(&self) -> Option<std::time::Duration> {
+        self.inner.pacer.holding()
+    }
+
     pub fn new(config: ClientConfig) -> Result<Self, ZendeskError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("zd-retention/", env!("CARGO_PKG_VERSION")))

@@ -10,10 +10,43 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, RateLimiter};
+use governor::RateLimiter;
+use governor::clock::Clock;
+
 use reqwest::header::HeaderMap;
 use tokio::time::Instant;
+
+/// governor's clock on tokio's time: a test that pauses tokio's clock moves
+/// the limiters with it, and every wait in the client is tokio time.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    origin: Instant,
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    /// Time since the clock was made (a `Duration` is a governor reference).
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+}
+
+/// A direct (unkeyed) limiter on tokio's clock.
+type Limiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
 
 use crate::quota::RateQuota;
 
@@ -150,12 +183,12 @@ struct HoldOffs {
 /// Governor limiters per endpoint class plus header-driven hold-offs.
 pub struct Pacer {
     limits: RateLimits,
-    list: DefaultDirectRateLimiter,
-    list_deep: DefaultDirectRateLimiter,
-    account: DefaultDirectRateLimiter,
+    list: Limiter,
+    list_deep: Limiter,
+    account: Limiter,
     holds: Mutex<HoldOffs>,
-    /// The limiters' clock, made once: making one calibrates the TSC.
-    clock: DefaultClock,
+    /// The limiters' clock: tokio's.
+    clock: TokioClock,
     pub(crate) stats: ClientStats,
     /// Zendesk's clock (its `Date` header) minus this host's, in ms, from
     /// the latest answer; `i64::MIN` before any.
@@ -172,6 +205,7 @@ impl std::fmt::Debug for Pacer {
 
 impl Pacer {
     pub fn new(limits: RateLimits) -> Self {
+        let clock = TokioClock::default();
         Self {
             limits,
             // Listing is sequential (each page needs the previous cursor), so
@@ -179,11 +213,11 @@ impl Pacer {
             // `remaining=0` holds the rest until the window resets. This
             // spends each window's quota at its start instead of spreading
             // it, which is what the quota bound assumes.
-            list: RateLimiter::direct(limits.list.to_governor_burst()),
-            list_deep: RateLimiter::direct(limits.list_deep.to_governor_burst()),
-            account: RateLimiter::direct(limits.account.to_governor()),
+            list: RateLimiter::direct_with_clock(limits.list.to_governor_burst(), clock),
+            list_deep: RateLimiter::direct_with_clock(limits.list_deep.to_governor_burst(), clock),
+            account: RateLimiter::direct_with_clock(limits.account.to_governor(), clock),
             holds: Mutex::new(HoldOffs::default()),
-            clock: DefaultClock::default(),
+            clock,
             stats: ClientStats::default(),
             clock_offset_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
@@ -236,8 +270,6 @@ impl Pacer {
         }
     }
 
-    /// Reads the rate-limit headers of an answer and holds off the class or
-    /// the whole account when Zendesk says its budget is spent.
     /// Zendesk's clock minus this host's, from the latest answer's `Date`
     /// header (whole seconds: within a second of the truth).
     pub fn clock_offset(&self) -> Option<chrono::Duration> {
@@ -247,6 +279,9 @@ impl Pacer {
         (ms != i64::MIN).then(|| chrono::Duration::milliseconds(ms))
     }
 
+    /// Reads the rate-limit headers of an answer and holds off the class or
+    /// the whole account when Zendesk says its budget is spent; notes
+    /// Zendesk's clock from its `Date` header.
     pub fn observe(&self, class: EndpointClass, headers: &HeaderMap) {
         if let Some(date) = headers
             .get(reqwest::header::DATE)
@@ -274,6 +309,19 @@ impl Pacer {
         }
     }
 
+    /// How long requests are held off still (the longest hold), if at all.
+    pub fn holding(&self) -> Option<Duration> {
+        let holds = self.holds.lock().expect("holds lock is never poisoned");
+        let now = Instant::now();
+        holds
+            .list
+            .into_iter()
+            .chain(holds.account)
+            .max()
+            .filter(|t| *t > now)
+            .map(|t| t - now)
+    }
+
     /// Holds every request off for `wait` (a 429's Retry-After).
     pub fn hold_account(&self, wait: Duration) {
         let until = Instant::now() + wait;
@@ -282,7 +330,7 @@ impl Pacer {
     }
 }
 
-async fn until_ready(limiter: &DefaultDirectRateLimiter, clock: &DefaultClock) {
+async fn until_ready(limiter: &Limiter, clock: &TokioClock) {
     loop {
         match limiter.check() {
             Ok(()) => return,
@@ -356,6 +404,58 @@ impl RateLimitHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(list: &str, account: &str) -> RateLimits {
+        RateLimits {
+            list: list.parse().unwrap(),
+            list_deep: "5/1m".parse().unwrap(),
+            account: account.parse().unwrap(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_list_quota_is_spent_at_a_windows_start_then_refilled_on_tokio_time() {
+        let pacer = Pacer::new(limits("10/1m", "6000/1m"));
+        let start = Instant::now();
+        for _ in 0..10 {
+            pacer.acquire(EndpointClass::List).await;
+        }
+        // the account allows one every 10ms: the burst takes 90ms
+        assert!(
+            start.elapsed() <= Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
+        pacer.acquire(EndpointClass::List).await;
+        // the 11th waits for the list quota's refill, one every 6s
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(6) && waited < Duration::from_secs(7),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spent_budget_headers_and_retry_after_hold_requests_on_tokio_time() {
+        let pacer = Pacer::new(limits("10/1m", "200/1m"));
+        let mut headers = HeaderMap::new();
+        headers.insert("ratelimit-remaining", "0".parse().unwrap());
+        headers.insert("ratelimit-reset", "30".parse().unwrap());
+        pacer.observe(EndpointClass::Other, &headers);
+        assert_eq!(pacer.holding(), Some(Duration::from_secs(30)));
+        let start = Instant::now();
+        pacer.acquire(EndpointClass::Other).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert_eq!(pacer.holding(), None);
+        pacer.hold_account(Duration::from_secs(12));
+        let start = Instant::now();
+        pacer.acquire(EndpointClass::List).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(12),
+            "{:?}",
+            start.elapsed()
+        );
+    }
     use reqwest::header::{HeaderName, HeaderValue};
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
