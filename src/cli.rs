@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::cycle::{CycleContext, RunStatus, Trigger, run_cycle};
 use crate::sandbox::{CursorSort, Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
 use crate::telemetry::LogFormat;
-use crate::zendesk::{DeletedTicket, ListOptions, Pagination, SortBy, SortOrder, ZendeskClient};
+use crate::zendesk::{DeletedTicket, ListOptions, Pagination, SortBy, SortOrder};
 
 /// Exit code of a failed run or request.
 pub const EXIT_FAILED: u8 = 1;
@@ -512,9 +512,7 @@ pub(crate) fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> 
 }
 
 /// Builds the client from the config, reading the credential.
-pub fn client_from(config: &Config) -> anyhow::Result<ZendeskClient> {
-    Ok(ZendeskClient::new(config.client_config()?)?)
-}
+pub use crate::app::client_from;
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {
@@ -928,7 +926,8 @@ async fn once(
 
 async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let client = client_from(&config)?;
+    // a bad credential or URL fails now, not after a standby wait
+    client_from(&config)?;
     // Active/standby: a second daemon on the same database waits here until
     // the active one ends (its lock goes with its process, SIGKILL too).
     let standby_cancel = CancellationToken::new();
@@ -952,44 +951,9 @@ async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow::Result<Ex
         tracing::info!("stopped while on standby");
         return Ok(ExitCode::SUCCESS);
     };
-    let store = open_store(&config).await?;
+    let app = crate::app::App::build(&config).await?;
     lock.mark_history();
-    // A crash of the previous process shows at once, not at the first tick;
-    // its open jobs are followed by the first run.
-    let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;
-    if !interrupted.is_empty() {
-        tracing::warn!(runs = ?interrupted, "runs of an earlier process did not finish; recorded as interrupted");
-    }
-    let cancel = CancellationToken::new();
-    let ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
-    if config.safety.dry_run {
-        tracing::warn!("safety.dry_run = true: runs decide and record, and purge nothing");
-    }
-    let signals = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            shutdown_signal().await;
-            crate::server::notify_stopping();
-            cancel.cancel();
-        }
-    });
-    if let Some(listen) = config.listen {
-        let metrics = crate::server::install_metrics()?;
-        // The probes outlive the cycle's cancellation a little: they stop
-        // with the process.
-        crate::server::serve(
-            listen,
-            store.clone(),
-            ctx.client.clone(),
-            metrics,
-            CancellationToken::new(),
-        )
-        .await?;
-    }
-    crate::server::notify_ready(cancel.clone());
-    crate::daemon::run_daemon(config.schedule.clone(), ctx).await?;
-    signals.abort();
-    store.close().await;
+    app.run_until_stopped(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the code map and the invariants that hold it
 //! together.
 
+pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;

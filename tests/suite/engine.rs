@@ -545,3 +545,76 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
     assert_eq!(report.counts.scanned, 4);
     assert_eq!(report.counts.matched, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_in_process_and_serves_metrics_from_its_bound_address() {
+    let tickets = clear_tickets(300, 41);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[zendesk]\nbase_url = \"{}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
+         [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
+         [schedule]\ncron = \"* * * * * *\"\nshutdown_grace = \"2s\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n\
+         [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
+        sb.base_url(),
+        dir.path().join("audit.db").display()
+    );
+    // SAFETY: this test's process only (nextest runs each test alone)
+    unsafe { std::env::set_var("ZD_TEST_TOKEN", crate::helpers::TOKEN) };
+    let config = zd_retention::config::Config::parse(&text, "inline").unwrap();
+    let app = zd_retention::app::App::build(&config).await.unwrap();
+    let addr = app.server_addr().expect("a bound address");
+    assert_ne!(addr.port(), 0);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    // a tick every second: wait for the first completed run
+    let client = reqwest::Client::new();
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = client
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("zd_retention_runs_total{status=\"completed\"}") {
+            break;
+        }
+    }
+    assert!(
+        metrics.contains("zd_retention_runs_total{status=\"completed\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("zd_retention_ledger_tickets"), "{metrics}");
+    let health = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    let store = zd_retention::audit::AuditStore::open_read_only(&dir.path().join("audit.db"))
+        .await
+        .unwrap();
+    let runs = store.runs(None, 100).await.unwrap();
+    assert!(!runs.is_empty());
+    assert!(
+        runs.iter().all(|r| r.status != RunStatus::Running),
+        "{runs:?}"
+    );
+    let want = tickets
+        .iter()
+        .filter(|t| {
+            matches!(t.previous_state.as_str(), "solved" | "closed")
+                && chrono::Utc::now() - t.deleted_at > chrono::Duration::days(7)
+        })
+        .count();
+    assert_eq!(sb.purged_ids().len(), want);
+}

@@ -1,0 +1,104 @@
+//! The daemon assembled from a validated config: its Zendesk client, its
+//! audit store, its health and metrics server (bound, so a test can read
+//! `/metrics` from the address, port 0 included), and the scheduler that
+//! runs cycles until it is told to stop. `cli` only takes the writer lock
+//! (and waits on standby), then builds and runs this.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditStore;
+use crate::config::{Config, Schedule};
+use crate::cycle::CycleContext;
+use crate::zendesk::ZendeskClient;
+
+/// The Zendesk client a config describes.
+pub fn client_from(config: &Config) -> anyhow::Result<ZendeskClient> {
+    Ok(ZendeskClient::new(config.client_config()?)?)
+}
+
+/// A daemon ready to run.
+pub struct App {
+    ctx: CycleContext,
+    schedule: Schedule,
+    store: AuditStore,
+    server: Option<SocketAddr>,
+}
+
+impl App {
+    /// Builds the daemon's parts. The caller holds the database's writer
+    /// lock. The health and metrics server is listening when this returns,
+    /// when the config has `[server] listen`.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let client = client_from(config)?;
+        let store = AuditStore::open(&config.audit.database).await?;
+        // A crash of the previous process shows at once, not at the first
+        // tick; its open jobs are followed by the first run.
+        let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(runs = ?interrupted, "runs of an earlier process did not finish; recorded as interrupted");
+        }
+        let ctx = CycleContext::new(config, client, store.clone(), CancellationToken::new());
+        if config.safety.dry_run {
+            tracing::warn!("safety.dry_run = true: runs decide and record, and purge nothing");
+        }
+        let server = match config.listen {
+            Some(listen) => {
+                let metrics = crate::server::install_metrics()?;
+                // the probes stop with the process, after the cycle
+                Some(
+                    crate::server::serve(
+                        listen,
+                        store.clone(),
+                        ctx.client.clone(),
+                        metrics,
+                        CancellationToken::new(),
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            ctx,
+            schedule: config.schedule.clone(),
+            store,
+            server,
+        })
+    }
+
+    /// Where `/healthz`, `/readyz` and `/metrics` answer, if anywhere.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        self.server
+    }
+
+    /// The running cycles' context (its store, its client).
+    pub fn context(&self) -> &CycleContext {
+        &self.ctx
+    }
+
+    /// Runs cycles on the schedule until `shutdown` completes; then no new
+    /// batch is sent, open jobs are followed for the grace period, and the
+    /// running cycle is waited for.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let cancel = self.ctx.cancel.clone();
+        let stopper = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                shutdown.await;
+                crate::server::notify_stopping();
+                cancel.cancel();
+            }
+        });
+        crate::server::notify_ready(cancel.clone());
+        let result = crate::daemon::run_daemon(self.schedule, self.ctx).await;
+        stopper.abort();
+        self.store.close().await;
+        result
+    }
+}
