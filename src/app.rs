@@ -14,6 +14,11 @@ use crate::config::{Config, Schedule};
 use crate::cycle::CycleContext;
 use crate::zendesk::ZendeskClient;
 
+/// Exit code of a failed run or request.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code of bad usage or a bad config.
+pub const EXIT_USAGE: u8 = 2;
+
 /// The Zendesk client a config describes.
 pub fn client_from(config: &Config) -> anyhow::Result<ZendeskClient> {
     Ok(ZendeskClient::new(config.client_config()?)?)

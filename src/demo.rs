@@ -138,6 +138,6 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
     Ok(if report.status == RunStatus::Completed && exact {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(crate::cli::EXIT_FAILED)
+        ExitCode::from(crate::app::EXIT_FAILED)
     })
 }

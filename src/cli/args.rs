@@ -1,0 +1,438 @@
+//! The clap definitions: every command, its arguments and its help.
+
+use super::*;
+
+pub use crate::app::{EXIT_FAILED, EXIT_USAGE};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zd-retention",
+    version,
+    about = "Enforces retention rules on Zendesk's soft-deleted tickets, with an audit trail in SQLite.",
+    after_help = "Exit codes: 0 ok, 1 a failed run or request, 2 bad usage or config.\n\nStart with:  zd-retention demo"
+)]
+pub struct Cli {
+    /// The config file (TOML); falls back to $ZD_RETENTION_CONFIG.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log line format on stderr (default: text, but JSON for `run` when
+    /// stderr is not a terminal, as under journald or Kubernetes); the level
+    /// comes from RUST_LOG (default: this program's lines at info, its
+    /// libraries' at warn).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Begin a fresh audit history although the database that was in use
+    /// here is missing (otherwise a writer refuses to start).
+    #[arg(long, global = true)]
+    pub new_history: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a fake Zendesk account on loopback for tests and trials.
+    #[command(
+        after_help = "Example:\n  zd-retention sandbox --listen 127.0.0.1:8089 --tickets 10000 --seed 42 --time-scale 60\n  curl -u 'a@b.c/token:x' 'http://127.0.0.1:8089/api/v2/deleted_tickets.json?page[size]=100'"
+    )]
+    Sandbox(SandboxArgs),
+    /// List the account's soft-deleted tickets.
+    #[command(
+        after_help = "Example:\n  ZENDESK_API_TOKEN=x zd-retention list --config config/sandbox.toml --format json --limit 20"
+    )]
+    List(ListArgs),
+    /// Validate the config file and summarise its rules (exit 2 on errors).
+    #[command(after_help = "Example:\n  zd-retention check-config --config config/example.toml")]
+    CheckConfig,
+    /// Run one cycle now and wait for its jobs; exit 1 when the run fails.
+    #[command(
+        after_help = "Example:\n  zd-retention once --config /etc/zd-retention/config.toml --dry-run"
+    )]
+    Once(OnceArgs),
+    /// Run as a daemon: a cycle on every tick of the configured cron.
+    #[command(after_help = "Example:\n  zd-retention run --config /etc/zd-retention/config.toml")]
+    Run,
+    /// Purge a sandbox Zendesk by the example rules and show what happened.
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    Demo(DemoArgs),
+    /// Query the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// A dry run against the account that records nothing: what would go, by which rule.
+    #[command(
+        after_help = "Examples:\n  zd-retention plan --config config.toml\n  zd-retention plan --config config.toml --explain 4711\n  zd-retention plan --config config.toml --format json | jq '.tickets[].id'"
+    )]
+    Plan(PlanArgs),
+    /// Take soft-deleted tickets back out of the deleted view (audited).
+    #[command(
+        after_help = "Examples:\n  zd-retention restore 4711 4712 --config config.toml\n  zd-retention restore --ids-file ids.txt --yes --config config.toml"
+    )]
+    Restore(RestoreArgs),
+    /// Permanently delete tickets by id through the audited path.
+    #[command(
+        after_help = "Example:\n  zd-retention purge 4711 4712 --yes --config config.toml\n\nThe safety floor (safety.min_age, safety.protect_ids) applies unless --force."
+    )]
+    Purge(PurgeArgs),
+    /// Find out, with read requests only, how the account behaves where
+    /// Zendesk's documentation leaves it open. Run it first.
+    #[command(
+        after_help = "Example:\n  zd-retention probe --config /etc/zd-retention/config.toml\n  zd-retention probe --config config.toml --format json\n\nNever sends a write request. The findings are stored in the audit database."
+    )]
+    Probe(ProbeArgs),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  zd-retention completions bash > /etc/bash_completion.d/zd-retention"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+    /// Show, condition by condition, how the rules treat this ticket.
+    #[arg(long, value_name = "TICKET_ID", conflicts_with = "ledger")]
+    pub explain: Option<u64>,
+    /// Compare this config's decisions with the ticket ledger in its audit
+    /// database, without a listing: which tickets change decision, by rule.
+    #[arg(long)]
+    pub ledger: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Ticket ids.
+    pub ids: Vec<u64>,
+    /// A file of ticket ids (one per line, or separated by commas or spaces).
+    #[arg(long, value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Restore although the config says safety.dry_run = true (a dry run
+    /// sends no write request at all otherwise).
+    #[arg(long)]
+    pub live: bool,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Ticket ids.
+    pub ids: Vec<u64>,
+    #[arg(long, value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+    /// Confirm the permanent deletion.
+    #[arg(long)]
+    pub yes: bool,
+    /// Skip the config's keep rules, the safety floor (min_age, protect_ids)
+    /// and the check that each id is soft-deleted; recorded as forced.
+    #[arg(long)]
+    pub force: bool,
+    /// Purge although the config says safety.dry_run = true (otherwise the
+    /// ids are recorded as would_purge and nothing is sent).
+    #[arg(long)]
+    pub live: bool,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+impl Command {
+    /// Commands that serve concurrent work for a long time.
+    pub fn is_long_running(&self) -> bool {
+        matches!(self, Command::Run | Command::Sandbox(_) | Command::Demo(_))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    /// Decide and record only; send no write request (whatever the config says).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the run's report as JSON on stdout.
+    #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+    pub format: SummaryFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Soft-deleted tickets in the demo's sandbox.
+    #[arg(long, default_value_t = 3000)]
+    pub tickets: usize,
+    /// The demo's audit database (replaced at every demo).
+    #[arg(long, default_value = "zd-retention-demo.db")]
+    pub database: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The latest runs.
+    #[command(
+        after_help = "Example:\n  zd-retention audit runs --limit 10 --database zd-retention.db"
+    )]
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Only runs started since this day, time or duration back (7d).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// One run: its figures, decisions per rule and its jobs.
+    #[command(after_help = "Example:\n  zd-retention audit run 1 --database zd-retention.db")]
+    Run {
+        run_id: i64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Decisions and their outcomes by time, rule, outcome, actor or ticket.
+    #[command(
+        after_help = "Examples:\n  zd-retention audit search --outcome failed --since 7d\n  zd-retention audit search --rule closed-after-7-days --decision purge --since 2026-11-01 --format csv"
+    )]
+    Search {
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_parser = parse_since)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        rule: Option<String>,
+        /// purged, failed, unknown, not_sent, confirmed_gone, not_effective, restored, ...
+        #[arg(long)]
+        outcome: Option<String>,
+        /// purge, would_purge, keep_rule, keep_no_rule, keep_protected, keep_too_young, ...
+        #[arg(long)]
+        decision: Option<String>,
+        /// The deleting actor's user id.
+        #[arg(long)]
+        actor: Option<i64>,
+        #[arg(long)]
+        ticket: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Check the audit log's hash chain; names the first row changed, removed or added (exit 1).
+    #[command(
+        after_help = "Examples:\n  zd-retention audit verify --database zd-retention.db\n  zd-retention audit verify --expect-head 3f2a...  # a head logged or noted earlier: detects a removed tail"
+    )]
+    Verify {
+        /// A head hash noted earlier (from a run's log line or `audit head`):
+        /// it must still be in the chain, or entries were removed.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// The ticket ledger: tickets per state, the high-water mark of the
+    /// newest deletions, and when the view was last walked whole.
+    #[command(after_help = "Example:\n  zd-retention audit ledger --database zd-retention.db")]
+    Ledger {
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// The chain's head: its entry number and hash, to note elsewhere.
+    #[command(after_help = "Example:\n  zd-retention audit head --database zd-retention.db")]
+    Head {
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Every decision with its outcome, as CSV or JSON lines, for archives.
+    #[command(
+        after_help = "Example:\n  zd-retention audit export --format jsonl --since 2026-11-01 > audit.jsonl"
+    )]
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// The audit database; defaults to the config's audit.database.
+        #[arg(long, value_name = "PATH")]
+        database: Option<PathBuf>,
+    },
+    /// Counts over time: purges per rule per day, decisions per rule, outcomes.
+    #[command(
+        after_help = "Example:\n  zd-retention audit stats --by day --since 2026-11-01 --database zd-retention.db"
+    )]
+    Stats {
+        #[arg(long, value_enum, default_value_t = StatsBy::Day)]
+        by: StatsBy,
+        /// Only since this day or time (2026-11-01 or RFC 3339).
+        #[arg(long, value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// What happened to one ticket, when, and by which rule.
+    #[command(after_help = "Example:\n  zd-retention audit ticket 4711 --database zd-retention.db")]
+    Ticket {
+        ticket_id: u64,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsBy {
+    Day,
+    Rule,
+    Outcome,
+}
+
+/// `2026-11-01`, `2026-11-01T12:00:00Z`, or a duration back from now (`7d`).
+pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?);
+    }
+    Err(format!(
+        "{text:?} is not a day (2026-11-01), a time (RFC 3339) or a duration back from now (7d)"
+    ))
+}
+
+#[derive(Debug, Args)]
+pub struct AuditTarget {
+    /// The audit database; defaults to the config's audit.database.
+    #[arg(long, value_name = "PATH")]
+    pub database: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+pub use crate::report::TableFormat;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on; loopback unless you say otherwise.
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    pub listen: SocketAddr,
+    /// Soft-deleted tickets to generate.
+    #[arg(long, default_value_t = 1000)]
+    pub tickets: usize,
+    /// Seed of the generated data and of the faults.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run the sandbox's clock this many times faster than Zendesk's: rate
+    /// limit windows and job delays shrink by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// From purge request to job end, at Zendesk's time.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub job_delay: Duration,
+    /// How long finished job statuses stay readable, at Zendesk's time.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub job_ttl: Duration,
+    /// Jobs queued or running at once before 429.
+    #[arg(long, default_value_t = 30)]
+    pub max_jobs: usize,
+    /// Account-wide requests per minute (Zendesk plans: 200, 400, 700, 2500).
+    #[arg(long, default_value_t = 200)]
+    pub account_limit: u32,
+    /// Accept only this token (default: any non-empty token).
+    #[arg(long, env = "SANDBOX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Share of answers that are 500/502/503.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_5xx: f64,
+    /// Share of answers that are a spurious 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_429: f64,
+    /// Share of answers that are slow, by --slow-delay.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_slow: f64,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub slow_delay: Duration,
+    /// Share of answers whose connection breaks after the work is done.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_drop: f64,
+    /// Share of 200 answers with a truncated JSON body.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_malformed: f64,
+    /// Share of purge jobs that fail.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_job_fail: f64,
+    /// Share of purge jobs that are killed.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_job_kill: f64,
+    /// Share of purge jobs whose status vanishes (404).
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_job_vanish: f64,
+    /// Refuse every credential after this many requests.
+    #[arg(long)]
+    pub reject_auth_after: Option<u64>,
+    /// Profile: whether cursor listing honours sort_by/sort_order (ignore:
+    /// id order, and links.next carries only the cursor; offset pagination
+    /// still sorts, as documented).
+    #[arg(long, value_enum, default_value_t = CursorSort::Honour)]
+    pub cursor_sort: CursorSort,
+    /// Profile: agents at work during a scan, as actions per listing request
+    /// on average (restores, deletions again with a new deleted_at, new
+    /// deletions).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// Profile: tickets deleted longer ago than this leave the view, as
+    /// Zendesk's scrub does after about 30 days (e.g. 30d).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub scrub_after: Option<Duration>,
+    /// Profile: job_statuses/show_many answers 404 when any id is unknown or
+    /// expired, instead of leaving it out.
+    #[arg(long)]
+    pub strict_job_ids: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[arg(long, value_enum, default_value_t = ProbeFormat::Table)]
+    pub format: ProbeFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, value_enum)]
+    pub sort_by: Option<SortBy>,
+    #[arg(long, value_enum, default_value_t = SortOrder::Asc)]
+    pub sort_order: SortOrder,
+    /// Stop after this many tickets.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Use offset pagination (stops at 10,000 tickets) instead of cursors.
+    #[arg(long)]
+    pub offset: bool,
+}

@@ -1,0 +1,221 @@
+//! Commands about runs: `check-config`, `probe`, `once` and `run` (the
+//! daemon, assembled by `app`).
+
+use super::*;
+
+pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    // valid, or a list of problems: never both
+    if let Err(e) = config.auth() {
+        eprintln!("{e}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    let file = config
+        .source
+        .as_ref()
+        .map_or("(config)".into(), |p| p.display().to_string());
+    println!("{file}: valid");
+    println!(
+        "  zendesk: {} (list {}, deep {}, account {}, at most {} jobs open)",
+        config.zendesk.base_url,
+        config.zendesk.limits.list,
+        config.zendesk.limits.list_deep,
+        config.zendesk.limits.account,
+        config.zendesk.max_jobs_in_flight
+    );
+    let next = crate::config::cron_parser()
+        .parse(&config.schedule.cron)
+        .ok()
+        .and_then(|c| {
+            c.find_next_occurrence(
+                &chrono::Utc::now().with_timezone(&config.schedule.timezone),
+                false,
+            )
+            .ok()
+        });
+    println!(
+        "  schedule: \"{}\" in {}{}",
+        config.schedule.cron,
+        config.schedule.timezone,
+        next.map(|n| format!(", next run {}", n.format("%Y-%m-%d %H:%M:%S %Z")))
+            .unwrap_or_default()
+    );
+    println!(
+        "  safety: {}, min_age {}, at most {} purges per run, {} protected ids",
+        if config.safety.dry_run {
+            "DRY RUN (nothing is purged)"
+        } else {
+            "LIVE (tickets are purged for good)"
+        },
+        crate::human::duration(config.policy.min_age),
+        config.safety.max_purges_per_run,
+        config.policy.protect_ids.len()
+    );
+    println!(
+        "  audit: {} (subjects {})",
+        config.audit.database.display(),
+        if config.audit.record_subjects {
+            "recorded"
+        } else {
+            "not recorded"
+        }
+    );
+    println!("  rules, first match decides, no match keeps:");
+    for (i, rule) in config.policy.rules.iter().enumerate() {
+        println!(
+            "    {}. {} {:?}: {}",
+            i + 1,
+            rule.action.as_str(),
+            rule.name,
+            rule.describe()
+        );
+    }
+    if config.policy.rules.is_empty() {
+        println!("    (none: every ticket is kept)");
+    }
+    // the plan the cycle itself follows (cycle::choose_step)
+    match crate::listing::ScanPlan::for_policy(&config.policy) {
+        (crate::listing::ScanPlan::Sorted { horizon }, _) => println!(
+            "  first run: the oldest deletions first, stopping at tickets younger than {} (once the order is proven)",
+            crate::human::duration(horizon)
+        ),
+        (crate::listing::ScanPlan::Full, why) => {
+            println!("  first run: the whole view ({why})")
+        }
+    }
+    println!(
+        "  later runs: the newest deletions only, the rest decided from the ledger; the whole view every {}",
+        crate::human::duration(config.schedule.reconcile)
+    );
+    println!("  credential: found");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn probe(config: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    let bar = progress_spinner("probing the account (read requests only)");
+    let findings = crate::zendesk::probe::probe(&client).await;
+    bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&findings)?;
+    let stored = match open_store(&config).await {
+        Ok(store) => {
+            let id = store
+                .record_probe(&findings.base_url, &json, findings.probed_at)
+                .await;
+            store.close().await;
+            id.map(Some)
+        }
+        Err(e) => Err(e),
+    };
+    match args.format {
+        ProbeFormat::Json => println!("{json}"),
+        ProbeFormat::Table => print!("{}", crate::report::probe_table(&findings)),
+    }
+    match stored {
+        Ok(Some(id)) => eprintln!("probe {id} stored in {}", config.audit.database.display()),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: the findings were not stored: {e:#}"),
+    }
+    let usable = findings.credentials == "ok" && findings.listing_error.is_none();
+    Ok(if usable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+pub(super) async fn once(
+    config: Option<PathBuf>,
+    args: OnceArgs,
+    new_history: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    let client = client_from(&config)?;
+    // one writer per audit database, for the whole command
+    let mut lock = crate::writer_lock::acquire(&config.audit.database, "once", new_history)?;
+    let store = open_store(&config).await?;
+    lock.mark_history();
+    let cancel = CancellationToken::new();
+    let mut ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
+    if args.dry_run {
+        ctx.settings.dry_run = true;
+    }
+    // Ctrl-C stops sending and follows open jobs, as in the daemon.
+    let watcher = tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::warn!("stopping: no new batch is sent; following open jobs");
+        cancel.cancel();
+    });
+    let bar = progress_spinner("running a cycle");
+    let ticker = {
+        let bar = bar.clone();
+        let client = ctx.client.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let s = client.stats();
+                bar.set_message(format!(
+                    "{} list requests, {} purge requests, {} job polls",
+                    s.sent("list"),
+                    s.sent("destroy_many"),
+                    s.sent("job_statuses")
+                ));
+            }
+        })
+    };
+    let report = run_cycle(&ctx, Trigger::Manual).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let report = report?;
+    watcher.abort();
+    store.close().await;
+    match args.format {
+        SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        SummaryFormat::Text => print!("{}", crate::report::summary(&report, &ctx.policy)),
+    }
+    Ok(if report.status == RunStatus::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+pub(super) async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow::Result<ExitCode> {
+    let config = load_config(config)?;
+    // a bad credential or URL fails now, not after a standby wait
+    client_from(&config)?;
+    // Active/standby: a second daemon on the same database waits here until
+    // the active one ends (its lock goes with its process, SIGKILL too).
+    let standby_cancel = CancellationToken::new();
+    let stop_waiting = tokio::spawn({
+        let cancel = standby_cancel.clone();
+        async move {
+            shutdown_signal().await;
+            cancel.cancel();
+        }
+    });
+    let lock = crate::writer_lock::acquire_or_wait(
+        &config.audit.database,
+        "run",
+        new_history,
+        Duration::from_millis(500),
+        &standby_cancel,
+    )
+    .await?;
+    stop_waiting.abort();
+    let Some(mut lock) = lock else {
+        tracing::info!("stopped while on standby");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let app = crate::app::App::build(&config).await?;
+    lock.mark_history();
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
