@@ -76,6 +76,8 @@ CREATE TABLE pruned (
     row_id    INTEGER NOT NULL,                 -- for 'ledger': the ticket id whose rows went
     run_id    INTEGER NOT NULL,                 -- the run the pruned row belonged to
     what      TEXT    NOT NULL,                 -- its decision or outcome
-    pruned_at TEXT    NOT NULL,
-    UNIQUE (tbl, row_id)
+    pruned_at TEXT    NOT NULL
 );
+-- a row is pruned once; a ticket's ledger rows may go more than once (it
+-- can come back and leave again)
+CREATE UNIQUE INDEX pruned_row ON pruned (tbl, row_id) WHERE tbl <> 'ledger';

@@ -323,6 +323,10 @@ impl AuditStore {
     ) -> anyhow::Result<u64> {
         self.check_file()?;
         let mut tx = self.pool().begin().await?;
+        // The newest row of each table is never pruned: SQLite gives a new
+        // row the highest id plus one, so an id pruned from the top would be
+        // given out again, and `verify` would find another row where the
+        // chain recorded the pruned one.
         let settled = format!(
             "SELECT ticket_id FROM ledger GROUP BY ticket_id
              HAVING SUM(state IN {LIVE_SQL}) = 0 AND MAX(state_at) < ?"
@@ -330,9 +334,11 @@ impl AuditStore {
         let doomed: Vec<(String, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT 'decisions', id, run_id, decision FROM decisions
              WHERE decision <> 'purge' AND ticket_id IN ({settled})
+               AND id < (SELECT MAX(id) FROM decisions)
              UNION ALL
              SELECT 'outcomes', id, run_id, outcome FROM outcomes
              WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN ({settled})
+               AND id < (SELECT MAX(id) FROM outcomes)
              UNION ALL
              SELECT 'ledger', ticket_id, 0, 'ledger' FROM ledger
              WHERE ticket_id IN ({settled}) GROUP BY ticket_id

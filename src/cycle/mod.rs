@@ -215,7 +215,12 @@ pub struct SafetyRequests {
 /// Ages, and so `min_age`, are read off this host's clock.
 pub(crate) fn clock_trusted(client: &ZendeskClient, clock_skew: Duration) -> Result<(), String> {
     let Some(offset) = client.clock_offset() else {
-        return Ok(());
+        // no answer yet, or none with a readable Date: nothing vouches for
+        // this host's clock, so nothing is purged on it
+        return Err(
+            "Zendesk's answers carry no readable Date header, so this host's clock cannot be checked against Zendesk's: nothing is purged (a proxy that strips Date?)"
+                .into(),
+        );
     };
     let allowed =
         chrono::Duration::from_std(clock_skew).unwrap_or_default() + chrono::Duration::seconds(2);
@@ -392,24 +397,6 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         settle_requests = ctx.client.stats().sent("list") - before;
     }
 
-    let mut pruned = 0;
-    if let Some(keep) = settings.keep_details {
-        let now = Utc::now();
-        // a period longer than the calendar prunes nothing
-        if let Some(before) = chrono::Duration::from_std(keep)
-            .ok()
-            .and_then(|keep| now.checked_sub_signed(keep))
-        {
-            pruned = store.prune_details(before, now).await?;
-        }
-        if pruned > 0 {
-            tracing::info!(
-                rows = pruned,
-                "pruned the details of tickets settled long ago"
-            );
-        }
-    }
-
     let mut errors = Vec::new();
     if let Some(e) = &scan.error {
         errors.push(e.clone());
@@ -425,6 +412,32 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             "{} tickets could not be purged (zd-retention audit run {run} shows why)",
             tally.failed
         ));
+    }
+    // Pruning reads "long ago" off this host's clock: only after a clean
+    // run on a clock Zendesk's agrees with.
+    let mut pruned = 0;
+    if let Some(keep) = settings.keep_details
+        && errors.is_empty()
+        && !ctx.cancel.is_cancelled()
+        && clock_trusted(&ctx.client, settings.clock_skew).is_ok()
+    {
+        let now = Utc::now();
+        // a period longer than the calendar prunes nothing
+        if let Some(before) = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+        {
+            match store.prune_details(before, now).await {
+                Ok(n) => pruned = n,
+                Err(e) => errors.push(format!("pruning the audit's details failed: {e:#}")),
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(
+                rows = pruned,
+                "pruned the details of tickets settled long ago"
+            );
+        }
     }
     let status = if ctx.cancel.is_cancelled() {
         RunStatus::Interrupted

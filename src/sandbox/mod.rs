@@ -305,6 +305,11 @@ impl Sandbox {
         self.state().options.churn = rate;
     }
 
+    /// Moves Zendesk's clock (its `Date` header) against the host's.
+    pub fn set_clock_offset(&self, offset: chrono::Duration) {
+        self.state().options.clock_offset = offset;
+    }
+
     /// Every ticket still soft-deleted.
     pub fn tickets(&self) -> Vec<SandboxTicket> {
         self.state().tickets().cloned().collect()

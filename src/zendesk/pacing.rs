@@ -283,17 +283,16 @@ impl Pacer {
     /// the whole account when Zendesk says its budget is spent; notes
     /// Zendesk's clock from its `Date` header.
     pub fn observe(&self, class: EndpointClass, headers: &HeaderMap) {
-        if let Some(date) = headers
+        // every HTTP date form (IMF-fixdate, RFC 850, asctime); an answer
+        // without a readable one leaves the clock unvouched for
+        let date = headers
             .get(reqwest::header::DATE)
             .and_then(|d| d.to_str().ok())
-            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
-        {
-            let offset = date.with_timezone(&chrono::Utc) - chrono::Utc::now();
-            self.clock_offset_ms.store(
-                offset.num_milliseconds(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .map(chrono::DateTime::<chrono::Utc>::from);
+        let offset_ms = date.map_or(i64::MIN, |d| (d - chrono::Utc::now()).num_milliseconds());
+        self.clock_offset_ms
+            .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
         let budget = RateLimitHeaders::parse(headers);
         let now = Instant::now();
         let mut holds = self.holds.lock().expect("holds lock is never poisoned");
@@ -433,6 +432,35 @@ mod tests {
             waited >= Duration::from_secs(6) && waited < Duration::from_secs(7),
             "{waited:?}"
         );
+    }
+
+    #[test]
+    fn zendesks_clock_is_read_from_every_http_date_form_and_none_is_none() {
+        let pacer = Pacer::new(limits("10/1m", "200/1m"));
+        assert_eq!(pacer.clock_offset(), None, "no answer yet");
+        let now = chrono::Utc::now();
+        for form in [
+            "%a, %d %b %Y %H:%M:%S GMT", // IMF-fixdate
+            "%A, %d-%b-%y %H:%M:%S GMT", // RFC 850
+            "%a %b %e %H:%M:%S %Y",      // asctime
+        ] {
+            let mut headers = HeaderMap::new();
+            let date = (now + chrono::Duration::hours(2)).format(form).to_string();
+            headers.insert(reqwest::header::DATE, date.parse().unwrap());
+            pacer.observe(EndpointClass::Other, &headers);
+            let offset = pacer.clock_offset().unwrap_or_else(|| panic!("{date}"));
+            assert!(
+                (offset - chrono::Duration::hours(2)).num_seconds().abs() <= 1,
+                "{date}"
+            );
+        }
+        // an answer without a readable Date vouches for nothing
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::DATE, "soon".parse().unwrap());
+        pacer.observe(EndpointClass::Other, &headers);
+        assert_eq!(pacer.clock_offset(), None);
+        pacer.observe(EndpointClass::Other, &HeaderMap::new());
+        assert_eq!(pacer.clock_offset(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -609,3 +609,73 @@ async fn a_host_clock_far_from_zendesks_purges_nothing() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_twice_never_gives_a_pruned_id_out_again_and_a_wrong_clock_prunes_nothing() {
+    // found by a hostile run: pruning the newest outcome rows let SQLite
+    // give their ids to the next rows (verify then saw a changed row), and
+    // a ticket pruned twice broke the pruned table's unique key
+    let tickets = mixed(300);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let mut e = engine(&sb, bot_policy(), test_settings()).await;
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    let kept: Vec<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id != 900001)
+        .map(|t| t.id)
+        .collect();
+    let store = e.ctx.store.clone();
+    let later = || Utc::now() + chrono::Duration::days(1);
+    for round in 0..3 {
+        // kept tickets are purged by another integration: their left_view
+        // outcomes are the newest rows, and the prune takes them; then a
+        // restore adds an outcome row
+        let others =
+            zd_retention::zendesk::IdBatch::new(kept[round * 5..round * 5 + 5].to_vec()).unwrap();
+        e.ctx.client.destroy_many(&others).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // ticket kept[100] leaves (restored), comes back (deleted again),
+        // and leaves again: its ledger rows are pruned twice
+        match round {
+            0 => assert!(sb.agent_restore(kept[100])),
+            1 => {
+                assert!(sb.agent_delete_again(kept[100]));
+                assert!(sb.agent_restore(kept[101]));
+            }
+            _ => assert!(sb.agent_restore(kept[100])),
+        }
+        let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        store.prune_details(later(), Utc::now()).await.unwrap();
+        let check = store.verify_chain().await.unwrap();
+        assert!(
+            check.problem.is_none(),
+            "round {round}: {:?}",
+            check.problem
+        );
+    }
+    let next = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(next.status, RunStatus::Completed, "{:?}", next.error);
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
+
+    // with Zendesk's clock two hours off, a run prunes nothing at all
+    assert!(sb.agent_restore(kept[40]));
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    e.ctx.settings.keep_details = Some(Duration::from_secs(31 * 86_400));
+    sqlx::query("UPDATE ledger SET state_at = '2020-01-01T00:00:00.000Z' WHERE state = 'restored'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sb.set_clock_offset(chrono::Duration::hours(-2));
+    let skewed = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(skewed.status, RunStatus::Failed);
+    assert_eq!(
+        skewed.pruned, 0,
+        "pruned on a clock Zendesk's disagrees with"
+    );
+    sb.set_clock_offset(chrono::Duration::zero());
+    let fine = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(fine.status, RunStatus::Completed, "{:?}", fine.error);
+    assert!(fine.pruned > 0, "a clean run on a good clock prunes");
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
+}
