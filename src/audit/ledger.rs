@@ -101,6 +101,18 @@ pub(super) fn unbacked_rows_sql() -> &'static str {
            AND NOT EXISTS (SELECT 1 FROM pruned p WHERE p.tbl = 'ledger' AND p.row_id = d.ticket_id)
          UNION ALL
          SELECT l.ticket_id FROM ledger l
+         JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
+         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
+           AND (l.state = 'superseded'
+                OR (l.state IN ('kept', 'selected')
+                    AND ((l.state = 'selected') <> (d.decision IN ('purge', 'would_purge'))
+                         OR COALESCE((SELECT o.outcome FROM outcomes o
+                                      WHERE o.ticket_id = l.ticket_id AND o.recorded_at >= d.decided_at
+                                      ORDER BY o.id DESC LIMIT 1), '')
+                            IN ('purged', 'unknown', 'confirmed_gone', 'restored', 'restored_elsewhere',
+                                'scrubbed_by_zendesk', 'left_view'))))
+         UNION ALL
+         SELECT l.ticket_id FROM ledger l
          WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
            AND l.state IN ('purged', 'gone', 'restored', 'scrubbed', 'left_view', 'unknown')
            AND COALESCE((SELECT o.outcome FROM outcomes o WHERE o.ticket_id = l.ticket_id ORDER BY o.id DESC LIMIT 1), '')
@@ -117,7 +129,7 @@ pub(super) fn disagreeing_rows_sql() -> String {
     format!(
         "SELECT l.ticket_id FROM ledger l
          LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-         WHERE l.state IN {LIVE_SQL} {CURRENT_ROW}
+         WHERE 1 {CURRENT_ROW}
            AND NOT (d.id IS NOT NULL
                 AND COALESCE(d.deleted_at, '') = l.deleted_at
                 AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name

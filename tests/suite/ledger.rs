@@ -509,6 +509,32 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
     let store = &e.ctx.store;
     assert!(store.verify_chain().await.unwrap().problem.is_none());
     let kept = tickets.iter().find(|t| t.actor_id == 1001).unwrap().id as i64;
+    // a purged ticket's row made kept again
+    let gone = sb.purged_ids()[0] as i64;
+    let state: String = sqlx::query_scalar("SELECT state FROM ledger WHERE ticket_id = ?")
+        .bind(gone)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE ledger SET state = 'kept' WHERE ticket_id = ?")
+        .bind(gone)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let problem = store.verify_chain().await.unwrap().problem;
+    assert!(
+        problem
+            .as_deref()
+            .is_some_and(|p| p.contains(&format!("ticket {gone}"))),
+        "{problem:?}"
+    );
+    sqlx::query("UPDATE ledger SET state = ? WHERE ticket_id = ?")
+        .bind(state)
+        .bind(gone)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
     for (edit, undo) in [
         (
             "UPDATE ledger SET state = 'gone' WHERE ticket_id = ?",
@@ -517,6 +543,18 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
         (
             "UPDATE ledger SET state = 'restored' WHERE ticket_id = ?",
             "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+        ),
+        (
+            "UPDATE ledger SET state = 'selected' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+        ),
+        (
+            "UPDATE ledger SET state = 'superseded' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+        ),
+        (
+            "UPDATE ledger SET deleted_at = '2099-01-01T00:00:00.000Z' WHERE ticket_id = ?",
+            "UPDATE ledger SET deleted_at = (SELECT deleted_at FROM decisions WHERE ticket_id = ?1 ORDER BY id DESC LIMIT 1) WHERE ticket_id = ?1",
         ),
         ("DELETE FROM ledger WHERE ticket_id = ?", "SELECT ?"),
     ] {
@@ -537,6 +575,12 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
             .execute(store.pool())
             .await
             .unwrap();
+        if !edit.starts_with("DELETE") {
+            assert!(
+                store.verify_chain().await.unwrap().problem.is_none(),
+                "{undo}"
+            );
+        }
     }
 }
 
