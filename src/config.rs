@@ -964,7 +964,14 @@ pub fn cron_parser() -> croner::parser::CronParser {
 fn parse_raw(text: &str) -> Result<RawConfig, (toml::de::Error, Option<String>)> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| (e, None))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
+        // `Spanned` values add serde's private field to the path
+        let path = e
+            .path()
+            .to_string()
+            .split('.')
+            .filter(|segment| !segment.starts_with("$__serde"))
+            .collect::<Vec<_>>()
+            .join(".");
         let path = (!path.is_empty() && path != ".").then_some(path);
         (e.into_inner(), path)
     })

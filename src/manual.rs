@@ -380,18 +380,28 @@ pub async fn purge(
     let mut records = Vec::new();
     let mut listed: HashMap<TicketId, ListedAs> = HashMap::new();
     if force {
+        // not listed: a ticket the ledger knows keeps its deletion there, so
+        // the purge and its outcome land on that row
+        let known = store.ledger_live().await?;
         for id in &wanted {
-            let ticket = DeletedTicket {
-                id: *id,
-                subject: None,
-                actor: None,
-                deleted_at: None,
-                previous_state: None,
-            };
+            let entry = known.get(id);
+            let ticket = entry.map_or(
+                DeletedTicket {
+                    id: *id,
+                    subject: None,
+                    actor: None,
+                    deleted_at: None,
+                    previous_state: None,
+                },
+                crate::audit::LedgerEntry::as_ticket,
+            );
             let decision = Decision::Purge {
                 rule: "(manual --force)".into(),
             };
-            records.push(decision_record(&ticket, &decision, &settings, now));
+            let mut record = decision_record(&ticket, &decision, &settings, now);
+            record.listed = false;
+            record.subject_tags = entry.and_then(|e| e.subject_tags.clone());
+            records.push(record);
             selected.push(*id);
         }
     } else {

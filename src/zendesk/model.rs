@@ -351,9 +351,23 @@ impl fmt::Display for ApiErrorBody {
                 write!(f, "{:?}", self.raw)
             }
         } else {
-            f.write_str(&parts.join(" - "))
+            f.write_str(&one_line(&parts.join(" - ")))
         }
     }
+}
+
+/// A remote text on one line: control characters and line separators
+/// escaped, so that an answer cannot forge lines of our log.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{85}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The reason a body failed to decode, without any of its content (serde's
@@ -423,4 +437,25 @@ pub fn decode_job_status(body: &[u8]) -> Result<JobStatus, serde_json::Error> {
 /// Decodes a `{"job_statuses": [...]}` answer.
 pub fn decode_job_statuses(body: &[u8]) -> Result<Vec<JobStatus>, serde_json::Error> {
     serde_json::from_slice::<JobStatusesEnvelope>(body).map(|e| e.job_statuses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_body_cannot_forge_log_lines() {
+        let body = ApiErrorBody::parse(
+            r#"{"error": "RecordInvalid", "description": "bad\n2026-11-29T00:00:00Z  INFO run completed purged=0\r\u2028x"}"#,
+        );
+        let text = body.to_string();
+        assert!(
+            !text.contains('\n') && !text.contains('\r') && !text.contains('\u{2028}'),
+            "{text}"
+        );
+        assert!(
+            text.contains("RecordInvalid") && text.contains("\\n2026"),
+            "{text}"
+        );
+    }
 }

@@ -723,3 +723,33 @@ async fn pruning_twice_never_gives_a_pruned_id_out_again_and_a_wrong_clock_prune
     assert!(fine.pruned > 0, "a clean run on a good clock prunes");
     assert!(store.verify_chain().await.unwrap().problem.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_manual_purge_of_a_ticket_the_ledger_knows_lands_on_its_row() {
+    // found by a hostile run: the forced purge added a row with no deletion
+    // time that never settled, and marked the real row superseded
+    let tickets = mixed(300);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let e = engine(&sb, bot_policy(), test_settings()).await;
+    run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    let kept = tickets.iter().find(|t| t.actor_id == 1001).unwrap().id;
+    let (_, results) = zd_retention::manual::purge(&e.ctx, &[kept], true, false)
+        .await
+        .unwrap();
+    assert_eq!(results[0].outcome, "purged", "{results:?}");
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT deleted_at, state FROM ledger WHERE ticket_id = ?")
+            .bind(kept as i64)
+            .fetch_all(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].1, "purged");
+    assert!(!rows[0].0.is_empty());
+    let next = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(
+        next.confirmed_gone, 31,
+        "the 30 of run 1 and the forced one"
+    );
+    assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
+}
