@@ -151,6 +151,10 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     ticker.abort();
     bar.finish_and_clear();
     let plan = plan?;
+    // a plan reads ages off this host's clock too
+    if let Err(message) = crate::cycle::clock_trusted(&client, config.zendesk.clock_skew) {
+        eprintln!("warning: the ages below may be wrong: {message}");
+    }
     crate::report::print_plan(&plan, &config.policy, args.format)?;
     Ok(ExitCode::SUCCESS)
 }
