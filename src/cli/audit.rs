@@ -13,7 +13,7 @@ async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<A
     AuditStore::open_read_only(&path).await
 }
 
-/// `zd-retention audit ...`
+/// `zd-retention audit ...`: one function per query.
 pub(super) async fn audit(
     config: Option<PathBuf>,
     command: AuditCommand,
@@ -23,170 +23,8 @@ pub(super) async fn audit(
             limit,
             since,
             target,
-        } => {
-            let store = open(config, &target).await?;
-            let runs = store.runs(since, limit).await?;
-            match target.format {
-                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
-                TableFormat::Csv => print!("{}", csv_rows(&runs)?),
-                TableFormat::Table => {
-                    let mut t = table(&[
-                        "run", "trigger", "started", "mode", "status", "scanned", "matched",
-                        "purged", "failed", "unknown",
-                    ]);
-                    for r in &runs {
-                        t.add_row(vec![
-                            r.id.to_string(),
-                            r.trigger.to_string(),
-                            r.started_at.clone(),
-                            if r.dry_run {
-                                "dry run".into()
-                            } else {
-                                "live".into()
-                            },
-                            r.status.to_string(),
-                            r.scanned.to_string(),
-                            r.matched.to_string(),
-                            r.purged.to_string(),
-                            r.failed.to_string(),
-                            r.unknown.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                }
-            }
-        }
-        AuditCommand::Run { run_id, target } => {
-            let store = open(config, &target).await?;
-            let Some(run) = store.run(run_id).await? else {
-                eprintln!("no run {run_id} in the audit log (zd-retention audit runs lists them)");
-                return Ok(ExitCode::from(EXIT_FAILED));
-            };
-            let decisions = store.decision_counts(run_id).await?;
-            let outcomes = store.outcome_counts(run_id).await?;
-            let jobs = store.jobs_of_run(run_id).await?;
-            match target.format {
-                TableFormat::Csv => {
-                    #[derive(serde::Serialize)]
-                    struct Row<'a> {
-                        decision: &'a str,
-                        rule: Option<&'a str>,
-                        count: i64,
-                    }
-                    let rows: Vec<Row> = decisions
-                        .iter()
-                        .map(|(d, r, n)| Row {
-                            decision: d,
-                            rule: r.as_deref(),
-                            count: *n,
-                        })
-                        .collect();
-                    print!("{}", csv_rows(&rows)?);
-                }
-                TableFormat::Json => {
-                    let decisions: Vec<_> = decisions
-                        .iter()
-                        .map(|(d, r, n)| serde_json::json!({"decision": d, "rule": r, "count": n}))
-                        .collect();
-                    let outcomes: Vec<_> = outcomes
-                        .iter()
-                        .map(|(o, n)| serde_json::json!({"outcome": o, "count": n}))
-                        .collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &serde_json::json!({"run": run, "decisions": decisions, "outcomes": outcomes, "jobs": jobs})
-                        )?
-                    );
-                }
-                TableFormat::Table => {
-                    println!(
-                        "run {} ({}, {}): {} from {} to {}",
-                        run.id,
-                        run.trigger,
-                        if run.dry_run { "dry run" } else { "live" },
-                        run.status,
-                        run.started_at,
-                        run.finished_at.as_deref().unwrap_or("(not finished)")
-                    );
-                    println!(
-                        "  scanned {}, matched {}, purged {}, failed {}, unknown {}; {} list requests{}; config {}",
-                        run.scanned,
-                        run.matched,
-                        run.purged,
-                        run.failed,
-                        run.unknown,
-                        run.list_requests,
-                        match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
-                            (Some("refresh"), _, _) =>
-                                ", a refresh (the newest deletions)".to_string(),
-                            (Some("reconcile"), _, _) =>
-                                ", a reconcile (the whole view)".to_string(),
-                            (_, _, true) => ", sorted scan stopped early".to_string(),
-                            (_, Some(scan), false) => format!(", {scan} scan"),
-                            (_, None, false) => String::new(),
-                        },
-                        &run.config_hash[..12.min(run.config_hash.len())]
-                    );
-                    if let Some(reason) = &run.scan_reason {
-                        println!("  scan: {reason}");
-                    }
-                    if let Some(n) = run.decisions_recorded {
-                        println!(
-                            "  {n} decisions recorded (first sightings and changes; the ledger holds the rest)"
-                        );
-                    }
-                    if let Some(ms) = run.max_listing_age_ms {
-                        println!(
-                            "  at most {} between a ticket's last listing and its destroy_many",
-                            crate::human::duration(Duration::from_millis(ms as u64))
-                        );
-                    }
-                    if let Some(e) = &run.error {
-                        println!("  error: {e}");
-                    }
-                    let mut t = table(&["decision", "rule", "tickets"]);
-                    for (d, r, n) in &decisions {
-                        t.add_row(vec![
-                            d.clone(),
-                            r.clone().unwrap_or_default(),
-                            n.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                    if !outcomes.is_empty() {
-                        let mut t = table(&["outcome", "tickets"]);
-                        for (o, n) in &outcomes {
-                            t.add_row(vec![o.clone(), n.to_string()]);
-                        }
-                        println!("{t}");
-                    }
-                    if !jobs.is_empty() {
-                        let mut t = table(&[
-                            "request",
-                            "kind",
-                            "zendesk job",
-                            "tickets",
-                            "recorded",
-                            "status",
-                            "message",
-                        ]);
-                        for j in &jobs {
-                            t.add_row(vec![
-                                j.id.to_string(),
-                                j.kind.to_string(),
-                                j.zendesk_job_id.clone().unwrap_or_default(),
-                                j.ticket_count.to_string(),
-                                j.recorded_at.clone(),
-                                j.status.to_string(),
-                                j.message.clone().unwrap_or_default(),
-                            ]);
-                        }
-                        println!("{t}");
-                    }
-                }
-            }
-        }
+        } => runs(config, limit, since, target).await,
+        AuditCommand::Run { run_id, target } => run(config, run_id, target).await,
         AuditCommand::Search {
             since,
             until,
@@ -198,273 +36,508 @@ pub(super) async fn audit(
             limit,
             target,
         } => {
-            let store = open(config, &target).await?;
-            let filter = SearchFilter {
-                since,
-                until,
-                rule,
-                outcome,
-                decision,
-                actor,
-                ticket,
-                limit,
-            };
-            let rows = store.search(&filter).await?;
-            match target.format {
-                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                TableFormat::Csv => print!("{}", csv_rows(&rows)?),
-                TableFormat::Table => {
-                    let mut t = table(&[
-                        "decided", "run", "ticket", "decision", "rule", "actor", "outcome",
-                        "detail",
-                    ]);
-                    for r in &rows {
-                        t.add_row(vec![
-                            r.at.clone(),
-                            r.run_id.to_string(),
-                            r.ticket_id.to_string(),
-                            r.decision.clone(),
-                            r.rule.clone().unwrap_or_default(),
-                            r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
-                            r.outcome.clone().unwrap_or_default(),
-                            r.detail.clone().unwrap_or_default(),
-                        ]);
-                    }
-                    println!("{t}");
-                    eprintln!("{} rows (at most --limit {limit})", rows.len());
-                }
-            }
+            search(
+                config, since, until, rule, outcome, decision, actor, ticket, limit, target,
+            )
+            .await
         }
-        AuditCommand::Ledger { target } => {
-            let store = open(config, &target).await?;
-            let counts = store.ledger_counts().await?;
-            let marks = store.listing_marks(&[]).await?;
-            let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::audit::timestamp);
-            match target.format {
-                TableFormat::Json | TableFormat::Csv => println!(
-                    "{}",
-                    serde_json::json!({
-                        "tickets": counts.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-                        "high_water": time(marks.high_water),
-                        "last_reconcile": time(marks.last_reconcile),
-                    })
-                ),
-                TableFormat::Table => {
-                    let mut t = table(&["state", "tickets"]);
-                    for (state, n) in &counts {
-                        t.add_row(vec![state.clone(), n.to_string()]);
-                    }
-                    println!("{t}");
-                    println!(
-                        "newest deletion known (high-water mark): {}",
-                        time(marks.high_water).unwrap_or_else(|| "none yet".into())
-                    );
-                    println!(
-                        "last whole walk of the view began: {}",
-                        time(marks.last_reconcile).unwrap_or_else(|| "never".into())
-                    );
-                }
-            }
-        }
-        AuditCommand::Head { target } => {
-            let store = open(config, &target).await?;
-            let (seq, hash) = store.chain_head().await?;
-            match target.format {
-                TableFormat::Json | TableFormat::Csv => {
-                    println!("{}", serde_json::json!({"entry": seq, "hash": hash}))
-                }
-                TableFormat::Table => println!("chain head: entry {seq}, hash {hash}"),
-            }
-        }
+        AuditCommand::Ledger { target } => ledger(config, target).await,
+        AuditCommand::Head { target } => head(config, target).await,
         AuditCommand::Verify {
             expect_head,
             target,
-        } => {
-            let expect_head = expect_head.map(|h| h.trim().to_ascii_lowercase());
-            if let Some(h) = &expect_head
-                && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
-            {
-                return Err(crate::cli::UsageError(format!(
-                    "--expect-head {h:?} is not a chain head: it is 64 hexadecimal characters, as `zd-retention audit head` prints"
-                ))
-                .into());
-            }
-            let store = open(config, &target).await?;
-            let mut report = store.verify_chain().await?;
-            if let Some(expected) = expect_head.as_deref()
-                && report.problem.is_none()
-                && !store.chain_contains(expected).await?
-            {
-                report.problem = Some(format!(
-                    "the chain does not contain the expected head {expected}: entries after it were removed (or the hash belongs to another database)"
-                ));
-            }
-            match target.format {
-                TableFormat::Json | TableFormat::Csv => {
-                    println!("{}", serde_json::to_string_pretty(&report)?)
-                }
-                TableFormat::Table => match &report.problem {
-                    None => println!(
-                        "audit log intact: {} chain entries over {} rows; head {}",
-                        report.entries, report.rows, report.head
-                    ),
-                    Some(p) => println!("audit log TAMPERED: {p}"),
-                },
-            }
-            if report.problem.is_some() {
-                return Ok(ExitCode::from(EXIT_FAILED));
-            }
-        }
+        } => verify(config, expect_head, target).await,
         AuditCommand::Export {
             format,
             since,
             database,
-        } => {
-            let target = AuditTarget {
-                database,
-                format: TableFormat::Json,
-            };
-            let store = open(config, &target).await?;
-            let out = std::io::BufWriter::new(std::io::stdout().lock());
-            let n = match format {
-                ExportFormat::Jsonl => {
-                    use std::io::Write as _;
-                    let mut out = out;
-                    let n = store
-                        .export(since, |row| {
-                            writeln!(out, "{}", serde_json::to_string(&row)?)?;
-                            Ok(())
-                        })
-                        .await?;
-                    out.flush()?;
-                    n
-                }
-                ExportFormat::Csv => {
-                    // one CSV writer for the whole stream: its header once
-                    let mut out = csv::Writer::from_writer(out);
-                    let n = store
-                        .export(since, |row| {
-                            out.serialize(&row)?;
-                            Ok(())
-                        })
-                        .await?;
-                    out.flush()?;
-                    n
-                }
-            };
-            eprintln!("{n} decisions exported");
-        }
-        AuditCommand::Stats { by, since, target } => {
-            let store = open(config, &target).await?;
-            match by {
-                StatsBy::Day => {
-                    let selected = store.stats_by_day(since).await?;
-                    let runs = store.runs_by_day(since).await?;
-                    match target.format {
-                        TableFormat::Csv => print!("{}", csv_rows(&selected)?),
-                        TableFormat::Json => println!(
-                            "{}",
-                            serde_json::to_string_pretty(
-                                &serde_json::json!({"purges_by_rule": selected, "runs": runs})
-                            )?
-                        ),
-                        TableFormat::Table => {
-                            let mut t = table(&["day", "rule", "selected for purge"]);
-                            for r in &selected {
-                                t.add_row(vec![
-                                    r.key.clone(),
-                                    r.rule.clone().unwrap_or_default(),
-                                    r.count.to_string(),
-                                ]);
-                            }
-                            println!("{t}");
-                            let mut t = table(&[
-                                "day",
-                                "runs",
-                                "failed runs",
-                                "scanned",
-                                "matched",
-                                "purged",
-                                "failed",
-                            ]);
-                            for d in &runs {
-                                t.add_row(vec![
-                                    d.day.clone(),
-                                    d.runs.to_string(),
-                                    d.failed_runs.to_string(),
-                                    d.scanned.to_string(),
-                                    d.matched.to_string(),
-                                    d.purged.to_string(),
-                                    d.failed.to_string(),
-                                ]);
-                            }
-                            println!("{t}");
-                        }
-                    }
-                }
-                StatsBy::Rule | StatsBy::Outcome => {
-                    let rows = if by == StatsBy::Rule {
-                        store.stats_by_rule(since).await?
+        } => export(config, format, since, database).await,
+        AuditCommand::Stats { by, since, target } => stats(config, by, since, target).await,
+        AuditCommand::Ticket { ticket_id, target } => ticket(config, ticket_id, target).await,
+    }
+}
+
+/// `zd-retention audit runs`.
+async fn runs(
+    config: Option<PathBuf>,
+    limit: i64,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let runs = store.runs(since, limit).await?;
+    match target.format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+        TableFormat::Csv => print!("{}", csv_rows(&runs)?),
+        TableFormat::Table => {
+            let mut t = table(&[
+                "run", "trigger", "started", "mode", "status", "scanned", "matched", "purged",
+                "failed", "unknown",
+            ]);
+            for r in &runs {
+                t.add_row(vec![
+                    r.id.to_string(),
+                    r.trigger.to_string(),
+                    r.started_at.clone(),
+                    if r.dry_run {
+                        "dry run".into()
                     } else {
-                        store.stats_by_outcome(since).await?
-                    };
-                    match target.format {
-                        TableFormat::Csv => print!("{}", csv_rows(&rows)?),
-                        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                        TableFormat::Table => {
-                            let header: &[&str] = if by == StatsBy::Rule {
-                                &["rule", "decision", "tickets"]
-                            } else {
-                                &["outcome", "", "tickets"]
-                            };
-                            let mut t = table(header);
-                            for r in &rows {
-                                if by == StatsBy::Rule {
-                                    t.add_row(vec![
-                                        r.rule.clone().unwrap_or_else(|| "(none)".into()),
-                                        r.key.clone(),
-                                        r.count.to_string(),
-                                    ]);
-                                } else {
-                                    t.add_row(vec![
-                                        r.key.clone(),
-                                        String::new(),
-                                        r.count.to_string(),
-                                    ]);
-                                }
-                            }
-                            println!("{t}");
-                        }
+                        "live".into()
+                    },
+                    r.status.to_string(),
+                    r.scanned.to_string(),
+                    r.matched.to_string(),
+                    r.purged.to_string(),
+                    r.failed.to_string(),
+                    r.unknown.to_string(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit run`.
+async fn run(
+    config: Option<PathBuf>,
+    run_id: i64,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let Some(run) = store.run(run_id).await? else {
+        eprintln!("no run {run_id} in the audit log (zd-retention audit runs lists them)");
+        return Ok(ExitCode::from(EXIT_FAILED));
+    };
+    let decisions = store.decision_counts(run_id).await?;
+    let outcomes = store.outcome_counts(run_id).await?;
+    let jobs = store.jobs_of_run(run_id).await?;
+    match target.format {
+        TableFormat::Csv => {
+            #[derive(serde::Serialize)]
+            struct Row<'a> {
+                decision: &'a str,
+                rule: Option<&'a str>,
+                count: i64,
+            }
+            let rows: Vec<Row> = decisions
+                .iter()
+                .map(|(d, r, n)| Row {
+                    decision: d,
+                    rule: r.as_deref(),
+                    count: *n,
+                })
+                .collect();
+            print!("{}", csv_rows(&rows)?);
+        }
+        TableFormat::Json => {
+            let decisions: Vec<_> = decisions
+                .iter()
+                .map(|(d, r, n)| serde_json::json!({"decision": d, "rule": r, "count": n}))
+                .collect();
+            let outcomes: Vec<_> = outcomes
+                .iter()
+                .map(|(o, n)| serde_json::json!({"outcome": o, "count": n}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"run": run, "decisions": decisions, "outcomes": outcomes, "jobs": jobs})
+                )?
+            );
+        }
+        TableFormat::Table => {
+            println!(
+                "run {} ({}, {}): {} from {} to {}",
+                run.id,
+                run.trigger,
+                if run.dry_run { "dry run" } else { "live" },
+                run.status,
+                run.started_at,
+                run.finished_at.as_deref().unwrap_or("(not finished)")
+            );
+            println!(
+                "  scanned {}, matched {}, purged {}, failed {}, unknown {}; {} list requests{}; config {}",
+                run.scanned,
+                run.matched,
+                run.purged,
+                run.failed,
+                run.unknown,
+                run.list_requests,
+                match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
+                    (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
+                    (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
+                    (_, _, true) => ", sorted scan stopped early".to_string(),
+                    (_, Some(scan), false) => format!(", {scan} scan"),
+                    (_, None, false) => String::new(),
+                },
+                &run.config_hash[..12.min(run.config_hash.len())]
+            );
+            if let Some(reason) = &run.scan_reason {
+                println!("  scan: {reason}");
+            }
+            if let Some(n) = run.decisions_recorded {
+                println!(
+                    "  {n} decisions recorded (first sightings and changes; the ledger holds the rest)"
+                );
+            }
+            if let Some(ms) = run.max_listing_age_ms {
+                println!(
+                    "  at most {} between a ticket's last listing and its destroy_many",
+                    crate::human::duration(Duration::from_millis(ms as u64))
+                );
+            }
+            if let Some(e) = &run.error {
+                println!("  error: {e}");
+            }
+            let mut t = table(&["decision", "rule", "tickets"]);
+            for (d, r, n) in &decisions {
+                t.add_row(vec![
+                    d.clone(),
+                    r.clone().unwrap_or_default(),
+                    n.to_string(),
+                ]);
+            }
+            println!("{t}");
+            if !outcomes.is_empty() {
+                let mut t = table(&["outcome", "tickets"]);
+                for (o, n) in &outcomes {
+                    t.add_row(vec![o.clone(), n.to_string()]);
+                }
+                println!("{t}");
+            }
+            if !jobs.is_empty() {
+                let mut t = table(&[
+                    "request",
+                    "kind",
+                    "zendesk job",
+                    "tickets",
+                    "recorded",
+                    "status",
+                    "message",
+                ]);
+                for j in &jobs {
+                    t.add_row(vec![
+                        j.id.to_string(),
+                        j.kind.to_string(),
+                        j.zendesk_job_id.clone().unwrap_or_default(),
+                        j.ticket_count.to_string(),
+                        j.recorded_at.clone(),
+                        j.status.to_string(),
+                        j.message.clone().unwrap_or_default(),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit search`.
+// the command's own arguments, one per filter, as clap hands them over
+#[allow(clippy::too_many_arguments)]
+async fn search(
+    config: Option<PathBuf>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    rule: Option<String>,
+    outcome: Option<String>,
+    decision: Option<String>,
+    actor: Option<i64>,
+    ticket: Option<i64>,
+    limit: i64,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let filter = SearchFilter {
+        since,
+        until,
+        rule,
+        outcome,
+        decision,
+        actor,
+        ticket,
+        limit,
+    };
+    let rows = store.search(&filter).await?;
+    match target.format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        TableFormat::Csv => print!("{}", csv_rows(&rows)?),
+        TableFormat::Table => {
+            let mut t = table(&[
+                "decided", "run", "ticket", "decision", "rule", "actor", "outcome", "detail",
+            ]);
+            for r in &rows {
+                t.add_row(vec![
+                    r.at.clone(),
+                    r.run_id.to_string(),
+                    r.ticket_id.to_string(),
+                    r.decision.clone(),
+                    r.rule.clone().unwrap_or_default(),
+                    r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+                    r.outcome.clone().unwrap_or_default(),
+                    r.detail.clone().unwrap_or_default(),
+                ]);
+            }
+            println!("{t}");
+            eprintln!("{} rows (at most --limit {limit})", rows.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit ledger`.
+async fn ledger(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let counts = store.ledger_counts().await?;
+    let marks = store.listing_marks(&[]).await?;
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::audit::timestamp);
+    match target.format {
+        TableFormat::Json | TableFormat::Csv => println!(
+            "{}",
+            serde_json::json!({
+                "tickets": counts.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+                "high_water": time(marks.high_water),
+                "last_reconcile": time(marks.last_reconcile),
+            })
+        ),
+        TableFormat::Table => {
+            let mut t = table(&["state", "tickets"]);
+            for (state, n) in &counts {
+                t.add_row(vec![state.clone(), n.to_string()]);
+            }
+            println!("{t}");
+            println!(
+                "newest deletion known (high-water mark): {}",
+                time(marks.high_water).unwrap_or_else(|| "none yet".into())
+            );
+            println!(
+                "last whole walk of the view began: {}",
+                time(marks.last_reconcile).unwrap_or_else(|| "never".into())
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit head`.
+async fn head(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let (seq, hash) = store.chain_head().await?;
+    match target.format {
+        TableFormat::Json | TableFormat::Csv => {
+            println!("{}", serde_json::json!({"entry": seq, "hash": hash}))
+        }
+        TableFormat::Table => println!("chain head: entry {seq}, hash {hash}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit verify`.
+async fn verify(
+    config: Option<PathBuf>,
+    expect_head: Option<String>,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let expect_head = expect_head.map(|h| h.trim().to_ascii_lowercase());
+    if let Some(h) = &expect_head
+        && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(crate::cli::UsageError(format!(
+            "--expect-head {h:?} is not a chain head: it is 64 hexadecimal characters, as `zd-retention audit head` prints"
+        ))
+        .into());
+    }
+    let store = open(config, &target).await?;
+    let mut report = store.verify_chain().await?;
+    if let Some(expected) = expect_head.as_deref()
+        && report.problem.is_none()
+        && !store.chain_contains(expected).await?
+    {
+        report.problem = Some(format!(
+            "the chain does not contain the expected head {expected}: entries after it were removed (or the hash belongs to another database)"
+        ));
+    }
+    match target.format {
+        TableFormat::Json | TableFormat::Csv => {
+            println!("{}", serde_json::to_string_pretty(&report)?)
+        }
+        TableFormat::Table => match &report.problem {
+            None => println!(
+                "audit log intact: {} chain entries over {} rows; head {}",
+                report.entries, report.rows, report.head
+            ),
+            Some(p) => println!("audit log TAMPERED: {p}"),
+        },
+    }
+    if report.problem.is_some() {
+        return Ok(ExitCode::from(EXIT_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit export`.
+async fn export(
+    config: Option<PathBuf>,
+    format: ExportFormat,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    database: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let target = AuditTarget {
+        database,
+        format: TableFormat::Json,
+    };
+    let store = open(config, &target).await?;
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    let n = match format {
+        ExportFormat::Jsonl => {
+            use std::io::Write as _;
+            let mut out = out;
+            let n = store
+                .export(since, |row| {
+                    writeln!(out, "{}", serde_json::to_string(&row)?)?;
+                    Ok(())
+                })
+                .await?;
+            out.flush()?;
+            n
+        }
+        ExportFormat::Csv => {
+            // one CSV writer for the whole stream: its header once
+            let mut out = csv::Writer::from_writer(out);
+            let n = store
+                .export(since, |row| {
+                    out.serialize(&row)?;
+                    Ok(())
+                })
+                .await?;
+            out.flush()?;
+            n
+        }
+    };
+    eprintln!("{n} decisions exported");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit stats`.
+async fn stats(
+    config: Option<PathBuf>,
+    by: StatsBy,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    match by {
+        StatsBy::Day => {
+            let selected = store.stats_by_day(since).await?;
+            let runs = store.runs_by_day(since).await?;
+            match target.format {
+                TableFormat::Csv => print!("{}", csv_rows(&selected)?),
+                TableFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"purges_by_rule": selected, "runs": runs})
+                    )?
+                ),
+                TableFormat::Table => {
+                    let mut t = table(&["day", "rule", "selected for purge"]);
+                    for r in &selected {
+                        t.add_row(vec![
+                            r.key.clone(),
+                            r.rule.clone().unwrap_or_default(),
+                            r.count.to_string(),
+                        ]);
                     }
+                    println!("{t}");
+                    let mut t = table(&[
+                        "day",
+                        "runs",
+                        "failed runs",
+                        "scanned",
+                        "matched",
+                        "purged",
+                        "failed",
+                    ]);
+                    for d in &runs {
+                        t.add_row(vec![
+                            d.day.clone(),
+                            d.runs.to_string(),
+                            d.failed_runs.to_string(),
+                            d.scanned.to_string(),
+                            d.matched.to_string(),
+                            d.purged.to_string(),
+                            d.failed.to_string(),
+                        ]);
+                    }
+                    println!("{t}");
                 }
             }
         }
-        AuditCommand::Ticket { ticket_id, target } => {
-            let store = open(config, &target).await?;
-            let events = store.ticket_history(ticket_id).await?;
+        StatsBy::Rule | StatsBy::Outcome => {
+            let rows = if by == StatsBy::Rule {
+                store.stats_by_rule(since).await?
+            } else {
+                store.stats_by_outcome(since).await?
+            };
             match target.format {
-                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
-                TableFormat::Csv => print!("{}", csv_rows(&events)?),
+                TableFormat::Csv => print!("{}", csv_rows(&rows)?),
+                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 TableFormat::Table => {
-                    if events.is_empty() {
-                        println!("ticket {ticket_id}: nothing recorded");
+                    let header: &[&str] = if by == StatsBy::Rule {
+                        &["rule", "decision", "tickets"]
                     } else {
-                        let mut t = table(&["at", "run", "event", "what", "rule", "job", "detail"]);
-                        for e in &events {
+                        &["outcome", "", "tickets"]
+                    };
+                    let mut t = table(header);
+                    for r in &rows {
+                        if by == StatsBy::Rule {
                             t.add_row(vec![
-                                e.at.clone(),
-                                e.run_id.to_string(),
-                                e.kind.clone(),
-                                e.what.clone(),
-                                e.rule.clone().unwrap_or_default(),
-                                e.job.clone().unwrap_or_default(),
-                                e.detail.clone().unwrap_or_default(),
+                                r.rule.clone().unwrap_or_else(|| "(none)".into()),
+                                r.key.clone(),
+                                r.count.to_string(),
                             ]);
+                        } else {
+                            t.add_row(vec![r.key.clone(), String::new(), r.count.to_string()]);
                         }
-                        println!("ticket {ticket_id}");
-                        println!("{t}");
                     }
+                    println!("{t}");
                 }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit ticket`.
+async fn ticket(
+    config: Option<PathBuf>,
+    ticket_id: u64,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let events = store.ticket_history(ticket_id).await?;
+    match target.format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
+        TableFormat::Csv => print!("{}", csv_rows(&events)?),
+        TableFormat::Table => {
+            if events.is_empty() {
+                println!("ticket {ticket_id}: nothing recorded");
+            } else {
+                let mut t = table(&["at", "run", "event", "what", "rule", "job", "detail"]);
+                for e in &events {
+                    t.add_row(vec![
+                        e.at.clone(),
+                        e.run_id.to_string(),
+                        e.kind.clone(),
+                        e.what.clone(),
+                        e.rule.clone().unwrap_or_default(),
+                        e.job.clone().unwrap_or_default(),
+                        e.detail.clone().unwrap_or_default(),
+                    ]);
+                }
+                println!("ticket {ticket_id}");
+                println!("{t}");
             }
         }
     }
