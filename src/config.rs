@@ -344,441 +344,28 @@ impl Config {
             text,
             problems: Vec::new(),
         };
-
-        // [zendesk]
-        let z = &raw.zendesk;
-        let base_url = match (&z.subdomain, &z.base_url) {
-            (Some(_), Some(b)) => {
-                c.at(
-                    "zendesk.base_url",
-                    b,
-                    "give either zendesk.subdomain or zendesk.base_url, not both",
-                );
-                None
-            }
-            (Some(s), None) => subdomain_url(s.get_ref().trim())
-                .map_err(|e| c.at("zendesk.subdomain", s, e))
-                .ok(),
-            (None, Some(b)) => check_base_url(b.get_ref().trim())
-                .map_err(|e| c.at("zendesk.base_url", b, e))
-                .ok(),
-            (None, None) => {
-                c.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
-                None
-            }
-        };
-        let email = c.string("zendesk.email", &z.email);
-        let sources = [
-            ("token_env", &z.token_env),
-            ("token_file", &z.token_file),
-            ("oauth_token_env", &z.oauth_token_env),
-            ("oauth_token_file", &z.oauth_token_file),
-        ];
-        let given: Vec<&str> = sources
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k)
-            .collect();
-        let token = match given.as_slice() {
-            [] => {
-                c.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
-                None
-            }
-            [one] => {
-                let key = format!("zendesk.{one}");
-                let value = sources
-                    .iter()
-                    .find(|(k, _)| k == one)
-                    .and_then(|(_, v)| v.as_ref());
-                let value = value
-                    .map(|v| v.get_ref().trim().to_string())
-                    .unwrap_or_default();
-                if value.is_empty() {
-                    c.whole(&key, "is empty: name an environment variable or a file");
-                    None
-                } else {
-                    match (*one, email.clone()) {
-                        ("token_env", Some(email)) => {
-                            Some(TokenSource::ApiTokenEnv { email, var: value })
-                        }
-                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile {
-                            email,
-                            path: value.into(),
-                        }),
-                        ("token_env" | "token_file", None) => {
-                            c.whole("zendesk.email", "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
-                            None
-                        }
-                        ("oauth_token_env", _) => Some(TokenSource::OAuthEnv { var: value }),
-                        _ => Some(TokenSource::OAuthFile { path: value.into() }),
-                    }
-                }
-            }
-            many => {
-                c.whole(
-                    "zendesk",
-                    format!(
-                        "{} are all set; keep exactly one credential source",
-                        many.join(", ")
-                    ),
-                );
-                None
-            }
-        };
-        let defaults = RateLimits::default();
-        let limits = RateLimits {
-            list: c.quota(
-                "zendesk.rate_limits.list",
-                &z.rate_limits.list,
-                defaults.list,
-            ),
-            list_deep: c.quota(
-                "zendesk.rate_limits.list_deep",
-                &z.rate_limits.list_deep,
-                defaults.list_deep,
-            ),
-            account: c.quota(
-                "zendesk.rate_limits.account",
-                &z.rate_limits.account,
-                defaults.account,
-            ),
-        };
-        let max_jobs_in_flight = match &z.rate_limits.max_jobs_in_flight {
-            None => 10,
-            Some(v) => match usize::try_from(*v.get_ref()) {
-                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
-                _ => {
-                    c.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
-                    10
-                }
-            },
-        };
-        let mut retry = RetryPolicy::default();
-        if let Some(t) = c.duration("zendesk.request_timeout", &z.request_timeout) {
-            if t.is_zero() {
-                c.whole(
-                    "zendesk.request_timeout",
-                    "must be above zero, for example \"30s\"",
-                );
-            } else {
-                retry.request_timeout = t;
-            }
-        }
-        if let Some(v) = &z.max_retries {
-            match usize::try_from(*v.get_ref()) {
-                Ok(n) if n <= 20 => retry.max_retries = n,
-                _ => c.at(
-                    "zendesk.max_retries",
-                    v,
-                    format!("{} is out of range: use 0 to 20", v.get_ref()),
-                ),
-            }
-        }
-
-        let job_poll_interval = c
-            .duration("zendesk.job_poll_interval", &z.job_poll_interval)
-            .unwrap_or(Duration::from_secs(2));
-        let job_timeout = c
-            .duration("zendesk.job_timeout", &z.job_timeout)
-            .unwrap_or(Duration::from_secs(15 * 60));
-        let clock_skew = c
-            .duration("zendesk.clock_skew", &z.clock_skew)
-            .unwrap_or(Duration::from_secs(120));
-        if let (Some(v), true) = (&z.clock_skew, clock_skew > Duration::from_secs(3600)) {
-            c.at(
-                "zendesk.clock_skew",
-                v,
-                "must be at most 1h: every newest-first read looks back this far".to_string(),
-            );
-        }
-        for (key, value) in [
-            ("zendesk.job_poll_interval", job_poll_interval),
-            ("zendesk.job_timeout", job_timeout),
-            ("zendesk.clock_skew", clock_skew),
-        ] {
-            if value.is_zero() {
-                c.whole(key, "must be above zero, for example \"2s\"");
-            }
-        }
-
-        // [schedule]
-        let cron = match &raw.schedule.cron {
-            None => "0 */15 * * * *".to_string(),
-            Some(v) => match normalise_cron(v.get_ref()) {
-                Ok(cron) => cron,
-                Err(e) => {
-                    c.at("schedule.cron", v, e);
-                    String::new()
-                }
-            },
-        };
-        let timezone = match &raw.schedule.timezone {
-            None => chrono_tz::UTC,
-            Some(v) => v.get_ref().trim().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
-                c.at("schedule.timezone", v, format!("{:?} is not an IANA time zone; write it like \"UTC\" or \"Europe/Berlin\"", v.get_ref()));
-                chrono_tz::UTC
-            }),
-        };
-        let shutdown_grace = c
-            .duration("schedule.shutdown_grace", &raw.schedule.shutdown_grace)
-            .unwrap_or(Duration::from_secs(25));
-        let reconcile = c
-            .duration("schedule.reconcile", &raw.schedule.reconcile)
-            .unwrap_or(Duration::from_secs(86_400));
-        if let (Some(v), true) = (
-            &raw.schedule.reconcile,
-            reconcile > Duration::from_secs(7 * 86_400),
-        ) {
-            c.at(
-                "schedule.reconcile",
-                v,
-                "must be at most 7d: a deletion the newest-first reads missed waits for the next whole walk, and Zendesk scrubs deleted tickets after about 30 days".to_string(),
-            );
-        }
-        let keep_details = c.duration("audit.keep_details", &raw.audit.keep_details);
-        if let (Some(keep), Some(v)) = (keep_details, &raw.audit.keep_details)
-            && keep < Duration::from_secs(31 * 86_400)
-        {
-            c.at(
-                "audit.keep_details",
-                v,
-                "must be at least 31d: a ticket's details are needed until Zendesk's own scrub (30 days) has settled it".to_string(),
-            );
-        }
-
-        // [audit]
-        let database = raw
-            .audit
-            .database
-            .clone()
-            .unwrap_or_else(|| "zd-retention.db".into());
-        if database.trim().is_empty() {
-            c.whole(
-                "audit.database",
-                "is empty: give a file path such as \"zd-retention.db\"",
-            );
-        }
-
-        // [safety]
-        let s = &raw.safety;
-        let min_age = c
-            .duration("safety.min_age", &s.min_age)
-            .unwrap_or(Duration::from_secs(3600));
-        let max_purges_per_run = match &s.max_purges_per_run {
-            None => 5000,
-            Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
-            Some(v) => {
-                c.at(
-                    "safety.max_purges_per_run",
-                    v,
-                    format!(
-                        "{} is not allowed: give a positive number, such as 5000",
-                        v.get_ref()
-                    ),
-                );
-                0
-            }
-        };
-        let mut protect_ids = BTreeSet::new();
-        if let Some(v) = &s.protect_ids {
-            for id in v.get_ref() {
-                match u64::try_from(*id) {
-                    Ok(id) if id > 0 => {
-                        protect_ids.insert(id);
-                    }
-                    _ => c.at(
-                        "safety.protect_ids",
-                        v,
-                        format!("{id} is not a ticket id: ids are positive whole numbers"),
-                    ),
-                }
-            }
-        }
-
-        // [server]
-        let listen = raw.server.listen.as_ref().and_then(|v| {
-            v.get_ref()
-                .trim()
-                .parse()
-                .map_err(|_| {
-                    c.at(
-                        "server.listen",
-                        v,
-                        format!(
-                            "{:?} is not an address: write it like \"127.0.0.1:9464\"",
-                            v.get_ref()
-                        ),
-                    )
-                })
-                .ok()
-        });
-
-        // [[rules]]
-        let mut rules = Vec::new();
-        let mut names = BTreeSet::new();
-        for (i, spanned) in raw.rules.iter().enumerate() {
-            let r = spanned.get_ref();
-            let key = |field: &str| format!("rules[{i}].{field}");
-            let name = r.name.get_ref().trim().to_string();
-            if name.is_empty() {
-                c.at(
-                    key("name"),
-                    &r.name,
-                    "is empty: give each rule a short unique name",
-                );
-            } else if !names.insert(name.clone()) {
-                c.at(
-                    key("name"),
-                    &r.name,
-                    format!("{name:?} is used by an earlier rule: rule names must be unique"),
-                );
-            }
-            let action = match r.action.get_ref().trim() {
-                "purge" => RuleAction::Purge,
-                "keep" => RuleAction::Keep,
-                other => {
-                    c.at(
-                        key("action"),
-                        &r.action,
-                        format!("{other:?} is not an action: use \"purge\" or \"keep\""),
-                    );
-                    RuleAction::Keep
-                }
-            };
-            let mut rule = RetentionRule::new(name.clone(), action);
-            rule.older_than = c.duration(&key("older_than"), &r.older_than);
-            rule.younger_than = c.duration(&key("younger_than"), &r.younger_than);
-            if let (Some(o), Some(y), Some(v)) =
-                (rule.older_than, rule.younger_than, &r.younger_than)
-                && o >= y
-            {
-                c.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
-            }
-            if let Some(v) = &r.previous_state {
-                if v.get_ref().is_empty() {
-                    c.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
-                }
-                rule.previous_state = Some(
-                    v.get_ref()
-                        .iter()
-                        .map(|s| crate::rules::normalize(s))
-                        .collect(),
-                );
-            }
-            if let Some(v) = &r.actor_ids {
-                let mut ids = BTreeSet::new();
-                for id in v.get_ref() {
-                    match u64::try_from(*id) {
-                        Ok(id) => {
-                            ids.insert(id);
-                        }
-                        Err(_) => c.at(
-                            key("actor_ids"),
-                            v,
-                            format!("{id} is not a user id: ids are positive whole numbers"),
-                        ),
-                    }
-                }
-                if v.get_ref().is_empty() {
-                    c.at(
-                        key("actor_ids"),
-                        v,
-                        "is an empty list: no ticket could match; list user ids or remove the key",
-                    );
-                }
-                rule.actor_ids = Some(ids);
-            }
-            if let Some(v) = &r.actor_names {
-                if v.get_ref().is_empty() {
-                    c.at(
-                        key("actor_names"),
-                        v,
-                        "is an empty list: no ticket could match; list names or remove the key",
-                    );
-                }
-                rule.actor_names = Some(
-                    v.get_ref()
-                        .iter()
-                        .map(|s| crate::rules::normalize(s))
-                        .collect(),
-                );
-            }
-            if let Some(v) = &r.subject_matches {
-                match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
-                    Ok(re) => rule.subject_matches = Some(re),
-                    Err(e) => {
-                        let first = e
-                            .to_string()
-                            .lines()
-                            .last()
-                            .unwrap_or("invalid")
-                            .trim()
-                            .to_string();
-                        c.at(key("subject_matches"), v, format!("{:?} is not a valid regular expression ({first}); see https://docs.rs/regex for the syntax", v.get_ref()));
-                    }
-                }
-            }
-            rule.match_all = r.match_all.unwrap_or(false);
-            let subject_invalid = r.subject_matches.is_some() && rule.subject_matches.is_none();
-            if action == RuleAction::Purge
-                && !rule.has_condition()
-                && !rule.match_all
-                && !subject_invalid
-            {
-                c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
-            } else if action == RuleAction::Purge
-                && rule.has_condition()
-                && !subject_invalid
-                && !rule.has_effective_condition(min_age)
-            {
-                // conditions that select everything in disguise
-                let why = "its conditions leave nothing out (an older_than not above safety.min_age, a younger_than of 30 days or more, every standard previous_state, or a subject_matches that matches any subject)";
-                c.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: {why}; add a real condition or, if that is really meant, match_all = true"));
-            }
-            if rule.match_all && rule.has_condition() {
-                c.at(key("name"), &r.name, "match_all = true together with conditions is ambiguous: remove match_all or the conditions");
-            }
-            rules.push(rule);
-        }
-
+        let zendesk = c.zendesk(&raw.zendesk);
+        let schedule = c.schedule(&raw.schedule);
+        let audit = c.audit(&raw.audit);
+        let (safety, min_age, protect_ids) = c.safety(&raw.safety);
+        let listen = c.server(&raw.server);
+        let rules = c.rules(&raw.rules, min_age);
         if !c.problems.is_empty() {
             return Err(ConfigError {
                 file: file.to_string(),
                 problems: c.problems,
             });
         }
-        let (Some(base_url), Some(token)) = (base_url, token) else {
+        let Some(zendesk) = zendesk else {
             unreachable!("a missing URL or token always records a problem");
         };
         Ok(Config {
             source: None,
             hash: hex::encode(Sha256::digest(text.as_bytes())),
-            zendesk: ZendeskSettings {
-                base_url,
-                token,
-                limits,
-                max_jobs_in_flight,
-                retry,
-                job_poll_interval,
-                job_timeout,
-                clock_skew,
-            },
-            schedule: Schedule {
-                cron,
-                timezone,
-                shutdown_grace,
-                reconcile,
-            },
-            audit: AuditSettings {
-                database: PathBuf::from(database.trim()),
-                record_subjects: raw.audit.record_subjects.unwrap_or(false),
-                keep_details,
-            },
-            safety: Safety {
-                dry_run: s.dry_run.unwrap_or(true),
-                max_purges_per_run,
-                purge_while_scanning: s.purge_while_scanning.unwrap_or(false),
-            },
+            zendesk,
+            schedule,
+            audit,
+            safety,
             policy: Policy {
                 rules,
                 min_age,
@@ -1005,6 +592,448 @@ fn toml_problem(text: &str, e: &toml::de::Error, path: Option<String>) -> Config
         key,
         line,
         message: format!("{message}{fix}"),
+    }
+}
+
+impl Checker<'_> {
+    /// `[zendesk]`; `None` when the URL or the credential is missing (a
+    /// problem is recorded).
+    fn zendesk(&mut self, z: &RawZendesk) -> Option<ZendeskSettings> {
+        let base_url = match (&z.subdomain, &z.base_url) {
+            (Some(_), Some(b)) => {
+                self.at(
+                    "zendesk.base_url",
+                    b,
+                    "give either zendesk.subdomain or zendesk.base_url, not both",
+                );
+                None
+            }
+            (Some(s), None) => subdomain_url(s.get_ref().trim())
+                .map_err(|e| self.at("zendesk.subdomain", s, e))
+                .ok(),
+            (None, Some(b)) => check_base_url(b.get_ref().trim())
+                .map_err(|e| self.at("zendesk.base_url", b, e))
+                .ok(),
+            (None, None) => {
+                self.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
+                None
+            }
+        };
+        let email = self.string("zendesk.email", &z.email);
+        let sources = [
+            ("token_env", &z.token_env),
+            ("token_file", &z.token_file),
+            ("oauth_token_env", &z.oauth_token_env),
+            ("oauth_token_file", &z.oauth_token_file),
+        ];
+        let given: Vec<&str> = sources
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        let token = match given.as_slice() {
+            [] => {
+                self.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
+                None
+            }
+            [one] => {
+                let key = format!("zendesk.{one}");
+                let value = sources
+                    .iter()
+                    .find(|(k, _)| k == one)
+                    .and_then(|(_, v)| v.as_ref());
+                let value = value
+                    .map(|v| v.get_ref().trim().to_string())
+                    .unwrap_or_default();
+                if value.is_empty() {
+                    self.whole(&key, "is empty: name an environment variable or a file");
+                    None
+                } else {
+                    match (*one, email.clone()) {
+                        ("token_env", Some(email)) => {
+                            Some(TokenSource::ApiTokenEnv { email, var: value })
+                        }
+                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile {
+                            email,
+                            path: value.into(),
+                        }),
+                        ("token_env" | "token_file", None) => {
+                            self.whole("zendesk.email", "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
+                            None
+                        }
+                        ("oauth_token_env", _) => Some(TokenSource::OAuthEnv { var: value }),
+                        _ => Some(TokenSource::OAuthFile { path: value.into() }),
+                    }
+                }
+            }
+            many => {
+                self.whole(
+                    "zendesk",
+                    format!(
+                        "{} are all set; keep exactly one credential source",
+                        many.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        let defaults = RateLimits::default();
+        let limits = RateLimits {
+            list: self.quota(
+                "zendesk.rate_limits.list",
+                &z.rate_limits.list,
+                defaults.list,
+            ),
+            list_deep: self.quota(
+                "zendesk.rate_limits.list_deep",
+                &z.rate_limits.list_deep,
+                defaults.list_deep,
+            ),
+            account: self.quota(
+                "zendesk.rate_limits.account",
+                &z.rate_limits.account,
+                defaults.account,
+            ),
+        };
+        let max_jobs_in_flight = match &z.rate_limits.max_jobs_in_flight {
+            None => 10,
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
+                _ => {
+                    self.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
+                    10
+                }
+            },
+        };
+        let mut retry = RetryPolicy::default();
+        if let Some(t) = self.duration("zendesk.request_timeout", &z.request_timeout) {
+            if t.is_zero() {
+                self.whole(
+                    "zendesk.request_timeout",
+                    "must be above zero, for example \"30s\"",
+                );
+            } else {
+                retry.request_timeout = t;
+            }
+        }
+        if let Some(v) = &z.max_retries {
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if n <= 20 => retry.max_retries = n,
+                _ => self.at(
+                    "zendesk.max_retries",
+                    v,
+                    format!("{} is out of range: use 0 to 20", v.get_ref()),
+                ),
+            }
+        }
+
+        let job_poll_interval = self
+            .duration("zendesk.job_poll_interval", &z.job_poll_interval)
+            .unwrap_or(Duration::from_secs(2));
+        let job_timeout = self
+            .duration("zendesk.job_timeout", &z.job_timeout)
+            .unwrap_or(Duration::from_secs(15 * 60));
+        let clock_skew = self
+            .duration("zendesk.clock_skew", &z.clock_skew)
+            .unwrap_or(Duration::from_secs(120));
+        if let (Some(v), true) = (&z.clock_skew, clock_skew > Duration::from_secs(3600)) {
+            self.at(
+                "zendesk.clock_skew",
+                v,
+                "must be at most 1h: every newest-first read looks back this far".to_string(),
+            );
+        }
+        for (key, value) in [
+            ("zendesk.job_poll_interval", job_poll_interval),
+            ("zendesk.job_timeout", job_timeout),
+            ("zendesk.clock_skew", clock_skew),
+        ] {
+            if value.is_zero() {
+                self.whole(key, "must be above zero, for example \"2s\"");
+            }
+        }
+
+        let (Some(base_url), Some(token)) = (base_url, token) else {
+            return None;
+        };
+        Some(ZendeskSettings {
+            base_url,
+            token,
+            limits,
+            max_jobs_in_flight,
+            retry,
+            job_poll_interval,
+            job_timeout,
+            clock_skew,
+        })
+    }
+
+    /// `[schedule]`.
+    fn schedule(&mut self, s: &RawSchedule) -> Schedule {
+        let cron = match &s.cron {
+            None => "0 */15 * * * *".to_string(),
+            Some(v) => match normalise_cron(v.get_ref()) {
+                Ok(cron) => cron,
+                Err(e) => {
+                    self.at("schedule.cron", v, e);
+                    String::new()
+                }
+            },
+        };
+        let timezone = match &s.timezone {
+            None => chrono_tz::UTC,
+            Some(v) => v.get_ref().trim().parse::<chrono_tz::Tz>().unwrap_or_else(|_| {
+                self.at("schedule.timezone", v, format!("{:?} is not an IANA time zone; write it like \"UTC\" or \"Europe/Berlin\"", v.get_ref()));
+                chrono_tz::UTC
+            }),
+        };
+        let shutdown_grace = self
+            .duration("schedule.shutdown_grace", &s.shutdown_grace)
+            .unwrap_or(Duration::from_secs(25));
+        let reconcile = self
+            .duration("schedule.reconcile", &s.reconcile)
+            .unwrap_or(Duration::from_secs(86_400));
+        if let (Some(v), true) = (&s.reconcile, reconcile > Duration::from_secs(7 * 86_400)) {
+            self.at(
+                "schedule.reconcile",
+                v,
+                "must be at most 7d: a deletion the newest-first reads missed waits for the next whole walk, and Zendesk scrubs deleted tickets after about 30 days".to_string(),
+            );
+        }
+        Schedule {
+            cron,
+            timezone,
+            shutdown_grace,
+            reconcile,
+        }
+    }
+
+    /// `[audit]`.
+    fn audit(&mut self, a: &RawAudit) -> AuditSettings {
+        let keep_details = self.duration("audit.keep_details", &a.keep_details);
+        if let (Some(keep), Some(v)) = (keep_details, &a.keep_details)
+            && keep < Duration::from_secs(31 * 86_400)
+        {
+            self.at(
+                "audit.keep_details",
+                v,
+                "must be at least 31d: a ticket's details are needed until Zendesk's own scrub (30 days) has settled it".to_string(),
+            );
+        }
+
+        let database = a
+            .database
+            .clone()
+            .unwrap_or_else(|| "zd-retention.db".into());
+        if database.trim().is_empty() {
+            self.whole(
+                "audit.database",
+                "is empty: give a file path such as \"zd-retention.db\"",
+            );
+        }
+
+        AuditSettings {
+            database: PathBuf::from(database.trim()),
+            record_subjects: a.record_subjects.unwrap_or(false),
+            keep_details,
+        }
+    }
+
+    /// `[safety]`: the settings, and the floor every rule is read with
+    /// (`min_age`, `protect_ids`).
+    fn safety(&mut self, s: &RawSafety) -> (Safety, Duration, BTreeSet<u64>) {
+        let min_age = self
+            .duration("safety.min_age", &s.min_age)
+            .unwrap_or(Duration::from_secs(3600));
+        let max_purges_per_run = match &s.max_purges_per_run {
+            None => 5000,
+            Some(v) if *v.get_ref() >= 1 => *v.get_ref() as u64,
+            Some(v) => {
+                self.at(
+                    "safety.max_purges_per_run",
+                    v,
+                    format!(
+                        "{} is not allowed: give a positive number, such as 5000",
+                        v.get_ref()
+                    ),
+                );
+                0
+            }
+        };
+        let mut protect_ids = BTreeSet::new();
+        if let Some(v) = &s.protect_ids {
+            for id in v.get_ref() {
+                match u64::try_from(*id) {
+                    Ok(id) if id > 0 => {
+                        protect_ids.insert(id);
+                    }
+                    _ => self.at(
+                        "safety.protect_ids",
+                        v,
+                        format!("{id} is not a ticket id: ids are positive whole numbers"),
+                    ),
+                }
+            }
+        }
+
+        let safety = Safety {
+            dry_run: s.dry_run.unwrap_or(true),
+            max_purges_per_run,
+            purge_while_scanning: s.purge_while_scanning.unwrap_or(false),
+        };
+        (safety, min_age, protect_ids)
+    }
+
+    /// `[server]`.
+    fn server(&mut self, server: &RawServer) -> Option<std::net::SocketAddr> {
+        server.listen.as_ref().and_then(|v| {
+            v.get_ref()
+                .trim()
+                .parse()
+                .map_err(|_| {
+                    self.at(
+                        "server.listen",
+                        v,
+                        format!(
+                            "{:?} is not an address: write it like \"127.0.0.1:9464\"",
+                            v.get_ref()
+                        ),
+                    )
+                })
+                .ok()
+        })
+    }
+
+    /// `[[rules]]`, each checked against the safety floor.
+    fn rules(&mut self, raw_rules: &[Spanned<RawRule>], min_age: Duration) -> Vec<RetentionRule> {
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, spanned) in raw_rules.iter().enumerate() {
+            let r = spanned.get_ref();
+            let key = |field: &str| format!("rules[{i}].{field}");
+            let name = r.name.get_ref().trim().to_string();
+            if name.is_empty() {
+                self.at(
+                    key("name"),
+                    &r.name,
+                    "is empty: give each rule a short unique name",
+                );
+            } else if !names.insert(name.clone()) {
+                self.at(
+                    key("name"),
+                    &r.name,
+                    format!("{name:?} is used by an earlier rule: rule names must be unique"),
+                );
+            }
+            let action = match r.action.get_ref().trim() {
+                "purge" => RuleAction::Purge,
+                "keep" => RuleAction::Keep,
+                other => {
+                    self.at(
+                        key("action"),
+                        &r.action,
+                        format!("{other:?} is not an action: use \"purge\" or \"keep\""),
+                    );
+                    RuleAction::Keep
+                }
+            };
+            let mut rule = RetentionRule::new(name.clone(), action);
+            rule.older_than = self.duration(&key("older_than"), &r.older_than);
+            rule.younger_than = self.duration(&key("younger_than"), &r.younger_than);
+            if let (Some(o), Some(y), Some(v)) =
+                (rule.older_than, rule.younger_than, &r.younger_than)
+                && o >= y
+            {
+                self.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
+            }
+            if let Some(v) = &r.previous_state {
+                if v.get_ref().is_empty() {
+                    self.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
+                }
+                rule.previous_state = Some(
+                    v.get_ref()
+                        .iter()
+                        .map(|s| crate::rules::normalize(s))
+                        .collect(),
+                );
+            }
+            if let Some(v) = &r.actor_ids {
+                let mut ids = BTreeSet::new();
+                for id in v.get_ref() {
+                    match u64::try_from(*id) {
+                        Ok(id) => {
+                            ids.insert(id);
+                        }
+                        Err(_) => self.at(
+                            key("actor_ids"),
+                            v,
+                            format!("{id} is not a user id: ids are positive whole numbers"),
+                        ),
+                    }
+                }
+                if v.get_ref().is_empty() {
+                    self.at(
+                        key("actor_ids"),
+                        v,
+                        "is an empty list: no ticket could match; list user ids or remove the key",
+                    );
+                }
+                rule.actor_ids = Some(ids);
+            }
+            if let Some(v) = &r.actor_names {
+                if v.get_ref().is_empty() {
+                    self.at(
+                        key("actor_names"),
+                        v,
+                        "is an empty list: no ticket could match; list names or remove the key",
+                    );
+                }
+                rule.actor_names = Some(
+                    v.get_ref()
+                        .iter()
+                        .map(|s| crate::rules::normalize(s))
+                        .collect(),
+                );
+            }
+            if let Some(v) = &r.subject_matches {
+                match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
+                    Ok(re) => rule.subject_matches = Some(re),
+                    Err(e) => {
+                        let first = e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("invalid")
+                            .trim()
+                            .to_string();
+                        self.at(key("subject_matches"), v, format!("{:?} is not a valid regular expression ({first}); see https://docs.rs/regex for the syntax", v.get_ref()));
+                    }
+                }
+            }
+            rule.match_all = r.match_all.unwrap_or(false);
+            let subject_invalid = r.subject_matches.is_some() && rule.subject_matches.is_none();
+            if action == RuleAction::Purge
+                && !rule.has_condition()
+                && !rule.match_all
+                && !subject_invalid
+            {
+                self.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
+            } else if action == RuleAction::Purge
+                && rule.has_condition()
+                && !subject_invalid
+                && !rule.has_effective_condition(min_age)
+            {
+                // conditions that select everything in disguise
+                let why = "its conditions leave nothing out (an older_than not above safety.min_age, a younger_than of 30 days or more, every standard previous_state, or a subject_matches that matches any subject)";
+                self.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: {why}; add a real condition or, if that is really meant, match_all = true"));
+            }
+            if rule.match_all && rule.has_condition() {
+                self.at(key("name"), &r.name, "match_all = true together with conditions is ambiguous: remove match_all or the conditions");
+            }
+            rules.push(rule);
+        }
+
+        rules
     }
 }
 
