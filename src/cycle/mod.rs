@@ -239,32 +239,14 @@ pub(crate) fn clock_trusted(client: &ZendeskClient, clock_skew: Duration) -> Res
     ))
 }
 
-/// Runs one cycle to its end and records it. `Err` only when the audit
-/// store itself fails; a failed run is an `Ok` report with status `failed`.
-pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<CycleReport> {
-    let started = Instant::now();
-    let stats_before = ctx.client.stats();
+/// The jobs an earlier process sent and did not see end: purge jobs with a
+/// Zendesk id are followed by this run (their tickets are not sent again),
+/// the others recorded unknown, lost restores looked up.
+async fn recover_open_jobs(
+    ctx: &CycleContext,
+    run: RunId,
+) -> anyhow::Result<(Vec<OpenJob>, u64, IdSet)> {
     let store = &ctx.store;
-    let settings = &ctx.settings;
-    let now = Utc::now();
-
-    // never build on rows changed outside (a daemon runs for months)
-    store.check_states().await?;
-    let interrupted = store.close_interrupted_runs(now).await?;
-    if !interrupted.is_empty() {
-        tracing::warn!(runs = ?interrupted, "earlier runs did not finish; recorded as interrupted");
-    }
-    let run = store
-        .start_run(trigger, settings.dry_run, &ctx.config_hash, now)
-        .await?;
-    tracing::info!(
-        run,
-        trigger = trigger.as_str(),
-        dry_run = settings.dry_run,
-        "run started"
-    );
-
-    // Jobs an earlier process sent and did not see end.
     let mut recovered = Vec::new();
     let mut recovered_unknown = 0u64;
     // Ids in jobs an earlier process sent that are still open: this run
@@ -302,6 +284,152 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             "following jobs left open by an earlier process"
         );
     }
+
+    Ok((recovered, recovered_unknown, in_flight))
+}
+
+/// A whole walk (a reconcile) settles the live ledger rows it did not
+/// list: absent from the view is not yet proof of anything, so each is
+/// looked up among the active tickets and read for newest-first. Returns
+/// what was settled and the listing requests it took.
+async fn settle_walk(
+    ctx: &CycleContext,
+    run: RunId,
+    scan: &ScanResult,
+) -> anyhow::Result<(Settled, u64)> {
+    let mut settled = Settled::default();
+    let mut settle_requests = 0;
+    if scan.finished() && scan.step == Step::Reconcile {
+        let mut absent: Vec<(TicketId, Unsettled)> = scan
+            .absent
+            .iter()
+            .filter(|e| e.state != LedgerState::PurgeRequested)
+            .map(|e| {
+                let since = match e.state {
+                    // a deletion again after the purge request carries a later time
+                    LedgerState::Purged | LedgerState::Unknown => {
+                        e.requested_at.or(e.last_seen).unwrap_or(scan.walk_started)
+                    }
+                    // known in the view when the walk began, or the refreshes
+                    // since its last sighting would have found it deleted again
+                    _ => scan.walk_started,
+                };
+                (
+                    e.ticket_id,
+                    Unsettled {
+                        outcome: e.state.as_str().to_string(),
+                        deleted_at: e.deleted_at,
+                        decided_at: Some(since),
+                    },
+                )
+            })
+            .collect();
+        absent.sort_by_key(|(id, _)| *id);
+        let before = ctx.client.stats().sent("list");
+        settled =
+            settle_absent(ctx, run, absent, scan.cursor_proven, !scan.incomplete_walk).await?;
+        settle_requests = ctx.client.stats().sent("list") - before;
+    }
+    Ok((settled, settle_requests))
+}
+
+/// Pruning reads "long ago" off this host's clock: only after a clean run
+/// on a clock Zendesk's agrees with. A failure joins the run's errors.
+async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
+    let (settings, store) = (&ctx.settings, &ctx.store);
+    let mut pruned = 0;
+    if let Some(keep) = settings.keep_details
+        && errors.is_empty()
+        && !ctx.cancel.is_cancelled()
+        && clock_trusted(&ctx.client, settings.clock_skew).is_ok()
+    {
+        let now = Utc::now();
+        // a period longer than the calendar prunes nothing
+        if let Some(before) = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+        {
+            match store.prune_details(before, now).await {
+                Ok(n) => pruned = n,
+                Err(e) => errors.push(format!("pruning the audit's details failed: {e:#}")),
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(
+                rows = pruned,
+                "pruned the details of tickets settled long ago"
+            );
+        }
+    }
+    pruned
+}
+
+/// The run's metrics and its closing log line.
+async fn announce(store: &AuditStore, report: &CycleReport) {
+    let (run, status) = (report.run_id, report.status);
+    metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
+    metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
+    for (rule, n) in &report.matched_by_rule {
+        metrics::counter!("zd_retention_tickets_matched_total", "rule" => rule.clone())
+            .increment(*n);
+    }
+    metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
+    metrics::counter!("zd_retention_decisions_recorded_total").increment(report.decisions_recorded);
+    for (state, n) in store.ledger_counts().await.unwrap_or_default() {
+        metrics::gauge!("zd_retention_ledger_tickets", "state" => state).set(n as f64);
+    }
+    if status == RunStatus::Completed {
+        metrics::gauge!("zd_retention_last_success_timestamp_seconds")
+            .set(Utc::now().timestamp() as f64);
+    }
+    match status {
+        RunStatus::Completed => tracing::info!(
+            run,
+            scanned = report.counts.scanned,
+            matched = report.counts.matched,
+            purged = report.counts.purged,
+            "run completed"
+        ),
+        RunStatus::Interrupted => tracing::warn!(
+            run,
+            scanned = report.counts.scanned,
+            purged = report.counts.purged,
+            "run interrupted by shutdown"
+        ),
+        RunStatus::Failed | RunStatus::Running => tracing::error!(
+            run,
+            error = report.error.as_deref().unwrap_or(""),
+            "run failed"
+        ),
+    }
+}
+
+/// Runs one cycle to its end and records it. `Err` only when the audit
+/// store itself fails; a failed run is an `Ok` report with status `failed`.
+pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<CycleReport> {
+    let started = Instant::now();
+    let stats_before = ctx.client.stats();
+    let store = &ctx.store;
+    let settings = &ctx.settings;
+    let now = Utc::now();
+
+    // never build on rows changed outside (a daemon runs for months)
+    store.check_states().await?;
+    let interrupted = store.close_interrupted_runs(now).await?;
+    if !interrupted.is_empty() {
+        tracing::warn!(runs = ?interrupted, "earlier runs did not finish; recorded as interrupted");
+    }
+    let run = store
+        .start_run(trigger, settings.dry_run, &ctx.config_hash, now)
+        .await?;
+    tracing::info!(
+        run,
+        trigger = trigger.as_str(),
+        dry_run = settings.dry_run,
+        "run started"
+    );
+
+    let (recovered, recovered_unknown, in_flight) = recover_open_jobs(ctx, run).await?;
 
     let patterns = if settings.record_subjects {
         Vec::new()
@@ -360,42 +488,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     };
     let scan = scan?;
 
-    // A whole walk (a reconcile) settles the live ledger rows it did not
-    // list: absent from the view is not yet proof of anything, so each is
-    // looked up among the active tickets and read for newest-first.
-    let mut settled = Settled::default();
-    let mut settle_requests = 0;
-    if scan.finished() && scan.step == Step::Reconcile {
-        let mut absent: Vec<(TicketId, Unsettled)> = scan
-            .absent
-            .iter()
-            .filter(|e| e.state != LedgerState::PurgeRequested)
-            .map(|e| {
-                let since = match e.state {
-                    // a deletion again after the purge request carries a later time
-                    LedgerState::Purged | LedgerState::Unknown => {
-                        e.requested_at.or(e.last_seen).unwrap_or(scan.walk_started)
-                    }
-                    // known in the view when the walk began, or the refreshes
-                    // since its last sighting would have found it deleted again
-                    _ => scan.walk_started,
-                };
-                (
-                    e.ticket_id,
-                    Unsettled {
-                        outcome: e.state.as_str().to_string(),
-                        deleted_at: e.deleted_at,
-                        decided_at: Some(since),
-                    },
-                )
-            })
-            .collect();
-        absent.sort_by_key(|(id, _)| *id);
-        let before = ctx.client.stats().sent("list");
-        settled =
-            settle_absent(ctx, run, absent, scan.cursor_proven, !scan.incomplete_walk).await?;
-        settle_requests = ctx.client.stats().sent("list") - before;
-    }
+    let (settled, settle_requests) = settle_walk(ctx, run, &scan).await?;
 
     let mut errors = Vec::new();
     if let Some(e) = &scan.error {
@@ -413,32 +506,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             tally.failed
         ));
     }
-    // Pruning reads "long ago" off this host's clock: only after a clean
-    // run on a clock Zendesk's agrees with.
-    let mut pruned = 0;
-    if let Some(keep) = settings.keep_details
-        && errors.is_empty()
-        && !ctx.cancel.is_cancelled()
-        && clock_trusted(&ctx.client, settings.clock_skew).is_ok()
-    {
-        let now = Utc::now();
-        // a period longer than the calendar prunes nothing
-        if let Some(before) = chrono::Duration::from_std(keep)
-            .ok()
-            .and_then(|keep| now.checked_sub_signed(keep))
-        {
-            match store.prune_details(before, now).await {
-                Ok(n) => pruned = n,
-                Err(e) => errors.push(format!("pruning the audit's details failed: {e:#}")),
-            }
-        }
-        if pruned > 0 {
-            tracing::info!(
-                rows = pruned,
-                "pruned the details of tickets settled long ago"
-            );
-        }
-    }
+    let pruned = prune_if_clean(ctx, &mut errors).await;
     let status = if ctx.cancel.is_cancelled() {
         RunStatus::Interrupted
     } else if errors.is_empty() {
@@ -503,40 +571,6 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         duration: started.elapsed(),
         error,
     };
-    metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
-    metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
-    for (rule, n) in &report.matched_by_rule {
-        metrics::counter!("zd_retention_tickets_matched_total", "rule" => rule.clone())
-            .increment(*n);
-    }
-    metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
-    metrics::counter!("zd_retention_decisions_recorded_total").increment(report.decisions_recorded);
-    for (state, n) in store.ledger_counts().await.unwrap_or_default() {
-        metrics::gauge!("zd_retention_ledger_tickets", "state" => state).set(n as f64);
-    }
-    if status == RunStatus::Completed {
-        metrics::gauge!("zd_retention_last_success_timestamp_seconds")
-            .set(Utc::now().timestamp() as f64);
-    }
-    match status {
-        RunStatus::Completed => tracing::info!(
-            run,
-            scanned = report.counts.scanned,
-            matched = report.counts.matched,
-            purged = report.counts.purged,
-            "run completed"
-        ),
-        RunStatus::Interrupted => tracing::warn!(
-            run,
-            scanned = report.counts.scanned,
-            purged = report.counts.purged,
-            "run interrupted by shutdown"
-        ),
-        RunStatus::Failed | RunStatus::Running => tracing::error!(
-            run,
-            error = report.error.as_deref().unwrap_or(""),
-            "run failed"
-        ),
-    }
+    announce(store, &report).await;
     Ok(report)
 }
