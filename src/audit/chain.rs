@@ -92,132 +92,12 @@ impl AuditStore {
             *top = (*top).max(*last);
             report.head = hash.clone();
         }
-        for table in Chained::ALL {
-            let unchained: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT MIN(id) FROM {} WHERE id > ?",
-                table.table()
-            )))
-            .bind(covered.get(table.table()).copied().unwrap_or(0))
-            .fetch_one(&mut *conn)
-            .await?;
-            if let Some(id) = unchained {
-                report.problem = Some(format!(
-                    "row {id} of {} is not in the chain: it was added outside zd-retention",
-                    table.table()
-                ));
-                return Ok(report);
-            }
-            // ids the chain never gives out (zero, negative) and rows in
-            // the gaps between the chained ranges
-            let below: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT MIN(id) FROM {} WHERE id < 1",
-                table.table()
-            )))
-            .fetch_one(&mut *conn)
-            .await?;
-            if let Some(id) = below {
-                report.problem = Some(format!(
-                    "row {id} of {} has an id the chain never gives out: it was added outside zd-retention",
-                    table.table()
-                ));
-                return Ok(report);
-            }
-            let mut spans = ranges.remove(table.table()).unwrap_or_default();
-            spans.sort_unstable();
-            let mut next_expected = 1;
-            for (first, last) in spans {
-                if first > next_expected {
-                    let stray: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                        "SELECT MIN(id) FROM {} WHERE id >= ? AND id < ?",
-                        table.table()
-                    )))
-                    .bind(next_expected)
-                    .bind(first)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    if let Some(id) = stray {
-                        report.problem = Some(format!(
-                            "row {id} of {} is not in the chain: it was added outside zd-retention",
-                            table.table()
-                        ));
-                        return Ok(report);
-                    }
-                }
-                next_expected = next_expected.max(last + 1);
-            }
-        }
-        // every run's and job's state as last recorded
-        for table in Chained::STATES {
-            let current = row_digests(&mut conn, table, i64::MIN, i64::MAX).await?;
-            for (id, digest) in current {
-                match states.get(&(table.entry_name(), id)) {
-                    None => {
-                        report.problem = Some(format!(
-                            "row {id} of {} has no recorded state: it was added outside zd-retention",
-                            table.table()
-                        ));
-                        return Ok(report);
-                    }
-                    Some((seq, recorded)) if *recorded != digest => {
-                        report.problem = Some(format!(
-                            "row {id} of {} was changed after its last recorded state (status, figures or job id; chain entry {seq})",
-                            table.table()
-                        ));
-                        return Ok(report);
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        // the ledger says what the chained decisions say
-        let forged: Option<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(super::ledger::disagreeing_rows_sql()))
-                .fetch_optional(&mut *conn)
-                .await?;
-        if let Some(ticket) = forged {
-            report.problem = Some(format!(
-                "the ledger's row of ticket {ticket} differs from its latest recorded decision: the ledger was changed outside zd-retention"
-            ));
-            return Ok(report);
-        }
-        let unbacked: Option<i64> = sqlx::query_scalar(super::ledger::unbacked_rows_sql())
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(ticket) = unbacked {
-            report.problem = Some(format!(
-                "the ledger's row of ticket {ticket} is missing or in a state its recorded outcomes do not bear out: the ledger was changed outside zd-retention"
-            ));
-            return Ok(report);
-        }
-        // the derived counts that `audit run` and `audit stats` read
-        let forged: Option<(i64, String)> = sqlx::query_as(
-            "WITH whole AS (SELECT run_id FROM run_decision_counts
-                            EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
-             SELECT run_id, decision FROM (
-                 SELECT run_id, decision, rule, count FROM run_decision_counts
-                 WHERE run_id IN whole
-                 EXCEPT
-                 SELECT run_id, decision, rule, COUNT(*) FROM decisions
-                 WHERE run_id IN whole
-                 GROUP BY run_id, decision, rule)
-             UNION ALL
-             SELECT run_id, decision FROM (
-                 SELECT run_id, decision, rule, COUNT(*) FROM decisions
-                 WHERE run_id IN whole
-                 GROUP BY run_id, decision, rule
-                 EXCEPT
-                 SELECT run_id, decision, rule, count FROM run_decision_counts
-                 WHERE run_id IN whole)
-             LIMIT 1",
-        )
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some((run, decision)) = forged {
-            report.problem = Some(format!(
-                "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"
-            ));
-            return Ok(report);
-        }
+        let checks = [
+            unchained_rows(&mut conn, &covered, ranges).await?,
+            changed_states(&mut conn, &states).await?,
+            derived_mismatch(&mut conn).await?,
+        ];
+        report.problem = checks.into_iter().flatten().next();
         Ok(report)
     }
 
@@ -498,4 +378,146 @@ pub struct ChainReport {
     pub head: String,
     /// The first problem, naming the table and row.
     pub problem: Option<String>,
+}
+
+/// Rows no chain entry covers: above the chain's last id, below 1, or in a
+/// gap between covered ranges.
+async fn unchained_rows(
+    conn: &mut sqlx::SqliteConnection,
+    covered: &HashMap<&'static str, i64>,
+    mut ranges: HashMap<&'static str, Vec<(i64, i64)>>,
+) -> anyhow::Result<Option<String>> {
+    for table in Chained::ALL {
+        let unchained: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT MIN(id) FROM {} WHERE id > ?",
+            table.table()
+        )))
+        .bind(covered.get(table.table()).copied().unwrap_or(0))
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(id) = unchained {
+            return Ok(Some(format!(
+                "row {id} of {} is not in the chain: it was added outside zd-retention",
+                table.table()
+            )));
+        }
+        // ids the chain never gives out (zero, negative) and rows in
+        // the gaps between the chained ranges
+        let below: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT MIN(id) FROM {} WHERE id < 1",
+            table.table()
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        if let Some(id) = below {
+            return Ok(Some(format!(
+                "row {id} of {} has an id the chain never gives out: it was added outside zd-retention",
+                table.table()
+            )));
+        }
+        let mut spans = ranges.remove(table.table()).unwrap_or_default();
+        spans.sort_unstable();
+        let mut next_expected = 1;
+        for (first, last) in spans {
+            if first > next_expected {
+                let stray: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT MIN(id) FROM {} WHERE id >= ? AND id < ?",
+                    table.table()
+                )))
+                .bind(next_expected)
+                .bind(first)
+                .fetch_one(&mut *conn)
+                .await?;
+                if let Some(id) = stray {
+                    return Ok(Some(format!(
+                        "row {id} of {} is not in the chain: it was added outside zd-retention",
+                        table.table()
+                    )));
+                }
+            }
+            next_expected = next_expected.max(last + 1);
+        }
+    }
+    Ok(None)
+}
+
+/// A run's or job's state that differs from its last recorded one.
+async fn changed_states(
+    conn: &mut sqlx::SqliteConnection,
+    states: &HashMap<(&'static str, i64), (i64, String)>,
+) -> anyhow::Result<Option<String>> {
+    // every run's and job's state as last recorded
+    for table in Chained::STATES {
+        let current = row_digests(conn, table, i64::MIN, i64::MAX).await?;
+        for (id, digest) in current {
+            match states.get(&(table.entry_name(), id)) {
+                None => {
+                    return Ok(Some(format!(
+                        "row {id} of {} has no recorded state: it was added outside zd-retention",
+                        table.table()
+                    )));
+                }
+                Some((seq, recorded)) if *recorded != digest => {
+                    return Ok(Some(format!(
+                        "row {id} of {} was changed after its last recorded state (status, figures or job id; chain entry {seq})",
+                        table.table()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// What is derived from the chained rows and must agree with them: the
+/// ledger, and the decision counts `audit run` and `audit stats` read.
+async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Option<String>> {
+    // the ledger says what the chained decisions say
+    let forged: Option<i64> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(super::ledger::disagreeing_rows_sql()))
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(ticket) = forged {
+        return Ok(Some(format!(
+            "the ledger's row of ticket {ticket} differs from its latest recorded decision: the ledger was changed outside zd-retention"
+        )));
+    }
+    let unbacked: Option<i64> = sqlx::query_scalar(super::ledger::unbacked_rows_sql())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(ticket) = unbacked {
+        return Ok(Some(format!(
+            "the ledger's row of ticket {ticket} is missing or in a state its recorded outcomes do not bear out: the ledger was changed outside zd-retention"
+        )));
+    }
+    // the derived counts that `audit run` and `audit stats` read
+    let forged: Option<(i64, String)> = sqlx::query_as(
+        "WITH whole AS (SELECT run_id FROM run_decision_counts
+                        EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
+         SELECT run_id, decision FROM (
+             SELECT run_id, decision, rule, count FROM run_decision_counts
+             WHERE run_id IN whole
+             EXCEPT
+             SELECT run_id, decision, rule, COUNT(*) FROM decisions
+             WHERE run_id IN whole
+             GROUP BY run_id, decision, rule)
+         UNION ALL
+         SELECT run_id, decision FROM (
+             SELECT run_id, decision, rule, COUNT(*) FROM decisions
+             WHERE run_id IN whole
+             GROUP BY run_id, decision, rule
+             EXCEPT
+             SELECT run_id, decision, rule, count FROM run_decision_counts
+             WHERE run_id IN whole)
+         LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((run, decision)) = forged {
+        return Ok(Some(format!(
+            "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"
+        )));
+    }
+    Ok(None)
 }
