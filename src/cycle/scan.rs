@@ -255,6 +255,202 @@ pub(crate) fn choose_step(
     )
 }
 
+/// What one walk keeps from page to page.
+#[derive(Default)]
+pub(super) struct WalkState {
+    /// The listings' view of the selection (latest listing wins).
+    pub(super) selection: Selection,
+    /// Decisions not yet written (written before any of their ids is sent).
+    pub(super) unflushed: Vec<DecisionRecord>,
+    /// Tickets seen again unchanged, for the ledger's last sighting.
+    pub(super) touched: Vec<Sighting>,
+    /// The newest deletion listed.
+    pub(super) newest: Option<DateTime<Utc>>,
+}
+
+/// Decides one page's tickets: latest listing wins, the ledger compared (a
+/// first sighting, a deletion again or a changed decision is recorded; the
+/// rest only seen again), the selection and the counts kept. Returns the
+/// tickets that were purged or unknown and are listed again.
+fn decide_page(
+    ctx: &CycleContext,
+    tickets: &[DeletedTicket],
+    now: DateTime<Utc>,
+    walk: &mut WalkState,
+    result: &mut ScanResult,
+    ledger: &mut HashMap<TicketId, LedgerEntry>,
+    in_flight: &IdSet,
+) -> Vec<(TicketId, LedgerState)> {
+    let settings = &ctx.settings;
+    let WalkState {
+        selection,
+        unflushed,
+        touched,
+        newest,
+    } = walk;
+    let mut not_effective = Vec::new();
+    for ticket in tickets {
+        if ticket.id > crate::audit::MAX_TICKET_ID {
+            // kept, logged, and never stored wrapped
+            tracing::warn!(
+                ticket = ticket.id,
+                "a listed ticket id is above 2^63-1: kept, not recorded"
+            );
+            *result
+                .kept
+                .entry("keep_id_out_of_range".into())
+                .or_default() += 1;
+            continue;
+        }
+        if ticket.deleted_at > *newest {
+            *newest = ticket.deleted_at;
+        }
+        let decision = ctx.policy.decide(ticket, now);
+        let first_listing = selection.seen.insert(ticket.id);
+        let mut counted = true;
+        if first_listing {
+            result.scanned += 1;
+        } else {
+            // decided by its latest listing
+            result.relisted += 1;
+            let earlier = selection.chosen.remove(&ticket.id);
+            let agrees = match (&earlier, &decision) {
+                (Some(c), Decision::Purge { rule }) => {
+                    c.listed == ListedAs::of(ticket) && c.rule == *rule
+                }
+                (Some(_), _) | (None, Decision::Purge { .. }) => false,
+                // kept both times: its first listing stays in the counts
+                (None, _) => {
+                    counted = false;
+                    true
+                }
+            };
+            if let Some(c) = &earlier
+                && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
+            {
+                *n = n.saturating_sub(1);
+            }
+            if !agrees {
+                // counted as kept if it is kept now, in no purge count
+                counted = !matches!(decision, Decision::Purge { .. });
+                tracing::warn!(
+                    ticket = ticket.id,
+                    "listed twice in one scan with different deletion data or decisions: not purged in this run"
+                );
+                selection.disagreed_selected.insert(ticket.id);
+                if selection.released.contains(&ticket.id) {
+                    tracing::error!(
+                        ticket = ticket.id,
+                        "listed again after its purge request was sent (purge_while_scanning)"
+                    );
+                }
+            }
+        }
+        // The ledger: a first sighting, a deletion again or a changed
+        // decision is recorded; an unchanged ticket is only seen again.
+        let prior = if first_listing {
+            ledger.remove(&ticket.id)
+        } else {
+            None
+        };
+        if let Some(p) = &prior
+            && matches!(p.state, LedgerState::Purged | LedgerState::Unknown)
+        {
+            not_effective.push((ticket.id, p.state));
+        }
+        let kind = recorded_kind(&decision, settings);
+        let tags = if settings.record_subjects {
+            None
+        } else {
+            ctx.policy.subject_tags(ticket)
+        };
+        let unchanged = prior.as_ref().is_some_and(|p| {
+            p.deleted_at == ticket.deleted_at
+                && p.decision.as_deref() == Some(kind)
+                && p.rule.as_deref() == decision.rule()
+                && p.actor_id == ticket.actor.as_ref().and_then(|a| a.id)
+                && p.actor_name == ticket.actor.as_ref().and_then(|a| a.name.clone())
+                && p.previous_state == ticket.previous_state
+                && p.subject_tags == tags
+                && (!settings.record_subjects || p.subject == ticket.subject)
+                && !p.state.awaits_settling()
+        });
+        if unchanged {
+            touched.push(Sighting {
+                ticket_id: ticket.id,
+                deleted_at: ticket.deleted_at,
+                subject_tags: tags,
+            });
+        } else {
+            let mut record = decision_record(ticket, &decision, settings, now);
+            record.subject_tags = tags;
+            unflushed.push(record);
+        }
+        if matches!(decision, Decision::Purge { .. }) && in_flight.contains(&ticket.id) {
+            // its purge job, sent by an earlier process, is followed
+            // by this run: not sent again
+            if first_listing {
+                result.in_flight += 1;
+            }
+            counted = false;
+        }
+        match &decision {
+            Decision::Purge { .. } if !counted => {}
+            Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
+                *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
+                selection.chosen.insert(
+                    ticket.id,
+                    Chosen {
+                        rule: rule.clone(),
+                        listed: ListedAs::of(ticket),
+                        listed_at: now,
+                    },
+                );
+                selection.order.push(ticket.id);
+            }
+            Decision::Purge { .. } => {}
+            keep if counted => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+            _ => {}
+        }
+    }
+    not_effective
+}
+
+impl ScanResult {
+    fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
+        ScanResult {
+            scanned: 0,
+            matched: 0,
+            matched_by_rule: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            early_stop: false,
+            scan: match step {
+                Step::Backlog { .. } => "sorted",
+                Step::Refresh { .. } => "refresh",
+                Step::Reconcile => "full",
+            },
+            scan_reason: reason,
+            cursor_proven: false,
+            proof_requests: 0,
+            cancelled: false,
+            not_effective: 0,
+            not_sent: 0,
+            relisted: 0,
+            incomplete_walk: false,
+            empty_pages: 0,
+            in_flight: 0,
+            changed_during_scan: 0,
+            error: None,
+            step,
+            walk_started,
+            high_water: None,
+            absent: Vec::new(),
+            decisions_recorded: 0,
+            decided_from_ledger: 0,
+        }
+    }
+}
+
 pub(super) async fn scan(
     ctx: &CycleContext,
     run: RunId,
@@ -269,42 +465,13 @@ pub(super) async fn scan(
     let no_purge_rules = ctx.policy.purge_rules().next().is_none();
     let walk_started = Utc::now();
     let (mut step, reason) = choose_step(&ctx.policy, settings, marks, walk_started);
-    let mut result = ScanResult {
-        scanned: 0,
-        matched: 0,
-        matched_by_rule: BTreeMap::new(),
-        kept: BTreeMap::new(),
-        early_stop: false,
-        scan: match step {
-            Step::Backlog { .. } => "sorted",
-            Step::Refresh { .. } => "refresh",
-            Step::Reconcile => "full",
-        },
-        scan_reason: reason,
-        cursor_proven: false,
-        proof_requests: 0,
-        cancelled: false,
-        not_effective: 0,
-        not_sent: 0,
-        relisted: 0,
-        incomplete_walk: false,
-        empty_pages: 0,
-        in_flight: 0,
-        changed_during_scan: 0,
-        error: None,
-        step,
-        walk_started,
-        high_water: None,
-        absent: Vec::new(),
-        decisions_recorded: 0,
-        decided_from_ledger: 0,
-    };
+    let mut result = ScanResult::new(step, reason, walk_started);
     let mut order = match step {
         Step::Refresh { .. } => PageOrder::newest_first(),
         _ => PageOrder::default(),
     };
     let mut pages = ctx.client.list_deleted(step.list_options());
-    let mut selection = Selection::default();
+    let mut walk = WalkState::default();
     let pipelining = settings.purge_while_scanning && !settings.dry_run && !no_purge_rules;
     let mut sending_stopped = false;
     let mut queued: u64 = 0;
@@ -313,11 +480,8 @@ pub(super) async fn scan(
     // Decisions are written in transactions of up to fifty pages or two
     // seconds (fewer fsyncs), and always before any of their ids is handed
     // on for sending.
-    let mut unflushed: Vec<DecisionRecord> = Vec::new();
-    let mut touched: Vec<Sighting> = Vec::new();
     let mut last_flush = Instant::now();
     let mut first_page = true;
-    let mut newest: Option<DateTime<Utc>> = None;
 
     loop {
         let page = tokio::select! {
@@ -404,131 +568,15 @@ pub(super) async fn scan(
             result.empty_pages = 0;
         }
         let now = Utc::now();
-        let mut not_effective = Vec::new();
-        for ticket in &page.tickets {
-            if ticket.id > crate::audit::MAX_TICKET_ID {
-                // kept, logged, and never stored wrapped
-                tracing::warn!(
-                    ticket = ticket.id,
-                    "a listed ticket id is above 2^63-1: kept, not recorded"
-                );
-                *result
-                    .kept
-                    .entry("keep_id_out_of_range".into())
-                    .or_default() += 1;
-                continue;
-            }
-            if ticket.deleted_at > newest {
-                newest = ticket.deleted_at;
-            }
-            let decision = ctx.policy.decide(ticket, now);
-            let first_listing = selection.seen.insert(ticket.id);
-            let mut counted = true;
-            if first_listing {
-                result.scanned += 1;
-            } else {
-                // decided by its latest listing
-                result.relisted += 1;
-                let earlier = selection.chosen.remove(&ticket.id);
-                let agrees = match (&earlier, &decision) {
-                    (Some(c), Decision::Purge { rule }) => {
-                        c.listed == ListedAs::of(ticket) && c.rule == *rule
-                    }
-                    (Some(_), _) | (None, Decision::Purge { .. }) => false,
-                    // kept both times: its first listing stays in the counts
-                    (None, _) => {
-                        counted = false;
-                        true
-                    }
-                };
-                if let Some(c) = &earlier
-                    && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
-                {
-                    *n = n.saturating_sub(1);
-                }
-                if !agrees {
-                    // counted as kept if it is kept now, in no purge count
-                    counted = !matches!(decision, Decision::Purge { .. });
-                    tracing::warn!(
-                        ticket = ticket.id,
-                        "listed twice in one scan with different deletion data or decisions: not purged in this run"
-                    );
-                    selection.disagreed_selected.insert(ticket.id);
-                    if selection.released.contains(&ticket.id) {
-                        tracing::error!(
-                            ticket = ticket.id,
-                            "listed again after its purge request was sent (purge_while_scanning)"
-                        );
-                    }
-                }
-            }
-            // The ledger: a first sighting, a deletion again or a changed
-            // decision is recorded; an unchanged ticket is only seen again.
-            let prior = if first_listing {
-                ledger.remove(&ticket.id)
-            } else {
-                None
-            };
-            if let Some(p) = &prior
-                && matches!(p.state, LedgerState::Purged | LedgerState::Unknown)
-            {
-                not_effective.push((ticket.id, p.state));
-            }
-            let kind = recorded_kind(&decision, settings);
-            let tags = if settings.record_subjects {
-                None
-            } else {
-                ctx.policy.subject_tags(ticket)
-            };
-            let unchanged = prior.as_ref().is_some_and(|p| {
-                p.deleted_at == ticket.deleted_at
-                    && p.decision.as_deref() == Some(kind)
-                    && p.rule.as_deref() == decision.rule()
-                    && p.actor_id == ticket.actor.as_ref().and_then(|a| a.id)
-                    && p.actor_name == ticket.actor.as_ref().and_then(|a| a.name.clone())
-                    && p.previous_state == ticket.previous_state
-                    && p.subject_tags == tags
-                    && (!settings.record_subjects || p.subject == ticket.subject)
-                    && !p.state.awaits_settling()
-            });
-            if unchanged {
-                touched.push(Sighting {
-                    ticket_id: ticket.id,
-                    deleted_at: ticket.deleted_at,
-                    subject_tags: tags,
-                });
-            } else {
-                let mut record = decision_record(ticket, &decision, settings, now);
-                record.subject_tags = tags;
-                unflushed.push(record);
-            }
-            if matches!(decision, Decision::Purge { .. }) && in_flight.contains(&ticket.id) {
-                // its purge job, sent by an earlier process, is followed
-                // by this run: not sent again
-                if first_listing {
-                    result.in_flight += 1;
-                }
-                counted = false;
-            }
-            match &decision {
-                Decision::Purge { .. } if !counted => {}
-                Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
-                    *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
-                    selection.chosen.insert(
-                        ticket.id,
-                        Chosen {
-                            rule: rule.clone(),
-                            listed: ListedAs::of(ticket),
-                            listed_at: now,
-                        },
-                    );
-                    selection.order.push(ticket.id);
-                }
-                Decision::Purge { .. } => {}
-                keep if counted => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
-                _ => {}
-            }
-        }
+        let not_effective = decide_page(
+            ctx,
+            &page.tickets,
+            now,
+            &mut walk,
+            &mut result,
+            ledger,
+            &in_flight,
+        );
         pages_since_release += 1;
         let stop = match step {
             Step::Backlog { horizon } => crate::listing::reaches_horizon(&page, horizon, now),
@@ -542,15 +590,16 @@ pub(super) async fn scan(
         let release = pipelining
             && !sending_stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
-            && selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
-        if release || unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
+            && walk.selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
+        if release || walk.unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2)
+        {
             // Write-ahead: the decisions are on disk before any of these ids
             // can be sent.
-            result.decisions_recorded += unflushed.len() as u64;
-            store.record_decisions(run, &unflushed).await?;
-            unflushed.clear();
-            store.ledger_touch(&touched, now).await?;
-            touched.clear();
+            result.decisions_recorded += walk.unflushed.len() as u64;
+            store.record_decisions(run, &walk.unflushed).await?;
+            walk.unflushed.clear();
+            store.ledger_touch(&walk.touched, now).await?;
+            walk.touched.clear();
             last_flush = Instant::now();
         }
         for (id, prior) in not_effective {
@@ -573,9 +622,9 @@ pub(super) async fn scan(
                 );
             }
             // its decision first: the outcome then finds its row
-            result.decisions_recorded += unflushed.len() as u64;
-            store.record_decisions(run, &unflushed).await?;
-            unflushed.clear();
+            result.decisions_recorded += walk.unflushed.len() as u64;
+            store.record_decisions(run, &walk.unflushed).await?;
+            walk.unflushed.clear();
             store
                 .record_outcomes(run, None, &[id], outcome, Some(detail), now)
                 .await?;
@@ -585,7 +634,7 @@ pub(super) async fn scan(
             if !pipeline_release(
                 ctx,
                 run,
-                &mut selection,
+                &mut walk.selection,
                 &mut result,
                 batches,
                 &mut queued,
@@ -599,7 +648,7 @@ pub(super) async fn scan(
                 result
                     .error
                     .get_or_insert_with(|| "purging stopped before the scan finished".to_string());
-                let rest = selection.take_sendable();
+                let rest = walk.selection.take_sendable();
                 record_not_sent(
                     store,
                     run,
@@ -618,10 +667,10 @@ pub(super) async fn scan(
         }
     }
     drop(pages);
-    result.decisions_recorded += unflushed.len() as u64;
-    store.record_decisions(run, &unflushed).await?;
-    store.ledger_touch(&touched, Utc::now()).await?;
-    drop(touched);
+    result.decisions_recorded += walk.unflushed.len() as u64;
+    store.record_decisions(run, &walk.unflushed).await?;
+    store.ledger_touch(&walk.touched, Utc::now()).await?;
+    walk.touched.clear();
 
     if step.sorted().is_some()
         && !result.early_stop
@@ -640,15 +689,22 @@ pub(super) async fn scan(
         result.high_water = match step {
             // the ledger is not whole yet: the next run walks everything
             Step::Backlog { .. } => None,
-            Step::Refresh { .. } => newest.max(marks.high_water),
+            Step::Refresh { .. } => walk.newest.max(marks.high_water),
             // a ticket deleted while the walk went on may have been passed:
             // the next refresh reads down to the walk's start
-            Step::Reconcile => Some(newest.map_or(walk_started, |n| n.min(walk_started))),
+            Step::Reconcile => Some(walk.newest.map_or(walk_started, |n| n.min(walk_started))),
         };
         match step {
             Step::Refresh { .. } => {
-                decide_from_ledger(ctx, run, ledger, &in_flight, &mut selection, &mut result)
-                    .await?
+                decide_from_ledger(
+                    ctx,
+                    run,
+                    ledger,
+                    &in_flight,
+                    &mut walk.selection,
+                    &mut result,
+                )
+                .await?
             }
             Step::Reconcile => {
                 result.absent = ledger.drain().map(|(_, e)| e).collect();
@@ -657,16 +713,17 @@ pub(super) async fn scan(
             Step::Backlog { .. } => {}
         }
     }
-    result.matched = selection.chosen.len() as u64;
+    result.matched = walk.selection.chosen.len() as u64;
     result.matched_by_rule.retain(|_, n| *n > 0);
     result.kept.retain(|_, n| *n > 0);
 
     // selected by one of its listings, but listed with different data in
     // another: not purged in this run, and the audit says why
-    let mut disagreed: Vec<TicketId> = selection
+    let mut disagreed: Vec<TicketId> = walk
+        .selection
         .disagreed_selected
         .iter()
-        .filter(|id| !selection.released.contains(id))
+        .filter(|id| !walk.selection.released.contains(id))
         .copied()
         .collect();
     disagreed.sort_unstable();
@@ -701,7 +758,7 @@ pub(super) async fn scan(
         ));
     }
     if let Some(reason) = stopped_reason {
-        let rest = selection.take_sendable();
+        let rest = walk.selection.take_sendable();
         record_not_sent(store, run, &mut result, &rest, reason).await?;
         return Ok(result);
     }
@@ -709,7 +766,7 @@ pub(super) async fn scan(
         pipeline_release(
             ctx,
             run,
-            &mut selection,
+            &mut walk.selection,
             &mut result,
             batches,
             &mut queued,
@@ -719,8 +776,8 @@ pub(super) async fn scan(
         .await?;
         return Ok(result);
     }
-    let to_send = selection.take_sendable();
-    let unsent = release(&selection, &to_send, batches).await;
+    let to_send = walk.selection.take_sendable();
+    let unsent = release(&walk.selection, &to_send, batches).await;
     if !unsent.is_empty() {
         record_not_sent(
             store,
