@@ -476,7 +476,6 @@ pub(super) async fn scan(
     let mut sending_stopped = false;
     let mut queued: u64 = 0;
     let mut pages_since_release = 0u32;
-    let limit = settings.max_purges_per_run;
     // Decisions are written in transactions of up to fifty pages or two
     // seconds (fewer fsyncs), and always before any of their ids is handed
     // on for sending.
@@ -672,6 +671,33 @@ pub(super) async fn scan(
     store.ledger_touch(&walk.touched, Utc::now()).await?;
     walk.touched.clear();
 
+    close_walk(ctx, run, marks, ledger, &in_flight, &mut walk, &mut result).await?;
+    hand_over(
+        ctx,
+        run,
+        &mut walk,
+        result,
+        batches,
+        pipelining,
+        &mut queued,
+        &mut sending_stopped,
+    )
+    .await
+}
+
+/// After the listing: a sorted walk read to its end counts as a whole
+/// walk; the high-water mark; the ledger's part (a refresh decides the
+/// unlisted rows, a whole walk hands them over for settling); the counts.
+async fn close_walk(
+    ctx: &CycleContext,
+    run: RunId,
+    marks: &ListingMarks,
+    ledger: &mut HashMap<TicketId, LedgerEntry>,
+    in_flight: &IdSet,
+    walk: &mut WalkState,
+    result: &mut ScanResult,
+) -> anyhow::Result<()> {
+    let mut step = result.step;
     if step.sorted().is_some()
         && !result.early_stop
         && result.step != Step::Reconcile
@@ -692,19 +718,14 @@ pub(super) async fn scan(
             Step::Refresh { .. } => walk.newest.max(marks.high_water),
             // a ticket deleted while the walk went on may have been passed:
             // the next refresh reads down to the walk's start
-            Step::Reconcile => Some(walk.newest.map_or(walk_started, |n| n.min(walk_started))),
+            Step::Reconcile => Some(
+                walk.newest
+                    .map_or(result.walk_started, |n| n.min(result.walk_started)),
+            ),
         };
         match step {
             Step::Refresh { .. } => {
-                decide_from_ledger(
-                    ctx,
-                    run,
-                    ledger,
-                    &in_flight,
-                    &mut walk.selection,
-                    &mut result,
-                )
-                .await?
+                decide_from_ledger(ctx, run, ledger, in_flight, &mut walk.selection, result).await?
             }
             Step::Reconcile => {
                 result.absent = ledger.drain().map(|(_, e)| e).collect();
@@ -716,7 +737,26 @@ pub(super) async fn scan(
     result.matched = walk.selection.chosen.len() as u64;
     result.matched_by_rule.retain(|_, n| *n > 0);
     result.kept.retain(|_, n| *n > 0);
+    Ok(())
+}
 
+/// The selection handed to the purge worker, or recorded as not sent:
+/// listings that disagreed, `max_purges_per_run` (checked before anything
+/// is sent unless purging while scanning), a failed or stopped walk.
+#[allow(clippy::too_many_arguments)]
+async fn hand_over(
+    ctx: &CycleContext,
+    run: RunId,
+    walk: &mut WalkState,
+    mut result: ScanResult,
+    batches: &mpsc::Sender<Release>,
+    pipelining: bool,
+    queued: &mut u64,
+    sending_stopped: &mut bool,
+) -> anyhow::Result<ScanResult> {
+    let (settings, store) = (&ctx.settings, &ctx.store);
+    let limit = settings.max_purges_per_run;
+    let no_purge_rules = ctx.policy.purge_rules().next().is_none();
     // selected by one of its listings, but listed with different data in
     // another: not purged in this run, and the audit says why
     let mut disagreed: Vec<TicketId> = walk
@@ -769,8 +809,8 @@ pub(super) async fn scan(
             &mut walk.selection,
             &mut result,
             batches,
-            &mut queued,
-            &mut sending_stopped,
+            queued,
+            sending_stopped,
             true,
         )
         .await?;
