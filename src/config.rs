@@ -906,134 +906,144 @@ impl Checker<'_> {
 
     /// `[[rules]]`, each checked against the safety floor.
     fn rules(&mut self, raw_rules: &[Spanned<RawRule>], min_age: Duration) -> Vec<RetentionRule> {
-        let mut rules = Vec::new();
         let mut names = BTreeSet::new();
-        for (i, spanned) in raw_rules.iter().enumerate() {
-            let r = spanned.get_ref();
-            let key = |field: &str| format!("rules[{i}].{field}");
-            let name = r.name.get_ref().trim().to_string();
-            if name.is_empty() {
+        raw_rules
+            .iter()
+            .enumerate()
+            .map(|(i, spanned)| self.rule(i, spanned, &mut names, min_age))
+            .collect()
+    }
+
+    /// One `[[rules]]` entry: its name unique, its action, its conditions,
+    /// and no purge of every ticket unless `match_all` says so.
+    fn rule(
+        &mut self,
+        i: usize,
+        spanned: &Spanned<RawRule>,
+        names: &mut BTreeSet<String>,
+        min_age: Duration,
+    ) -> RetentionRule {
+        let r = spanned.get_ref();
+        let key = |field: &str| format!("rules[{i}].{field}");
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            self.at(
+                key("name"),
+                &r.name,
+                "is empty: give each rule a short unique name",
+            );
+        } else if !names.insert(name.clone()) {
+            self.at(
+                key("name"),
+                &r.name,
+                format!("{name:?} is used by an earlier rule: rule names must be unique"),
+            );
+        }
+        let action = match r.action.get_ref().trim() {
+            "purge" => RuleAction::Purge,
+            "keep" => RuleAction::Keep,
+            other => {
                 self.at(
-                    key("name"),
-                    &r.name,
-                    "is empty: give each rule a short unique name",
+                    key("action"),
+                    &r.action,
+                    format!("{other:?} is not an action: use \"purge\" or \"keep\""),
                 );
-            } else if !names.insert(name.clone()) {
-                self.at(
-                    key("name"),
-                    &r.name,
-                    format!("{name:?} is used by an earlier rule: rule names must be unique"),
-                );
+                RuleAction::Keep
             }
-            let action = match r.action.get_ref().trim() {
-                "purge" => RuleAction::Purge,
-                "keep" => RuleAction::Keep,
-                other => {
-                    self.at(
-                        key("action"),
-                        &r.action,
-                        format!("{other:?} is not an action: use \"purge\" or \"keep\""),
-                    );
-                    RuleAction::Keep
-                }
-            };
-            let mut rule = RetentionRule::new(name.clone(), action);
-            rule.older_than = self.duration(&key("older_than"), &r.older_than);
-            rule.younger_than = self.duration(&key("younger_than"), &r.younger_than);
-            if let (Some(o), Some(y), Some(v)) =
-                (rule.older_than, rule.younger_than, &r.younger_than)
-                && o >= y
-            {
-                self.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
+        };
+        let mut rule = RetentionRule::new(name.clone(), action);
+        rule.older_than = self.duration(&key("older_than"), &r.older_than);
+        rule.younger_than = self.duration(&key("younger_than"), &r.younger_than);
+        if let (Some(o), Some(y), Some(v)) = (rule.older_than, rule.younger_than, &r.younger_than)
+            && o >= y
+        {
+            self.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
+        }
+        if let Some(v) = &r.previous_state {
+            if v.get_ref().is_empty() {
+                self.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
             }
-            if let Some(v) = &r.previous_state {
-                if v.get_ref().is_empty() {
-                    self.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
-                }
-                rule.previous_state = Some(
-                    v.get_ref()
-                        .iter()
-                        .map(|s| crate::rules::normalize(s))
-                        .collect(),
-                );
-            }
-            if let Some(v) = &r.actor_ids {
-                let mut ids = BTreeSet::new();
-                for id in v.get_ref() {
-                    match u64::try_from(*id) {
-                        Ok(id) => {
-                            ids.insert(id);
-                        }
-                        Err(_) => self.at(
-                            key("actor_ids"),
-                            v,
-                            format!("{id} is not a user id: ids are positive whole numbers"),
-                        ),
+            rule.previous_state = Some(
+                v.get_ref()
+                    .iter()
+                    .map(|s| crate::rules::normalize(s))
+                    .collect(),
+            );
+        }
+        if let Some(v) = &r.actor_ids {
+            let mut ids = BTreeSet::new();
+            for id in v.get_ref() {
+                match u64::try_from(*id) {
+                    Ok(id) => {
+                        ids.insert(id);
                     }
-                }
-                if v.get_ref().is_empty() {
-                    self.at(
+                    Err(_) => self.at(
                         key("actor_ids"),
                         v,
-                        "is an empty list: no ticket could match; list user ids or remove the key",
-                    );
+                        format!("{id} is not a user id: ids are positive whole numbers"),
+                    ),
                 }
-                rule.actor_ids = Some(ids);
             }
-            if let Some(v) = &r.actor_names {
-                if v.get_ref().is_empty() {
-                    self.at(
-                        key("actor_names"),
-                        v,
-                        "is an empty list: no ticket could match; list names or remove the key",
-                    );
-                }
-                rule.actor_names = Some(
-                    v.get_ref()
-                        .iter()
-                        .map(|s| crate::rules::normalize(s))
-                        .collect(),
+            if v.get_ref().is_empty() {
+                self.at(
+                    key("actor_ids"),
+                    v,
+                    "is an empty list: no ticket could match; list user ids or remove the key",
                 );
             }
-            if let Some(v) = &r.subject_matches {
-                match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
-                    Ok(re) => rule.subject_matches = Some(re),
-                    Err(e) => {
-                        let first = e
-                            .to_string()
-                            .lines()
-                            .last()
-                            .unwrap_or("invalid")
-                            .trim()
-                            .to_string();
-                        self.at(key("subject_matches"), v, format!("{:?} is not a valid regular expression ({first}); see https://docs.rs/regex for the syntax", v.get_ref()));
-                    }
+            rule.actor_ids = Some(ids);
+        }
+        if let Some(v) = &r.actor_names {
+            if v.get_ref().is_empty() {
+                self.at(
+                    key("actor_names"),
+                    v,
+                    "is an empty list: no ticket could match; list names or remove the key",
+                );
+            }
+            rule.actor_names = Some(
+                v.get_ref()
+                    .iter()
+                    .map(|s| crate::rules::normalize(s))
+                    .collect(),
+            );
+        }
+        if let Some(v) = &r.subject_matches {
+            match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
+                Ok(re) => rule.subject_matches = Some(re),
+                Err(e) => {
+                    let first = e
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or("invalid")
+                        .trim()
+                        .to_string();
+                    self.at(key("subject_matches"), v, format!("{:?} is not a valid regular expression ({first}); see https://docs.rs/regex for the syntax", v.get_ref()));
                 }
             }
-            rule.match_all = r.match_all.unwrap_or(false);
-            let subject_invalid = r.subject_matches.is_some() && rule.subject_matches.is_none();
-            if action == RuleAction::Purge
-                && !rule.has_condition()
-                && !rule.match_all
-                && !subject_invalid
-            {
-                self.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
-            } else if action == RuleAction::Purge
-                && rule.has_condition()
-                && !subject_invalid
-                && !rule.has_effective_condition(min_age)
-            {
-                // conditions that select everything in disguise
-                let why = "its conditions leave nothing out (an older_than not above safety.min_age, a younger_than of 30 days or more, every standard previous_state, or a subject_matches that matches any subject)";
-                self.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: {why}; add a real condition or, if that is really meant, match_all = true"));
-            }
-            if rule.match_all && rule.has_condition() {
-                self.at(key("name"), &r.name, "match_all = true together with conditions is ambiguous: remove match_all or the conditions");
-            }
-            rules.push(rule);
         }
-
-        rules
+        rule.match_all = r.match_all.unwrap_or(false);
+        let subject_invalid = r.subject_matches.is_some() && rule.subject_matches.is_none();
+        if action == RuleAction::Purge
+            && !rule.has_condition()
+            && !rule.match_all
+            && !subject_invalid
+        {
+            self.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: add a condition (older_than, previous_state, actor_ids, ...) or, if that is really meant, match_all = true"));
+        } else if action == RuleAction::Purge
+            && rule.has_condition()
+            && !subject_invalid
+            && !rule.has_effective_condition(min_age)
+        {
+            // conditions that select everything in disguise
+            let why = "its conditions leave nothing out (an older_than not above safety.min_age, a younger_than of 30 days or more, every standard previous_state, or a subject_matches that matches any subject)";
+            self.at(key("action"), &r.action, format!("rule {name:?} would purge every deleted ticket: {why}; add a real condition or, if that is really meant, match_all = true"));
+        }
+        if rule.match_all && rule.has_condition() {
+            self.at(key("name"), &r.name, "match_all = true together with conditions is ambiguous: remove match_all or the conditions");
+        }
+        rule
     }
 }
 
