@@ -598,27 +598,9 @@ fn toml_problem(text: &str, e: &toml::de::Error, path: Option<String>) -> Config
 impl Checker<'_> {
     /// `[zendesk]`; `None` when the URL or the credential is missing (a
     /// problem is recorded).
-    fn zendesk(&mut self, z: &RawZendesk) -> Option<ZendeskSettings> {
-        let base_url = match (&z.subdomain, &z.base_url) {
-            (Some(_), Some(b)) => {
-                self.at(
-                    "zendesk.base_url",
-                    b,
-                    "give either zendesk.subdomain or zendesk.base_url, not both",
-                );
-                None
-            }
-            (Some(s), None) => subdomain_url(s.get_ref().trim())
-                .map_err(|e| self.at("zendesk.subdomain", s, e))
-                .ok(),
-            (None, Some(b)) => check_base_url(b.get_ref().trim())
-                .map_err(|e| self.at("zendesk.base_url", b, e))
-                .ok(),
-            (None, None) => {
-                self.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
-                None
-            }
-        };
+    /// The credential's source: exactly one of the four keys, with the
+    /// email an API token needs.
+    fn token(&mut self, z: &RawZendesk) -> Option<TokenSource> {
         let email = self.string("zendesk.email", &z.email);
         let sources = [
             ("token_env", &z.token_env),
@@ -631,7 +613,7 @@ impl Checker<'_> {
             .filter(|(_, v)| v.is_some())
             .map(|(k, _)| *k)
             .collect();
-        let token = match given.as_slice() {
+        match given.as_slice() {
             [] => {
                 self.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
                 None
@@ -676,7 +658,31 @@ impl Checker<'_> {
                 );
                 None
             }
+        }
+    }
+
+    fn zendesk(&mut self, z: &RawZendesk) -> Option<ZendeskSettings> {
+        let base_url = match (&z.subdomain, &z.base_url) {
+            (Some(_), Some(b)) => {
+                self.at(
+                    "zendesk.base_url",
+                    b,
+                    "give either zendesk.subdomain or zendesk.base_url, not both",
+                );
+                None
+            }
+            (Some(s), None) => subdomain_url(s.get_ref().trim())
+                .map_err(|e| self.at("zendesk.subdomain", s, e))
+                .ok(),
+            (None, Some(b)) => check_base_url(b.get_ref().trim())
+                .map_err(|e| self.at("zendesk.base_url", b, e))
+                .ok(),
+            (None, None) => {
+                self.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
+                None
+            }
         };
+        let token = self.token(z);
         let defaults = RateLimits::default();
         let limits = RateLimits {
             list: self.quota(
