@@ -255,6 +255,56 @@ pub(crate) fn choose_step(
     )
 }
 
+/// A page of a sorted walk: the order proven on the first page (a view on
+/// one page is read whole), then every page checked whole. `Some(why)` when
+/// the walk must fall back to the whole view.
+#[allow(clippy::too_many_arguments)]
+async fn check_sorted_page(
+    ctx: &CycleContext,
+    gate: &ListingGate,
+    page: &crate::zendesk::DeletedTicketsPage,
+    direction: SortOrder,
+    step: &mut Step,
+    order: &mut PageOrder,
+    first_page: &mut bool,
+    result: &mut ScanResult,
+) -> Option<String> {
+    let mut fall_back: Option<String> = None;
+    if std::mem::take(first_page) {
+        if !page.has_more {
+            // the whole view on one page: read whole, a reconcile
+            *step = Step::Reconcile;
+            result.step = *step;
+            result.scan = "full";
+            result.scan_reason = "the whole view fits on one page: it is read whole".into();
+        } else {
+            let proof = {
+                let _turn = gate.turn.lock().await;
+                let before = ctx.client.stats().sent("list");
+                let proof = crate::listing::prove_sorted(&ctx.client, page, direction).await;
+                result.proof_requests = ctx.client.stats().sent("list") - before;
+                proof
+            };
+            match proof {
+                Ok(why) => {
+                    result.cursor_proven = true;
+                    gate.cursor_proven
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    result.scan_reason = format!("{}; {why}", result.scan_reason);
+                }
+                Err(why) => fall_back = Some(format!("no proven order ({why})")),
+            }
+        }
+    }
+    if fall_back.is_none()
+        && *step != Step::Reconcile
+        && let Err(why) = order.check(page)
+    {
+        fall_back = Some(format!("the order broke ({why})"));
+    }
+    fall_back
+}
+
 /// What one walk keeps from page to page.
 #[derive(Default)]
 pub(super) struct WalkState {
@@ -504,40 +554,17 @@ pub(super) async fn scan(
             }
         };
         if let Some(direction) = step.sorted() {
-            let mut fall_back: Option<String> = None;
-            if std::mem::take(&mut first_page) {
-                if !page.has_more {
-                    // the whole view on one page: read whole, a reconcile
-                    step = Step::Reconcile;
-                    result.step = step;
-                    result.scan = "full";
-                    result.scan_reason = "the whole view fits on one page: it is read whole".into();
-                } else {
-                    let proof = {
-                        let _turn = gate.turn.lock().await;
-                        let before = ctx.client.stats().sent("list");
-                        let proof =
-                            crate::listing::prove_sorted(&ctx.client, &page, direction).await;
-                        result.proof_requests = ctx.client.stats().sent("list") - before;
-                        proof
-                    };
-                    match proof {
-                        Ok(why) => {
-                            result.cursor_proven = true;
-                            gate.cursor_proven
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
-                            result.scan_reason = format!("{}; {why}", result.scan_reason);
-                        }
-                        Err(why) => fall_back = Some(format!("no proven order ({why})")),
-                    }
-                }
-            }
-            if fall_back.is_none()
-                && step != Step::Reconcile
-                && let Err(why) = order.check(&page)
-            {
-                fall_back = Some(format!("the order broke ({why})"));
-            }
+            let fall_back = check_sorted_page(
+                ctx,
+                gate,
+                &page,
+                direction,
+                &mut step,
+                &mut order,
+                &mut first_page,
+                &mut result,
+            )
+            .await;
             if let Some(why) = fall_back {
                 tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
                 step = Step::Reconcile;
