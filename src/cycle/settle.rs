@@ -128,52 +128,59 @@ pub(super) async fn settle_absent(
         settled.lookup_failed += ids.len() as u64;
         return Ok(settled);
     };
-    let (mut restored, mut gone, mut scrubbed, mut left) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut verdicts: BTreeMap<Outcome, Vec<TicketId>> = BTreeMap::new();
     for (id, u) in unexplained {
-        if active.contains(&id) {
-            restored.push(id);
-        } else if !matches!(u.outcome.as_str(), "purged" | "unknown") {
-            left.push(id);
-        } else if u.outcome == "unknown"
-            && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
-        {
-            scrubbed.push(id);
-        } else {
-            gone.push(id);
+        let verdict = settle_verdict(&u, active.contains(&id), now);
+        verdicts.entry(verdict).or_default().push(id);
+    }
+    for (outcome, ids) in &verdicts {
+        ctx.store
+            .record_outcomes(run, None, ids, *outcome, Some(settle_detail(*outcome)), now)
+            .await?;
+        let n = ids.len() as u64;
+        match outcome {
+            Outcome::RestoredElsewhere => settled.restored_elsewhere += n,
+            Outcome::LeftView => settled.left_view += n,
+            Outcome::ScrubbedByZendesk => settled.scrubbed += n,
+            _ => settled.confirmed_gone += n,
         }
     }
-    for (ids, outcome, detail) in [
-        (
-            &restored,
-            Outcome::RestoredElsewhere,
-            "not in the deleted view and found among active tickets: restored by someone, not purged",
-        ),
-        (
-            &gone,
-            Outcome::ConfirmedGone,
-            "neither in the deleted view (read newest-first back to its listing) nor among active tickets",
-        ),
-        (
-            &left,
-            Outcome::LeftView,
-            "kept, and now neither in the deleted view nor among active tickets: deleted for good by someone else, or scrubbed by Zendesk",
-        ),
-        (
-            &scrubbed,
-            Outcome::ScrubbedByZendesk,
-            "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge",
-        ),
-    ] {
-        ctx.store
-            .record_outcomes(run, None, ids, outcome, Some(detail), now)
-            .await?;
-    }
-    settled.restored_elsewhere += restored.len() as u64;
-    settled.confirmed_gone += gone.len() as u64;
-    settled.scrubbed += scrubbed.len() as u64;
-    settled.left_view += left.len() as u64;
     Ok(settled)
+}
+
+/// What a ticket missing from a whole walk, not deleted again since, and
+/// looked up a second time, was: active is restored by someone; a kept
+/// ticket gone left the view (not by us); an unknown outcome of a ticket
+/// deleted more than 30 days ago cannot be told from Zendesk's scrub; the
+/// rest is our purge, confirmed.
+pub(super) fn settle_verdict(u: &Unsettled, active: bool, now: DateTime<Utc>) -> Outcome {
+    if active {
+        Outcome::RestoredElsewhere
+    } else if !matches!(u.outcome.as_str(), "purged" | "unknown") {
+        Outcome::LeftView
+    } else if u.outcome == "unknown" && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE) {
+        Outcome::ScrubbedByZendesk
+    } else {
+        Outcome::ConfirmedGone
+    }
+}
+
+/// The detail recorded with each verdict.
+fn settle_detail(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::RestoredElsewhere => {
+            "not in the deleted view and found among active tickets: restored by someone, not purged"
+        }
+        Outcome::LeftView => {
+            "kept, and now neither in the deleted view nor among active tickets: deleted for good by someone else, or scrubbed by Zendesk"
+        }
+        Outcome::ScrubbedByZendesk => {
+            "gone from the deleted view and from the active tickets, deleted more than 30 days ago: Zendesk's own scrub cannot be told from our unconfirmed purge"
+        }
+        _ => {
+            "neither in the deleted view (read newest-first back to its listing) nor among active tickets"
+        }
+    }
 }
 
 /// The active tickets among `ids` (in calls of 100), or `None` when a
@@ -236,4 +243,36 @@ pub(super) async fn settle_lost_restore(
             Utc::now(),
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsettled(outcome: &str, days_ago: i64, now: DateTime<Utc>) -> Unsettled {
+        Unsettled {
+            outcome: outcome.into(),
+            deleted_at: Some(now - chrono::Duration::days(days_ago)),
+            decided_at: None,
+        }
+    }
+
+    #[test]
+    fn the_settle_verdict_never_calls_a_restored_or_kept_ticket_purged() {
+        let now = Utc::now();
+        let v = |o, days, active| settle_verdict(&unsettled(o, days, now), active, now);
+        // active wins over everything
+        for o in ["purged", "unknown", "kept", "selected"] {
+            assert_eq!(v(o, 40, true), Outcome::RestoredElsewhere, "{o}");
+        }
+        // a kept ticket that left is not our purge
+        assert_eq!(v("kept", 3, false), Outcome::LeftView);
+        assert_eq!(v("selected", 40, false), Outcome::LeftView);
+        // a reported purge is confirmed whatever its age
+        assert_eq!(v("purged", 3, false), Outcome::ConfirmedGone);
+        assert_eq!(v("purged", 40, false), Outcome::ConfirmedGone);
+        // an unknown outcome: confirmed young, Zendesk's scrub when old
+        assert_eq!(v("unknown", 3, false), Outcome::ConfirmedGone);
+        assert_eq!(v("unknown", 31, false), Outcome::ScrubbedByZendesk);
+    }
 }
