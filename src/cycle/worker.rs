@@ -593,9 +593,9 @@ impl PurgeWorker {
             }
             Err(e) => {
                 let ids = batch.ids();
-                let (status, outcome) = match &e {
+                let (status, outcome) = match failure_of(&e) {
                     // Credentials refused: nothing else will work this run.
-                    ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. } => {
+                    RequestFailure::CredentialsRefused => {
                         self.store
                             .record_job_end(
                                 self.run,
@@ -611,11 +611,11 @@ impl PurgeWorker {
                             anyhow::Error::new(e).context("Zendesk refused the purge request")
                         );
                     }
-                    ZendeskError::InvalidRequest { .. } => (JobRowStatus::Refused, Outcome::Failed),
+                    RequestFailure::Invalid => (JobRowStatus::Refused, Outcome::Failed),
                     // 404: none of the ids is soft-deleted any more. Those
                     // active again were restored; the rest the next scan
                     // settles.
-                    ZendeskError::NotFound { .. } => {
+                    RequestFailure::NotSoftDeleted => {
                         let active: IdSet = match self.client.active_tickets(&batch).await {
                             Ok(a) => a.into_iter().collect(),
                             Err(_) => IdSet::default(),
@@ -649,10 +649,7 @@ impl PurgeWorker {
                     }
                     // The request may have been carried out (a dropped answer,
                     // a broken body): only a later scan can tell.
-                    ZendeskError::Transient { .. }
-                    | ZendeskError::Decode { .. }
-                    | ZendeskError::RateLimited { .. }
-                    | ZendeskError::Refused { .. } => (JobRowStatus::Unknown, Outcome::Unknown),
+                    RequestFailure::MaybeCarriedOut => (JobRowStatus::Unknown, Outcome::Unknown),
                 };
                 tracing::error!(error = %e, ids = ids.len(), %outcome, "purge request failed");
                 if outcome == Outcome::Failed {
@@ -839,5 +836,102 @@ impl PurgeWorker {
             )
             .await
             .context("cannot record a job's end")
+    }
+}
+
+/// What a failed purge request means for its tickets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestFailure {
+    /// 401/403: nothing else will work this run; the tickets failed.
+    CredentialsRefused,
+    /// Another 4xx: refused as asked; the tickets failed.
+    Invalid,
+    /// 404: none of the ids is soft-deleted any more (restored, or gone).
+    NotSoftDeleted,
+    /// A dropped or broken answer, a 429 after the wait, a refused send: the
+    /// request may have been carried out, and only a later walk can tell.
+    MaybeCarriedOut,
+}
+
+/// The error-to-outcome mapping of a purge request, as a pure function.
+pub(super) fn failure_of(e: &ZendeskError) -> RequestFailure {
+    match e {
+        ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. } => {
+            RequestFailure::CredentialsRefused
+        }
+        ZendeskError::InvalidRequest { .. } => RequestFailure::Invalid,
+        ZendeskError::NotFound { .. } => RequestFailure::NotSoftDeleted,
+        ZendeskError::Transient { .. }
+        | ZendeskError::Decode { .. }
+        | ZendeskError::RateLimited { .. }
+        | ZendeskError::Refused { .. } => RequestFailure::MaybeCarriedOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_request_that_may_have_been_carried_out_is_never_called_failed() {
+        let body = || Box::new(crate::zendesk::ApiErrorBody::parse(""));
+        let call = || "DELETE deleted_tickets/destroy_many".to_string();
+        let cases = [
+            (
+                ZendeskError::Unauthorized {
+                    call: call(),
+                    body: body(),
+                },
+                RequestFailure::CredentialsRefused,
+            ),
+            (
+                ZendeskError::Forbidden {
+                    call: call(),
+                    body: body(),
+                },
+                RequestFailure::CredentialsRefused,
+            ),
+            (
+                ZendeskError::InvalidRequest {
+                    call: call(),
+                    status: 422,
+                    body: body(),
+                },
+                RequestFailure::Invalid,
+            ),
+            (
+                ZendeskError::NotFound {
+                    call: call(),
+                    body: body(),
+                },
+                RequestFailure::NotSoftDeleted,
+            ),
+            (
+                ZendeskError::Transient {
+                    call: call(),
+                    reason: "reset".into(),
+                    attempts: 1,
+                },
+                RequestFailure::MaybeCarriedOut,
+            ),
+            (
+                ZendeskError::RateLimited {
+                    call: call(),
+                    wait: Duration::from_secs(1),
+                    body: body(),
+                },
+                RequestFailure::MaybeCarriedOut,
+            ),
+            (
+                ZendeskError::Refused {
+                    call: call(),
+                    reason: "shutdown".into(),
+                },
+                RequestFailure::MaybeCarriedOut,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(failure_of(&e), want, "{e}");
+        }
     }
 }
