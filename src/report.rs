@@ -383,3 +383,47 @@ pub fn print_ledger_diff(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: i64,
+        zeta: &'a str,
+        alpha: Option<&'a str>,
+    }
+
+    #[test]
+    fn csv_keeps_the_declared_column_order_quotes_and_writes_the_header_once() {
+        let rows = [
+            Row {
+                id: 2,
+                zeta: "a, \"quoted\"\nline",
+                alpha: None,
+            },
+            Row {
+                id: 1,
+                zeta: "plain",
+                alpha: Some("x"),
+            },
+        ];
+        let text = csv_rows(&rows).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(
+            reader.headers().unwrap().iter().collect::<Vec<_>>(),
+            ["id", "zeta", "alpha"],
+            "declared order, not alphabetical"
+        );
+        let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            &records[0][1], "a, \"quoted\"\nline",
+            "quoted and read back whole"
+        );
+        assert_eq!(&records[0][2], "");
+        assert_eq!(text.matches("id,zeta,alpha").count(), 1);
+        assert_eq!(csv_rows::<Row>(&[]).unwrap(), "", "no rows, no output");
+    }
+}
