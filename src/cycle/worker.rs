@@ -251,21 +251,11 @@ impl PurgeWorker {
         }
     }
 
-    /// One round of `send_checked`: `Some` with Retry-After and the batch
-    /// sent when Zendesk answered 429.
-    async fn send_checked_once(
-        &mut self,
-        release: &Release,
-        active: &IdSet,
-    ) -> anyhow::Result<Option<(Duration, IdBatch)>> {
-        if !release.check_freshness {
-            let batch = release.batch.clone();
-            return Ok(self
-                .send_timed(batch.clone(), release.listed_at)
-                .await?
-                .map(|wait| (wait, batch)));
-        }
-        let gate = &self.gate;
+    /// The freshness read that clears a release: read newest-first back to
+    /// its listing (or a read younger than `FRESHNESS_REUSE` with no listing
+    /// request since, reused). `false` when it failed: the release is
+    /// recorded not sent.
+    async fn ensure_fresh(&mut self, release: &Release) -> bool {
         let since = release.listed_at
             - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
         let lists_now = self.client.stats().sent("list");
@@ -273,7 +263,8 @@ impl PurgeWorker {
             f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
         });
         if !reusable {
-            let proven = gate
+            let proven = self
+                .gate
                 .cursor_proven
                 .load(std::sync::atomic::Ordering::Relaxed);
             let before = self.client.stats().sent("list");
@@ -304,8 +295,28 @@ impl PurgeWorker {
                 self.tally.freshness_failed = Some(message);
                 self.not_sent(&release.batch, "the freshness read before purging failed")
                     .await;
-                return Ok(None);
+                return false;
             }
+        }
+        true
+    }
+
+    /// One round of `send_checked`: `Some` with Retry-After and the batch
+    /// sent when Zendesk answered 429.
+    async fn send_checked_once(
+        &mut self,
+        release: &Release,
+        active: &IdSet,
+    ) -> anyhow::Result<Option<(Duration, IdBatch)>> {
+        if !release.check_freshness {
+            let batch = release.batch.clone();
+            return Ok(self
+                .send_timed(batch.clone(), release.listed_at)
+                .await?
+                .map(|wait| (wait, batch)));
+        }
+        if !self.ensure_fresh(release).await {
+            return Ok(None);
         }
         let mut ids = Vec::with_capacity(release.batch.len());
         let mut changed = Vec::new();
