@@ -146,92 +146,101 @@ async fn run(
                 )?
             );
         }
-        TableFormat::Table => {
-            println!(
-                "run {} ({}, {}): {} from {} to {}",
-                run.id,
-                run.trigger,
-                if run.dry_run { "dry run" } else { "live" },
-                run.status,
-                run.started_at,
-                run.finished_at.as_deref().unwrap_or("(not finished)")
-            );
-            println!(
-                "  scanned {}, matched {}, purged {}, failed {}, unknown {}; {} list requests{}; config {}",
-                run.scanned,
-                run.matched,
-                run.purged,
-                run.failed,
-                run.unknown,
-                run.list_requests,
-                match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
-                    (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
-                    (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
-                    (_, _, true) => ", sorted scan stopped early".to_string(),
-                    (_, Some(scan), false) => format!(", {scan} scan"),
-                    (_, None, false) => String::new(),
-                },
-                &run.config_hash[..12.min(run.config_hash.len())]
-            );
-            if let Some(reason) = &run.scan_reason {
-                println!("  scan: {reason}");
-            }
-            if let Some(n) = run.decisions_recorded {
-                println!(
-                    "  {n} decisions recorded (first sightings and changes; the ledger holds the rest)"
-                );
-            }
-            if let Some(ms) = run.max_listing_age_ms {
-                println!(
-                    "  at most {} between a ticket's last listing and its destroy_many",
-                    crate::human::duration(Duration::from_millis(ms as u64))
-                );
-            }
-            if let Some(e) = &run.error {
-                println!("  error: {e}");
-            }
-            let mut t = table(&["decision", "rule", "tickets"]);
-            for (d, r, n) in &decisions {
-                t.add_row(vec![
-                    d.clone(),
-                    r.clone().unwrap_or_default(),
-                    n.to_string(),
-                ]);
-            }
-            println!("{t}");
-            if !outcomes.is_empty() {
-                let mut t = table(&["outcome", "tickets"]);
-                for (o, n) in &outcomes {
-                    t.add_row(vec![o.clone(), n.to_string()]);
-                }
-                println!("{t}");
-            }
-            if !jobs.is_empty() {
-                let mut t = table(&[
-                    "request",
-                    "kind",
-                    "zendesk job",
-                    "tickets",
-                    "recorded",
-                    "status",
-                    "message",
-                ]);
-                for j in &jobs {
-                    t.add_row(vec![
-                        j.id.to_string(),
-                        j.kind.to_string(),
-                        j.zendesk_job_id.clone().unwrap_or_default(),
-                        j.ticket_count.to_string(),
-                        j.recorded_at.clone(),
-                        j.status.to_string(),
-                        j.message.clone().unwrap_or_default(),
-                    ]);
-                }
-                println!("{t}");
-            }
-        }
+        TableFormat::Table => print_run_table(&run, &decisions, &outcomes, &jobs),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `audit run` as tables: the run's figures, decisions per rule, outcomes
+/// and its requests.
+fn print_run_table(
+    run: &crate::audit::RunRow,
+    decisions: &[(String, Option<String>, i64)],
+    outcomes: &[(String, i64)],
+    jobs: &[crate::audit::JobRow],
+) {
+    println!(
+        "run {} ({}, {}): {} from {} to {}",
+        run.id,
+        run.trigger,
+        if run.dry_run { "dry run" } else { "live" },
+        run.status,
+        run.started_at,
+        run.finished_at.as_deref().unwrap_or("(not finished)")
+    );
+    println!(
+        "  scanned {}, matched {}, purged {}, failed {}, unknown {}; {} list requests{}; config {}",
+        run.scanned,
+        run.matched,
+        run.purged,
+        run.failed,
+        run.unknown,
+        run.list_requests,
+        match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
+            (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
+            (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
+            (_, _, true) => ", sorted scan stopped early".to_string(),
+            (_, Some(scan), false) => format!(", {scan} scan"),
+            (_, None, false) => String::new(),
+        },
+        &run.config_hash[..12.min(run.config_hash.len())]
+    );
+    if let Some(reason) = &run.scan_reason {
+        println!("  scan: {reason}");
+    }
+    if let Some(n) = run.decisions_recorded {
+        println!(
+            "  {n} decisions recorded (first sightings and changes; the ledger holds the rest)"
+        );
+    }
+    if let Some(ms) = run.max_listing_age_ms {
+        println!(
+            "  at most {} between a ticket's last listing and its destroy_many",
+            crate::human::duration(Duration::from_millis(ms as u64))
+        );
+    }
+    if let Some(e) = &run.error {
+        println!("  error: {e}");
+    }
+    let mut t = table(&["decision", "rule", "tickets"]);
+    for (d, r, n) in decisions {
+        t.add_row(vec![
+            d.clone(),
+            r.clone().unwrap_or_default(),
+            n.to_string(),
+        ]);
+    }
+    println!("{t}");
+    if !outcomes.is_empty() {
+        let mut t = table(&["outcome", "tickets"]);
+        for (o, n) in outcomes {
+            t.add_row(vec![o.clone(), n.to_string()]);
+        }
+        println!("{t}");
+    }
+    if !jobs.is_empty() {
+        let mut t = table(&[
+            "request",
+            "kind",
+            "zendesk job",
+            "tickets",
+            "recorded",
+            "status",
+            "message",
+        ]);
+        for j in jobs {
+            t.add_row(vec![
+                j.id.to_string(),
+                j.kind.to_string(),
+                j.zendesk_job_id.clone().unwrap_or_default(),
+                j.ticket_count.to_string(),
+                j.recorded_at.clone(),
+                j.status.to_string(),
+                j.message.clone().unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+    }
 }
 
 /// `zd-retention audit search`.
