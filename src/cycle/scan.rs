@@ -318,6 +318,52 @@ pub(super) struct WalkState {
     pub(super) newest: Option<DateTime<Utc>>,
 }
 
+/// A ticket listed again in the same walk is decided by its latest
+/// listing; listings that disagree (deletion data, or purge against keep)
+/// keep it out of this run's purge. Returns whether this listing counts in
+/// the figures.
+fn relisted(
+    selection: &mut Selection,
+    result: &mut ScanResult,
+    ticket: &DeletedTicket,
+    decision: &Decision,
+) -> bool {
+    let mut counted = true;
+    // decided by its latest listing
+    result.relisted += 1;
+    let earlier = selection.chosen.remove(&ticket.id);
+    let agrees = match (&earlier, decision) {
+        (Some(c), Decision::Purge { rule }) => c.listed == ListedAs::of(ticket) && c.rule == *rule,
+        (Some(_), _) | (None, Decision::Purge { .. }) => false,
+        // kept both times: its first listing stays in the counts
+        (None, _) => {
+            counted = false;
+            true
+        }
+    };
+    if let Some(c) = &earlier
+        && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
+    {
+        *n = n.saturating_sub(1);
+    }
+    if !agrees {
+        // counted as kept if it is kept now, in no purge count
+        counted = !matches!(decision, Decision::Purge { .. });
+        tracing::warn!(
+            ticket = ticket.id,
+            "listed twice in one scan with different deletion data or decisions: not purged in this run"
+        );
+        selection.disagreed_selected.insert(ticket.id);
+        if selection.released.contains(&ticket.id) {
+            tracing::error!(
+                ticket = ticket.id,
+                "listed again after its purge request was sent (purge_while_scanning)"
+            );
+        }
+    }
+    counted
+}
+
 /// Decides one page's tickets: latest listing wins, the ledger compared (a
 /// first sighting, a deletion again or a changed decision is recorded; the
 /// rest only seen again), the selection and the counts kept. Returns the
@@ -361,40 +407,7 @@ fn decide_page(
         if first_listing {
             result.scanned += 1;
         } else {
-            // decided by its latest listing
-            result.relisted += 1;
-            let earlier = selection.chosen.remove(&ticket.id);
-            let agrees = match (&earlier, &decision) {
-                (Some(c), Decision::Purge { rule }) => {
-                    c.listed == ListedAs::of(ticket) && c.rule == *rule
-                }
-                (Some(_), _) | (None, Decision::Purge { .. }) => false,
-                // kept both times: its first listing stays in the counts
-                (None, _) => {
-                    counted = false;
-                    true
-                }
-            };
-            if let Some(c) = &earlier
-                && let Some(n) = result.matched_by_rule.get_mut(&c.rule)
-            {
-                *n = n.saturating_sub(1);
-            }
-            if !agrees {
-                // counted as kept if it is kept now, in no purge count
-                counted = !matches!(decision, Decision::Purge { .. });
-                tracing::warn!(
-                    ticket = ticket.id,
-                    "listed twice in one scan with different deletion data or decisions: not purged in this run"
-                );
-                selection.disagreed_selected.insert(ticket.id);
-                if selection.released.contains(&ticket.id) {
-                    tracing::error!(
-                        ticket = ticket.id,
-                        "listed again after its purge request was sent (purge_while_scanning)"
-                    );
-                }
-            }
+            counted = relisted(selection, result, ticket, &decision);
         }
         // The ledger: a first sighting, a deletion again or a changed
         // decision is recorded; an unchanged ticket is only seen again.
