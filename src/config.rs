@@ -920,51 +920,10 @@ impl Checker<'_> {
             .collect()
     }
 
-    /// One `[[rules]]` entry: its name unique, its action, its conditions,
-    /// and no purge of every ticket unless `match_all` says so.
-    fn rule(
-        &mut self,
-        i: usize,
-        spanned: &Spanned<RawRule>,
-        names: &mut BTreeSet<String>,
-        min_age: Duration,
-    ) -> RetentionRule {
-        let r = spanned.get_ref();
+    /// A rule's list conditions (`previous_state`, `actor_ids`,
+    /// `actor_names`): an empty list matches nothing and is refused.
+    fn rule_lists(&mut self, i: usize, r: &RawRule, rule: &mut RetentionRule) {
         let key = |field: &str| format!("rules[{i}].{field}");
-        let name = r.name.get_ref().trim().to_string();
-        if name.is_empty() {
-            self.at(
-                key("name"),
-                &r.name,
-                "is empty: give each rule a short unique name",
-            );
-        } else if !names.insert(name.clone()) {
-            self.at(
-                key("name"),
-                &r.name,
-                format!("{name:?} is used by an earlier rule: rule names must be unique"),
-            );
-        }
-        let action = match r.action.get_ref().trim() {
-            "purge" => RuleAction::Purge,
-            "keep" => RuleAction::Keep,
-            other => {
-                self.at(
-                    key("action"),
-                    &r.action,
-                    format!("{other:?} is not an action: use \"purge\" or \"keep\""),
-                );
-                RuleAction::Keep
-            }
-        };
-        let mut rule = RetentionRule::new(name.clone(), action);
-        rule.older_than = self.duration(&key("older_than"), &r.older_than);
-        rule.younger_than = self.duration(&key("younger_than"), &r.younger_than);
-        if let (Some(o), Some(y), Some(v)) = (rule.older_than, rule.younger_than, &r.younger_than)
-            && o >= y
-        {
-            self.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
-        }
         if let Some(v) = &r.previous_state {
             if v.get_ref().is_empty() {
                 self.at(key("previous_state"), v, "is an empty list: no ticket could match; list states such as [\"solved\", \"closed\"] or remove the key");
@@ -1014,6 +973,54 @@ impl Checker<'_> {
                     .collect(),
             );
         }
+    }
+
+    /// One `[[rules]]` entry: its name unique, its action, its conditions,
+    /// and no purge of every ticket unless `match_all` says so.
+    fn rule(
+        &mut self,
+        i: usize,
+        spanned: &Spanned<RawRule>,
+        names: &mut BTreeSet<String>,
+        min_age: Duration,
+    ) -> RetentionRule {
+        let r = spanned.get_ref();
+        let key = |field: &str| format!("rules[{i}].{field}");
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            self.at(
+                key("name"),
+                &r.name,
+                "is empty: give each rule a short unique name",
+            );
+        } else if !names.insert(name.clone()) {
+            self.at(
+                key("name"),
+                &r.name,
+                format!("{name:?} is used by an earlier rule: rule names must be unique"),
+            );
+        }
+        let action = match r.action.get_ref().trim() {
+            "purge" => RuleAction::Purge,
+            "keep" => RuleAction::Keep,
+            other => {
+                self.at(
+                    key("action"),
+                    &r.action,
+                    format!("{other:?} is not an action: use \"purge\" or \"keep\""),
+                );
+                RuleAction::Keep
+            }
+        };
+        let mut rule = RetentionRule::new(name.clone(), action);
+        rule.older_than = self.duration(&key("older_than"), &r.older_than);
+        rule.younger_than = self.duration(&key("younger_than"), &r.younger_than);
+        if let (Some(o), Some(y), Some(v)) = (rule.older_than, rule.younger_than, &r.younger_than)
+            && o >= y
+        {
+            self.at(key("younger_than"), v, "is not above older_than: no ticket can match both; raise younger_than or lower older_than");
+        }
+        self.rule_lists(i, r, &mut rule);
         if let Some(v) = &r.subject_matches {
             match RegexBuilder::new(v.get_ref()).size_limit(1 << 20).build() {
                 Ok(re) => rule.subject_matches = Some(re),
