@@ -404,6 +404,71 @@ async fn announce(store: &AuditStore, report: &CycleReport) {
     }
 }
 
+/// A run's figures, as recorded.
+fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) -> RunCounts {
+    RunCounts {
+        scanned: scan.scanned,
+        matched: scan.matched,
+        purged: tally.purged,
+        failed: tally.failed,
+        unknown: tally.unknown,
+        list_requests,
+        early_stop: scan.early_stop,
+        scan: Some(scan.scan.to_string()),
+        scan_reason: Some(scan.scan_reason.clone()),
+        max_listing_age_ms: tally.max_listing_age.map(|d| d.as_millis() as u64),
+        step: Some(scan.step.as_str().to_string()),
+        high_water: scan.high_water,
+        decisions_recorded: Some(scan.decisions_recorded),
+    }
+}
+
+/// The report of a finished run.
+fn report_of(
+    (run, status, dry_run): (RunId, RunStatus, bool),
+    counts: RunCounts,
+    scan: ScanResult,
+    tally: &Tally,
+    (settled, settle_requests, pruned): (&Settled, u64, u64),
+    requests: ClientStatsSnapshot,
+    (duration, error): (Duration, Option<String>),
+) -> CycleReport {
+    CycleReport {
+        run_id: run,
+        status,
+        dry_run,
+        counts,
+        matched_by_rule: scan.matched_by_rule,
+        kept: scan.kept,
+        purge_batches: tally.batches,
+        not_effective: scan.not_effective + settled.not_effective,
+        confirmed_gone: settled.confirmed_gone,
+        restored_elsewhere: settled.restored_elsewhere,
+        scrubbed_by_zendesk: settled.scrubbed,
+        unsettled_lookup_failed: settled.lookup_failed,
+        relisted: scan.relisted,
+        already_in_flight: scan.in_flight,
+        changed_during_scan: scan.changed_during_scan + tally.changed,
+        max_listing_age: tally.max_listing_age,
+        safety_list_requests: SafetyRequests {
+            order_proof: scan.proof_requests,
+            freshness: tally.freshness_requests,
+            settle: settle_requests,
+        },
+        not_sent: tally.not_sent + scan.not_sent,
+        requests,
+        scan: scan.scan.to_string(),
+        scan_reason: scan.scan_reason.clone(),
+        step: scan.step.as_str().to_string(),
+        decided_from_ledger: scan.decided_from_ledger,
+        decisions_recorded: scan.decisions_recorded,
+        left_view: settled.left_view,
+        pruned,
+        duration,
+        error,
+    }
+}
+
 /// Runs one cycle to its end and records it. `Err` only when the audit
 /// store itself fails; a failed run is an `Ok` report with status `failed`.
 pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<CycleReport> {
@@ -514,21 +579,11 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     } else {
         RunStatus::Failed
     };
-    let counts = RunCounts {
-        scanned: scan.scanned,
-        matched: scan.matched,
-        purged: tally.purged,
-        failed: tally.failed,
-        unknown: tally.unknown,
-        list_requests: ctx.client.stats().since(&stats_before).sent("list"),
-        early_stop: scan.early_stop,
-        scan: Some(scan.scan.to_string()),
-        scan_reason: Some(scan.scan_reason.clone()),
-        max_listing_age_ms: tally.max_listing_age.map(|d| d.as_millis() as u64),
-        step: Some(scan.step.as_str().to_string()),
-        high_water: scan.high_water,
-        decisions_recorded: Some(scan.decisions_recorded),
-    };
+    let counts = counts_of(
+        &scan,
+        &tally,
+        ctx.client.stats().since(&stats_before).sent("list"),
+    );
     let error = (!errors.is_empty()).then(|| errors.join("; "));
     store
         .finish_run(run, status, &counts, error.as_deref(), Utc::now())
@@ -537,40 +592,15 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     // find a tail removed later
     let (entry, head) = store.chain_head().await?;
     tracing::info!(run, entry, head = %head, "audit chain head");
-    let report = CycleReport {
-        run_id: run,
-        status,
-        dry_run: settings.dry_run,
+    let report = report_of(
+        (run, status, settings.dry_run),
         counts,
-        matched_by_rule: scan.matched_by_rule,
-        kept: scan.kept,
-        purge_batches: tally.batches,
-        not_effective: scan.not_effective + settled.not_effective,
-        confirmed_gone: settled.confirmed_gone,
-        restored_elsewhere: settled.restored_elsewhere,
-        scrubbed_by_zendesk: settled.scrubbed,
-        unsettled_lookup_failed: settled.lookup_failed,
-        relisted: scan.relisted,
-        already_in_flight: scan.in_flight,
-        changed_during_scan: scan.changed_during_scan + tally.changed,
-        max_listing_age: tally.max_listing_age,
-        safety_list_requests: SafetyRequests {
-            order_proof: scan.proof_requests,
-            freshness: tally.freshness_requests,
-            settle: settle_requests,
-        },
-        not_sent: tally.not_sent + scan.not_sent,
-        requests: ctx.client.stats().since(&stats_before),
-        scan: scan.scan.to_string(),
-        scan_reason: scan.scan_reason.clone(),
-        step: scan.step.as_str().to_string(),
-        decided_from_ledger: scan.decided_from_ledger,
-        decisions_recorded: scan.decisions_recorded,
-        left_view: settled.left_view,
-        pruned,
-        duration: started.elapsed(),
-        error,
-    };
+        scan,
+        &tally,
+        (&settled, settle_requests, pruned),
+        ctx.client.stats().since(&stats_before),
+        (started.elapsed(), error),
+    );
     announce(store, &report).await;
     Ok(report)
 }
