@@ -894,7 +894,9 @@ pub(super) async fn decide_from_ledger(
     let mut records = Vec::new();
     for entry in entries {
         let ticket = entry.as_ticket();
-        let decision = if settings.record_subjects {
+        // a subject the ledger holds (recorded while subjects were kept)
+        // answers the patterns itself
+        let decision = if settings.record_subjects || entry.subject.is_some() {
             ctx.policy.decide(&ticket, now)
         } else {
             match ctx

@@ -294,6 +294,17 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
     assert_eq!(third.counts.matched, 200 - held);
     let fourth = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(fourth.step, "refresh");
+    // subjects kept for a while, then no longer: the rows that hold a
+    // subject are decided from it, the holds still hold
+    e.ctx.settings.record_subjects = true;
+    e.ctx.settings.reconcile_every = Duration::ZERO;
+    let kept_subjects = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(kept_subjects.counts.matched, 200 - held);
+    e.ctx.settings.record_subjects = false;
+    e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
+    let dropped = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(dropped.step, "refresh", "{}", dropped.scan_reason);
+    assert_eq!(dropped.counts.matched, 200 - held);
 }
 
 #[tokio::test]
