@@ -520,15 +520,7 @@ pub async fn purge(
                 Utc::now(),
             )
             .await?;
-        store
-            .finish_run(
-                run,
-                RunStatus::Failed,
-                &RunCounts::default(),
-                Some(&message),
-                Utc::now(),
-            )
-            .await?;
+        store.fail_run(run, &message).await?;
         anyhow::bail!("{message}");
     }
     // each batch with the deletion times as listed, so that the freshness
@@ -651,10 +643,7 @@ pub fn ledger_diff(
             diff.undecidable += 1;
             continue;
         };
-        let kind = match &decision {
-            crate::rules::Decision::Purge { .. } if dry_run => "would_purge",
-            other => other.kind(),
-        };
+        let kind = crate::audit::DecisionKind::of(&decision, dry_run).as_str();
         let from = entry.decision.clone().unwrap_or_else(|| "none".into());
         let rule = decision.rule().map(str::to_string);
         if from == kind && entry.rule == rule {

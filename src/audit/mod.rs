@@ -466,6 +466,18 @@ impl AuditStore {
         Ok(id)
     }
 
+    /// Records a run that ended before it could do anything, with why.
+    pub async fn fail_run(&self, run: RunId, message: &str) -> anyhow::Result<()> {
+        self.finish_run(
+            run,
+            RunStatus::Failed,
+            &RunCounts::default(),
+            Some(message),
+            Utc::now(),
+        )
+        .await
+    }
+
     /// Records a run's end, its figures and its decisions per kind and rule.
     pub async fn finish_run(
         &self,

@@ -514,15 +514,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             // the run ends here, and says why
             let message = format!("{e:#}");
             tracing::error!(run, error = %message, "run failed");
-            store
-                .finish_run(
-                    run,
-                    RunStatus::Failed,
-                    &RunCounts::default(),
-                    Some(&message),
-                    Utc::now(),
-                )
-                .await?;
+            store.fail_run(run, &message).await?;
             return Err(e);
         }
     };

@@ -421,7 +421,7 @@ fn decide_page(
         {
             not_effective.push((ticket.id, p.state));
         }
-        let kind = recorded_kind(&decision, settings);
+        let kind = DecisionKind::of(&decision, settings.dry_run).as_str();
         let tags = if settings.record_subjects {
             None
         } else {
@@ -909,7 +909,7 @@ pub(super) async fn decide_from_ledger(
                 None => continue,
             }
         };
-        let kind = recorded_kind(&decision, settings);
+        let kind = DecisionKind::of(&decision, settings.dry_run).as_str();
         result.decided_from_ledger += 1;
         if entry.decision.as_deref() != Some(kind) || entry.rule.as_deref() != decision.rule() {
             let mut record = decision_record(&ticket, &decision, settings, now);
@@ -1083,14 +1083,6 @@ pub(crate) fn decision_record(
         decided_at: now,
         listed: true,
         subject_tags: None,
-    }
-}
-
-/// The kind a decision is recorded as.
-pub(super) fn recorded_kind(decision: &Decision, settings: &CycleSettings) -> &'static str {
-    match decision {
-        Decision::Purge { .. } if settings.dry_run => "would_purge",
-        other => other.kind(),
     }
 }
 
