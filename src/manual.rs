@@ -5,13 +5,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::audit::RunCounts;
+use crate::audit::{AuditStore, DecisionRecord, RunCounts};
 use crate::audit::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
-use crate::cycle::{CycleContext, ListedAs, Release, decision_record, send_and_follow};
+use crate::cycle::{
+    CycleContext, CycleSettings, ListedAs, Release, decision_record, send_and_follow,
+};
 use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
 use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, TicketId, ZendeskClient, ZendeskError};
@@ -207,83 +209,119 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
     };
     let mut results = Vec::new();
     for batch in IdBatch::chunk(ids) {
-        let row = store
-            .record_request(run, RequestKind::RestoreMany, &batch, Utc::now())
-            .await?;
-        match ctx.client.restore_many(&batch).await {
-            Ok(()) => {
-                store
-                    .record_job_end(
-                        run,
-                        row,
-                        JobRowStatus::Completed,
-                        None,
-                        Outcome::Restored,
-                        batch.ids(),
-                    )
-                    .await?;
-                results.extend(batch.ids().iter().map(|id| IdResult {
-                    id: *id,
-                    outcome: "restored".into(),
-                    detail: None,
-                }));
+        results.extend(restore_batch(ctx, run, &batch).await?);
+    }
+    if let Some(before) = &active_before {
+        settle_doubtful_restores(ctx, run, before, &mut results).await?;
+    }
+    let failed = results.iter().filter(|r| r.outcome != "restored").count() as u64;
+    let counts = RunCounts {
+        matched: ids.len() as u64,
+        failed,
+        ..RunCounts::default()
+    };
+    let status = if failed == 0 {
+        RunStatus::Completed
+    } else {
+        RunStatus::Failed
+    };
+    let error = (failed > 0).then(|| format!("{failed} of {} tickets not restored", ids.len()));
+    store
+        .finish_run(run, status, &counts, error.as_deref(), Utc::now())
+        .await?;
+    Ok((run, results))
+}
+
+/// Sends one `restore_many` and records its answer; a batch Zendesk refuses
+/// is retried id by id.
+async fn restore_batch(
+    ctx: &CycleContext,
+    run: i64,
+    batch: &IdBatch,
+) -> anyhow::Result<Vec<IdResult>> {
+    let store = &ctx.store;
+    let mut results = Vec::new();
+    let row = store
+        .record_request(run, RequestKind::RestoreMany, batch, Utc::now())
+        .await?;
+    match ctx.client.restore_many(batch).await {
+        Ok(()) => {
+            store
+                .record_job_end(
+                    run,
+                    row,
+                    JobRowStatus::Completed,
+                    None,
+                    Outcome::Restored,
+                    batch.ids(),
+                )
+                .await?;
+            results.extend(batch.ids().iter().map(|id| IdResult {
+                id: *id,
+                outcome: "restored".into(),
+                detail: None,
+            }));
+        }
+        Err(ZendeskError::NotFound { .. }) => {
+            store
+                .record_job_end(
+                    run,
+                    row,
+                    JobRowStatus::Refused,
+                    Some("an id is not soft-deleted; restoring one by one"),
+                    Outcome::NotRestored,
+                    &[],
+                )
+                .await?;
+            for id in batch.ids() {
+                results.push(restore_one(ctx, run, *id).await?);
             }
-            Err(ZendeskError::NotFound { .. }) => {
-                store
-                    .record_job_end(
-                        run,
-                        row,
-                        JobRowStatus::Refused,
-                        Some("an id is not soft-deleted; restoring one by one"),
-                        Outcome::NotRestored,
-                        &[],
-                    )
-                    .await?;
-                for id in batch.ids() {
-                    results.push(restore_one(ctx, run, *id).await?);
-                }
-            }
-            Err(e) => {
-                let message = e.to_string();
-                store
-                    .record_job_end(
-                        run,
-                        row,
-                        JobRowStatus::Failed,
-                        Some(&message),
-                        Outcome::NotRestored,
-                        batch.ids(),
-                    )
-                    .await?;
-                results.extend(batch.ids().iter().map(|id| IdResult {
-                    id: *id,
-                    outcome: "not_restored".into(),
-                    detail: Some(message.clone()),
-                }));
-            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            store
+                .record_job_end(
+                    run,
+                    row,
+                    JobRowStatus::Failed,
+                    Some(&message),
+                    Outcome::NotRestored,
+                    batch.ids(),
+                )
+                .await?;
+            results.extend(batch.ids().iter().map(|id| IdResult {
+                id: *id,
+                outcome: "not_restored".into(),
+                detail: Some(message.clone()),
+            }));
         }
     }
-    // A refused or unanswered restore may still have worked (its answer was
-    // lost and the retry found nothing left to restore): what is active now
-    // is restored, whatever the answers said.
-    let doubtful: Vec<TicketId> = match &active_before {
-        Some(before) => results
-            .iter()
-            .filter(|r| r.outcome != "restored" && !before.contains(&r.id))
-            .map(|r| r.id)
-            .collect(),
-        None => Vec::new(),
-    };
-    if let Some(before) = &active_before {
-        for r in results.iter_mut().filter(|r| before.contains(&r.id)) {
-            r.detail = Some("already active before the restore: it was not deleted".into());
-        }
+    Ok(results)
+}
+
+/// A refused or unanswered restore may still have worked (its answer was
+/// lost and the retry found nothing left to restore): what is active now is
+/// restored, whatever the answers said. An id active before the restore was
+/// never deleted and is not ours to call restored.
+async fn settle_doubtful_restores(
+    ctx: &CycleContext,
+    run: i64,
+    before: &std::collections::HashSet<TicketId>,
+    results: &mut [IdResult],
+) -> anyhow::Result<()> {
+    let doubtful: Vec<TicketId> = results
+        .iter()
+        .filter(|r| r.outcome != "restored" && !before.contains(&r.id))
+        .map(|r| r.id)
+        .collect();
+    for r in results.iter_mut().filter(|r| before.contains(&r.id)) {
+        r.detail = Some("already active before the restore: it was not deleted".into());
     }
     match ctx.client.active_among(&doubtful).await {
         Ok(active) if !active.is_empty() => {
             let mut active: Vec<TicketId> = active.into_iter().collect();
             active.sort_unstable();
-            store
+            ctx.store
                 .record_outcomes(
                     run,
                     None,
@@ -305,22 +343,7 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
             tracing::warn!(error = %e, "cannot look up whether refused restores took effect")
         }
     }
-    let failed = results.iter().filter(|r| r.outcome != "restored").count() as u64;
-    let counts = RunCounts {
-        matched: ids.len() as u64,
-        failed,
-        ..RunCounts::default()
-    };
-    let status = if failed == 0 {
-        RunStatus::Completed
-    } else {
-        RunStatus::Failed
-    };
-    let error = (failed > 0).then(|| format!("{failed} of {} tickets not restored", ids.len()));
-    store
-        .finish_run(run, status, &counts, error.as_deref(), Utc::now())
-        .await?;
-    Ok((run, results))
+    Ok(())
 }
 
 async fn restore_one(ctx: &CycleContext, run: i64, id: TicketId) -> anyhow::Result<IdResult> {
@@ -355,9 +378,130 @@ async fn restore_one(ctx: &CycleContext, run: i64, id: TicketId) -> anyhow::Resu
     })
 }
 
-/// Permanently deletes the given ids through the audited path. Unless
-/// `force`, each id must be listed as soft-deleted and pass the safety floor
-/// (`protect_ids`, `min_age`).
+/// What a manual purge chose before anything is recorded or sent.
+#[derive(Default)]
+struct ManualSelection {
+    /// one decision row per id asked for that is decided
+    records: Vec<DecisionRecord>,
+    /// the ids to purge
+    selected: Vec<TicketId>,
+    /// how each selected id was listed (none when forced)
+    listed: HashMap<TicketId, ListedAs>,
+    /// the ids refused, with why
+    refused: Vec<IdResult>,
+}
+
+/// `--force`: every id is selected as named, unlisted. A ticket the ledger
+/// knows keeps its deletion there, so the purge and its outcome land on
+/// that row.
+async fn forced_selection(
+    ctx: &CycleContext,
+    wanted: &BTreeSet<TicketId>,
+    settings: &CycleSettings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ManualSelection> {
+    let known = ctx.store.ledger_live().await?;
+    let mut chosen = ManualSelection::default();
+    for id in wanted {
+        let entry = known.get(id);
+        let ticket = entry.map_or(
+            DeletedTicket {
+                id: *id,
+                subject: None,
+                actor: None,
+                deleted_at: None,
+                previous_state: None,
+            },
+            crate::audit::LedgerEntry::as_ticket,
+        );
+        let decision = Decision::Purge {
+            rule: "(manual --force)".into(),
+        };
+        let mut record = decision_record(&ticket, &decision, settings, now);
+        record.listed = false;
+        record.subject_tags = entry.and_then(|e| e.subject_tags.clone());
+        chosen.records.push(record);
+        chosen.selected.push(*id);
+    }
+    Ok(chosen)
+}
+
+/// Without `--force`: each id must be listed as soft-deleted now; a keep
+/// rule of the config (a legal hold) wins, then the config's safety floor
+/// applies with one rule that selects every id asked for.
+async fn listed_selection(
+    ctx: &CycleContext,
+    wanted: &BTreeSet<TicketId>,
+    settings: &CycleSettings,
+    now: DateTime<Utc>,
+) -> anyhow::Result<ManualSelection> {
+    let floor = Policy {
+        rules: vec![RetentionRule {
+            match_all: true,
+            ..RetentionRule::new("(manual)", RuleAction::Purge)
+        }],
+        min_age: ctx.policy.min_age,
+        protect_ids: ctx.policy.protect_ids.clone(),
+    };
+    let mut found: HashMap<TicketId, DeletedTicket> = HashMap::new();
+    let mut pages = ctx.client.list_deleted(ListOptions::default());
+    while let Some(page) = pages.next().await {
+        for t in page?.tickets {
+            if wanted.contains(&t.id) {
+                found.insert(t.id, t);
+            }
+        }
+        if found.len() == wanted.len() {
+            break;
+        }
+    }
+    let mut chosen = ManualSelection::default();
+    for id in wanted {
+        let Some(t) = found.get(id) else {
+            chosen.refused.push(IdResult {
+                id: *id,
+                outcome: "not_sent".into(),
+                detail: Some(
+                    "not listed as soft-deleted: never deleted, restored, or already purged".into(),
+                ),
+            });
+            continue;
+        };
+        let decision = match ctx.policy.decide(t, now) {
+            keep @ Decision::Keep(KeepReason::Rule(_)) => keep,
+            _ => floor.decide(t, now),
+        };
+        chosen.listed.insert(t.id, ListedAs::of(t));
+        chosen
+            .records
+            .push(decision_record(t, &decision, settings, now));
+        match decision {
+            Decision::Purge { .. } => chosen.selected.push(*id),
+            Decision::Keep(reason) => chosen.refused.push(IdResult {
+                id: *id,
+                outcome: "not_sent".into(),
+                detail: Some(refusal_reason(&reason)),
+            }),
+        }
+    }
+    Ok(chosen)
+}
+
+/// Why a manual purge did not send a ticket it was asked for.
+fn refusal_reason(reason: &KeepReason) -> String {
+    match reason {
+        KeepReason::Rule(rule) => format!("kept by the config's rule {rule:?} (--force overrides)"),
+        KeepReason::Protected => "in safety.protect_ids (--force overrides)".to_string(),
+        KeepReason::TooYoung { .. } => {
+            "deleted more recently than safety.min_age (--force overrides)".to_string()
+        }
+        _ => "its deletion time is unknown (--force overrides)".to_string(),
+    }
+}
+
+/// Purges tickets by id through the audited path: the config's keep rules
+/// and safety floor apply unless `force`; a dry-run config stays dry unless
+/// `live`. Returns the run id and one result per id asked for.
 pub async fn purge(
     ctx: &CycleContext,
     ids: &[TicketId],
@@ -365,8 +509,6 @@ pub async fn purge(
     live: bool,
 ) -> anyhow::Result<(i64, Vec<IdResult>)> {
     let store = &ctx.store;
-    // a dry-run config stays dry for a manual purge too, unless the
-    // operator says --live
     let dry_run = ctx.settings.dry_run && !live;
     let mut settings = ctx.settings.clone();
     settings.dry_run = dry_run;
@@ -375,131 +517,45 @@ pub async fn purge(
         .await?;
     let wanted: BTreeSet<TicketId> = ids.iter().copied().collect();
     let now = Utc::now();
-    let mut results = Vec::new();
-    let mut selected = Vec::new();
-    let mut records = Vec::new();
-    let mut listed: HashMap<TicketId, ListedAs> = HashMap::new();
-    if force {
-        // not listed: a ticket the ledger knows keeps its deletion there, so
-        // the purge and its outcome land on that row
-        let known = store.ledger_live().await?;
-        for id in &wanted {
-            let entry = known.get(id);
-            let ticket = entry.map_or(
-                DeletedTicket {
-                    id: *id,
-                    subject: None,
-                    actor: None,
-                    deleted_at: None,
-                    previous_state: None,
-                },
-                crate::audit::LedgerEntry::as_ticket,
-            );
-            let decision = Decision::Purge {
-                rule: "(manual --force)".into(),
-            };
-            let mut record = decision_record(&ticket, &decision, &settings, now);
-            record.listed = false;
-            record.subject_tags = entry.and_then(|e| e.subject_tags.clone());
-            records.push(record);
-            selected.push(*id);
-        }
+    let chosen = if force {
+        forced_selection(ctx, &wanted, &settings, now).await?
     } else {
-        // the floor of the config, with one rule that selects every id asked for
-        let floor = Policy {
-            rules: vec![RetentionRule {
-                match_all: true,
-                ..RetentionRule::new("(manual)", RuleAction::Purge)
-            }],
-            min_age: ctx.policy.min_age,
-            protect_ids: ctx.policy.protect_ids.clone(),
-        };
-        let mut found: HashMap<TicketId, DeletedTicket> = HashMap::new();
-        let mut pages = ctx.client.list_deleted(ListOptions::default());
-        while let Some(page) = pages.next().await {
-            for t in page?.tickets {
-                if wanted.contains(&t.id) {
-                    found.insert(t.id, t);
-                }
-            }
-            if found.len() == wanted.len() {
-                break;
-            }
-        }
-        for id in &wanted {
-            let Some(t) = found.get(id) else {
-                results.push(IdResult {
-                    id: *id,
-                    outcome: "not_sent".into(),
-                    detail: Some(
-                        "not listed as soft-deleted: never deleted, restored, or already purged"
-                            .into(),
-                    ),
-                });
-                continue;
-            };
-            // a keep rule of the config (a legal hold) wins over a manual
-            // purge; then the floor applies
-            let decision = match ctx.policy.decide(t, now) {
-                keep @ Decision::Keep(KeepReason::Rule(_)) => keep,
-                _ => floor.decide(t, now),
-            };
-            listed.insert(t.id, ListedAs::of(t));
-            records.push(decision_record(t, &decision, &settings, now));
-            match decision {
-                Decision::Purge { .. } => selected.push(*id),
-                Decision::Keep(reason) => {
-                    let why = match reason {
-                        KeepReason::Rule(rule) => {
-                            format!("kept by the config's rule {rule:?} (--force overrides)")
-                        }
-                        KeepReason::Protected => {
-                            "in safety.protect_ids (--force overrides)".to_string()
-                        }
-                        KeepReason::TooYoung { .. } => {
-                            "deleted more recently than safety.min_age (--force overrides)"
-                                .to_string()
-                        }
-                        _ => "its deletion time is unknown (--force overrides)".to_string(),
-                    };
-                    results.push(IdResult {
-                        id: *id,
-                        outcome: "not_sent".into(),
-                        detail: Some(why),
-                    });
-                }
-            }
-        }
-    }
+        listed_selection(ctx, &wanted, &settings, now).await?
+    };
+    let ManualSelection {
+        records,
+        selected,
+        listed,
+        refused,
+    } = chosen;
     store.record_decisions(run, &records).await?;
-    let refused: Vec<TicketId> = results.iter().map(|r| r.id).collect();
+    let refused_ids: Vec<TicketId> = refused.iter().map(|r| r.id).collect();
     store
         .record_outcomes(
             run,
             None,
-            &refused,
+            &refused_ids,
             Outcome::NotSent,
             Some("refused by a keep rule, the safety floor, or not soft-deleted"),
             Utc::now(),
         )
         .await?;
+    let mut results = refused;
+    let mut counts = RunCounts {
+        scanned: records.len() as u64,
+        matched: selected.len() as u64,
+        ..RunCounts::default()
+    };
     if dry_run {
         // recorded as would_purge; nothing is sent
-        for id in &selected {
-            results.push(IdResult {
-                id: *id,
-                outcome: "would_purge".into(),
-                detail: Some(
-                    "dry run (safety.dry_run = true): nothing sent; pass --live to purge".into(),
-                ),
-            });
-        }
+        results.extend(selected.iter().map(|id| IdResult {
+            id: *id,
+            outcome: "would_purge".into(),
+            detail: Some(
+                "dry run (safety.dry_run = true): nothing sent; pass --live to purge".into(),
+            ),
+        }));
         results.sort_by_key(|r| r.id);
-        let counts = RunCounts {
-            scanned: records.len() as u64,
-            matched: selected.len() as u64,
-            ..RunCounts::default()
-        };
         store
             .finish_run(run, RunStatus::Completed, &counts, None, Utc::now())
             .await?;
@@ -540,8 +596,35 @@ pub async fn purge(
         })
         .collect();
     let tally = send_and_follow(ctx, run, releases).await;
-    // read back each sent id's outcome as recorded
-    for id in &selected {
+    results.extend(outcomes_of(store, run, &selected).await?);
+    results.sort_by_key(|r| r.id);
+    counts.purged = tally.purged;
+    counts.failed = tally.failed;
+    counts.unknown = tally.unknown;
+    let ok = tally.failed == 0 && tally.fatal.is_none();
+    let error = tally
+        .fatal
+        .clone()
+        .or_else(|| (!ok).then(|| format!("{} tickets could not be purged", tally.failed)));
+    let status = if ok {
+        RunStatus::Completed
+    } else {
+        RunStatus::Failed
+    };
+    store
+        .finish_run(run, status, &counts, error.as_deref(), Utc::now())
+        .await?;
+    Ok((run, results))
+}
+
+/// Each id's outcome in `run`, read back as recorded.
+async fn outcomes_of(
+    store: &AuditStore,
+    run: i64,
+    ids: &[TicketId],
+) -> anyhow::Result<Vec<IdResult>> {
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
         let history = store.ticket_history(*id).await?;
         let last = history
             .iter()
@@ -553,34 +636,7 @@ pub async fn purge(
             detail: last.and_then(|e| e.detail.clone()),
         });
     }
-    results.sort_by_key(|r| r.id);
-    let counts = RunCounts {
-        scanned: records.len() as u64,
-        matched: selected.len() as u64,
-        purged: tally.purged,
-        failed: tally.failed,
-        unknown: tally.unknown,
-        ..RunCounts::default()
-    };
-    let ok = tally.failed == 0 && tally.fatal.is_none();
-    let error = tally
-        .fatal
-        .clone()
-        .or_else(|| (!ok).then(|| format!("{} tickets could not be purged", tally.failed)));
-    store
-        .finish_run(
-            run,
-            if ok {
-                RunStatus::Completed
-            } else {
-                RunStatus::Failed
-            },
-            &counts,
-            error.as_deref(),
-            Utc::now(),
-        )
-        .await?;
-    Ok((run, results))
+    Ok(results)
 }
 
 /// One change a config would make to the ledger's decisions.

@@ -231,6 +231,84 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     out
 }
 
+/// Prints rows as JSON (one array), as CSV ([`csv_rows`]), or for people
+/// through `people`, which prints its own table.
+pub fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    format: TableFormat,
+    people: impl FnOnce(&[T]),
+) -> anyhow::Result<()> {
+    match format {
+        TableFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
+        TableFormat::Csv => print!("{}", csv_rows(rows)?),
+        TableFormat::Table => people(rows),
+    }
+    Ok(())
+}
+
+/// One ticket as `list` prints it, the columns in this order.
+#[derive(Debug, serde::Serialize)]
+pub struct ListedTicketRow {
+    pub id: u64,
+    pub deleted_at: Option<String>,
+    pub actor_id: Option<u64>,
+    pub actor_name: Option<String>,
+    pub previous_state: Option<String>,
+    pub subject: Option<String>,
+}
+
+impl ListedTicketRow {
+    pub fn of(t: &crate::zendesk::DeletedTicket) -> Self {
+        let actor = t.actor.as_ref();
+        ListedTicketRow {
+            id: t.id,
+            deleted_at: t.deleted_at.map(|d| d.to_rfc3339()),
+            actor_id: actor.and_then(|a| a.id),
+            actor_name: actor.and_then(|a| a.name.clone()),
+            previous_state: t.previous_state.clone(),
+            subject: t.subject.clone(),
+        }
+    }
+}
+
+/// `list`'s table.
+pub fn tickets_table(tickets: &[ListedTicketRow]) -> Table {
+    let mut t = table(&[
+        "id",
+        "deleted at",
+        "deleted by",
+        "previous state",
+        "subject",
+    ]);
+    for r in tickets {
+        t.add_row([
+            r.id.to_string(),
+            r.deleted_at
+                .as_deref()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+                .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+                .unwrap_or_else(|| "?".into()),
+            r.actor_name
+                .clone()
+                .or(r.actor_id.map(|i| i.to_string()))
+                .unwrap_or_default(),
+            r.previous_state.clone().unwrap_or_default(),
+            r.subject.clone().unwrap_or_else(|| "(none)".into()),
+        ]);
+    }
+    t
+}
+
+/// A manual command's result per id, for people: one line each.
+pub fn id_results_lines(results: &[crate::manual::IdResult]) {
+    for r in results {
+        match &r.detail {
+            Some(d) => println!("{} {}: {d}", r.id, r.outcome),
+            None => println!("{} {}", r.id, r.outcome),
+        }
+    }
+}
+
 /// Rows as CSV through the `csv` crate: the columns in the order the row
 /// type declares its fields (for stored rows, the schema's order), the
 /// header once, quoting as RFC 4180 asks. No rows: no output.

@@ -414,13 +414,6 @@ pub enum ProbeFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
-    Csv,
-}
-
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[arg(long, value_enum)]
@@ -430,8 +423,8 @@ pub struct ListArgs {
     /// Stop after this many tickets.
     #[arg(long)]
     pub limit: Option<usize>,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-    pub format: OutputFormat,
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
     /// Use offset pagination (stops at 10,000 tickets) instead of cursors.
     #[arg(long)]
     pub offset: bool,

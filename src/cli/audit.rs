@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::audit::SearchFilter;
-use crate::report::{csv_rows, table};
+use crate::report::{csv_rows, print_rows, table};
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
     let path = match &target.database {
@@ -66,35 +66,31 @@ async fn runs(
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
     let runs = store.runs(since, limit).await?;
-    match target.format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
-        TableFormat::Csv => print!("{}", csv_rows(&runs)?),
-        TableFormat::Table => {
-            let mut t = table(&[
-                "run", "trigger", "started", "mode", "status", "scanned", "matched", "purged",
-                "failed", "unknown",
+    print_rows(&runs, target.format, |_| {
+        let mut t = table(&[
+            "run", "trigger", "started", "mode", "status", "scanned", "matched", "purged",
+            "failed", "unknown",
+        ]);
+        for r in &runs {
+            t.add_row(vec![
+                r.id.to_string(),
+                r.trigger.to_string(),
+                r.started_at.clone(),
+                if r.dry_run {
+                    "dry run".into()
+                } else {
+                    "live".into()
+                },
+                r.status.to_string(),
+                r.scanned.to_string(),
+                r.matched.to_string(),
+                r.purged.to_string(),
+                r.failed.to_string(),
+                r.unknown.to_string(),
             ]);
-            for r in &runs {
-                t.add_row(vec![
-                    r.id.to_string(),
-                    r.trigger.to_string(),
-                    r.started_at.clone(),
-                    if r.dry_run {
-                        "dry run".into()
-                    } else {
-                        "live".into()
-                    },
-                    r.status.to_string(),
-                    r.scanned.to_string(),
-                    r.matched.to_string(),
-                    r.purged.to_string(),
-                    r.failed.to_string(),
-                    r.unknown.to_string(),
-                ]);
-            }
-            println!("{t}");
         }
-    }
+        println!("{t}");
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -270,29 +266,25 @@ async fn search(
         limit,
     };
     let rows = store.search(&filter).await?;
-    match target.format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        TableFormat::Csv => print!("{}", csv_rows(&rows)?),
-        TableFormat::Table => {
-            let mut t = table(&[
-                "decided", "run", "ticket", "decision", "rule", "actor", "outcome", "detail",
+    print_rows(&rows, target.format, |_| {
+        let mut t = table(&[
+            "decided", "run", "ticket", "decision", "rule", "actor", "outcome", "detail",
+        ]);
+        for r in &rows {
+            t.add_row(vec![
+                r.at.clone(),
+                r.run_id.to_string(),
+                r.ticket_id.to_string(),
+                r.decision.clone(),
+                r.rule.clone().unwrap_or_default(),
+                r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
+                r.outcome.clone().unwrap_or_default(),
+                r.detail.clone().unwrap_or_default(),
             ]);
-            for r in &rows {
-                t.add_row(vec![
-                    r.at.clone(),
-                    r.run_id.to_string(),
-                    r.ticket_id.to_string(),
-                    r.decision.clone(),
-                    r.rule.clone().unwrap_or_default(),
-                    r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
-                    r.outcome.clone().unwrap_or_default(),
-                    r.detail.clone().unwrap_or_default(),
-                ]);
-            }
-            println!("{t}");
-            eprintln!("{} rows (at most --limit {limit})", rows.len());
         }
-    }
+        println!("{t}");
+        eprintln!("{} rows (at most --limit {limit})", rows.len());
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -489,30 +481,26 @@ async fn stats(
             } else {
                 store.stats_by_outcome(since).await?
             };
-            match target.format {
-                TableFormat::Csv => print!("{}", csv_rows(&rows)?),
-                TableFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                TableFormat::Table => {
-                    let header: &[&str] = if by == StatsBy::Rule {
-                        &["rule", "decision", "tickets"]
+            print_rows(&rows, target.format, |_| {
+                let header: &[&str] = if by == StatsBy::Rule {
+                    &["rule", "decision", "tickets"]
+                } else {
+                    &["outcome", "", "tickets"]
+                };
+                let mut t = table(header);
+                for r in &rows {
+                    if by == StatsBy::Rule {
+                        t.add_row(vec![
+                            r.rule.clone().unwrap_or_else(|| "(none)".into()),
+                            r.key.clone(),
+                            r.count.to_string(),
+                        ]);
                     } else {
-                        &["outcome", "", "tickets"]
-                    };
-                    let mut t = table(header);
-                    for r in &rows {
-                        if by == StatsBy::Rule {
-                            t.add_row(vec![
-                                r.rule.clone().unwrap_or_else(|| "(none)".into()),
-                                r.key.clone(),
-                                r.count.to_string(),
-                            ]);
-                        } else {
-                            t.add_row(vec![r.key.clone(), String::new(), r.count.to_string()]);
-                        }
+                        t.add_row(vec![r.key.clone(), String::new(), r.count.to_string()]);
                     }
-                    println!("{t}");
                 }
-            }
+                println!("{t}");
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -526,29 +514,25 @@ async fn ticket(
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
     let events = store.ticket_history(ticket_id).await?;
-    match target.format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(&events)?),
-        TableFormat::Csv => print!("{}", csv_rows(&events)?),
-        TableFormat::Table => {
-            if events.is_empty() {
-                println!("ticket {ticket_id}: nothing recorded");
-            } else {
-                let mut t = table(&["at", "run", "event", "what", "rule", "job", "detail"]);
-                for e in &events {
-                    t.add_row(vec![
-                        e.at.clone(),
-                        e.run_id.to_string(),
-                        e.kind.clone(),
-                        e.what.clone(),
-                        e.rule.clone().unwrap_or_default(),
-                        e.job.clone().unwrap_or_default(),
-                        e.detail.clone().unwrap_or_default(),
-                    ]);
-                }
-                println!("ticket {ticket_id}");
-                println!("{t}");
+    print_rows(&events, target.format, |_| {
+        if events.is_empty() {
+            println!("ticket {ticket_id}: nothing recorded");
+        } else {
+            let mut t = table(&["at", "run", "event", "what", "rule", "job", "detail"]);
+            for e in &events {
+                t.add_row(vec![
+                    e.at.clone(),
+                    e.run_id.to_string(),
+                    e.kind.clone(),
+                    e.what.clone(),
+                    e.rule.clone().unwrap_or_default(),
+                    e.job.clone().unwrap_or_default(),
+                    e.detail.clone().unwrap_or_default(),
+                ]);
             }
+            println!("ticket {ticket_id}");
+            println!("{t}");
         }
-    }
+    })?;
     Ok(ExitCode::SUCCESS)
 }

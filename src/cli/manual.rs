@@ -1,6 +1,7 @@
 //! What an operator does by hand: `list`, `plan`, `restore`, `purge`.
 
 use super::*;
+use crate::report::{ListedTicketRow, id_results_lines, print_rows, tickets_table};
 
 pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
@@ -30,11 +31,10 @@ pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Res
     }
     bar.finish_and_clear();
     let stats = client.stats();
-    match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&tickets)?),
-        OutputFormat::Csv => print!("{}", tickets_csv(&tickets)),
-        OutputFormat::Table => println!("{}", tickets_table(&tickets)),
-    }
+    let rows: Vec<ListedTicketRow> = tickets.iter().map(ListedTicketRow::of).collect();
+    print_rows(&rows, args.format, |rows| {
+        println!("{}", tickets_table(rows))
+    })?;
     eprintln!(
         "{} tickets in {} requests ({} rate-limited, {} retries) in {:.1}s",
         tickets.len(),
@@ -44,59 +44,6 @@ pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Res
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-pub(super) fn tickets_csv(tickets: &[DeletedTicket]) -> String {
-    let mut out = String::from("id,deleted_at,actor_id,actor_name,previous_state,subject\n");
-    for t in tickets {
-        let actor = t.actor.as_ref();
-        let row = [
-            t.id.to_string(),
-            t.deleted_at.map(|d| d.to_rfc3339()).unwrap_or_default(),
-            actor
-                .and_then(|a| a.id)
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            actor.and_then(|a| a.name.clone()).unwrap_or_default(),
-            t.previous_state.clone().unwrap_or_default(),
-            t.subject.clone().unwrap_or_default(),
-        ];
-        out.push_str(
-            &row.iter()
-                .map(|f| csv_field(f))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push('\n');
-    }
-    out
-}
-
-pub(super) fn tickets_table(tickets: &[DeletedTicket]) -> comfy_table::Table {
-    let mut table = comfy_table::Table::new();
-    table.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header([
-        "id",
-        "deleted at",
-        "deleted by",
-        "previous state",
-        "subject",
-    ]);
-    for t in tickets {
-        let actor = t.actor.as_ref();
-        table.add_row([
-            t.id.to_string(),
-            t.deleted_at
-                .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
-                .unwrap_or_else(|| "?".into()),
-            actor
-                .and_then(|a| a.name.clone().or(a.id.map(|i| i.to_string())))
-                .unwrap_or_default(),
-            t.previous_state.clone().unwrap_or_default(),
-            t.subject.clone().unwrap_or_else(|| "(none)".into()),
-        ]);
-    }
-    table
 }
 
 /// A cycle context for manual commands: the config, its client and store.
@@ -217,29 +164,7 @@ pub(super) fn print_results(
     results: &[crate::manual::IdResult],
     format: TableFormat,
 ) -> anyhow::Result<()> {
-    match format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(results)?),
-        TableFormat::Csv => {
-            println!("id,outcome,detail");
-            for r in results {
-                println!(
-                    "{},{},{}",
-                    r.id,
-                    r.outcome,
-                    csv_field(r.detail.as_deref().unwrap_or(""))
-                );
-            }
-        }
-        TableFormat::Table => {
-            for r in results {
-                match &r.detail {
-                    Some(d) => println!("{} {}: {d}", r.id, r.outcome),
-                    None => println!("{} {}", r.id, r.outcome),
-                }
-            }
-        }
-    }
-    Ok(())
+    print_rows(results, format, id_results_lines)
 }
 
 pub(super) async fn restore(

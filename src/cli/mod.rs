@@ -117,14 +117,6 @@ fn progress_spinner(message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-pub(crate) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
     AuditStore::open(&config.audit.database).await
 }

@@ -469,6 +469,22 @@ fn report_of(
     }
 }
 
+/// What went wrong in a run, each in a sentence: a run with none completed.
+fn errors_of(run: RunId, scan: &ScanResult, tally: &Tally) -> Vec<String> {
+    let mut errors: Vec<String> = [&scan.error, &tally.fatal, &tally.freshness_failed]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if tally.failed > 0 {
+        errors.push(format!(
+            "{} tickets could not be purged (zd-retention audit run {run} shows why)",
+            tally.failed
+        ));
+    }
+    errors
+}
+
 /// Runs one cycle to its end and records it. `Err` only when the audit
 /// store itself fails; a failed run is an `Ok` report with status `failed`.
 pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<CycleReport> {
@@ -547,22 +563,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
 
     let (settled, settle_requests) = settle_walk(ctx, run, &scan).await?;
 
-    let mut errors = Vec::new();
-    if let Some(e) = &scan.error {
-        errors.push(e.clone());
-    }
-    if let Some(e) = &tally.fatal {
-        errors.push(e.clone());
-    }
-    if let Some(e) = &tally.freshness_failed {
-        errors.push(e.clone());
-    }
-    if tally.failed > 0 {
-        errors.push(format!(
-            "{} tickets could not be purged (zd-retention audit run {run} shows why)",
-            tally.failed
-        ));
-    }
+    let mut errors = errors_of(run, &scan, &tally);
     let pruned = prune_if_clean(ctx, &mut errors).await;
     let status = if ctx.cancel.is_cancelled() {
         RunStatus::Interrupted

@@ -197,6 +197,20 @@ impl Step {
             Self::Reconcile => ListOptions::default(),
         }
     }
+
+    /// Whether the walk may stop after `page`: a backlog once a whole page
+    /// is younger than the horizon, a refresh below its mark.
+    fn stops_at(self, page: &crate::zendesk::DeletedTicketsPage, now: DateTime<Utc>) -> bool {
+        match self {
+            Self::Backlog { horizon } => crate::listing::reaches_horizon(page, horizon, now),
+            Self::Refresh { down_to } => page
+                .tickets
+                .last()
+                .and_then(|t| t.deleted_at)
+                .is_some_and(|d| d < down_to),
+            Self::Reconcile => false,
+        }
+    }
 }
 
 /// The listing a run makes, and why.
@@ -480,6 +494,15 @@ fn decide_page(
 }
 
 impl ScanResult {
+    /// A sorted step that cannot prove its order falls back to walking the
+    /// whole view.
+    fn walk_everything(&mut self, why: &str) {
+        tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
+        self.step = Step::Reconcile;
+        self.scan = "full";
+        self.scan_reason = format!("{why}: the whole view is walked");
+    }
+
     fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
         ScanResult {
             scanned: 0,
@@ -546,25 +569,8 @@ pub(super) async fn scan(
     let mut first_page = true;
 
     loop {
-        let page = tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => {
-                result.cancelled = true;
-                break;
-            }
-            page = async {
-                let _turn = gate.turn.lock().await;
-                pages.next().await
-            } => page,
-        };
-        let page = match page {
-            None => break,
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "listing failed; the scan stops here");
-                result.error = Some(format!("listing deleted tickets failed: {e}"));
-                break;
-            }
+        let Some(page) = next_page(ctx, gate, &mut pages, &mut result).await else {
+            break;
         };
         if let Some(direction) = step.sorted() {
             let fall_back = check_sorted_page(
@@ -579,32 +585,16 @@ pub(super) async fn scan(
             )
             .await;
             if let Some(why) = fall_back {
-                tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
                 step = Step::Reconcile;
-                result.step = step;
-                result.scan = "full";
-                result.scan_reason = format!("{why}: the whole view is walked");
+                result.walk_everything(&why);
                 pages = ctx.client.list_deleted(step.list_options());
                 continue;
             }
         }
-        // Ages are read off this host's clock: a clock far from Zendesk's
-        // (its Date header) would purge tickets younger than min_age.
-        if let Err(message) = clock_trusted(&ctx.client, settings.clock_skew) {
+        if let Err(message) = page_may_be_decided(ctx, &page, &mut result) {
             tracing::error!("{message}");
             result.error = Some(message);
             break;
-        }
-        if page.tickets.is_empty() && page.has_more {
-            result.empty_pages += 1;
-            if result.empty_pages > 3 {
-                let message = "the listing keeps answering empty pages that say there is more: the walk stops".to_string();
-                tracing::error!("{message}");
-                result.error = Some(message);
-                break;
-            }
-        } else {
-            result.empty_pages = 0;
         }
         let now = Utc::now();
         let not_effective = decide_page(
@@ -617,15 +607,7 @@ pub(super) async fn scan(
             &in_flight,
         );
         pages_since_release += 1;
-        let stop = match step {
-            Step::Backlog { horizon } => crate::listing::reaches_horizon(&page, horizon, now),
-            Step::Refresh { down_to } => page
-                .tickets
-                .last()
-                .and_then(|t| t.deleted_at)
-                .is_some_and(|d| d < down_to),
-            Step::Reconcile => false,
-        };
+        let stop = step.stops_at(&page, now);
         let release = pipelining
             && !sending_stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
@@ -634,68 +616,18 @@ pub(super) async fn scan(
         {
             // Write-ahead: the decisions are on disk before any of these ids
             // can be sent.
-            result.decisions_recorded += walk.unflushed.len() as u64;
-            store.record_decisions(run, &walk.unflushed).await?;
-            walk.unflushed.clear();
-            store.ledger_touch(&walk.touched, now).await?;
-            walk.touched.clear();
+            flush_decisions(store, run, &mut walk, &mut result, now).await?;
             last_flush = Instant::now();
         }
-        for (id, prior) in not_effective {
-            let (outcome, detail) = if prior == LedgerState::Purged {
-                (
-                    Outcome::NotEffective,
-                    "reported purged earlier but listed again; decided again",
-                )
-            } else {
-                (
-                    Outcome::StillPresent,
-                    "outcome was unknown; listed again and decided again",
-                )
-            };
-            if prior == LedgerState::Purged {
-                result.not_effective += 1;
-                tracing::warn!(
-                    ticket = id,
-                    "a ticket reported purged is still listed; it is decided and purged again"
-                );
-            }
-            // its decision first: the outcome then finds its row
-            result.decisions_recorded += walk.unflushed.len() as u64;
-            store.record_decisions(run, &walk.unflushed).await?;
-            walk.unflushed.clear();
-            store
-                .record_outcomes(run, None, &[id], outcome, Some(detail), now)
-                .await?;
-        }
+        record_relisted(store, run, &mut walk, &mut result, not_effective, now).await?;
         if release {
             pages_since_release = 0;
-            if !pipeline_release(
-                ctx,
-                run,
-                &mut walk.selection,
-                &mut result,
+            let sending = SendState {
                 batches,
-                &mut queued,
-                &mut sending_stopped,
-                false,
-            )
-            .await?
-            {
-                // the purge worker is gone (an error or a shutdown): the
-                // walk did not finish, and the rest is not sent
-                result
-                    .error
-                    .get_or_insert_with(|| "purging stopped before the scan finished".to_string());
-                let rest = walk.selection.take_sendable();
-                record_not_sent(
-                    store,
-                    run,
-                    &mut result,
-                    &rest,
-                    "purging stopped after an error",
-                )
-                .await?;
+                queued: &mut queued,
+                stopped: &mut sending_stopped,
+            };
+            if !release_while_walking(ctx, run, &mut walk, &mut result, sending).await? {
                 break;
             }
         }
@@ -706,10 +638,7 @@ pub(super) async fn scan(
         }
     }
     drop(pages);
-    result.decisions_recorded += walk.unflushed.len() as u64;
-    store.record_decisions(run, &walk.unflushed).await?;
-    store.ledger_touch(&walk.touched, Utc::now()).await?;
-    walk.touched.clear();
+    flush_decisions(store, run, &mut walk, &mut result, Utc::now()).await?;
 
     close_walk(ctx, run, marks, ledger, &in_flight, &mut walk, &mut result).await?;
     hand_over(
@@ -723,6 +652,163 @@ pub(super) async fn scan(
         &mut sending_stopped,
     )
     .await
+}
+
+/// The walk's next page, or `None` when the walk ends: at the listing's
+/// end, on a cancel, or on a listing error (both recorded in `result`).
+async fn next_page(
+    ctx: &CycleContext,
+    gate: &ListingGate,
+    pages: &mut futures::stream::BoxStream<
+        'static,
+        Result<crate::zendesk::DeletedTicketsPage, crate::zendesk::ZendeskError>,
+    >,
+    result: &mut ScanResult,
+) -> Option<crate::zendesk::DeletedTicketsPage> {
+    let page = tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => {
+            result.cancelled = true;
+            return None;
+        }
+        page = async {
+            let _turn = gate.turn.lock().await;
+            pages.next().await
+        } => page,
+    };
+    match page? {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "listing failed; the scan stops here");
+            result.error = Some(format!("listing deleted tickets failed: {e}"));
+            None
+        }
+    }
+}
+
+/// Where a walk hands its selection on for sending.
+struct SendState<'a> {
+    batches: &'a mpsc::Sender<Release>,
+    queued: &'a mut u64,
+    stopped: &'a mut bool,
+}
+
+/// Hands the selection so far on for sending while the walk goes on.
+/// `false` when the purge worker is gone (an error or a shutdown): the walk
+/// did not finish, and the rest is recorded as not sent.
+async fn release_while_walking(
+    ctx: &CycleContext,
+    run: RunId,
+    walk: &mut WalkState,
+    result: &mut ScanResult,
+    sending: SendState<'_>,
+) -> anyhow::Result<bool> {
+    let SendState {
+        batches,
+        queued,
+        stopped,
+    } = sending;
+    if pipeline_release(
+        ctx,
+        run,
+        &mut walk.selection,
+        result,
+        batches,
+        queued,
+        stopped,
+        false,
+    )
+    .await?
+    {
+        return Ok(true);
+    }
+    result
+        .error
+        .get_or_insert_with(|| "purging stopped before the scan finished".to_string());
+    let rest = walk.selection.take_sendable();
+    let why = "purging stopped after an error";
+    record_not_sent(&ctx.store, run, result, &rest, why).await?;
+    Ok(false)
+}
+
+/// Whether a page may be decided at all: ages are read off this host's
+/// clock, and a clock far from Zendesk's (its Date header) would purge
+/// tickets younger than `min_age`; a listing that keeps answering empty
+/// pages that say there is more never ends.
+fn page_may_be_decided(
+    ctx: &CycleContext,
+    page: &crate::zendesk::DeletedTicketsPage,
+    result: &mut ScanResult,
+) -> Result<(), String> {
+    clock_trusted(&ctx.client, ctx.settings.clock_skew)?;
+    if page.tickets.is_empty() && page.has_more {
+        result.empty_pages += 1;
+        if result.empty_pages > 3 {
+            return Err(
+                "the listing keeps answering empty pages that say there is more: the walk stops"
+                    .to_string(),
+            );
+        }
+    } else {
+        result.empty_pages = 0;
+    }
+    Ok(())
+}
+
+/// Writes the walk's pending decisions and ledger sightings.
+async fn flush_decisions(
+    store: &AuditStore,
+    run: RunId,
+    walk: &mut WalkState,
+    result: &mut ScanResult,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    result.decisions_recorded += walk.unflushed.len() as u64;
+    store.record_decisions(run, &walk.unflushed).await?;
+    walk.unflushed.clear();
+    store.ledger_touch(&walk.touched, now).await?;
+    walk.touched.clear();
+    Ok(())
+}
+
+/// Tickets listed again after a purge or an unknown outcome: their new
+/// decision first, so that the outcome finds its row.
+async fn record_relisted(
+    store: &AuditStore,
+    run: RunId,
+    walk: &mut WalkState,
+    result: &mut ScanResult,
+    relisted: Vec<(TicketId, LedgerState)>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    for (id, prior) in relisted {
+        let (outcome, detail) = if prior == LedgerState::Purged {
+            (
+                Outcome::NotEffective,
+                "reported purged earlier but listed again; decided again",
+            )
+        } else {
+            (
+                Outcome::StillPresent,
+                "outcome was unknown; listed again and decided again",
+            )
+        };
+        if prior == LedgerState::Purged {
+            result.not_effective += 1;
+            tracing::warn!(
+                ticket = id,
+                "a ticket reported purged is still listed; it is decided and purged again"
+            );
+        }
+        // its decision first: the outcome then finds its row
+        result.decisions_recorded += walk.unflushed.len() as u64;
+        store.record_decisions(run, &walk.unflushed).await?;
+        walk.unflushed.clear();
+        store
+            .record_outcomes(run, None, &[id], outcome, Some(detail), now)
+            .await?;
+    }
+    Ok(())
 }
 
 /// After the listing: a sorted walk read to its end counts as a whole

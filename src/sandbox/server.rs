@@ -16,7 +16,9 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::state::{JobView, LoggedRequest, Position, Quotas, SandboxTicket, SortKey, State};
+use super::state::{
+    Budget, JobView, LoggedRequest, Position, Quotas, SandboxTicket, SortKey, State,
+};
 use super::{CursorSort, SandboxAuth};
 
 #[derive(Clone)]
@@ -750,79 +752,11 @@ async fn handle(
                 json!({"error": "Couldn't authenticate you"}),
             )
         } else if let Some(route) = &route {
-            let list = match route {
-                Route::List => Some(ListRequest::parse(&query, state.cursor_sort())),
-                _ => None,
-            };
-            match list {
-                Some(Err(answer)) => answer,
-                list => {
-                    let list = list.and_then(Result::ok);
-                    let quotas = match &list {
-                        Some(l) if l.page_number() > 100 => Quotas::ListDeep,
-                        Some(_) => Quotas::List,
-                        None => Quotas::Account,
-                    };
-                    let spent = state.spend(quotas, now);
-                    let allowed = spent.allowed;
-                    let retry_after = spent.retry_after;
-                    budget = Some(spent);
-                    let mut faults = state.faults().clone();
-                    if !faults.endpoints.is_empty()
-                        && !faults.endpoints.iter().any(|e| e == route.label())
-                    {
-                        faults = super::Faults::default();
-                    }
-                    if !allowed {
-                        Answer::too_many(retry_after)
-                    } else if state.chance(faults.rate_limits) {
-                        log.fault = Some("rate_limit");
-                        Answer::too_many(Duration::from_secs(1))
-                    } else if state.chance(faults.server_errors) {
-                        log.fault = Some("server_error");
-                        let status = [
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            StatusCode::BAD_GATEWAY,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                        ][(state.requests_seen % 3) as usize];
-                        Answer {
-                            status,
-                            body: format!(
-                                "<html><body><h1>{status}</h1><p>Something went wrong (sandbox fault).</p></body></html>"
-                            ),
-                            content_type: "text/html; charset=utf-8",
-                            retry_after: None,
-                        }
-                    } else {
-                        if state.chance(faults.slow) {
-                            log.fault = Some("slow");
-                            slow = Some(faults.slow_delay);
-                        }
-                        let (answer, ids) =
-                            serve_route(&mut state, route, &query, list.as_ref(), &base, now);
-                        if !ids.is_empty() {
-                            log.ids = ids;
-                        }
-                        if matches!(route, Route::Destroy(_) | Route::DestroyMany)
-                            && answer.status == StatusCode::OK
-                        {
-                            log.job_id = serde_json::from_str::<Value>(&answer.body)
-                                .ok()
-                                .and_then(|v| v["job_status"]["id"].as_str().map(str::to_string));
-                        }
-                        if answer.status == StatusCode::OK {
-                            if state.chance(faults.drops) {
-                                log.fault = Some("drop");
-                                late = LateFault::Drop;
-                            } else if state.chance(faults.malformed) {
-                                log.fault = Some("malformed");
-                                late = LateFault::Malformed;
-                            }
-                        }
-                        answer
-                    }
-                }
-            }
+            let routed = answer_route(&mut state, route, &query, &base, now, &mut log);
+            budget = routed.budget;
+            late = routed.late;
+            slow = routed.slow;
+            routed.answer
         } else {
             Answer::json(
                 StatusCode::NOT_FOUND,
@@ -842,6 +776,111 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
 
+    respond(answer, late, budget, scale)
+}
+
+/// What the sandbox answers a request on a known route, and how: the quota
+/// it spent and the faults it plays.
+struct Routed {
+    answer: Answer,
+    budget: Option<Budget>,
+    late: LateFault,
+    slow: Option<Duration>,
+}
+
+fn answer_route(
+    state: &mut State,
+    route: &Route,
+    query: &HashMap<String, String>,
+    base: &str,
+    now: Instant,
+    log: &mut LoggedRequest,
+) -> Routed {
+    let mut budget = None;
+    let mut late = LateFault::None;
+    let mut slow = None;
+    let list = match route {
+        Route::List => Some(ListRequest::parse(query, state.cursor_sort())),
+        _ => None,
+    };
+    let answer = match list {
+        Some(Err(answer)) => answer,
+        list => {
+            let list = list.and_then(Result::ok);
+            let quotas = match &list {
+                Some(l) if l.page_number() > 100 => Quotas::ListDeep,
+                Some(_) => Quotas::List,
+                None => Quotas::Account,
+            };
+            let spent = state.spend(quotas, now);
+            let allowed = spent.allowed;
+            let retry_after = spent.retry_after;
+            budget = Some(spent);
+            let mut faults = state.faults().clone();
+            if !faults.endpoints.is_empty() && !faults.endpoints.iter().any(|e| e == route.label())
+            {
+                faults = super::Faults::default();
+            }
+            if !allowed {
+                Answer::too_many(retry_after)
+            } else if state.chance(faults.rate_limits) {
+                log.fault = Some("rate_limit");
+                Answer::too_many(Duration::from_secs(1))
+            } else if state.chance(faults.server_errors) {
+                log.fault = Some("server_error");
+                let status = [
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    StatusCode::BAD_GATEWAY,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ][(state.requests_seen % 3) as usize];
+                Answer {
+                    status,
+                    body: format!(
+                        "<html><body><h1>{status}</h1><p>Something went wrong (sandbox fault).</p></body></html>"
+                    ),
+                    content_type: "text/html; charset=utf-8",
+                    retry_after: None,
+                }
+            } else {
+                if state.chance(faults.slow) {
+                    log.fault = Some("slow");
+                    slow = Some(faults.slow_delay);
+                }
+                let (answer, ids) = serve_route(state, route, query, list.as_ref(), base, now);
+                if !ids.is_empty() {
+                    log.ids = ids;
+                }
+                if matches!(route, Route::Destroy(_) | Route::DestroyMany)
+                    && answer.status == StatusCode::OK
+                {
+                    log.job_id = serde_json::from_str::<Value>(&answer.body)
+                        .ok()
+                        .and_then(|v| v["job_status"]["id"].as_str().map(str::to_string));
+                }
+                if answer.status == StatusCode::OK {
+                    if state.chance(faults.drops) {
+                        log.fault = Some("drop");
+                        late = LateFault::Drop;
+                    } else if state.chance(faults.malformed) {
+                        log.fault = Some("malformed");
+                        late = LateFault::Malformed;
+                    }
+                }
+                answer
+            }
+        }
+    };
+    Routed {
+        answer,
+        budget,
+        late,
+        slow,
+    }
+}
+
+/// The HTTP response for an answer: a late fault cuts its body; the rate
+/// limit headers tell the quota spent.
+fn respond(answer: Answer, late: LateFault, budget: Option<Budget>, scale: f64) -> Response {
     let body = match late {
         LateFault::None => Body::from(answer.body),
         LateFault::Malformed => {

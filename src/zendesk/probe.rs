@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::client::ZendeskClient;
 use super::error::ZendeskError;
-use super::model::{JobStatusesEnvelope, RawDeletedTicketsPage, body_shape};
+use super::model::{JobStatusesEnvelope, RawDeletedTicketsPage, TicketId, body_shape};
 
 /// How one listing reads `sort_by=deleted_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -159,7 +159,6 @@ fn sort_finding(asc: &Result<Page, String>, desc: &Result<Page, String>) -> Sort
 pub async fn probe(client: &ZendeskClient) -> ProbeFindings {
     let mut headers_seen = BTreeSet::new();
     let mut limit = None;
-    let mut advice = Vec::new();
 
     let (credentials, role) = match client.current_user().await {
         Ok(user) => ("ok".to_string(), user.role),
@@ -172,77 +171,39 @@ pub async fn probe(client: &ZendeskClient) -> ProbeFindings {
         note_headers(&headers, &mut headers_seen, &mut limit);
     }
 
-    let cursor_asc = list_page(
-        client,
-        &[
+    let cursor_query = |order| {
+        [
             ("page[size]", "100"),
             ("sort_by", "deleted_at"),
-            ("sort_order", "asc"),
-        ],
-        &mut headers_seen,
-        &mut limit,
-    )
-    .await;
-    let cursor_desc_query = [
-        ("page[size]", "100"),
-        ("sort_by", "deleted_at"),
-        ("sort_order", "desc"),
-    ];
-    let cursor_desc = list_page(client, &cursor_desc_query, &mut headers_seen, &mut limit).await;
+            ("sort_order", order),
+        ]
+    };
+    let cursor_asc = list_page(client, &cursor_query("asc"), &mut headers_seen, &mut limit).await;
+    let cursor_desc = list_page(client, &cursor_query("desc"), &mut headers_seen, &mut limit).await;
     let cursor_sort = sort_finding(&cursor_asc, &cursor_desc);
 
     // the second cursor page, through links.next as a client follows it
-    let mut cursor_later_page_in_order = None;
-    let mut cursor_next_link_keeps_sort = None;
-    if let Ok(first) = &cursor_asc
-        && first.page.meta.as_ref().is_some_and(|m| m.has_more)
-        && let Some(next) = first.page.links.as_ref().and_then(|l| l.next.clone())
-        && let Ok(url) = url::Url::parse(&next)
-    {
-        cursor_next_link_keeps_sort = Some(url.query_pairs().any(|(k, _)| k == "sort_by"));
-        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        let query: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        if let Ok(second) = list_page(client, &query, &mut headers_seen, &mut limit).await
-            && let (Some(a), Some(b)) = (first.times(), second.times())
-        {
-            let joined: Vec<_> = a.iter().chain(b.iter()).collect();
-            cursor_later_page_in_order = Some(joined.windows(2).all(|w| w[0] <= w[1]));
-        }
-    }
+    let (cursor_later_page_in_order, cursor_next_link_keeps_sort) = match &cursor_asc {
+        Ok(first) => second_cursor_page(client, first, &mut headers_seen, &mut limit).await,
+        Err(_) => (None, None),
+    };
 
-    let offset_asc = list_page(
-        client,
-        &[
+    let offset_query = |order| {
+        [
             ("page", "1"),
             ("per_page", "100"),
             ("sort_by", "deleted_at"),
-            ("sort_order", "asc"),
-        ],
-        &mut headers_seen,
-        &mut limit,
-    )
-    .await;
-    let offset_desc = list_page(
-        client,
-        &[
-            ("page", "1"),
-            ("per_page", "100"),
-            ("sort_by", "deleted_at"),
-            ("sort_order", "desc"),
-        ],
-        &mut headers_seen,
-        &mut limit,
-    )
-    .await;
+            ("sort_order", order),
+        ]
+    };
+    let offset_asc = list_page(client, &offset_query("asc"), &mut headers_seen, &mut limit).await;
+    let offset_desc = list_page(client, &offset_query("desc"), &mut headers_seen, &mut limit).await;
     let offset_sort = sort_finding(&offset_asc, &offset_desc);
 
     // the newest-first page read again: a different page means agents at work
     let view_changed_during_probe = match (
         &cursor_desc,
-        list_page(client, &cursor_desc_query, &mut headers_seen, &mut limit).await,
+        list_page(client, &cursor_query("desc"), &mut headers_seen, &mut limit).await,
     ) {
         (Ok(a), Ok(b)) => Some(a.ids() != b.ids()),
         _ => None,
@@ -267,100 +228,16 @@ pub async fn probe(client: &ZendeskClient) -> ProbeFindings {
         Err(_) => (0, false),
     };
 
-    let unknown_job_id = match client
-        .get_raw(
-            "/api/v2/job_statuses/show_many.json",
-            &[("ids", "0123456789abcdef0123456789abcdef")],
-        )
-        .await
-    {
-        Ok((status, headers, body)) => {
-            note_headers(&headers, &mut headers_seen, &mut limit);
-            match (status, serde_json::from_slice::<JobStatusesEnvelope>(&body)) {
-                (StatusCode::OK, Ok(e)) if e.job_statuses.is_empty() => {
-                    "left out of the answer (200)".to_string()
-                }
-                (StatusCode::OK, _) => "answered 200 with something unexpected".to_string(),
-                (status, _) => format!("the whole call fails ({status})"),
-            }
-        }
-        Err(e) => format!("failed: {e}"),
-    };
-
+    let unknown_job_id = unknown_job_answer(client, &mut headers_seen, &mut limit).await;
     let some_deleted = cursor_asc
         .as_ref()
         .ok()
         .and_then(|p| p.page.deleted_tickets.first())
         .map(|t| t.id);
-    let active_lookup = match some_deleted {
-        None => "not tried (no deleted ticket to look up)".to_string(),
-        Some(id) => match client
-            .get_raw(
-                "/api/v2/tickets/show_many.json",
-                &[("ids", &id.to_string())],
-            )
-            .await
-        {
-            Ok((status, headers, body)) => {
-                note_headers(&headers, &mut headers_seen, &mut limit);
-                if status.is_success() {
-                    match serde_json::from_slice::<serde_json::Value>(&body) {
-                        Ok(v) if v["tickets"].as_array().is_some_and(|t| t.is_empty()) => {
-                            "works (a soft-deleted ticket is not among the active ones)".into()
-                        }
-                        Ok(_) => "answered, but listed a soft-deleted ticket as active: outcomes of tickets gone from the view cannot be told apart".into(),
-                        Err(_) => format!("did not decode ({})", body_shape(&body)),
-                    }
-                } else {
-                    format!("refused ({status}): tickets gone from the view stay unsettled")
-                }
-            }
-            Err(e) => format!("failed: {e}"),
-        },
-    };
+    let active_lookup =
+        active_lookup_answer(client, some_deleted, &mut headers_seen, &mut limit).await;
 
-    if credentials != "ok" {
-        advice.push("fix the credentials first (zendesk.email, token_env or token_file)".into());
-    }
-    if !matches!(role.as_deref(), Some("admin") | None) {
-        advice.push(format!(
-            "the token's user is {:?}: an agent needs the \"view deleted tickets\" permission and may not delete for good",
-            role.as_deref().unwrap_or("")
-        ));
-    }
-    match &cursor_sort {
-        SortFinding::Honoured => advice.push(
-            "cursor listing sorts: runs with only age-based purge rules stop early (each run proves the order again)"
-                .into(),
-        ),
-        SortFinding::Ignored => advice.push(
-            "cursor listing ignores sort_by: every run scans the whole view (about 10 pages a minute)"
-                .into(),
-        ),
-        SortFinding::Inconclusive(_) => advice.push(
-            "cursor order unknown: each run proves it before stopping early, or scans everything"
-                .into(),
-        ),
-    }
-    if offset_sort != SortFinding::Honoured && cursor_sort != SortFinding::Honoured {
-        advice.push(
-            "no listing sorts by deleted_at: the freshness read before purging cannot be made, so nothing is purged; report this"
-                .into(),
-        );
-    }
-    if unknown_job_id.starts_with("the whole call fails") {
-        advice.push(
-            "show_many fails on an expired job id: jobs are then asked one by one, and each ends by job_timeout"
-                .into(),
-        );
-    }
-    if view_changed_during_probe == Some(true) {
-        advice.push(
-            "the view changed while probed: tickets listed twice are decided by their latest listing"
-                .into(),
-        );
-    }
-    ProbeFindings {
+    let mut findings = ProbeFindings {
         base_url: client.base_url().to_string(),
         probed_at: now,
         credentials,
@@ -378,6 +255,156 @@ pub async fn probe(client: &ZendeskClient) -> ProbeFindings {
         listing_error: cursor_asc.as_ref().err().cloned(),
         oldest_deletion_days,
         view_changed_during_probe,
-        advice,
+        advice: Vec::new(),
+    };
+    findings.advice = advice_for(&findings);
+    findings
+}
+
+/// What an operator should do about the findings. Pure.
+fn advice_for(f: &ProbeFindings) -> Vec<String> {
+    let mut advice = Vec::new();
+    if f.credentials != "ok" {
+        advice.push("fix the credentials first (zendesk.email, token_env or token_file)".into());
+    }
+    if !matches!(f.role.as_deref(), Some("admin") | None) {
+        advice.push(format!(
+            "the token's user is {:?}: an agent needs the \"view deleted tickets\" permission and may not delete for good",
+            f.role.as_deref().unwrap_or("")
+        ));
+    }
+    match &f.cursor_sort {
+        SortFinding::Honoured => advice.push(
+            "cursor listing sorts: runs with only age-based purge rules stop early (each run proves the order again)"
+                .into(),
+        ),
+        SortFinding::Ignored => advice.push(
+            "cursor listing ignores sort_by: every run scans the whole view (about 10 pages a minute)"
+                .into(),
+        ),
+        SortFinding::Inconclusive(_) => advice.push(
+            "cursor order unknown: each run proves it before stopping early, or scans everything"
+                .into(),
+        ),
+    }
+    if f.offset_sort != SortFinding::Honoured && f.cursor_sort != SortFinding::Honoured {
+        advice.push(
+            "no listing sorts by deleted_at: the freshness read before purging cannot be made, so nothing is purged; report this"
+                .into(),
+        );
+    }
+    if f.unknown_job_id.starts_with("the whole call fails") {
+        advice.push(
+            "show_many fails on an expired job id: jobs are then asked one by one, and each ends by job_timeout"
+                .into(),
+        );
+    }
+    if f.view_changed_during_probe == Some(true) {
+        advice.push(
+            "the view changed while probed: tickets listed twice are decided by their latest listing"
+                .into(),
+        );
+    }
+    advice
+}
+
+/// Follows the oldest-first cursor page's `links.next` as a client would:
+/// whether the second page continues the order, and whether the link keeps
+/// `sort_by`.
+async fn second_cursor_page(
+    client: &ZendeskClient,
+    first: &Page,
+    headers_seen: &mut BTreeSet<String>,
+    limit: &mut Option<u64>,
+) -> (Option<bool>, Option<bool>) {
+    let Some(next) = first
+        .page
+        .meta
+        .as_ref()
+        .is_some_and(|m| m.has_more)
+        .then(|| first.page.links.as_ref().and_then(|l| l.next.clone()))
+        .flatten()
+    else {
+        return (None, None);
+    };
+    let Ok(url) = url::Url::parse(&next) else {
+        return (None, None);
+    };
+    let keeps_sort = Some(url.query_pairs().any(|(k, _)| k == "sort_by"));
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    let query: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut in_order = None;
+    if let Ok(second) = list_page(client, &query, headers_seen, limit).await
+        && let (Some(a), Some(b)) = (first.times(), second.times())
+    {
+        let joined: Vec<_> = a.iter().chain(b.iter()).collect();
+        in_order = Some(joined.windows(2).all(|w| w[0] <= w[1]));
+    }
+    (in_order, keeps_sort)
+}
+
+/// How `job_statuses/show_many` answers an id that does not exist.
+async fn unknown_job_answer(
+    client: &ZendeskClient,
+    headers_seen: &mut BTreeSet<String>,
+    limit: &mut Option<u64>,
+) -> String {
+    match client
+        .get_raw(
+            "/api/v2/job_statuses/show_many.json",
+            &[("ids", "0123456789abcdef0123456789abcdef")],
+        )
+        .await
+    {
+        Ok((status, headers, body)) => {
+            note_headers(&headers, headers_seen, limit);
+            match (status, serde_json::from_slice::<JobStatusesEnvelope>(&body)) {
+                (StatusCode::OK, Ok(e)) if e.job_statuses.is_empty() => {
+                    "left out of the answer (200)".to_string()
+                }
+                (StatusCode::OK, _) => "answered 200 with something unexpected".to_string(),
+                (status, _) => format!("the whole call fails ({status})"),
+            }
+        }
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+/// Whether a soft-deleted ticket is told apart from active ones by
+/// `tickets/show_many` (how outcomes of tickets gone from the view settle).
+async fn active_lookup_answer(
+    client: &ZendeskClient,
+    some_deleted: Option<TicketId>,
+    headers_seen: &mut BTreeSet<String>,
+    limit: &mut Option<u64>,
+) -> String {
+    match some_deleted {
+        None => "not tried (no deleted ticket to look up)".to_string(),
+        Some(id) => match client
+            .get_raw(
+                "/api/v2/tickets/show_many.json",
+                &[("ids", &id.to_string())],
+            )
+            .await
+        {
+            Ok((status, headers, body)) => {
+                note_headers(&headers, headers_seen, limit);
+                if status.is_success() {
+                    match serde_json::from_slice::<serde_json::Value>(&body) {
+                        Ok(v) if v["tickets"].as_array().is_some_and(|t| t.is_empty()) => {
+                            "works (a soft-deleted ticket is not among the active ones)".into()
+                        }
+                        Ok(_) => "answered, but listed a soft-deleted ticket as active: outcomes of tickets gone from the view cannot be told apart".into(),
+                        Err(_) => format!("did not decode ({})", body_shape(&body)),
+                    }
+                } else {
+                    format!("refused ({status}): tickets gone from the view stay unsettled")
+                }
+            }
+            Err(e) => format!("failed: {e}"),
+        },
     }
 }
