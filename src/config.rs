@@ -1107,4 +1107,19 @@ token_env = "ZENDESK_API_TOKEN"
         assert!(normalise_cron("every tuesday").is_err());
         assert!(normalise_cron("0 61 * * * *").is_err());
     }
+
+    #[test]
+    fn six_field_cron_is_kept_and_wrong_counts_are_named() {
+        assert_eq!(
+            normalise_cron("  0  */15 * * * * ").unwrap(),
+            "0 */15 * * * *"
+        );
+        let seven = normalise_cron("0 0 * * * * 2026").unwrap_err();
+        assert!(seven.contains("7 fields"), "{seven}");
+        assert!(normalise_cron("").unwrap_err().contains("0 fields"));
+        // the scheduler's own parser: names and ranges it accepts
+        assert!(normalise_cron("0 30 2 * * MON-FRI").is_ok());
+        // five fields: minute 0 of hour 25
+        assert!(normalise_cron("0 25 * * *").is_err());
+    }
 }

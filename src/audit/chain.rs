@@ -296,9 +296,6 @@ pub(super) fn entry_hash(prev: &str, table: &str, first: i64, last: i64, digests
     ))
 }
 
-/// Appends a chain entry for rows `first..=last` just written in `tx`. Called
-/// after the rows' insert, which already holds the write lock, so that the
-/// chain's head cannot move under it.
 /// A row's digest: its chained columns as text (as `CAST(.. AS TEXT)` gives
 /// them), NULL distinct from empty. Writers compute it from the values they
 /// bind; `audit verify` from the values it reads back.
@@ -520,4 +517,49 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
         )));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_hash_changes_with_each_of_its_parts() {
+        let base = entry_hash("genesis", "decisions", 1, 3, "aa");
+        assert_eq!(base, entry_hash("genesis", "decisions", 1, 3, "aa"));
+        assert_eq!(base.len(), 64);
+        for other in [
+            entry_hash("0f", "decisions", 1, 3, "aa"),
+            entry_hash("genesis", "outcomes", 1, 3, "aa"),
+            entry_hash("genesis", "decisions", 2, 3, "aa"),
+            entry_hash("genesis", "decisions", 1, 4, "aa"),
+            entry_hash("genesis", "decisions", 1, 3, "ab"),
+            // the separator keeps "1","13" apart from "11","3"
+            entry_hash("genesis", "decisions", 11, 3, "a"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn a_row_digest_tells_null_from_empty_and_ignores_later_columns_unset() {
+        let table = Chained::Decisions;
+        let base: Vec<Option<&str>> = (0..table.base_columns()).map(|_| Some("x")).collect();
+        let digest = row_digest(table, base.clone());
+        assert_eq!(digest.len(), 16);
+        let mut empty = base.clone();
+        empty[0] = Some("");
+        let mut null = base.clone();
+        null[0] = None;
+        assert_ne!(row_digest(table, empty.clone()), row_digest(table, null));
+        assert_ne!(row_digest(table, empty), digest);
+        // a column added by a later migration, unset: the old digest holds
+        let mut later = base.clone();
+        later.push(None);
+        assert_eq!(row_digest(table, later), digest);
+        // once set, it counts
+        let mut set = base;
+        set.push(Some("tag"));
+        assert_ne!(row_digest(table, set), digest);
+    }
 }
