@@ -38,7 +38,10 @@ impl App {
     /// when the config has `[server] listen`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let client = client_from(config)?;
-        let store = AuditStore::open(&config.audit.database).await?;
+        let signer = config.chain_signer()?;
+        let store = AuditStore::open(&config.audit.database)
+            .await?
+            .with_signer(signer);
         // A crash of the previous process shows at once, not at the first
         // tick; its open jobs are followed by the first run.
         let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;

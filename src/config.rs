@@ -19,9 +19,11 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 use url::Url;
 
+use crate::audit::{ChainSigner, ChainVerifier};
 use crate::quota::RateQuota;
 use crate::rules::{Policy, RetentionRule, RuleAction};
 use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, check_base_url, subdomain_url};
+use anyhow::Context as _;
 
 /// The environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "ZD_RETENTION_CONFIG";
@@ -90,6 +92,7 @@ struct RawAudit {
     database: Option<String>,
     record_subjects: Option<bool>,
     keep_details: Option<Spanned<String>>,
+    signing_key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +174,9 @@ pub struct AuditSettings {
     /// Details of tickets settled longer ago than this are pruned (`None`:
     /// kept for ever); each purge's evidence is always kept.
     pub keep_details: Option<Duration>,
+    /// An Ed25519 private key (PKCS#8 PEM) that signs the chain's head at
+    /// each run's end; read when the store opens, never kept in the config.
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// `[safety]`, validated.
@@ -410,6 +416,75 @@ impl Config {
         })
     }
 
+    /// The key that signs chain heads, read from `[audit] signing_key_file`
+    /// now (`None`: records are unsigned). The message never quotes the file.
+    pub fn chain_signer(&self) -> Result<Option<ChainSigner>, ConfigError> {
+        let Some(path) = &self.audit.signing_key_file else {
+            return Ok(None);
+        };
+        warn_if_world_readable(path);
+        let problem = |message: String| ConfigError {
+            file: self
+                .source
+                .as_ref()
+                .map_or("(config)".into(), |p| p.display().to_string()),
+            problems: vec![ConfigProblem {
+                key: "audit.signing_key_file".into(),
+                line: None,
+                message,
+            }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            problem(format!(
+                "cannot read the signing key {}: {e}",
+                path.display()
+            ))
+        })?;
+        ChainSigner::from_pem(&text)
+            .map(Some)
+            .map_err(|e| problem(format!("{}: {e}", path.display())))
+    }
+
+    /// The config's settings as a config version stores them (rules in
+    /// words and as data, the safety floor, schedule, audit): never a
+    /// credential, nor where one is kept.
+    pub fn version_settings(&self) -> String {
+        let rules: Vec<serde_json::Value> = self
+            .policy
+            .rules
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "action": r.action.as_str(),
+                    "in_words": format!("{} tickets {}", r.action.as_str(), r.describe()),
+                })
+            })
+            .collect();
+        let version = serde_json::json!({
+            "account": self.zendesk.base_url.as_str(),
+            "rules": rules,
+            "safety": {
+                "dry_run": self.safety.dry_run,
+                "min_age": crate::human::duration(self.policy.min_age),
+                "protect_ids": self.policy.protect_ids,
+                "max_purges_per_run": self.safety.max_purges_per_run,
+                "purge_while_scanning": self.safety.purge_while_scanning,
+            },
+            "schedule": {
+                "cron": self.schedule.cron,
+                "timezone": self.schedule.timezone.name(),
+                "reconcile": crate::human::duration(self.schedule.reconcile),
+            },
+            "audit": {
+                "record_subjects": self.audit.record_subjects,
+                "keep_details": self.audit.keep_details.map(crate::human::duration),
+                "signed": self.audit.signing_key_file.is_some(),
+            },
+        });
+        serde_json::to_string_pretty(&version).unwrap_or_default()
+    }
+
     /// Everything the client needs, the credential read now.
     pub fn client_config(&self) -> Result<ClientConfig, ConfigError> {
         Ok(ClientConfig {
@@ -503,6 +578,13 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
             token: from_file("zendesk.oauth_token_file", path)?,
         },
     })
+}
+
+/// Reads a public key for `audit verify --public-key`.
+pub fn read_public_key(path: &Path) -> anyhow::Result<ChainVerifier> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the public key {}", path.display()))?;
+    ChainVerifier::from_pem(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Warns (without refusing: Kubernetes mounts secrets 0644) when others can
@@ -838,10 +920,23 @@ impl Checker<'_> {
             );
         }
 
+        let signing_key_file = match &a.signing_key_file {
+            Some(v) if v.get_ref().trim().is_empty() => {
+                self.at(
+                    "audit.signing_key_file",
+                    v,
+                    "is empty: give the key file's path (make one with `zd-retention audit keygen`), or leave the key out for unsigned records".to_string(),
+                );
+                None
+            }
+            Some(v) => Some(PathBuf::from(v.get_ref().trim())),
+            None => None,
+        };
         AuditSettings {
             database: PathBuf::from(database.trim()),
             record_subjects: a.record_subjects.unwrap_or(false),
             keep_details,
+            signing_key_file,
         }
     }
 

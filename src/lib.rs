@@ -10,6 +10,7 @@ pub mod config;
 pub mod cycle;
 pub mod daemon;
 pub mod demo;
+pub mod evidence;
 pub mod human;
 pub mod listing;
 pub mod manual;

@@ -195,7 +195,7 @@ pub struct IdResult {
 pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i64, Vec<IdResult>)> {
     let store = &ctx.store;
     let run = store
-        .start_run(Trigger::Restore, false, &ctx.config_hash, Utc::now())
+        .start_run(Trigger::Restore, false, &ctx.origin, Utc::now())
         .await?;
     // Which ids are active before anything is sent: a refused restore of one
     // of those is not ours to call restored afterwards. `None` when the
@@ -513,7 +513,7 @@ pub async fn purge(
     let mut settings = ctx.settings.clone();
     settings.dry_run = dry_run;
     let run = store
-        .start_run(Trigger::ManualPurge, dry_run, &ctx.config_hash, Utc::now())
+        .start_run(Trigger::ManualPurge, dry_run, &ctx.origin, Utc::now())
         .await?;
     let wanted: BTreeSet<TicketId> = ids.iter().copied().collect();
     let now = Utc::now();

@@ -185,6 +185,8 @@ pub(super) enum Chained {
     Outcomes,
     /// Rows pruned by `audit.keep_details`.
     Pruned,
+    /// Each distinct config a run used (migration 0009).
+    ConfigVersions,
     /// The columns of a run that change (status, figures, error): each
     /// change appends their new values, so an UPDATE outside is seen.
     RunsState,
@@ -194,12 +196,13 @@ pub(super) enum Chained {
 
 impl Chained {
     /// The tables whose rows are inserted under the chain.
-    pub(super) const ALL: [Chained; 5] = [
+    pub(super) const ALL: [Chained; 6] = [
         Chained::Runs,
         Chained::Decisions,
         Chained::Jobs,
         Chained::Outcomes,
         Chained::Pruned,
+        Chained::ConfigVersions,
     ];
     /// The mutable states, chained at every change.
     pub(super) const STATES: [Chained; 2] = [Chained::RunsState, Chained::JobsState];
@@ -211,6 +214,7 @@ impl Chained {
             Self::Jobs | Self::JobsState => "jobs",
             Self::Outcomes => "outcomes",
             Self::Pruned => "pruned",
+            Self::ConfigVersions => "config_versions",
         }
     }
 
@@ -235,6 +239,8 @@ impl Chained {
         match self {
             Self::RunsState => 13,
             Self::Decisions => 9,
+            // host, os_user and program_version came with migration 0009
+            Self::Runs => 4,
             _ => usize::MAX,
         }
     }
@@ -243,7 +249,7 @@ impl Chained {
     pub(super) fn select(self) -> &'static str {
         match self {
             Self::Runs => {
-                "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT), CAST(host AS TEXT), CAST(os_user AS TEXT), CAST(program_version AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::Decisions => {
                 "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id BETWEEN ? AND ? ORDER BY id"
@@ -256,6 +262,9 @@ impl Chained {
             }
             Self::Pruned => {
                 "SELECT id, CAST(tbl AS TEXT), CAST(row_id AS TEXT), CAST(run_id AS TEXT), CAST(what AS TEXT), CAST(pruned_at AS TEXT) FROM pruned WHERE id BETWEEN ? AND ? ORDER BY id"
+            }
+            Self::ConfigVersions => {
+                "SELECT id, CAST(hash AS TEXT), CAST(first_run AS TEXT), CAST(first_used AS TEXT), CAST(settings AS TEXT) FROM config_versions WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::RunsState => {
                 "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"

@@ -22,13 +22,20 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use crate::zendesk::{IdBatch, TicketId};
 
 mod chain;
+mod evidence;
 mod kinds;
 mod ledger;
 mod queries;
+mod signing;
 pub use chain::ChainReport;
 use chain::*;
+pub use evidence::{
+    ConfigVersion, DayRuleCount, DayStatusCount, KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL,
+    PurgedTicket, RunOriginRow,
+};
 pub use kinds::{DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 pub use ledger::{LedgerEntry, LedgerState, ListingMarks, Sighting};
+pub use signing::{ChainHead, ChainSigner, ChainVerifier, SignatureReport};
 
 /// A run's row id.
 pub type RunId = i64;
@@ -229,6 +236,41 @@ pub struct AuditStore {
     /// An upgraded private copy of an older database being read: removed
     /// when the last clone of the store goes.
     scratch: Option<std::sync::Arc<ScratchFile>>,
+    /// Signs the chain's head at each run's end (`[audit] signing_key_file`).
+    signer: Option<ChainSigner>,
+}
+
+/// What a run starts under: its config version and what ran it.
+#[derive(Debug, Clone)]
+pub struct RunOrigin {
+    /// SHA-256 of the config file's text.
+    pub config_hash: String,
+    /// The config's settings as JSON, never a credential: stored once per
+    /// hash, when a run first uses it (`None`: not stored).
+    pub config_settings: Option<String>,
+    pub host: Option<String>,
+    pub os_user: Option<String>,
+    pub program_version: String,
+}
+
+impl RunOrigin {
+    /// A run on this machine, by this user, with this build.
+    pub fn here(config_hash: &str, config_settings: Option<String>) -> Self {
+        RunOrigin {
+            config_hash: config_hash.to_string(),
+            config_settings,
+            host: whoami::hostname().ok(),
+            os_user: whoami::username().ok(),
+            program_version: format!("zd-retention {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+impl From<&str> for RunOrigin {
+    /// An origin with only a config hash (tests, and runs of old callers).
+    fn from(config_hash: &str) -> Self {
+        RunOrigin::here(config_hash, None)
+    }
 }
 
 /// A temporary file removed on drop.
@@ -290,6 +332,7 @@ impl AuditStore {
             file: Some((path.to_path_buf(), identity)),
             wal,
             scratch: None,
+            signer: None,
         };
         store
             .seal_states()
@@ -357,6 +400,7 @@ impl AuditStore {
             file: None,
             wal: None,
             scratch: None,
+            signer: None,
         })
     }
 
@@ -382,6 +426,7 @@ impl AuditStore {
             file: None,
             wal: None,
             scratch: None,
+            signer: None,
         })
     }
 
@@ -426,6 +471,9 @@ impl AuditStore {
             for id in &ids {
                 chain_append(&mut tx, Chained::RunsState, *id, *id).await?;
             }
+            for id in &ids {
+                signing::record_head(&mut tx, *id, self.signer.as_ref(), now).await?;
+            }
             tx.commit().await?;
         }
         Ok(ids)
@@ -444,26 +492,52 @@ impl AuditStore {
         &self,
         trigger: Trigger,
         dry_run: bool,
-        config_hash: &str,
+        origin: &RunOrigin,
         now: DateTime<Utc>,
     ) -> anyhow::Result<RunId> {
         self.check_file()?;
         let mut tx = self.pool.begin().await?;
-        let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status) VALUES (?, ?, ?, ?, 'running')")
+        let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)")
             .bind(trigger.as_str())
             .bind(timestamp(now))
             .bind(dry_run)
-            .bind(config_hash)
+            .bind(&origin.config_hash)
+            .bind(origin.host.as_deref())
+            .bind(origin.os_user.as_deref())
+            .bind(&origin.program_version)
             .execute(&mut *tx)
             .await
             .context("cannot record the start of the run")?
             .last_insert_rowid();
         chain_append(&mut tx, Chained::Runs, id, id).await?;
         chain_append(&mut tx, Chained::RunsState, id, id).await?;
+        if let Some(settings) = &origin.config_settings {
+            // each distinct config once, chained, with the run that first used it
+            let version = sqlx::query(
+                "INSERT INTO config_versions (hash, first_run, first_used, settings) VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&origin.config_hash)
+            .bind(id)
+            .bind(timestamp(now))
+            .bind(settings)
+            .execute(&mut *tx)
+            .await
+            .context("cannot record the config version")?;
+            if version.rows_affected() == 1 {
+                let row = version.last_insert_rowid();
+                chain_append(&mut tx, Chained::ConfigVersions, row, row).await?;
+            }
+        }
         tx.commit()
             .await
             .context("cannot record the start of the run")?;
         Ok(id)
+    }
+
+    /// Signs the chain's head at each run's end with `signer`.
+    pub fn with_signer(mut self, signer: Option<ChainSigner>) -> Self {
+        self.signer = signer;
+        self
     }
 
     /// Records a run that ended before it could do anything, with why.
@@ -523,6 +597,9 @@ impl AuditStore {
         .bind(run)
         .execute(&mut *tx)
         .await?;
+        // the head the run ends at, signed when a key is set: in the same
+        // transaction, so no run ends without it
+        signing::record_head(&mut tx, run, self.signer.as_ref(), now).await?;
         tx.commit()
             .await
             .context("cannot record the end of the run")?;

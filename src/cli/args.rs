@@ -232,8 +232,80 @@ pub enum AuditCommand {
         /// it must still be in the chain, or entries were removed.
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
+        /// The signing key's public half (`audit keygen` writes it): every
+        /// run's signed chain head must verify with it, so a database
+        /// rewritten and re-chained without the private key is caught.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
         #[command(flatten)]
         target: AuditTarget,
+    },
+    /// Make an Ed25519 key pair for signing chain heads ([audit]
+    /// signing_key_file): the private key (mode 0600) and its public half.
+    #[command(
+        after_help = "Example:\n  zd-retention audit keygen --out /etc/zd-retention/signing-key.pem\n  # writes signing-key.pem (0600) and signing-key.pub.pem; keep the .pub.pem with your auditors"
+    )]
+    Keygen {
+        /// The private key's file; the public key goes beside it as
+        /// NAME.pub.pem. An existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// A config version as stored when a run first used it: rules in words,
+    /// safety, schedule (never a credential).
+    #[command(
+        after_help = "Example:\n  zd-retention audit config 3f2a9c --database zd-retention.db"
+    )]
+    Config {
+        /// The config's hash or its first characters (as `audit run` shows it).
+        hash: String,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// A deletion certificate for one run: who, what, how, verified how,
+    /// when, and the signed chain head at its end.
+    #[command(
+        after_help = "Example:\n  zd-retention audit certificate 12 --format html > certificate-12.html"
+    )]
+    Certificate {
+        run_id: i64,
+        #[arg(long, value_enum, default_value_t = DocumentFormat::Text)]
+        format: DocumentFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The audit database; defaults to the config's audit.database.
+        #[arg(long, value_name = "PATH")]
+        database: Option<PathBuf>,
+        /// Check the signatures with this public key and say so.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// A report for a period, for people who sign off: purges by rule,
+    /// failures and how they settled, refusals, config versions, a chart,
+    /// and a completeness statement. One self-contained HTML file or Markdown.
+    #[command(
+        after_help = "Examples:\n  zd-retention audit report --since 30d --output report.html\n  zd-retention audit report --since 2026-11-01 --until 2026-12-01 --format md"
+    )]
+    Report {
+        /// The period's start: a day, a time, or a duration back (30d).
+        #[arg(long, value_parser = parse_since, default_value = "30d")]
+        since: chrono::DateTime<chrono::Utc>,
+        /// The period's end (default: now).
+        #[arg(long, value_parser = parse_since)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// html, or md; by default from --output's extension, else html.
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The audit database; defaults to the config's audit.database.
+        #[arg(long, value_name = "PATH")]
+        database: Option<PathBuf>,
+        /// Check the signatures with this public key and say so.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
     },
     /// The ticket ledger: tickets per state, the high-water mark of the
     /// newest deletions, and when the view was last walked whole.
@@ -281,6 +353,19 @@ pub enum AuditCommand {
         #[command(flatten)]
         target: AuditTarget,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocumentFormat {
+    Text,
+    Json,
+    Html,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Md,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,6 +2,8 @@
 //! or CSV through the output layer.
 
 use super::*;
+use std::path::Path;
+
 use crate::audit::SearchFilter;
 use crate::report::{csv_rows, print_rows, table};
 
@@ -45,8 +47,57 @@ pub(super) async fn audit(
         AuditCommand::Head { target } => head(config, target).await,
         AuditCommand::Verify {
             expect_head,
+            public_key,
             target,
-        } => verify(config, expect_head, target).await,
+        } => verify(config, expect_head, public_key, target).await,
+        AuditCommand::Keygen { out } => keygen(&out),
+        AuditCommand::Config { hash, target } => config_version(config, &hash, target).await,
+        AuditCommand::Certificate {
+            run_id,
+            format,
+            output,
+            database,
+            public_key,
+        } => {
+            let target = AuditTarget {
+                database,
+                format: TableFormat::Json,
+            };
+            certificate(config, run_id, format, output, public_key, target).await
+        }
+        AuditCommand::Report {
+            since,
+            until,
+            format,
+            output,
+            database,
+            public_key,
+        } => {
+            let target = AuditTarget {
+                database,
+                format: TableFormat::Json,
+            };
+            let until = until.unwrap_or_else(chrono::Utc::now);
+            let format = format.unwrap_or(
+                match output
+                    .as_ref()
+                    .and_then(|p| p.extension())
+                    .and_then(|e| e.to_str())
+                {
+                    Some("md" | "markdown") => ReportFormat::Md,
+                    _ => ReportFormat::Html,
+                },
+            );
+            if until <= since {
+                return Err(UsageError(format!(
+                    "--until ({}) is not after --since ({}): give a period that moves forward",
+                    crate::audit::timestamp(until),
+                    crate::audit::timestamp(since)
+                ))
+                .into());
+            }
+            period_report(config, (since, until), format, output, public_key, target).await
+        }
         AuditCommand::Export {
             format,
             since,
@@ -108,6 +159,9 @@ async fn run(
     let decisions = store.decision_counts(run_id).await?;
     let outcomes = store.outcome_counts(run_id).await?;
     let jobs = store.jobs_of_run(run_id).await?;
+    let version = store.config_version(&run.config_hash).await?;
+    let origin = store.run_origin(run_id).await?;
+    let head = store.chain_head_of(run_id).await?;
     match target.format {
         TableFormat::Csv => {
             #[derive(serde::Serialize)]
@@ -138,11 +192,44 @@ async fn run(
             println!(
                 "{}",
                 serde_json::to_string_pretty(
-                    &serde_json::json!({"run": run, "decisions": decisions, "outcomes": outcomes, "jobs": jobs})
+                    &serde_json::json!({"run": run, "ran_by": origin, "config_version": version, "chain_head": head, "decisions": decisions, "outcomes": outcomes, "jobs": jobs})
                 )?
             );
         }
-        TableFormat::Table => print_run_table(&run, &decisions, &outcomes, &jobs),
+        TableFormat::Table => {
+            print_run_table(&run, &decisions, &outcomes, &jobs);
+            match &version {
+                Some(v) => println!(
+                    "config version {} (first used by run {}): zd-retention audit config {} shows it",
+                    v.hash,
+                    v.first_run,
+                    &v.hash[..12.min(v.hash.len())]
+                ),
+                None => println!(
+                    "config {}: its settings were not stored (a run before config versions were kept)",
+                    run.config_hash
+                ),
+            }
+            if let Some(program) = &origin.program_version {
+                println!(
+                    "ran by {} on {}, {program}",
+                    origin.os_user.as_deref().unwrap_or("?"),
+                    origin.host.as_deref().unwrap_or("?")
+                );
+            }
+            if let Some(h) = &head {
+                println!(
+                    "chain head at its end: entry {} {}, {}",
+                    h.seq,
+                    h.head,
+                    if h.signature.is_some() {
+                        "signed"
+                    } else {
+                        "unsigned"
+                    }
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -339,8 +426,13 @@ async fn head(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<Ex
 async fn verify(
     config: Option<PathBuf>,
     expect_head: Option<String>,
+    public_key: Option<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
+    let key = public_key
+        .as_deref()
+        .map(crate::config::read_public_key)
+        .transpose()?;
     let expect_head = expect_head.map(|h| h.trim().to_ascii_lowercase());
     if let Some(h) = &expect_head
         && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
@@ -360,15 +452,50 @@ async fn verify(
             "the chain does not contain the expected head {expected}: entries after it were removed (or the hash belongs to another database)"
         ));
     }
+    // signatures are checked over a whole chain: a recomputed chain is
+    // whole, but its heads are no longer the ones signed
+    let signatures = match &key {
+        Some(key) if report.problem.is_none() => Some(store.verify_signatures(key).await?),
+        _ => None,
+    };
+    if let Some(p) = signatures.as_ref().and_then(|s| s.problem.clone()) {
+        report.problem = Some(p);
+    }
     match target.format {
-        TableFormat::Json | TableFormat::Csv => {
-            println!("{}", serde_json::to_string_pretty(&report)?)
-        }
+        TableFormat::Json | TableFormat::Csv => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"chain": report, "signatures": signatures})
+            )?
+        ),
         TableFormat::Table => match &report.problem {
-            None => println!(
-                "audit log intact: {} chain entries over {} rows; head {}",
-                report.entries, report.rows, report.head
-            ),
+            None => {
+                println!(
+                    "audit log intact: {} chain entries over {} rows; head {}",
+                    report.entries, report.rows, report.head
+                );
+                match &signatures {
+                    Some(s) => println!(
+                        "signatures hold: {} signed chain heads verify with key {}{}",
+                        s.signed,
+                        s.key_id,
+                        if s.entries_after > 0 {
+                            format!(
+                                "; {} entries after the last signed head (a run still going)",
+                                s.entries_after
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    None if store.is_signed().await? => println!(
+                        "chain heads are signed: pass --public-key FILE to check the signatures"
+                    ),
+                    None => println!(
+                        "records are unsigned ([audit] signing_key_file is not set): a rewrite that recomputes the chain is not detected"
+                    ),
+                }
+            }
             Some(p) => println!("audit log TAMPERED: {p}"),
         },
     }
@@ -535,4 +662,169 @@ async fn ticket(
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit keygen`: a key pair for signing chain heads.
+fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
+    use secrecy::ExposeSecret as _;
+    use std::io::Write as _;
+    let public_path = {
+        let stem = out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "signing-key".into());
+        out.with_file_name(format!("{stem}.pub.pem"))
+    };
+    let (private, public) = crate::audit::ChainSigner::generate()?;
+    let create = |path: &Path, mode: u32| {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        options.open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create {}: {e}{}",
+                path.display(),
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    " (an existing key is never overwritten: move it away or choose another --out)"
+                } else {
+                    ""
+                }
+            )
+        })
+    };
+    if public_path.exists() {
+        anyhow::bail!(
+            "{} exists already: an existing key is never overwritten (move it away or choose another --out)",
+            public_path.display()
+        );
+    }
+    create(out, 0o600)?.write_all(private.expose_secret().as_bytes())?;
+    create(&public_path, 0o644)?.write_all(public.as_bytes())?;
+    let key = crate::audit::ChainSigner::from_pem(private.expose_secret())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "private key {} (mode 0600): set [audit] signing_key_file to it\npublic key  {}: keep a copy away from this machine; `audit verify --public-key` checks with it\nkey id      {}",
+        out.display(),
+        public_path.display(),
+        key.key_id()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit config HASH`.
+async fn config_version(
+    config: Option<PathBuf>,
+    hash: &str,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let store = open(config, &target).await?;
+    let Some(version) = store.config_version(hash).await? else {
+        eprintln!(
+            "no config version {hash:?} in this database: runs before config versions were stored keep only the hash (zd-retention audit runs shows each run's)"
+        );
+        return Ok(ExitCode::from(EXIT_FAILED));
+    };
+    match target.format {
+        TableFormat::Table => {
+            let words = crate::evidence::VersionInWords::of(&version.hash, Some(version.clone()));
+            println!(
+                "config {}\nfirst used {} by run {}",
+                version.hash, version.first_used, version.first_run
+            );
+            if let Some(account) = &words.account {
+                println!("account    {account}");
+            }
+            for rule in &words.rules {
+                println!("rule       {rule}");
+            }
+            println!("{}", version.settings);
+        }
+        _ => println!("{}", serde_json::to_string_pretty(&version)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a document to `output`, or to standard output.
+fn write_document(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        None => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            Ok(out.flush()?)
+        }
+    }
+}
+
+/// `zd-retention audit certificate RUN`.
+async fn certificate(
+    config: Option<PathBuf>,
+    run: i64,
+    format: DocumentFormat,
+    output: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let key = public_key
+        .as_deref()
+        .map(crate::config::read_public_key)
+        .transpose()?;
+    let store = open(config, &target).await?;
+    let cert = crate::evidence::Certificate::gather(&store, run, key.as_ref()).await?;
+    let text = match format {
+        DocumentFormat::Text => cert.text(),
+        DocumentFormat::Json => serde_json::to_string_pretty(&cert)? + "\n",
+        DocumentFormat::Html => cert.html(),
+    };
+    write_document(output.as_deref(), &text)?;
+    if let Some(path) = &output {
+        eprintln!("certificate of run {run} written to {}", path.display());
+    }
+    Ok(if cert.integrity.holds() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("the records do not verify: the certificate says so");
+        ExitCode::from(EXIT_FAILED)
+    })
+}
+
+/// `zd-retention audit report`.
+async fn period_report(
+    config: Option<PathBuf>,
+    (since, until): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    format: ReportFormat,
+    output: Option<PathBuf>,
+    public_key: Option<PathBuf>,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    let key = public_key
+        .as_deref()
+        .map(crate::config::read_public_key)
+        .transpose()?;
+    let store = open(config, &target).await?;
+    let report = crate::evidence::PeriodReport::gather(&store, since, until, key.as_ref()).await?;
+    let text = match format {
+        ReportFormat::Html => report.html(),
+        ReportFormat::Md => report.markdown(),
+    };
+    write_document(output.as_deref(), &text)?;
+    if let Some(path) = &output {
+        eprintln!(
+            "report for {} to {} written to {}: {} runs, {} tickets purged",
+            report.since,
+            report.until,
+            path.display(),
+            report.runs.len(),
+            report.purged.len()
+        );
+    }
+    Ok(if report.complete() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("the report is NOT complete or the records do not verify: it says why");
+        ExitCode::from(EXIT_FAILED)
+    })
 }

@@ -117,8 +117,12 @@ fn progress_spinner(message: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// The config's audit database, opened to write, with its signing key.
 async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
-    AuditStore::open(&config.audit.database).await
+    let signer = config.chain_signer()?;
+    Ok(AuditStore::open(&config.audit.database)
+        .await?
+        .with_signer(signer))
 }
 
 /// Bad command-line use: exit 2.

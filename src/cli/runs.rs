@@ -16,6 +16,13 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         eprintln!("{e}");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
+    let signer = match config.chain_signer() {
+        Ok(signer) => signer,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
     let file = config
         .source
         .as_ref()
@@ -66,6 +73,21 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             "not recorded"
         }
     );
+    match &signer {
+        Some(key) => println!(
+            "  records: each run's end signs the chain head with key {} ({})",
+            key.key_id(),
+            config
+                .audit
+                .signing_key_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+        None => println!(
+            "  records: unsigned (set [audit] signing_key_file to sign each run's chain head; `zd-retention audit keygen` makes a key)"
+        ),
+    }
     println!("  rules, first match decides, no match keeps:");
     for (i, rule) in config.policy.rules.iter().enumerate() {
         println!(

@@ -26,6 +26,7 @@ mod scan;
 mod settle;
 mod worker;
 
+use crate::audit::RunOrigin;
 pub use crate::audit::{RunStatus, Trigger};
 use crate::config::Config;
 use crate::listing::PageOrder;
@@ -93,7 +94,8 @@ impl CycleSettings {
 pub struct CycleContext {
     pub policy: Arc<Policy>,
     pub settings: CycleSettings,
-    pub config_hash: String,
+    /// The config version and what runs it, recorded with every run.
+    pub origin: RunOrigin,
     pub client: ZendeskClient,
     pub store: AuditStore,
     /// Cancelled on shutdown: no new batch is sent, open jobs are followed
@@ -111,7 +113,7 @@ impl CycleContext {
         Self {
             policy: Arc::new(config.policy.clone()),
             settings: CycleSettings::from_config(config),
-            config_hash: config.hash.clone(),
+            origin: RunOrigin::here(&config.hash, Some(config.version_settings())),
             client,
             store,
             cancel,
@@ -501,7 +503,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         tracing::warn!(runs = ?interrupted, "earlier runs did not finish; recorded as interrupted");
     }
     let run = store
-        .start_run(trigger, settings.dry_run, &ctx.config_hash, now)
+        .start_run(trigger, settings.dry_run, &ctx.origin, now)
         .await?;
     tracing::info!(
         run,

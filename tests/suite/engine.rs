@@ -331,7 +331,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     // a crash between recording a request and its answer
     let store = &e.ctx.store;
     let crashed = store
-        .start_run(Trigger::Cron, false, "old", chrono::Utc::now())
+        .start_run(Trigger::Cron, false, &"old".into(), chrono::Utc::now())
         .await
         .unwrap();
     let old = chrono::Utc::now() - chrono::Duration::days(20);
@@ -523,7 +523,7 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
             reconcile_every: Duration::from_secs(86_400),
             ..test_settings()
         },
-        config_hash: "t".into(),
+        origin: "t".into(),
         client: crate::helpers::client_for(&server.uri()),
         store,
         cancel: tokio_util::sync::CancellationToken::new(),

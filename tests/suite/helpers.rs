@@ -146,7 +146,7 @@ pub async fn engine(sb: &Sandbox, policy: Policy, settings: CycleSettings) -> En
         ctx: CycleContext {
             policy: Arc::new(policy),
             settings,
-            config_hash: "test".into(),
+            origin: "test".into(),
             client: client_for(&sb.base_url()),
             store,
             cancel: CancellationToken::new(),

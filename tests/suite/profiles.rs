@@ -459,7 +459,7 @@ async fn a_restore_left_pending_by_a_crash_is_settled_as_restored_not_purged() {
     // an earlier process recorded the restore and died before the answer
     let store = &e.ctx.store;
     let run = store
-        .start_run(Trigger::Restore, false, "test", Utc::now())
+        .start_run(Trigger::Restore, false, &"test".into(), Utc::now())
         .await
         .unwrap();
     let batch = zd_retention::zendesk::IdBatch::new(ids.clone()).unwrap();
@@ -698,7 +698,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
     // an earlier run decided it and lost the answer of its purge
     let store = &e.ctx.store;
     let run = store
-        .start_run(Trigger::Cron, false, "test", Utc::now())
+        .start_run(Trigger::Cron, false, &"test".into(), Utc::now())
         .await
         .unwrap();
     let decision = zd_retention::audit::DecisionRecord {
@@ -916,7 +916,7 @@ async fn a_run_after_a_crash_follows_the_open_jobs_and_does_not_purge_their_tick
     // an earlier process decided, sent one batch, recorded its job, and died
     let store = &e.ctx.store;
     let run = store
-        .start_run(Trigger::Cron, false, "test", Utc::now())
+        .start_run(Trigger::Cron, false, &"test".into(), Utc::now())
         .await
         .unwrap();
     let sent: Vec<u64> = tickets.iter().take(100).map(|t| t.id).collect();

@@ -1,0 +1,261 @@
+//! The queries behind the evidence documents: a run's deletion certificate
+//! and a period's report. Read-only; the documents are rendered by
+//! `crate::evidence`, which knows no SQL.
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// A config version as stored when a run first used it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ConfigVersion {
+    pub hash: String,
+    pub first_run: RunId,
+    pub first_used: String,
+    /// JSON: account, rules (in words), safety, schedule, audit.
+    pub settings: String,
+}
+
+/// What ran a run.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct RunOriginRow {
+    pub host: Option<String>,
+    pub os_user: Option<String>,
+    pub program_version: Option<String>,
+}
+
+/// One ticket purged for good, with how it was verified.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PurgedTicket {
+    pub ticket_id: i64,
+    /// The rule of the decision it was purged by.
+    pub rule: Option<String>,
+    /// The run that recorded the outcome.
+    pub run_id: RunId,
+    pub zendesk_job_id: Option<String>,
+    /// When the `destroy_many` request was recorded, before it was sent.
+    pub requested_at: Option<String>,
+    /// When Zendesk's job was seen finished.
+    pub completed_at: Option<String>,
+    /// When the outcome was recorded.
+    pub verified_at: String,
+    /// How the outcome was established (the job's answer, a lookup, ...).
+    pub detail: Option<String>,
+    /// Only when `record_subjects` stored it.
+    pub subject: Option<String>,
+}
+
+/// A failure or unknown outcome of a period, and how it settled since.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OpenOutcome {
+    pub ticket_id: i64,
+    pub run_id: RunId,
+    pub outcome: String,
+    pub recorded_at: String,
+    pub detail: Option<String>,
+    /// The ticket's latest outcome after this one, if any.
+    pub settled_as: Option<String>,
+    pub settled_at: Option<String>,
+}
+
+/// Tickets the ledger keeps now, per kind and rule.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct KeptCount {
+    pub decision: String,
+    pub rule: Option<String>,
+    pub tickets: i64,
+}
+
+/// Purges of one rule on one day.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DayRuleCount {
+    pub day: String,
+    pub rule: String,
+    pub count: i64,
+}
+
+/// Runs of one status on one day.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DayStatusCount {
+    pub day: String,
+    pub status: String,
+    pub count: i64,
+}
+
+/// The query that lists every purge outcome of a period: shown in the
+/// report so that anyone can run it against the database.
+pub const PURGES_OF_PERIOD_SQL: &str = "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged' AND recorded_at >= :since AND recorded_at < :until";
+
+const PURGED_COLUMNS: &str =
+    "SELECT o.ticket_id, o.run_id, j.zendesk_job_id, j.recorded_at AS requested_at,
+        j.finished_at AS completed_at, o.recorded_at AS verified_at, o.detail,
+        (SELECT d.rule FROM decisions d WHERE d.ticket_id = o.ticket_id AND d.run_id <= o.run_id
+           AND d.decision = 'purge' ORDER BY d.id DESC LIMIT 1) AS rule,
+        (SELECT d.subject FROM decisions d WHERE d.ticket_id = o.ticket_id AND d.run_id <= o.run_id
+           ORDER BY d.id DESC LIMIT 1) AS subject
+     FROM outcomes o LEFT JOIN jobs j ON j.id = o.job_id";
+
+impl AuditStore {
+    /// The config version with this hash, or the one whose hash begins so
+    /// (when exactly one does).
+    pub async fn config_version(&self, hash: &str) -> anyhow::Result<Option<ConfigVersion>> {
+        let prefix = format!(
+            "{}%",
+            hash.trim().to_ascii_lowercase().replace(['%', '_'], "")
+        );
+        let found: Vec<ConfigVersion> = sqlx::query_as(
+            "SELECT hash, first_run, first_used, settings FROM config_versions WHERE hash LIKE ? ORDER BY id LIMIT 2",
+        )
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        if found.len() > 1 {
+            anyhow::bail!(
+                "more than one config version begins with {hash:?}: give more of the hash"
+            );
+        }
+        Ok(found.into_iter().next())
+    }
+
+    /// What ran `run` (empty for runs recorded before migration 0009).
+    pub async fn run_origin(&self, run: RunId) -> anyhow::Result<RunOriginRow> {
+        Ok(
+            sqlx::query_as("SELECT host, os_user, program_version FROM runs WHERE id = ?")
+                .bind(run)
+                .fetch_optional(&self.pool)
+                .await?
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The tickets whose purge `run` recorded as done.
+    pub async fn purged_in_run(&self, run: RunId) -> anyhow::Result<Vec<PurgedTicket>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{PURGED_COLUMNS} WHERE o.run_id = ? AND o.outcome = 'purged' ORDER BY o.ticket_id"
+        )))
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every purge outcome recorded in `[since, until)`.
+    pub async fn purged_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<PurgedTicket>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{PURGED_COLUMNS} WHERE o.outcome = 'purged' AND o.recorded_at >= ? AND o.recorded_at < ? ORDER BY o.recorded_at, o.ticket_id"
+        )))
+        .bind(timestamp(since))
+        .bind(timestamp(until))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// [`PURGES_OF_PERIOD_SQL`], as the report states it.
+    pub async fn count_purges_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged' AND recorded_at >= ? AND recorded_at < ?",
+        )
+        .bind(timestamp(since))
+        .bind(timestamp(until))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Runs started in `[since, until)`, oldest first.
+    pub async fn runs_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<RunRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE started_at >= ? AND started_at < ? ORDER BY id"
+        )))
+        .bind(timestamp(since))
+        .bind(timestamp(until))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The latest run started before `at`: its config was in force then.
+    pub async fn run_before(&self, at: DateTime<Utc>) -> anyhow::Result<Option<RunRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE started_at < ? ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(timestamp(at))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Failed and unknown purge outcomes of `[since, until)`, each with the
+    /// ticket's latest outcome since.
+    pub async fn open_outcomes_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<OpenOutcome>> {
+        Ok(sqlx::query_as(
+            "SELECT o.ticket_id, o.run_id, o.outcome, o.recorded_at, o.detail,
+                    (SELECT l.outcome FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS settled_as,
+                    (SELECT l.recorded_at FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS settled_at
+             FROM outcomes o
+             WHERE o.outcome IN ('failed', 'unknown') AND o.recorded_at >= ? AND o.recorded_at < ?
+             ORDER BY o.recorded_at, o.ticket_id",
+        )
+        .bind(timestamp(since))
+        .bind(timestamp(until))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Tickets the ledger holds as kept now, by keep reason and rule.
+    pub async fn kept_now(&self) -> anyhow::Result<Vec<KeptCount>> {
+        Ok(sqlx::query_as(
+            "SELECT decision, rule, COUNT(*) AS tickets FROM ledger
+             WHERE state = 'kept' AND decision IN ('keep_rule', 'keep_protected')
+             GROUP BY decision, rule ORDER BY decision, rule",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Purge outcomes per day and rule in `[since, until)`.
+    pub async fn purges_by_day_and_rule(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<DayRuleCount>> {
+        let rows: Vec<PurgedTicket> = self.purged_between(since, until).await?;
+        let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for r in rows {
+            let day = r.verified_at.get(..10).unwrap_or("").to_string();
+            let rule = r.rule.unwrap_or_else(|| "(no rule recorded)".into());
+            *counts.entry((day, rule)).or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((day, rule), count)| DayRuleCount { day, rule, count })
+            .collect())
+    }
+
+    /// Runs per day and status in `[since, until)`.
+    pub async fn runs_by_day_and_status(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<DayStatusCount>> {
+        Ok(sqlx::query_as(
+            "SELECT substr(started_at, 1, 10) AS day, status, COUNT(*) AS count FROM runs
+             WHERE started_at >= ? AND started_at < ? GROUP BY day, status ORDER BY day, status",
+        )
+        .bind(timestamp(since))
+        .bind(timestamp(until))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
