@@ -476,15 +476,15 @@ impl Certificate {
         b.push_str(&figure("failed", "failed", r.failed));
         b.push_str(&figure("unknown", "unknown", r.unknown));
         b.push_str("</div>\n");
-        let _ = write!(b, "<h2>Tickets purged ({})</h2>\n", self.purged.len());
+        let _ = writeln!(b, "<h2>Tickets purged ({})</h2>", self.purged.len());
         let subjects = self.purged.iter().any(|p| p.subject.is_some());
         b.push_str(&purged_rows_html(&self.purged, subjects));
         b.push_str("<h2>Integrity</h2>\n");
         match &self.chain_head {
             Some(h) => {
-                let _ = write!(
+                let _ = writeln!(
                     b,
-                    "<p>Chain head at the run's end: entry {} <code data-figure=\"head\">{}</code>, {}{}</p>\n",
+                    "<p>Chain head at the run's end: entry {} <code data-figure=\"head\">{}</code>, {}{}</p>",
                     h.seq,
                     esc(&h.head),
                     esc(&h.recorded_at),
@@ -746,9 +746,9 @@ impl PeriodReport {
             b.push_str(&version_html(&v.version));
         }
         b.push_str(&self.completeness_html());
-        let _ = write!(
+        let _ = writeln!(
             b,
-            "<h2>Every purge of the period ({})</h2>\n",
+            "<h2>Every purge of the period ({})</h2>",
             self.purged.len()
         );
         let subjects = self.purged.iter().any(|p| p.subject.is_some());
@@ -909,6 +909,9 @@ impl PeriodReport {
             let _ = writeln!(m, "| {} | {n} |", md(rule));
         }
         m.push_str("\n## Failures and unknowns, and how each settled\n\n");
+        if self.open_outcomes.is_empty() {
+            m.push_str("None.\n");
+        }
         for o in &self.open_outcomes {
             let _ = writeln!(
                 m,
@@ -921,6 +924,9 @@ impl PeriodReport {
             );
         }
         m.push_str("\n## Runs refused by a safety limit\n\n");
+        if self.refused_runs.is_empty() {
+            m.push_str("None.\n");
+        }
         for r in &self.refused_runs {
             let _ = writeln!(
                 m,
@@ -931,6 +937,9 @@ impl PeriodReport {
             );
         }
         m.push_str("\n## Tickets held or protected (kept now)\n\n");
+        if self.kept_now.is_empty() {
+            m.push_str("None.\n");
+        }
         for k in &self.kept_now {
             let _ = writeln!(
                 m,

@@ -42,6 +42,20 @@ pub enum LedgerState {
 }
 
 impl LedgerState {
+    /// Every state, in the order of the enum.
+    pub const ALL: [LedgerState; 10] = [
+        Self::Kept,
+        Self::Selected,
+        Self::PurgeRequested,
+        Self::Purged,
+        Self::Unknown,
+        Self::Gone,
+        Self::LeftView,
+        Self::Restored,
+        Self::Scrubbed,
+        Self::Superseded,
+    ];
+
     pub const LIVE: [LedgerState; 5] = [
         Self::Kept,
         Self::Selected,

@@ -844,13 +844,17 @@ impl AuditStore {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        // the ids outer (CROSS JOIN), each looked up by ticket: the run index
-        // would scan every purge decision of the run once per id
+        // Each ticket's latest decision up to the job's run: a ticket
+        // decided from the ledger has no decision row in the run that sent
+        // it (decisions are written on change). The ids outer, each looked
+        // up by ticket.
         let rows = sqlx::query(
             "SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
-             FROM json_each(?1) AS t CROSS JOIN decisions AS d INDEXED BY decisions_ticket
-             WHERE d.ticket_id = t.value AND d.decision = 'purge'
-               AND d.run_id = (SELECT run_id FROM jobs WHERE id = ?2)
+             FROM json_each(?1) AS t CROSS JOIN decisions AS d
+             WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
+                           WHERE x.ticket_id = t.value
+                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2))
+               AND d.decision = 'purge'
              GROUP BY d.rule",
         )
         .bind(ids)

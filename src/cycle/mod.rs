@@ -377,8 +377,16 @@ async fn announce(store: &AuditStore, report: &CycleReport) {
     }
     metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
     metrics::counter!("zd_retention_decisions_recorded_total").increment(report.decisions_recorded);
-    for (state, n) in store.ledger_counts().await.unwrap_or_default() {
-        metrics::gauge!("zd_retention_ledger_tickets", "state" => state).set(n as f64);
+    // every state, 0 when none: a state that empties must not keep its
+    // last count (an alert on `unknown` would never resolve)
+    if let Ok(counts) = store.ledger_counts().await {
+        for state in crate::audit::LedgerState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("zd_retention_ledger_tickets", "state" => state.as_str()).set(n as f64);
+        }
     }
     if status == RunStatus::Completed {
         metrics::gauge!("zd_retention_last_success_timestamp_seconds")

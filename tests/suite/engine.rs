@@ -414,6 +414,60 @@ async fn failed_jobs_are_recorded_with_zendesks_message_and_fail_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_whose_purge_failed_are_sent_again_by_the_next_run() {
+    for (reconcile_every, purge_while_scanning) in [
+        (Duration::ZERO, false),
+        (Duration::from_secs(86_400), false),
+        (Duration::ZERO, true),
+        (Duration::from_secs(86_400), true),
+    ] {
+        let tickets = clear_tickets(400, 8);
+        let want = selected(&tickets);
+        let sb = sandbox_with(
+            tickets,
+            SandboxOptions {
+                faults: Faults {
+                    job_failures: 1.0,
+                    ..Faults::default()
+                },
+                ..fast_sandbox_options(0)
+            },
+        )
+        .await;
+        let settings = zd_retention::cycle::CycleSettings {
+            reconcile_every,
+            purge_while_scanning,
+            ..test_settings()
+        };
+        let e = engine(&sb, example_policy(), settings).await;
+        let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(first.counts.failed, want.len() as u64);
+        sb.set_faults(Faults::default());
+        let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(
+            second.counts.purged,
+            want.len() as u64,
+            "reconcile every {reconcile_every:?}, purge while scanning {purge_while_scanning}: {second:?}"
+        );
+        assert_eq!(sb.purged_ids().into_iter().collect::<BTreeSet<u64>>(), want);
+        // the purges count for their rule, although their decisions (made
+        // in the first run, unchanged) are not rows of the second
+        let mut by_rule = 0;
+        for job in e.ctx.store.jobs_of_run(second.run_id).await.unwrap() {
+            let ids: Vec<u64> = job
+                .ticket_ids
+                .split(',')
+                .map(|i| i.trim().parse().unwrap())
+                .collect();
+            for (_, n) in e.ctx.store.rules_of_request(job.id, &ids).await.unwrap() {
+                by_rule += n;
+            }
+        }
+        assert_eq!(by_rule as usize, want.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_that_did_not_take_is_flagged_and_tried_again() {
     let tickets = clear_tickets(300, 9);
     let want = selected(&tickets);

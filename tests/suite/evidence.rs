@@ -1,0 +1,662 @@
+//! Evidence for people who sign off: signed chain heads, config versions,
+//! certificates and reports, through the binary as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{TOKEN, clear_tickets, fast_sandbox_options, sandbox_with};
+
+const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
+
+fn config(dir: &Path, base_url: &str, audit_extra: &str, rules: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        r#"
+[zendesk]
+base_url = "{base_url}"
+email = "ops@acme.example"
+token_env = "ZD_TEST_TOKEN"
+job_poll_interval = "20ms"
+[zendesk.rate_limits]
+list = "10/100ms"
+list_deep = "5/100ms"
+account = "200/100ms"
+[audit]
+database = "{db}"
+{audit_extra}
+[safety]
+dry_run = false
+{rules}
+"#,
+        db = dir.join("audit.db").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const RULES: &str = r#"
+[[rules]]
+name = "closed-after-7-days"
+action = "purge"
+previous_state = ["solved", "closed"]
+older_than = "7d"
+"#;
+
+fn zd(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// What an attacker with write access and the (public) algorithm does:
+/// change a chained row, then recompute its digest and every entry hash
+/// from there on, so that the keyless `verify` finds the chain whole.
+async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE decisions SET decided_at = '2020-01-01T00:00:00.000Z' WHERE id = ?")
+        .bind(decision_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let values: Vec<Option<String>> = {
+        use sqlx::Row as _;
+        let row = sqlx::query(
+            "SELECT CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id = ?",
+        )
+        .bind(decision_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let mut v: Vec<Option<String>> = (0..row.len()).map(|i| row.try_get(i).unwrap()).collect();
+        while v.len() > 9 && v.last() == Some(&None) {
+            v.pop();
+        }
+        v
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(b"decisions");
+    for value in &values {
+        hasher.update([0x1f]);
+        match value {
+            Some(v) => hasher.update(v.as_bytes()),
+            None => hasher.update([0]),
+        }
+    }
+    let digest = hex::encode(&hasher.finalize()[..8]);
+    let (seq, first, digests): (i64, i64, String) = sqlx::query_as(
+        "SELECT seq, first_id, digests FROM audit_chain WHERE tbl = 'decisions' AND first_id <= ? AND last_id >= ?",
+    )
+    .bind(decision_id)
+    .bind(decision_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let at = ((decision_id - first) * 16) as usize;
+    let mut digests = digests;
+    digests.replace_range(at..at + 16, &digest);
+    sqlx::query("UPDATE audit_chain SET digests = ? WHERE seq = ?")
+        .bind(&digests)
+        .bind(seq)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let entries: Vec<(i64, String, i64, i64, String)> = sqlx::query_as(
+        "SELECT seq, tbl, first_id, last_id, digests FROM audit_chain WHERE seq >= ? ORDER BY seq",
+    )
+    .bind(seq)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut prev: String = sqlx::query_scalar("SELECT hash FROM audit_chain WHERE seq = ?")
+        .bind(seq - 1)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| "genesis".into());
+    for (seq, tbl, first, last, digests) in entries {
+        let hash = hex::encode(Sha256::digest(
+            format!("{prev}\x1e{tbl}\x1e{first}\x1e{last}\x1e{digests}").as_bytes(),
+        ));
+        sqlx::query("UPDATE audit_chain SET prev = ?, hash = ? WHERE seq = ?")
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(&pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
+    let tickets = clear_tickets(250, 131);
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing-key.pem");
+    let public = dir.path().join("signing-key.pub.pem");
+    let keygen = zd(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    assert!(public.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let private_pem = std::fs::read_to_string(&key).unwrap();
+    assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+    // a second keygen never overwrites the key
+    let again = zd(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("never overwritten"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), private_pem);
+
+    let extra = format!("signing_key_file = \"{}\"", key.display());
+    let cfg = config(dir.path(), &sb.base_url(), &extra, RULES);
+    let check = zd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("signs the chain head with key"),
+        "{}",
+        text(&check)
+    );
+    assert!(!text(&check).contains(private_pem.lines().nth(1).unwrap()));
+    for _ in 0..2 {
+        let once = zd(&["once", "--config", cfg.to_str().unwrap()]);
+        assert!(once.status.success(), "{}", text(&once));
+    }
+    let db = dir.path().join("audit.db");
+    let dbs = db.to_str().unwrap();
+    let verify = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("signatures hold: 2 signed chain heads"),
+        "{}",
+        text(&verify)
+    );
+    // the key itself reaches neither the database nor any output
+    let raw = std::fs::read(&db).unwrap();
+    let secret_line = private_pem.lines().nth(1).unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains(secret_line));
+
+    // a purge decision backdated, and the whole chain recomputed
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
+        .await
+        .unwrap();
+    let target: i64 = sqlx::query_scalar("SELECT MIN(id) FROM decisions WHERE decision = 'purge'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rewrite_and_rechain(&db, target).await;
+    let keyless = zd(&["audit", "verify", "--database", dbs]);
+    assert!(
+        keyless.status.success(),
+        "the recomputed chain fools the keyless check, as it must for this test to mean anything: {}",
+        text(&keyless)
+    );
+    let signed = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert_eq!(signed.status.code(), Some(1), "{}", text(&signed));
+    assert!(
+        text(&signed).contains("not the one signed"),
+        "{}",
+        text(&signed)
+    );
+
+    // removing the signed heads instead is caught too
+    let status = Command::new("sqlite3")
+        .arg(dbs)
+        .arg("DELETE FROM chain_heads")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stripped = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert_eq!(stripped.status.code(), Some(1), "{}", text(&stripped));
+    assert!(text(&stripped).contains("unsigned"), "{}", text(&stripped));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_of_other_keys_forged_signatures_and_runs_left_unsigned_are_named() {
+    let tickets = clear_tickets(120, 17);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let other = dir.path().join("other.pem");
+    assert!(
+        zd(&["audit", "keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        zd(&["audit", "keygen", "--out", other.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let signed_cfg = config(
+        dir.path(),
+        &sb.base_url(),
+        &format!("signing_key_file = \"{}\"", key.display()),
+        RULES,
+    );
+    assert!(
+        zd(&["once", "--config", signed_cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let dbs = dir.path().join("audit.db");
+    let dbs = dbs.to_str().unwrap();
+    let public = dir.path().join("k.pub.pem");
+    let other_public = dir.path().join("other.pub.pem");
+    let wrong = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        other_public.to_str().unwrap(),
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        text(&wrong).contains("not by this public key"),
+        "{}",
+        text(&wrong)
+    );
+    // a run without the key after signing began
+    let unsigned_cfg = config(dir.path(), &sb.base_url(), "", RULES);
+    assert!(
+        zd(&["once", "--config", unsigned_cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let gap = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert_eq!(gap.status.code(), Some(1));
+    assert!(
+        text(&gap).contains("run 2 ended without a signed chain head"),
+        "{}",
+        text(&gap)
+    );
+    // a signature edited by hand
+    let signed_cfg = config(
+        dir.path(),
+        &sb.base_url(),
+        &format!("signing_key_file = \"{}\"", key.display()),
+        RULES,
+    );
+    assert!(
+        zd(&["once", "--config", signed_cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    Command::new("sqlite3")
+        .arg(dbs)
+        .arg("UPDATE chain_heads SET recorded_at = '2026-01-01T00:00:00.000Z' WHERE run_id = 3")
+        .status()
+        .unwrap();
+    let forged = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert_eq!(forged.status.code(), Some(1));
+    assert!(
+        text(&forged).contains("does not verify"),
+        "{}",
+        text(&forged)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_records_are_unsigned_and_say_so() {
+    let tickets = clear_tickets(80, 5);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url(), "", RULES);
+    let check = zd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert!(check.status.success());
+    assert!(
+        text(&check).contains("records: unsigned"),
+        "{}",
+        text(&check)
+    );
+    assert!(
+        zd(&["once", "--config", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let dbs = dir.path().join("audit.db");
+    let verify = zd(&["audit", "verify", "--database", dbs.to_str().unwrap()]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(
+        text(&verify).contains("records are unsigned"),
+        "{}",
+        text(&verify)
+    );
+    // the head is recorded all the same, unsigned
+    let run = zd(&["audit", "run", "1", "--database", dbs.to_str().unwrap()]);
+    assert!(
+        text(&run).contains("chain head at its end"),
+        "{}",
+        text(&run)
+    );
+    assert!(text(&run).contains("unsigned"), "{}", text(&run));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_signing_key_is_a_config_error_that_names_the_key_and_never_quotes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PRIVATE KEY-----\nnot-a-key-SECRET-BYTES\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let cfg = config(
+        dir.path(),
+        "https://acme.zendesk.com",
+        &format!("signing_key_file = \"{}\"", key.display()),
+        RULES,
+    );
+    let check = zd(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(
+        text(&check).contains("audit.signing_key_file"),
+        "{}",
+        text(&check)
+    );
+    assert!(text(&check).contains("audit keygen"), "{}", text(&check));
+    assert!(!text(&check).contains("SECRET-BYTES"));
+    let missing = config(
+        dir.path(),
+        "https://acme.zendesk.com",
+        "signing_key_file = \"/nonexistent/key.pem\"",
+        RULES,
+    );
+    let once = zd(&["once", "--config", missing.to_str().unwrap()]);
+    assert_ne!(once.status.code(), Some(0));
+    assert!(
+        text(&once).contains("cannot read the signing key"),
+        "{}",
+        text(&once)
+    );
+    // nothing was recorded by a run that could not sign
+    let db = dir.path().join("audit.db");
+    if db.exists() {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let tables: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'runs'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if tables > 0 {
+            let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(runs, 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_config_is_stored_once_and_certificates_name_it_with_every_purge() {
+    let tickets = clear_tickets(300, 77);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url(), "", RULES);
+    assert!(
+        zd(&["once", "--config", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        zd(&["once", "--config", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // what the sandbox deleted for good in run 1
+    let expected: std::collections::BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert!(!expected.is_empty());
+    let db = dir.path().join("audit.db");
+    let dbs = db.to_str().unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
+        .await
+        .unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM config_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, 1, "two runs of one config: one version");
+    let settings: String = sqlx::query_scalar("SELECT settings FROM config_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !settings.contains(TOKEN) && !settings.contains("ZD_TEST_TOKEN"),
+        "{settings}"
+    );
+    let hash: String = sqlx::query_scalar("SELECT config_hash FROM runs WHERE id = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // a changed config is a new version
+    let cfg = config(dir.path(), &sb.base_url(), "", &RULES.replace("7d", "8d"));
+    assert!(
+        zd(&["once", "--config", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM config_versions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(versions, 2);
+    let shown = zd(&["audit", "config", &hash[..10], "--database", dbs]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("closed-after-7-days: purge tickets deleted more than 7d ago"),
+        "{}",
+        text(&shown)
+    );
+    let run = zd(&["audit", "run", "1", "--database", dbs]);
+    assert!(
+        text(&run).contains(&format!("config version {hash}")),
+        "{}",
+        text(&run)
+    );
+
+    let cert = zd(&[
+        "audit",
+        "certificate",
+        "1",
+        "--format",
+        "json",
+        "--database",
+        dbs,
+    ]);
+    assert!(cert.status.success(), "{}", text(&cert));
+    let cert: serde_json::Value = serde_json::from_slice(&cert.stdout).unwrap();
+    let purged: std::collections::BTreeSet<u64> = cert["purged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["ticket_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(purged, expected);
+    for p in cert["purged"].as_array().unwrap() {
+        assert_eq!(p["rule"], "closed-after-7-days");
+        assert!(
+            p["zendesk_job_id"].is_string()
+                && p["requested_at"].is_string()
+                && p["completed_at"].is_string(),
+            "{p}"
+        );
+        assert!(p["subject"].is_null(), "no subjects unless record_subjects");
+    }
+    assert_eq!(cert["config"]["hash"], hash.as_str());
+    assert!(
+        cert["ran_by"]["program_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("zd-retention ")
+    );
+    assert_eq!(cert["integrity"]["signatures"], "unsigned");
+
+    // a config version rewritten by hand is named by verify
+    sqlx::query("UPDATE config_versions SET settings = replace(settings, '7d', '700d')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let verify = zd(&["audit", "verify", "--database", dbs]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        text(&verify).contains("config_versions was changed"),
+        "{}",
+        text(&verify)
+    );
+    let report = zd(&[
+        "audit",
+        "report",
+        "--since",
+        "1d",
+        "--format",
+        "md",
+        "--database",
+        dbs,
+    ]);
+    assert_eq!(
+        report.status.code(),
+        Some(1),
+        "a report over tampered records fails"
+    );
+    assert!(
+        text(&report).contains("NOT complete or NOT intact"),
+        "{}",
+        text(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_period_without_runs_says_so_and_bad_periods_are_refused() {
+    let tickets = clear_tickets(50, 3);
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url(), "", RULES);
+    assert!(
+        zd(&["once", "--config", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let dbs = dir.path().join("audit.db");
+    let dbs = dbs.to_str().unwrap();
+    let empty = zd(&[
+        "audit",
+        "report",
+        "--since",
+        "2025-01-01",
+        "--until",
+        "2025-02-01",
+        "--format",
+        "md",
+        "--database",
+        dbs,
+    ]);
+    assert!(empty.status.success(), "{}", text(&empty));
+    assert!(
+        text(&empty).contains("No run took place in this period"),
+        "{}",
+        text(&empty)
+    );
+    let backwards = zd(&[
+        "audit",
+        "report",
+        "--since",
+        "2025-02-01",
+        "--until",
+        "2025-01-01",
+        "--database",
+        dbs,
+    ]);
+    assert_eq!(backwards.status.code(), Some(2), "{}", text(&backwards));
+    assert!(text(&backwards).contains("--until"), "{}", text(&backwards));
+    let no_run = zd(&["audit", "certificate", "99", "--database", dbs]);
+    assert_ne!(no_run.status.code(), Some(0));
+    assert!(text(&no_run).contains("no run 99"), "{}", text(&no_run));
+    // --output's extension picks the format
+    let md = dir.path().join("r.md");
+    assert!(
+        zd(&[
+            "audit",
+            "report",
+            "--since",
+            "1d",
+            "--output",
+            md.to_str().unwrap(),
+            "--database",
+            dbs
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        std::fs::read_to_string(&md)
+            .unwrap()
+            .starts_with("# Retention report")
+    );
+}
