@@ -302,6 +302,14 @@ pub fn esc(text: &str) -> String {
     out
 }
 
+/// A stored time as people read it: `2026-11-29 14:22:45.913`, UTC.
+fn utc(stored: &str) -> String {
+    stored
+        .replacen('T', " ", 1)
+        .trim_end_matches('Z')
+        .to_string()
+}
+
 /// Text safe inside a Markdown table cell.
 fn md(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
@@ -327,6 +335,8 @@ code, .mono { font-family: 'DejaVu Sans Mono', monospace; font-size: 9pt; word-b
 .sign { margin-top: 10mm; display: flex; gap: 12mm; }
 .sign div { flex: 1; border-top: 1px solid #111; padding-top: 1mm; }
 svg { max-width: 100%; }
+table.purged td, table.purged th { font-size: 8pt; padding: 0.5mm 1.2mm; }
+table.purged td.mono { font-size: 7pt; }
 tr, .figure { page-break-inside: avoid; }
 ";
 
@@ -388,7 +398,7 @@ fn version_html(v: &VersionInWords) -> String {
     if !v.safety.is_empty() {
         let _ = writeln!(
             out,
-            "<p class=\"muted\">Safety: {}</p>",
+            "<p class=\"muted\">The config's safety settings (a run's own mode is stated with the run): {}</p>",
             esc(&v.safety.join("; "))
         );
     }
@@ -397,7 +407,7 @@ fn version_html(v: &VersionInWords) -> String {
 
 fn purged_rows_html(rows: &[PurgedTicket], with_subjects: bool) -> String {
     let mut out = String::from(
-        "<table><thead><tr><th>ticket</th><th>rule</th><th>run</th><th>Zendesk job</th><th>requested</th><th>completed</th><th>verified</th>",
+        "<table class=\"purged\"><thead><tr><th>ticket</th><th>rule</th><th>run</th><th>Zendesk job</th><th>requested (UTC)</th><th>completed (UTC)</th><th>recorded (UTC)</th>",
     );
     if with_subjects {
         out.push_str("<th>subject</th>");
@@ -412,9 +422,9 @@ fn purged_rows_html(rows: &[PurgedTicket], with_subjects: bool) -> String {
             esc(p.rule.as_deref().unwrap_or("?")),
             p.run_id,
             esc(p.zendesk_job_id.as_deref().unwrap_or("")),
-            esc(p.requested_at.as_deref().unwrap_or("")),
-            esc(p.completed_at.as_deref().unwrap_or("")),
-            esc(&p.verified_at),
+            esc(&utc(p.requested_at.as_deref().unwrap_or(""))),
+            esc(&utc(p.completed_at.as_deref().unwrap_or(""))),
+            esc(&utc(&p.verified_at)),
         );
         if with_subjects {
             let _ = write!(out, "<td>{}</td>", esc(p.subject.as_deref().unwrap_or("")));
@@ -443,9 +453,9 @@ impl Certificate {
             esc(r.finished_at.as_deref().unwrap_or("(not ended)")),
             esc(&r.status.to_string()),
             if r.dry_run {
-                ", dry run: nothing sent"
+                ", dry run: nothing was sent"
             } else {
-                ""
+                ", live: purge requests were sent"
             },
             esc(self.ran_by.host.as_deref().unwrap_or("?")),
             esc(self.ran_by.os_user.as_deref().unwrap_or("?")),

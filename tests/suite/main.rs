@@ -2,6 +2,7 @@
 //! against wiremock, the sandbox's contract, and the engine end to end.
 
 mod bad_input;
+mod browser;
 mod cli;
 mod client_wire;
 mod config_files;
