@@ -84,11 +84,11 @@ pub struct Integrity {
 }
 
 impl Integrity {
-    async fn check(store: &AuditStore, key: Option<&ChainVerifier>) -> anyhow::Result<Self> {
+    async fn check(store: &AuditStore, keys: &[ChainVerifier]) -> anyhow::Result<Self> {
         let chain = store.verify_chain().await?;
-        let (signatures, signature_detail) = match key {
-            Some(key) => {
-                let r = store.verify_signatures(key).await?;
+        let (signatures, signature_detail) = match keys {
+            [_, ..] => {
+                let r = store.verify_signatures(keys).await?;
                 match r.problem {
                     None => (
                         "verified",
@@ -100,11 +100,11 @@ impl Integrity {
                     Some(p) => ("failed", p),
                 }
             }
-            None if store.is_signed().await? => (
+            [] if store.is_signed().await? => (
                 "not_checked",
                 "chain heads are signed; pass --public-key to check the signatures".to_string(),
             ),
-            None => (
+            [] => (
                 "unsigned",
                 "the records are not signed ([audit] signing_key_file is not set)".to_string(),
             ),
@@ -140,7 +140,7 @@ impl Certificate {
     pub async fn gather(
         store: &AuditStore,
         run: i64,
-        key: Option<&ChainVerifier>,
+        keys: &[ChainVerifier],
     ) -> anyhow::Result<Self> {
         let Some(row) = store.run(run).await? else {
             anyhow::bail!(
@@ -157,7 +157,7 @@ impl Certificate {
             verified_how: VERIFIED_HOW,
             purged: store.purged_in_run(run).await?,
             chain_head: store.chain_head_of(run).await?,
-            integrity: Integrity::check(store, key).await?,
+            integrity: Integrity::check(store, keys).await?,
             run: row,
         })
     }
@@ -200,7 +200,7 @@ impl PeriodReport {
         store: &AuditStore,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
-        key: Option<&ChainVerifier>,
+        keys: &[ChainVerifier],
     ) -> anyhow::Result<Self> {
         let runs = store.runs_between(since, until).await?;
         let mut runs_by_status = BTreeMap::new();
@@ -236,7 +236,7 @@ impl PeriodReport {
             purges_by_day: store.purges_by_day_and_rule(since, until).await?,
             runs_by_day: store.runs_by_day_and_status(since, until).await?,
             config_versions: versions_in_force(store, since, &runs).await?,
-            integrity: Integrity::check(store, key).await?,
+            integrity: Integrity::check(store, keys).await?,
             runs,
         })
     }

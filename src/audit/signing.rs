@@ -188,14 +188,18 @@ impl AuditStore {
     /// first signed one has a signed head. Run after [`Self::verify_chain`]
     /// has found the chain whole: a chain recomputed after a rewrite is
     /// whole, but its heads no longer match what was signed.
-    pub async fn verify_signatures(&self, key: &ChainVerifier) -> anyhow::Result<SignatureReport> {
+    pub async fn verify_signatures(
+        &self,
+        keys: &[ChainVerifier],
+    ) -> anyhow::Result<SignatureReport> {
         let heads: Vec<ChainHead> = sqlx::query_as(
             "SELECT run_id, seq, head, recorded_at, key_id, signature FROM chain_heads ORDER BY run_id",
         )
         .fetch_all(&self.pool)
         .await?;
+        let key_ids: Vec<String> = keys.iter().map(ChainVerifier::key_id).collect();
         let mut report = SignatureReport {
-            key_id: key.key_id(),
+            key_id: key_ids.join(", "),
             signed: 0,
             last_signed: None,
             entries_after: 0,
@@ -207,15 +211,18 @@ impl AuditStore {
                 continue;
             };
             first_signed.get_or_insert(h.run_id);
-            if h.key_id.as_deref() != Some(report.key_id.as_str()) {
+            let Some(key) = keys
+                .iter()
+                .find(|k| Some(k.key_id().as_str()) == h.key_id.as_deref())
+            else {
                 report.problem = Some(format!(
-                    "run {}'s chain head is signed by key {}, not by this public key ({})",
+                    "run {}'s chain head is signed by key {}, not by the public key given ({}): pass that key's public half too",
                     h.run_id,
                     h.key_id.as_deref().unwrap_or("?"),
                     report.key_id
                 ));
                 return Ok(report);
-            }
+            };
             if !key.verifies(
                 &head_message(h.run_id, h.seq, &h.head, &h.recorded_at),
                 signature,

@@ -235,8 +235,9 @@ pub enum AuditCommand {
         /// The signing key's public half (`audit keygen` writes it): every
         /// run's signed chain head must verify with it, so a database
         /// rewritten and re-chained without the private key is caught.
+        /// Repeat it for each key used over time (after a key change).
         #[arg(long, value_name = "FILE")]
-        public_key: Option<PathBuf>,
+        public_key: Vec<PathBuf>,
         #[command(flatten)]
         target: AuditTarget,
     },
@@ -277,9 +278,10 @@ pub enum AuditCommand {
         /// The audit database; defaults to the config's audit.database.
         #[arg(long, value_name = "PATH")]
         database: Option<PathBuf>,
-        /// Check the signatures with this public key and say so.
+        /// Check the signatures with this public key and say so (repeat it
+        /// for each key used over time).
         #[arg(long, value_name = "FILE")]
-        public_key: Option<PathBuf>,
+        public_key: Vec<PathBuf>,
     },
     /// A report for a period, for people who sign off: purges by rule,
     /// failures and how they settled, refusals, config versions, a chart,
@@ -303,9 +305,10 @@ pub enum AuditCommand {
         /// The audit database; defaults to the config's audit.database.
         #[arg(long, value_name = "PATH")]
         database: Option<PathBuf>,
-        /// Check the signatures with this public key and say so.
+        /// Check the signatures with this public key and say so (repeat it
+        /// for each key used over time).
         #[arg(long, value_name = "FILE")]
-        public_key: Option<PathBuf>,
+        public_key: Vec<PathBuf>,
     },
     /// The ticket ledger: tickets per state, the high-water mark of the
     /// newest deletions, and when the view was last walked whole.

@@ -426,13 +426,13 @@ async fn head(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<Ex
 async fn verify(
     config: Option<PathBuf>,
     expect_head: Option<String>,
-    public_key: Option<PathBuf>,
+    public_key: Vec<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
-    let key = public_key
-        .as_deref()
-        .map(crate::config::read_public_key)
-        .transpose()?;
+    let keys = public_key
+        .iter()
+        .map(|p| crate::config::read_public_key(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let expect_head = expect_head.map(|h| h.trim().to_ascii_lowercase());
     if let Some(h) = &expect_head
         && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
@@ -454,9 +454,10 @@ async fn verify(
     }
     // signatures are checked over a whole chain: a recomputed chain is
     // whole, but its heads are no longer the ones signed
-    let signatures = match &key {
-        Some(key) if report.problem.is_none() => Some(store.verify_signatures(key).await?),
-        _ => None,
+    let signatures = if !keys.is_empty() && report.problem.is_none() {
+        Some(store.verify_signatures(&keys).await?)
+    } else {
+        None
     };
     if let Some(p) = signatures.as_ref().and_then(|s| s.problem.clone()) {
         report.problem = Some(p);
@@ -765,15 +766,15 @@ async fn certificate(
     run: i64,
     format: DocumentFormat,
     output: Option<PathBuf>,
-    public_key: Option<PathBuf>,
+    public_key: Vec<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
-    let key = public_key
-        .as_deref()
-        .map(crate::config::read_public_key)
-        .transpose()?;
+    let keys = public_key
+        .iter()
+        .map(|p| crate::config::read_public_key(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = open(config, &target).await?;
-    let cert = crate::evidence::Certificate::gather(&store, run, key.as_ref()).await?;
+    let cert = crate::evidence::Certificate::gather(&store, run, &keys).await?;
     let text = match format {
         DocumentFormat::Text => cert.text(),
         DocumentFormat::Json => serde_json::to_string_pretty(&cert)? + "\n",
@@ -797,15 +798,15 @@ async fn period_report(
     (since, until): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
     format: ReportFormat,
     output: Option<PathBuf>,
-    public_key: Option<PathBuf>,
+    public_key: Vec<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
-    let key = public_key
-        .as_deref()
-        .map(crate::config::read_public_key)
-        .transpose()?;
+    let keys = public_key
+        .iter()
+        .map(|p| crate::config::read_public_key(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let store = open(config, &target).await?;
-    let report = crate::evidence::PeriodReport::gather(&store, since, until, key.as_ref()).await?;
+    let report = crate::evidence::PeriodReport::gather(&store, since, until, &keys).await?;
     let text = match format {
         ReportFormat::Html => report.html(),
         ReportFormat::Md => report.markdown(),

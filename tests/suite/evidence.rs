@@ -301,7 +301,7 @@ async fn heads_of_other_keys_forged_signatures_and_runs_left_unsigned_are_named(
     ]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(
-        text(&wrong).contains("not by this public key"),
+        text(&wrong).contains("not by the public key given"),
         "{}",
         text(&wrong)
     );
@@ -326,6 +326,43 @@ async fn heads_of_other_keys_forged_signatures_and_runs_left_unsigned_are_named(
         "{}",
         text(&gap)
     );
+    // a key change: run 3 signed by the other key; both public halves
+    // together verify (run 2 still lacks a head: signed runs only)
+    let rotated_cfg = config(
+        dir.path(),
+        &sb.base_url(),
+        &format!("signing_key_file = \"{}\"", other.display()),
+        RULES,
+    );
+    assert!(
+        zd(&["once", "--config", rotated_cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let only_old = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert_eq!(only_old.status.code(), Some(1));
+    let both = zd(&[
+        "audit",
+        "verify",
+        "--database",
+        dbs,
+        "--public-key",
+        public.to_str().unwrap(),
+        "--public-key",
+        other_public.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&both).contains("run 2 ended without a signed chain head"),
+        "the keys are both known; only run 2's gap remains: {}",
+        text(&both)
+    );
     // a signature edited by hand
     let signed_cfg = config(
         dir.path(),
@@ -340,7 +377,7 @@ async fn heads_of_other_keys_forged_signatures_and_runs_left_unsigned_are_named(
     );
     Command::new("sqlite3")
         .arg(dbs)
-        .arg("UPDATE chain_heads SET recorded_at = '2026-01-01T00:00:00.000Z' WHERE run_id = 3")
+        .arg("UPDATE chain_heads SET recorded_at = '2026-01-01T00:00:00.000Z' WHERE run_id = 4")
         .status()
         .unwrap();
     let forged = zd(&[
@@ -350,6 +387,8 @@ async fn heads_of_other_keys_forged_signatures_and_runs_left_unsigned_are_named(
         dbs,
         "--public-key",
         public.to_str().unwrap(),
+        "--public-key",
+        other_public.to_str().unwrap(),
     ]);
     assert_eq!(forged.status.code(), Some(1));
     assert!(
