@@ -130,6 +130,14 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
         database.display()
     );
     println!(
+        "  cargo run --release -- audit report --since 7d --output r.html --database {}",
+        database.display()
+    );
+    println!(
+        "  cargo run --release -- audit certificate 1 --format html --output certificate-1.html --database {}",
+        database.display()
+    );
+    println!(
         "  sqlite3 {} \"SELECT rule, COUNT(*) FROM decisions WHERE decision = 'purge' GROUP BY rule\"",
         database.display()
     );
