@@ -119,10 +119,22 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
     print!("{}", crate::report::summary(&second, &ctx.policy));
     println!();
     let example = selected.first().copied().unwrap_or(0);
+    print_hints(database, report.run_id, example);
+    store.close().await;
+    sandbox.shutdown().await;
+    Ok(if report.status == RunStatus::Completed && exact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::app::EXIT_FAILED)
+    })
+}
+
+/// Where the demo's audit log is, and what to try on it.
+fn print_hints(database: &std::path::Path, run_id: i64, example: u64) {
     println!("The audit log is in {}. Try:", database.display());
     println!(
         "  cargo run --release -- audit run {} --database {}",
-        report.run_id,
+        run_id,
         database.display()
     );
     println!(
@@ -141,11 +153,4 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
         "  sqlite3 {} \"SELECT rule, COUNT(*) FROM decisions WHERE decision = 'purge' GROUP BY rule\"",
         database.display()
     );
-    store.close().await;
-    sandbox.shutdown().await;
-    Ok(if report.status == RunStatus::Completed && exact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::app::EXIT_FAILED)
-    })
 }
