@@ -17,16 +17,24 @@ ALTER TABLE runs ADD COLUMN host TEXT;
 ALTER TABLE runs ADD COLUMN os_user TEXT;
 ALTER TABLE runs ADD COLUMN program_version TEXT;
 
--- The chain's head at each run's end, signed when `[audit]
--- signing_key_file` is set. Not itself chained (a chained row would move
--- the head it records); a signature is its own proof, and `audit verify
--- --public-key` checks each one and that no ended run lacks one.
+-- Chain heads. With `[audit] signing_key_file`, every transaction that
+-- appends to the chain records, before it commits, the head it leaves
+-- (entry `seq`, its hash) and the first entry it appended (`from_seq`),
+-- signed: a head per commit, so nothing committed is left unsigned, and the
+-- heads must follow one another without a gap (an entry appended without
+-- the key shows as one). Without a key only each run's end is recorded,
+-- unsigned, for its certificate. Not chained itself (a chained row would
+-- move the head it records): a signature is its own proof, checked by
+-- `audit verify --public-key`.
 CREATE TABLE chain_heads (
-    run_id INTEGER PRIMARY KEY,
-    seq INTEGER NOT NULL,
+    seq INTEGER PRIMARY KEY,
+    from_seq INTEGER NOT NULL,
+    run_id INTEGER,
+    kind TEXT NOT NULL CHECK (kind IN ('commit', 'end', 'interrupted')),
     head TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
     key_id TEXT,
     signature TEXT,
     CHECK ((key_id IS NULL) = (signature IS NULL))
 );
+CREATE INDEX chain_heads_run ON chain_heads (run_id, kind);

@@ -39,9 +39,7 @@ impl App {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let client = client_from(config)?;
         let signer = config.chain_signer()?;
-        let store = AuditStore::open(&config.audit.database)
-            .await?
-            .with_signer(signer);
+        let store = AuditStore::open_with(&config.audit.database, signer).await?;
         // A crash of the previous process shows at once, not at the first
         // tick; its open jobs are followed by the first run.
         let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;

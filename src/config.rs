@@ -434,9 +434,15 @@ impl Config {
                 message,
             }],
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             problem(format!(
                 "cannot read the signing key {}: {e}",
+                path.display()
+            ))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            problem(format!(
+                "{} is not a PEM text file (a DER key? convert it with `openssl pkey -in KEY -outform PEM`), or make one with `zd-retention audit keygen`",
                 path.display()
             ))
         })?;
@@ -1087,6 +1093,12 @@ impl Checker<'_> {
                 key("name"),
                 &r.name,
                 "is empty: give each rule a short unique name",
+            );
+        } else if name.chars().any(char::is_control) {
+            self.at(
+                key("name"),
+                &r.name,
+                "holds a line break or another control character: a rule name is one line (it is printed in reports and certificates)".to_string(),
             );
         } else if !names.insert(name.clone()) {
             self.at(

@@ -77,7 +77,8 @@ impl VersionInWords {
 pub struct Integrity {
     /// The hash chain recomputed over every row.
     pub chain: ChainReport,
-    /// `verified`, `failed`, `not_checked` (signed, no public key given) or
+    /// `verified`, `failed` (altered), `unverifiable` (the keys given
+    /// cannot check them), `not_checked` (signed, no public key given) or
     /// `unsigned`.
     pub signatures: &'static str,
     pub signature_detail: String,
@@ -93,20 +94,21 @@ impl Integrity {
                     None => (
                         "verified",
                         format!(
-                            "{} signed chain heads verify with public key {}",
+                            "{} signed chain heads verify with public key {}; every chain entry is covered by one",
                             r.signed, r.key_id
                         ),
                     ),
-                    Some(p) => ("failed", p),
+                    Some(p) if r.tampered => ("failed", p),
+                    Some(p) => ("unverifiable", p),
                 }
             }
             [] if store.is_signed().await? => (
                 "not_checked",
-                "chain heads are signed; pass --public-key to check the signatures".to_string(),
+                "chain heads are signed, but not checked here: pass --public-key to check them (without that, a rewrite that recomputes the chain would not show)".to_string(),
             ),
             [] => (
                 "unsigned",
-                "the records are not signed ([audit] signing_key_file is not set)".to_string(),
+                "the records are not signed ([audit] signing_key_file is not set): the chain shows a row changed by hand, not a rewrite that recomputes it".to_string(),
             ),
         };
         Ok(Integrity {
@@ -116,8 +118,20 @@ impl Integrity {
         })
     }
 
+    /// Nothing found wrong (signatures may be unchecked or absent: see
+    /// [`Self::statement`]).
     pub fn holds(&self) -> bool {
-        self.chain.problem.is_none() && self.signatures != "failed"
+        self.chain.problem.is_none() && !matches!(self.signatures, "failed" | "unverifiable")
+    }
+
+    /// What may be said of the records, in one line.
+    pub fn statement(&self) -> &'static str {
+        match (self.holds(), self.signatures) {
+            (false, _) => "NOT intact: see above",
+            (true, "verified") => "intact, and signed by the key holder",
+            (true, "not_checked") => "intact as far as the chain shows; signatures not checked",
+            (true, _) => "intact as far as the chain shows; the records are unsigned",
+        }
     }
 }
 
@@ -193,6 +207,8 @@ pub struct PeriodReport {
     pub runs_by_day: Vec<DayStatusCount>,
     pub config_versions: Vec<VersionInForce>,
     pub integrity: Integrity,
+    /// When the first run in the database started.
+    pub records_begin: Option<String>,
 }
 
 impl PeriodReport {
@@ -237,14 +253,38 @@ impl PeriodReport {
             runs_by_day: store.runs_by_day_and_status(since, until).await?,
             config_versions: versions_in_force(store, since, &runs).await?,
             integrity: Integrity::check(store, keys).await?,
+            records_begin: store.first_run_started().await?,
             runs,
         })
     }
 
-    /// Every purge outcome of the period is listed, the chain verifies,
-    /// and the signatures hold (or there are none to check).
+    /// The list is the query's answer, and nothing was found wrong with
+    /// the records (see [`Self::statement`] for what can be said).
     pub fn complete(&self) -> bool {
         self.purges_counted == self.purged.len() as i64 && self.integrity.holds()
+    }
+
+    /// The report's statement, in one line.
+    pub fn statement(&self) -> String {
+        if self.complete() {
+            format!(
+                "every purge outcome recorded in the period is listed; the records are {}",
+                self.integrity.statement()
+            )
+        } else {
+            "NOT complete or NOT intact: see above".to_string()
+        }
+    }
+
+    /// Where the records begin, when the period starts before them.
+    fn records_note(&self) -> Option<String> {
+        match &self.records_begin {
+            Some(first) if *first > self.since => Some(format!(
+                "The audit records begin at {first} (the first run in this database): nothing before it is recorded here."
+            )),
+            None => Some("This audit database holds no run at all.".to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -286,6 +326,34 @@ async fn versions_in_force(
     Ok(out)
 }
 
+impl PeriodReport {
+    /// The distinct tickets of the failed and unknown outcomes.
+    fn open_tickets(&self) -> usize {
+        self.open_outcomes
+            .iter()
+            .map(|o| o.ticket_id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+}
+
+/// How a failed or unknown outcome settled, in words.
+trait Settlement {
+    fn settlement(&self) -> String;
+}
+
+impl Settlement for OpenOutcome {
+    fn settlement(&self) -> String {
+        match (self.settled_as.as_deref(), self.settled_at.as_deref()) {
+            (Some(s @ ("failed" | "unknown" | "not_sent")), Some(at)) => {
+                format!("still open (latest: {s} at {at})")
+            }
+            (Some(s), Some(at)) => format!("{s} at {at}"),
+            _ => "still open".into(),
+        }
+    }
+}
+
 /// Text safe inside HTML.
 pub fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -311,8 +379,27 @@ fn utc(stored: &str) -> String {
 }
 
 /// Text safe inside a Markdown table cell.
+/// Text as Markdown shows it, never as markup: every character Markdown
+/// or HTML gives a meaning is escaped, and a line break is a space (a rule
+/// name cannot open a heading or a list of its own).
 fn md(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '+' | '-' | '.'
+            | '!' | '|' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 const STYLE: &str = "
@@ -367,7 +454,7 @@ fn integrity_html(i: &Integrity) -> String {
     };
     let class = match i.signatures {
         "verified" => "ok",
-        "failed" => "bad",
+        "failed" | "unverifiable" => "bad",
         _ => "muted",
     };
     format!(
@@ -690,14 +777,36 @@ fn per_day<'a>(
 ) -> (Vec<String>, Vec<(String, Vec<i64>)>) {
     let parse =
         |t: &str| chrono::NaiveDate::parse_from_str(t.get(..10).unwrap_or(""), "%Y-%m-%d").ok();
-    let mut days = Vec::new();
-    if let (Some(mut d), Some(end)) = (parse(since), parse(until)) {
-        while d <= end && days.len() < 400 {
-            days.push(d.format("%Y-%m-%d").to_string());
-            match d.succ_opt() {
-                Some(next) => d = next,
-                None => break,
-            }
+    let points: Vec<(&str, &str, i64)> = points.collect();
+    // a period that begins long before the first figure starts at it
+    let first = points.iter().filter_map(|(d, _, _)| parse(d)).min();
+    let (Some(start), Some(end)) = (parse(since), parse(until)) else {
+        return (Vec::new(), Vec::new());
+    };
+    let long = |a: chrono::NaiveDate| (end - a).num_days() > 400;
+    let start = match first {
+        Some(f) if long(start) => f.max(start).min(end),
+        _ => start,
+    };
+    // still more than 400 days: a bar per month
+    let monthly = long(start);
+    let key = |d: chrono::NaiveDate| {
+        if monthly {
+            d.format("%Y-%m").to_string()
+        } else {
+            d.format("%Y-%m-%d").to_string()
+        }
+    };
+    let mut days: Vec<String> = Vec::new();
+    let mut d = start;
+    while d <= end {
+        let k = key(d);
+        if days.last() != Some(&k) {
+            days.push(k);
+        }
+        match d.succ_opt() {
+            Some(next) => d = next,
+            None => break,
         }
     }
     let mut by_series: BTreeMap<String, Vec<i64>> = BTreeMap::new();
@@ -705,7 +814,7 @@ fn per_day<'a>(
         let values = by_series
             .entry(name.to_string())
             .or_insert_with(|| vec![0; days.len()]);
-        if let Some(i) = days.iter().position(|d| d == day) {
+        if let Some(i) = parse(day).and_then(|d| days.iter().position(|k| *k == key(d))) {
             values[i] += count;
         }
     }
@@ -722,6 +831,13 @@ impl PeriodReport {
         );
         if self.runs.is_empty() && self.purged.is_empty() {
             b.push_str("<p class=\"bad\" data-figure=\"no-runs\">No run took place in this period: nothing was purged by zd-retention.</p>\n");
+        }
+        if let Some(note) = self.records_note() {
+            let _ = writeln!(
+                b,
+                "<p class=\"bad\" data-figure=\"records-begin\">{}</p>",
+                esc(&note)
+            );
         }
         b.push_str(&self.summary_html());
         b.push_str("<h2>Purges per day, by rule</h2>\n");
@@ -772,8 +888,13 @@ impl PeriodReport {
         b.push_str(&figure("purged", "tickets purged", self.purged.len()));
         b.push_str(&figure(
             "open-outcomes",
-            "failures and unknowns",
+            "failed or unknown outcomes",
             self.open_outcomes.len(),
+        ));
+        b.push_str(&figure(
+            "open-tickets",
+            "tickets they concern",
+            self.open_tickets(),
         ));
         b.push_str(&figure(
             "refused-runs",
@@ -825,10 +946,7 @@ impl PeriodReport {
                     esc(&o.outcome),
                     esc(&o.recorded_at),
                     esc(o.detail.as_deref().unwrap_or("")),
-                    esc(&match (&o.settled_as, &o.settled_at) {
-                        (Some(s), Some(at)) => format!("{s} at {at}"),
-                        _ => "not yet settled".into(),
-                    })
+                    esc(&o.settlement())
                 );
             }
             b.push_str("</tbody></table>\n");
@@ -870,12 +988,12 @@ impl PeriodReport {
         let mut b = String::from("<h2>Completeness</h2>\n");
         let _ = writeln!(
             b,
-            "<p>This report lists <b data-figure=\"purged-listed\">{listed}</b> purge outcomes; the query below counts <b data-figure=\"purges-counted\">{}</b> in the same period: {}.</p>",
+            "<p>This report lists <b data-figure=\"purged-listed\">{listed}</b> purge outcomes: the answer of the query below, which anyone can run against the database (it counts <b data-figure=\"purges-counted\">{}</b>{}). That no purge outcome is missing from the database rests on the hash chain (every chained row is present) and, when signed, on the signed heads; a newest tail removed whole shows only against a head noted elsewhere (<code>audit verify --expect-head</code>).</p>",
             self.purges_counted,
             if listed == self.purges_counted {
-                "<span class=\"ok\">every purge outcome of the period is listed</span>"
+                ""
             } else {
-                "<span class=\"bad\">THEY DIFFER</span>"
+                ": <span class=\"bad\">THEY DIFFER</span>"
             }
         );
         let _ = writeln!(
@@ -887,11 +1005,7 @@ impl PeriodReport {
         let _ = writeln!(
             b,
             "<p>Statement: <b data-figure=\"complete\">{}</b>.</p>\n<p class=\"muted\">Check any ticket: <code>zd-retention audit ticket ID --database DB</code> shows each decision, request and outcome with its rule and time; <code>zd-retention audit verify --public-key KEY.pub.pem</code> recomputes the chain and checks every signature.</p>\n<div class=\"sign\"><div>Reviewed by (name, role)</div><div>Date and signature</div></div>",
-            if self.complete() {
-                "complete and intact"
-            } else {
-                "NOT complete or NOT intact: see above"
-            }
+            esc(&self.statement())
         );
         b
     }
@@ -906,12 +1020,16 @@ impl PeriodReport {
                 "**No run took place in this period: nothing was purged by zd-retention.**\n\n",
             );
         }
+        if let Some(note) = self.records_note() {
+            let _ = writeln!(m, "**{note}**\n");
+        }
         let _ = writeln!(
             m,
-            "## Summary\n\n- runs: {}\n- tickets purged: {}\n- failures and unknowns: {}\n- runs refused by a safety limit: {}\n",
+            "## Summary\n\n- runs: {}\n- tickets purged: {}\n- failed or unknown outcomes: {} (tickets: {})\n- runs refused by a safety limit: {}\n",
             self.runs.len(),
             self.purged.len(),
             self.open_outcomes.len(),
+            self.open_tickets(),
             self.refused_runs.len()
         );
         m.push_str("| rule | tickets purged |\n|---|---|\n");
@@ -930,7 +1048,7 @@ impl PeriodReport {
                 o.run_id,
                 o.outcome,
                 o.recorded_at,
-                o.settled_as.as_deref().unwrap_or("not yet settled")
+                o.settlement()
             );
         }
         m.push_str("\n## Runs refused by a safety limit\n\n");
@@ -980,11 +1098,7 @@ impl PeriodReport {
             self.integrity.chain.problem.as_deref().unwrap_or("intact"),
             self.integrity.signatures,
             self.integrity.signature_detail,
-            if self.complete() {
-                "complete and intact"
-            } else {
-                "NOT complete or NOT intact"
-            }
+            self.statement()
         );
         let _ = writeln!(
             m,
@@ -1018,6 +1132,10 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
         );
         assert_eq!(md("a|b\nc"), "a\\|b c");
+        assert_eq!(
+            md("x\n\n## Completeness <img src=x>"),
+            "x  \\#\\# Completeness &lt;img src=x&gt;"
+        );
     }
 
     #[test]
@@ -1045,5 +1163,25 @@ mod tests {
             "three bars and two legend keys"
         );
         assert!(svg.contains("data-value=\"3\""));
+    }
+
+    #[test]
+    fn a_long_period_starts_at_its_first_figure_and_goes_by_month_when_still_long() {
+        let points = [("2025-01-15", "r", 2), ("2026-11-02", "r", 5)];
+        let (days, series) = per_day(
+            "2016-01-01T00:00:00.000Z",
+            "2026-11-04T00:00:00.000Z",
+            points.iter().map(|(d, r, n)| (*d, *r, *n)),
+        );
+        assert_eq!(days.first().unwrap(), "2025-01");
+        assert_eq!(days.last().unwrap(), "2026-11");
+        assert_eq!(series[0].1.iter().sum::<i64>(), 7, "no figure dropped");
+        let (days, series) = per_day(
+            "2016-01-01T00:00:00.000Z",
+            "2026-11-04T00:00:00.000Z",
+            [("2026-11-02", "r", 5)].into_iter(),
+        );
+        assert_eq!(days.first().unwrap(), "2026-11-02");
+        assert_eq!(series[0].1.iter().sum::<i64>(), 5);
     }
 }

@@ -133,7 +133,10 @@ impl AuditStore {
         if sealed > 0 {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = super::signing::chain_base(&mut tx).await?;
         for (table, state) in [("runs", Chained::RunsState), ("jobs", Chained::JobsState)] {
             let ids: Vec<i64> =
                 sqlx::query_scalar(AssertSqlSafe(format!("SELECT id FROM {table} ORDER BY id")))
@@ -143,6 +146,8 @@ impl AuditStore {
                 chain_append(&mut tx, state, id, id).await?;
             }
         }
+        self.seal(&mut tx, base, None, super::signing::HeadKind::Commit)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -182,6 +182,13 @@ impl AuditStore {
         .await?)
     }
 
+    /// When the first run recorded here started.
+    pub async fn first_run_started(&self) -> anyhow::Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT MIN(started_at) FROM runs")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// The latest run started before `at`: its config was in force then.
     pub async fn run_before(&self, at: DateTime<Utc>) -> anyhow::Result<Option<RunRow>> {
         Ok(sqlx::query_as(AssertSqlSafe(format!(

@@ -348,7 +348,10 @@ impl AuditStore {
         now: DateTime<Utc>,
     ) -> anyhow::Result<u64> {
         self.check_file()?;
-        let mut tx = self.pool().begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let base = super::signing::chain_base(&mut tx).await?;
         // The newest row of each table is never pruned: SQLite gives a new
         // row the highest id plus one, so an id pruned from the top would be
         // given out again, and `verify` would find another row where the
@@ -423,6 +426,8 @@ impl AuditStore {
         .bind(timestamp(settled_before))
         .execute(&mut *tx)
         .await?;
+        self.seal(&mut tx, base, None, super::signing::HeadKind::Commit)
+            .await?;
         tx.commit()
             .await
             .context("cannot prune the audit's details")?;

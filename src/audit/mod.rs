@@ -290,6 +290,11 @@ impl Drop for ScratchFile {
 impl AuditStore {
     /// Opens (creating with mode 0600 if needed) and migrates the database.
     pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_with(path, None).await
+    }
+
+    /// [`Self::open`], every commit's chain head signed with `signer`.
+    pub async fn open_with(path: &Path, signer: Option<ChainSigner>) -> anyhow::Result<Self> {
         // absolute: a path that begins with `file:` is then never read as
         // an SQLite URI naming another file
         let path = &std::path::absolute(path)
@@ -332,7 +337,7 @@ impl AuditStore {
             file: Some((path.to_path_buf(), identity)),
             wal,
             scratch: None,
-            signer: None,
+            signer,
         };
         store
             .seal_states()
@@ -358,8 +363,9 @@ impl AuditStore {
             .filename(path)
             .read_only(true)
             .busy_timeout(Duration::from_secs(10));
+        // One connection: every read of a command sees one snapshot (below)
         let pool = SqlitePoolOptions::new()
-            .max_connections(2)
+            .max_connections(1)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
@@ -395,6 +401,14 @@ impl AuditStore {
             upgraded.scratch = Some(std::sync::Arc::new(copy));
             return Ok(upgraded);
         }
+        // A read transaction held for the command's life: a writer may
+        // commit meanwhile, and `verify`, a report or a certificate still
+        // read one consistent state (the chain, its rows and its heads
+        // together), never half of a commit.
+        sqlx::query("BEGIN").execute(&pool).await?;
+        sqlx::query("SELECT COUNT(*) FROM sqlite_master")
+            .execute(&pool)
+            .await?;
         Ok(Self {
             pool,
             file: None,
@@ -468,11 +482,12 @@ impl AuditStore {
                 .bind(timestamp(now))
                 .execute(&mut *tx)
                 .await?;
+            // each run's new state, then its end: one head each
             for id in &ids {
+                let base = signing::chain_base(&mut tx).await?;
                 chain_append(&mut tx, Chained::RunsState, *id, *id).await?;
-            }
-            for id in &ids {
-                signing::record_head(&mut tx, *id, self.signer.as_ref(), now).await?;
+                self.seal(&mut tx, base, Some(*id), signing::HeadKind::Interrupted)
+                    .await?;
             }
             tx.commit().await?;
         }
@@ -496,7 +511,10 @@ impl AuditStore {
         now: DateTime<Utc>,
     ) -> anyhow::Result<RunId> {
         self.check_file()?;
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)")
             .bind(trigger.as_str())
             .bind(timestamp(now))
@@ -528,16 +546,12 @@ impl AuditStore {
                 chain_append(&mut tx, Chained::ConfigVersions, row, row).await?;
             }
         }
+        self.seal(&mut tx, base, Some(id), signing::HeadKind::Commit)
+            .await?;
         tx.commit()
             .await
             .context("cannot record the start of the run")?;
         Ok(id)
-    }
-
-    /// Signs the chain's head at each run's end with `signer`.
-    pub fn with_signer(mut self, signer: Option<ChainSigner>) -> Self {
-        self.signer = signer;
-        self
     }
 
     /// Records a run that ended before it could do anything, with why.
@@ -562,7 +576,10 @@ impl AuditStore {
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         self.check_file()?;
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         sqlx::query(
             "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ?, step = ?, high_water = ?, decisions_recorded = ? WHERE id = ?",
         )
@@ -599,7 +616,8 @@ impl AuditStore {
         .await?;
         // the head the run ends at, signed when a key is set: in the same
         // transaction, so no run ends without it
-        signing::record_head(&mut tx, run, self.signer.as_ref(), now).await?;
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::End)
+            .await?;
         tx.commit()
             .await
             .context("cannot record the end of the run")?;
@@ -634,7 +652,10 @@ impl AuditStore {
             })
             .collect();
         let run_text = run.to_string();
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         let mut last = 0;
         let mut digests = String::with_capacity(decisions.len() * 16);
         // 11 binds a row keep each statement under SQLite's 32766 variables
@@ -683,6 +704,8 @@ impl AuditStore {
         let first = last - decisions.len() as i64 + 1;
         chain_append_digests(&mut tx, Chained::Decisions, first, last, digests).await?;
         ledger::upsert_decisions(&mut tx, run, decisions).await?;
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
         tx.commit().await.context("cannot record the decisions")?;
         Ok(())
     }
@@ -696,7 +719,10 @@ impl AuditStore {
         now: DateTime<Utc>,
     ) -> anyhow::Result<JobRowId> {
         self.check_file()?;
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
             .bind(run)
             .bind(kind.as_str())
@@ -712,6 +738,8 @@ impl AuditStore {
         if kind == RequestKind::DestroyMany {
             ledger::apply_request(&mut tx, batch.ids(), &timestamp(now)).await?;
         }
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
         tx.commit()
             .await
             .context("cannot record the request before sending it")?;
@@ -728,7 +756,10 @@ impl AuditStore {
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         self.check_file()?;
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         sqlx::query("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?")
             .bind(zendesk_job_id)
             .bind(status.as_str())
@@ -739,6 +770,12 @@ impl AuditStore {
             .await
             .context("cannot record Zendesk's answer")?;
         chain_append(&mut tx, Chained::JobsState, job, job).await?;
+        let run: Option<RunId> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = ?")
+            .bind(job)
+            .fetch_optional(&mut *tx)
+            .await?;
+        self.seal(&mut tx, base, run, signing::HeadKind::Commit)
+            .await?;
         tx.commit()
             .await
             .context("cannot record Zendesk's answer")?;
@@ -757,7 +794,10 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let at = timestamp(Utc::now());
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
             .bind(status.as_str())
             .bind(message)
@@ -767,6 +807,8 @@ impl AuditStore {
             .await?;
         chain_append(&mut tx, Chained::JobsState, job, job).await?;
         insert_outcomes(&mut tx, run, Some(job), tickets, outcome, message, &at).await?;
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
         tx.commit().await.context("cannot record the job's end")?;
         Ok(())
     }
@@ -785,8 +827,13 @@ impl AuditStore {
         if tickets.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
         insert_outcomes(&mut tx, run, job, tickets, outcome, detail, &timestamp(now)).await?;
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
         tx.commit().await.context("cannot record the outcomes")?;
         Ok(())
     }

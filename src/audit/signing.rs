@@ -99,23 +99,55 @@ impl ChainVerifier {
     }
 }
 
-/// What a signature covers: the run, the chain entry it ended at, that
-/// entry's hash and the time. One line each, so no field can run into
-/// another.
-pub(super) fn head_message(run: RunId, seq: i64, head: &str, at: &str) -> String {
-    format!("zd-retention chain head\nrun {run}\nentry {seq}\nhash {head}\nat {at}\n")
+/// What a head is: a commit of a run, its end, or the end written for it by
+/// the next process after it was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HeadKind {
+    Commit,
+    End,
+    Interrupted,
 }
 
-/// The chain head at one run's end, as recorded.
+impl HeadKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::End => "end",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What a signature covers, one field a line so that none can run into
+/// another: the run, what the head is, the entries the transaction
+/// appended (`from` to `seq`), the head's hash and the time.
+fn head_message(h: &ChainHead) -> String {
+    format!(
+        "zd-retention chain head\nrun {}\nkind {}\nentries {} to {}\nhash {}\nat {}\n",
+        h.run_id.map_or("-".to_string(), |r| r.to_string()),
+        h.kind,
+        h.from_seq,
+        h.seq,
+        h.head,
+        h.recorded_at
+    )
+}
+
+/// A recorded chain head.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ChainHead {
-    pub run_id: RunId,
     pub seq: i64,
+    pub from_seq: i64,
+    pub run_id: Option<RunId>,
+    pub kind: String,
     pub head: String,
     pub recorded_at: String,
     pub key_id: Option<String>,
     pub signature: Option<String>,
 }
+
+const HEAD_COLUMNS: &str =
+    "SELECT seq, from_seq, run_id, kind, head, recorded_at, key_id, signature FROM chain_heads";
 
 /// What `verify --public-key` found of the signatures.
 #[derive(Debug, Clone, Serialize)]
@@ -123,57 +155,102 @@ pub struct SignatureReport {
     pub key_id: String,
     /// Signed heads that verify and match the chain.
     pub signed: i64,
-    /// The last run whose end is signed, and its chain entry.
-    pub last_signed: Option<(RunId, i64)>,
-    /// Chain entries after the last signed head (a run still going).
-    pub entries_after: i64,
+    /// The last signed head's entry.
+    pub last_signed: Option<i64>,
     pub problem: Option<String>,
+    /// The problem means the records were altered (not only that they
+    /// cannot be checked with the keys given).
+    pub tampered: bool,
 }
 
-/// Records the chain's head at a run's end in `tx`, signed with `signer`.
+/// The chain's last entry number before a transaction appends to it.
+pub(super) async fn chain_base(tx: &mut sqlx::Transaction<'_, Sqlite>) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM audit_chain")
+            .fetch_one(&mut **tx)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+/// Records the head a transaction leaves, in it, before it commits: every
+/// commit when signing (signed), only a run's end otherwise (unsigned).
+/// Nothing when the transaction appended nothing.
 pub(super) async fn record_head(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    run: RunId,
+    base: i64,
+    run: Option<RunId>,
+    kind: HeadKind,
     signer: Option<&ChainSigner>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let (seq, head): (i64, String) =
+    if signer.is_none() && kind == HeadKind::Commit {
+        return Ok(());
+    }
+    let Some((seq, head)): Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
             .await?
-            .unwrap_or((0, "genesis".into()));
-    let at = timestamp(now);
-    let (key_id, signature) = match signer {
-        Some(s) => (
-            Some(s.key_id()),
-            Some(s.sign(&head_message(run, seq, &head, &at))),
-        ),
-        None => (None, None),
+    else {
+        return Ok(());
     };
+    if seq <= base {
+        return Ok(());
+    }
+    let mut h = ChainHead {
+        seq,
+        from_seq: base + 1,
+        run_id: run,
+        kind: kind.as_str().to_string(),
+        head,
+        recorded_at: timestamp(now),
+        key_id: None,
+        signature: None,
+    };
+    if let Some(s) = signer {
+        h.key_id = Some(s.key_id());
+        h.signature = Some(s.sign(&head_message(&h)));
+    }
     sqlx::query(
-        "INSERT OR REPLACE INTO chain_heads (run_id, seq, head, recorded_at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO chain_heads (seq, from_seq, run_id, kind, head, recorded_at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(run)
-    .bind(seq)
-    .bind(&head)
-    .bind(&at)
-    .bind(key_id)
-    .bind(signature)
+    .bind(h.seq)
+    .bind(h.from_seq)
+    .bind(h.run_id)
+    .bind(&h.kind)
+    .bind(&h.head)
+    .bind(&h.recorded_at)
+    .bind(&h.key_id)
+    .bind(&h.signature)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
 impl AuditStore {
-    /// The head recorded at `run`'s end, if any.
-    pub async fn chain_head_of(&self, run: RunId) -> anyhow::Result<Option<ChainHead>> {
-        Ok(sqlx::query_as("SELECT run_id, seq, head, recorded_at, key_id, signature FROM chain_heads WHERE run_id = ?")
-            .bind(run)
-            .fetch_optional(&self.pool)
-            .await?)
+    /// Records the head `tx` leaves (see [`record_head`]) with this store's
+    /// key; called by every writer just before it commits.
+    pub(super) async fn seal(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        base: i64,
+        run: Option<RunId>,
+        kind: HeadKind,
+    ) -> anyhow::Result<()> {
+        record_head(tx, base, run, kind, self.signer.as_ref(), Utc::now()).await
     }
 
-    /// Whether any run's end was signed.
+    /// The head recorded at `run`'s end, if any.
+    pub async fn chain_head_of(&self, run: RunId) -> anyhow::Result<Option<ChainHead>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{HEAD_COLUMNS} WHERE run_id = ? AND kind IN ('end', 'interrupted') ORDER BY seq DESC LIMIT 1"
+        )))
+        .bind(run)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Whether any head is signed.
     pub async fn is_signed(&self) -> anyhow::Result<bool> {
         Ok(sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM chain_heads WHERE signature IS NOT NULL",
@@ -183,97 +260,125 @@ impl AuditStore {
             > 0)
     }
 
-    /// Checks every signed head with `key`: the signature holds, the head is
-    /// the chain's hash at its entry, and every run that ended since the
-    /// first signed one has a signed head. Run after [`Self::verify_chain`]
-    /// has found the chain whole: a chain recomputed after a rewrite is
-    /// whole, but its heads no longer match what was signed.
+    /// Checks the signed heads with `keys`: each signature holds, each head
+    /// is still the chain's entry at its number, each signed head begins
+    /// where the one before ended (an entry appended without the key is a
+    /// gap), no entry follows the last signed head, and every run that
+    /// ended since signing began has a signed end. Run after
+    /// [`Self::verify_chain`] found the chain whole: a chain recomputed
+    /// after a rewrite is whole, but its heads are no longer those signed.
     pub async fn verify_signatures(
         &self,
         keys: &[ChainVerifier],
     ) -> anyhow::Result<SignatureReport> {
-        let heads: Vec<ChainHead> = sqlx::query_as(
-            "SELECT run_id, seq, head, recorded_at, key_id, signature FROM chain_heads ORDER BY run_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let key_ids: Vec<String> = keys.iter().map(ChainVerifier::key_id).collect();
+        let mut key_ids: Vec<String> = keys.iter().map(ChainVerifier::key_id).collect();
+        key_ids.dedup();
         let mut report = SignatureReport {
             key_id: key_ids.join(", "),
             signed: 0,
             last_signed: None,
-            entries_after: 0,
             problem: None,
+            tampered: true,
         };
-        let mut first_signed: Option<RunId> = None;
+        let heads: Vec<ChainHead> = sqlx::query_as(AssertSqlSafe(format!(
+            "{HEAD_COLUMNS} WHERE signature IS NOT NULL ORDER BY seq"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut previous: Option<&ChainHead> = None;
         for h in &heads {
-            let Some(signature) = &h.signature else {
-                continue;
-            };
-            first_signed.get_or_insert(h.run_id);
-            let Some(key) = keys
-                .iter()
-                .find(|k| Some(k.key_id().as_str()) == h.key_id.as_deref())
-            else {
-                report.problem = Some(format!(
-                    "run {}'s chain head is signed by key {}, not by the public key given ({}): pass that key's public half too",
-                    h.run_id,
-                    h.key_id.as_deref().unwrap_or("?"),
-                    report.key_id
-                ));
-                return Ok(report);
-            };
-            if !key.verifies(
-                &head_message(h.run_id, h.seq, &h.head, &h.recorded_at),
-                signature,
-            ) {
-                report.problem = Some(format!(
-                    "run {}'s signed chain head does not verify: its record was changed",
-                    h.run_id
-                ));
-                return Ok(report);
-            }
-            let hash: Option<String> =
-                sqlx::query_scalar("SELECT hash FROM audit_chain WHERE seq = ?")
-                    .bind(h.seq)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if hash.as_deref() != Some(h.head.as_str()) {
-                report.problem = Some(format!(
-                    "chain entry {} is not the one signed at run {}'s end: the records up to it were rewritten and the chain recomputed",
-                    h.seq, h.run_id
-                ));
+            if let Some(problem) = self.check_head(h, previous, keys, &report.key_id).await? {
+                report.tampered = !problem.starts_with("cannot verify");
+                report.problem = Some(problem);
                 return Ok(report);
             }
             report.signed += 1;
-            report.last_signed = Some((h.run_id, h.seq));
+            report.last_signed = Some(h.seq);
+            previous = Some(h);
         }
-        let Some(first) = first_signed else {
+        let Some(last) = previous else {
             report.problem = Some(
-                "no run's end is signed: the records are unsigned (set [audit] signing_key_file)"
+                "cannot verify: no chain head is signed (the records are unsigned: set [audit] signing_key_file)"
                     .into(),
             );
+            report.tampered = false;
             return Ok(report);
         };
-        // every run that ended since signing began: a signed head each
+        let after: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_chain")
+            .fetch_one(&self.pool)
+            .await?;
+        if let Some(end) = after.filter(|end| *end > last.seq) {
+            report.problem = Some(format!(
+                "chain entries {} to {end} follow the last signed head: written without the key, or added after it",
+                last.seq + 1
+            ));
+            return Ok(report);
+        }
+        let first_run = heads.iter().find_map(|h| h.run_id).unwrap_or(i64::MAX);
         let unsigned: Option<RunId> = sqlx::query_scalar(
-            "SELECT MIN(r.id) FROM runs r LEFT JOIN chain_heads h ON h.run_id = r.id
-             WHERE r.id >= ? AND r.status <> 'running' AND h.signature IS NULL",
+            "SELECT MIN(r.id) FROM runs r
+             WHERE r.id >= ? AND r.status <> 'running'
+               AND NOT EXISTS (SELECT 1 FROM chain_heads h WHERE h.run_id = r.id
+                               AND h.kind IN ('end', 'interrupted') AND h.signature IS NOT NULL)",
         )
-        .bind(first)
+        .bind(first_run)
         .fetch_one(&self.pool)
         .await?;
         if let Some(run) = unsigned {
             report.problem = Some(format!(
-                "run {run} ended without a signed chain head (signing began at run {first}): its head was removed, or it ran without the key"
+                "run {run} ended without a signed chain head (signing began at run {first_run}): its end was removed, or it ran without the key"
             ));
-            return Ok(report);
         }
-        let last_seq = report.last_signed.map_or(0, |(_, seq)| seq);
-        report.entries_after = sqlx::query_scalar("SELECT COUNT(*) FROM audit_chain WHERE seq > ?")
-            .bind(last_seq)
-            .fetch_one(&self.pool)
-            .await?;
         Ok(report)
+    }
+
+    /// One signed head against the keys, the chain and the head before it.
+    async fn check_head(
+        &self,
+        h: &ChainHead,
+        previous: Option<&ChainHead>,
+        keys: &[ChainVerifier],
+        key_ids: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let signature = h.signature.as_deref().unwrap_or("");
+        let Some(key) = keys
+            .iter()
+            .find(|k| Some(k.key_id().as_str()) == h.key_id.as_deref())
+        else {
+            return Ok(Some(format!(
+                "cannot verify: chain entry {} is signed by key {}, not by the public key given ({key_ids}): pass that key's public half too",
+                h.seq,
+                h.key_id.as_deref().unwrap_or("?"),
+            )));
+        };
+        if !key.verifies(&head_message(h), signature) {
+            return Ok(Some(format!(
+                "the signed chain head at entry {} does not verify: its record was changed",
+                h.seq
+            )));
+        }
+        let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_chain WHERE seq = ?")
+            .bind(h.seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        if hash.as_deref() != Some(h.head.as_str()) {
+            return Ok(Some(format!(
+                "chain entry {} is not the one signed{}: the records up to it were rewritten and the chain recomputed",
+                h.seq,
+                h.run_id.map(|r| format!(" in run {r}")).unwrap_or_default()
+            )));
+        }
+        if let Some(p) = previous
+            && h.from_seq != p.seq + 1
+        {
+            return Ok(Some(format!(
+                "chain entries {} to {} were not written under a signature (the signed heads at entries {} and {} do not meet): written without the key, or inserted",
+                p.seq + 1,
+                h.from_seq - 1,
+                p.seq,
+                h.seq
+            )));
+        }
+        Ok(None)
     }
 }

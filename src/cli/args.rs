@@ -270,8 +270,9 @@ pub enum AuditCommand {
     )]
     Certificate {
         run_id: i64,
-        #[arg(long, value_enum, default_value_t = DocumentFormat::Text)]
-        format: DocumentFormat,
+        /// text, json or html; by default from --output's extension, else text.
+        #[arg(long, value_enum)]
+        format: Option<DocumentFormat>,
         /// Write to this file instead of standard output.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,

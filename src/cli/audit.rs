@@ -459,6 +459,11 @@ async fn verify(
     } else {
         None
     };
+    // the keys given cannot check the records: not a tampering, but no
+    // proof either (exit 1 all the same)
+    let unverifiable = signatures
+        .as_ref()
+        .and_then(|s| s.problem.clone().filter(|_| !s.tampered));
     if let Some(p) = signatures.as_ref().and_then(|s| s.problem.clone()) {
         report.problem = Some(p);
     }
@@ -469,25 +474,18 @@ async fn verify(
                 &serde_json::json!({"chain": report, "signatures": signatures})
             )?
         ),
-        TableFormat::Table => match &report.problem {
-            None => {
+        TableFormat::Table => match (&report.problem, &unverifiable) {
+            (Some(p), Some(_)) => println!("signatures NOT verified: {p}"),
+            (Some(p), None) => println!("audit log TAMPERED: {p}"),
+            (None, _) => {
                 println!(
                     "audit log intact: {} chain entries over {} rows; head {}",
                     report.entries, report.rows, report.head
                 );
                 match &signatures {
                     Some(s) => println!(
-                        "signatures hold: {} signed chain heads verify with key {}{}",
-                        s.signed,
-                        s.key_id,
-                        if s.entries_after > 0 {
-                            format!(
-                                "; {} entries after the last signed head (a run still going)",
-                                s.entries_after
-                            )
-                        } else {
-                            String::new()
-                        }
+                        "signatures hold: {} signed chain heads verify with key {}, every entry covered",
+                        s.signed, s.key_id
                     ),
                     None if store.is_signed().await? => println!(
                         "chain heads are signed: pass --public-key FILE to check the signatures"
@@ -497,7 +495,6 @@ async fn verify(
                     ),
                 }
             }
-            Some(p) => println!("audit log TAMPERED: {p}"),
         },
     }
     if report.problem.is_some() {
@@ -694,7 +691,7 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
             )
         })
     };
-    if public_path.exists() {
+    if public_path.symlink_metadata().is_ok() {
         anyhow::bail!(
             "{} exists already: an existing key is never overwritten (move it away or choose another --out)",
             public_path.display()
@@ -746,16 +743,28 @@ async fn config_version(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes a document to `output`, or to standard output.
+/// Writes a document to `output` (mode 0600: it may name tickets and
+/// people), or to standard output (a reader that stops early, `| head`,
+/// ends the command quietly).
 fn write_document(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
     match output {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+        Some(path) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        }
         None => {
-            use std::io::Write as _;
             let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())?;
-            Ok(out.flush()?)
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => Ok(other?),
+            }
         }
     }
 }
@@ -764,7 +773,7 @@ fn write_document(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
 async fn certificate(
     config: Option<PathBuf>,
     run: i64,
-    format: DocumentFormat,
+    format: Option<DocumentFormat>,
     output: Option<PathBuf>,
     public_key: Vec<PathBuf>,
     target: AuditTarget,
@@ -775,6 +784,17 @@ async fn certificate(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = open(config, &target).await?;
     let cert = crate::evidence::Certificate::gather(&store, run, &keys).await?;
+    let format = format.unwrap_or(
+        match output
+            .as_ref()
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+        {
+            Some("html" | "htm") => DocumentFormat::Html,
+            Some("json") => DocumentFormat::Json,
+            _ => DocumentFormat::Text,
+        },
+    );
     let text = match format {
         DocumentFormat::Text => cert.text(),
         DocumentFormat::Json => serde_json::to_string_pretty(&cert)? + "\n",

@@ -120,9 +120,7 @@ fn progress_spinner(message: &str) -> indicatif::ProgressBar {
 /// The config's audit database, opened to write, with its signing key.
 async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
     let signer = config.chain_signer()?;
-    Ok(AuditStore::open(&config.audit.database)
-        .await?
-        .with_signer(signer))
+    AuditStore::open_with(&config.audit.database, signer).await
 }
 
 /// Bad command-line use: exit 2.

@@ -130,6 +130,12 @@ pub fn check_base_url(text: &str) -> Result<Url, String> {
             "base_url holds a user name or password (user:password@host): credentials go in token_env or token_file, never in the URL".into(),
         );
     }
+    if url.query().is_some() || url.fragment().is_some() {
+        // never echo it: a query may carry a token (`?api_token=...`)
+        return Err(
+            "base_url has a query (?...) or a fragment (#...): give only the scheme and host, such as \"https://acme.zendesk.com\"; credentials go in token_env or token_file".into(),
+        );
+    }
     Ok(url)
 }
 
