@@ -1094,11 +1094,14 @@ impl Checker<'_> {
                 &r.name,
                 "is empty: give each rule a short unique name",
             );
-        } else if name.chars().any(char::is_control) {
+        } else if name.chars().any(|c| {
+            c.is_control()
+                || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+        }) {
             self.at(
                 key("name"),
                 &r.name,
-                "holds a line break or another control character: a rule name is one line (it is printed in reports and certificates)".to_string(),
+                "holds a line break, a control character or an invisible direction mark: a rule name is one plain line (it is printed in reports and certificates)".to_string(),
             );
         } else if !names.insert(name.clone()) {
             self.at(

@@ -82,20 +82,38 @@ pub struct Integrity {
     /// `unsigned`.
     pub signatures: &'static str,
     pub signature_detail: String,
+    /// Entries written before the first signed head (verified records).
+    pub before_signing: i64,
+    /// The run that made the first signed head.
+    pub signing_began_run: Option<i64>,
 }
 
 impl Integrity {
     async fn check(store: &AuditStore, keys: &[ChainVerifier]) -> anyhow::Result<Self> {
         let chain = store.verify_chain().await?;
+        let mut before_signing = 0;
+        let mut signing_began_run = None;
         let (signatures, signature_detail) = match keys {
             [_, ..] => {
                 let r = store.verify_signatures(keys).await?;
+                before_signing = r.before_signing;
+                signing_began_run = r.signing_began.as_ref().and_then(|(_, run)| *run);
                 match r.problem {
-                    None => (
+                    None if r.before_signing == 0 => (
                         "verified",
                         format!(
                             "{} signed chain heads verify with public key {}; every chain entry is covered by one",
                             r.signed, r.key_id
+                        ),
+                    ),
+                    None => (
+                        "verified",
+                        format!(
+                            "{} signed chain heads verify with public key {}; chain entries 1 to {} precede the first signed head ({}): it vouches for them as they stood then, not as they were written",
+                            r.signed,
+                            r.key_id,
+                            r.before_signing,
+                            r.signing_began.as_ref().map(|(at, _)| at.as_str()).unwrap_or("?")
                         ),
                     ),
                     Some(p) if r.tampered => ("failed", p),
@@ -115,6 +133,8 @@ impl Integrity {
             chain,
             signatures,
             signature_detail,
+            before_signing,
+            signing_began_run,
         })
     }
 
@@ -128,7 +148,12 @@ impl Integrity {
     pub fn statement(&self) -> &'static str {
         match (self.holds(), self.signatures) {
             (false, _) => "NOT intact: see above",
-            (true, "verified") => "intact, and signed by the key holder",
+            (true, "verified") if self.before_signing == 0 => {
+                "intact, and signed by the key holder"
+            }
+            (true, "verified") => {
+                "intact, and signed by the key holder since signing began (earlier entries as they stood then)"
+            }
             (true, "not_checked") => "intact as far as the chain shows; signatures not checked",
             (true, _) => "intact as far as the chain shows; the records are unsigned",
         }
@@ -148,6 +173,8 @@ pub struct Certificate {
     pub purged: Vec<PurgedTicket>,
     pub chain_head: Option<ChainHead>,
     pub integrity: Integrity,
+    /// What a reader must know before relying on it.
+    pub caveats: Vec<String>,
 }
 
 impl Certificate {
@@ -162,7 +189,31 @@ impl Certificate {
             );
         };
         let stored = store.config_version(&row.config_hash).await?;
+        let chain_head = store.chain_head_of(run).await?;
+        let integrity = Integrity::check(store, keys).await?;
+        let mut caveats = Vec::new();
+        match row.status.to_string().as_str() {
+            "running" => caveats.push(
+                "The run has not ended: this certificate is not final, and its figures are not recorded yet.".to_string(),
+            ),
+            "interrupted" => caveats.push(
+                "The run did not end normally (interrupted): its figures were not recorded; the tickets below are the purges it recorded before it stopped, or that a later run settled for it.".to_string(),
+            ),
+            _ => {}
+        }
+        let precedes = match (&chain_head, integrity.signing_began_run) {
+            (Some(h), _) => integrity.before_signing >= h.seq,
+            (None, Some(first)) => run < first,
+            (None, None) => false,
+        };
+        if integrity.signatures == "verified" && integrity.before_signing > 0 && precedes {
+            caveats.push(format!(
+                "This run's records precede the first signed chain head: the signature vouches for them as they stood when signing began, not as they were written (entries 1 to {}).",
+                integrity.before_signing
+            ));
+        }
         Ok(Certificate {
+            caveats,
             issued_at: crate::audit::timestamp(Utc::now()),
             ran_by: store.run_origin(run).await?,
             config: VersionInWords::of(&row.config_hash, stored),
@@ -170,8 +221,8 @@ impl Certificate {
             endpoint: ENDPOINT,
             verified_how: VERIFIED_HOW,
             purged: store.purged_in_run(run).await?,
-            chain_head: store.chain_head_of(run).await?,
-            integrity: Integrity::check(store, keys).await?,
+            chain_head,
+            integrity,
             run: row,
         })
     }
@@ -530,6 +581,9 @@ impl Certificate {
             r.id,
             esc(&self.issued_at)
         );
+        for c in &self.caveats {
+            let _ = writeln!(b, "<p class=\"bad\" data-figure=\"caveat\">{}</p>", esc(c));
+        }
         let _ = write!(
             b,
             "<h2>Who and where</h2>\n<table><tbody>\n<tr><th>Account</th><td data-figure=\"account\">{}</td></tr>\n<tr><th>Run</th><td>{} ({}), {} to {}, status <b data-figure=\"status\">{}</b>{}</td></tr>\n<tr><th>Ran on</th><td>host {}, user {}, {}</td></tr>\n</tbody></table>\n",
@@ -604,6 +658,9 @@ impl Certificate {
     pub fn text(&self) -> String {
         let r = &self.run;
         let mut t = format!("Certificate of deletion: run {}\n", r.id);
+        for c in &self.caveats {
+            let _ = writeln!(t, "  NOTE: {c}");
+        }
         let _ = writeln!(
             t,
             "  account     {}",
@@ -1074,7 +1131,7 @@ impl PeriodReport {
                 "- {} tickets: {} {}",
                 k.tickets,
                 k.decision,
-                k.rule.as_deref().unwrap_or("")
+                md(k.rule.as_deref().unwrap_or(""))
             );
         }
         m.push_str("\n## Config versions in force\n\n");
@@ -1111,7 +1168,7 @@ impl PeriodReport {
                 p.ticket_id,
                 md(p.rule.as_deref().unwrap_or("?")),
                 p.run_id,
-                p.zendesk_job_id.as_deref().unwrap_or(""),
+                md(p.zendesk_job_id.as_deref().unwrap_or("")),
                 p.requested_at.as_deref().unwrap_or(""),
                 p.completed_at.as_deref().unwrap_or("")
             );

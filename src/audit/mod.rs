@@ -313,6 +313,9 @@ impl AuditStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            // the write-ahead log shrinks back after a checkpoint (a reader
+            // holding a snapshot for long lets it grow meanwhile)
+            .pragma("journal_size_limit", "16777216")
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));

@@ -235,7 +235,7 @@ impl AuditStore {
             "SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome, o.recorded_at AS outcome_at, o.detail
              FROM decisions d LEFT JOIN outcomes o ON o.id = (
-                 SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
+                 SELECT MAX(o2.id) FROM outcomes o2 INDEXED BY outcomes_ticket WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
              WHERE (?1 IS NULL OR 1) AND d.decided_at >= ?2 AND d.decided_at < ?3
                AND (?4 IS NULL OR d.rule = ?4) AND (?5 IS NULL OR d.actor_id = ?5)
                AND (?6 IS NULL OR d.decision = ?6) AND (?7 IS NULL OR d.ticket_id = ?7)
@@ -266,7 +266,7 @@ impl AuditStore {
             "SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome, o.recorded_at AS outcome_at, o.detail
              FROM decisions d LEFT JOIN outcomes o ON o.id = (
-                 SELECT MAX(o2.id) FROM outcomes o2 WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
+                 SELECT MAX(o2.id) FROM outcomes o2 INDEXED BY outcomes_ticket WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
              WHERE d.decided_at >= ? ORDER BY d.id",
         )
         .bind(since.map(timestamp).unwrap_or_default())

@@ -50,9 +50,14 @@ impl ChainSigner {
             .map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
         let key = SigningKey::from_bytes(&seed);
         seed.fill(0);
-        let private = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| anyhow::anyhow!("cannot encode the key: {e}"))?;
+        // PKCS#8 v1 (the seed alone), as `openssl genpkey -algorithm
+        // ed25519` writes it and as OpenSSL and most libraries read it
+        let private = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("cannot encode the key: {e}"))?;
         let public = Self(key).public_key_pem()?;
         Ok((secrecy::SecretString::from(private.to_string()), public))
     }
@@ -157,6 +162,11 @@ pub struct SignatureReport {
     pub signed: i64,
     /// The last signed head's entry.
     pub last_signed: Option<i64>,
+    /// Entries written before the first signed head (1 to this): the first
+    /// signature vouches for them only as they stood when it was made.
+    pub before_signing: i64,
+    /// When the first signed head was made, and by which run.
+    pub signing_began: Option<(String, Option<RunId>)>,
     pub problem: Option<String>,
     /// The problem means the records were altered (not only that they
     /// cannot be checked with the keys given).
@@ -277,6 +287,8 @@ impl AuditStore {
             key_id: key_ids.join(", "),
             signed: 0,
             last_signed: None,
+            before_signing: 0,
+            signing_began: None,
             problem: None,
             tampered: true,
         };
@@ -298,12 +310,20 @@ impl AuditStore {
         }
         let Some(last) = previous else {
             report.problem = Some(
-                "cannot verify: no chain head is signed (the records are unsigned: set [audit] signing_key_file)"
+                "cannot verify: no chain head is signed (the records were written without a key, or their signed heads were removed)"
                     .into(),
             );
             report.tampered = false;
             return Ok(report);
         };
+        if let Some(first) = heads.first() {
+            report.before_signing = first.from_seq - 1;
+            report.signing_began = Some((first.recorded_at.clone(), first.run_id));
+        }
+        if let Some(problem) = self.stray_heads(heads[0].seq).await? {
+            report.problem = Some(problem);
+            return Ok(report);
+        }
         let after: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_chain")
             .fetch_one(&self.pool)
             .await?;
@@ -332,6 +352,32 @@ impl AuditStore {
         Ok(report)
     }
 
+    /// Head rows that no signature vouches for, in the signed stretch: an
+    /// unsigned head after signing began, or a head of an entry the chain
+    /// does not have (a certificate would show it).
+    async fn stray_heads(&self, first_signed: i64) -> anyhow::Result<Option<String>> {
+        let unsigned: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(seq) FROM chain_heads WHERE signature IS NULL AND seq > ?",
+        )
+        .bind(first_signed)
+        .fetch_one(&self.pool)
+        .await?;
+        if let Some(seq) = unsigned {
+            return Ok(Some(format!(
+                "an unsigned chain head at entry {seq} follows signed ones: added outside zd-retention, or written without the key"
+            )));
+        }
+        let unmatched: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(h.seq) FROM chain_heads h LEFT JOIN audit_chain c ON c.seq = h.seq
+             WHERE c.hash IS NULL OR c.hash <> h.head",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(unmatched.map(|seq| {
+            format!("the chain head recorded at entry {seq} is not the chain's entry there: it was added or changed outside zd-retention")
+        }))
+    }
+
     /// One signed head against the keys, the chain and the head before it.
     async fn check_head(
         &self,
@@ -345,8 +391,16 @@ impl AuditStore {
             .iter()
             .find(|k| Some(k.key_id().as_str()) == h.key_id.as_deref())
         else {
+            // a key given that verifies it all the same: the key id was edited
+            if keys.iter().any(|k| k.verifies(&head_message(h), signature)) {
+                return Ok(Some(format!(
+                    "the signed chain head at entry {} names key {} but was signed by a key given: its record was changed",
+                    h.seq,
+                    h.key_id.as_deref().unwrap_or("?"),
+                )));
+            }
             return Ok(Some(format!(
-                "cannot verify: chain entry {} is signed by key {}, not by the public key given ({key_ids}): pass that key's public half too",
+                "cannot verify: the chain head at entry {} names key {}, not one given ({key_ids}): pass that key's public half, or its record was changed",
                 h.seq,
                 h.key_id.as_deref().unwrap_or("?"),
             )));

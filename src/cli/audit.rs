@@ -83,6 +83,8 @@ pub(super) async fn audit(
                     .as_ref()
                     .and_then(|p| p.extension())
                     .and_then(|e| e.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
                 {
                     Some("md" | "markdown") => ReportFormat::Md,
                     _ => ReportFormat::Html,
@@ -483,9 +485,22 @@ async fn verify(
                     report.entries, report.rows, report.head
                 );
                 match &signatures {
-                    Some(s) => println!(
+                    Some(s) if s.before_signing == 0 => println!(
                         "signatures hold: {} signed chain heads verify with key {}, every entry covered",
                         s.signed, s.key_id
+                    ),
+                    Some(s) => println!(
+                        "signatures hold: {} signed chain heads verify with key {}; entries 1 to {} precede the first signed head ({}): the signature vouches for them as they stood then, not as they were written",
+                        s.signed,
+                        s.key_id,
+                        s.before_signing,
+                        s.signing_began
+                            .as_ref()
+                            .map(|(at, run)| format!(
+                                "made at {at}{}",
+                                run.map(|r| format!(" by run {r}")).unwrap_or_default()
+                            ))
+                            .unwrap_or_default()
                     ),
                     None if store.is_signed().await? => println!(
                         "chain heads are signed: pass --public-key FILE to check the signatures"
@@ -789,6 +804,8 @@ async fn certificate(
             .as_ref()
             .and_then(|p| p.extension())
             .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
         {
             Some("html" | "htm") => DocumentFormat::Html,
             Some("json") => DocumentFormat::Json,

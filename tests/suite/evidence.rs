@@ -256,7 +256,11 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
         public.to_str().unwrap(),
     ]);
     assert_eq!(stripped.status.code(), Some(1), "{}", text(&stripped));
-    assert!(text(&stripped).contains("unsigned"), "{}", text(&stripped));
+    assert!(
+        text(&stripped).contains("no chain head is signed"),
+        "{}",
+        text(&stripped)
+    );
 }
 
 fn verify(db: &str, keys: &[&Path]) -> Output {
@@ -355,7 +359,8 @@ async fn entries_written_without_the_key_are_named_and_not_signed_over_later() {
     let after = verify(dbs, &[&p]);
     assert_eq!(after.status.code(), Some(1));
     assert!(
-        text(&after).contains("follow the last signed head"),
+        text(&after).contains("follow the last signed head")
+            || text(&after).contains("an unsigned chain head at entry"),
         "{}",
         text(&after)
     );
@@ -809,4 +814,131 @@ async fn a_period_without_runs_says_so_and_bad_periods_are_refused() {
             .unwrap()
             .starts_with("# Retention report")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_every_signed_head_before_the_next_run_is_told_not_hidden() {
+    let sb = sandbox_with(clear_tickets(200, 29), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (k, p) = keypair(dir.path(), "k");
+    let db = dir.path().join("audit.db");
+    let dbs = db.to_str().unwrap();
+    once_with(dir.path(), &sb.base_url(), Some(&k));
+    // OpenSSL reads the key keygen wrote
+    let openssl = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "command -v openssl >/dev/null && openssl pkey -in {} -noout",
+            k.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(
+        openssl.success(),
+        "openssl cannot read the key keygen wrote"
+    );
+    // the forger: a purge decision backdated, the chain recomputed, and
+    // every signed head removed
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
+        .await
+        .unwrap();
+    let target: i64 = sqlx::query_scalar("SELECT MIN(id) FROM decisions WHERE decision = 'purge'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rewrite_and_rechain(&db, target).await;
+    let status = Command::new("sqlite3")
+        .arg(dbs)
+        .arg("DELETE FROM chain_heads")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stripped = verify(dbs, &[&p]);
+    assert_eq!(stripped.status.code(), Some(1));
+    assert!(
+        text(&stripped).contains("cannot verify: no chain head is signed"),
+        "{}",
+        text(&stripped)
+    );
+    // the next run signs only what it writes, and verify says that the
+    // earlier entries were not signed when written
+    once_with(dir.path(), &sb.base_url(), Some(&k));
+    let after = verify(dbs, &[&p]);
+    assert!(after.status.success(), "{}", text(&after));
+    assert!(
+        !text(&after).contains("every entry covered"),
+        "{}",
+        text(&after)
+    );
+    assert!(
+        text(&after).contains("precede the first signed head"),
+        "{}",
+        text(&after)
+    );
+    let cert = zd(&[
+        "audit",
+        "certificate",
+        "1",
+        "--public-key",
+        p.to_str().unwrap(),
+        "--database",
+        dbs,
+    ]);
+    assert!(
+        text(&cert).contains("NOTE: This run's records precede the first signed chain head"),
+        "{}",
+        text(&cert)
+    );
+    let report = zd(&[
+        "audit",
+        "report",
+        "--since",
+        "1d",
+        "--format",
+        "md",
+        "--public-key",
+        p.to_str().unwrap(),
+        "--database",
+        dbs,
+    ]);
+    assert!(
+        text(&report).contains("since signing began"),
+        "{}",
+        text(&report)
+    );
+    assert!(
+        !text(&report).contains("intact, and signed by the key holder\n"),
+        "{}",
+        text(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_added_by_hand_or_a_key_id_changed_is_named() {
+    let sb = sandbox_with(clear_tickets(120, 31), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (k, p) = keypair(dir.path(), "k");
+    let db = dir.path().join("audit.db");
+    once_with(dir.path(), &sb.base_url(), Some(&k));
+    let work = dir.path().join("forged.db");
+    let ws = work.to_str().unwrap();
+    for (sql, expect) in [
+        (
+            "INSERT INTO chain_heads (seq, from_seq, run_id, kind, head, recorded_at) VALUES (999, 999, 1, 'end', '00cf', '2026-11-29T00:00:00.000Z')",
+            "unsigned chain head at entry 999",
+        ),
+        (
+            "UPDATE chain_heads SET key_id = 'deadbeefdeadbeef' WHERE seq = (SELECT MIN(seq) FROM chain_heads)",
+            "names key deadbeefdeadbeef but was signed by a key given",
+        ),
+    ] {
+        std::fs::copy(&db, &work).unwrap();
+        let status = Command::new("sqlite3").arg(ws).arg(sql).status().unwrap();
+        assert!(status.success());
+        let out = verify(ws, &[&p]);
+        assert_eq!(out.status.code(), Some(1), "{sql}: {}", text(&out));
+        assert!(text(&out).contains(expect), "{sql}: {}", text(&out));
+        assert!(text(&out).contains("TAMPERED"), "{sql}: {}", text(&out));
+    }
 }
