@@ -1,8 +1,11 @@
-//! Signed chain heads: with `[audit] signing_key_file`, each run's end signs
-//! the chain's head (its entry number, hash and time) with an Ed25519 key,
-//! so that a database rewritten and re-chained without the key is caught by
-//! `audit verify --public-key`. Keys are PKCS#8 PEM, as `openssl genpkey
-//! -algorithm ed25519` writes them; `audit keygen` makes a pair.
+//! Signed chain heads: with `[audit] signing_key_file`, every transaction
+//! that appends to the hash chain records, before it commits, the head it
+//! leaves and the entries it added, signed with an Ed25519 key; a run's end
+//! is such a head marked `end`. `audit verify --public-key` then catches a
+//! database rewritten and re-chained without the key, rows added without
+//! it, and heads removed, edited or added by hand. Keys are PKCS#8 PEM, as
+//! `openssl genpkey -algorithm ed25519` writes them; `audit keygen` makes a
+//! pair.
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};

@@ -75,7 +75,7 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     );
     match &signer {
         Some(key) => println!(
-            "  records: each run's end signs the chain head with key {} ({})",
+            "  records: every commit to the audit log signed with key {} ({})",
             key.key_id(),
             config
                 .audit

@@ -388,6 +388,11 @@ async fn announce(store: &AuditStore, report: &CycleReport) {
             metrics::gauge!("zd_retention_ledger_tickets", "state" => state.as_str()).set(n as f64);
         }
     }
+    // outside the database, Prometheus keeps this series: a chain that
+    // shrinks (a tail cut off whole, an older copy put back) shows there
+    if let Ok((entries, _)) = store.chain_head().await {
+        metrics::gauge!("zd_retention_audit_chain_entries").set(entries as f64);
+    }
     if status == RunStatus::Completed {
         metrics::gauge!("zd_retention_last_success_timestamp_seconds")
             .set(Utc::now().timestamp() as f64);

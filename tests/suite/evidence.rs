@@ -179,7 +179,7 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
     let check = zd(&["check-config", "--config", cfg.to_str().unwrap()]);
     assert!(check.status.success(), "{}", text(&check));
     assert!(
-        text(&check).contains("signs the chain head with key"),
+        text(&check).contains("every commit to the audit log signed with key"),
         "{}",
         text(&check)
     );
