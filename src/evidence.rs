@@ -892,7 +892,7 @@ impl PeriodReport {
         if let Some(note) = self.records_note() {
             let _ = writeln!(
                 b,
-                "<p class=\"bad\" data-figure=\"records-begin\">{}</p>",
+                "<p class=\"muted\" data-figure=\"records-begin\">{}</p>",
                 esc(&note)
             );
         }
