@@ -174,8 +174,8 @@ pub struct AuditSettings {
     /// Details of tickets settled longer ago than this are pruned (`None`:
     /// kept for ever); each purge's evidence is always kept.
     pub keep_details: Option<Duration>,
-    /// An Ed25519 private key (PKCS#8 PEM) that signs the chain's head at
-    /// each run's end; read when the store opens, never kept in the config.
+    /// An Ed25519 private key (PKCS#8 PEM) that signs every commit to the
+    /// audit log; read when the store opens, never kept in the config.
     pub signing_key_file: Option<PathBuf>,
 }
 
@@ -452,18 +452,30 @@ impl Config {
     }
 
     /// The config's settings as a config version stores them (rules in
-    /// words and as data, the safety floor, schedule, audit): never a
-    /// credential, nor where one is kept.
+    /// words, the safety floor, schedule, audit): never a credential, nor
+    /// where one is kept. A subject pattern (it may name people) is stored
+    /// only with `record_subjects`; otherwise by its fingerprint, as the
+    /// ledger keeps it.
     pub fn version_settings(&self) -> String {
         let rules: Vec<serde_json::Value> = self
             .policy
             .rules
             .iter()
             .map(|r| {
+                let mut words = r.describe();
+                if let (false, Some(re)) = (self.audit.record_subjects, &r.subject_matches) {
+                    words = words.replace(
+                        &format!("subject matches /{}/", re.as_str()),
+                        &format!(
+                            "subject matches a pattern (fingerprint {}; the pattern is kept only with record_subjects)",
+                            crate::rules::subject_fingerprint(re)
+                        ),
+                    );
+                }
                 serde_json::json!({
                     "name": r.name,
                     "action": r.action.as_str(),
-                    "in_words": format!("{} tickets {}", r.action.as_str(), r.describe()),
+                    "in_words": format!("{} tickets {}", r.action.as_str(), words),
                 })
             })
             .collect();
@@ -1180,6 +1192,19 @@ subdomain = "acme"
 email = "ops@acme.example"
 token_env = "ZENDESK_API_TOKEN"
 "#;
+
+    #[test]
+    fn a_config_version_keeps_subject_patterns_only_with_record_subjects() {
+        let rules = "[[rules]]\nname = \"hold\"\naction = \"keep\"\nsubject_matches = \"(?i)Max Mustermann\"\n";
+        let text = format!("{MINIMAL}{rules}");
+        let version = Config::parse(&text, "t.toml").unwrap().version_settings();
+        assert!(!version.contains("Mustermann"), "{version}");
+        assert!(version.contains("fingerprint"), "{version}");
+        assert!(!version.contains("ZENDESK_API_TOKEN") && !version.contains("ops@acme"));
+        let text = format!("{MINIMAL}[audit]\nrecord_subjects = true\n{rules}");
+        let version = Config::parse(&text, "t.toml").unwrap().version_settings();
+        assert!(version.contains("Max Mustermann"), "{version}");
+    }
 
     #[test]
     fn minimal_config_takes_safe_defaults() {
