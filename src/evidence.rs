@@ -843,6 +843,8 @@ fn per_day<'a>(
     let long = |a: chrono::NaiveDate| (end - a).num_days() > 400;
     let start = match first {
         Some(f) if long(start) => f.max(start).min(end),
+        // nothing to show: the last 400 days are enough to say so
+        None if long(start) => end - chrono::Duration::days(400),
         _ => start,
     };
     // still more than 400 days: a bar per month
@@ -1240,5 +1242,13 @@ mod tests {
         );
         assert_eq!(days.first().unwrap(), "2026-11-02");
         assert_eq!(series[0].1.iter().sum::<i64>(), 5);
+        // no figure at all over a century: a bounded chart, not 36,000 days
+        let (days, series) = per_day(
+            "1926-01-01T00:00:00.000Z",
+            "2026-11-04T00:00:00.000Z",
+            std::iter::empty(),
+        );
+        assert!(days.len() <= 401, "{}", days.len());
+        assert!(series.is_empty());
     }
 }
