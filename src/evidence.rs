@@ -192,11 +192,11 @@ impl Certificate {
         let chain_head = store.chain_head_of(run).await?;
         let integrity = Integrity::check(store, keys).await?;
         let mut caveats = Vec::new();
-        match row.status.to_string().as_str() {
-            "running" => caveats.push(
+        match row.status {
+            crate::audit::RunStatus::Running => caveats.push(
                 "The run has not ended: this certificate is not final, and its figures are not recorded yet.".to_string(),
             ),
-            "interrupted" => caveats.push(
+            crate::audit::RunStatus::Interrupted => caveats.push(
                 "The run did not end normally (interrupted): its figures were not recorded; the tickets below are the purges it recorded before it stopped, or that a later run settled for it.".to_string(),
             ),
             _ => {}
@@ -275,14 +275,22 @@ impl PeriodReport {
             *runs_by_status.entry(r.status.to_string()).or_default() += 1;
         }
         let purged = store.purged_between(since, until).await?;
+        // per rule, and per day and rule, from the one listing
         let mut purged_by_rule = BTreeMap::new();
+        let mut by_day: BTreeMap<(String, String), i64> = BTreeMap::new();
         for p in &purged {
             let rule = p
                 .rule
                 .clone()
                 .unwrap_or_else(|| "(no rule recorded)".into());
+            let day = p.verified_at.get(..10).unwrap_or("").to_string();
+            *by_day.entry((day, rule.clone())).or_default() += 1;
             *purged_by_rule.entry(rule).or_default() += 1;
         }
+        let purges_by_day = by_day
+            .into_iter()
+            .map(|((day, rule), count)| DayRuleCount { day, rule, count })
+            .collect();
         let refused_runs = runs
             .iter()
             .filter(|r| r.error.as_deref().is_some_and(|e| e.contains("safety.")))
@@ -300,7 +308,7 @@ impl PeriodReport {
             open_outcomes: store.open_outcomes_between(since, until).await?,
             refused_runs,
             kept_now: store.kept_now().await?,
-            purges_by_day: store.purges_by_day_and_rule(since, until).await?,
+            purges_by_day,
             runs_by_day: store.runs_by_day_and_status(since, until).await?,
             config_versions: versions_in_force(store, since, &runs).await?,
             integrity: Integrity::check(store, keys).await?,

@@ -103,11 +103,10 @@ impl AuditStore {
 
     /// The chain's last entry number and hash (`genesis` before any).
     pub async fn chain_head(&self) -> anyhow::Result<(i64, String)> {
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(head.unwrap_or((0, "genesis".into())))
+        let mut conn = self.pool.acquire().await?;
+        Ok(last_entry(&mut conn)
+            .await?
+            .unwrap_or((0, "genesis".into())))
     }
 
     /// Whether an entry with this hash is in the chain.
@@ -279,6 +278,17 @@ impl Chained {
             }
         }
     }
+}
+
+/// The chain's last entry: its number and hash (`None` before any).
+pub(super) async fn last_entry(
+    conn: &mut sqlx::SqliteConnection,
+) -> anyhow::Result<Option<(i64, String)>> {
+    Ok(
+        sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
 }
 
 /// Each row's id and a 16-hex digest of its chained columns.

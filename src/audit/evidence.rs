@@ -3,7 +3,6 @@
 //! `crate::evidence`, which knows no SQL.
 
 use super::*;
-use std::collections::BTreeMap;
 
 /// A config version as stored when a run first used it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -66,7 +65,7 @@ pub struct KeptCount {
 }
 
 /// Purges of one rule on one day.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DayRuleCount {
     pub day: String,
     pub rule: String,
@@ -229,25 +228,6 @@ impl AuditStore {
         )
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    /// Purge outcomes per day and rule in `[since, until)`.
-    pub async fn purges_by_day_and_rule(
-        &self,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<DayRuleCount>> {
-        let rows: Vec<PurgedTicket> = self.purged_between(since, until).await?;
-        let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for r in rows {
-            let day = r.verified_at.get(..10).unwrap_or("").to_string();
-            let rule = r.rule.unwrap_or_else(|| "(no rule recorded)".into());
-            *counts.entry((day, rule)).or_default() += 1;
-        }
-        Ok(counts
-            .into_iter()
-            .map(|((day, rule), count)| DayRuleCount { day, rule, count })
-            .collect())
     }
 
     /// Runs per day and status in `[since, until)`.

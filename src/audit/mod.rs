@@ -412,13 +412,18 @@ impl AuditStore {
         sqlx::query("SELECT COUNT(*) FROM sqlite_master")
             .execute(&pool)
             .await?;
-        Ok(Self {
+        Ok(Self::reader(pool))
+    }
+
+    /// A store that only reads.
+    fn reader(pool: SqlitePool) -> Self {
+        Self {
             pool,
             file: None,
             wal: None,
             scratch: None,
             signer: None,
-        })
+        }
     }
 
     /// Migrates a private copy of an older database and opens it read-only.
@@ -438,13 +443,7 @@ impl AuditStore {
             .max_connections(2)
             .connect_with(options)
             .await?;
-        Ok(Self {
-            pool,
-            file: None,
-            wal: None,
-            scratch: None,
-            signer: None,
-        })
+        Ok(Self::reader(pool))
     }
 
     /// Fails when the database file a writer opened was removed or replaced

@@ -178,12 +178,9 @@ pub struct SignatureReport {
 
 /// The chain's last entry number before a transaction appends to it.
 pub(super) async fn chain_base(tx: &mut sqlx::Transaction<'_, Sqlite>) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar::<_, Option<i64>>("SELECT MAX(seq) FROM audit_chain")
-            .fetch_one(&mut **tx)
-            .await?
-            .unwrap_or(0),
-    )
+    Ok(super::chain::last_entry(tx)
+        .await?
+        .map_or(0, |(seq, _)| seq))
 }
 
 /// Records the head a transaction leaves, in it, before it commits: every
@@ -200,11 +197,7 @@ pub(super) async fn record_head(
     if signer.is_none() && kind == HeadKind::Commit {
         return Ok(());
     }
-    let Some((seq, head)): Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?
-    else {
+    let Some((seq, head)) = super::chain::last_entry(tx).await? else {
         return Ok(());
     };
     if seq <= base {
@@ -300,9 +293,19 @@ impl AuditStore {
         )))
         .fetch_all(&self.pool)
         .await?;
+        // the chain's hash at each signed head's entry, in one read
+        let chain: HashMap<i64, String> = sqlx::query_as(
+            "SELECT c.seq, c.hash FROM audit_chain c JOIN chain_heads h ON h.seq = c.seq
+             WHERE h.signature IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        let keyed: Vec<(String, &ChainVerifier)> = keys.iter().map(|k| (k.key_id(), k)).collect();
         let mut previous: Option<&ChainHead> = None;
         for h in &heads {
-            if let Some(problem) = self.check_head(h, previous, keys, &report.key_id).await? {
+            if let Some(problem) = check_head(h, previous, &keyed, &chain, &report.key_id) {
                 report.tampered = !problem.starts_with("cannot verify");
                 report.problem = Some(problem);
                 return Ok(report);
@@ -380,62 +383,62 @@ impl AuditStore {
             format!("the chain head recorded at entry {seq} is not the chain's entry there: it was added or changed outside zd-retention")
         }))
     }
+}
 
-    /// One signed head against the keys, the chain and the head before it.
-    async fn check_head(
-        &self,
-        h: &ChainHead,
-        previous: Option<&ChainHead>,
-        keys: &[ChainVerifier],
-        key_ids: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let signature = h.signature.as_deref().unwrap_or("");
-        let Some(key) = keys
+/// One signed head against the keys (with their ids), the chain's hash at
+/// its entry, and the head before it. Pure.
+fn check_head(
+    h: &ChainHead,
+    previous: Option<&ChainHead>,
+    keys: &[(String, &ChainVerifier)],
+    chain: &HashMap<i64, String>,
+    key_ids: &str,
+) -> Option<String> {
+    let signature = h.signature.as_deref().unwrap_or("");
+    let Some((_, key)) = keys
+        .iter()
+        .find(|(id, _)| Some(id.as_str()) == h.key_id.as_deref())
+    else {
+        // a key given that verifies it all the same: the key id was edited
+        if keys
             .iter()
-            .find(|k| Some(k.key_id().as_str()) == h.key_id.as_deref())
-        else {
-            // a key given that verifies it all the same: the key id was edited
-            if keys.iter().any(|k| k.verifies(&head_message(h), signature)) {
-                return Ok(Some(format!(
-                    "the signed chain head at entry {} names key {} but was signed by a key given: its record was changed",
-                    h.seq,
-                    h.key_id.as_deref().unwrap_or("?"),
-                )));
-            }
-            return Ok(Some(format!(
-                "cannot verify: the chain head at entry {} names key {}, not one given ({key_ids}): pass that key's public half, or its record was changed",
+            .any(|(_, k)| k.verifies(&head_message(h), signature))
+        {
+            return Some(format!(
+                "the signed chain head at entry {} names key {} but was signed by a key given: its record was changed",
                 h.seq,
                 h.key_id.as_deref().unwrap_or("?"),
-            )));
-        };
-        if !key.verifies(&head_message(h), signature) {
-            return Ok(Some(format!(
-                "the signed chain head at entry {} does not verify: its record was changed",
-                h.seq
-            )));
+            ));
         }
-        let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_chain WHERE seq = ?")
-            .bind(h.seq)
-            .fetch_optional(&self.pool)
-            .await?;
-        if hash.as_deref() != Some(h.head.as_str()) {
-            return Ok(Some(format!(
-                "chain entry {} is not the one signed{}: the records up to it were rewritten and the chain recomputed",
-                h.seq,
-                h.run_id.map(|r| format!(" in run {r}")).unwrap_or_default()
-            )));
-        }
-        if let Some(p) = previous
-            && h.from_seq != p.seq + 1
-        {
-            return Ok(Some(format!(
-                "chain entries {} to {} were not written under a signature (the signed heads at entries {} and {} do not meet): written without the key, or inserted",
-                p.seq + 1,
-                h.from_seq - 1,
-                p.seq,
-                h.seq
-            )));
-        }
-        Ok(None)
+        return Some(format!(
+            "cannot verify: the chain head at entry {} names key {}, not one given ({key_ids}): pass that key's public half, or its record was changed",
+            h.seq,
+            h.key_id.as_deref().unwrap_or("?"),
+        ));
+    };
+    if !key.verifies(&head_message(h), signature) {
+        return Some(format!(
+            "the signed chain head at entry {} does not verify: its record was changed",
+            h.seq
+        ));
     }
+    if chain.get(&h.seq) != Some(&h.head) {
+        return Some(format!(
+            "chain entry {} is not the one signed{}: the records up to it were rewritten and the chain recomputed",
+            h.seq,
+            h.run_id.map(|r| format!(" in run {r}")).unwrap_or_default()
+        ));
+    }
+    if let Some(p) = previous
+        && h.from_seq != p.seq + 1
+    {
+        return Some(format!(
+            "chain entries {} to {} were not written under a signature (the signed heads at entries {} and {} do not meet): written without the key, or inserted",
+            p.seq + 1,
+            h.from_seq - 1,
+            p.seq,
+            h.seq
+        ));
+    }
+    None
 }

@@ -59,10 +59,7 @@ pub(super) async fn audit(
             database,
             public_key,
         } => {
-            let target = AuditTarget {
-                database,
-                format: TableFormat::Json,
-            };
+            let target = database_only(database);
             certificate(config, run_id, format, output, public_key, target).await
         }
         AuditCommand::Report {
@@ -73,23 +70,12 @@ pub(super) async fn audit(
             database,
             public_key,
         } => {
-            let target = AuditTarget {
-                database,
-                format: TableFormat::Json,
-            };
+            let target = database_only(database);
             let until = until.unwrap_or_else(chrono::Utc::now);
-            let format = format.unwrap_or(
-                match output
-                    .as_ref()
-                    .and_then(|p| p.extension())
-                    .and_then(|e| e.to_str())
-                    .map(str::to_ascii_lowercase)
-                    .as_deref()
-                {
-                    Some("md" | "markdown") => ReportFormat::Md,
-                    _ => ReportFormat::Html,
-                },
-            );
+            let format = format.unwrap_or(match extension(output.as_deref()).as_deref() {
+                Some("md" | "markdown") => ReportFormat::Md,
+                _ => ReportFormat::Html,
+            });
             if until <= since {
                 return Err(UsageError(format!(
                     "--until ({}) is not after --since ({}): give a period that moves forward",
@@ -431,10 +417,7 @@ async fn verify(
     public_key: Vec<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
-    let keys = public_key
-        .iter()
-        .map(|p| crate::config::read_public_key(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = read_keys(&public_key)?;
     let expect_head = expect_head.map(|h| h.trim().to_ascii_lowercase());
     if let Some(h) = &expect_head
         && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
@@ -525,10 +508,7 @@ async fn export(
     since: Option<chrono::DateTime<chrono::Utc>>,
     database: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let target = AuditTarget {
-        database,
-        format: TableFormat::Json,
-    };
+    let target = database_only(database);
     let store = open(config, &target).await?;
     let out = std::io::BufWriter::new(std::io::stdout().lock());
     let n = match format {
@@ -758,6 +738,31 @@ async fn config_version(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A command that names only `--database` (its output has its own format).
+fn database_only(database: Option<PathBuf>) -> AuditTarget {
+    AuditTarget {
+        database,
+        format: TableFormat::Json,
+    }
+}
+
+/// The public keys given with `--public-key`.
+fn read_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<crate::audit::ChainVerifier>> {
+    paths
+        .iter()
+        .map(|p| crate::config::read_public_key(p))
+        .collect()
+}
+
+/// `--output`'s extension in lower case: it picks the format when
+/// `--format` is not given.
+fn extension(output: Option<&Path>) -> Option<String> {
+    output
+        .and_then(Path::extension)
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
 /// Writes a document to `output` (mode 0600: it may name tickets and
 /// people), or to standard output (a reader that stops early, `| head`,
 /// ends the command quietly).
@@ -793,25 +798,14 @@ async fn certificate(
     public_key: Vec<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
-    let keys = public_key
-        .iter()
-        .map(|p| crate::config::read_public_key(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = read_keys(&public_key)?;
     let store = open(config, &target).await?;
     let cert = crate::evidence::Certificate::gather(&store, run, &keys).await?;
-    let format = format.unwrap_or(
-        match output
-            .as_ref()
-            .and_then(|p| p.extension())
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("html" | "htm") => DocumentFormat::Html,
-            Some("json") => DocumentFormat::Json,
-            _ => DocumentFormat::Text,
-        },
-    );
+    let format = format.unwrap_or(match extension(output.as_deref()).as_deref() {
+        Some("html" | "htm") => DocumentFormat::Html,
+        Some("json") => DocumentFormat::Json,
+        _ => DocumentFormat::Text,
+    });
     let text = match format {
         DocumentFormat::Text => cert.text(),
         DocumentFormat::Json => serde_json::to_string_pretty(&cert)? + "\n",
@@ -838,10 +832,7 @@ async fn period_report(
     public_key: Vec<PathBuf>,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
-    let keys = public_key
-        .iter()
-        .map(|p| crate::config::read_public_key(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let keys = read_keys(&public_key)?;
     let store = open(config, &target).await?;
     let report = crate::evidence::PeriodReport::gather(&store, since, until, &keys).await?;
     let text = match format {

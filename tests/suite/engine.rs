@@ -605,25 +605,10 @@ async fn the_daemon_runs_in_process_and_serves_metrics_from_its_bound_address() 
     let tickets = clear_tickets(300, 41);
     let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[zendesk]\nbase_url = \"{}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
-         [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
-         [schedule]\ncron = \"* * * * * *\"\nshutdown_grace = \"2s\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-         [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n\
-         [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
-        sb.base_url(),
-        dir.path().join("audit.db").display()
-    );
-    // SAFETY: this test's process only (nextest runs each test alone)
-    unsafe { std::env::set_var("ZD_TEST_TOKEN", crate::helpers::TOKEN) };
-    let config = zd_retention::config::Config::parse(&text, "inline").unwrap();
-    let app = zd_retention::app::App::build(&config).await.unwrap();
-    let addr = app.server_addr().expect("a bound address");
+    let (addr, stop, daemon) =
+        crate::helpers::daemon_in_process(&sb.base_url(), &dir.path().join("audit.db"), "10/100ms")
+            .await;
     assert_ne!(addr.port(), 0);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
     // a tick every second: wait for the first completed run
     let client = reqwest::Client::new();
     let mut metrics = String::new();

@@ -61,6 +61,19 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The first purge decision's row id.
+async fn first_purge_decision(db: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{db}"))
+        .await
+        .unwrap();
+    let id = sqlx::query_scalar("SELECT MIN(id) FROM decisions WHERE decision = 'purge'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    id
+}
+
 /// What an attacker with write access and the (public) algorithm does:
 /// change a chained row, then recompute its digest and every entry hash
 /// from there on, so that the keyless `verify` finds the chain whole.
@@ -190,19 +203,12 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
     }
     let db = dir.path().join("audit.db");
     let dbs = db.to_str().unwrap();
-    let verify = zd(&[
-        "audit",
-        "verify",
-        "--database",
-        dbs,
-        "--public-key",
-        public.to_str().unwrap(),
-    ]);
-    assert!(verify.status.success(), "{}", text(&verify));
+    let checked = verify(dbs, &[&public]);
+    assert!(checked.status.success(), "{}", text(&checked));
     assert!(
-        text(&verify).contains("signatures hold: "),
+        text(&checked).contains("signatures hold: "),
         "{}",
-        text(&verify)
+        text(&checked)
     );
     // the key itself reaches neither the database nor any output
     let raw = std::fs::read(&db).unwrap();
@@ -210,14 +216,7 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
     assert!(!String::from_utf8_lossy(&raw).contains(secret_line));
 
     // a purge decision backdated, and the whole chain recomputed
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
-        .await
-        .unwrap();
-    let target: i64 = sqlx::query_scalar("SELECT MIN(id) FROM decisions WHERE decision = 'purge'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    let target = first_purge_decision(dbs).await;
     rewrite_and_rechain(&db, target).await;
     let keyless = zd(&["audit", "verify", "--database", dbs]);
     assert!(
@@ -225,14 +224,7 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
         "the recomputed chain fools the keyless check, as it must for this test to mean anything: {}",
         text(&keyless)
     );
-    let signed = zd(&[
-        "audit",
-        "verify",
-        "--database",
-        dbs,
-        "--public-key",
-        public.to_str().unwrap(),
-    ]);
+    let signed = verify(dbs, &[&public]);
     assert_eq!(signed.status.code(), Some(1), "{}", text(&signed));
     assert!(
         text(&signed).contains("not the one signed"),
@@ -247,14 +239,7 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
         .status()
         .unwrap();
     assert!(status.success());
-    let stripped = zd(&[
-        "audit",
-        "verify",
-        "--database",
-        dbs,
-        "--public-key",
-        public.to_str().unwrap(),
-    ]);
+    let stripped = verify(dbs, &[&public]);
     assert_eq!(stripped.status.code(), Some(1), "{}", text(&stripped));
     assert!(
         text(&stripped).contains("no chain head is signed"),
@@ -839,14 +824,7 @@ async fn removing_every_signed_head_before_the_next_run_is_told_not_hidden() {
     );
     // the forger: a purge decision backdated, the chain recomputed, and
     // every signed head removed
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
-        .await
-        .unwrap();
-    let target: i64 = sqlx::query_scalar("SELECT MIN(id) FROM decisions WHERE decision = 'purge'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    let target = first_purge_decision(dbs).await;
     rewrite_and_rechain(&db, target).await;
     let status = Command::new("sqlite3")
         .arg(dbs)

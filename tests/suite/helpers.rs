@@ -297,3 +297,35 @@ pub async fn assert_job_ids_accounted(sb: &Sandbox, pool: &sqlx::SqlitePool, con
     named.dedup();
     assert_eq!(before, named.len(), "{context}: a job id is recorded twice");
 }
+
+/// The daemon in process against `base_url`: a run every second, health and
+/// metrics on a port of its choosing, the listing paced at `list`. Returns
+/// the bound address, the stop signal and the daemon's task.
+pub async fn daemon_in_process(
+    base_url: &str,
+    database: &std::path::Path,
+    list: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let text = format!(
+        "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
+         [zendesk.rate_limits]\nlist = \"{list}\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
+         [schedule]\ncron = \"* * * * * *\"\nshutdown_grace = \"2s\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n\
+         [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
+        database.display()
+    );
+    // SAFETY: this test's process only (nextest runs each test alone)
+    unsafe { std::env::set_var("ZD_TEST_TOKEN", TOKEN) };
+    let config = zd_retention::config::Config::parse(&text, "inline").unwrap();
+    let app = zd_retention::app::App::build(&config).await.unwrap();
+    let addr = app.server_addr().expect("a bound address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, daemon)
+}
