@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::audit::{
     AuditStore, ChainHead, ChainReport, ChainVerifier, ConfigVersion, DayRuleCount, DayStatusCount,
-    KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, RunRow,
+    KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, RunRow, SendWindows,
 };
 
 /// The method every purge uses.
@@ -170,6 +170,10 @@ pub struct Certificate {
     pub method: &'static str,
     pub endpoint: &'static str,
     pub verified_how: &'static str,
+    /// The run's freshness windows and tickets in doubt.
+    pub windows: SendWindows,
+    /// What no client can rule out, with the run's measured window.
+    pub residual: String,
     pub purged: Vec<PurgedTicket>,
     pub chain_head: Option<ChainHead>,
     pub integrity: Integrity,
@@ -189,6 +193,7 @@ impl Certificate {
             );
         };
         let stored = store.config_version(&row.config_hash).await?;
+        let windows = store.send_windows_of_run(run).await?;
         let chain_head = store.chain_head_of(run).await?;
         let integrity = Integrity::check(store, keys).await?;
         let mut caveats = Vec::new();
@@ -220,12 +225,34 @@ impl Certificate {
             method: METHOD,
             endpoint: ENDPOINT,
             verified_how: VERIFIED_HOW,
+            residual: residual_of(&windows),
+            windows,
             purged: store.purged_in_run(run).await?,
             chain_head,
             integrity,
             run: row,
         })
     }
+}
+
+/// What the certificate says no client can rule out, with the run's
+/// measured freshness window and the tickets a later read put in doubt.
+fn residual_of(w: &SendWindows) -> String {
+    let floor = "Zendesk offers no conditional delete: it purges whichever deletion a ticket has when the job runs, so a ticket deleted again (restored, then deleted anew) after the last read and before Zendesk ran the job would be purged on its new deletion and listed here under the rule that selected the earlier one; no client can see such a change.";
+    let window = match (w.measured, w.max_us) {
+        (0, _) | (_, None) if w.requests == 0 => "This run sent no purge request.".to_string(),
+        (0, _) | (_, None) => format!(
+            "The time from the freshness read to each request was not measured for this run ({} requests; recorded before zd-retention measured it, or sent without a listing).",
+            w.requests
+        ),
+        (n, Some(us)) => format!(
+            "Each request left at most {} after the answer of the freshness read that cleared it ({n} of {} requests measured); a read right after the requests, before Zendesk ran the jobs, showed {} purged ticket(s) deleted again: those are recorded unknown and are not listed here.",
+            crate::report::window_text(std::time::Duration::from_micros(us.max(0) as u64)),
+            w.requests,
+            w.in_doubt
+        ),
+    };
+    format!("{window} {floor}")
 }
 
 /// A config version in force during a period.
@@ -618,10 +645,11 @@ impl Certificate {
         b.push_str(&version_html(&self.config));
         let _ = write!(
             b,
-            "<h2>Method</h2>\n<p>{}: <code>{}</code></p>\n<p>{}</p>\n",
+            "<h2>Method</h2>\n<p>{}: <code>{}</code></p>\n<p>{}</p>\n<p data-figure=\"residual\">{}</p>\n",
             esc(self.method),
             esc(self.endpoint),
-            esc(self.verified_how)
+            esc(self.verified_how),
+            esc(&self.residual)
         );
         b.push_str("<h2>Figures</h2>\n<div class=\"figures\">");
         b.push_str(&figure("scanned", "tickets examined", r.scanned));
@@ -698,6 +726,7 @@ impl Certificate {
             let _ = writeln!(t, "    rule      {rule}");
         }
         let _ = writeln!(t, "  method      {}: {}", self.method, self.endpoint);
+        let _ = writeln!(t, "  residual    {}", self.residual);
         let _ = writeln!(
             t,
             "  figures     {} examined, {} selected, {} purged, {} failed, {} unknown",

@@ -188,6 +188,21 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
             crate::human::duration(Duration::from_millis(age.as_millis() as u64))
         );
     }
+    if let Some(window) = report.max_send_window {
+        let _ = writeln!(
+            out,
+            "  window     at most {} from a freshness read's answer to a purge request leaving{}",
+            window_text(window),
+            if report.in_doubt > 0 {
+                format!(
+                    "; {} purged tickets were deleted again after their request (a read after it showed it): recorded unknown, not purged by their rule",
+                    report.in_doubt
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     let settled = report.not_effective
         + report.left_view
         + report.confirmed_gone
@@ -503,5 +518,16 @@ mod tests {
         assert_eq!(&records[0][2], "");
         assert_eq!(text.matches("id,zeta,alpha").count(), 1);
         assert_eq!(csv_rows::<Row>(&[]).unwrap(), "", "no rows, no output");
+    }
+}
+
+/// A freshness window as people read it: microseconds below a millisecond.
+pub fn window_text(window: Duration) -> String {
+    if window < Duration::from_millis(1) {
+        format!("{} µs", window.as_micros())
+    } else if window < Duration::from_secs(1) {
+        format!("{:.1} ms", window.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", window.as_secs_f64())
     }
 }

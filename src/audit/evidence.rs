@@ -22,6 +22,25 @@ pub struct RunOriginRow {
     pub program_version: Option<String>,
 }
 
+/// How an in-doubt outcome's detail begins (`cycle::send` writes it, the
+/// certificate counts it).
+pub const IN_DOUBT_DETAIL: &str = "deleted again after the freshness read that cleared its purge";
+
+/// A run's purge requests and their freshness windows: from the answer of
+/// the read that cleared each to the request leaving.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct SendWindows {
+    /// `destroy_many` requests the run sent.
+    pub requests: i64,
+    /// Of those, the ones whose window was measured (older runs: none).
+    pub measured: i64,
+    /// The longest window, in microseconds.
+    pub max_us: Option<i64>,
+    /// Tickets of the run a read after their request showed deleted again:
+    /// recorded `unknown`, not purged by their rule.
+    pub in_doubt: i64,
+}
+
 /// One ticket purged for good, with how it was verified.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PurgedTicket {
@@ -134,6 +153,25 @@ impl AuditStore {
         .bind(run)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// A run's purge requests and their freshness windows.
+    pub async fn send_windows_of_run(&self, run: RunId) -> anyhow::Result<SendWindows> {
+        let mut w: SendWindows = sqlx::query_as(
+            "SELECT COUNT(*) AS requests, COUNT(send_window_us) AS measured, MAX(send_window_us) AS max_us, 0 AS in_doubt FROM jobs WHERE run_id = ? AND kind = 'destroy_many' AND status <> 'rate_limited'",
+        )
+        .bind(run)
+        .fetch_one(&self.pool)
+        .await?;
+        w.in_doubt = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND outcome = 'unknown' AND substr(detail, 1, length(?)) = ?",
+        )
+        .bind(run)
+        .bind(IN_DOUBT_DETAIL)
+        .bind(IN_DOUBT_DETAIL)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(w)
     }
 
     /// Every purge outcome recorded in `[since, until)`.

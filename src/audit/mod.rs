@@ -30,8 +30,8 @@ mod signing;
 pub use chain::ChainReport;
 use chain::*;
 pub use evidence::{
-    ConfigVersion, DayRuleCount, DayStatusCount, KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL,
-    PurgedTicket, RunOriginRow,
+    ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
+    PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, SendWindows,
 };
 pub use kinds::{DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 pub use ledger::{LedgerEntry, LedgerState, ListingMarks, Sighting};
@@ -748,6 +748,75 @@ impl AuditStore {
         Ok(id)
     }
 
+    /// Records purge requests before they are sent together, in one
+    /// transaction (one commit between the freshness read and the sends);
+    /// returns their rows in the batches' order.
+    pub async fn record_requests(
+        &self,
+        run: RunId,
+        batches: &[IdBatch],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<JobRowId>> {
+        self.check_file()?;
+        let at = timestamp(now);
+        // the write lock first: a read before it could not be upgraded
+        // once another writer committed (SQLITE_BUSY_SNAPSHOT)
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
+        let mut rows = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
+                .bind(run)
+                .bind(RequestKind::DestroyMany.as_str())
+                .bind(batch.to_query())
+                .bind(batch.len() as i64)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await
+                .context("cannot record the request before sending it")?
+                .last_insert_rowid();
+            chain_append(&mut tx, Chained::Jobs, id, id).await?;
+            chain_append(&mut tx, Chained::JobsState, id, id).await?;
+            ledger::apply_request(&mut tx, batch.ids(), &at).await?;
+            rows.push(id);
+        }
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
+        tx.commit()
+            .await
+            .context("cannot record the requests before sending them")?;
+        Ok(rows)
+    }
+
+    /// Records, once purge requests have left, when the freshness read that
+    /// cleared them was answered and each one's window from that answer to
+    /// its hand-over to the connection (`None`: it never left).
+    pub async fn record_send_windows(
+        &self,
+        run: RunId,
+        read_at: DateTime<Utc>,
+        windows: &[(JobRowId, Option<std::time::Duration>)],
+    ) -> anyhow::Result<()> {
+        self.check_file()?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
+        for (row, window) in windows {
+            sqlx::query("UPDATE jobs SET fresh_read_at = ?, send_window_us = ? WHERE id = ?")
+                .bind(timestamp(read_at))
+                .bind(window.map(|w| i64::try_from(w.as_micros()).unwrap_or(i64::MAX)))
+                .bind(row)
+                .execute(&mut *tx)
+                .await?;
+            chain_append(&mut tx, Chained::JobsState, *row, *row).await?;
+        }
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
+        tx.commit()
+            .await
+            .context("cannot record the purge requests' freshness windows")?;
+        Ok(())
+    }
+
     /// Records Zendesk's answer to a write: the job id and its state.
     pub async fn record_answer(
         &self,
@@ -809,6 +878,59 @@ impl AuditStore {
             .await?;
         chain_append(&mut tx, Chained::JobsState, job, job).await?;
         insert_outcomes(&mut tx, run, Some(job), tickets, outcome, message, &at).await?;
+        self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
+            .await?;
+        tx.commit().await.context("cannot record the job's end")?;
+        Ok(())
+    }
+
+    /// Records the end of a job that completed with success, whose tickets
+    /// are purged but for those a read after the request showed deleted
+    /// again: each of those is `unknown` with what the read showed (Zendesk
+    /// purged whichever deletion it had when the job ran), all in one
+    /// transaction.
+    pub async fn record_job_end_in_doubt(
+        &self,
+        run: RunId,
+        job: JobRowId,
+        message: Option<&str>,
+        purged: &[TicketId],
+        in_doubt: &[(TicketId, String)],
+    ) -> anyhow::Result<()> {
+        self.check_file()?;
+        let at = timestamp(Utc::now());
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let base = signing::chain_base(&mut tx).await?;
+        sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
+            .bind(JobRowStatus::Completed.as_str())
+            .bind(message)
+            .bind(&at)
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+        chain_append(&mut tx, Chained::JobsState, job, job).await?;
+        insert_outcomes(
+            &mut tx,
+            run,
+            Some(job),
+            purged,
+            Outcome::Purged,
+            message,
+            &at,
+        )
+        .await?;
+        for (ticket, detail) in in_doubt {
+            insert_outcomes(
+                &mut tx,
+                run,
+                Some(job),
+                &[*ticket],
+                Outcome::Unknown,
+                Some(detail),
+                &at,
+            )
+            .await?;
+        }
         self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
             .await?;
         tx.commit().await.context("cannot record the job's end")?;

@@ -481,6 +481,10 @@ pub struct SandboxArgs {
     /// deletions).
     #[arg(long, default_value_t = 0.0)]
     pub churn: f64,
+    /// Profile: agents on their own clock, one action (a restore, or a
+    /// restored ticket deleted again) this often in real time (e.g. 20ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub agents_every: Option<Duration>,
     /// Profile: tickets deleted longer ago than this leave the view, as
     /// Zendesk's scrub does after about 30 days (e.g. 30d).
     #[arg(long, value_parser = humantime::parse_duration)]

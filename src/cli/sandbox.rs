@@ -50,6 +50,7 @@ pub(super) async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         auth: args.token.map_or(SandboxAuth::AnyToken, SandboxAuth::Token),
         cursor_sort: args.cursor_sort,
         churn: args.churn,
+        agents_every: args.agents_every,
         scrub_after: args.scrub_after,
         strict_job_ids: args.strict_job_ids,
         ..SandboxOptions::default()

@@ -23,6 +23,7 @@ use crate::audit::{
     ListingMarks, Outcome, RequestKind, RunCounts, RunId, Sighting, Unsettled, parse_ids,
 };
 mod scan;
+mod send;
 mod settle;
 mod worker;
 
@@ -158,6 +159,14 @@ pub struct CycleReport {
     /// `destroy_many`.
     #[serde(with = "option_seconds")]
     pub max_listing_age: Option<Duration>,
+    /// The longest time from a freshness read's answer to a purge request it
+    /// cleared leaving (a ticket deleted again inside it is purged on its new
+    /// deletion: no client can prevent that).
+    #[serde(with = "option_seconds")]
+    pub max_send_window: Option<Duration>,
+    /// Purged tickets a read after their request showed deleted again:
+    /// recorded `unknown`, not as purged by their rule.
+    pub in_doubt: u64,
     /// Listing requests beyond the scan's pages: the order proof, the
     /// freshness reads before purging, the newest-first read that settles
     /// absent tickets.
@@ -270,6 +279,9 @@ async fn recover_open_jobs(
                     since: Instant::now(),
                     misses: 0,
                     last_status: job.status.to_string(),
+                    sent_as: Vec::new(),
+                    in_doubt: Vec::new(),
+                    answered: None,
                 })
             }
             _ => {
@@ -465,6 +477,8 @@ fn report_of(
         already_in_flight: scan.in_flight,
         changed_during_scan: scan.changed_during_scan + tally.changed,
         max_listing_age: tally.max_listing_age,
+        max_send_window: tally.max_send_window,
+        in_doubt: tally.in_doubt,
         safety_list_requests: SafetyRequests {
             order_proof: scan.proof_requests,
             freshness: tally.freshness_requests,

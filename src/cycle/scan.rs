@@ -612,14 +612,26 @@ pub(super) async fn scan(
             && !sending_stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
             && walk.selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
-        if release || walk.unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2)
         {
-            // Write-ahead: the decisions are on disk before any of these ids
-            // can be sent.
-            flush_decisions(store, run, &mut walk, &mut result, now).await?;
-            last_flush = Instant::now();
+            // While sends are pipelined, the scan writes under the listing
+            // gate too: no commit of its own falls between a freshness read
+            // and the sends it clears (the gate is released before the
+            // hand-over below, which may wait for the purge worker).
+            let _turn = match pipelining {
+                true => Some(gate.turn.lock().await),
+                false => None,
+            };
+            if release
+                || walk.unflushed.len() >= 5000
+                || last_flush.elapsed() >= Duration::from_secs(2)
+            {
+                // Write-ahead: the decisions are on disk before any of these
+                // ids can be sent.
+                flush_decisions(store, run, &mut walk, &mut result, now).await?;
+                last_flush = Instant::now();
+            }
+            record_relisted(store, run, &mut walk, &mut result, not_effective, now).await?;
         }
-        record_relisted(store, run, &mut walk, &mut result, not_effective, now).await?;
         if release {
             pages_since_release = 0;
             let sending = SendState {

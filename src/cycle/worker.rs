@@ -15,6 +15,12 @@ pub(crate) struct Tally {
     /// The longest time between a sent ticket's last listing and its
     /// `destroy_many`.
     pub max_listing_age: Option<Duration>,
+    /// The longest time from a freshness read's answer to a purge request
+    /// it cleared being handed to the connection.
+    pub max_send_window: Option<Duration>,
+    /// Tickets of completed jobs recorded in doubt (a read after the request
+    /// showed them deleted again).
+    pub in_doubt: u64,
     /// Tickets the freshness read found deleted again: not sent.
     pub changed: u64,
     /// Listing requests of the freshness reads.
@@ -63,6 +69,16 @@ pub(super) struct OpenJob {
     /// Consecutive polls that did not find it.
     pub(super) misses: u32,
     pub(super) last_status: String,
+    /// Each ticket as the freshness read that cleared it showed it,
+    /// parallel to `tickets` (empty for a job recovered from an earlier
+    /// process, or sent without a listing).
+    pub(super) sent_as: Vec<Option<ListedAs>>,
+    /// Tickets a read after the request showed deleted again, with what it
+    /// showed: not claimed as purged by their rule.
+    pub(super) in_doubt: Vec<(TicketId, String)>,
+    /// Zendesk's answer when it was already terminal: finished once the
+    /// read after the round has marked the doubtful tickets.
+    pub(super) answered: Option<JobStatus>,
 }
 
 /// A batch on its way to the purge worker: the ids, each one's deletion
@@ -92,19 +108,6 @@ pub(crate) struct ListingGate {
 
 /// A purge answered 429 this many times in a row is given up for this run.
 pub(super) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
-
-/// A freshness read is reused for further sends while no listing request
-/// was made since and it is younger than this.
-pub(super) const FRESHNESS_REUSE: Duration = Duration::from_secs(2);
-
-/// The last freshness read: every ticket deleted since `since`, as listed.
-pub(super) struct FreshRead {
-    pub(super) since: DateTime<Utc>,
-    pub(super) at: Instant,
-    /// The client's listing requests counted right after the read.
-    pub(super) lists_after: u64,
-    pub(super) tickets: HashMap<TicketId, DeletedTicket>,
-}
 
 /// A ticket as a listing showed it, in what decides a purge: compared with
 /// a later listing to tell a deletion again (even within the same second,
@@ -139,7 +142,6 @@ pub(super) struct PurgeWorker {
     pub(super) open: Vec<OpenJob>,
     pub(super) tally: Tally,
     pub(super) gate: ListingGate,
-    pub(super) fresh: Option<FreshRead>,
 }
 
 impl PurgeWorker {
@@ -160,245 +162,7 @@ impl PurgeWorker {
             open,
             tally,
             gate,
-            fresh: None,
         }
-    }
-
-    async fn send_group(&mut self, releases: Vec<Release>) -> anyhow::Result<()> {
-        // Restored since its listing: not soft-deleted now. Looked up before
-        // the gate is taken (a restore after the lookup is caught by the
-        // freshness read if the ticket is deleted again, and otherwise is
-        // not purged by Zendesk, whose job then reports a partial success).
-        let mut pending = std::collections::VecDeque::with_capacity(releases.len());
-        for release in releases {
-            let active: IdSet = if release.check_freshness {
-                match self.client.active_tickets(&release.batch).await {
-                    Ok(a) => a.into_iter().collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
-                        IdSet::default()
-                    }
-                }
-            } else {
-                IdSet::default()
-            };
-            pending.push_back((release, active));
-        }
-        // The whole group under one turn of the gate: the scan lists no page
-        // between the freshness read and these sends.
-        let gate = self.gate.clone();
-        let _turn = gate.turn.lock().await;
-        while let Some((release, active)) = pending.pop_front() {
-            if let Err(e) = self.send_checked(release, &active).await {
-                // what was taken off the channel with it gets its outcome
-                for (rest, _) in pending.drain(..) {
-                    self.not_sent(&rest.batch, "purging stopped after an error")
-                        .await;
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends one batch right after a freshness read (or one reused while no
-    /// listing request came between and it is younger than
-    /// `FRESHNESS_REUSE`), holding the listing gate so that no page of the
-    /// scan comes between the read and the send. A ticket the read shows
-    /// deleted again since its listing is decided again on its new deletion
-    /// and not sent; one found among active tickets (restored) is left out.
-    /// Sends a release after its freshness read; when Zendesk answers 429
-    /// (the request was not carried out), waits Retry-After and goes again,
-    /// with a new freshness read: the wait can be long, and the view moves.
-    async fn send_checked(&mut self, release: Release, active: &IdSet) -> anyhow::Result<()> {
-        let mut release = release;
-        let mut rounds = 0;
-        loop {
-            let Some((wait, sent)) = self.send_checked_once(&release, active).await? else {
-                return Ok(());
-            };
-            rounds += 1;
-            if rounds > MAX_RATE_LIMITED_ROUNDS {
-                let why = "Zendesk kept answering 429 (rate limited) to this purge";
-                tracing::error!(ids = sent.len(), "{why}; not sent");
-                self.not_sent(&sent, why).await;
-                return Ok(());
-            }
-            tracing::warn!(
-                ids = sent.len(),
-                wait = %crate::human::duration(wait),
-                "purge rate limited (429, not carried out): waiting, then reading the newest deletions again"
-            );
-            tokio::time::sleep(wait).await;
-            self.fresh = None;
-            let listed: HashMap<TicketId, Option<ListedAs>> = release
-                .batch
-                .ids()
-                .iter()
-                .copied()
-                .zip(release.listed.iter().cloned())
-                .collect();
-            release = Release {
-                listed: sent
-                    .ids()
-                    .iter()
-                    .map(|id| listed.get(id).cloned().flatten())
-                    .collect(),
-                listed_at: release.listed_at,
-                check_freshness: release.check_freshness,
-                batch: sent,
-            };
-        }
-    }
-
-    /// The freshness read that clears a release: read newest-first back to
-    /// its listing (or a read younger than `FRESHNESS_REUSE` with no listing
-    /// request since, reused). `false` when it failed: the release is
-    /// recorded not sent.
-    async fn ensure_fresh(&mut self, release: &Release) -> bool {
-        let since = release.listed_at
-            - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
-        let lists_now = self.client.stats().sent("list");
-        let reusable = self.fresh.as_ref().is_some_and(|f| {
-            f.since <= since && f.lists_after == lists_now && f.at.elapsed() < FRESHNESS_REUSE
-        });
-        if !reusable {
-            let proven = self
-                .gate
-                .cursor_proven
-                .load(std::sync::atomic::Ordering::Relaxed);
-            let before = self.client.stats().sent("list");
-            let read = crate::listing::deleted_since(&self.client, since, proven).await;
-            self.tally.freshness_requests += self.client.stats().sent("list") - before;
-            let failure = match read {
-                Ok(r) if r.complete => {
-                    self.fresh = Some(FreshRead {
-                        since,
-                        at: Instant::now(),
-                        lists_after: self.client.stats().sent("list"),
-                        tickets: r.tickets.into_iter().map(|t| (t.id, t)).collect(),
-                    });
-                    None
-                }
-                Ok(r) => Some(format!(
-                    "more than {} pages were deleted since {} (read back to {})",
-                    crate::listing::FRESHNESS_MAX_PAGES,
-                    crate::audit::timestamp(since),
-                    crate::audit::timestamp(r.covered_from)
-                )),
-                Err(why) => Some(why),
-            };
-            if let Some(why) = failure {
-                self.fresh = None;
-                let message = format!("the freshness read before purging failed ({why}): not sent");
-                tracing::error!("{message}");
-                self.tally.freshness_failed = Some(message);
-                self.not_sent(&release.batch, "the freshness read before purging failed")
-                    .await;
-                return false;
-            }
-        }
-        true
-    }
-
-    /// One round of `send_checked`: `Some` with Retry-After and the batch
-    /// sent when Zendesk answered 429.
-    async fn send_checked_once(
-        &mut self,
-        release: &Release,
-        active: &IdSet,
-    ) -> anyhow::Result<Option<(Duration, IdBatch)>> {
-        if !release.check_freshness {
-            let batch = release.batch.clone();
-            return Ok(self
-                .send_timed(batch.clone(), release.listed_at)
-                .await?
-                .map(|wait| (wait, batch)));
-        }
-        if !self.ensure_fresh(release).await {
-            return Ok(None);
-        }
-        let mut ids = Vec::with_capacity(release.batch.len());
-        let mut changed = Vec::new();
-        let mut restored = Vec::new();
-        let mut records = Vec::new();
-        let now = Utc::now();
-        for (id, listed) in release.batch.ids().iter().zip(&release.listed) {
-            if active.contains(id) {
-                restored.push(*id);
-                continue;
-            }
-            let again = self
-                .fresh
-                .as_ref()
-                .and_then(|f| f.tickets.get(id))
-                .filter(|t| listed.as_ref() != Some(&ListedAs::of(t)));
-            match again {
-                Some(t) => {
-                    tracing::warn!(
-                        ticket = t.id,
-                        "deleted again since its listing: decided on its new deletion, not purged in this run"
-                    );
-                    let decision = self.policy.decide(t, now);
-                    records.push(decision_record(t, &decision, &self.settings, now));
-                    changed.push(*id);
-                }
-                None => ids.push(*id),
-            }
-        }
-        if !restored.is_empty() {
-            tracing::warn!(
-                tickets = restored.len(),
-                "restored since their listing: not purged"
-            );
-            self.store
-                .record_outcomes(
-                    self.run,
-                    None,
-                    &restored,
-                    Outcome::NotSent,
-                    Some("restored since its listing (found among active tickets just before purging): not purged"),
-                    now,
-                )
-                .await?;
-            self.tally.changed += restored.len() as u64;
-            self.tally.not_sent += restored.len() as u64;
-        }
-        if !changed.is_empty() {
-            self.store.record_decisions(self.run, &records).await?;
-            self.store
-                .record_outcomes(
-                    self.run,
-                    None,
-                    &changed,
-                    Outcome::NotSent,
-                    Some("deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run"),
-                    now,
-                )
-                .await?;
-            self.tally.changed += changed.len() as u64;
-            self.tally.not_sent += changed.len() as u64;
-        }
-        match IdBatch::new(ids) {
-            Ok(batch) => Ok(self
-                .send_timed(batch.clone(), release.listed_at)
-                .await?
-                .map(|wait| (wait, batch))),
-            Err(_) => Ok(None),
-        }
-    }
-
-    /// Sends a batch and notes the time from its oldest listing to Zendesk's
-    /// answer (an upper bound of listing-to-purge).
-    async fn send_timed(
-        &mut self,
-        batch: IdBatch,
-        listed_at: DateTime<Utc>,
-    ) -> anyhow::Result<Option<Duration>> {
-        let result = self.send(batch).await;
-        let age = (Utc::now() - listed_at).to_std().unwrap_or_default();
-        self.tally.max_listing_age = Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
-        result
     }
 
     pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
@@ -430,7 +194,7 @@ impl PurgeWorker {
         self.tally
     }
 
-    async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
+    pub(super) async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
         self.tally.not_sent += batch.len() as u64;
         if let Err(e) = self
             .store
@@ -504,76 +268,13 @@ impl PurgeWorker {
         }
     }
 
-    /// Sends a batch, each attempt recorded before it leaves: when an
-    /// answer is lost (a timeout, a dropped connection, a 5xx, a body that
-    /// does not decode), the attempt may have created a job whose id is never
-    /// learnt, so it ends `unknown` and the next attempt is a new row.
-    async fn send(&mut self, batch: IdBatch) -> anyhow::Result<Option<Duration>> {
-        let retry = self.client.retry_policy();
-        let mut waits = backon::BackoffBuilder::build(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(retry.min_delay)
-                .with_max_delay(retry.max_delay)
-                .with_max_times(retry.max_retries)
-                .with_jitter(),
-        );
-        self.tally.batches += 1;
-        let mut attempt = 1u32;
-        loop {
-            let row = self
-                .store
-                .record_request(self.run, RequestKind::DestroyMany, &batch, Utc::now())
-                .await?;
-            tracing::debug!(ids = batch.len(), row, attempt, "sending destroy_many");
-            let answer = self.client.destroy_many(&batch).await;
-            if let Err(e @ ZendeskError::RateLimited { wait, .. }) = &answer {
-                // not carried out: the caller waits, reads again, re-sends
-                self.store
-                    .record_job_end(
-                        self.run,
-                        row,
-                        JobRowStatus::RateLimited,
-                        Some(&format!(
-                            "{e}; sent again after the wait and a new freshness read"
-                        )),
-                        Outcome::Unknown,
-                        &[],
-                    )
-                    .await?;
-                return Ok(Some(*wait));
-            }
-            if let Err(e @ (ZendeskError::Transient { .. } | ZendeskError::Decode { .. })) = &answer
-                && let Some(wait) = waits.next()
-            {
-                let message = format!(
-                    "{e}; the answer was lost and the request may have been carried out (a job whose id is unknown); sent again as attempt {}",
-                    attempt + 1
-                );
-                tracing::warn!(error = %e, attempt, "purge answer lost; sending again as a new recorded attempt");
-                self.store
-                    .record_job_end(
-                        self.run,
-                        row,
-                        JobRowStatus::Unknown,
-                        Some(&message),
-                        Outcome::Unknown,
-                        batch.ids(),
-                    )
-                    .await?;
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-                continue;
-            }
-            return self.settle_answer(&batch, row, answer).await.map(|()| None);
-        }
-    }
-
     /// Records what Zendesk answered to one purge attempt.
-    async fn settle_answer(
+    pub(super) async fn settle_answer(
         &mut self,
         batch: &IdBatch,
         row: JobRowId,
         answer: Result<JobStatus, ZendeskError>,
+        sent_as: Vec<Option<ListedAs>>,
     ) -> anyhow::Result<()> {
         let batch = batch.clone();
         match answer {
@@ -594,12 +295,11 @@ impl PurgeWorker {
                     since: Instant::now(),
                     misses: 0,
                     last_status: job.status.to_string(),
+                    sent_as,
+                    in_doubt: Vec::new(),
+                    answered: job.status.is_terminal().then(|| job.clone()),
                 };
-                if job.status.is_terminal() {
-                    self.finish(open, &job).await?;
-                } else {
-                    self.open.push(open);
-                }
+                self.open.push(open);
                 Ok(())
             }
             Err(e) => {
@@ -802,7 +502,7 @@ impl PurgeWorker {
             .await
     }
 
-    async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
+    pub(super) async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
         let message = status.message.clone();
         let (outcome, detail) = match (&status.status, status.results.succeeded()) {
             (JobState::Completed, Some(true)) => (Outcome::Purged, message.clone()),
@@ -822,6 +522,9 @@ impl PurgeWorker {
                 ),
             ),
         };
+        if outcome == Outcome::Purged && !job.in_doubt.is_empty() {
+            return self.finish_in_doubt(job, detail.as_deref()).await;
+        }
         match outcome {
             Outcome::Purged => {
                 self.tally.purged += job.tickets.len() as u64;
@@ -845,6 +548,36 @@ impl PurgeWorker {
                 outcome,
                 &job.tickets,
             )
+            .await
+            .context("cannot record a job's end")
+    }
+}
+
+impl PurgeWorker {
+    /// A job that completed with success, some of whose tickets a read after
+    /// the request showed deleted again: those are `unknown` (the next scan
+    /// settles them), the rest purged.
+    async fn finish_in_doubt(&mut self, job: OpenJob, message: Option<&str>) -> anyhow::Result<()> {
+        let purged: Vec<TicketId> = job
+            .tickets
+            .iter()
+            .copied()
+            .filter(|id| !job.in_doubt.iter().any(|(t, _)| t == id))
+            .collect();
+        tracing::warn!(
+            job = %job.id,
+            in_doubt = job.in_doubt.len(),
+            "purge job completed; tickets deleted again after the request are recorded in doubt"
+        );
+        self.tally.purged += purged.len() as u64;
+        self.tally.unknown += job.in_doubt.len() as u64;
+        self.tally.in_doubt += job.in_doubt.len() as u64;
+        metrics::counter!("zd_retention_purges_in_doubt_total")
+            .increment(job.in_doubt.len() as u64);
+        self.count_by_rule(job.row, &purged, "zd_retention_tickets_purged_total")
+            .await;
+        self.store
+            .record_job_end_in_doubt(self.run, job.row, message, &purged, &job.in_doubt)
             .await
             .context("cannot record a job's end")
     }

@@ -118,6 +118,10 @@ pub struct SandboxOptions {
     /// Profile: agent actions (restore, delete again, new deletion) per
     /// listing request, on average; 0 for a still account.
     pub churn: f64,
+    /// Profile: agents on their own clock, one action (a restore, or a
+    /// restored ticket deleted again) this often in real time, whatever the
+    /// client does: a view that changes between any two requests.
+    pub agents_every: Option<Duration>,
     /// Profile: tickets deleted longer ago than this (wall clock) leave the
     /// view, as Zendesk's own scrub does after about 30 days.
     pub scrub_after: Option<Duration>,
@@ -174,6 +178,7 @@ impl Default for SandboxOptions {
             now: Utc::now(),
             cursor_sort: CursorSort::Honour,
             churn: 0.0,
+            agents_every: None,
             scrub_after: None,
             strict_job_ids: false,
             script: Vec::new(),
@@ -211,6 +216,19 @@ impl Sandbox {
             tokio::time::Instant::now(),
         )));
         let shutdown = CancellationToken::new();
+        if let Some(every) = options_agents_every(&state) {
+            let (state, token) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every.max(Duration::from_micros(100)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => lock(&state).agents_tick(tokio::time::Instant::now()),
+                    }
+                }
+            });
+        }
         let app = server::router(state.clone(), addr);
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -283,6 +301,11 @@ impl Sandbox {
     /// Ids Zendesk's scrub removed (`scrub_after`), sorted.
     pub fn scrubbed_ids(&self) -> Vec<u64> {
         self.state().scrubbed().collect()
+    }
+
+    /// When each purged ticket was taken by its job (wall clock).
+    pub fn purge_times(&self) -> BTreeMap<u64, DateTime<Utc>> {
+        self.state().purge_times().clone()
     }
 
     /// What the agents of `churn` did, in order.
@@ -374,6 +397,10 @@ impl Drop for Sandbox {
 
 /// Locks the state; a panic elsewhere while it was held does not poison
 /// every later request (the state is left as the panicking call left it).
+fn options_agents_every(state: &Mutex<State>) -> Option<Duration> {
+    lock(state).options.agents_every
+}
+
 pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state
         .lock()

@@ -208,6 +208,8 @@ pub struct State {
     /// again in between (the job then deletes the new deletion, as a real
     /// queue would: the sandbox does not pretend to know better).
     requested_as: BTreeMap<u64, SandboxTicket>,
+    /// When each purged ticket was taken by its job (wall clock).
+    purge_times: BTreeMap<u64, DateTime<Utc>>,
     /// Removed by the scrub (`scrub_after`), not by a purge.
     scrubbed: BTreeSet<u64>,
     /// What the agents of `churn` did, in order.
@@ -241,6 +243,7 @@ impl State {
             purged: BTreeMap::new(),
             restored: BTreeMap::new(),
             requested_as: BTreeMap::new(),
+            purge_times: BTreeMap::new(),
             scrubbed: BTreeSet::new(),
             churn_log: Vec::new(),
             next_new_id: 0,
@@ -423,6 +426,35 @@ impl State {
         }
     }
 
+    /// When each purged ticket was taken by its job (wall clock).
+    pub fn purge_times(&self) -> &BTreeMap<u64, DateTime<Utc>> {
+        &self.purge_times
+    }
+
+    /// Agents on their own clock (the `agents_every` profile): jobs due run
+    /// first, then one action: a soft-deleted ticket restored, or a restored
+    /// one deleted again (a new `deleted_at`, now, by another agent).
+    pub fn agents_tick(&mut self, now: Instant) {
+        self.advance(now);
+        let restore = self.restored.is_empty()
+            || (!self.tickets.is_empty() && self.rng.random_range(0..2u8) == 0);
+        if restore {
+            if self.tickets.is_empty() {
+                return;
+            }
+            let n = self.rng.random_range(0..self.tickets.len());
+            if let Some(id) = self.tickets.keys().nth(n).copied() {
+                self.agent_restore(id);
+            }
+        } else {
+            let n = self.rng.random_range(0..self.restored.len());
+            if let Some(id) = self.restored.keys().nth(n).copied() {
+                let (actor_id, name) = AGENTS[self.rng.random_range(0..AGENTS.len())];
+                self.agent_delete_again(id, Utc::now(), Some((actor_id, name.to_string())));
+            }
+        }
+    }
+
     /// Counts a listing request and plays the scripted actions due before it.
     pub fn before_list(&mut self) {
         self.lists_served += 1;
@@ -503,6 +535,7 @@ impl State {
                         match self.take(*id) {
                             Some(t) => {
                                 self.purged.insert(*id, t);
+                                self.purge_times.insert(*id, Utc::now());
                             }
                             None => all = false,
                         }

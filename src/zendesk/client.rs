@@ -254,6 +254,9 @@ struct Call {
     /// Human description for errors: `DELETE destroy_many (100 ids)`.
     description: String,
     class: EndpointClass,
+    /// When the request was handed to the HTTP connection (the last
+    /// attempt's): the end of a purge's freshness window.
+    sent_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl Call {
@@ -388,6 +391,7 @@ impl ZendeskClient {
                     endpoint: "list",
                     description: format!("GET deleted_tickets (page {number})"),
                     class,
+                    sent_at: Default::default(),
                 };
                 let raw: RawDeletedTicketsPage = client.json(call).await?;
                 let next = match options.pagination {
@@ -448,6 +452,7 @@ impl ZendeskClient {
             endpoint: "restore",
             description: format!("PUT deleted_tickets/{id}/restore"),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         self.send(&call).await.map(drop)
     }
@@ -462,6 +467,7 @@ impl ZendeskClient {
             endpoint: "restore_many",
             description: format!("PUT deleted_tickets/restore_many ({batch})"),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         self.send(&call).await.map(drop)
     }
@@ -474,6 +480,7 @@ impl ZendeskClient {
             endpoint: "destroy",
             description: format!("DELETE deleted_tickets/{id}"),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         self.json::<JobStatusEnvelope>(call)
             .await
@@ -491,10 +498,55 @@ impl ZendeskClient {
             endpoint: "destroy_many",
             description: format!("DELETE deleted_tickets/destroy_many ({batch})"),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         self.json::<JobStatusEnvelope>(call)
             .await
             .map(|e| e.job_status)
+    }
+
+    /// Waits until `n` purge requests may leave together, taking their
+    /// account tokens now; then `destroy_many_now` sends each at once.
+    pub async fn reserve_writes(&self, n: usize) {
+        self.inner.pacer.reserve_writes(n).await;
+    }
+
+    /// How long Zendesk asked that no request be sent still (a spent account
+    /// budget or a 429), if at all: checked right before prepaid sends.
+    pub fn write_hold(&self) -> Option<Duration> {
+        self.inner.pacer.write_hold()
+    }
+
+    /// `destroy_many` without any wait of its own: its account token was
+    /// taken by `reserve_writes`. Also answers when the request was handed
+    /// to the connection (`None`: it never was).
+    pub async fn destroy_many_now(
+        &self,
+        batch: &IdBatch,
+    ) -> (
+        Option<tokio::time::Instant>,
+        Result<JobStatus, ZendeskError>,
+    ) {
+        let mut url = self.url("/api/v2/deleted_tickets/destroy_many.json");
+        url.query_pairs_mut().append_pair("ids", &batch.to_query());
+        let call = Call {
+            method: Method::DELETE,
+            url,
+            endpoint: "destroy_many",
+            description: format!("DELETE deleted_tickets/destroy_many ({batch})"),
+            class: EndpointClass::Prepaid,
+            sent_at: Default::default(),
+        };
+        let answer = self.send(&call).await.and_then(|body| {
+            serde_json::from_slice::<JobStatusEnvelope>(&body)
+                .map(|e| e.job_status)
+                .map_err(|e| ZendeskError::Decode {
+                    call: call.description.clone(),
+                    reason: decode_reason(&e),
+                    shape: body_shape(&body),
+                })
+        });
+        (call.sent_at.get().copied(), answer)
     }
 
     /// One job's status.
@@ -505,6 +557,7 @@ impl ZendeskClient {
             endpoint: "job_status",
             description: format!("GET job_statuses/{id}"),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         self.json::<JobStatusEnvelope>(call)
             .await
@@ -529,6 +582,7 @@ impl ZendeskClient {
                 endpoint: "job_statuses",
                 description: format!("GET job_statuses/show_many ({} ids)", chunk.len()),
                 class: EndpointClass::Other,
+                sent_at: Default::default(),
             };
             out.extend(self.json::<JobStatusesEnvelope>(call).await?.job_statuses);
         }
@@ -547,6 +601,7 @@ impl ZendeskClient {
             endpoint: "tickets_show_many",
             description: format!("GET tickets/show_many ({batch})"),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         let wanted: std::collections::HashSet<TicketId> = batch.ids().iter().copied().collect();
         Ok(self
@@ -580,6 +635,7 @@ impl ZendeskClient {
             endpoint: "users_me",
             description: "GET users/me".into(),
             class: EndpointClass::Other,
+            sent_at: Default::default(),
         };
         self.json::<CurrentUserEnvelope>(call).await.map(|e| e.user)
     }
@@ -726,6 +782,8 @@ impl ZendeskClient {
             attempts: 1,
         };
         tracing::trace!(call = %call.description, "sending");
+        // (set once: a purge is never sent twice through one call)
+        let _ = call.sent_at.set(tokio::time::Instant::now());
         let request = self
             .inner
             .http

@@ -82,6 +82,9 @@ pub enum EndpointClass {
     ListDeep,
     /// Everything else: only the account quota.
     Other,
+    /// A write whose account token `Pacer::reserve_writes` took already: it
+    /// leaves without waiting.
+    Prepaid,
 }
 
 /// Counters the benchmarks, the demo and the metrics read.
@@ -229,6 +232,11 @@ impl Pacer {
 
     /// Waits until a request of `class` may be sent.
     pub async fn acquire(&self, class: EndpointClass) {
+        if class == EndpointClass::Prepaid {
+            // its token was taken by `reserve_writes`, and its caller
+            // checked `write_hold` just before: it leaves now
+            return;
+        }
         let started = Instant::now();
         self.wait_for_holds(class).await;
         match class {
@@ -237,7 +245,7 @@ impl Pacer {
                 until_ready(&self.list_deep, &self.clock).await;
                 until_ready(&self.list, &self.clock).await;
             }
-            EndpointClass::Other => {}
+            EndpointClass::Other | EndpointClass::Prepaid => {}
         }
         until_ready(&self.account, &self.clock).await;
         let waited = started.elapsed();
@@ -250,13 +258,43 @@ impl Pacer {
         }
     }
 
+    /// Waits until `n` write requests may leave together, and takes their
+    /// account tokens now: the requests then go out without any wait of
+    /// their own (`EndpointClass::Prepaid`), right after the freshness read
+    /// that clears them. The tokens are taken before the read, so a request
+    /// leaves at most the read's duration after its token: a window of the
+    /// account quota may see that many more requests than N, never more.
+    pub async fn reserve_writes(&self, n: usize) {
+        let started = Instant::now();
+        self.wait_for_holds(EndpointClass::Other).await;
+        for _ in 0..n {
+            until_ready(&self.account, &self.clock).await;
+        }
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(1) {
+            metrics::counter!("zd_retention_rate_limit_wait_milliseconds_total")
+                .increment(waited.as_millis() as u64);
+            self.stats
+                .pacing_wait_micros
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the account is held off still (a spent budget or a 429's
+    /// Retry-After), if at all: a write must not leave before.
+    pub fn write_hold(&self) -> Option<Duration> {
+        let holds = self.holds.lock().expect("holds lock is never poisoned");
+        let now = Instant::now();
+        holds.account.filter(|t| *t > now).map(|t| t - now)
+    }
+
     async fn wait_for_holds(&self, class: EndpointClass) {
         loop {
             let until = {
                 let holds = self.holds.lock().expect("holds lock is never poisoned");
                 let list = match class {
                     EndpointClass::List | EndpointClass::ListDeep => holds.list,
-                    EndpointClass::Other => None,
+                    EndpointClass::Other | EndpointClass::Prepaid => None,
                 };
                 list.into_iter().chain(holds.account).max()
             };
@@ -301,7 +339,7 @@ impl Pacer {
             holds.account = holds.account.max(Some(until));
         }
         if let Some(reset) = budget.endpoint_spent_for
-            && class != EndpointClass::Other
+            && matches!(class, EndpointClass::List | EndpointClass::ListDeep)
         {
             let until = now + reset.unwrap_or(self.limits.list.spacing());
             holds.list = holds.list.max(Some(until));

@@ -19,3 +19,4 @@ mod rules_props;
 mod safety;
 mod sandbox_contract;
 mod security;
+mod window;

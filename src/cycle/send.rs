@@ -1,0 +1,535 @@
+//! The purge requests of one group, in rounds. Each round takes the
+//! account tokens of its requests first; then, under the listing gate, a
+//! freshness read; the requests are recorded and sent together the moment it
+//! is answered, with nothing awaited in between but their one commit (no
+//! rate-limit wait, no lock, no other request); then, still under the gate, a
+//! read right after them brackets the sends. A ticket that read shows deleted
+//! again is in doubt: Zendesk purges whichever deletion a ticket has when its
+//! job runs, so its purge is not claimed for the rule that selected the
+//! earlier one. A round that cannot send (a 429, a lost answer, Zendesk's
+//! hold-off) hands its batches to the next round, which reads again: no read
+//! vouches for a request that waited.
+
+use super::*;
+use crate::audit::IN_DOUBT_DETAIL;
+
+/// A release on its way through the rounds.
+pub(super) struct Pending {
+    pub(super) release: Release,
+    /// Its tickets found among active ones (restored) before the first round.
+    pub(super) active: IdSet,
+    /// Answers lost so far (each a recorded attempt that ended unknown).
+    pub(super) lost: u32,
+    /// 429s so far.
+    pub(super) limited: u32,
+}
+
+impl Pending {
+    /// The same release with only the ids that were sent (or cleared).
+    fn narrowed(self, batch: IdBatch) -> Self {
+        let listed: HashMap<TicketId, Option<ListedAs>> = self
+            .release
+            .batch
+            .ids()
+            .iter()
+            .copied()
+            .zip(self.release.listed.iter().cloned())
+            .collect();
+        Self {
+            release: Release {
+                listed: batch
+                    .ids()
+                    .iter()
+                    .map(|id| listed.get(id).cloned().flatten())
+                    .collect(),
+                listed_at: self.release.listed_at,
+                check_freshness: self.release.check_freshness,
+                batch,
+            },
+            ..self
+        }
+    }
+}
+
+/// What a round leaves for the next one, and how long to wait before it.
+#[derive(Default)]
+pub(super) struct Again {
+    pub(super) pending: Vec<Pending>,
+    pub(super) wait: Duration,
+}
+
+impl Again {
+    fn push(&mut self, pending: Pending, wait: Duration) {
+        self.pending.push(pending);
+        self.wait = self.wait.max(wait);
+    }
+}
+
+/// A read of the newest deletions: each ticket deleted since `since`, as
+/// listed when it was answered.
+pub(super) struct Read {
+    pub(super) started: DateTime<Utc>,
+    pub(super) answered: Instant,
+    pub(super) answered_utc: DateTime<Utc>,
+    pub(super) tickets: HashMap<TicketId, DeletedTicket>,
+}
+
+/// Tickets a freshness read kept out of a round, recorded after its sends.
+#[derive(Default)]
+struct Withheld {
+    /// Restored since their listing (found among active tickets).
+    restored: Vec<TicketId>,
+    /// Deleted again since their listing: decided again, not sent.
+    changed: Vec<TicketId>,
+    records: Vec<DecisionRecord>,
+}
+
+/// Why a read's ticket casts doubt on a purge sent for an earlier deletion.
+fn doubt_detail(t: &DeletedTicket) -> String {
+    format!(
+        "{IN_DOUBT_DETAIL}: a read after the request showed a deletion at {}{}; Zendesk purges whichever deletion a ticket has when the job runs, so this purge is not claimed for the rule that selected the earlier deletion",
+        t.deleted_at
+            .map_or_else(|| "an unknown time".to_string(), crate::audit::timestamp),
+        t.actor
+            .as_ref()
+            .and_then(|a| a.id)
+            .map(|id| format!(" by actor {id}"))
+            .unwrap_or_default(),
+    )
+}
+
+impl PurgeWorker {
+    /// Sends a group of releases (as many as there are job slots): each
+    /// looked up among active tickets, then rounds until each is sent or
+    /// given up.
+    pub(super) async fn send_group(&mut self, releases: Vec<Release>) -> anyhow::Result<()> {
+        let mut pending = Vec::with_capacity(releases.len());
+        for release in releases {
+            // Restored since its listing: not soft-deleted now. Looked up
+            // before the round (a restore after the lookup is caught by the
+            // freshness read if the ticket is deleted again, and otherwise
+            // is not purged by Zendesk, whose job then reports a partial
+            // success).
+            let active: IdSet = if release.check_freshness {
+                match self.client.active_tickets(&release.batch).await {
+                    Ok(a) => a.into_iter().collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
+                        IdSet::default()
+                    }
+                }
+            } else {
+                IdSet::default()
+            };
+            pending.push(Pending {
+                release,
+                active,
+                lost: 0,
+                limited: 0,
+            });
+        }
+        while !pending.is_empty() {
+            let again = self.send_round(pending).await?;
+            if !again.pending.is_empty() && !again.wait.is_zero() {
+                tracing::warn!(
+                    batches = again.pending.len(),
+                    wait = %crate::human::duration(again.wait),
+                    "purge requests held back: waiting, then reading the newest deletions again"
+                );
+                tokio::time::sleep(again.wait).await;
+            }
+            pending = again.pending;
+        }
+        Ok(())
+    }
+
+    /// One round: tokens, then under the gate the freshness read, the
+    /// requests recorded and sent at once, and the bracketing read.
+    async fn send_round(&mut self, pending: Vec<Pending>) -> anyhow::Result<Again> {
+        self.client.reserve_writes(pending.len()).await;
+        let gate = self.gate.clone();
+        let turn = gate.turn.lock().await;
+        let since = pending
+            .iter()
+            .filter(|p| p.release.check_freshness)
+            .map(|p| p.release.listed_at)
+            .min()
+            .map(|at| {
+                at - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
+            });
+        let read = match since {
+            None => None,
+            Some(since) => match self.read_since(since).await {
+                Ok(read) => Some(read),
+                Err(why) => {
+                    drop(turn);
+                    let message =
+                        format!("the freshness read before purging failed ({why}): not sent");
+                    tracing::error!("{message}");
+                    self.tally.freshness_failed = Some(message);
+                    for p in pending {
+                        self.not_sent(&p.release.batch, "the freshness read before purging failed")
+                            .await;
+                    }
+                    return Ok(Again::default());
+                }
+            },
+        };
+        let now = Utc::now();
+        let mut withheld = Withheld::default();
+        let cleared: Vec<(Pending, IdBatch)> = pending
+            .into_iter()
+            .filter_map(|p| {
+                let batch = self.clear(&p, read.as_ref(), now, &mut withheld)?;
+                Some((p, batch))
+            })
+            .collect();
+        if let Some(wait) = self.client.write_hold().filter(|_| !cleared.is_empty()) {
+            // Zendesk asked for a pause (the read's answer said the budget
+            // is spent): nothing leaves on this read
+            drop(turn);
+            self.record_withheld(withheld, now).await?;
+            let mut again = Again::default();
+            for (p, batch) in cleared {
+                again.push(p.narrowed(batch), wait);
+            }
+            return Ok(again);
+        }
+        let batches: Vec<IdBatch> = cleared.iter().map(|(_, b)| b.clone()).collect();
+        let sent = self.send_now(&batches, read.as_ref()).await;
+        drop(turn);
+        self.record_withheld(withheld, now).await?;
+        let (rows, answers, bracket) = sent?;
+        self.answers_of(cleared, rows, answers, bracket).await
+    }
+
+    /// Records the requests and sends them all at once, the freshness read
+    /// just answered; then reads the newest deletions again (the bracket).
+    #[allow(clippy::type_complexity)]
+    async fn send_now(
+        &mut self,
+        batches: &[IdBatch],
+        read: Option<&Read>,
+    ) -> anyhow::Result<(
+        Vec<JobRowId>,
+        Vec<(Option<Instant>, Result<JobStatus, ZendeskError>)>,
+        Option<Read>,
+    )> {
+        if batches.is_empty() {
+            return Ok((Vec::new(), Vec::new(), None));
+        }
+        let rows = match self
+            .store
+            .record_requests(self.run, batches, Utc::now())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                for batch in batches {
+                    self.not_sent(batch, "the request could not be recorded before sending it")
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        let client = self.client.clone();
+        let answers =
+            futures::future::join_all(batches.iter().map(|b| client.destroy_many_now(b))).await;
+        let windows: Vec<(JobRowId, Option<Duration>)> = rows
+            .iter()
+            .zip(&answers)
+            .map(|(row, (sent_at, _))| {
+                let window = match (read, sent_at) {
+                    (Some(r), Some(at)) => Some(at.saturating_duration_since(r.answered)),
+                    _ => None,
+                };
+                (*row, window)
+            })
+            .collect();
+        for (_, window) in &windows {
+            if let Some(w) = window {
+                metrics::histogram!("zd_retention_freshness_window_seconds")
+                    .record(w.as_secs_f64());
+                self.tally.max_send_window =
+                    Some(self.tally.max_send_window.map_or(*w, |m| m.max(*w)));
+            }
+        }
+        let bracket = match read {
+            Some(r) if answers.iter().any(|(_, a)| a.is_ok()) => self.bracket_read(r).await,
+            _ => None,
+        };
+        if let Some(r) = read {
+            self.store
+                .record_send_windows(self.run, r.answered_utc, &windows)
+                .await?;
+        }
+        Ok((rows, answers, bracket))
+    }
+
+    /// What each request's answer means, and what goes to the next round.
+    async fn answers_of(
+        &mut self,
+        cleared: Vec<(Pending, IdBatch)>,
+        rows: Vec<JobRowId>,
+        answers: Vec<(Option<Instant>, Result<JobStatus, ZendeskError>)>,
+        bracket: Option<Read>,
+    ) -> anyhow::Result<Again> {
+        let retry = self.client.retry_policy();
+        let mut again = Again::default();
+        let mut fatal = None;
+        for (((mut p, batch), row), (_, answer)) in cleared.into_iter().zip(rows).zip(answers) {
+            if p.lost == 0 && p.limited == 0 {
+                self.tally.batches += 1;
+            }
+            let age = (Utc::now() - p.release.listed_at)
+                .to_std()
+                .unwrap_or_default();
+            self.tally.max_listing_age =
+                Some(self.tally.max_listing_age.map_or(age, |m| m.max(age)));
+            let sent_as: Vec<Option<ListedAs>> = if p.release.check_freshness {
+                p.release.listed.clone()
+            } else {
+                Vec::new()
+            };
+            match answer {
+                Err(e @ ZendeskError::RateLimited { wait, .. }) => {
+                    // not carried out: read again after the wait, then send
+                    self.store
+                        .record_job_end(
+                            self.run,
+                            row,
+                            JobRowStatus::RateLimited,
+                            Some(&format!(
+                                "{e}; sent again after the wait and a new freshness read"
+                            )),
+                            Outcome::Unknown,
+                            &[],
+                        )
+                        .await?;
+                    p.limited += 1;
+                    if p.limited > MAX_RATE_LIMITED_ROUNDS {
+                        let why = "Zendesk kept answering 429 (rate limited) to this purge";
+                        tracing::error!(ids = batch.len(), "{why}; not sent");
+                        self.not_sent(&batch, why).await;
+                    } else {
+                        again.push(p.narrowed(batch), wait);
+                    }
+                }
+                Err(e @ (ZendeskError::Transient { .. } | ZendeskError::Decode { .. }))
+                    if (p.lost as usize) < retry.max_retries =>
+                {
+                    // the answer was lost: this attempt ends unknown, and the
+                    // next is a new row after a new freshness read
+                    let message = format!(
+                        "{e}; the answer was lost and the request may have been carried out (a job whose id is unknown); sent again as attempt {} after a new freshness read",
+                        p.lost + 2
+                    );
+                    tracing::warn!(error = %e, "purge answer lost; sending again as a new recorded attempt");
+                    self.store
+                        .record_job_end(
+                            self.run,
+                            row,
+                            JobRowStatus::Unknown,
+                            Some(&message),
+                            Outcome::Unknown,
+                            batch.ids(),
+                        )
+                        .await?;
+                    p.lost += 1;
+                    let wait = retry
+                        .min_delay
+                        .saturating_mul(1 << p.lost.min(16))
+                        .min(retry.max_delay);
+                    again.push(p.narrowed(batch), wait);
+                }
+                answer => {
+                    if let Err(e) = self.settle_answer(&batch, row, answer, sent_as).await {
+                        fatal.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        if let Some(read) = &bracket {
+            self.mark_in_doubt(read);
+        }
+        self.finish_answered().await?;
+        match fatal {
+            Some(e) => {
+                for p in again.pending.drain(..) {
+                    self.not_sent(&p.release.batch, "purging stopped after an error")
+                        .await;
+                }
+                Err(e)
+            }
+            None => Ok(again),
+        }
+    }
+
+    /// The ids of a release that the freshness read clears: a ticket found
+    /// among active ones (restored) is left out, one the read shows deleted
+    /// again since its listing is decided again on its new deletion and not
+    /// sent. `None` when none is left.
+    fn clear(
+        &mut self,
+        p: &Pending,
+        read: Option<&Read>,
+        now: DateTime<Utc>,
+        withheld: &mut Withheld,
+    ) -> Option<IdBatch> {
+        if !p.release.check_freshness {
+            return Some(p.release.batch.clone());
+        }
+        let mut ids = Vec::with_capacity(p.release.batch.len());
+        for (id, listed) in p.release.batch.ids().iter().zip(&p.release.listed) {
+            if p.active.contains(id) {
+                withheld.restored.push(*id);
+                continue;
+            }
+            let again = read
+                .and_then(|r| r.tickets.get(id))
+                .filter(|t| listed.as_ref() != Some(&ListedAs::of(t)));
+            match again {
+                Some(t) => {
+                    tracing::warn!(
+                        ticket = t.id,
+                        "deleted again since its listing: decided on its new deletion, not purged in this run"
+                    );
+                    let decision = self.policy.decide(t, now);
+                    withheld
+                        .records
+                        .push(decision_record(t, &decision, &self.settings, now));
+                    withheld.changed.push(*id);
+                }
+                None => ids.push(*id),
+            }
+        }
+        IdBatch::new(ids).ok()
+    }
+
+    /// Records what the freshness read kept out of a round.
+    async fn record_withheld(&mut self, w: Withheld, now: DateTime<Utc>) -> anyhow::Result<()> {
+        if !w.restored.is_empty() {
+            tracing::warn!(
+                tickets = w.restored.len(),
+                "restored since their listing: not purged"
+            );
+            self.store
+                .record_outcomes(
+                    self.run,
+                    None,
+                    &w.restored,
+                    Outcome::NotSent,
+                    Some("restored since its listing (found among active tickets just before purging): not purged"),
+                    now,
+                )
+                .await?;
+            self.tally.changed += w.restored.len() as u64;
+            self.tally.not_sent += w.restored.len() as u64;
+        }
+        if !w.changed.is_empty() {
+            self.store.record_decisions(self.run, &w.records).await?;
+            self.store
+                .record_outcomes(
+                    self.run,
+                    None,
+                    &w.changed,
+                    Outcome::NotSent,
+                    Some("deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run"),
+                    now,
+                )
+                .await?;
+            self.tally.changed += w.changed.len() as u64;
+            self.tally.not_sent += w.changed.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// A freshness read: every ticket deleted since `since`, complete, or
+    /// why not.
+    async fn read_since(&mut self, since: DateTime<Utc>) -> Result<Read, String> {
+        let started = Utc::now();
+        let proven = self
+            .gate
+            .cursor_proven
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let before = self.client.stats().sent("list");
+        let read = crate::listing::deleted_since(&self.client, since, proven).await;
+        self.tally.freshness_requests += self.client.stats().sent("list") - before;
+        let answered = Instant::now();
+        match read {
+            Ok(r) if r.complete => Ok(Read {
+                started,
+                answered,
+                answered_utc: Utc::now(),
+                tickets: r.tickets.into_iter().map(|t| (t.id, t)).collect(),
+            }),
+            Ok(r) => Err(format!(
+                "more than {} pages were deleted since {} (read back to {})",
+                crate::listing::FRESHNESS_MAX_PAGES,
+                crate::audit::timestamp(since),
+                crate::audit::timestamp(r.covered_from)
+            )),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// The read right after a round's sends, back to the start of the read
+    /// that cleared them (on Zendesk's clock when its `Date` header told,
+    /// less a second of its grain): a ticket deleted again since shows with
+    /// its new deletion. `None` when it failed (its tickets' purges then rest
+    /// on the job's answer, and the certificate states the window).
+    async fn bracket_read(&mut self, cleared_by: &Read) -> Option<Read> {
+        let since = match self.client.clock_offset() {
+            Some(offset) => cleared_by.started + offset - chrono::Duration::seconds(2),
+            None => {
+                cleared_by.started
+                    - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
+            }
+        };
+        match self.read_since(since).await {
+            Ok(read) => Some(read),
+            Err(why) => {
+                tracing::warn!(%why, "the read after the purge requests failed: which deletion Zendesk purges rests on the job's answer");
+                None
+            }
+        }
+    }
+
+    /// Marks the tickets of open jobs that a read shows deleted again since
+    /// they were sent: in doubt.
+    pub(super) fn mark_in_doubt(&mut self, read: &Read) {
+        for job in &mut self.open {
+            for (id, sent) in job.tickets.iter().zip(&job.sent_as) {
+                let Some(sent) = sent else { continue };
+                if job.in_doubt.iter().any(|(t, _)| t == id) {
+                    continue;
+                }
+                if let Some(t) = read.tickets.get(id)
+                    && ListedAs::of(t) != *sent
+                {
+                    tracing::warn!(
+                        ticket = id,
+                        job = %job.id,
+                        "deleted again after its purge request left: recorded in doubt, not as purged by its rule"
+                    );
+                    job.in_doubt.push((*id, doubt_detail(t)));
+                }
+            }
+        }
+    }
+
+    /// Finishes the jobs whose answer was already terminal, once the read
+    /// after the sends has marked their doubtful tickets.
+    async fn finish_answered(&mut self) -> anyhow::Result<()> {
+        let (done, open): (Vec<OpenJob>, Vec<OpenJob>) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|j| j.answered.is_some());
+        self.open = open;
+        for mut job in done {
+            if let Some(status) = job.answered.take() {
+                self.finish(job, &status).await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The window between the last look and the send, under agents acting on
+//! their own clock (the sandbox's `agents_every` profile): every ticket
+//! Zendesk purged on a deletion no rule selected must have changed after the
+//! last read before its request (inside the measured window), and each one a
+//! read after the request could show before the job ran must be recorded in
+//! doubt, not as purged by its rule.
+//!
+//! `WINDOW_SEEDS=n` runs n seeds per setting (default 10), `WINDOW_TICKETS`
+//! and `WINDOW_AGENTS_MS` change the load; the figures are printed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use zd_retention::cycle::{RunStatus, Trigger, run_cycle};
+use zd_retention::sandbox::{LoggedRequest, SandboxOptions};
+
+use crate::helpers::*;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one run under the agents showed.
+#[derive(Debug, Default)]
+struct Figures {
+    purged: u64,
+    wrong: u64,
+    in_doubt: u64,
+    residual: u64,
+    /// From the last list request's arrival to the purge request's, as the
+    /// sandbox saw them (microseconds).
+    server_windows: Vec<i64>,
+    /// As the engine measured and recorded them (microseconds).
+    recorded_windows: Vec<i64>,
+}
+
+/// The deletions each ticket was decided `purge` on, to the second (the
+/// API's grain), with actor and previous state.
+async fn purge_decisions(
+    pool: &sqlx::SqlitePool,
+) -> BTreeMap<u64, BTreeSet<(DateTime<Utc>, i64, String)>> {
+    let rows: Vec<(i64, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT ticket_id, deleted_at, actor_id, previous_state FROM decisions WHERE decision = 'purge'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out: BTreeMap<u64, BTreeSet<_>> = BTreeMap::new();
+    for (id, at, actor, state) in rows {
+        let Some(at) = at.and_then(|a| DateTime::parse_from_rfc3339(&a).ok()) else {
+            continue;
+        };
+        out.entry(id as u64).or_default().insert((
+            at.with_timezone(&Utc).trunc_subsecs(0),
+            actor.unwrap_or_default(),
+            state.unwrap_or_default(),
+        ));
+    }
+    out
+}
+
+/// Each ticket's outcomes in the order recorded, with the job row.
+async fn outcomes_by_ticket(pool: &sqlx::SqlitePool) -> BTreeMap<u64, Vec<(Option<i64>, String)>> {
+    let rows: Vec<(i64, Option<i64>, String)> =
+        sqlx::query_as("SELECT ticket_id, job_id, outcome FROM outcomes ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let mut out: BTreeMap<u64, Vec<_>> = BTreeMap::new();
+    for (id, job, outcome) in rows {
+        out.entry(id as u64).or_default().push((job, outcome));
+    }
+    out
+}
+
+async fn one_run(seed: u64, pipelined: bool) -> Figures {
+    let tickets = clear_tickets(env_or("WINDOW_TICKETS", 800) as usize, seed);
+    let options = SandboxOptions {
+        seed,
+        agents_every: Some(Duration::from_millis(env_or("WINDOW_AGENTS_MS", 4))),
+        // jobs stay queued about 100 ms: long enough for agents to act
+        // between a request and its job
+        job_delay: Duration::from_secs(60),
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let settings = zd_retention::cycle::CycleSettings {
+        purge_while_scanning: pipelined,
+        ..test_settings()
+    };
+    let e = engine(&sb, example_policy(), settings).await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(
+        report.status,
+        RunStatus::Completed,
+        "seed {seed}: {:?}",
+        report.error
+    );
+    // the jobs end (they are followed to the end), then the agents stop
+    let log: Vec<LoggedRequest> = sb.requests();
+    let purged = sb.purged_tickets();
+    let taken = sb.purge_times();
+    let pool = e.ctx.store.pool();
+    let decided = purge_decisions(pool).await;
+    let outcomes = outcomes_by_ticket(pool).await;
+    let job_rows: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT zendesk_job_id, id FROM jobs WHERE zendesk_job_id IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let mut f = Figures {
+        recorded_windows: sqlx::query_scalar(
+            "SELECT send_window_us FROM jobs WHERE send_window_us IS NOT NULL",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+        ..Figures::default()
+    };
+    let lists: Vec<&LoggedRequest> = log.iter().filter(|r| r.endpoint == "list").collect();
+    for d in log
+        .iter()
+        .filter(|r| r.endpoint == "destroy_many" && r.status == 200)
+    {
+        let last_read = lists
+            .iter()
+            .rev()
+            .find(|l| l.at < d.at)
+            .expect("a read before every purge");
+        f.server_windows
+            .push((d.at - last_read.at).num_microseconds().unwrap_or(i64::MAX));
+    }
+    for t in &purged {
+        f.purged += 1;
+        let seen = (
+            t.deleted_at.trunc_subsecs(0),
+            t.actor_id as i64,
+            t.previous_state.clone(),
+        );
+        if decided.get(&t.id).is_some_and(|d| d.contains(&seen)) {
+            continue;
+        }
+        // purged on a deletion it was never decided on: a deletion again
+        f.wrong += 1;
+        let changed = t.deleted_at;
+        assert!(
+            example_selects(t) != Some(true),
+            "seed {seed}: ticket {} purged on a deletion the rules select but never decided",
+            t.id
+        );
+        let took = taken[&t.id];
+        let request = log
+            .iter()
+            .filter(|r| r.endpoint == "destroy_many" && r.ids.contains(&t.id) && r.at < took)
+            .next_back()
+            .expect("a purge request before the job");
+        let last_read = lists
+            .iter()
+            .rev()
+            .find(|l| l.at < request.at)
+            .expect("a read before every purge");
+        assert!(
+            changed > last_read.at,
+            "seed {seed} (pipelined {pipelined}): ticket {} was deleted again at {changed}, before the last read ({}) that preceded its purge request ({}): the read should have kept it out",
+            t.id,
+            last_read.at,
+            request.at
+        );
+        let job_row = request
+            .job_id
+            .as_ref()
+            .and_then(|j| job_rows.get(j))
+            .copied();
+        let recorded: Vec<&String> = outcomes
+            .get(&t.id)
+            .into_iter()
+            .flatten()
+            .filter(|(job, _)| *job == job_row)
+            .map(|(_, o)| o)
+            .collect();
+        let bracket = lists.iter().find(|l| l.at > request.at);
+        let visible = bracket.is_some_and(|b| b.at > changed && b.at < took);
+        if recorded.iter().any(|o| o.as_str() == "purged") {
+            assert!(
+                !visible,
+                "seed {seed} (pipelined {pipelined}): ticket {} recorded purged by its rule, but the read after its request ({:?}) came after its new deletion ({changed}) and before the job took it ({took})",
+                t.id,
+                bracket.map(|b| b.at)
+            );
+            f.residual += 1;
+        } else {
+            f.in_doubt += 1;
+        }
+    }
+    sb.shutdown().await;
+    f
+}
+
+fn percentile(values: &mut [i64], p: f64) -> i64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values[i]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_purge_of_a_deletion_changed_before_the_last_read_and_the_visible_ones_in_doubt() {
+    let seeds = env_or("WINDOW_SEEDS", 10);
+    for pipelined in [false, true] {
+        let mut all = Figures::default();
+        for seed in 1..=seeds {
+            let f = one_run(seed, pipelined).await;
+            all.purged += f.purged;
+            all.wrong += f.wrong;
+            all.in_doubt += f.in_doubt;
+            all.residual += f.residual;
+            all.server_windows.extend(f.server_windows);
+            all.recorded_windows.extend(f.recorded_windows);
+        }
+        let per_10k = |n: u64| n as f64 * 10_000.0 / all.purged.max(1) as f64;
+        eprintln!(
+            "purge_while_scanning={pipelined}, {seeds} seeds: {} purged, {} on a deletion again ({:.1} per 10,000): {} recorded in doubt, {} residual ({:.1} per 10,000); window recorded max {} µs p99 {} µs ({} requests); sandbox-side (last list arrival to purge arrival) max {} µs p99 {} µs",
+            all.purged,
+            all.wrong,
+            per_10k(all.wrong),
+            all.in_doubt,
+            all.residual,
+            per_10k(all.residual),
+            percentile(&mut all.recorded_windows, 1.0),
+            percentile(&mut all.recorded_windows, 0.99),
+            all.recorded_windows.len(),
+            percentile(&mut all.server_windows, 1.0),
+            percentile(&mut all.server_windows, 0.99),
+        );
+        assert!(
+            all.purged > 0,
+            "nothing was purged: the harness tests nothing"
+        );
+        assert_eq!(
+            all.recorded_windows.len(),
+            all.server_windows.len(),
+            "every purge request sent after a read has its window recorded"
+        );
+    }
+}
