@@ -565,7 +565,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     };
 
     // The purge worker: sends batches and follows jobs.
-    let (batches, receiver) = mpsc::channel::<Release>(8);
+    let (batches, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);
     let gate = ListingGate::default();
     let worker = PurgeWorker::new(
         ctx,

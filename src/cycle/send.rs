@@ -175,6 +175,10 @@ impl PurgeWorker {
                 }
             },
         };
+        if let Some(r) = &read {
+            // evidence for the jobs of earlier rounds still open
+            self.mark_in_doubt(r);
+        }
         let now = Utc::now();
         let mut withheld = Withheld::default();
         let cleared: Vec<(Pending, IdBatch)> = pending

@@ -38,7 +38,7 @@ pub(crate) async fn send_and_follow(
     run: RunId,
     releases: Vec<Release>,
 ) -> Tally {
-    let (sender, receiver) = mpsc::channel::<Release>(8);
+    let (sender, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);
     let worker = PurgeWorker::new(
         ctx,
         run,
@@ -105,6 +105,10 @@ pub(crate) struct ListingGate {
     /// freshness read then uses it; otherwise offset pagination).
     pub(super) cursor_proven: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Releases queued for the purge worker: more than its job slots, so that
+/// a group fills them all and one read clears as many requests as can go.
+pub(crate) const RELEASES_QUEUED: usize = 64;
 
 /// A purge answered 429 this many times in a row is given up for this run.
 pub(super) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
@@ -250,12 +254,24 @@ impl PurgeWorker {
                 }
                 release = batches.recv(), if can_send => match release {
                     Some(first) => {
-                        // as many as there are job slots, cleared by one read
+                        // as many as there are job slots, cleared by one read:
+                        // what the scan is handing over right now joins
+                        // (it queues a whole selection at once)
                         let mut group = vec![first];
-                        while self.open.len() + group.len() < self.settings.max_jobs_in_flight {
+                        let mut idle = 0;
+                        while self.open.len() + group.len() < self.settings.max_jobs_in_flight
+                            && idle < 3
+                        {
                             match batches.try_recv() {
-                                Ok(r) => group.push(r),
-                                Err(_) => break,
+                                Ok(r) => {
+                                    group.push(r);
+                                    idle = 0;
+                                }
+                                Err(mpsc::error::TryRecvError::Empty) => {
+                                    idle += 1;
+                                    tokio::task::yield_now().await;
+                                }
+                                Err(mpsc::error::TryRecvError::Disconnected) => break,
                             }
                         }
                         self.send_group(group).await?

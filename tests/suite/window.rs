@@ -124,6 +124,7 @@ async fn one_run(seed: u64, pipelined: bool) -> Figures {
         .unwrap(),
         ..Figures::default()
     };
+    assert_each_send_right_after_a_read(&log, 10, &format!("seed {seed}, pipelined {pipelined}"));
     let lists: Vec<&LoggedRequest> = log.iter().filter(|r| r.endpoint == "list").collect();
     for d in log
         .iter()
@@ -251,4 +252,179 @@ async fn no_purge_of_a_deletion_changed_before_the_last_read_and_the_visible_one
             "every purge request sent after a read has its window recorded"
         );
     }
+}
+
+/// Every purge request went out right after a read: since the last listing
+/// request only purge requests of the same round arrived (no job poll, no
+/// lookup, no earlier attempt at the same ids), and no more of them than
+/// there are job slots.
+fn assert_each_send_right_after_a_read(log: &[LoggedRequest], slots: usize, context: &str) {
+    for (i, d) in log.iter().enumerate() {
+        if d.endpoint != "destroy_many" {
+            continue;
+        }
+        let mut since_read = 0;
+        let mut read = false;
+        for r in log[..i].iter().rev() {
+            match r.endpoint.as_str() {
+                "list" => {
+                    read = true;
+                    break;
+                }
+                // a sibling of the same round (sent together, answered in
+                // any way), never an earlier attempt at the same ids
+                "destroy_many" => {
+                    assert!(
+                        !r.ids.iter().any(|id| d.ids.contains(id)),
+                        "{context}: purge request {i} sent ids again (first {:?}) after an attempt answered {} with no read between",
+                        d.ids.first(),
+                        r.status
+                    );
+                    since_read += 1;
+                }
+                other => panic!(
+                    "{context}: purge request {i} ({:?}) went out after a {other} request (status {}) that came after the last read: the read vouched for a request that waited",
+                    d.ids.first(),
+                    r.status
+                ),
+            }
+        }
+        assert!(
+            read,
+            "{context}: purge request {i} without any read before it"
+        );
+        assert!(
+            since_read < slots,
+            "{context}: {since_read} purge requests before request {i} since the last read"
+        );
+    }
+}
+
+fn old_closed(n: u64) -> Vec<zd_retention::sandbox::SandboxTicket> {
+    (0..n)
+        .map(|i| zd_retention::sandbox::SandboxTicket {
+            id: 30_000 + i,
+            subject: Some(format!("Ticket {i}")),
+            actor_id: 1001,
+            actor_name: "Agent 1001".into(),
+            deleted_at: Utc::now()
+                - chrono::Duration::days(8)
+                - chrono::Duration::minutes(i as i64),
+            previous_state: "closed".into(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_deleted_again_while_its_purge_request_leaves_is_recorded_in_doubt() {
+    use zd_retention::sandbox::{AgentAction, ScriptMoment, ScriptedAction};
+    let tickets = old_closed(5);
+    let target = tickets[2].id;
+    // restored and deleted again the moment the purge request arrives,
+    // after the freshness read cleared it: Zendesk's job (queued for a
+    // while) purges the new deletion, which no rule selects
+    let again = |action| ScriptedAction {
+        at: ScriptMoment::BeforeDestroyMany(1),
+        action,
+    };
+    let options = SandboxOptions {
+        job_delay: Duration::from_secs(300),
+        script: vec![
+            again(AgentAction::Restore(target)),
+            again(AgentAction::DeleteAgain {
+                id: target,
+                actor: None,
+            }),
+        ],
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    // Zendesk purged it (on its new deletion)
+    assert_eq!(sb.purged_ids().len(), 5);
+    let purged = sb.purged_tickets();
+    let t = purged.iter().find(|t| t.id == target).unwrap();
+    assert!(Utc::now() - t.deleted_at < chrono::Duration::minutes(5));
+    // ... and the audit does not claim a rule selected that deletion
+    let outcomes = last_outcomes(e.ctx.store.pool()).await;
+    assert_eq!(outcomes.get(&target).map(String::as_str), Some("unknown"));
+    let detail: String = sqlx::query_scalar(
+        "SELECT detail FROM outcomes WHERE ticket_id = ? ORDER BY id DESC LIMIT 1",
+    )
+    .bind(target as i64)
+    .fetch_one(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        detail.starts_with(zd_retention::audit::IN_DOUBT_DETAIL),
+        "{detail}"
+    );
+    for id in sb.purged_ids().into_iter().filter(|id| *id != target) {
+        assert_eq!(
+            outcomes.get(&id).map(String::as_str),
+            Some("purged"),
+            "{id}"
+        );
+    }
+    assert_eq!(report.counts.purged, 4);
+    assert_eq!(report.in_doubt, 1);
+    assert!(report.max_send_window.is_some());
+    // the certificate lists the four, and says why the fifth is not there
+    let cert = zd_retention::evidence::Certificate::gather(&e.ctx.store, report.run_id, &[])
+        .await
+        .unwrap();
+    assert_eq!(cert.purged.len(), 4);
+    assert!(cert.purged.iter().all(|p| p.ticket_id as u64 != target));
+    assert_eq!(cert.windows.in_doubt, 1);
+    assert_eq!(cert.windows.measured, 1);
+    assert!(
+        cert.residual
+            .contains("showed 1 purged ticket(s) deleted again"),
+        "{}",
+        cert.residual
+    );
+    assert!(cert.text().contains("residual"), "{}", cert.text());
+    assert_each_send_right_after_a_read(&sb.requests(), 10, "scripted");
+    // and the chain holds the new columns
+    let verified = e.ctx.store.verify_chain().await.unwrap();
+    assert!(verified.problem.is_none(), "{:?}", verified.problem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_sent_again_after_a_lost_answer_or_a_429_is_read_for_again() {
+    use zd_retention::sandbox::Faults;
+    let tickets = clear_tickets(1500, 11);
+    let options = SandboxOptions {
+        faults: Faults {
+            server_errors: 0.25,
+            rate_limits: 0.25,
+            endpoints: vec!["destroy_many".into()],
+            ..Faults::default()
+        },
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    for pipelined in [false, true] {
+        let settings = zd_retention::cycle::CycleSettings {
+            purge_while_scanning: pipelined,
+            ..test_settings()
+        };
+        let e = engine(&sb, example_policy(), settings).await;
+        let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    }
+    let log = sb.requests();
+    assert!(
+        log.iter()
+            .any(|r| r.endpoint == "destroy_many" && r.status == 429),
+        "the faults were served"
+    );
+    assert!(
+        log.iter()
+            .any(|r| r.endpoint == "destroy_many" && r.status >= 500),
+        "the faults were served"
+    );
+    assert_each_send_right_after_a_read(&log, 10, "faults");
 }
