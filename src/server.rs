@@ -24,12 +24,25 @@ const RUN_SECONDS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
+/// Buckets of the freshness window (a read's answer to a purge request
+/// leaving), in seconds.
+const WINDOW_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
 /// Installs the global metrics recorder; the handle renders `/metrics`.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full("zd_retention_run_duration_seconds".into()),
             RUN_SECONDS,
+        )
+        .context("bad histogram buckets")?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(
+                "zd_retention_freshness_window_seconds".into(),
+            ),
+            WINDOW_SECONDS,
         )
         .context("bad histogram buckets")?
         .install_recorder()

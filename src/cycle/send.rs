@@ -74,6 +74,18 @@ pub(super) struct Read {
     pub(super) tickets: HashMap<TicketId, DeletedTicket>,
 }
 
+/// A request that left, with its answer.
+pub(super) struct Sent {
+    pending: Pending,
+    batch: IdBatch,
+    row: JobRowId,
+    /// When it was handed to the connection (`None`: it never was).
+    sent_at: Option<Instant>,
+    answer: Result<JobStatus, ZendeskError>,
+    /// When the round's answers were all in.
+    answered_at: DateTime<Utc>,
+}
+
 /// Tickets a freshness read kept out of a round, recorded after its sends.
 #[derive(Default)]
 struct Withheld {
@@ -143,12 +155,31 @@ impl PurgeWorker {
         Ok(())
     }
 
-    /// One round: tokens, then under the gate the freshness read, the
-    /// requests recorded and sent at once, and the bracketing read.
+    /// One round: tokens; then under the gate the requests recorded, the
+    /// freshness read, the requests it cleared whole sent at once (those it
+    /// narrowed recorded anew and sent right after), and the read after
+    /// them.
     async fn send_round(&mut self, pending: Vec<Pending>) -> anyhow::Result<Again> {
         self.client.reserve_writes(pending.len()).await;
         let gate = self.gate.clone();
         let turn = gate.turn.lock().await;
+        // Write-ahead, before the read: so that only the sends follow it.
+        let full: Vec<IdBatch> = pending.iter().map(|p| p.release.batch.clone()).collect();
+        let intents = match self
+            .store
+            .record_requests(self.run, &full, Utc::now())
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                drop(turn);
+                for batch in &full {
+                    self.not_sent(batch, "the request could not be recorded before sending it")
+                        .await;
+                }
+                return Err(e);
+            }
+        };
         let since = pending
             .iter()
             .filter(|p| p.release.check_freshness)
@@ -167,6 +198,8 @@ impl PurgeWorker {
                         format!("the freshness read before purging failed ({why}): not sent");
                     tracing::error!("{message}");
                     self.tally.freshness_failed = Some(message);
+                    self.withdraw(&intents, "the freshness read before purging failed")
+                        .await?;
                     for p in pending {
                         self.not_sent(&p.release.batch, "the freshness read before purging failed")
                             .await;
@@ -181,73 +214,135 @@ impl PurgeWorker {
         }
         let now = Utc::now();
         let mut withheld = Withheld::default();
-        let cleared: Vec<(Pending, IdBatch)> = pending
-            .into_iter()
-            .filter_map(|p| {
-                let batch = self.clear(&p, read.as_ref(), now, &mut withheld)?;
-                Some((p, batch))
-            })
-            .collect();
-        if let Some(wait) = self.client.write_hold().filter(|_| !cleared.is_empty()) {
+        let mut exact = Vec::new();
+        let mut narrowed = Vec::new();
+        let mut withdrawn = Vec::new();
+        for (p, row) in pending.into_iter().zip(intents) {
+            match self.clear(&p, read.as_ref(), now, &mut withheld) {
+                Some(batch) if batch == p.release.batch => exact.push((p, batch, row)),
+                Some(batch) => {
+                    withdrawn.push(row);
+                    narrowed.push((p, batch));
+                }
+                None => withdrawn.push(row),
+            }
+        }
+        if let Some(wait) = self
+            .client
+            .write_hold()
+            .filter(|_| !exact.is_empty() || !narrowed.is_empty())
+        {
             // Zendesk asked for a pause (the read's answer said the budget
             // is spent): nothing leaves on this read
             drop(turn);
+            withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
+            self.withdraw(&withdrawn, "Zendesk asked for a pause: sent again after it, under a new row and a new freshness read")
+                .await?;
             self.record_withheld(withheld, now).await?;
             let mut again = Again::default();
-            for (p, batch) in cleared {
+            for (p, batch) in exact.into_iter().map(|(p, b, _)| (p, b)).chain(narrowed) {
                 again.push(p.narrowed(batch), wait);
             }
             return Ok(again);
         }
-        let batches: Vec<IdBatch> = cleared.iter().map(|(_, b)| b.clone()).collect();
-        let sent = self.send_now(&batches, read.as_ref()).await;
+        let sent = self.send_now(exact, narrowed, read.as_ref()).await;
         drop(turn);
+        self.withdraw(&withdrawn, "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row")
+            .await?;
         self.record_withheld(withheld, now).await?;
-        let (rows, answers, bracket) = sent?;
-        self.answers_of(cleared, rows, answers, bracket).await
+        let (sent, bracket) = sent?;
+        self.answers_of(sent, bracket).await
     }
 
-    /// Records the requests and sends them all at once, the freshness read
-    /// just answered; then reads the newest deletions again (the bracket).
-    #[allow(clippy::type_complexity)]
+    /// Ends requests recorded before their read that were never sent.
+    async fn withdraw(&mut self, rows: &[JobRowId], why: &str) -> anyhow::Result<()> {
+        for row in rows {
+            self.store
+                .record_job_end(
+                    self.run,
+                    *row,
+                    JobRowStatus::Withdrawn,
+                    Some(why),
+                    Outcome::NotSent,
+                    &[],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the requests the read cleared whole at once, then records and
+    /// sends those it narrowed; then, while the jobs are queued, reads the
+    /// newest deletions again (the bracket).
     async fn send_now(
         &mut self,
-        batches: &[IdBatch],
+        exact: Vec<(Pending, IdBatch, JobRowId)>,
+        narrowed: Vec<(Pending, IdBatch)>,
         read: Option<&Read>,
-    ) -> anyhow::Result<(
-        Vec<JobRowId>,
-        Vec<(Option<Instant>, Result<JobStatus, ZendeskError>)>,
-        Option<Read>,
-    )> {
-        if batches.is_empty() {
-            return Ok((Vec::new(), Vec::new(), None));
-        }
-        let rows = match self
-            .store
-            .record_requests(self.run, batches, Utc::now())
-            .await
-        {
-            Ok(rows) => rows,
+    ) -> anyhow::Result<(Vec<Sent>, Option<Read>)> {
+        let client = self.client.clone();
+        let store = self.store.clone();
+        let run = self.run;
+        let first =
+            futures::future::join_all(exact.iter().map(|(_, b, _)| client.destroy_many_now(b)));
+        let narrowed_batches: Vec<IdBatch> = narrowed.iter().map(|(_, b)| b.clone()).collect();
+        let second = async {
+            if narrowed_batches.is_empty() {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let rows = store
+                .record_requests(run, &narrowed_batches, Utc::now())
+                .await?;
+            let answers = futures::future::join_all(
+                narrowed_batches.iter().map(|b| client.destroy_many_now(b)),
+            )
+            .await;
+            anyhow::Ok((rows, answers))
+        };
+        let (first, second) = futures::join!(first, second);
+        let answered_at = Utc::now();
+        let mut sent: Vec<Sent> = exact
+            .into_iter()
+            .zip(first)
+            .map(|((pending, batch, row), (sent_at, answer))| Sent {
+                pending,
+                batch,
+                row,
+                sent_at,
+                answer,
+                answered_at,
+            })
+            .collect();
+        let failed = match second {
+            Ok((rows, answers)) => {
+                sent.extend(narrowed.into_iter().zip(rows).zip(answers).map(
+                    |(((pending, batch), row), (sent_at, answer))| Sent {
+                        pending,
+                        batch,
+                        row,
+                        sent_at,
+                        answer,
+                        answered_at,
+                    },
+                ));
+                None
+            }
             Err(e) => {
-                for batch in batches {
+                for (_, batch) in &narrowed {
                     self.not_sent(batch, "the request could not be recorded before sending it")
                         .await;
                 }
-                return Err(e);
+                Some(e)
             }
         };
-        let client = self.client.clone();
-        let answers =
-            futures::future::join_all(batches.iter().map(|b| client.destroy_many_now(b))).await;
-        let windows: Vec<(JobRowId, Option<Duration>)> = rows
+        let windows: Vec<(JobRowId, Option<Duration>)> = sent
             .iter()
-            .zip(&answers)
-            .map(|(row, (sent_at, _))| {
-                let window = match (read, sent_at) {
+            .map(|s| {
+                let window = match (read, s.sent_at) {
                     (Some(r), Some(at)) => Some(at.saturating_duration_since(r.answered)),
                     _ => None,
                 };
-                (*row, window)
+                (s.row, window)
             })
             .collect();
         for (_, window) in &windows {
@@ -259,7 +354,7 @@ impl PurgeWorker {
             }
         }
         let bracket = match read {
-            Some(r) if answers.iter().any(|(_, a)| a.is_ok()) => self.bracket_read(r).await,
+            Some(r) if sent.iter().any(|s| s.answer.is_ok()) => self.bracket_read(r).await,
             _ => None,
         };
         if let Some(r) = read {
@@ -267,21 +362,31 @@ impl PurgeWorker {
                 .record_send_windows(self.run, r.answered_utc, &windows)
                 .await?;
         }
-        Ok((rows, answers, bracket))
+        if let Some(e) = failed {
+            self.answers_of(sent, bracket).await?;
+            return Err(e);
+        }
+        Ok((sent, bracket))
     }
 
     /// What each request's answer means, and what goes to the next round.
     async fn answers_of(
         &mut self,
-        cleared: Vec<(Pending, IdBatch)>,
-        rows: Vec<JobRowId>,
-        answers: Vec<(Option<Instant>, Result<JobStatus, ZendeskError>)>,
+        sent: Vec<Sent>,
         bracket: Option<Read>,
     ) -> anyhow::Result<Again> {
         let retry = self.client.retry_policy();
         let mut again = Again::default();
         let mut fatal = None;
-        for (((mut p, batch), row), (_, answer)) in cleared.into_iter().zip(rows).zip(answers) {
+        for Sent {
+            pending: mut p,
+            batch,
+            row,
+            answer,
+            answered_at,
+            ..
+        } in sent
+        {
             if p.lost == 0 && p.limited == 0 {
                 self.tally.batches += 1;
             }
@@ -347,7 +452,10 @@ impl PurgeWorker {
                     again.push(p.narrowed(batch), wait);
                 }
                 answer => {
-                    if let Err(e) = self.settle_answer(&batch, row, answer, sent_as).await {
+                    if let Err(e) = self
+                        .settle_answer(&batch, row, answer, sent_as, answered_at)
+                        .await
+                    {
                         fatal.get_or_insert(e);
                     }
                 }

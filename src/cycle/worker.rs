@@ -291,6 +291,7 @@ impl PurgeWorker {
         row: JobRowId,
         answer: Result<JobStatus, ZendeskError>,
         sent_as: Vec<Option<ListedAs>>,
+        answered_at: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let batch = batch.clone();
         match answer {
@@ -301,7 +302,7 @@ impl PurgeWorker {
                         Some(&job.id.0),
                         JobRowStatus::of(&job.status),
                         job.message.as_deref(),
-                        Utc::now(),
+                        answered_at,
                     )
                     .await?;
                 let open = OpenJob {
