@@ -238,7 +238,7 @@ impl Certificate {
 /// What the certificate says no client can rule out, with the run's
 /// measured freshness window and the tickets a later read put in doubt.
 fn residual_of(w: &SendWindows) -> String {
-    let floor = "Zendesk offers no conditional delete: it purges whichever deletion a ticket has when the job runs, so a ticket deleted again (restored, then deleted anew) after the last read and before Zendesk ran the job would be purged on its new deletion and listed here under the rule that selected the earlier one; no client can see such a change.";
+    let floor = "Zendesk offers no conditional delete: it purges whichever deletion a ticket has when the job runs, so a ticket deleted again (restored, then deleted anew) after the last read this run made and before Zendesk ran the job would be purged on its new deletion and listed here under the rule that selected the earlier one; once the job has run, no read can show such a change.";
     let window = match (w.measured, w.max_us) {
         (0, _) | (_, None) if w.requests == 0 => "This run sent no purge request.".to_string(),
         (0, _) | (_, None) => format!(
@@ -246,7 +246,7 @@ fn residual_of(w: &SendWindows) -> String {
             w.requests
         ),
         (n, Some(us)) => format!(
-            "Each request left at most {} after the answer of the freshness read that cleared it ({n} of {} requests measured); a read right after the requests, before Zendesk ran the jobs, showed {} purged ticket(s) deleted again: those are recorded unknown and are not listed here.",
+            "Each request left at most {} after the answer of the freshness read that cleared it ({n} of {} requests measured); a read after the requests (as soon as the listing quota allowed; a job may have run before it) showed {} purged ticket(s) deleted again: those are recorded unknown and are not listed here.",
             crate::report::window_text(std::time::Duration::from_micros(us.max(0) as u64)),
             w.requests,
             w.in_doubt
