@@ -276,6 +276,18 @@ impl Checker<'_> {
     fn duration(&mut self, key: &str, value: &Option<Spanned<String>>) -> Option<Duration> {
         let v = value.as_ref()?;
         match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d > crate::human::LONGEST => {
+                // kept for the key's other checks; the config is refused
+                self.at(
+                    key,
+                    v,
+                    format!(
+                        "{:?} is more than 100 years: no setting needs that long (and a clock it is added to overflows); write a shorter duration",
+                        v.get_ref()
+                    ),
+                );
+                Some(d)
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.at(
@@ -1234,6 +1246,48 @@ token_env = "ZENDESK_API_TOKEN"
         let text =
             format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\nmatch_all = true\n");
         assert!(Config::parse(&text, "t.toml").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Every duration key, given any number with any unit: refused or
+        /// accepted, never a panic, and nothing longer than 100 years gets
+        /// through to a clock.
+        #[test]
+        fn config_durations_never_panic_and_stay_within_a_century(
+            n in "[0-9]{1,25}",
+            unit in "(ns|ms|s|m|h|d|w|M|y)",
+            key in 0usize..9,
+        ) {
+            let value = format!("{n}{unit}");
+            let (table, line) = [
+                ("zendesk", "request_timeout"),
+                ("zendesk", "job_poll_interval"),
+                ("zendesk", "job_timeout"),
+                ("zendesk", "clock_skew"),
+                ("schedule", "shutdown_grace"),
+                ("schedule", "reconcile"),
+                ("audit", "keep_details"),
+                ("safety", "min_age"),
+                ("rules", "older_than"),
+            ][key];
+            let text = if table == "rules" {
+                format!("{MINIMAL}[[rules]]\nname = \"r\"\naction = \"purge\"\nprevious_state = [\"closed\"]\n{line} = \"{value}\"\n")
+            } else if table == "zendesk" {
+                MINIMAL.replace("[zendesk]\n", &format!("[zendesk]\n{line} = \"{value}\"\n"))
+            } else {
+                format!("{MINIMAL}[{table}]\n{line} = \"{value}\"\n")
+            };
+            if let Ok(c) = Config::parse(&text, "t.toml") {
+                let longest = crate::human::LONGEST;
+                proptest::prop_assert!(c.zendesk.retry.request_timeout <= longest);
+                proptest::prop_assert!(c.zendesk.job_poll_interval <= longest);
+                proptest::prop_assert!(c.zendesk.job_timeout <= longest);
+                proptest::prop_assert!(c.schedule.shutdown_grace <= longest);
+                proptest::prop_assert!(c.audit.keep_details.is_none_or(|d| d <= longest));
+                proptest::prop_assert!(c.policy.min_age <= longest);
+                proptest::prop_assert!(c.policy.rules.iter().all(|r| r.older_than.is_none_or(|d| d <= longest)));
+            }
+        }
     }
 
     #[test]

@@ -83,6 +83,67 @@ fn broken_command_lines_are_refused_with_exit_2() {
             "cannot read it",
         ),
         (&["plan", "--explain"], "TICKET_ID"),
+        // dates and durations past what a clock holds: refused, never a panic
+        (
+            &["audit", "report", "--since", "99999999d"],
+            "for '--since <SINCE>': \"99999999d\" reaches back before 1970-01-01",
+        ),
+        (
+            &["audit", "runs", "--since", "99999999d"],
+            "for '--since <SINCE>'",
+        ),
+        (
+            &["audit", "search", "--until", "99999999d"],
+            "for '--until <UNTIL>'",
+        ),
+        (
+            &["audit", "search", "--since", "18446744073709551615s"],
+            "reaches back before 1970-01-01",
+        ),
+        (
+            &["audit", "export", "--since", "1969-12-31"],
+            "outside the years 1970 to 9999",
+        ),
+        (
+            &["audit", "stats", "--since", "600000y"],
+            "for '--since <SINCE>'",
+        ),
+        (
+            &["audit", "report", "--until", "99999999d"],
+            "for '--until <UNTIL>'",
+        ),
+        // the sandbox (a listen address that cannot be bound: an argument
+        // let through ends the command at once instead of serving)
+        (
+            &[
+                "sandbox",
+                "--listen",
+                "192.0.2.1:9",
+                "--job-delay",
+                "18446744073709551615s",
+            ],
+            "for '--job-delay <JOB_DELAY>': \"18446744073709551615s\" is more than 100 years",
+        ),
+        (
+            &[
+                "sandbox",
+                "--listen",
+                "192.0.2.1:9",
+                "--scrub-after",
+                "99999999999d",
+            ],
+            "for '--scrub-after <SCRUB_AFTER>'",
+        ),
+        (
+            &[
+                "sandbox",
+                "--listen",
+                "192.0.2.1:9",
+                "--time-scale",
+                "1e-300",
+            ],
+            "for '--time-scale <TIME_SCALE>'",
+        ),
     ];
     for (args, expect) in cases {
         let out = Command::new(BIN)
