@@ -248,7 +248,8 @@ pub enum AuditCommand {
     )]
     Keygen {
         /// The private key's file; the public key goes beside it as
-        /// NAME.pub.pem. An existing file is never overwritten.
+        /// NAME.pub.pem. An existing file is never overwritten, and a name
+        /// that looks public (NAME.pub.pem, NAME.pub, "public") is refused.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },

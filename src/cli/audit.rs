@@ -657,10 +657,35 @@ async fn ticket(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why `--out` would put the private key under a public name (`k.pub.pem`,
+/// `k.pub`, `public-key.pem`, in any case), or `None` when it does not:
+/// someone handing the "public" file to an auditor would hand over the key.
+fn public_looking_name(out: &Path) -> Option<String> {
+    let name = out.file_name()?.to_string_lossy().to_lowercase();
+    let words: Vec<&str> = name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if name.ends_with(".pub.pem") || name.ends_with(".pub") {
+        return Some(format!("{name:?} ends like a public key's file"));
+    }
+    words
+        .iter()
+        .find(|w| matches!(**w, "pub" | "pubkey") || w.contains("public"))
+        .map(|word| format!("{name:?} says {word:?}, as a public key's file would"))
+}
+
 /// `zd-retention audit keygen`: a key pair for signing chain heads.
 fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     use secrecy::ExposeSecret as _;
     use std::io::Write as _;
+    if let Some(why) = public_looking_name(out) {
+        return Err(UsageError(format!(
+            "--out {} names the PRIVATE key's file, but {why}: give the private key a private name such as signing-key.pem (its public half then goes beside it as signing-key.pub.pem)",
+            out.display()
+        ))
+        .into());
+    }
     let public_path = {
         let stem = out
             .file_stem()
@@ -697,7 +722,7 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     let key = crate::audit::ChainSigner::from_pem(private.expose_secret())
         .map_err(|e| anyhow::anyhow!(e))?;
     println!(
-        "private key {} (mode 0600): set [audit] signing_key_file to it\npublic key  {}: keep a copy away from this machine; `audit verify --public-key` checks with it\nkey id      {}",
+        "wrote the private key to {} (mode 0600): set [audit] signing_key_file to it\nwrote the public key to  {}: keep a copy away from this machine; `audit verify --public-key` checks with it\nkey id                   {}",
         out.display(),
         public_path.display(),
         key.key_id()

@@ -920,3 +920,55 @@ async fn a_head_added_by_hand_or_a_key_id_changed_is_named() {
         assert!(text(&out).contains("TAMPERED"), "{sql}: {}", text(&out));
     }
 }
+
+#[test]
+fn keygen_refuses_a_public_name_for_the_private_key_and_says_what_it_wrote_where() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "k.pub.pem",
+        "K.PUB.PEM",
+        "k.pub",
+        "public-key.pem",
+        "my_PublicKey.pem",
+        "signing.pub.key.pem",
+        "pubkey.pem",
+    ] {
+        let out = dir.path().join(name);
+        let keygen = zd(&["audit", "keygen", "--out", out.to_str().unwrap()]);
+        assert_eq!(keygen.status.code(), Some(2), "{name}: {}", text(&keygen));
+        assert!(
+            text(&keygen).contains("PRIVATE key") && text(&keygen).contains("signing-key.pem"),
+            "{name}: {}",
+            text(&keygen)
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{name}: nothing is written"
+        );
+    }
+    // a private name: both files, each path printed
+    let key = dir.path().join("signing-key.pem");
+    let keygen = zd(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let public = dir.path().join("signing-key.pub.pem");
+    let said = text(&keygen);
+    assert!(
+        said.contains(&format!("private key to {}", key.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("public key to  {}", public.display())),
+        "{said}"
+    );
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    assert!(
+        std::fs::read_to_string(&public)
+            .unwrap()
+            .contains("PUBLIC KEY")
+    );
+}
