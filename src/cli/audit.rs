@@ -877,6 +877,11 @@ async fn period_report(
     }
     Ok(if report.complete() {
         ExitCode::SUCCESS
+    } else if let Some(runs) = report.still_running() {
+        eprintln!(
+            "the report is NOT final: {runs} had not ended when it was made, and it says so; make it again once the run has ended"
+        );
+        ExitCode::from(EXIT_FAILED)
     } else {
         eprintln!("the report is NOT complete or the records do not verify: it says why");
         ExitCode::from(EXIT_FAILED)
