@@ -36,7 +36,7 @@ const ZENDESK_JOB_LIMIT: usize = 30;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    zendesk: RawZendesk,
+    zendesk: Spanned<RawZendesk>,
     #[serde(default)]
     schedule: RawSchedule,
     #[serde(default)]
@@ -89,7 +89,7 @@ struct RawSchedule {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
-    database: Option<String>,
+    database: Option<Spanned<String>>,
     record_subjects: Option<bool>,
     keep_details: Option<Spanned<String>>,
     signing_key_file: Option<Spanned<String>>,
@@ -141,6 +141,8 @@ pub enum TokenSource {
 pub struct ZendeskSettings {
     pub base_url: Url,
     pub token: TokenSource,
+    /// The line of the credential's key, for the errors of reading it.
+    pub token_line: Option<usize>,
     pub limits: RateLimits,
     pub max_jobs_in_flight: usize,
     pub retry: RetryPolicy,
@@ -177,6 +179,8 @@ pub struct AuditSettings {
     /// An Ed25519 private key (PKCS#8 PEM) that signs every commit to the
     /// audit log; read when the store opens, never kept in the config.
     pub signing_key_file: Option<PathBuf>,
+    /// The line of `signing_key_file`, for the errors of reading the key.
+    pub signing_key_line: Option<usize>,
 }
 
 /// `[safety]`, validated.
@@ -246,6 +250,9 @@ impl fmt::Display for ConfigError {
 struct Checker<'a> {
     text: &'a str,
     problems: Vec<ConfigProblem>,
+    /// Whether the paths a command will use are looked at (a loaded
+    /// config), or the text is checked alone (`Config::parse`).
+    look_at_files: bool,
 }
 
 impl Checker<'_> {
@@ -265,10 +272,12 @@ impl Checker<'_> {
         });
     }
 
-    fn whole(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    /// A problem of a key that is missing or was given elsewhere: `line`
+    /// is its table's (or the key's that stands in for it).
+    fn at_line(&mut self, key: impl Into<String>, line: usize, message: impl Into<String>) {
         self.problems.push(ConfigProblem {
             key: key.into(),
-            line: None,
+            line: Some(line),
             message: message.into(),
         });
     }
@@ -276,6 +285,18 @@ impl Checker<'_> {
     fn duration(&mut self, key: &str, value: &Option<Spanned<String>>) -> Option<Duration> {
         let v = value.as_ref()?;
         match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if d > crate::human::LONGEST => {
+                // kept for the key's other checks; the config is refused
+                self.at(
+                    key,
+                    v,
+                    format!(
+                        "{:?} is more than 100 years: no setting needs that long (and a clock it is added to overflows); write a shorter duration",
+                        v.get_ref()
+                    ),
+                );
+                Some(d)
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.at(
@@ -333,15 +354,21 @@ impl Config {
         })?;
         // the config holds no secret (tokens come from a variable or a
         // file): its mode is not warned about
-        let mut config = Self::parse(&text, &file)?;
-        config.source = Some(path.to_path_buf());
         // A relative database path is taken relative to the working
-        // directory, as an operator typing commands expects.
+        // directory, as an operator typing commands expects: its folder
+        // must exist there.
+        let mut config = Self::validate(&text, &file, true)?;
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
-    /// Validates config text; `file` names it in errors.
+    /// Validates config text; `file` names it in errors. Looks at no file:
+    /// [`Self::load`] also checks that the audit database's folder exists.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Self::validate(text, file, false)
+    }
+
+    fn validate(text: &str, file: &str, look_at_files: bool) -> Result<Config, ConfigError> {
         let raw = parse_raw(text).map_err(|(e, path)| ConfigError {
             file: file.to_string(),
             problems: vec![toml_problem(text, &e, path)],
@@ -349,6 +376,7 @@ impl Config {
         let mut c = Checker {
             text,
             problems: Vec::new(),
+            look_at_files,
         };
         let zendesk = c.zendesk(&raw.zendesk);
         let schedule = c.schedule(&raw.schedule);
@@ -410,7 +438,7 @@ impl Config {
                 .map_or("(config)".into(), |p| p.display().to_string()),
             problems: vec![ConfigProblem {
                 key: key.into(),
-                line: None,
+                line: self.zendesk.token_line,
                 message,
             }],
         })
@@ -430,7 +458,7 @@ impl Config {
                 .map_or("(config)".into(), |p| p.display().to_string()),
             problems: vec![ConfigProblem {
                 key: "audit.signing_key_file".into(),
-                line: None,
+                line: self.audit.signing_key_line,
                 message,
             }],
         };
@@ -598,6 +626,49 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
     })
 }
 
+/// What is wrong with an audit database path, from the config or
+/// `--database`: a URL (the store is SQLite and takes a path only, until a
+/// backend for another scheme exists; a URL would be taken as a relative
+/// file name), or, when `look` is set, a folder that does not exist (the
+/// store never creates folders). The message never repeats the value: a
+/// URL may carry a password.
+pub fn database_path_problem(path: &Path, look: bool) -> Option<String> {
+    let text = path.to_string_lossy();
+    if let Some(scheme) = url_scheme(&text) {
+        return Some(format!(
+            "is a URL ({scheme}...): the audit database is an SQLite file and takes a file path only, such as \"/var/lib/zd-retention/zd-retention.db\""
+        ));
+    }
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    (look && !folder.is_dir()).then(|| {
+        format!(
+            "its folder {} does not exist: create it first (zd-retention never creates folders), or give a path in an existing folder",
+            folder.display()
+        )
+    })
+}
+
+/// The scheme a URL-like text begins with (`postgres://`, `sqlite:`), if
+/// any: any `scheme://`, and the database schemes with one colon. A
+/// Windows drive (`C:\`) is no scheme.
+fn url_scheme(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once(':')?;
+    let well_formed = scheme.len() > 1
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let database_scheme = matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "sqlite" | "sqlite3" | "file" | "postgres" | "postgresql" | "mysql" | "mariadb" | "mssql"
+    );
+    match (well_formed, rest.starts_with("//")) {
+        (true, true) => Some(format!("{scheme}://")),
+        (true, false) if database_scheme => Some(format!("{scheme}:")),
+        _ => None,
+    }
+}
+
 /// Reads a public key for `audit verify --public-key`.
 pub fn read_public_key(path: &Path) -> anyhow::Result<ChainVerifier> {
     let text = std::fs::read_to_string(path)
@@ -700,7 +771,7 @@ impl Checker<'_> {
     /// problem is recorded).
     /// The credential's source: exactly one of the four keys, with the
     /// email an API token needs.
-    fn token(&mut self, z: &RawZendesk) -> Option<TokenSource> {
+    fn token(&mut self, z: &RawZendesk, table_line: usize) -> Option<(TokenSource, usize)> {
         let email = self.string("zendesk.email", &z.email);
         let sources = [
             ("token_env", &z.token_env),
@@ -708,52 +779,50 @@ impl Checker<'_> {
             ("oauth_token_env", &z.oauth_token_env),
             ("oauth_token_file", &z.oauth_token_file),
         ];
-        let given: Vec<&str> = sources
+        let given: Vec<(&str, &Spanned<String>)> = sources
             .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k)
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
             .collect();
         match given.as_slice() {
             [] => {
-                self.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
+                self.at_line("zendesk.token_env", table_line, "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
                 None
             }
-            [one] => {
+            [(one, spanned)] => {
                 let key = format!("zendesk.{one}");
-                let value = sources
-                    .iter()
-                    .find(|(k, _)| k == one)
-                    .and_then(|(_, v)| v.as_ref());
-                let value = value
-                    .map(|v| v.get_ref().trim().to_string())
-                    .unwrap_or_default();
+                let line = self.line_of(spanned.span());
+                let value = spanned.get_ref().trim().to_string();
                 if value.is_empty() {
-                    self.whole(&key, "is empty: name an environment variable or a file");
-                    None
-                } else {
-                    match (*one, email.clone()) {
-                        ("token_env", Some(email)) => {
-                            Some(TokenSource::ApiTokenEnv { email, var: value })
-                        }
-                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile {
-                            email,
-                            path: value.into(),
-                        }),
-                        ("token_env" | "token_file", None) => {
-                            self.whole("zendesk.email", "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
-                            None
-                        }
-                        ("oauth_token_env", _) => Some(TokenSource::OAuthEnv { var: value }),
-                        _ => Some(TokenSource::OAuthFile { path: value.into() }),
-                    }
+                    self.at(
+                        &key,
+                        spanned,
+                        "is empty: name an environment variable or a file",
+                    );
+                    return None;
                 }
+                let source = match (*one, email) {
+                    ("token_env", Some(email)) => TokenSource::ApiTokenEnv { email, var: value },
+                    ("token_file", Some(email)) => TokenSource::ApiTokenFile {
+                        email,
+                        path: value.into(),
+                    },
+                    ("token_env" | "token_file", None) => {
+                        self.at_line("zendesk.email", table_line, "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
+                        return None;
+                    }
+                    ("oauth_token_env", _) => TokenSource::OAuthEnv { var: value },
+                    _ => TokenSource::OAuthFile { path: value.into() },
+                };
+                Some((source, line))
             }
-            many => {
-                self.whole(
+            [_, (_, second), ..] => {
+                let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
+                self.at(
                     "zendesk",
+                    second,
                     format!(
                         "{} are all set; keep exactly one credential source",
-                        many.join(", ")
+                        names.join(", ")
                     ),
                 );
                 None
@@ -761,7 +830,34 @@ impl Checker<'_> {
         }
     }
 
-    fn zendesk(&mut self, z: &RawZendesk) -> Option<ZendeskSettings> {
+    /// `[zendesk.rate_limits]`: the quotas and the jobs open at once.
+    fn rate_limits(&mut self, r: &RawRateLimits) -> (RateLimits, usize) {
+        let defaults = RateLimits::default();
+        let limits = RateLimits {
+            list: self.quota("zendesk.rate_limits.list", &r.list, defaults.list),
+            list_deep: self.quota(
+                "zendesk.rate_limits.list_deep",
+                &r.list_deep,
+                defaults.list_deep,
+            ),
+            account: self.quota("zendesk.rate_limits.account", &r.account, defaults.account),
+        };
+        let max_jobs_in_flight = match &r.max_jobs_in_flight {
+            None => 10,
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
+                _ => {
+                    self.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
+                    10
+                }
+            },
+        };
+        (limits, max_jobs_in_flight)
+    }
+
+    fn zendesk(&mut self, table: &Spanned<RawZendesk>) -> Option<ZendeskSettings> {
+        let z = table.get_ref();
+        let table_line = self.line_of(table.span());
         let base_url = match (&z.subdomain, &z.base_url) {
             (Some(_), Some(b)) => {
                 self.at(
@@ -778,44 +874,18 @@ impl Checker<'_> {
                 .map_err(|e| self.at("zendesk.base_url", b, e))
                 .ok(),
             (None, None) => {
-                self.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
+                self.at_line("zendesk.subdomain", table_line, "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
                 None
             }
         };
-        let token = self.token(z);
-        let defaults = RateLimits::default();
-        let limits = RateLimits {
-            list: self.quota(
-                "zendesk.rate_limits.list",
-                &z.rate_limits.list,
-                defaults.list,
-            ),
-            list_deep: self.quota(
-                "zendesk.rate_limits.list_deep",
-                &z.rate_limits.list_deep,
-                defaults.list_deep,
-            ),
-            account: self.quota(
-                "zendesk.rate_limits.account",
-                &z.rate_limits.account,
-                defaults.account,
-            ),
-        };
-        let max_jobs_in_flight = match &z.rate_limits.max_jobs_in_flight {
-            None => 10,
-            Some(v) => match usize::try_from(*v.get_ref()) {
-                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
-                _ => {
-                    self.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
-                    10
-                }
-            },
-        };
+        let token = self.token(z, table_line);
+        let (limits, max_jobs_in_flight) = self.rate_limits(&z.rate_limits);
         let mut retry = RetryPolicy::default();
         if let Some(t) = self.duration("zendesk.request_timeout", &z.request_timeout) {
-            if t.is_zero() {
-                self.whole(
+            if let (true, Some(v)) = (t.is_zero(), &z.request_timeout) {
+                self.at(
                     "zendesk.request_timeout",
+                    v,
                     "must be above zero, for example \"30s\"",
                 );
             } else {
@@ -849,22 +919,28 @@ impl Checker<'_> {
                 "must be at most 1h: every newest-first read looks back this far".to_string(),
             );
         }
-        for (key, value) in [
-            ("zendesk.job_poll_interval", job_poll_interval),
-            ("zendesk.job_timeout", job_timeout),
-            ("zendesk.clock_skew", clock_skew),
+        // a zero only comes from the file (the defaults are above zero)
+        for (key, value, given) in [
+            (
+                "zendesk.job_poll_interval",
+                job_poll_interval,
+                &z.job_poll_interval,
+            ),
+            ("zendesk.job_timeout", job_timeout, &z.job_timeout),
+            ("zendesk.clock_skew", clock_skew, &z.clock_skew),
         ] {
-            if value.is_zero() {
-                self.whole(key, "must be above zero, for example \"2s\"");
+            if let (true, Some(v)) = (value.is_zero(), given) {
+                self.at(key, v, "must be above zero, for example \"2s\"");
             }
         }
 
-        let (Some(base_url), Some(token)) = (base_url, token) else {
+        let (Some(base_url), Some((token, token_line))) = (base_url, token) else {
             return None;
         };
         Some(ZendeskSettings {
             base_url,
             token,
+            token_line: Some(token_line),
             limits,
             max_jobs_in_flight,
             retry,
@@ -927,16 +1003,21 @@ impl Checker<'_> {
             );
         }
 
-        let database = a
-            .database
-            .clone()
-            .unwrap_or_else(|| "zd-retention.db".into());
-        if database.trim().is_empty() {
-            self.whole(
-                "audit.database",
-                "is empty: give a file path such as \"zd-retention.db\"",
-            );
-        }
+        let database = match &a.database {
+            None => "zd-retention.db".to_string(),
+            Some(v) => {
+                let text = v.get_ref().trim();
+                let problem = if text.is_empty() {
+                    Some("is empty: give a file path such as \"zd-retention.db\"".to_string())
+                } else {
+                    database_path_problem(Path::new(text), self.look_at_files)
+                };
+                if let Some(problem) = problem {
+                    self.at("audit.database", v, problem);
+                }
+                text.to_string()
+            }
+        };
 
         let signing_key_file = match &a.signing_key_file {
             Some(v) if v.get_ref().trim().is_empty() => {
@@ -950,8 +1031,10 @@ impl Checker<'_> {
             Some(v) => Some(PathBuf::from(v.get_ref().trim())),
             None => None,
         };
+        let signing_key_line = a.signing_key_file.as_ref().map(|v| self.line_of(v.span()));
         AuditSettings {
-            database: PathBuf::from(database.trim()),
+            signing_key_line,
+            database: PathBuf::from(database),
             record_subjects: a.record_subjects.unwrap_or(false),
             keep_details,
             signing_key_file,
@@ -1234,6 +1317,72 @@ token_env = "ZENDESK_API_TOKEN"
         let text =
             format!("{MINIMAL}\n[[rules]]\nname = \"all\"\naction = \"purge\"\nmatch_all = true\n");
         assert!(Config::parse(&text, "t.toml").is_ok());
+    }
+
+    proptest::proptest! {
+        /// Every duration key, given any number with any unit: refused or
+        /// accepted, never a panic, and nothing longer than 100 years gets
+        /// through to a clock.
+        #[test]
+        fn config_durations_never_panic_and_stay_within_a_century(
+            n in "[0-9]{1,25}",
+            unit in "(ns|ms|s|m|h|d|w|M|y)",
+            key in 0usize..9,
+        ) {
+            let value = format!("{n}{unit}");
+            let (table, line) = [
+                ("zendesk", "request_timeout"),
+                ("zendesk", "job_poll_interval"),
+                ("zendesk", "job_timeout"),
+                ("zendesk", "clock_skew"),
+                ("schedule", "shutdown_grace"),
+                ("schedule", "reconcile"),
+                ("audit", "keep_details"),
+                ("safety", "min_age"),
+                ("rules", "older_than"),
+            ][key];
+            let text = if table == "rules" {
+                format!("{MINIMAL}[[rules]]\nname = \"r\"\naction = \"purge\"\nprevious_state = [\"closed\"]\n{line} = \"{value}\"\n")
+            } else if table == "zendesk" {
+                MINIMAL.replace("[zendesk]\n", &format!("[zendesk]\n{line} = \"{value}\"\n"))
+            } else {
+                format!("{MINIMAL}[{table}]\n{line} = \"{value}\"\n")
+            };
+            if let Ok(c) = Config::parse(&text, "t.toml") {
+                let longest = crate::human::LONGEST;
+                proptest::prop_assert!(c.zendesk.retry.request_timeout <= longest);
+                proptest::prop_assert!(c.zendesk.job_poll_interval <= longest);
+                proptest::prop_assert!(c.zendesk.job_timeout <= longest);
+                proptest::prop_assert!(c.schedule.shutdown_grace <= longest);
+                proptest::prop_assert!(c.audit.keep_details.is_none_or(|d| d <= longest));
+                proptest::prop_assert!(c.policy.min_age <= longest);
+                proptest::prop_assert!(c.policy.rules.iter().all(|r| r.older_than.is_none_or(|d| d <= longest)));
+            }
+        }
+    }
+
+    #[test]
+    fn every_problem_of_every_broken_config_carries_its_line() {
+        let mut files: Vec<_> = std::fs::read_dir("tests/configs/bad")
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            // as check-config reads it: the file, then the credential and
+            // the signing key
+            let err = match Config::load(&file) {
+                Err(e) => e,
+                Ok(c) => c
+                    .auth()
+                    .err()
+                    .or_else(|| c.chain_signer().err())
+                    .unwrap_or_else(|| panic!("{} is not refused", file.display())),
+            };
+            for p in &err.problems {
+                assert!(p.line.is_some(), "{}: {p:?}", file.display());
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::audit::{
     AuditStore, ChainHead, ChainReport, ChainVerifier, ConfigVersion, DayRuleCount, DayStatusCount,
-    KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, RunRow, SendWindows,
+    KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, RunRow, RunStatus,
+    SendWindows,
 };
 
 /// The method every purge uses.
@@ -280,6 +281,9 @@ pub struct PeriodReport {
     pub open_outcomes: Vec<OpenOutcome>,
     /// Runs a safety limit refused or stopped.
     pub refused_runs: Vec<RunRow>,
+    /// Runs overlapping the period that had not ended normally when the
+    /// report was made: still running, or interrupted.
+    pub unfinished_runs: Vec<RunRow>,
     pub kept_now: Vec<KeptCount>,
     pub purges_by_day: Vec<DayRuleCount>,
     pub runs_by_day: Vec<DayStatusCount>,
@@ -334,6 +338,7 @@ impl PeriodReport {
             purged,
             open_outcomes: store.open_outcomes_between(since, until).await?,
             refused_runs,
+            unfinished_runs: store.unfinished_runs_between(since, until).await?,
             kept_now: store.kept_now().await?,
             purges_by_day,
             runs_by_day: store.runs_by_day_and_status(since, until).await?,
@@ -344,21 +349,88 @@ impl PeriodReport {
         })
     }
 
-    /// The list is the query's answer, and nothing was found wrong with
-    /// the records (see [`Self::statement`] for what can be said).
+    /// The list is the query's answer, no run of the period was still
+    /// running, and nothing was found wrong with the records (see
+    /// [`Self::statement`] for what can be said).
     pub fn complete(&self) -> bool {
-        self.purges_counted == self.purged.len() as i64 && self.integrity.holds()
+        self.listed_in_full() && self.integrity.holds() && self.still_running().is_none()
     }
 
-    /// The report's statement, in one line.
+    /// The listing holds every purge outcome the query counts.
+    fn listed_in_full(&self) -> bool {
+        self.purges_counted == self.purged.len() as i64
+    }
+
+    /// The runs of the period with `status` among the unfinished ones, as
+    /// "run 4" or "runs 4, 7", and whether there are several.
+    fn unfinished(&self, status: RunStatus) -> Option<(String, bool)> {
+        let ids: Vec<String> = self
+            .unfinished_runs
+            .iter()
+            .filter(|r| r.status == status)
+            .map(|r| r.id.to_string())
+            .collect();
+        match ids.as_slice() {
+            [] => None,
+            [one] => Some((format!("run {one}"), false)),
+            many => Some((format!("runs {}", many.join(", ")), true)),
+        }
+    }
+
+    /// The runs of the period still running when the report was made
+    /// ("run 4"): then the report is not final.
+    pub fn still_running(&self) -> Option<String> {
+        self.unfinished(RunStatus::Running).map(|(runs, _)| runs)
+    }
+
+    /// One sentence for each kind of run that had not ended normally: a
+    /// running one (its outcomes may still be missing), an interrupted one.
+    pub fn unfinished_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some((runs, many)) = self.unfinished(RunStatus::Running) {
+            let (was, its) = if many {
+                ("were", "their")
+            } else {
+                ("was", "its")
+            };
+            notes.push(format!(
+                "{runs} {was} still running when this report was made (or stopped without a later start closing it): {its} outcomes may be incomplete"
+            ));
+        }
+        if let Some((runs, many)) = self.unfinished(RunStatus::Interrupted) {
+            let (was, it, its) = if many {
+                ("were", "they", "their")
+            } else {
+                ("was", "it", "its")
+            };
+            notes.push(format!(
+                "{runs} {was} interrupted: {it} stopped before {its} end, and {its} purges are those recorded before {it} stopped or settled for {it} by a later run"
+            ));
+        }
+        notes
+    }
+
+    /// The report's statement, in one line: it claims completeness only
+    /// when [`Self::complete`] holds, and names every run that had not
+    /// ended normally.
     pub fn statement(&self) -> String {
-        if self.complete() {
+        if !self.listed_in_full() || !self.integrity.holds() {
+            return "NOT complete or NOT intact: see above".to_string();
+        }
+        let records = self.integrity.statement();
+        let notes = self.unfinished_notes().join("; ");
+        if self.still_running().is_some() {
             format!(
-                "every purge outcome recorded in the period is listed; the records are {}",
-                self.integrity.statement()
+                "NOT final: {notes}; every purge outcome recorded in the period until then is listed; the records are {records}"
+            )
+        } else if notes.is_empty() {
+            format!(
+                "every purge outcome recorded in the period is listed; the records are {records}"
             )
         } else {
-            "NOT complete or NOT intact: see above".to_string()
+            format!(
+                "every purge outcome recorded in the period is listed; {notes}; the records are {records}"
+            )
         }
     }
 
@@ -438,6 +510,15 @@ impl Settlement for OpenOutcome {
             _ => "still open".into(),
         }
     }
+}
+
+/// A sentence as it begins a paragraph.
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// Text safe inside HTML.
@@ -997,9 +1078,15 @@ impl PeriodReport {
             "runs refused by a safety limit",
             self.refused_runs.len(),
         ));
-        b.push_str(
-            "</div>\n<table><thead><tr><th>rule</th><th>tickets purged</th></tr></thead><tbody>\n",
-        );
+        b.push_str("</div>\n");
+        for note in self.unfinished_notes() {
+            let _ = writeln!(
+                b,
+                "<p class=\"bad\" data-figure=\"unfinished-runs\">{}.</p>",
+                esc(&capitalised(&note))
+            );
+        }
+        b.push_str("<table><thead><tr><th>rule</th><th>tickets purged</th></tr></thead><tbody>\n");
         for (rule, n) in &self.purged_by_rule {
             let _ = writeln!(
                 b,
@@ -1128,6 +1215,9 @@ impl PeriodReport {
             self.open_tickets(),
             self.refused_runs.len()
         );
+        for note in self.unfinished_notes() {
+            let _ = writeln!(m, "**{}.**\n", capitalised(&note));
+        }
         m.push_str("| rule | tickets purged |\n|---|---|\n");
         for (rule, n) in &self.purged_by_rule {
             let _ = writeln!(m, "| {} | {n} |", md(rule));

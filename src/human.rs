@@ -4,6 +4,12 @@
 
 use std::time::Duration;
 
+/// The longest duration a config key or an argument may give: 100 years
+/// (`100y`, as humantime reads it). No setting needs more, and a longer one
+/// overflows a clock it is added to (`Instant + Duration` panics past
+/// about 292 billion years, chrono's times past 262,000).
+pub const LONGEST: Duration = Duration::from_secs(3_155_760_000);
+
 /// `7d`, `12h`, `1h 30m`, `2m 5s`, `250ms`, `0s`.
 pub fn duration(d: Duration) -> String {
     const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
@@ -62,5 +68,10 @@ mod tests {
             let back = humantime::parse_duration(text).unwrap();
             assert!(back <= Duration::from_secs(secs), "{text}");
         }
+    }
+
+    #[test]
+    fn the_longest_duration_is_what_humantime_reads_as_100_years() {
+        assert_eq!(humantime::parse_duration("100y").unwrap(), LONGEST);
     }
 }

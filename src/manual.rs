@@ -664,6 +664,32 @@ pub struct LedgerDiff {
     pub undecidable: u64,
     /// Tickets whose purge is sent or being settled: not decided again.
     pub awaiting_settlement: u64,
+    /// What the next run sends for purging out of the ledger.
+    pub next_run: NextRunPurges,
+}
+
+/// The ledger's tickets the next run purges: every live row not awaiting
+/// a purge's settling that a purge rule selects now. These are the rows a
+/// refresh decides from the ledger and hands to the purge worker (a
+/// reconcile lists them and decides them the same way), whether an earlier
+/// run selected them already and sent nothing (refused by
+/// `max_purges_per_run`, failed, stopped) or this config newly selects them.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct NextRunPurges {
+    pub tickets: u64,
+    /// Of them, selected already in the ledger by an earlier run.
+    pub already_selected: u64,
+    pub by_rule: BTreeMap<String, u64>,
+    /// Every id, lowest first.
+    pub ticket_ids: Vec<TicketId>,
+    /// `false` under `safety.dry_run`: the next run records them as
+    /// `would_purge` and sends nothing.
+    pub sent: bool,
+    pub max_purges_per_run: u64,
+    /// More than `max_purges_per_run`: the next run purges none of them
+    /// (or, with `purge_while_scanning`, stops at the limit).
+    pub over_the_limit: bool,
+    pub purge_while_scanning: bool,
 }
 
 /// Decides every live ledger row with `policy` at `now` and compares with
@@ -672,10 +698,11 @@ pub fn ledger_diff(
     entries: &std::collections::HashMap<TicketId, crate::audit::LedgerEntry>,
     policy: &Policy,
     record_subjects: bool,
-    dry_run: bool,
+    safety: &crate::config::Safety,
     now: chrono::DateTime<chrono::Utc>,
 ) -> LedgerDiff {
     type Key = (String, Option<String>, String, Option<String>);
+    let dry_run = safety.dry_run;
     let mut groups: BTreeMap<Key, Vec<TicketId>> = BTreeMap::new();
     let mut diff = LedgerDiff {
         live: entries.len() as u64,
@@ -683,6 +710,12 @@ pub fn ledger_diff(
         changes: Vec::new(),
         undecidable: 0,
         awaiting_settlement: 0,
+        next_run: NextRunPurges {
+            sent: !dry_run,
+            max_purges_per_run: safety.max_purges_per_run,
+            purge_while_scanning: safety.purge_while_scanning,
+            ..NextRunPurges::default()
+        },
     };
     for entry in entries.values() {
         if entry.state.awaits_settling() {
@@ -699,6 +732,13 @@ pub fn ledger_diff(
             diff.undecidable += 1;
             continue;
         };
+        if let Decision::Purge { rule } = &decision {
+            let next = &mut diff.next_run;
+            next.tickets += 1;
+            next.already_selected += u64::from(entry.state == crate::audit::LedgerState::Selected);
+            *next.by_rule.entry(rule.clone()).or_default() += 1;
+            next.ticket_ids.push(entry.ticket_id);
+        }
         let kind = crate::audit::DecisionKind::of(&decision, dry_run).as_str();
         let from = entry.decision.clone().unwrap_or_else(|| "none".into());
         let rule = decision.rule().map(str::to_string);
@@ -728,5 +768,7 @@ pub fn ledger_diff(
         )
         .collect();
     diff.changes.sort_by_key(|c| std::cmp::Reverse(c.tickets));
+    diff.next_run.ticket_ids.sort_unstable();
+    diff.next_run.over_the_limit = diff.next_run.tickets > safety.max_purges_per_run;
     diff
 }

@@ -412,6 +412,57 @@ pub fn print_plan(
 }
 
 /// `plan --ledger`: what a config would change in the ledger's decisions.
+/// `plan --ledger`'s word on the ledger's tickets the next run purges,
+/// by rule.
+fn print_next_run(next: &crate::manual::NextRunPurges) {
+    if next.tickets == 0 {
+        println!("no ticket of the ledger will be purged by the next run");
+        return;
+    }
+    let what = if next.sent {
+        "will be purged by the next run"
+    } else {
+        "would be selected by the next run, which sends nothing (safety.dry_run)"
+    };
+    println!(
+        "{} tickets {what} unless Zendesk's view changed since ({} of them selected already by an earlier run that did not send them):",
+        next.tickets, next.already_selected
+    );
+    let mut t = table(&["rule", "tickets"]);
+    for (rule, n) in &next.by_rule {
+        t.add_row(vec![rule.clone(), n.to_string()]);
+    }
+    println!("{t}");
+    let ids: Vec<String> = next
+        .ticket_ids
+        .iter()
+        .take(10)
+        .map(u64::to_string)
+        .collect();
+    println!(
+        "first ids: {}{} (--format json lists them all)",
+        ids.join(", "),
+        if next.ticket_ids.len() > 10 {
+            ", ..."
+        } else {
+            ""
+        }
+    );
+    if next.sent && next.over_the_limit {
+        if next.purge_while_scanning {
+            println!(
+                "that is more than safety.max_purges_per_run = {}: the next run stops purging at the limit",
+                next.max_purges_per_run
+            );
+        } else {
+            println!(
+                "that is more than safety.max_purges_per_run = {}: the next run refuses and purges none of them (raise the limit or narrow the rules)",
+                next.max_purges_per_run
+            );
+        }
+    }
+}
+
 pub fn print_ledger_diff(
     diff: &crate::manual::LedgerDiff,
     format: TableFormat,
@@ -454,6 +505,7 @@ pub fn print_ledger_diff(
                     diff.undecidable
                 );
             }
+            print_next_run(&diff.next_run);
             if diff.changes.is_empty() {
                 return Ok(());
             }

@@ -219,6 +219,23 @@ impl AuditStore {
         .await?)
     }
 
+    /// Runs that had not ended normally and overlap `[since, until)`: still
+    /// `running` (or stopped without a later start closing them) or
+    /// `interrupted`, whenever they started, oldest first.
+    pub async fn unfinished_runs_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<RunRow>> {
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
+            "{RUN_COLUMNS} WHERE status IN ('running', 'interrupted') AND started_at < ? AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id"
+        )))
+        .bind(timestamp(until))
+        .bind(timestamp(since))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// When the first run recorded here started.
     pub async fn first_run_started(&self) -> anyhow::Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT MIN(started_at) FROM runs")

@@ -248,7 +248,8 @@ pub enum AuditCommand {
     )]
     Keygen {
         /// The private key's file; the public key goes beside it as
-        /// NAME.pub.pem. An existing file is never overwritten.
+        /// NAME.pub.pem. An existing file is never overwritten, and a name
+        /// that looks public (NAME.pub.pem, NAME.pub, "public") is refused.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -381,18 +382,84 @@ pub enum StatsBy {
 
 /// `2026-11-01`, `2026-11-01T12:00:00Z`, or a duration back from now (`7d`).
 pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&chrono::Utc));
+    parse_time_at(text, command_line_now())
+}
+
+/// The time this command line was read, once: every duration back and a
+/// period's default end are reckoned from it, so that `--since 0d` is the
+/// same instant as "now" and its empty period shows.
+pub fn command_line_now() -> chrono::DateTime<chrono::Utc> {
+    static NOW: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    *NOW.get_or_init(chrono::Utc::now)
+}
+
+/// [`parse_since`] with the clock given: a day, a time, or a duration back
+/// from `now`, between 1970-01-01 and the end of 9999 (a timestamp outside
+/// them is a typo, and chrono's arithmetic stops there anyway).
+pub fn parse_time_at(
+    text: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let earliest = chrono::DateTime::UNIX_EPOCH;
+    let at = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        t.with_timezone(&chrono::Utc)
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        d.and_time(chrono::NaiveTime::MIN).and_utc()
+    } else if let Ok(d) = humantime::parse_duration(text) {
+        match chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+        {
+            Some(t) if t >= earliest => t,
+            _ => {
+                return Err(format!(
+                    "{text:?} reaches back before 1970-01-01: give a shorter duration (30d) or a day (2026-11-01)"
+                ));
+            }
+        }
+    } else {
+        return Err(format!(
+            "{text:?} is not a day (2026-11-01), a time (RFC 3339) or a duration back from now (7d)"
+        ));
+    };
+    let latest = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 59))
+        .map(|t| t.and_utc());
+    if at < earliest || latest.is_some_and(|latest| at > latest) {
+        return Err(format!(
+            "{text:?} is outside the years 1970 to 9999: give a day such as 2026-11-01"
+        ));
     }
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    Ok(at)
+}
+
+/// A duration argument (`3s`, `90m`, `7d`), at most
+/// [`crate::human::LONGEST`]: longer ones overflow the clocks they are
+/// added to.
+pub fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write it like 3s, 90m or 7d"))?;
+    if d > crate::human::LONGEST {
+        return Err(format!(
+            "{text:?} is more than 100 years: give a shorter duration"
+        ));
     }
-    if let Ok(d) = humantime::parse_duration(text) {
-        return Ok(chrono::Utc::now() - chrono::Duration::from_std(d).map_err(|e| e.to_string())?);
+    Ok(d)
+}
+
+/// The sandbox's time scale: a factor from 0.001 to 1,000,000 (beyond
+/// them, its minute or a job's delay no longer fits a clock).
+pub fn parse_time_scale(text: &str) -> Result<f64, String> {
+    let factor: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.001..=1_000_000.0).contains(&factor) {
+        return Err(format!(
+            "{text:?} is out of range: give a factor from 0.001 to 1000000 (60 runs the sandbox's minute in a second)"
+        ));
     }
-    Err(format!(
-        "{text:?} is not a day (2026-11-01), a time (RFC 3339) or a duration back from now (7d)"
-    ))
+    Ok(factor)
 }
 
 #[derive(Debug, Args)]
@@ -425,13 +492,13 @@ pub struct SandboxArgs {
     pub seed: u64,
     /// Run the sandbox's clock this many times faster than Zendesk's: rate
     /// limit windows and job delays shrink by this factor.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
     pub time_scale: f64,
     /// From purge request to job end, at Zendesk's time.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
     pub job_delay: Duration,
     /// How long finished job statuses stay readable, at Zendesk's time.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = parse_duration_arg)]
     pub job_ttl: Duration,
     /// Jobs queued or running at once before 429.
     #[arg(long, default_value_t = 30)]
@@ -451,7 +518,7 @@ pub struct SandboxArgs {
     /// Share of answers that are slow, by --slow-delay.
     #[arg(long, default_value_t = 0.0)]
     pub fault_slow: f64,
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
     pub slow_delay: Duration,
     /// Share of answers whose connection breaks after the work is done.
     #[arg(long, default_value_t = 0.0)]
@@ -487,7 +554,7 @@ pub struct SandboxArgs {
     pub agents_every: Option<Duration>,
     /// Profile: tickets deleted longer ago than this leave the view, as
     /// Zendesk's scrub does after about 30 days (e.g. 30d).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration_arg)]
     pub scrub_after: Option<Duration>,
     /// Profile: job_statuses/show_many answers 404 when any id is unknown or
     /// expired, instead of leaving it out.
@@ -521,4 +588,74 @@ pub struct ListArgs {
     /// Use offset pagination (stops at 10,000 tickets) instead of cursors.
     #[arg(long)]
     pub offset: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn huge_durations_back_are_refused_not_a_panic() {
+        for text in ["99999999d", "18446744073709551615s", "600000y", "57y"] {
+            let err = parse_time_at(text, now()).unwrap_err();
+            assert!(err.contains("before 1970-01-01"), "{text}: {err}");
+        }
+        assert_eq!(
+            parse_time_at("7d", now()).unwrap(),
+            now() - chrono::Duration::days(7)
+        );
+        assert!(parse_time_at("9999-12-31", now()).is_ok());
+        assert!(parse_time_at("1970-01-01", now()).is_ok());
+        let err = parse_time_at("1969-12-31T23:59:59Z", now()).unwrap_err();
+        assert!(err.contains("outside the years 1970 to 9999"), "{err}");
+        assert!(parse_time_at("+262143-12-31", now()).is_err());
+        assert!(parse_time_at("10000-01-01", now()).is_err());
+    }
+
+    #[test]
+    fn sandbox_durations_and_time_scale_are_range_checked() {
+        assert_eq!(parse_duration_arg("3s").unwrap(), Duration::from_secs(3));
+        let err = parse_duration_arg("18446744073709551615s").unwrap_err();
+        assert!(err.contains("more than 100 years"), "{err}");
+        assert!(parse_duration_arg("soon").is_err());
+        assert_eq!(parse_time_scale("60").unwrap(), 60.0);
+        for bad in ["0", "-1", "1e-300", "NaN", "inf", "1e300", "fast"] {
+            assert!(parse_time_scale(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// What a user might type, and what a fuzzer would: digits of any
+    /// length with every unit humantime knows, dates with odd years.
+    fn date_or_duration() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            ("[0-9]{1,30}", "(ns|us|ms|s|m|h|d|w|M|y|years|days| )").prop_map(|(n, u)| n + &u),
+            "[+-]?[0-9]{1,7}-[0-9]{1,3}-[0-9]{1,3}",
+            "[+-]?[0-9]{1,7}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(Z|[+-][0-9]{2}:[0-9]{2})",
+            ("[0-9]{1,20}", "[0-9]{1,20}").prop_map(|(a, b)| format!("{a}d {b}s")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn date_and_duration_parsing_never_panics(text in date_or_duration(), secs in any::<i64>()) {
+            let now = DateTime::from_timestamp(secs.rem_euclid(253_402_300_799), 0).unwrap();
+            if let Ok(t) = parse_time_at(&text, now) {
+                prop_assert!(t >= DateTime::UNIX_EPOCH);
+                prop_assert!(t.format("%Y").to_string().len() == 4);
+            }
+            if let Ok(d) = parse_duration_arg(&text) {
+                prop_assert!(d <= crate::human::LONGEST);
+            }
+            let _ = parse_time_scale(&text);
+        }
+    }
 }

@@ -9,7 +9,10 @@ use crate::report::{csv_rows, print_rows, table};
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
     let path = match &target.database {
-        Some(p) => p.clone(),
+        Some(p) => {
+            check_database_arg(p)?;
+            p.clone()
+        }
         None => load_config(config)?.audit.database,
     };
     AuditStore::open_read_only(&path).await
@@ -25,7 +28,10 @@ pub(super) async fn audit(
             limit,
             since,
             target,
-        } => runs(config, limit, since, target).await,
+        } => {
+            check_period(since, None)?;
+            runs(config, limit, since, target).await
+        }
         AuditCommand::Run { run_id, target } => run(config, run_id, target).await,
         AuditCommand::Search {
             since,
@@ -38,6 +44,7 @@ pub(super) async fn audit(
             limit,
             target,
         } => {
+            check_period(since, until)?;
             search(
                 config, since, until, rule, outcome, decision, actor, ticket, limit, target,
             )
@@ -70,30 +77,58 @@ pub(super) async fn audit(
             database,
             public_key,
         } => {
+            check_period(Some(since), until)?;
             let target = database_only(database);
-            let until = until.unwrap_or_else(chrono::Utc::now);
+            let until = until.unwrap_or_else(command_line_now);
             let format = format.unwrap_or(match extension(output.as_deref()).as_deref() {
                 Some("md" | "markdown") => ReportFormat::Md,
                 _ => ReportFormat::Html,
             });
-            if until <= since {
-                return Err(UsageError(format!(
-                    "--until ({}) is not after --since ({}): give a period that moves forward",
-                    crate::audit::timestamp(until),
-                    crate::audit::timestamp(since)
-                ))
-                .into());
-            }
             period_report(config, (since, until), format, output, public_key, target).await
         }
         AuditCommand::Export {
             format,
             since,
             database,
-        } => export(config, format, since, database).await,
-        AuditCommand::Stats { by, since, target } => stats(config, by, since, target).await,
+        } => {
+            check_period(since, None)?;
+            export(config, format, since, database).await
+        }
+        AuditCommand::Stats { by, since, target } => {
+            check_period(since, None)?;
+            stats(config, by, since, target).await
+        }
         AuditCommand::Ticket { ticket_id, target } => ticket(config, ticket_id, target).await,
     }
+}
+
+/// The period `[since, until)` a command reads, `until` by default the
+/// time the command line was read: an empty or backward one (`--since 0d`,
+/// `--since D --until D`, a `--since` to come) is refused the same way by
+/// every command, exit 2, naming its arguments.
+fn check_period(
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), UsageError> {
+    let Some(since) = since else {
+        return Ok(());
+    };
+    let (end, end_named, fix) = match until {
+        Some(until) => (until, "--until", "give a --since before --until"),
+        None => (
+            command_line_now(),
+            "now",
+            "give a --since in the past, such as 7d or a day",
+        ),
+    };
+    if since < end {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "the period is empty: --since ({}) is not before {end_named} ({}); {fix}",
+        crate::audit::timestamp(since),
+        crate::audit::timestamp(end)
+    )))
 }
 
 /// `zd-retention audit runs`.
@@ -657,10 +692,35 @@ async fn ticket(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why `--out` would put the private key under a public name (`k.pub.pem`,
+/// `k.pub`, `public-key.pem`, in any case), or `None` when it does not:
+/// someone handing the "public" file to an auditor would hand over the key.
+fn public_looking_name(out: &Path) -> Option<String> {
+    let name = out.file_name()?.to_string_lossy().to_lowercase();
+    let words: Vec<&str> = name
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if name.ends_with(".pub.pem") || name.ends_with(".pub") {
+        return Some(format!("{name:?} ends like a public key's file"));
+    }
+    words
+        .iter()
+        .find(|w| matches!(**w, "pub" | "pubkey") || w.contains("public"))
+        .map(|word| format!("{name:?} says {word:?}, as a public key's file would"))
+}
+
 /// `zd-retention audit keygen`: a key pair for signing chain heads.
 fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     use secrecy::ExposeSecret as _;
     use std::io::Write as _;
+    if let Some(why) = public_looking_name(out) {
+        return Err(UsageError(format!(
+            "--out {} names the PRIVATE key's file, but {why}: give the private key a private name such as signing-key.pem (its public half then goes beside it as signing-key.pub.pem)",
+            out.display()
+        ))
+        .into());
+    }
     let public_path = {
         let stem = out
             .file_stem()
@@ -697,7 +757,7 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     let key = crate::audit::ChainSigner::from_pem(private.expose_secret())
         .map_err(|e| anyhow::anyhow!(e))?;
     println!(
-        "private key {} (mode 0600): set [audit] signing_key_file to it\npublic key  {}: keep a copy away from this machine; `audit verify --public-key` checks with it\nkey id      {}",
+        "wrote the private key to {} (mode 0600): set [audit] signing_key_file to it\nwrote the public key to  {}: keep a copy away from this machine; `audit verify --public-key` checks with it\nkey id                   {}",
         out.display(),
         public_path.display(),
         key.key_id()
@@ -852,6 +912,11 @@ async fn period_report(
     }
     Ok(if report.complete() {
         ExitCode::SUCCESS
+    } else if let Some(runs) = report.still_running() {
+        eprintln!(
+            "the report is NOT final: {runs} had not ended when it was made, and it says so; make it again once the run has ended"
+        );
+        ExitCode::from(EXIT_FAILED)
     } else {
         eprintln!("the report is NOT complete or the records do not verify: it says why");
         ExitCode::from(EXIT_FAILED)

@@ -75,7 +75,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
             &entries,
             &config.policy,
             config.audit.record_subjects,
-            config.safety.dry_run,
+            &config.safety,
             chrono::Utc::now(),
         );
         crate::report::print_ledger_diff(&diff, args.format)?;

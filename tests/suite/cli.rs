@@ -449,3 +449,100 @@ async fn plan_ledger_shows_what_a_new_config_changes_without_a_listing() {
     );
     assert!(ledger["high_water"].is_string(), "{ledger}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_ledger_shows_what_a_refused_run_selected_as_purged_by_the_next_run() {
+    let tickets = clear_tickets(600, 41);
+    let want = selected(&tickets);
+    assert!(want.len() > 5);
+    let sb = Sandbox::start_with(
+        fast_sandbox_options(0),
+        tickets,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &Path| {
+        std::process::Command::new(BIN)
+            .args(["once", "--config"])
+            .arg(config)
+            .env("ZD_TEST_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    // a run refused by max_purges_per_run: its selection stays in the ledger
+    let strict = live_config_with(
+        dir.path(),
+        &sb.base_url(),
+        "0 0 * * * *",
+        "max_purges_per_run = 5",
+    );
+    let refused = run(&strict);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("max_purges_per_run"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(sb.purged_ids().is_empty());
+    let plan = |config: &Path, format: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["plan", "--ledger", "--format", format, "--config"])
+            .arg(config)
+            .env("ZD_TEST_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // under the same limit: the next run would refuse again, and says so
+    let text = plan(&strict, "table");
+    assert!(
+        text.contains(&format!(
+            "{} tickets will be purged by the next run",
+            want.len()
+        )) && text.contains("closed-after-7-days")
+            && text.contains("refuses and purges none of them"),
+        "{text}"
+    );
+    // the limit raised: exactly the refused selection, by rule
+    let raised = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
+    let diff: serde_json::Value = serde_json::from_str(&plan(&raised, "json")).unwrap();
+    let next = &diff["next_run"];
+    let planned: BTreeSet<u64> = next["ticket_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_u64().unwrap())
+        .collect();
+    assert_eq!(planned, want, "{diff}");
+    assert_eq!(
+        next["already_selected"].as_u64(),
+        Some(want.len() as u64),
+        "{diff}"
+    );
+    assert_eq!(next["over_the_limit"], false, "{diff}");
+    assert_eq!(next["sent"], true, "{diff}");
+    let by_rule: u64 = next["by_rule"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_rule, want.len() as u64, "{diff}");
+    // and the next run purges exactly those
+    let out = run(&raised);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(purged, planned);
+}

@@ -484,8 +484,10 @@ async fn verify_while_a_run_writes_sees_one_consistent_state() {
             "--public-key",
             p.to_str().unwrap(),
         ]);
+        // while the run goes on, the report says it is not final (exit 1)
+        let still_running = text(&report).contains("was still running when this report was made");
         assert!(
-            report.status.success(),
+            report.status.success() || (report.status.code() == Some(1) && still_running),
             "report {checks}: {}",
             text(&report)
         );
@@ -918,5 +920,139 @@ async fn a_head_added_by_hand_or_a_key_id_changed_is_named() {
         assert_eq!(out.status.code(), Some(1), "{sql}: {}", text(&out));
         assert!(text(&out).contains(expect), "{sql}: {}", text(&out));
         assert!(text(&out).contains("TAMPERED"), "{sql}: {}", text(&out));
+    }
+}
+
+#[test]
+fn keygen_refuses_a_public_name_for_the_private_key_and_says_what_it_wrote_where() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "k.pub.pem",
+        "K.PUB.PEM",
+        "k.pub",
+        "public-key.pem",
+        "my_PublicKey.pem",
+        "signing.pub.key.pem",
+        "pubkey.pem",
+    ] {
+        let out = dir.path().join(name);
+        let keygen = zd(&["audit", "keygen", "--out", out.to_str().unwrap()]);
+        assert_eq!(keygen.status.code(), Some(2), "{name}: {}", text(&keygen));
+        assert!(
+            text(&keygen).contains("PRIVATE key") && text(&keygen).contains("signing-key.pem"),
+            "{name}: {}",
+            text(&keygen)
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{name}: nothing is written"
+        );
+    }
+    // a private name: both files, each path printed
+    let key = dir.path().join("signing-key.pem");
+    let keygen = zd(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let public = dir.path().join("signing-key.pub.pem");
+    let said = text(&keygen);
+    assert!(
+        said.contains(&format!("private key to {}", key.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("public key to  {}", public.display())),
+        "{said}"
+    );
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    assert!(
+        std::fs::read_to_string(&public)
+            .unwrap()
+            .contains("PUBLIC KEY")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_over_a_running_or_interrupted_run_says_so_and_exits_by_what_it_claims() {
+    use zd_retention::audit::{AuditStore, RunOrigin, Trigger};
+    let sb = sandbox_with(clear_tickets(80, 7), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    once_with(dir.path(), &sb.base_url(), None);
+    let db = dir.path().join("audit.db");
+    let dbs = db.to_str().unwrap();
+    // a run begun and not ended, as a run in progress (or a process killed
+    // in the middle of one) leaves it
+    let store = AuditStore::open(&db).await.unwrap();
+    let run = store
+        .start_run(
+            Trigger::Cron,
+            false,
+            &RunOrigin::from("abc"),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    let report = |format: &str| {
+        zd(&[
+            "audit",
+            "report",
+            "--since",
+            "1d",
+            "--format",
+            format,
+            "--database",
+            dbs,
+        ])
+    };
+    for format in ["md", "html"] {
+        let out = report(format);
+        let doc = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{format}: {}", text(&out));
+        // the summary and the statement both say it
+        assert!(
+            doc.contains(&format!(
+                "Run {run} was still running when this report was made"
+            )),
+            "{format}: {doc}"
+        );
+        assert!(
+            doc.contains(&format!("NOT final: run {run} was still running")),
+            "{format}: {doc}"
+        );
+        assert!(
+            !doc.contains("every purge outcome recorded in the period is listed"),
+            "{format}: {doc}"
+        );
+        assert!(text(&out).contains("NOT final"), "{}", text(&out));
+    }
+    // the next start closes it as interrupted: the statement holds as
+    // written again, and names the run
+    let store = AuditStore::open(&db).await.unwrap();
+    assert_eq!(
+        store
+            .close_interrupted_runs(chrono::Utc::now())
+            .await
+            .unwrap(),
+        vec![run]
+    );
+    store.close().await;
+    for format in ["md", "html"] {
+        let out = report(format);
+        let doc = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{format}: {}", text(&out));
+        assert!(
+            doc.contains(&format!("Run {run} was interrupted")),
+            "{format}: {doc}"
+        );
+        assert!(
+            doc.contains(&format!(
+                "every purge outcome recorded in the period is listed; run {run} was interrupted"
+            )),
+            "{format}: {doc}"
+        );
     }
 }
