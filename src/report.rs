@@ -529,6 +529,17 @@ pub fn print_ledger_diff(
     Ok(())
 }
 
+/// A freshness window as people read it: microseconds below a millisecond.
+pub fn window_text(window: Duration) -> String {
+    if window < Duration::from_millis(1) {
+        format!("{} µs", window.as_micros())
+    } else if window < Duration::from_secs(1) {
+        format!("{:.1} ms", window.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", window.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,16 +581,5 @@ mod tests {
         assert_eq!(&records[0][2], "");
         assert_eq!(text.matches("id,zeta,alpha").count(), 1);
         assert_eq!(csv_rows::<Row>(&[]).unwrap(), "", "no rows, no output");
-    }
-}
-
-/// A freshness window as people read it: microseconds below a millisecond.
-pub fn window_text(window: Duration) -> String {
-    if window < Duration::from_millis(1) {
-        format!("{} µs", window.as_micros())
-    } else if window < Duration::from_secs(1) {
-        format!("{:.1} ms", window.as_secs_f64() * 1000.0)
-    } else {
-        format!("{:.2} s", window.as_secs_f64())
     }
 }

@@ -43,7 +43,8 @@ struct Figures {
 async fn purge_decisions(
     pool: &sqlx::SqlitePool,
 ) -> BTreeMap<u64, BTreeSet<(DateTime<Utc>, i64, String)>> {
-    let rows: Vec<(i64, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+    type Row = (i64, Option<String>, Option<i64>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT ticket_id, deleted_at, actor_id, previous_state FROM decisions WHERE decision = 'purge'",
     )
     .fetch_all(pool)
@@ -159,8 +160,7 @@ async fn one_run(seed: u64, pipelined: bool) -> Figures {
         let took = taken[&t.id];
         let request = log
             .iter()
-            .filter(|r| r.endpoint == "destroy_many" && r.ids.contains(&t.id) && r.at < took)
-            .next_back()
+            .rfind(|r| r.endpoint == "destroy_many" && r.ids.contains(&t.id) && r.at < took)
             .expect("a purge request before the job");
         let last_read = lists
             .iter()
