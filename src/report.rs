@@ -188,21 +188,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
             crate::human::duration(Duration::from_millis(age.as_millis() as u64))
         );
     }
-    if let Some(window) = report.max_send_window {
-        let _ = writeln!(
-            out,
-            "  window     at most {} from a freshness read's answer to a purge request leaving{}",
-            window_text(window),
-            if report.in_doubt > 0 {
-                format!(
-                    "; {} purged tickets were deleted again after their request (a read after it showed it): recorded unknown, not purged by their rule",
-                    report.in_doubt
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
+    window_line(&mut out, report);
     let settled = report.not_effective
         + report.left_view
         + report.confirmed_gone
@@ -527,6 +513,25 @@ pub fn print_ledger_diff(
         }
     }
     Ok(())
+}
+
+/// The run summary's line on the freshness window and tickets in doubt.
+fn window_line(out: &mut String, report: &CycleReport) {
+    if let Some(window) = report.max_send_window {
+        let _ = writeln!(
+            out,
+            "  window     at most {} from a freshness read's answer to a purge request leaving{}",
+            window_text(window),
+            if report.in_doubt > 0 {
+                format!(
+                    "; {} purged tickets were deleted again after their request (a read after it showed it): recorded unknown, not purged by their rule",
+                    report.in_doubt
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
 }
 
 /// A freshness window as people read it: microseconds below a millisecond.

@@ -612,25 +612,21 @@ pub(super) async fn scan(
             && !sending_stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
             && walk.selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
-        {
-            // While sends are pipelined, the scan writes under the listing
-            // gate too: no commit of its own falls between a freshness read
-            // and the sends it clears (the gate is released before the
-            // hand-over below, which may wait for the purge worker).
-            let _turn = match pipelining {
-                true => Some(gate.turn.lock().await),
-                false => None,
-            };
-            if release
-                || walk.unflushed.len() >= 5000
-                || last_flush.elapsed() >= Duration::from_secs(2)
-            {
-                // Write-ahead: the decisions are on disk before any of these
-                // ids can be sent.
-                flush_decisions(store, run, &mut walk, &mut result, now).await?;
-                last_flush = Instant::now();
-            }
-            record_relisted(store, run, &mut walk, &mut result, not_effective, now).await?;
+        let flush = release
+            || walk.unflushed.len() >= 5000
+            || last_flush.elapsed() >= Duration::from_secs(2);
+        write_page(
+            ctx,
+            run,
+            pipelining.then_some(gate),
+            flush,
+            (&mut walk, &mut result),
+            not_effective,
+            now,
+        )
+        .await?;
+        if flush {
+            last_flush = Instant::now();
         }
         if release {
             pages_since_release = 0;
@@ -664,6 +660,32 @@ pub(super) async fn scan(
         &mut sending_stopped,
     )
     .await
+}
+
+/// What a page leaves to write: its decisions when due (write-ahead: on disk
+/// before any of their ids can be sent), and the tickets listed again. While
+/// sends are pipelined, the scan writes under the listing gate too: no commit
+/// of its own falls between a freshness read and the sends it clears (the
+/// gate is released before any hand-over, which may wait for the purge
+/// worker).
+async fn write_page(
+    ctx: &CycleContext,
+    run: RunId,
+    // the gate, while sends are pipelined
+    gate: Option<&ListingGate>,
+    flush: bool,
+    (walk, result): (&mut WalkState, &mut ScanResult),
+    relisted: Vec<(TicketId, LedgerState)>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let _turn = match gate {
+        Some(gate) => Some(gate.turn.lock().await),
+        None => None,
+    };
+    if flush {
+        flush_decisions(&ctx.store, run, walk, result, now).await?;
+    }
+    record_relisted(&ctx.store, run, walk, result, relisted, now).await
 }
 
 /// The walk's next page, or `None` when the walk ends: at the listing's
