@@ -89,7 +89,7 @@ struct RawSchedule {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
-    database: Option<String>,
+    database: Option<Spanned<String>>,
     record_subjects: Option<bool>,
     keep_details: Option<Spanned<String>>,
     signing_key_file: Option<Spanned<String>>,
@@ -246,6 +246,9 @@ impl fmt::Display for ConfigError {
 struct Checker<'a> {
     text: &'a str,
     problems: Vec<ConfigProblem>,
+    /// Whether the paths a command will use are looked at (a loaded
+    /// config), or the text is checked alone (`Config::parse`).
+    look_at_files: bool,
 }
 
 impl Checker<'_> {
@@ -345,15 +348,21 @@ impl Config {
         })?;
         // the config holds no secret (tokens come from a variable or a
         // file): its mode is not warned about
-        let mut config = Self::parse(&text, &file)?;
-        config.source = Some(path.to_path_buf());
         // A relative database path is taken relative to the working
-        // directory, as an operator typing commands expects.
+        // directory, as an operator typing commands expects: its folder
+        // must exist there.
+        let mut config = Self::validate(&text, &file, true)?;
+        config.source = Some(path.to_path_buf());
         Ok(config)
     }
 
-    /// Validates config text; `file` names it in errors.
+    /// Validates config text; `file` names it in errors. Looks at no file:
+    /// [`Self::load`] also checks that the audit database's folder exists.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Self::validate(text, file, false)
+    }
+
+    fn validate(text: &str, file: &str, look_at_files: bool) -> Result<Config, ConfigError> {
         let raw = parse_raw(text).map_err(|(e, path)| ConfigError {
             file: file.to_string(),
             problems: vec![toml_problem(text, &e, path)],
@@ -361,6 +370,7 @@ impl Config {
         let mut c = Checker {
             text,
             problems: Vec::new(),
+            look_at_files,
         };
         let zendesk = c.zendesk(&raw.zendesk);
         let schedule = c.schedule(&raw.schedule);
@@ -608,6 +618,49 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
             token: from_file("zendesk.oauth_token_file", path)?,
         },
     })
+}
+
+/// What is wrong with an audit database path, from the config or
+/// `--database`: a URL (the store is SQLite and takes a path only, until a
+/// backend for another scheme exists; a URL would be taken as a relative
+/// file name), or, when `look` is set, a folder that does not exist (the
+/// store never creates folders). The message never repeats the value: a
+/// URL may carry a password.
+pub fn database_path_problem(path: &Path, look: bool) -> Option<String> {
+    let text = path.to_string_lossy();
+    if let Some(scheme) = url_scheme(&text) {
+        return Some(format!(
+            "is a URL ({scheme}...): the audit database is an SQLite file and takes a file path only, such as \"/var/lib/zd-retention/zd-retention.db\""
+        ));
+    }
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    (look && !folder.is_dir()).then(|| {
+        format!(
+            "its folder {} does not exist: create it first (zd-retention never creates folders), or give a path in an existing folder",
+            folder.display()
+        )
+    })
+}
+
+/// The scheme a URL-like text begins with (`postgres://`, `sqlite:`), if
+/// any: any `scheme://`, and the database schemes with one colon. A
+/// Windows drive (`C:\`) is no scheme.
+fn url_scheme(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once(':')?;
+    let well_formed = scheme.len() > 1
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    let database_scheme = matches!(
+        scheme.to_ascii_lowercase().as_str(),
+        "sqlite" | "sqlite3" | "file" | "postgres" | "postgresql" | "mysql" | "mariadb" | "mssql"
+    );
+    match (well_formed, rest.starts_with("//")) {
+        (true, true) => Some(format!("{scheme}://")),
+        (true, false) if database_scheme => Some(format!("{scheme}:")),
+        _ => None,
+    }
 }
 
 /// Reads a public key for `audit verify --public-key`.
@@ -939,16 +992,21 @@ impl Checker<'_> {
             );
         }
 
-        let database = a
-            .database
-            .clone()
-            .unwrap_or_else(|| "zd-retention.db".into());
-        if database.trim().is_empty() {
-            self.whole(
-                "audit.database",
-                "is empty: give a file path such as \"zd-retention.db\"",
-            );
-        }
+        let database = match &a.database {
+            None => "zd-retention.db".to_string(),
+            Some(v) => {
+                let text = v.get_ref().trim();
+                let problem = if text.is_empty() {
+                    Some("is empty: give a file path such as \"zd-retention.db\"".to_string())
+                } else {
+                    database_path_problem(Path::new(text), self.look_at_files)
+                };
+                if let Some(problem) = problem {
+                    self.at("audit.database", v, problem);
+                }
+                text.to_string()
+            }
+        };
 
         let signing_key_file = match &a.signing_key_file {
             Some(v) if v.get_ref().trim().is_empty() => {
@@ -963,7 +1021,7 @@ impl Checker<'_> {
             None => None,
         };
         AuditSettings {
-            database: PathBuf::from(database.trim()),
+            database: PathBuf::from(database),
             record_subjects: a.record_subjects.unwrap_or(false),
             keep_details,
             signing_key_file,

@@ -128,8 +128,17 @@ fn holder(text: &str) -> String {
 pub fn acquire(database: &Path, command: &str, new_history: bool) -> Result<WriterLock, LockError> {
     let database = std::path::absolute(database).map_err(|e| io(database, e))?;
     let sidecar_path = lock_path(&database);
-    if let Some(dir) = database.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    // the folder is the operator's: a missing one is a mistyped path
+    if let Some(dir) = database.parent()
+        && !dir.is_dir()
+    {
+        return Err(io(
+            &database,
+            format!(
+                "its folder {} does not exist: create it first (zd-retention never creates folders)",
+                dir.display()
+            ),
+        ));
     }
     let mut sidecar = match open_no_follow(&sidecar_path, true) {
         Ok(f) => f,
@@ -237,6 +246,16 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_missing_folder_is_refused_and_never_created() {
+        let dir = temp_dir();
+        let db = dir.join("not").join("here").join("audit.db");
+        let err = acquire(&db, "once", false).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(!dir.join("not").exists(), "no folder is made");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

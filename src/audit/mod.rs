@@ -984,7 +984,8 @@ async fn insert_outcomes(
 const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded FROM runs";
 const JOB_COLUMNS: &str = "SELECT id, run_id, kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status, message FROM jobs";
 
-/// Creates the database file readable by its owner only, if it is new.
+/// Creates the database file readable by its owner only, if it is new, in
+/// a folder that must exist.
 pub(crate) fn create_private(path: &Path) -> std::io::Result<()> {
     // never through a symbolic link (a dangling one would have SQLite
     // create its target with the default mode, elsewhere)
@@ -996,10 +997,19 @@ pub(crate) fn create_private(path: &Path) -> std::io::Result<()> {
         }
         return Ok(());
     }
+    // never a folder: a mistyped path (or a URL read as one) would
+    // otherwise begin a fresh history somewhere nobody looks
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
+        && !dir.is_dir()
     {
-        std::fs::create_dir_all(dir)?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "its folder {} does not exist: create it first (zd-retention never creates folders)",
+                dir.display()
+            ),
+        ));
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -9,7 +9,10 @@ use crate::report::{csv_rows, print_rows, table};
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
     let path = match &target.database {
-        Some(p) => p.clone(),
+        Some(p) => {
+            check_database_arg(p)?;
+            p.clone()
+        }
         None => load_config(config)?.audit.database,
     };
     AuditStore::open_read_only(&path).await

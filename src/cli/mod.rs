@@ -43,7 +43,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig => check_config(cli.config),
         Command::Once(args) => once(cli.config, args, cli.new_history).await,
         Command::Run => daemon(cli.config, cli.new_history).await,
-        Command::Demo(args) => crate::demo::run(args.tickets, &args.database).await,
+        Command::Demo(args) => match check_database_arg(&args.database) {
+            Ok(()) => crate::demo::run(args.tickets, &args.database).await,
+            Err(e) => Err(e.into()),
+        },
         Command::Audit(command) => audit::audit(cli.config, command).await,
         Command::Plan(args) => plan(cli.config, args).await,
         Command::Restore(args) => restore(cli.config, args, cli.new_history).await,
@@ -121,6 +124,15 @@ fn progress_spinner(message: &str) -> indicatif::ProgressBar {
 async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
     let signer = config.chain_signer()?;
     AuditStore::open_with(&config.audit.database, signer).await
+}
+
+/// `--database` gets the checks `audit.database` gets in a config: a path
+/// (no URL) in a folder that exists.
+pub(crate) fn check_database_arg(path: &std::path::Path) -> Result<(), UsageError> {
+    match crate::config::database_path_problem(path, true) {
+        None => Ok(()),
+        Some(problem) => Err(UsageError(format!("--database: {problem}"))),
+    }
 }
 
 /// Bad command-line use: exit 2.

@@ -155,3 +155,81 @@ fn broken_command_lines_are_refused_with_exit_2() {
         assert_clean_refusal(&args.join(" "), &out, expect);
     }
 }
+
+#[test]
+fn a_database_url_or_a_missing_folder_is_refused_everywhere_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[zendesk]\nsubdomain = \"acme\"\nemail = \"ops@acme.example\"\ntoken_env = \"HOME\"\n[audit]\ndatabase = \"postgres://postgres:hunter2@127.0.0.1:5432/postgres\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("ZD_RETENTION_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let config = config.to_str().unwrap();
+    for command in [
+        &["check-config"][..],
+        &["once", "--dry-run"],
+        &["audit", "verify"],
+        &["audit", "report"],
+        &["plan", "--ledger"],
+    ] {
+        let out = run(&[command, &["--config", config]].concat());
+        let what = command.join(" ");
+        assert_clean_refusal(
+            &what,
+            &out,
+            "line 6: audit.database: is a URL (postgres://...)",
+        );
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+    }
+    for (database, expect) in [
+        (
+            "postgres://postgres:hunter2@127.0.0.1:5432/postgres",
+            "--database: is a URL (postgres://...)",
+        ),
+        ("sqlite:audit.db", "--database: is a URL (sqlite:...)"),
+        ("FILE:audit.db", "--database: is a URL (FILE:...)"),
+        (
+            "missing/folder/audit.db",
+            "--database: its folder missing/folder does not exist",
+        ),
+    ] {
+        for command in [
+            &["audit", "verify"][..],
+            &["audit", "report"],
+            &["audit", "export"],
+            &["audit", "certificate", "1"],
+            &["demo", "--tickets", "10"],
+        ] {
+            let out = run(&[command, &["--database", database]].concat());
+            let what = format!("{} --database {database}", command.join(" "));
+            assert_clean_refusal(&what, &out, expect);
+            assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+        }
+    }
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["config.toml"], "no file or folder is created");
+}
+
+#[tokio::test]
+async fn the_audit_store_never_creates_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("not-made").join("audit.db");
+    let Err(err) = zd_retention::audit::AuditStore::open(&db).await else {
+        panic!("a database in a missing folder is opened");
+    };
+    assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    assert!(!dir.path().join("not-made").exists());
+}
