@@ -36,7 +36,7 @@ const ZENDESK_JOB_LIMIT: usize = 30;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    zendesk: RawZendesk,
+    zendesk: Spanned<RawZendesk>,
     #[serde(default)]
     schedule: RawSchedule,
     #[serde(default)]
@@ -141,6 +141,8 @@ pub enum TokenSource {
 pub struct ZendeskSettings {
     pub base_url: Url,
     pub token: TokenSource,
+    /// The line of the credential's key, for the errors of reading it.
+    pub token_line: Option<usize>,
     pub limits: RateLimits,
     pub max_jobs_in_flight: usize,
     pub retry: RetryPolicy,
@@ -177,6 +179,8 @@ pub struct AuditSettings {
     /// An Ed25519 private key (PKCS#8 PEM) that signs every commit to the
     /// audit log; read when the store opens, never kept in the config.
     pub signing_key_file: Option<PathBuf>,
+    /// The line of `signing_key_file`, for the errors of reading the key.
+    pub signing_key_line: Option<usize>,
 }
 
 /// `[safety]`, validated.
@@ -268,10 +272,12 @@ impl Checker<'_> {
         });
     }
 
-    fn whole(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    /// A problem of a key that is missing or was given elsewhere: `line`
+    /// is its table's (or the key's that stands in for it).
+    fn at_line(&mut self, key: impl Into<String>, line: usize, message: impl Into<String>) {
         self.problems.push(ConfigProblem {
             key: key.into(),
-            line: None,
+            line: Some(line),
             message: message.into(),
         });
     }
@@ -432,7 +438,7 @@ impl Config {
                 .map_or("(config)".into(), |p| p.display().to_string()),
             problems: vec![ConfigProblem {
                 key: key.into(),
-                line: None,
+                line: self.zendesk.token_line,
                 message,
             }],
         })
@@ -452,7 +458,7 @@ impl Config {
                 .map_or("(config)".into(), |p| p.display().to_string()),
             problems: vec![ConfigProblem {
                 key: "audit.signing_key_file".into(),
-                line: None,
+                line: self.audit.signing_key_line,
                 message,
             }],
         };
@@ -765,7 +771,7 @@ impl Checker<'_> {
     /// problem is recorded).
     /// The credential's source: exactly one of the four keys, with the
     /// email an API token needs.
-    fn token(&mut self, z: &RawZendesk) -> Option<TokenSource> {
+    fn token(&mut self, z: &RawZendesk, table_line: usize) -> Option<(TokenSource, usize)> {
         let email = self.string("zendesk.email", &z.email);
         let sources = [
             ("token_env", &z.token_env),
@@ -773,52 +779,50 @@ impl Checker<'_> {
             ("oauth_token_env", &z.oauth_token_env),
             ("oauth_token_file", &z.oauth_token_file),
         ];
-        let given: Vec<&str> = sources
+        let given: Vec<(&str, &Spanned<String>)> = sources
             .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(k, _)| *k)
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
             .collect();
         match given.as_slice() {
             [] => {
-                self.whole("zendesk.token_env", "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
+                self.at_line("zendesk.token_env", table_line, "no credential: set token_env = \"ZENDESK_API_TOKEN\" (or token_file, oauth_token_env, oauth_token_file)");
                 None
             }
-            [one] => {
+            [(one, spanned)] => {
                 let key = format!("zendesk.{one}");
-                let value = sources
-                    .iter()
-                    .find(|(k, _)| k == one)
-                    .and_then(|(_, v)| v.as_ref());
-                let value = value
-                    .map(|v| v.get_ref().trim().to_string())
-                    .unwrap_or_default();
+                let line = self.line_of(spanned.span());
+                let value = spanned.get_ref().trim().to_string();
                 if value.is_empty() {
-                    self.whole(&key, "is empty: name an environment variable or a file");
-                    None
-                } else {
-                    match (*one, email.clone()) {
-                        ("token_env", Some(email)) => {
-                            Some(TokenSource::ApiTokenEnv { email, var: value })
-                        }
-                        ("token_file", Some(email)) => Some(TokenSource::ApiTokenFile {
-                            email,
-                            path: value.into(),
-                        }),
-                        ("token_env" | "token_file", None) => {
-                            self.whole("zendesk.email", "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
-                            None
-                        }
-                        ("oauth_token_env", _) => Some(TokenSource::OAuthEnv { var: value }),
-                        _ => Some(TokenSource::OAuthFile { path: value.into() }),
-                    }
+                    self.at(
+                        &key,
+                        spanned,
+                        "is empty: name an environment variable or a file",
+                    );
+                    return None;
                 }
+                let source = match (*one, email) {
+                    ("token_env", Some(email)) => TokenSource::ApiTokenEnv { email, var: value },
+                    ("token_file", Some(email)) => TokenSource::ApiTokenFile {
+                        email,
+                        path: value.into(),
+                    },
+                    ("token_env" | "token_file", None) => {
+                        self.at_line("zendesk.email", table_line, "missing: an API token is sent as {email}/token, so set email = \"agent@yourcompany.example\"");
+                        return None;
+                    }
+                    ("oauth_token_env", _) => TokenSource::OAuthEnv { var: value },
+                    _ => TokenSource::OAuthFile { path: value.into() },
+                };
+                Some((source, line))
             }
-            many => {
-                self.whole(
+            [_, (_, second), ..] => {
+                let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
+                self.at(
                     "zendesk",
+                    second,
                     format!(
                         "{} are all set; keep exactly one credential source",
-                        many.join(", ")
+                        names.join(", ")
                     ),
                 );
                 None
@@ -826,7 +830,34 @@ impl Checker<'_> {
         }
     }
 
-    fn zendesk(&mut self, z: &RawZendesk) -> Option<ZendeskSettings> {
+    /// `[zendesk.rate_limits]`: the quotas and the jobs open at once.
+    fn rate_limits(&mut self, r: &RawRateLimits) -> (RateLimits, usize) {
+        let defaults = RateLimits::default();
+        let limits = RateLimits {
+            list: self.quota("zendesk.rate_limits.list", &r.list, defaults.list),
+            list_deep: self.quota(
+                "zendesk.rate_limits.list_deep",
+                &r.list_deep,
+                defaults.list_deep,
+            ),
+            account: self.quota("zendesk.rate_limits.account", &r.account, defaults.account),
+        };
+        let max_jobs_in_flight = match &r.max_jobs_in_flight {
+            None => 10,
+            Some(v) => match usize::try_from(*v.get_ref()) {
+                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
+                _ => {
+                    self.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
+                    10
+                }
+            },
+        };
+        (limits, max_jobs_in_flight)
+    }
+
+    fn zendesk(&mut self, table: &Spanned<RawZendesk>) -> Option<ZendeskSettings> {
+        let z = table.get_ref();
+        let table_line = self.line_of(table.span());
         let base_url = match (&z.subdomain, &z.base_url) {
             (Some(_), Some(b)) => {
                 self.at(
@@ -843,44 +874,18 @@ impl Checker<'_> {
                 .map_err(|e| self.at("zendesk.base_url", b, e))
                 .ok(),
             (None, None) => {
-                self.whole("zendesk.subdomain", "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
+                self.at_line("zendesk.subdomain", table_line, "missing: set subdomain = \"yourcompany\" (for yourcompany.zendesk.com) or base_url = \"https://...\"");
                 None
             }
         };
-        let token = self.token(z);
-        let defaults = RateLimits::default();
-        let limits = RateLimits {
-            list: self.quota(
-                "zendesk.rate_limits.list",
-                &z.rate_limits.list,
-                defaults.list,
-            ),
-            list_deep: self.quota(
-                "zendesk.rate_limits.list_deep",
-                &z.rate_limits.list_deep,
-                defaults.list_deep,
-            ),
-            account: self.quota(
-                "zendesk.rate_limits.account",
-                &z.rate_limits.account,
-                defaults.account,
-            ),
-        };
-        let max_jobs_in_flight = match &z.rate_limits.max_jobs_in_flight {
-            None => 10,
-            Some(v) => match usize::try_from(*v.get_ref()) {
-                Ok(n) if (1..ZENDESK_JOB_LIMIT).contains(&n) => n,
-                _ => {
-                    self.at("zendesk.rate_limits.max_jobs_in_flight", v, format!("{} is out of range: use 1 to {} (Zendesk allows about {ZENDESK_JOB_LIMIT} jobs per account, shared with other integrations)", v.get_ref(), ZENDESK_JOB_LIMIT - 1));
-                    10
-                }
-            },
-        };
+        let token = self.token(z, table_line);
+        let (limits, max_jobs_in_flight) = self.rate_limits(&z.rate_limits);
         let mut retry = RetryPolicy::default();
         if let Some(t) = self.duration("zendesk.request_timeout", &z.request_timeout) {
-            if t.is_zero() {
-                self.whole(
+            if let (true, Some(v)) = (t.is_zero(), &z.request_timeout) {
+                self.at(
                     "zendesk.request_timeout",
+                    v,
                     "must be above zero, for example \"30s\"",
                 );
             } else {
@@ -914,22 +919,28 @@ impl Checker<'_> {
                 "must be at most 1h: every newest-first read looks back this far".to_string(),
             );
         }
-        for (key, value) in [
-            ("zendesk.job_poll_interval", job_poll_interval),
-            ("zendesk.job_timeout", job_timeout),
-            ("zendesk.clock_skew", clock_skew),
+        // a zero only comes from the file (the defaults are above zero)
+        for (key, value, given) in [
+            (
+                "zendesk.job_poll_interval",
+                job_poll_interval,
+                &z.job_poll_interval,
+            ),
+            ("zendesk.job_timeout", job_timeout, &z.job_timeout),
+            ("zendesk.clock_skew", clock_skew, &z.clock_skew),
         ] {
-            if value.is_zero() {
-                self.whole(key, "must be above zero, for example \"2s\"");
+            if let (true, Some(v)) = (value.is_zero(), given) {
+                self.at(key, v, "must be above zero, for example \"2s\"");
             }
         }
 
-        let (Some(base_url), Some(token)) = (base_url, token) else {
+        let (Some(base_url), Some((token, token_line))) = (base_url, token) else {
             return None;
         };
         Some(ZendeskSettings {
             base_url,
             token,
+            token_line: Some(token_line),
             limits,
             max_jobs_in_flight,
             retry,
@@ -1020,7 +1031,9 @@ impl Checker<'_> {
             Some(v) => Some(PathBuf::from(v.get_ref().trim())),
             None => None,
         };
+        let signing_key_line = a.signing_key_file.as_ref().map(|v| self.line_of(v.span()));
         AuditSettings {
+            signing_key_line,
             database: PathBuf::from(database),
             record_subjects: a.record_subjects.unwrap_or(false),
             keep_details,
@@ -1344,6 +1357,30 @@ token_env = "ZENDESK_API_TOKEN"
                 proptest::prop_assert!(c.audit.keep_details.is_none_or(|d| d <= longest));
                 proptest::prop_assert!(c.policy.min_age <= longest);
                 proptest::prop_assert!(c.policy.rules.iter().all(|r| r.older_than.is_none_or(|d| d <= longest)));
+            }
+        }
+    }
+
+    #[test]
+    fn every_problem_of_every_broken_config_carries_its_line() {
+        let mut files: Vec<_> = std::fs::read_dir("tests/configs/bad")
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            // as check-config reads it: the file, then the credential and
+            // the signing key
+            let err = match Config::load(&file) {
+                Err(e) => e,
+                Ok(c) => c
+                    .auth()
+                    .err()
+                    .or_else(|| c.chain_signer().err())
+                    .unwrap_or_else(|| panic!("{} is not refused", file.display())),
+            };
+            for p in &err.problems {
+                assert!(p.line.is_some(), "{}: {p:?}", file.display());
             }
         }
     }
