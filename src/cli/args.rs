@@ -382,7 +382,15 @@ pub enum StatsBy {
 
 /// `2026-11-01`, `2026-11-01T12:00:00Z`, or a duration back from now (`7d`).
 pub fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    parse_time_at(text, chrono::Utc::now())
+    parse_time_at(text, command_line_now())
+}
+
+/// The time this command line was read, once: every duration back and a
+/// period's default end are reckoned from it, so that `--since 0d` is the
+/// same instant as "now" and its empty period shows.
+pub fn command_line_now() -> chrono::DateTime<chrono::Utc> {
+    static NOW: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    *NOW.get_or_init(chrono::Utc::now)
 }
 
 /// [`parse_since`] with the clock given: a day, a time, or a duration back

@@ -28,7 +28,10 @@ pub(super) async fn audit(
             limit,
             since,
             target,
-        } => runs(config, limit, since, target).await,
+        } => {
+            check_period(since, None)?;
+            runs(config, limit, since, target).await
+        }
         AuditCommand::Run { run_id, target } => run(config, run_id, target).await,
         AuditCommand::Search {
             since,
@@ -41,6 +44,7 @@ pub(super) async fn audit(
             limit,
             target,
         } => {
+            check_period(since, until)?;
             search(
                 config, since, until, rule, outcome, decision, actor, ticket, limit, target,
             )
@@ -73,30 +77,58 @@ pub(super) async fn audit(
             database,
             public_key,
         } => {
+            check_period(Some(since), until)?;
             let target = database_only(database);
-            let until = until.unwrap_or_else(chrono::Utc::now);
+            let until = until.unwrap_or_else(command_line_now);
             let format = format.unwrap_or(match extension(output.as_deref()).as_deref() {
                 Some("md" | "markdown") => ReportFormat::Md,
                 _ => ReportFormat::Html,
             });
-            if until <= since {
-                return Err(UsageError(format!(
-                    "--until ({}) is not after --since ({}): give a period that moves forward",
-                    crate::audit::timestamp(until),
-                    crate::audit::timestamp(since)
-                ))
-                .into());
-            }
             period_report(config, (since, until), format, output, public_key, target).await
         }
         AuditCommand::Export {
             format,
             since,
             database,
-        } => export(config, format, since, database).await,
-        AuditCommand::Stats { by, since, target } => stats(config, by, since, target).await,
+        } => {
+            check_period(since, None)?;
+            export(config, format, since, database).await
+        }
+        AuditCommand::Stats { by, since, target } => {
+            check_period(since, None)?;
+            stats(config, by, since, target).await
+        }
         AuditCommand::Ticket { ticket_id, target } => ticket(config, ticket_id, target).await,
     }
+}
+
+/// The period `[since, until)` a command reads, `until` by default the
+/// time the command line was read: an empty or backward one (`--since 0d`,
+/// `--since D --until D`, a `--since` to come) is refused the same way by
+/// every command, exit 2, naming its arguments.
+fn check_period(
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), UsageError> {
+    let Some(since) = since else {
+        return Ok(());
+    };
+    let (end, end_named, fix) = match until {
+        Some(until) => (until, "--until", "give a --since before --until"),
+        None => (
+            command_line_now(),
+            "now",
+            "give a --since in the past, such as 7d or a day",
+        ),
+    };
+    if since < end {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "the period is empty: --since ({}) is not before {end_named} ({}); {fix}",
+        crate::audit::timestamp(since),
+        crate::audit::timestamp(end)
+    )))
 }
 
 /// `zd-retention audit runs`.

@@ -112,6 +112,40 @@ fn broken_command_lines_are_refused_with_exit_2() {
             &["audit", "report", "--until", "99999999d"],
             "for '--until <UNTIL>'",
         ),
+        // an empty period, the same refusal everywhere
+        (
+            &["audit", "report", "--since", "0d"],
+            "the period is empty: --since (",
+        ),
+        (
+            &[
+                "audit",
+                "report",
+                "--since",
+                "2026-01-02",
+                "--until",
+                "2026-01-02",
+            ],
+            "the period is empty: --since (2026-01-02T00:00:00.000Z) is not before --until (2026-01-02T00:00:00.000Z)",
+        ),
+        (
+            &[
+                "audit",
+                "search",
+                "--since",
+                "2026-01-03",
+                "--until",
+                "2026-01-02",
+            ],
+            "the period is empty: --since (2026-01-03T00:00:00.000Z) is not before --until",
+        ),
+        (&["audit", "search", "--since", "0s"], "the period is empty"),
+        (&["audit", "runs", "--since", "0d"], "is not before now"),
+        (
+            &["audit", "export", "--since", "9999-01-01"],
+            "is not before now",
+        ),
+        (&["audit", "stats", "--since", "0d"], "the period is empty"),
         // the sandbox (a listen address that cannot be bound: an argument
         // let through ends the command at once instead of serving)
         (
