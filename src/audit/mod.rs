@@ -57,6 +57,16 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Write requests (purges, restores) this process recorded. Each is
+/// recorded before it is sent, so while this is 0 no write request was
+/// sent: what an error message may then promise.
+static REQUESTS_RECORDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many write requests this process recorded (and so may have sent).
+pub fn requests_recorded() -> u64 {
+    REQUESTS_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One decision, ready to store.
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
@@ -745,6 +755,7 @@ impl AuditStore {
         tx.commit()
             .await
             .context("cannot record the request before sending it")?;
+        REQUESTS_RECORDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
     }
 

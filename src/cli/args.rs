@@ -146,6 +146,36 @@ impl Command {
     pub fn is_long_running(&self) -> bool {
         matches!(self, Command::Run | Command::Sandbox(_) | Command::Demo(_))
     }
+
+    /// The audit database given with `--database`, if any.
+    pub fn database_arg(&self) -> Option<&PathBuf> {
+        match self {
+            Command::Demo(args) => Some(&args.database),
+            Command::Audit(command) => command.database_arg(),
+            _ => None,
+        }
+    }
+}
+
+impl AuditCommand {
+    /// The audit database given with `--database`, if any.
+    pub fn database_arg(&self) -> Option<&PathBuf> {
+        match self {
+            AuditCommand::Runs { target, .. }
+            | AuditCommand::Run { target, .. }
+            | AuditCommand::Search { target, .. }
+            | AuditCommand::Verify { target, .. }
+            | AuditCommand::Config { target, .. }
+            | AuditCommand::Ledger { target }
+            | AuditCommand::Head { target }
+            | AuditCommand::Stats { target, .. }
+            | AuditCommand::Ticket { target, .. } => target.database.as_ref(),
+            AuditCommand::Certificate { database, .. }
+            | AuditCommand::Report { database, .. }
+            | AuditCommand::Export { database, .. } => database.as_ref(),
+            AuditCommand::Keygen { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -202,6 +202,15 @@ pub(super) async fn once(
         SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         SummaryFormat::Text => print!("{}", crate::report::summary(&report, &ctx.policy)),
     }
+    // the run's error is text by now: SQLite's words for SQLITE_FULL
+    if report
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("(code: 13) database or disk is full"))
+    {
+        let words = disk_full_words(None, Some(&config.audit.database), writes_so_far());
+        eprintln!("error: {words}");
+    }
     Ok(if report.status == RunStatus::Completed {
         ExitCode::SUCCESS
     } else {

@@ -575,8 +575,11 @@ async fn a_row_forged_after_a_crash_is_not_laundered_by_the_next_writer() {
     );
 }
 
+/// `file:d.db` was once kept as a plain file of that name (never read as an
+/// SQLite URI naming d.db); a URL-looking database is now refused outright,
+/// and neither file is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_path_that_looks_like_an_sqlite_uri_is_refused_and_nothing_is_created() {
+async fn a_database_path_that_looks_like_an_sqlite_uri_is_refused_and_nothing_is_made() {
     let sb = crate::helpers::sandbox(150).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
@@ -598,11 +601,12 @@ async fn a_database_path_that_looks_like_an_sqlite_uri_is_refused_and_nothing_is
         .output()
         .await
         .unwrap();
-    // neither a URI nor a plain file named so: a path only, until a backend
-    // for another scheme exists
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("audit.database"), "{stderr}");
+    assert!(
+        stderr.contains("line 9: audit.database: is a URL (file:...)"),
+        "{stderr}"
+    );
     assert!(!dir.path().join("file:d.db").exists());
     assert!(
         !dir.path().join("d.db").exists(),
