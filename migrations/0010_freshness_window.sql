@@ -5,6 +5,9 @@
 -- this migration keep their digests).
 ALTER TABLE jobs ADD COLUMN fresh_read_at TEXT;
 ALTER TABLE jobs ADD COLUMN send_window_us INTEGER;
+-- When the read after the request was answered (the bracket: a ticket it
+-- shows deleted again is in doubt); NULL when none was made (it failed).
+ALTER TABLE jobs ADD COLUMN after_read_at TEXT;
 
 -- A purge request is recorded before the freshness read that clears it, so
 -- that nothing but the send follows the read. A request the read does not

@@ -247,9 +247,10 @@ fn residual_of(w: &SendWindows) -> String {
             w.requests
         ),
         (n, Some(us)) => format!(
-            "Each request left at most {} after the answer of the freshness read that cleared it ({n} of {} requests measured); a read after the requests (as soon as the listing quota allowed; a job may have run before it) showed {} purged ticket(s) deleted again: those are recorded unknown and are not listed here.",
+            "Each request left at most {} after the answer of the freshness read that cleared it ({n} of {} requests measured). {} of them were followed by another read (as soon as the listing quota allowed, so a job may have run before it; a failed read leaves none); it showed {} purged ticket(s) deleted again: those are recorded unknown and are not listed here.",
             crate::report::window_text(std::time::Duration::from_micros(us.max(0) as u64)),
             w.requests,
+            w.read_after,
             w.in_doubt
         ),
     };

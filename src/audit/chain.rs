@@ -245,7 +245,7 @@ impl Chained {
             Self::Decisions => 9,
             // host, os_user and program_version came with migration 0009
             Self::Runs => 4,
-            // fresh_read_at and send_window_us came with migration 0010
+            // fresh_read_at, send_window_us and after_read_at came with migration 0010
             Self::JobsState => 5,
             _ => usize::MAX,
         }
@@ -276,7 +276,7 @@ impl Chained {
                 "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
             }
             Self::JobsState => {
-                "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT), CAST(fresh_read_at AS TEXT), CAST(send_window_us AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT), CAST(fresh_read_at AS TEXT), CAST(send_window_us AS TEXT), CAST(after_read_at AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
             }
         }
     }

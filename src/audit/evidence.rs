@@ -36,6 +36,9 @@ pub struct SendWindows {
     pub measured: i64,
     /// The longest window, in microseconds.
     pub max_us: Option<i64>,
+    /// Of the measured ones, those followed by a read after them (the
+    /// bracket).
+    pub read_after: i64,
     /// Tickets of the run a read after their request showed deleted again:
     /// recorded `unknown`, not purged by their rule.
     pub in_doubt: i64,
@@ -145,10 +148,12 @@ impl AuditStore {
         )
     }
 
-    /// The tickets whose purge `run` recorded as done.
+    /// The tickets purged by the requests `run` sent, whichever run saw
+    /// their jobs end (a later one follows the jobs of a run that stopped),
+    /// and those it recorded purged without a request of its own.
     pub async fn purged_in_run(&self, run: RunId) -> anyhow::Result<Vec<PurgedTicket>> {
         Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{PURGED_COLUMNS} WHERE o.run_id = ? AND o.outcome = 'purged' ORDER BY o.ticket_id"
+            "{PURGED_COLUMNS} WHERE COALESCE(j.run_id, o.run_id) = ? AND o.outcome = 'purged' ORDER BY o.ticket_id"
         )))
         .bind(run)
         .fetch_all(&self.pool)
@@ -158,13 +163,13 @@ impl AuditStore {
     /// A run's purge requests and their freshness windows.
     pub async fn send_windows_of_run(&self, run: RunId) -> anyhow::Result<SendWindows> {
         let mut w: SendWindows = sqlx::query_as(
-            "SELECT COUNT(*) AS requests, COUNT(send_window_us) AS measured, MAX(send_window_us) AS max_us, 0 AS in_doubt FROM jobs WHERE run_id = ? AND kind = 'destroy_many' AND status <> 'rate_limited'",
+            "SELECT COUNT(*) AS requests, COUNT(send_window_us) AS measured, MAX(send_window_us) AS max_us, COUNT(after_read_at) AS read_after, 0 AS in_doubt FROM jobs WHERE run_id = ? AND kind = 'destroy_many' AND status NOT IN ('rate_limited', 'withdrawn')",
         )
         .bind(run)
         .fetch_one(&self.pool)
         .await?;
         w.in_doubt = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outcomes WHERE run_id = ? AND outcome = 'unknown' AND substr(detail, 1, length(?)) = ?",
+            "SELECT COUNT(*) FROM outcomes o JOIN jobs j ON j.id = o.job_id WHERE j.run_id = ? AND o.outcome = 'unknown' AND substr(o.detail, 1, length(?)) = ?",
         )
         .bind(run)
         .bind(IN_DOUBT_DETAIL)

@@ -796,25 +796,28 @@ impl AuditStore {
         tx.commit()
             .await
             .context("cannot record the requests before sending them")?;
+        REQUESTS_RECORDED.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(rows)
     }
 
     /// Records, once purge requests have left, when the freshness read that
-    /// cleared them was answered and each one's window from that answer to
-    /// its hand-over to the connection (`None`: it never left).
+    /// cleared them was answered, each one's window from that answer to its
+    /// hand-over to the connection (`None`: it never left), and when the read
+    /// after them was answered (`None`: none was made).
     pub async fn record_send_windows(
         &self,
         run: RunId,
-        read_at: DateTime<Utc>,
+        (read_at, after_read_at): (DateTime<Utc>, Option<DateTime<Utc>>),
         windows: &[(JobRowId, Option<std::time::Duration>)],
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = signing::chain_base(&mut tx).await?;
         for (row, window) in windows {
-            sqlx::query("UPDATE jobs SET fresh_read_at = ?, send_window_us = ? WHERE id = ?")
+            sqlx::query("UPDATE jobs SET fresh_read_at = ?, send_window_us = ?, after_read_at = ? WHERE id = ?")
                 .bind(timestamp(read_at))
                 .bind(window.map(|w| i64::try_from(w.as_micros()).unwrap_or(i64::MAX)))
+                .bind(after_read_at.map(timestamp))
                 .bind(row)
                 .execute(&mut *tx)
                 .await?;
@@ -1045,6 +1048,62 @@ impl AuditStore {
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("rule")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// When the earliest purge request still open (pending, queued or
+    /// working) was recorded.
+    pub async fn earliest_open_request(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
+        let at: Option<String> = sqlx::query_scalar(
+            "SELECT MIN(recorded_at) FROM jobs WHERE kind = 'destroy_many' AND status IN ('pending', 'queued', 'working')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(at
+            .and_then(|a| DateTime::parse_from_rfc3339(&a).ok())
+            .map(|a| a.with_timezone(&Utc)))
+    }
+
+    /// Each ticket of a purge request as its latest decision up to the
+    /// job's run saw it, when that decision selected it: deletion time,
+    /// actor and previous state (what a listing shows).
+    #[allow(clippy::type_complexity)]
+    pub async fn decided_as(
+        &self,
+        job: JobRowId,
+        tickets: &[TicketId],
+    ) -> anyhow::Result<HashMap<TicketId, (Option<DateTime<Utc>>, Option<u64>, Option<String>)>>
+    {
+        let ids = format!(
+            "[{}]",
+            tickets
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let rows = sqlx::query(
+            "SELECT d.ticket_id, d.deleted_at, d.actor_id, d.previous_state
+             FROM json_each(?1) AS t CROSS JOIN decisions AS d
+             WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
+                           WHERE x.ticket_id = t.value
+                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2))
+               AND d.decision = 'purge'",
+        )
+        .bind(ids)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get(0)?;
+                let at: Option<String> = r.try_get(1)?;
+                let actor: Option<i64> = r.try_get(2)?;
+                let at = at
+                    .and_then(|a| DateTime::parse_from_rfc3339(&a).ok())
+                    .map(|a| a.with_timezone(&Utc));
+                Ok((id as TicketId, (at, actor.map(|a| a as u64), r.try_get(3)?)))
+            })
             .collect()
     }
 

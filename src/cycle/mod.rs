@@ -272,6 +272,21 @@ async fn recover_open_jobs(
         match job.zendesk_job_id {
             Some(id) => {
                 in_flight.extend(tickets.iter().copied());
+                // as decided when sent: a read before the job is seen to end
+                // may show a ticket deleted again since (in doubt)
+                let decided = store.decided_as(job.id, &tickets).await?;
+                let sent_as = tickets
+                    .iter()
+                    .map(|t| {
+                        decided
+                            .get(t)
+                            .map(|(deleted_at, actor_id, previous_state)| ListedAs {
+                                deleted_at: *deleted_at,
+                                actor_id: *actor_id,
+                                previous_state: previous_state.clone(),
+                            })
+                    })
+                    .collect();
                 recovered.push(OpenJob {
                     row: job.id,
                     id: JobId(id),
@@ -279,7 +294,7 @@ async fn recover_open_jobs(
                     since: Instant::now(),
                     misses: 0,
                     last_status: job.status.to_string(),
-                    sent_as: Vec::new(),
+                    sent_as,
                     in_doubt: Vec::new(),
                     answered: None,
                 })

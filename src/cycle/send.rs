@@ -353,13 +353,18 @@ impl PurgeWorker {
                     Some(self.tally.max_send_window.map_or(*w, |m| m.max(*w)));
             }
         }
+        // the read after the sends, while their jobs are queued
         let bracket = match read {
             Some(r) if sent.iter().any(|s| s.answer.is_ok()) => self.bracket_read(r).await,
             _ => None,
         };
         if let Some(r) = read {
             self.store
-                .record_send_windows(self.run, r.answered_utc, &windows)
+                .record_send_windows(
+                    self.run,
+                    (r.answered_utc, bracket.as_ref().map(|b| b.answered_utc)),
+                    &windows,
+                )
                 .await?;
         }
         if let Some(e) = failed {
@@ -603,6 +608,34 @@ impl PurgeWorker {
             Err(why) => {
                 tracing::warn!(%why, "the read after the purge requests failed: which deletion Zendesk purges rests on the job's answer");
                 None
+            }
+        }
+    }
+
+    /// Jobs an earlier process sent and this run follows: one read of the
+    /// newest deletions back to the earliest of their requests, before any
+    /// of them is seen to end, marks their tickets deleted again since.
+    pub(super) async fn read_for_recovered(&mut self) {
+        let Ok(Some(since)) = self.store.earliest_open_request().await.map(|at| {
+            at.map(|at| {
+                at - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
+            })
+        }) else {
+            return;
+        };
+        if self
+            .open
+            .iter()
+            .all(|j| j.sent_as.iter().all(Option::is_none))
+        {
+            return;
+        }
+        let gate = self.gate.clone();
+        let _turn = gate.turn.lock().await;
+        match self.read_since(since).await {
+            Ok(read) => self.mark_in_doubt(&read),
+            Err(why) => {
+                tracing::warn!(%why, "cannot read the newest deletions for the jobs an earlier process left open: their outcomes rest on the jobs' answers");
             }
         }
     }

@@ -170,6 +170,7 @@ impl PurgeWorker {
     }
 
     pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
+        self.read_for_recovered().await;
         if let Err(e) = self.work(&mut batches).await {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
             self.tally.fatal = Some(format!("{e:#}"));

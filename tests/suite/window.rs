@@ -429,3 +429,90 @@ async fn a_purge_sent_again_after_a_lost_answer_or_a_429_is_read_for_again() {
     );
     assert_each_send_right_after_a_read(&log, 10, "faults");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_end() {
+    use zd_retention::audit::{JobRowStatus, RunOrigin};
+    use zd_retention::zendesk::IdBatch;
+    let tickets = old_closed(150);
+    let options = SandboxOptions {
+        // queued long enough that the first process "dies" before its end
+        job_delay: Duration::from_secs(120),
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets.clone(), options).await;
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let store = &e.ctx.store;
+    // run 1 records a request, sends it and records the answer, then stops
+    // (its process killed: the run stays `running`)
+    let first = store
+        .start_run(Trigger::Manual, false, &RunOrigin::from("test"), Utc::now())
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let decided: Vec<zd_retention::audit::DecisionRecord> = tickets[..100]
+        .iter()
+        .map(|t| zd_retention::audit::DecisionRecord {
+            ticket_id: t.id,
+            deleted_at: Some(t.deleted_at.trunc_subsecs(0)),
+            actor_id: Some(t.actor_id),
+            actor_name: None,
+            previous_state: Some(t.previous_state.clone()),
+            subject: None,
+            rule: Some("closed-after-7-days".into()),
+            decision: zd_retention::audit::DecisionKind::Purge,
+            decided_at: now,
+            listed: true,
+            subject_tags: None,
+        })
+        .collect();
+    store.record_decisions(first, &decided).await.unwrap();
+    let batch = IdBatch::new(tickets[..100].iter().map(|t| t.id).collect()).unwrap();
+    let rows = store
+        .record_requests(first, std::slice::from_ref(&batch), Utc::now())
+        .await
+        .unwrap();
+    let (_, answer) = e.ctx.client.destroy_many_now(&batch).await;
+    let job = answer.unwrap();
+    store
+        .record_answer(
+            rows[0],
+            Some(&job.id.0),
+            JobRowStatus::Queued,
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    // while no process follows the job, an agent deletes one of its tickets
+    // again: the queued job will purge that new deletion
+    let again = tickets[5].id;
+    assert!(sb.agent_restore(again) && sb.agent_delete_again(again));
+    // the next run closes run 1, reads the newest deletions for the job it
+    // takes over, follows it to the end, and purges the rest
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(sb.purged_ids().len(), 150);
+    let outcomes = last_outcomes(store.pool()).await;
+    assert_eq!(outcomes.get(&again).map(String::as_str), Some("unknown"));
+    let cert = |run| zd_retention::evidence::Certificate::gather(store, run, &[]);
+    let one = cert(first).await.unwrap();
+    let two = cert(report.run_id).await.unwrap();
+    let ids = |c: &zd_retention::evidence::Certificate| -> BTreeSet<u64> {
+        c.purged.iter().map(|p| p.ticket_id as u64).collect()
+    };
+    // the purges of run 1's request are on run 1's certificate, the
+    // requests of run 2 on run 2's: never one request on both, or on neither
+    let sent_by_one: BTreeSet<u64> = batch
+        .ids()
+        .iter()
+        .copied()
+        .filter(|id| *id != again)
+        .collect();
+    assert_eq!(ids(&one), sent_by_one);
+    assert_eq!(one.windows.in_doubt, 1);
+    assert_eq!(ids(&two), tickets[100..].iter().map(|t| t.id).collect());
+    assert_eq!(one.windows.requests, 1);
+    assert_eq!(two.windows.requests, 1);
+    assert_eq!(two.windows.measured, 1);
+}
