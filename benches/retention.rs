@@ -378,8 +378,9 @@ fn main() {
         let mut ok = true;
         for r in &results {
             let list_ok = r["list_requests"].as_u64() <= r["list_min"].as_u64().map(|m| m + 1);
-            // one proof, a freshness read per ten batches (and the last), no settle read
-            let safety_bound = 2 + r["destroy_many_min"].as_u64().unwrap_or(0).div_ceil(10);
+            // one proof (and its second page), and per round of up to ten
+            // batches a freshness read before and a read after; no settle read
+            let safety_bound = 2 + 2 * r["destroy_many_min"].as_u64().unwrap_or(0).div_ceil(10);
             let safety_ok = r["safety_list_requests"].as_u64() <= Some(safety_bound);
             let destroy_ok = r["destroy_many_requests"] == r["destroy_many_min"];
             let no_429 = r["rate_limited_429"] == 0;
