@@ -196,8 +196,8 @@ pub enum SummaryFormat {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Soft-deleted tickets in the demo's sandbox.
-    #[arg(long, default_value_t = 3000)]
+    /// Soft-deleted tickets in the demo's sandbox (at most 10,000,000).
+    #[arg(long, default_value_t = 3000, value_parser = ticket_count)]
     pub tickets: usize,
     /// The demo's audit database (replaced at every demo).
     #[arg(long, default_value = "zd-retention-demo.db")]
@@ -514,8 +514,8 @@ pub struct SandboxArgs {
     /// Address to listen on; loopback unless you say otherwise.
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub listen: SocketAddr,
-    /// Soft-deleted tickets to generate.
-    #[arg(long, default_value_t = 1000)]
+    /// Soft-deleted tickets to generate (at most 10,000,000).
+    #[arg(long, default_value_t = 1000, value_parser = ticket_count)]
     pub tickets: usize,
     /// Seed of the generated data and of the faults.
     #[arg(long, default_value_t = 42)]
@@ -688,4 +688,21 @@ mod tests {
             let _ = parse_time_scale(&text);
         }
     }
+}
+
+/// A number of generated tickets: the sandbox holds them in memory, so a
+/// count beyond ten million is refused rather than left to fail an
+/// allocation.
+fn ticket_count(text: &str) -> Result<usize, String> {
+    const MAX: usize = 10_000_000;
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of tickets"))?;
+    if n > MAX {
+        return Err(format!(
+            "{n} is more than the sandbox holds: use 0 to {MAX}"
+        ));
+    }
+    Ok(n)
 }

@@ -85,6 +85,14 @@ fn broken_command_lines_are_refused_with_exit_2() {
         (&["plan", "--explain"], "TICKET_ID"),
         // dates and durations past what a clock holds: refused, never a panic
         (
+            &["demo", "--tickets", "18446744073709551615"],
+            "is more than the sandbox holds: use 0 to 10000000",
+        ),
+        (
+            &["sandbox", "--tickets", "99999999999"],
+            "is more than the sandbox holds: use 0 to 10000000",
+        ),
+        (
             &["audit", "report", "--since", "99999999d"],
             "for '--since <SINCE>': \"99999999d\" reaches back before 1970-01-01",
         ),
