@@ -109,9 +109,11 @@ pub const PURGES_OF_PERIOD_SQL: &str = "SELECT COUNT(*) FROM outcomes WHERE outc
 const PURGED_COLUMNS: &str =
     "SELECT o.ticket_id, o.run_id, j.zendesk_job_id, j.recorded_at AS requested_at,
         j.finished_at AS completed_at, o.recorded_at AS verified_at, o.detail,
-        (SELECT d.rule FROM decisions d WHERE d.ticket_id = o.ticket_id AND d.run_id <= o.run_id
+        (SELECT d.rule FROM decisions d WHERE d.ticket_id = o.ticket_id
+           AND d.run_id <= COALESCE(j.run_id, o.run_id)
            AND d.decision = 'purge' ORDER BY d.id DESC LIMIT 1) AS rule,
-        (SELECT d.subject FROM decisions d WHERE d.ticket_id = o.ticket_id AND d.run_id <= o.run_id
+        (SELECT d.subject FROM decisions d WHERE d.ticket_id = o.ticket_id
+           AND d.run_id <= COALESCE(j.run_id, o.run_id)
            ORDER BY d.id DESC LIMIT 1) AS subject
      FROM outcomes o LEFT JOIN jobs j ON j.id = o.job_id";
 

@@ -1064,9 +1064,9 @@ impl AuditStore {
             .map(|a| a.with_timezone(&Utc)))
     }
 
-    /// Each ticket of a purge request as its latest decision up to the
-    /// job's run saw it, when that decision selected it: deletion time,
-    /// actor and previous state (what a listing shows).
+    /// Each ticket of a purge request as its latest decision before the
+    /// request saw it, when that decision selected it: deletion time, actor
+    /// and previous state (what a listing shows).
     #[allow(clippy::type_complexity)]
     pub async fn decided_as(
         &self,
@@ -1087,7 +1087,8 @@ impl AuditStore {
              FROM json_each(?1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
                            WHERE x.ticket_id = t.value
-                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2))
+                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2)
+                             AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = ?2))
                AND d.decision = 'purge'",
         )
         .bind(ids)

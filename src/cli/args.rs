@@ -620,6 +620,23 @@ pub struct ListArgs {
     pub offset: bool,
 }
 
+/// A number of generated tickets: the sandbox holds them in memory, so a
+/// count beyond ten million is refused rather than left to fail an
+/// allocation.
+fn ticket_count(text: &str) -> Result<usize, String> {
+    const MAX: usize = 10_000_000;
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of tickets"))?;
+    if n > MAX {
+        return Err(format!(
+            "{n} is more than the sandbox holds: use 0 to {MAX}"
+        ));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,21 +705,4 @@ mod tests {
             let _ = parse_time_scale(&text);
         }
     }
-}
-
-/// A number of generated tickets: the sandbox holds them in memory, so a
-/// count beyond ten million is refused rather than left to fail an
-/// allocation.
-fn ticket_count(text: &str) -> Result<usize, String> {
-    const MAX: usize = 10_000_000;
-    let n: usize = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a whole number of tickets"))?;
-    if n > MAX {
-        return Err(format!(
-            "{n} is more than the sandbox holds: use 0 to {MAX}"
-        ));
-    }
-    Ok(n)
 }

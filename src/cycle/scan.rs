@@ -612,22 +612,16 @@ pub(super) async fn scan(
             && !sending_stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
             && walk.selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
-        let flush = release
-            || walk.unflushed.len() >= 5000
-            || last_flush.elapsed() >= Duration::from_secs(2);
         write_page(
             ctx,
             run,
             pipelining.then_some(gate),
-            flush,
-            (&mut walk, &mut result),
+            release,
+            (&mut walk, &mut result, &mut last_flush),
             not_effective,
             now,
         )
         .await?;
-        if flush {
-            last_flush = Instant::now();
-        }
         if release {
             pages_since_release = 0;
             let sending = SendState {
@@ -673,8 +667,8 @@ async fn write_page(
     run: RunId,
     // the gate, while sends are pipelined
     gate: Option<&ListingGate>,
-    flush: bool,
-    (walk, result): (&mut WalkState, &mut ScanResult),
+    release: bool,
+    (walk, result, last_flush): (&mut WalkState, &mut ScanResult, &mut Instant),
     relisted: Vec<(TicketId, LedgerState)>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
@@ -682,8 +676,11 @@ async fn write_page(
         Some(gate) => Some(gate.turn.lock().await),
         None => None,
     };
-    if flush {
+    // in transactions of up to fifty pages or two seconds (fewer fsyncs),
+    // and always before any of their ids is handed on
+    if release || walk.unflushed.len() >= 5000 || last_flush.elapsed() >= Duration::from_secs(2) {
         flush_decisions(&ctx.store, run, walk, result, now).await?;
+        *last_flush = Instant::now();
     }
     record_relisted(&ctx.store, run, walk, result, relisted, now).await
 }

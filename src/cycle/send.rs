@@ -13,6 +13,14 @@
 use super::*;
 use crate::audit::IN_DOUBT_DETAIL;
 
+/// What a freshness read made of a round's requests: those it cleared
+/// whole (with their rows), those it narrowed, and the rows withdrawn.
+type Split = (
+    Vec<(Pending, IdBatch, JobRowId)>,
+    Vec<(Pending, IdBatch)>,
+    Vec<JobRowId>,
+);
+
 /// A release on its way through the rounds.
 pub(super) struct Pending {
     pub(super) release: Release,
@@ -148,7 +156,18 @@ impl PurgeWorker {
                     wait = %crate::human::duration(again.wait),
                     "purge requests held back: waiting, then reading the newest deletions again"
                 );
-                tokio::time::sleep(again.wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(again.wait) => {}
+                    _ = self.cancel.cancelled() => {}
+                }
+            }
+            if self.cancel.is_cancelled() {
+                // no new request once the daemon is stopping
+                for p in again.pending {
+                    self.not_sent(&p.release.batch, "the daemon was stopping")
+                        .await;
+                }
+                return Ok(());
             }
             pending = again.pending;
         }
@@ -198,13 +217,14 @@ impl PurgeWorker {
                         format!("the freshness read before purging failed ({why}): not sent");
                     tracing::error!("{message}");
                     self.tally.freshness_failed = Some(message);
-                    self.withdraw(&intents, "the freshness read before purging failed")
-                        .await?;
+                    let withdrawn = self
+                        .withdraw(&intents, "the freshness read before purging failed")
+                        .await;
                     for p in pending {
                         self.not_sent(&p.release.batch, "the freshness read before purging failed")
                             .await;
                     }
-                    return Ok(Again::default());
+                    return withdrawn.map(|()| Again::default());
                 }
             },
         };
@@ -232,26 +252,107 @@ impl PurgeWorker {
             .write_hold()
             .filter(|_| !exact.is_empty() || !narrowed.is_empty())
         {
-            // Zendesk asked for a pause (the read's answer said the budget
-            // is spent): nothing leaves on this read
             drop(turn);
-            withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
-            self.withdraw(&withdrawn, "Zendesk asked for a pause: sent again after it, under a new row and a new freshness read")
-                .await?;
-            self.record_withheld(withheld, now).await?;
-            let mut again = Again::default();
-            for (p, batch) in exact.into_iter().map(|(p, b, _)| (p, b)).chain(narrowed) {
+            return self
+                .pause_round(wait, (exact, narrowed, withdrawn), withheld, now)
+                .await;
+        }
+        let (sent, failed) = self.send_now(exact, narrowed).await;
+        let windows = self.windows_of(&sent, read.as_ref());
+        let jobs_made = sent.iter().any(|s| s.answer.is_ok());
+        // each answer written as soon as it is in (the job ids first)
+        let (mut again, fatal) = self.answers_of(sent).await;
+        // the read after the sends, while their jobs are queued
+        let bracket = match &read {
+            Some(r) if jobs_made => self.bracket_read(r).await,
+            _ => None,
+        };
+        drop(turn);
+        if let Some(b) = &bracket {
+            self.mark_in_doubt(b);
+        }
+        let mut errors: Vec<anyhow::Error> = failed.into_iter().chain(fatal).collect();
+        if let Some(r) = &read {
+            let at = (r.answered_utc, bracket.as_ref().map(|b| b.answered_utc));
+            if let Err(e) = self.store.record_send_windows(self.run, at, &windows).await {
+                errors.push(e);
+            }
+        }
+        if let Err(e) = self.withdraw(&withdrawn, "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row").await {
+            errors.push(e);
+        }
+        if let Err(e) = self.record_withheld(withheld, now).await {
+            errors.push(e);
+        }
+        if let Err(e) = self.finish_answered().await {
+            errors.push(e);
+        }
+        match errors.into_iter().next() {
+            Some(e) => {
+                for p in again.pending.drain(..) {
+                    self.not_sent(&p.release.batch, "purging stopped after an error")
+                        .await;
+                }
+                Err(e)
+            }
+            None => Ok(again),
+        }
+    }
+
+    /// Each sent request's window: from the read's answer to its hand-over
+    /// to the connection (measured only after a read).
+    fn windows_of(
+        &mut self,
+        sent: &[Sent],
+        read: Option<&Read>,
+    ) -> Vec<(JobRowId, Option<Duration>)> {
+        let windows: Vec<(JobRowId, Option<Duration>)> = sent
+            .iter()
+            .map(|s| {
+                let window = match (read, s.sent_at) {
+                    (Some(r), Some(at)) => Some(at.saturating_duration_since(r.answered)),
+                    _ => None,
+                };
+                (s.row, window)
+            })
+            .collect();
+        for (_, window) in &windows {
+            if let Some(w) = window {
+                metrics::histogram!("zd_retention_freshness_window_seconds")
+                    .record(w.as_secs_f64());
+                self.tally.max_send_window =
+                    Some(self.tally.max_send_window.map_or(*w, |m| m.max(*w)));
+            }
+        }
+        windows
+    }
+
+    /// Zendesk asked for a pause (the read's answer said the budget is
+    /// spent): nothing leaves on this read; the batches go to the next round
+    /// after the wait (a pause counts as a 429).
+    async fn pause_round(
+        &mut self,
+        wait: Duration,
+        (exact, narrowed, mut withdrawn): Split,
+        withheld: Withheld,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Again> {
+        withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
+        let recorded = self
+            .withdraw(&withdrawn, "Zendesk asked for a pause: sent again after it, under a new row and a new freshness read")
+            .await
+            .and(self.record_withheld(withheld, now).await);
+        let mut again = Again::default();
+        for (mut p, batch) in exact.into_iter().map(|(p, b, _)| (p, b)).chain(narrowed) {
+            p.limited += 1;
+            if recorded.is_err() || p.limited > MAX_RATE_LIMITED_ROUNDS {
+                self.not_sent(&batch, "Zendesk kept asking for a pause before this purge")
+                    .await;
+            } else {
                 again.push(p.narrowed(batch), wait);
             }
-            return Ok(again);
         }
-        let sent = self.send_now(exact, narrowed, read.as_ref()).await;
-        drop(turn);
-        self.withdraw(&withdrawn, "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row")
-            .await?;
-        self.record_withheld(withheld, now).await?;
-        let (sent, bracket) = sent?;
-        self.answers_of(sent, bracket).await
+        recorded.map(|()| again)
     }
 
     /// Ends requests recorded before their read that were never sent.
@@ -272,14 +373,13 @@ impl PurgeWorker {
     }
 
     /// Sends the requests the read cleared whole at once, then records and
-    /// sends those it narrowed; then, while the jobs are queued, reads the
-    /// newest deletions again (the bracket).
+    /// sends those it narrowed. An error is that of recording them (they
+    /// were then not sent).
     async fn send_now(
         &mut self,
         exact: Vec<(Pending, IdBatch, JobRowId)>,
         narrowed: Vec<(Pending, IdBatch)>,
-        read: Option<&Read>,
-    ) -> anyhow::Result<(Vec<Sent>, Option<Read>)> {
+    ) -> (Vec<Sent>, Option<anyhow::Error>) {
         let client = self.client.clone();
         let store = self.store.clone();
         let run = self.run;
@@ -335,51 +435,11 @@ impl PurgeWorker {
                 Some(e)
             }
         };
-        let windows: Vec<(JobRowId, Option<Duration>)> = sent
-            .iter()
-            .map(|s| {
-                let window = match (read, s.sent_at) {
-                    (Some(r), Some(at)) => Some(at.saturating_duration_since(r.answered)),
-                    _ => None,
-                };
-                (s.row, window)
-            })
-            .collect();
-        for (_, window) in &windows {
-            if let Some(w) = window {
-                metrics::histogram!("zd_retention_freshness_window_seconds")
-                    .record(w.as_secs_f64());
-                self.tally.max_send_window =
-                    Some(self.tally.max_send_window.map_or(*w, |m| m.max(*w)));
-            }
-        }
-        // the read after the sends, while their jobs are queued
-        let bracket = match read {
-            Some(r) if sent.iter().any(|s| s.answer.is_ok()) => self.bracket_read(r).await,
-            _ => None,
-        };
-        if let Some(r) = read {
-            self.store
-                .record_send_windows(
-                    self.run,
-                    (r.answered_utc, bracket.as_ref().map(|b| b.answered_utc)),
-                    &windows,
-                )
-                .await?;
-        }
-        if let Some(e) = failed {
-            self.answers_of(sent, bracket).await?;
-            return Err(e);
-        }
-        Ok((sent, bracket))
+        (sent, failed)
     }
 
     /// What each request's answer means, and what goes to the next round.
-    async fn answers_of(
-        &mut self,
-        sent: Vec<Sent>,
-        bracket: Option<Read>,
-    ) -> anyhow::Result<Again> {
+    async fn answers_of(&mut self, sent: Vec<Sent>) -> (Again, Option<anyhow::Error>) {
         let retry = self.client.retry_policy();
         let mut again = Again::default();
         let mut fatal = None;
@@ -408,7 +468,8 @@ impl PurgeWorker {
             match answer {
                 Err(e @ ZendeskError::RateLimited { wait, .. }) => {
                     // not carried out: read again after the wait, then send
-                    self.store
+                    if let Err(e) = self
+                        .store
                         .record_job_end(
                             self.run,
                             row,
@@ -419,7 +480,10 @@ impl PurgeWorker {
                             Outcome::Unknown,
                             &[],
                         )
-                        .await?;
+                        .await
+                    {
+                        fatal.get_or_insert(e);
+                    }
                     p.limited += 1;
                     if p.limited > MAX_RATE_LIMITED_ROUNDS {
                         let why = "Zendesk kept answering 429 (rate limited) to this purge";
@@ -439,7 +503,8 @@ impl PurgeWorker {
                         p.lost + 2
                     );
                     tracing::warn!(error = %e, "purge answer lost; sending again as a new recorded attempt");
-                    self.store
+                    if let Err(e) = self
+                        .store
                         .record_job_end(
                             self.run,
                             row,
@@ -448,7 +513,10 @@ impl PurgeWorker {
                             Outcome::Unknown,
                             batch.ids(),
                         )
-                        .await?;
+                        .await
+                    {
+                        fatal.get_or_insert(e);
+                    }
                     p.lost += 1;
                     let wait = retry
                         .min_delay
@@ -466,20 +534,7 @@ impl PurgeWorker {
                 }
             }
         }
-        if let Some(read) = &bracket {
-            self.mark_in_doubt(read);
-        }
-        self.finish_answered().await?;
-        match fatal {
-            Some(e) => {
-                for p in again.pending.drain(..) {
-                    self.not_sent(&p.release.batch, "purging stopped after an error")
-                        .await;
-                }
-                Err(e)
-            }
-            None => Ok(again),
-        }
+        (again, fatal)
     }
 
     /// The ids of a release that the freshness read clears: a ticket found

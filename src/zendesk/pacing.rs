@@ -261,9 +261,11 @@ impl Pacer {
     /// Waits until `n` write requests may leave together, and takes their
     /// account tokens now: the requests then go out without any wait of
     /// their own (`EndpointClass::Prepaid`), right after the freshness read
-    /// that clears them. The tokens are taken before the read, so a request
-    /// leaves at most the read's duration after its token: a window of the
-    /// account quota may see that many more requests than N, never more.
+    /// that clears them. The tokens are taken before the read, so each
+    /// request leaves later than its token by at most the wait for the
+    /// listing gate plus the read's duration: a window of the account quota
+    /// may hold, besides its N, the requests whose tokens were taken within
+    /// that much time before it (at most `n`).
     pub async fn reserve_writes(&self, n: usize) {
         let started = Instant::now();
         self.wait_for_holds(EndpointClass::Other).await;
