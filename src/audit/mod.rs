@@ -331,6 +331,17 @@ impl AuditStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A write that failed on a full disk is rolled back by SQLite
+            // itself; sqlx's own ROLLBACK then fails and the connection
+            // keeps a transaction depth of one, so that every later
+            // transaction on it would fail ("begin_with at non-zero
+            // transaction depth") after the disk was freed. Such a
+            // connection is closed instead of going back to the pool.
+            .after_release(|conn, _| {
+                use sqlx::Connection as _;
+                let clean = !conn.is_in_transaction();
+                Box::pin(async move { Ok(clean) })
+            })
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;

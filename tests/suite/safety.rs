@@ -772,3 +772,75 @@ async fn a_malformed_expected_head_is_a_usage_error_and_case_does_not_matter() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A write that fails on a full disk leaves no connection stuck in a
+/// transaction: once space is freed, the store writes again (sqlx's
+/// ROLLBACK after SQLite's own fails, and the connection kept a
+/// transaction depth of one: "begin_with at non-zero transaction depth").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_writes_again_once_a_full_disk_is_freed() {
+    use zd_retention::audit::{AuditStore, DecisionKind, DecisionRecord, RunOrigin, Trigger};
+    let dir = tempfile::tempdir().unwrap();
+    let store = AuditStore::open(&dir.path().join("a.db")).await.unwrap();
+    let run = store
+        .start_run(
+            Trigger::Manual,
+            false,
+            &RunOrigin::from("test"),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let decisions = |from: u64| -> Vec<DecisionRecord> {
+        (from..from + 3000)
+            .map(|id| DecisionRecord {
+                ticket_id: id,
+                deleted_at: Some(chrono::Utc::now()),
+                actor_id: Some(1001),
+                actor_name: None,
+                previous_state: Some("closed".into()),
+                subject: None,
+                rule: None,
+                decision: DecisionKind::KeepNoRule,
+                decided_at: chrono::Utc::now(),
+                listed: true,
+                subject_tags: None,
+            })
+            .collect()
+    };
+    let limit_all = |pages: Option<i64>| {
+        let pool = store.pool().clone();
+        async move {
+            let mut conns = Vec::new();
+            for _ in 0..4 {
+                conns.push(pool.acquire().await.unwrap());
+            }
+            for c in &mut conns {
+                let n: i64 = sqlx::query_scalar("PRAGMA page_count")
+                    .fetch_one(&mut **c)
+                    .await
+                    .unwrap();
+                let pragma = format!("PRAGMA max_page_count = {}", pages.unwrap_or(n));
+                sqlx::query(sqlx::AssertSqlSafe(pragma))
+                    .execute(&mut **c)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    // the disk is full: no page more
+    limit_all(None).await;
+    let full = store
+        .record_decisions(run, &decisions(1))
+        .await
+        .unwrap_err();
+    assert!(format!("{full:#}").contains("full"), "{full:#}");
+    // space is freed
+    limit_all(Some(1_073_741_823)).await;
+    for i in 0..8 {
+        store
+            .record_decisions(run, &decisions(100_000 * (i + 1)))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after the disk was freed: {e:#}"));
+    }
+}
