@@ -30,6 +30,8 @@ pub(super) struct Pending {
     pub(super) lost: u32,
     /// 429s so far.
     pub(super) limited: u32,
+    /// Whether its next request's account token is taken already.
+    pub(super) reserved: bool,
 }
 
 impl Pending {
@@ -122,32 +124,37 @@ impl PurgeWorker {
     /// Sends a group of releases (as many as there are job slots): each
     /// looked up among active tickets, then rounds until each is sent or
     /// given up.
-    pub(super) async fn send_group(&mut self, releases: Vec<Release>) -> anyhow::Result<()> {
-        let mut pending = Vec::with_capacity(releases.len());
-        for release in releases {
-            // Restored since its listing: not soft-deleted now. Looked up
-            // before the round (a restore after the lookup is caught by the
-            // freshness read if the ticket is deleted again, and otherwise
-            // is not purged by Zendesk, whose job then reports a partial
-            // success).
-            let active: IdSet = if release.check_freshness {
-                match self.client.active_tickets(&release.batch).await {
-                    Ok(a) => a.into_iter().collect(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
-                        IdSet::default()
-                    }
+    /// A release made ready for a round, while earlier rounds' jobs run:
+    /// looked up among active tickets (restored since its listing: not
+    /// soft-deleted now; a restore after the lookup is caught by the
+    /// freshness read if the ticket is deleted again, and otherwise is not
+    /// purged by Zendesk, whose job then reports a partial success), and its
+    /// request's account token taken.
+    pub(super) async fn prepare(&mut self, release: Release) -> Pending {
+        let active: IdSet = if release.check_freshness {
+            match self.client.active_tickets(&release.batch).await {
+                Ok(a) => a.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
+                    IdSet::default()
                 }
-            } else {
-                IdSet::default()
-            };
-            pending.push(Pending {
-                release,
-                active,
-                lost: 0,
-                limited: 0,
-            });
+            }
+        } else {
+            IdSet::default()
+        };
+        self.client.reserve_writes(1).await;
+        Pending {
+            release,
+            active,
+            lost: 0,
+            limited: 0,
+            reserved: true,
         }
+    }
+
+    /// Sends a group of prepared releases (as many as there are free job
+    /// slots) in rounds until each is sent or given up.
+    pub(super) async fn send_group(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<()> {
         while !pending.is_empty() {
             let again = self.send_round(pending).await?;
             if !again.pending.is_empty() && !again.wait.is_zero() {
@@ -178,8 +185,13 @@ impl PurgeWorker {
     /// freshness read, the requests it cleared whole sent at once (those it
     /// narrowed recorded anew and sent right after), and the read after
     /// them.
-    async fn send_round(&mut self, pending: Vec<Pending>) -> anyhow::Result<Again> {
-        self.client.reserve_writes(pending.len()).await;
+    async fn send_round(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<Again> {
+        let unpaid = pending.iter().filter(|p| !p.reserved).count();
+        self.client.reserve_writes(unpaid).await;
+        for p in &mut pending {
+            // spent by this round, whatever becomes of its request
+            p.reserved = false;
+        }
         let gate = self.gate.clone();
         let turn = gate.turn.lock().await;
         // Write-ahead, before the read: so that only the sends follow it.

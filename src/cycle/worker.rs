@@ -2,6 +2,7 @@
 //! a lookup among active tickets and a freshness read under the listing
 //! gate, and follows the jobs with `show_many` to their end.
 
+use super::send::Pending;
 use super::*;
 
 /// Outcome tallies of the purge worker.
@@ -146,6 +147,9 @@ pub(super) struct PurgeWorker {
     pub(super) open: Vec<OpenJob>,
     pub(super) tally: Tally,
     pub(super) gate: ListingGate,
+    /// Releases prepared (looked up, token taken) while the job slots are
+    /// full: the next round goes as soon as slots free.
+    pub(super) ready: Vec<Pending>,
 }
 
 impl PurgeWorker {
@@ -166,6 +170,7 @@ impl PurgeWorker {
             open,
             tally,
             gate,
+            ready: Vec::new(),
         }
     }
 
@@ -175,6 +180,10 @@ impl PurgeWorker {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
             self.tally.fatal = Some(format!("{e:#}"));
             // Record what was never sent, so that nothing is left unexplained.
+            for p in std::mem::take(&mut self.ready) {
+                self.not_sent(&p.release.batch, "purging stopped after an error")
+                    .await;
+            }
             batches.close();
             while let Some(release) = batches.recv().await {
                 self.not_sent(&release.batch, "purging stopped after an error")
@@ -222,8 +231,9 @@ impl PurgeWorker {
         let mut deadline: Option<Instant> = None;
         let mut poll = tokio::time::interval(self.settings.job_poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let slots = self.settings.max_jobs_in_flight;
         loop {
-            if closed && self.open.is_empty() {
+            if closed && self.open.is_empty() && self.ready.is_empty() {
                 metrics::gauge!("zd_retention_jobs_in_flight").set(0.0);
                 return Ok(());
             }
@@ -240,29 +250,35 @@ impl PurgeWorker {
                 return Ok(());
             }
             metrics::gauge!("zd_retention_jobs_in_flight").set(self.open.len() as f64);
-            let can_send =
-                !closed && deadline.is_none() && self.open.len() < self.settings.max_jobs_in_flight;
+            let free = slots.saturating_sub(self.open.len());
+            let can_send = deadline.is_none() && free > 0 && !self.ready.is_empty();
+            let can_take = !closed && deadline.is_none() && self.ready.len() < slots;
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled(), if deadline.is_none() => {
                     tracing::info!(open_jobs = self.open.len(), "shutdown: no new batch is sent; following open jobs");
                     deadline = Some(Instant::now() + self.settings.shutdown_grace);
+                    for p in std::mem::take(&mut self.ready) {
+                        self.not_sent(&p.release.batch, "the daemon was stopping").await;
+                    }
                     batches.close();
                     while let Some(release) = batches.recv().await {
                         self.not_sent(&release.batch, "the daemon was stopping").await;
                     }
                     closed = true;
                 }
-                release = batches.recv(), if can_send => match release {
+                // as many as there are free job slots, cleared by one read
+                _ = std::future::ready(()), if can_send => {
+                    let group: Vec<Pending> = self.ready.drain(..free.min(self.ready.len())).collect();
+                    self.send_group(group).await?
+                }
+                release = batches.recv(), if can_take => match release {
                     Some(first) => {
-                        // as many as there are job slots, cleared by one read:
-                        // what the scan is handing over right now joins
-                        // (it queues a whole selection at once)
+                        // what the scan is handing over right now joins (it
+                        // queues a whole selection at once), up to a group
                         let mut group = vec![first];
                         let mut idle = 0;
-                        while self.open.len() + group.len() < self.settings.max_jobs_in_flight
-                            && idle < 3
-                        {
+                        while self.ready.len() + group.len() < slots && idle < 3 {
                             match batches.try_recv() {
                                 Ok(r) => {
                                     group.push(r);
@@ -275,7 +291,10 @@ impl PurgeWorker {
                                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                             }
                         }
-                        self.send_group(group).await?
+                        for release in group {
+                            let prepared = self.prepare(release).await;
+                            self.ready.push(prepared);
+                        }
                     }
                     None => closed = true,
                 },
