@@ -771,13 +771,14 @@ impl AuditStore {
     }
 
     /// Records purge requests before they are sent together, in one
-    /// transaction (one commit between the freshness read and the sends);
-    /// returns their rows in the batches' order.
+    /// transaction; returns their rows in the batches' order. `narrowed`:
+    /// they replace requests recorded (and withdrawn) for a superset of
+    /// their tickets, whose ledger rows say requested already.
     pub async fn record_requests(
         &self,
         run: RunId,
         batches: &[IdBatch],
-        now: DateTime<Utc>,
+        (now, narrowed): (DateTime<Utc>, bool),
     ) -> anyhow::Result<Vec<JobRowId>> {
         self.check_file()?;
         let at = timestamp(now);
@@ -799,7 +800,11 @@ impl AuditStore {
                 .last_insert_rowid();
             chain_append(&mut tx, Chained::Jobs, id, id).await?;
             chain_append(&mut tx, Chained::JobsState, id, id).await?;
-            ledger::apply_request(&mut tx, batch.ids(), &at).await?;
+            if !narrowed {
+                // (a narrowed request's tickets were marked by the request
+                // it replaces, in an earlier transaction)
+                ledger::apply_request(&mut tx, batch.ids(), &at).await?;
+            }
             rows.push(id);
         }
         self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)

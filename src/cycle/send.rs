@@ -198,7 +198,7 @@ impl PurgeWorker {
         let full: Vec<IdBatch> = pending.iter().map(|p| p.release.batch.clone()).collect();
         let intents = match self
             .store
-            .record_requests(self.run, &full, Utc::now())
+            .record_requests(self.run, &full, (Utc::now(), false))
             .await
         {
             Ok(rows) => rows,
@@ -403,7 +403,7 @@ impl PurgeWorker {
                 return Ok((Vec::new(), Vec::new()));
             }
             let rows = store
-                .record_requests(run, &narrowed_batches, Utc::now())
+                .record_requests(run, &narrowed_batches, (Utc::now(), true))
                 .await?;
             let answers = futures::future::join_all(
                 narrowed_batches.iter().map(|b| client.destroy_many_now(b)),

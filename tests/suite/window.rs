@@ -469,7 +469,7 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
     store.record_decisions(first, &decided).await.unwrap();
     let batch = IdBatch::new(tickets[..100].iter().map(|t| t.id).collect()).unwrap();
     let rows = store
-        .record_requests(first, std::slice::from_ref(&batch), Utc::now())
+        .record_requests(first, std::slice::from_ref(&batch), (Utc::now(), false))
         .await
         .unwrap();
     let (_, answer) = e.ctx.client.destroy_many_now(&batch).await;
