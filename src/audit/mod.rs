@@ -67,6 +67,9 @@ pub fn requests_recorded() -> u64 {
     REQUESTS_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Why a request recorded before its freshness read was withdrawn.
+pub const WITHDRAWN_NARROWED: &str = "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row";
+
 /// One decision, ready to store.
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
@@ -771,14 +774,15 @@ impl AuditStore {
     }
 
     /// Records purge requests before they are sent together, in one
-    /// transaction; returns their rows in the batches' order. `narrowed`:
-    /// they replace requests recorded (and withdrawn) for a superset of
-    /// their tickets, whose ledger rows say requested already.
+    /// transaction; returns their rows in the batches' order. `replacing`:
+    /// requests recorded before the read that did not clear them whole,
+    /// withdrawn in the same transaction (never sent); the new ones carry
+    /// what it cleared of them, whose ledger rows say requested already.
     pub async fn record_requests(
         &self,
         run: RunId,
         batches: &[IdBatch],
-        (now, narrowed): (DateTime<Utc>, bool),
+        (now, replacing): (DateTime<Utc>, &[JobRowId]),
     ) -> anyhow::Result<Vec<JobRowId>> {
         self.check_file()?;
         let at = timestamp(now);
@@ -786,6 +790,17 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = signing::chain_base(&mut tx).await?;
+        for row in replacing {
+            sqlx::query("UPDATE jobs SET status = ?, message = ?, finished_at = ? WHERE id = ?")
+                .bind(JobRowStatus::Withdrawn.as_str())
+                .bind(WITHDRAWN_NARROWED)
+                .bind(&at)
+                .bind(row)
+                .execute(&mut *tx)
+                .await?;
+            chain_append(&mut tx, Chained::JobsState, *row, *row).await?;
+        }
+        let narrowed = !replacing.is_empty();
         let mut rows = Vec::with_capacity(batches.len());
         for batch in batches {
             let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")

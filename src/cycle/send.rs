@@ -13,6 +13,9 @@
 use super::*;
 use crate::audit::IN_DOUBT_DETAIL;
 
+/// Why a request did not leave at shutdown.
+const STOPPING: &str = "the daemon was stopping";
+
 /// What a freshness read made of a round's requests: those it cleared
 /// whole (with their rows), those it narrowed, and the rows withdrawn.
 type Split = (
@@ -131,24 +134,33 @@ impl PurgeWorker {
     /// purged by Zendesk, whose job then reports a partial success), and its
     /// request's account token taken.
     pub(super) async fn prepare(&mut self, release: Release) -> Pending {
-        let active: IdSet = if release.check_freshness {
-            match self.client.active_tickets(&release.batch).await {
-                Ok(a) => a.into_iter().collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
+        let cancel = self.cancel.clone();
+        let client = self.client.clone();
+        // a stop ends the waits (the worker then records it not sent)
+        let (active, reserved) = tokio::select! {
+            prepared = async {
+                let active: IdSet = if release.check_freshness {
+                    match client.active_tickets(&release.batch).await {
+                        Ok(a) => a.into_iter().collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot look up restored tickets before purging; the freshness read still applies");
+                            IdSet::default()
+                        }
+                    }
+                } else {
                     IdSet::default()
-                }
-            }
-        } else {
-            IdSet::default()
+                };
+                client.reserve_writes(1).await;
+                (active, true)
+            } => prepared,
+            _ = cancel.cancelled() => (IdSet::default(), false),
         };
-        self.client.reserve_writes(1).await;
         Pending {
             release,
             active,
             lost: 0,
             limited: 0,
-            reserved: true,
+            reserved,
         }
     }
 
@@ -186,19 +198,14 @@ impl PurgeWorker {
     /// narrowed recorded anew and sent right after), and the read after
     /// them.
     async fn send_round(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<Again> {
-        let unpaid = pending.iter().filter(|p| !p.reserved).count();
-        self.client.reserve_writes(unpaid).await;
-        for p in &mut pending {
-            // spent by this round, whatever becomes of its request
-            p.reserved = false;
-        }
-        let gate = self.gate.clone();
-        let turn = gate.turn.lock().await;
+        let Some(turn) = self.take_turn(&mut pending).await else {
+            return Ok(Again::default());
+        };
         // Write-ahead, before the read: so that only the sends follow it.
         let full: Vec<IdBatch> = pending.iter().map(|p| p.release.batch.clone()).collect();
         let intents = match self
             .store
-            .record_requests(self.run, &full, (Utc::now(), false))
+            .record_requests(self.run, &full, (Utc::now(), &[]))
             .await
         {
             Ok(rows) => rows,
@@ -211,39 +218,10 @@ impl PurgeWorker {
                 return Err(e);
             }
         };
-        let since = pending
-            .iter()
-            .filter(|p| p.release.check_freshness)
-            .map(|p| p.release.listed_at)
-            .min()
-            .map(|at| {
-                at - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
-            });
-        let read = match since {
-            None => None,
-            Some(since) => match self.read_since(since).await {
-                Ok(read) => Some(read),
-                Err(why) => {
-                    drop(turn);
-                    let message =
-                        format!("the freshness read before purging failed ({why}): not sent");
-                    tracing::error!("{message}");
-                    self.tally.freshness_failed = Some(message);
-                    let withdrawn = self
-                        .withdraw(&intents, "the freshness read before purging failed")
-                        .await;
-                    for p in pending {
-                        self.not_sent(&p.release.batch, "the freshness read before purging failed")
-                            .await;
-                    }
-                    return withdrawn.map(|()| Again::default());
-                }
-            },
+        let read = match self.round_read(&pending, &intents).await {
+            Ok(read) => read,
+            Err(ended) => return ended,
         };
-        if let Some(r) = &read {
-            // evidence for the jobs of earlier rounds still open
-            self.mark_in_doubt(r);
-        }
         let now = Utc::now();
         let mut withheld = Withheld::default();
         let mut exact = Vec::new();
@@ -269,29 +247,152 @@ impl PurgeWorker {
                 .pause_round(wait, (exact, narrowed, withdrawn), withheld, now)
                 .await;
         }
-        let (sent, failed) = self.send_now(exact, narrowed).await;
+        if self.cancel.is_cancelled() {
+            // the daemon began stopping during the read: nothing leaves
+            drop(turn);
+            return self
+                .stop_round((exact, narrowed, withdrawn), withheld, now)
+                .await;
+        }
+        let (sent, failed) = self.send_now(exact, narrowed, &withdrawn).await;
         let windows = self.windows_of(&sent, read.as_ref());
         let jobs_made = sent.iter().any(|s| s.answer.is_ok());
         // each answer written as soon as it is in (the job ids first)
-        let (mut again, fatal) = self.answers_of(sent).await;
+        let (again, fatal) = self.answers_of(sent).await;
         // the read after the sends, while their jobs are queued
         let bracket = match &read {
             Some(r) if jobs_made => self.bracket_read(r).await,
             _ => None,
         };
         drop(turn);
+        let errors: Vec<anyhow::Error> = failed.into_iter().chain(fatal).collect();
+        self.after_round((read, bracket), windows, withheld, now, (again, errors))
+            .await
+    }
+
+    /// The round's tokens, then the listing gate; `None` when a stop came
+    /// first (its releases are then recorded not sent).
+    async fn take_turn(
+        &mut self,
+        pending: &mut Vec<Pending>,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let unpaid = pending.iter().filter(|p| !p.reserved).count();
+        let (client, gate, cancel) = (
+            self.client.clone(),
+            self.gate.turn.clone(),
+            self.cancel.clone(),
+        );
+        // the tokens and the gate may be long to come: a stop ends the wait
+        let turn = tokio::select! {
+            turn = async {
+                client.reserve_writes(unpaid).await;
+                gate.lock_owned().await
+            } => Some(turn),
+            _ = cancel.cancelled() => None,
+        };
+        match turn {
+            Some(turn) => {
+                for p in pending.iter_mut() {
+                    // spent by this round, whatever becomes of its request
+                    p.reserved = false;
+                }
+                Some(turn)
+            }
+            None => {
+                for p in pending.drain(..) {
+                    self.not_sent(&p.release.batch, STOPPING).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// The round's freshness read (none when no release was listed). `Err`
+    /// ends the round: the read failed or a stop came during it, the
+    /// requests recorded for it are withdrawn and its releases not sent.
+    async fn round_read(
+        &mut self,
+        pending: &[Pending],
+        intents: &[JobRowId],
+    ) -> Result<Option<Read>, anyhow::Result<Again>> {
+        let Some(since) = pending
+            .iter()
+            .filter(|p| p.release.check_freshness)
+            .map(|p| p.release.listed_at)
+            .min()
+            .map(|at| {
+                at - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
+            })
+        else {
+            return Ok(None);
+        };
+        let cancel = self.cancel.clone();
+        let why = match tokio::select! {
+            read = self.read_since(since) => read,
+            _ = cancel.cancelled() => Err(STOPPING.to_string()),
+        } {
+            Ok(read) => {
+                // evidence for the jobs of earlier rounds still open
+                self.mark_in_doubt(&read);
+                return Ok(Some(read));
+            }
+            Err(_) if cancel.is_cancelled() => STOPPING.to_string(),
+            Err(why) => {
+                let message = format!("the freshness read before purging failed ({why}): not sent");
+                tracing::error!("{message}");
+                self.tally.freshness_failed = Some(message);
+                "the freshness read before purging failed".to_string()
+            }
+        };
+        let withdrawn = self.withdraw(intents, &format!("{why}: not sent")).await;
+        for p in pending {
+            self.not_sent(&p.release.batch, &why).await;
+        }
+        Err(withdrawn.map(|()| Again::default()))
+    }
+
+    /// A stop came during the round's read: nothing leaves.
+    async fn stop_round(
+        &mut self,
+        (exact, narrowed, mut withdrawn): Split,
+        withheld: Withheld,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Again> {
+        withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
+        let recorded = self
+            .withdraw(&withdrawn, "the daemon was stopping: not sent")
+            .await
+            .and(self.record_withheld(withheld, now).await);
+        for batch in exact
+            .iter()
+            .map(|(_, b, _)| b)
+            .chain(narrowed.iter().map(|(_, b)| b))
+        {
+            self.not_sent(batch, STOPPING).await;
+        }
+        recorded.map(|()| Again::default())
+    }
+
+    /// What follows a round's sends: the in-doubt marks of the read after
+    /// them, the windows, what the read held back, the jobs already ended;
+    /// every error kept, the first returned (the batches due again are then
+    /// recorded not sent).
+    async fn after_round(
+        &mut self,
+        (read, bracket): (Option<Read>, Option<Read>),
+        windows: Vec<(JobRowId, Option<Duration>)>,
+        withheld: Withheld,
+        now: DateTime<Utc>,
+        (mut again, mut errors): (Again, Vec<anyhow::Error>),
+    ) -> anyhow::Result<Again> {
         if let Some(b) = &bracket {
             self.mark_in_doubt(b);
         }
-        let mut errors: Vec<anyhow::Error> = failed.into_iter().chain(fatal).collect();
         if let Some(r) = &read {
             let at = (r.answered_utc, bracket.as_ref().map(|b| b.answered_utc));
             if let Err(e) = self.store.record_send_windows(self.run, at, &windows).await {
                 errors.push(e);
             }
-        }
-        if let Err(e) = self.withdraw(&withdrawn, "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row").await {
-            errors.push(e);
         }
         if let Err(e) = self.record_withheld(withheld, now).await {
             errors.push(e);
@@ -384,13 +485,15 @@ impl PurgeWorker {
         Ok(())
     }
 
-    /// Sends the requests the read cleared whole at once, then records and
-    /// sends those it narrowed. An error is that of recording them (they
-    /// were then not sent).
+    /// Sends the requests the read cleared whole at once, then withdraws
+    /// the others and records and sends what it cleared of them, in one
+    /// commit. An error is that of recording them (they were then not
+    /// sent).
     async fn send_now(
         &mut self,
         exact: Vec<(Pending, IdBatch, JobRowId)>,
         narrowed: Vec<(Pending, IdBatch)>,
+        withdrawn: &[JobRowId],
     ) -> (Vec<Sent>, Option<anyhow::Error>) {
         let client = self.client.clone();
         let store = self.store.clone();
@@ -399,11 +502,13 @@ impl PurgeWorker {
             futures::future::join_all(exact.iter().map(|(_, b, _)| client.destroy_many_now(b)));
         let narrowed_batches: Vec<IdBatch> = narrowed.iter().map(|(_, b)| b.clone()).collect();
         let second = async {
-            if narrowed_batches.is_empty() {
+            if narrowed_batches.is_empty() && withdrawn.is_empty() {
                 return Ok((Vec::new(), Vec::new()));
             }
+            // the requests the read did not clear whole are withdrawn in the
+            // commit that records what it cleared of them
             let rows = store
-                .record_requests(run, &narrowed_batches, (Utc::now(), true))
+                .record_requests(run, &narrowed_batches, (Utc::now(), withdrawn))
                 .await?;
             let answers = futures::future::join_all(
                 narrowed_batches.iter().map(|b| client.destroy_many_now(b)),

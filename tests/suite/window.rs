@@ -469,7 +469,7 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
     store.record_decisions(first, &decided).await.unwrap();
     let batch = IdBatch::new(tickets[..100].iter().map(|t| t.id).collect()).unwrap();
     let rows = store
-        .record_requests(first, std::slice::from_ref(&batch), (Utc::now(), false))
+        .record_requests(first, std::slice::from_ref(&batch), (Utc::now(), &[]))
         .await
         .unwrap();
     let (_, answer) = e.ctx.client.destroy_many_now(&batch).await;
@@ -515,4 +515,55 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
     assert_eq!(one.windows.requests, 1);
     assert_eq!(two.windows.requests, 1);
     assert_eq!(two.windows.measured, 1);
+}
+
+/// A stop that comes while a round's freshness read is under way: nothing
+/// leaves (before, the round went on and sent seconds after the signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_freshness_read_sends_nothing() {
+    use zd_retention::sandbox::Faults;
+    let tickets = old_closed(60);
+    let options = SandboxOptions {
+        // every listing answers late: a stop lands inside the read
+        faults: Faults {
+            slow: 1.0,
+            slow_delay: Duration::from_millis(400),
+            endpoints: vec!["list".into()],
+            ..Faults::default()
+        },
+        ..fast_sandbox_options(0)
+    };
+    let sb = std::sync::Arc::new(sandbox_with(tickets, options).await);
+    let e = engine(&sb, example_policy(), test_settings()).await;
+    let cancel = e.ctx.cancel.clone();
+    // the scan lists its one page; after the lookup among active tickets,
+    // the next listing request is the freshness read before the round
+    let watch = {
+        let sb = sb.clone();
+        tokio::spawn(async move {
+            while sb.count("tickets_show_many") < 1 || sb.count("list") < 2 {
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            cancel.cancel();
+        })
+    };
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    watch.await.unwrap();
+    assert_eq!(report.status, RunStatus::Interrupted, "{:?}", report.error);
+    let log: Vec<String> = sb.requests().iter().map(|r| r.endpoint.clone()).collect();
+    assert_eq!(
+        sb.count("destroy_many"),
+        0,
+        "a purge left after the stop: {log:?}"
+    );
+    let outcomes = last_outcomes(e.ctx.store.pool()).await;
+    assert_eq!(outcomes.len(), 60);
+    assert!(outcomes.values().all(|o| o == "not_sent"), "{outcomes:?}");
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM jobs")
+        .fetch_all(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|s| s == "withdrawn"), "{statuses:?}");
 }
