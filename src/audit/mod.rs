@@ -67,6 +67,18 @@ pub fn requests_recorded() -> u64 {
     REQUESTS_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Ticket ids as a JSON array, for `json_each`.
+fn ids_json(tickets: &[TicketId]) -> String {
+    format!(
+        "[{}]",
+        tickets
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
 /// Why a request recorded before its freshness read was withdrawn.
 pub const WITHDRAWN_NARROWED: &str = "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row";
 
@@ -1052,14 +1064,7 @@ impl AuditStore {
         job: JobRowId,
         tickets: &[TicketId],
     ) -> anyhow::Result<Vec<(String, i64)>> {
-        let ids = format!(
-            "[{}]",
-            tickets
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let ids = ids_json(tickets);
         // Each ticket's latest decision up to the job's run: a ticket
         // decided from the ledger has no decision row in the run that sent
         // it (decisions are written on change). The ids outer, each looked
@@ -1105,14 +1110,7 @@ impl AuditStore {
         tickets: &[TicketId],
     ) -> anyhow::Result<HashMap<TicketId, (Option<DateTime<Utc>>, Option<u64>, Option<String>)>>
     {
-        let ids = format!(
-            "[{}]",
-            tickets
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        let ids = ids_json(tickets);
         let rows = sqlx::query(
             "SELECT d.ticket_id, d.deleted_at, d.actor_id, d.previous_state
              FROM json_each(?1) AS t CROSS JOIN decisions AS d

@@ -354,23 +354,39 @@ impl PurgeWorker {
     /// A stop came during the round's read: nothing leaves.
     async fn stop_round(
         &mut self,
-        (exact, narrowed, mut withdrawn): Split,
+        split: Split,
         withheld: Withheld,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Again> {
-        withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
-        let recorded = self
-            .withdraw(&withdrawn, "the daemon was stopping: not sent")
-            .await
-            .and(self.record_withheld(withheld, now).await);
-        for batch in exact
-            .iter()
-            .map(|(_, b, _)| b)
-            .chain(narrowed.iter().map(|(_, b)| b))
-        {
-            self.not_sent(batch, STOPPING).await;
+        let (recorded, batches) = self
+            .withdraw_round(split, withheld, now, "the daemon was stopping: not sent")
+            .await;
+        for (_, batch) in batches {
+            self.not_sent(&batch, STOPPING).await;
         }
         recorded.map(|()| Again::default())
+    }
+
+    /// Withdraws every request of a round that sends nothing and records
+    /// what its read held back; gives back the batches it cleared.
+    async fn withdraw_round(
+        &mut self,
+        (exact, narrowed, mut withdrawn): Split,
+        withheld: Withheld,
+        now: DateTime<Utc>,
+        why: &str,
+    ) -> (anyhow::Result<()>, Vec<(Pending, IdBatch)>) {
+        withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
+        let recorded = self
+            .withdraw(&withdrawn, why)
+            .await
+            .and(self.record_withheld(withheld, now).await);
+        let batches = exact
+            .into_iter()
+            .map(|(p, b, _)| (p, b))
+            .chain(narrowed)
+            .collect();
+        (recorded, batches)
     }
 
     /// What follows a round's sends: the in-doubt marks of the read after
@@ -446,17 +462,14 @@ impl PurgeWorker {
     async fn pause_round(
         &mut self,
         wait: Duration,
-        (exact, narrowed, mut withdrawn): Split,
+        split: Split,
         withheld: Withheld,
         now: DateTime<Utc>,
     ) -> anyhow::Result<Again> {
-        withdrawn.extend(exact.iter().map(|(_, _, row)| *row));
-        let recorded = self
-            .withdraw(&withdrawn, "Zendesk asked for a pause: sent again after it, under a new row and a new freshness read")
-            .await
-            .and(self.record_withheld(withheld, now).await);
+        let why = "Zendesk asked for a pause: sent again after it, under a new row and a new freshness read";
+        let (recorded, batches) = self.withdraw_round(split, withheld, now, why).await;
         let mut again = Again::default();
-        for (mut p, batch) in exact.into_iter().map(|(p, b, _)| (p, b)).chain(narrowed) {
+        for (mut p, batch) in batches {
             p.limited += 1;
             if recorded.is_err() || p.limited > MAX_RATE_LIMITED_ROUNDS {
                 self.not_sent(&batch, "Zendesk kept asking for a pause before this purge")

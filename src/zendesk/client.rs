@@ -490,19 +490,23 @@ impl ZendeskClient {
     /// Permanently deletes up to 100 soft-deleted tickets; answers with the
     /// queued job. A retry after a 429 re-sends the very same ids.
     pub async fn destroy_many(&self, batch: &IdBatch) -> Result<JobStatus, ZendeskError> {
+        let call = self.destroy_many_call(batch, EndpointClass::Other);
+        self.json::<JobStatusEnvelope>(call)
+            .await
+            .map(|e| e.job_status)
+    }
+
+    fn destroy_many_call(&self, batch: &IdBatch, class: EndpointClass) -> Call {
         let mut url = self.url("/api/v2/deleted_tickets/destroy_many.json");
         url.query_pairs_mut().append_pair("ids", &batch.to_query());
-        let call = Call {
+        Call {
             method: Method::DELETE,
             url,
             endpoint: "destroy_many",
             description: format!("DELETE deleted_tickets/destroy_many ({batch})"),
-            class: EndpointClass::Other,
+            class,
             sent_at: Default::default(),
-        };
-        self.json::<JobStatusEnvelope>(call)
-            .await
-            .map(|e| e.job_status)
+        }
     }
 
     /// Waits until `n` purge requests may leave together, taking their
@@ -527,16 +531,7 @@ impl ZendeskClient {
         Option<tokio::time::Instant>,
         Result<JobStatus, ZendeskError>,
     ) {
-        let mut url = self.url("/api/v2/deleted_tickets/destroy_many.json");
-        url.query_pairs_mut().append_pair("ids", &batch.to_query());
-        let call = Call {
-            method: Method::DELETE,
-            url,
-            endpoint: "destroy_many",
-            description: format!("DELETE deleted_tickets/destroy_many ({batch})"),
-            class: EndpointClass::Prepaid,
-            sent_at: Default::default(),
-        };
+        let call = self.destroy_many_call(batch, EndpointClass::Prepaid);
         let answer = self.send(&call).await.and_then(|body| {
             serde_json::from_slice::<JobStatusEnvelope>(&body)
                 .map(|e| e.job_status)

@@ -248,14 +248,7 @@ impl Pacer {
             EndpointClass::Other | EndpointClass::Prepaid => {}
         }
         until_ready(&self.account, &self.clock).await;
-        let waited = started.elapsed();
-        if waited > Duration::from_millis(1) {
-            metrics::counter!("zd_retention_rate_limit_wait_milliseconds_total")
-                .increment(waited.as_millis() as u64);
-            self.stats
-                .pacing_wait_micros
-                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        }
+        self.note_wait(started);
     }
 
     /// Waits until `n` write requests may leave together, and takes their
@@ -272,6 +265,11 @@ impl Pacer {
         for _ in 0..n {
             until_ready(&self.account, &self.clock).await;
         }
+        self.note_wait(started);
+    }
+
+    /// Counts the time since `started` as spent waiting on rate limits.
+    fn note_wait(&self, started: Instant) {
         let waited = started.elapsed();
         if waited > Duration::from_millis(1) {
             metrics::counter!("zd_retention_rate_limit_wait_milliseconds_total")
