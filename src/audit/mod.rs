@@ -67,6 +67,27 @@ pub fn requests_recorded() -> u64 {
     REQUESTS_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Sets a job's end (status, message when given, finish time) and chains
+/// its new state, inside the caller's transaction.
+async fn end_job(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    job: JobRowId,
+    status: JobRowStatus,
+    message: Option<&str>,
+    at: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?",
+    )
+    .bind(status.as_str())
+    .bind(message)
+    .bind(at)
+    .bind(job)
+    .execute(&mut **tx)
+    .await?;
+    chain_append(tx, Chained::JobsState, job, job).await
+}
+
 /// Ticket ids as a JSON array, for `json_each`.
 fn ids_json(tickets: &[TicketId]) -> String {
     format!(
@@ -803,14 +824,14 @@ impl AuditStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = signing::chain_base(&mut tx).await?;
         for row in replacing {
-            sqlx::query("UPDATE jobs SET status = ?, message = ?, finished_at = ? WHERE id = ?")
-                .bind(JobRowStatus::Withdrawn.as_str())
-                .bind(WITHDRAWN_NARROWED)
-                .bind(&at)
-                .bind(row)
-                .execute(&mut *tx)
-                .await?;
-            chain_append(&mut tx, Chained::JobsState, *row, *row).await?;
+            end_job(
+                &mut tx,
+                *row,
+                JobRowStatus::Withdrawn,
+                Some(WITHDRAWN_NARROWED),
+                &at,
+            )
+            .await?;
         }
         let narrowed = !replacing.is_empty();
         let mut rows = Vec::with_capacity(batches.len());
@@ -926,14 +947,7 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = signing::chain_base(&mut tx).await?;
-        sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(message)
-            .bind(&at)
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
-        chain_append(&mut tx, Chained::JobsState, job, job).await?;
+        end_job(&mut tx, job, status, message, &at).await?;
         insert_outcomes(&mut tx, run, Some(job), tickets, outcome, message, &at).await?;
         self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
             .await?;
@@ -958,14 +972,7 @@ impl AuditStore {
         let at = timestamp(Utc::now());
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = signing::chain_base(&mut tx).await?;
-        sqlx::query("UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?")
-            .bind(JobRowStatus::Completed.as_str())
-            .bind(message)
-            .bind(&at)
-            .bind(job)
-            .execute(&mut *tx)
-            .await?;
-        chain_append(&mut tx, Chained::JobsState, job, job).await?;
+        end_job(&mut tx, job, JobRowStatus::Completed, message, &at).await?;
         insert_outcomes(
             &mut tx,
             run,
