@@ -715,34 +715,29 @@ impl PurgeWorker {
                 tickets = w.restored.len(),
                 "restored since their listing: not purged"
             );
-            self.store
-                .record_outcomes(
-                    self.run,
-                    None,
-                    &w.restored,
-                    Outcome::NotSent,
-                    Some("restored since its listing (found among active tickets just before purging): not purged"),
-                    now,
-                )
+            self.held_back(&w.restored, "restored since its listing (found among active tickets just before purging): not purged", now)
                 .await?;
-            self.tally.changed += w.restored.len() as u64;
-            self.tally.not_sent += w.restored.len() as u64;
         }
         if !w.changed.is_empty() {
             self.store.record_decisions(self.run, &w.records).await?;
-            self.store
-                .record_outcomes(
-                    self.run,
-                    None,
-                    &w.changed,
-                    Outcome::NotSent,
-                    Some("deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run"),
-                    now,
-                )
+            self.held_back(&w.changed, "deleted again since its listing (the freshness read just before purging showed it with other deletion data): decided on its new deletion, not purged in this run", now)
                 .await?;
-            self.tally.changed += w.changed.len() as u64;
-            self.tally.not_sent += w.changed.len() as u64;
         }
+        Ok(())
+    }
+
+    /// Tickets a freshness read kept out: `not_sent`, and counted changed.
+    async fn held_back(
+        &mut self,
+        tickets: &[TicketId],
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        self.store
+            .record_outcomes(self.run, None, tickets, Outcome::NotSent, Some(why), now)
+            .await?;
+        self.tally.changed += tickets.len() as u64;
+        self.tally.not_sent += tickets.len() as u64;
         Ok(())
     }
 
