@@ -84,6 +84,8 @@ struct RawSchedule {
     timezone: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     reconcile: Option<Spanned<String>>,
+    check_share: Option<Spanned<f64>>,
+    latency_bound: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +168,25 @@ pub struct Schedule {
     /// How often a run walks the whole view (a reconcile) instead of only
     /// the newest deletions; `0s` makes every run a reconcile.
     pub reconcile: Duration,
+    /// The share of the listing quota (over one schedule interval) that a
+    /// whole-view check may take in a run; the check spans as many runs as
+    /// it needs, and refreshes go on purging meanwhile.
+    pub check_share: f64,
+    /// What the purge-latency alert holds the 95th percentile to (`None`:
+    /// twice the schedule's interval: one interval plus a refresh).
+    pub latency_bound: Option<Duration>,
+}
+
+impl Schedule {
+    /// The time between the schedule's next two runs after `now` (`None`
+    /// when the cron has no two more).
+    pub fn interval(&self, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+        let cron = cron_parser().parse(&self.cron).ok()?;
+        let now = now.with_timezone(&self.timezone);
+        let first = cron.find_next_occurrence(&now, false).ok()?;
+        let second = cron.find_next_occurrence(&first, false).ok()?;
+        (second - first).to_std().ok()
+    }
 }
 
 /// `[audit]`, validated.
@@ -521,6 +542,7 @@ impl Config {
                 "cron": self.schedule.cron,
                 "timezone": self.schedule.timezone.name(),
                 "reconcile": crate::human::duration(self.schedule.reconcile),
+                "check_share": self.schedule.check_share,
             },
             "audit": {
                 "record_subjects": self.audit.record_subjects,
@@ -982,11 +1004,26 @@ impl Checker<'_> {
                 "must be at most 7d: a deletion the newest-first reads missed waits for the next whole walk, and Zendesk scrubs deleted tickets after about 30 days".to_string(),
             );
         }
+        let check_share = match &s.check_share {
+            None => 0.5,
+            Some(v) if *v.get_ref() > 0.0 && *v.get_ref() <= 1.0 => *v.get_ref(),
+            Some(v) => {
+                self.at(
+                    "schedule.check_share",
+                    v,
+                    format!("{} is out of range: write a share of the listing quota above 0 and at most 1, e.g. 0.5 (half)", v.get_ref()),
+                );
+                0.5
+            }
+        };
+        let latency_bound = self.duration("schedule.latency_bound", &s.latency_bound);
         Schedule {
             cron,
             timezone,
             shutdown_grace,
             reconcile,
+            check_share,
+            latency_bound,
         }
     }
 
@@ -1327,7 +1364,7 @@ token_env = "ZENDESK_API_TOKEN"
         fn config_durations_never_panic_and_stay_within_a_century(
             n in "[0-9]{1,25}",
             unit in "(ns|ms|s|m|h|d|w|M|y)",
-            key in 0usize..9,
+            key in 0usize..10,
         ) {
             let value = format!("{n}{unit}");
             let (table, line) = [
@@ -1337,6 +1374,7 @@ token_env = "ZENDESK_API_TOKEN"
                 ("zendesk", "clock_skew"),
                 ("schedule", "shutdown_grace"),
                 ("schedule", "reconcile"),
+                ("schedule", "latency_bound"),
                 ("audit", "keep_details"),
                 ("safety", "min_age"),
                 ("rules", "older_than"),
@@ -1354,6 +1392,7 @@ token_env = "ZENDESK_API_TOKEN"
                 proptest::prop_assert!(c.zendesk.job_poll_interval <= longest);
                 proptest::prop_assert!(c.zendesk.job_timeout <= longest);
                 proptest::prop_assert!(c.schedule.shutdown_grace <= longest);
+                proptest::prop_assert!(c.schedule.latency_bound.is_none_or(|d| d <= longest));
                 proptest::prop_assert!(c.audit.keep_details.is_none_or(|d| d <= longest));
                 proptest::prop_assert!(c.policy.min_age <= longest);
                 proptest::prop_assert!(c.policy.rules.iter().all(|r| r.older_than.is_none_or(|d| d <= longest)));

@@ -260,7 +260,7 @@ pub async fn deleted_since(
         },
         ..ListOptions::default()
     };
-    let mut pages = client.list_deleted(options);
+    let mut pages = client.list_deleted(options.clone());
     let mut out: Vec<DeletedTicket> = Vec::new();
     let mut last: Option<DateTime<Utc>> = None;
     let mut walked_pages = 0;
@@ -316,7 +316,7 @@ pub async fn deleted_since(
         if stable {
             break;
         }
-        let mut pages = client.list_deleted(options);
+        let mut pages = client.list_deleted(options.clone());
         let mut first_page_only = true;
         'pages: while let Some(page) = pages.next().await {
             let page = page.map_err(|e| e.to_string())?;
@@ -373,6 +373,7 @@ mod tests {
                 .collect(),
             number,
             has_more: true,
+            next: None,
         }
     }
 

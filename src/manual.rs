@@ -400,7 +400,8 @@ async fn forced_selection(
     settings: &CycleSettings,
     now: DateTime<Utc>,
 ) -> anyhow::Result<ManualSelection> {
-    let known = ctx.store.ledger_live().await?;
+    let wanted_ids: Vec<TicketId> = wanted.iter().copied().collect();
+    let known = ctx.store.ledger_rows(&wanted_ids).await?;
     let mut chosen = ManualSelection::default();
     for id in wanted {
         let entry = known.get(id);
@@ -591,6 +592,7 @@ pub async fn purge(
                 .map(|id| listed.get(id).cloned())
                 .collect(),
             listed_at: now,
+            purgeable: vec![None; batch.len()],
             check_freshness: !force,
             batch,
         })
@@ -701,36 +703,71 @@ pub fn ledger_diff(
     safety: &crate::config::Safety,
     now: chrono::DateTime<chrono::Utc>,
 ) -> LedgerDiff {
-    type Key = (String, Option<String>, String, Option<String>);
-    let dry_run = safety.dry_run;
-    let mut groups: BTreeMap<Key, Vec<TicketId>> = BTreeMap::new();
-    let mut diff = LedgerDiff {
-        live: entries.len() as u64,
-        unchanged: 0,
-        changes: Vec::new(),
-        undecidable: 0,
-        awaiting_settlement: 0,
-        next_run: NextRunPurges {
-            sent: !dry_run,
-            max_purges_per_run: safety.max_purges_per_run,
-            purge_while_scanning: safety.purge_while_scanning,
-            ..NextRunPurges::default()
-        },
-    };
+    let mut differ = LedgerDiffer::new(policy, record_subjects, safety, now);
     for entry in entries.values() {
+        differ.add(entry);
+    }
+    differ.finish()
+}
+
+/// `ledger_diff` one row at a time: the ledger is read in chunks, never
+/// held whole.
+pub struct LedgerDiffer<'a> {
+    policy: &'a Policy,
+    record_subjects: bool,
+    safety: &'a crate::config::Safety,
+    now: chrono::DateTime<chrono::Utc>,
+    groups: BTreeMap<(String, Option<String>, String, Option<String>), Vec<TicketId>>,
+    diff: LedgerDiff,
+}
+
+impl<'a> LedgerDiffer<'a> {
+    pub fn new(
+        policy: &'a Policy,
+        record_subjects: bool,
+        safety: &'a crate::config::Safety,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        Self {
+            policy,
+            record_subjects,
+            safety,
+            now,
+            groups: BTreeMap::new(),
+            diff: LedgerDiff {
+                live: 0,
+                unchanged: 0,
+                changes: Vec::new(),
+                undecidable: 0,
+                awaiting_settlement: 0,
+                next_run: NextRunPurges {
+                    sent: !safety.dry_run,
+                    max_purges_per_run: safety.max_purges_per_run,
+                    purge_while_scanning: safety.purge_while_scanning,
+                    ..NextRunPurges::default()
+                },
+            },
+        }
+    }
+
+    /// Decides one live row and compares.
+    pub fn add(&mut self, entry: &crate::audit::LedgerEntry) {
+        let diff = &mut self.diff;
+        diff.live += 1;
         if entry.state.awaits_settling() {
             diff.awaiting_settlement += 1;
-            continue;
+            return;
         }
         let ticket = entry.as_ticket();
-        let decision = if record_subjects || entry.subject.is_some() {
-            Some(policy.decide(&ticket, now))
+        let decision = if self.record_subjects || entry.subject.is_some() {
+            Some(self.policy.decide(&ticket, self.now))
         } else {
-            policy.decide_tagged(&ticket, now, entry.subject_tags.as_deref())
+            self.policy
+                .decide_tagged(&ticket, self.now, entry.subject_tags.as_deref())
         };
         let Some(decision) = decision else {
             diff.undecidable += 1;
-            continue;
+            return;
         };
         if let Decision::Purge { rule } = &decision {
             let next = &mut diff.next_run;
@@ -739,36 +776,46 @@ pub fn ledger_diff(
             *next.by_rule.entry(rule.clone()).or_default() += 1;
             next.ticket_ids.push(entry.ticket_id);
         }
-        let kind = crate::audit::DecisionKind::of(&decision, dry_run).as_str();
+        let kind = crate::audit::DecisionKind::of(&decision, self.safety.dry_run).as_str();
         let from = entry.decision.clone().unwrap_or_else(|| "none".into());
         let rule = decision.rule().map(str::to_string);
         if from == kind && entry.rule == rule {
             diff.unchanged += 1;
-            continue;
+            return;
         }
-        groups
+        self.groups
             .entry((from, entry.rule.clone(), kind.to_string(), rule))
             .or_default()
             .push(entry.ticket_id);
     }
-    diff.changes = groups
-        .into_iter()
-        .map(
-            |((from_decision, from_rule, to_decision, to_rule), mut ids)| {
-                ids.sort_unstable();
-                DecisionChange {
-                    from_decision,
-                    from_rule,
-                    to_decision,
-                    to_rule,
-                    tickets: ids.len() as u64,
-                    ticket_ids: ids,
-                }
-            },
-        )
-        .collect();
-    diff.changes.sort_by_key(|c| std::cmp::Reverse(c.tickets));
-    diff.next_run.ticket_ids.sort_unstable();
-    diff.next_run.over_the_limit = diff.next_run.tickets > safety.max_purges_per_run;
-    diff
+
+    /// The comparison, its changes largest first.
+    pub fn finish(self) -> LedgerDiff {
+        let Self {
+            groups,
+            mut diff,
+            safety,
+            ..
+        } = self;
+        diff.changes = groups
+            .into_iter()
+            .map(
+                |((from_decision, from_rule, to_decision, to_rule), mut ids)| {
+                    ids.sort_unstable();
+                    DecisionChange {
+                        from_decision,
+                        from_rule,
+                        to_decision,
+                        to_rule,
+                        tickets: ids.len() as u64,
+                        ticket_ids: ids,
+                    }
+                },
+            )
+            .collect();
+        diff.changes.sort_by_key(|c| std::cmp::Reverse(c.tickets));
+        diff.next_run.ticket_ids.sort_unstable();
+        diff.next_run.over_the_limit = diff.next_run.tickets > safety.max_purges_per_run;
+        diff
+    }
 }

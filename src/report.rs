@@ -189,6 +189,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         );
     }
     window_line(&mut out, report);
+    scale_lines(&mut out, report);
     let settled = report.not_effective
         + report.left_view
         + report.confirmed_gone
@@ -530,6 +531,36 @@ fn window_line(out: &mut String, report: &CycleReport) {
             } else {
                 String::new()
             }
+        );
+    }
+}
+
+/// The run summary's lines on purge latency and the whole-view check.
+fn scale_lines(out: &mut String, report: &CycleReport) {
+    if let Some(l) = &report.latency
+        && l.tickets > 0
+    {
+        let s = |v: Option<f64>| v.map_or("-".to_string(), |v| crate::human::duration(Duration::from_secs_f64(v.max(0.0))).to_string());
+        let _ = writeln!(
+            out,
+            "  latency    p50 {}, p95 {}, max {} from becoming purgeable (deletion plus the rule's age) to the purge request, {} tickets",
+            s(l.p50_seconds),
+            s(l.p95_seconds),
+            s(l.max_seconds),
+            l.tickets
+        );
+    }
+    if let Some(c) = &report.check {
+        let _ = writeln!(
+            out,
+            "  check      whole-view check {}: {} pages this run (its share: {}), {} in all over {} runs; {}{}",
+            c.check,
+            c.pages,
+            c.budget_pages,
+            c.total_pages,
+            c.runs,
+            if c.finished { "finished, absences settled" } else { "goes on next run" },
+            if c.stopped.is_empty() { String::new() } else { format!(" (stopped at {})", c.stopped) }
         );
     }
 }

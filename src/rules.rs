@@ -536,6 +536,45 @@ impl Policy {
         horizon.map(|h| h.max(self.min_age))
     }
 
+    /// Every age at which a decision can change as a ticket grows older:
+    /// each rule's `older_than` and `younger_than`, and `min_age`. Between
+    /// two of them, a ticket's decision stays what it was.
+    pub fn age_thresholds(&self) -> Vec<Duration> {
+        let mut out: Vec<Duration> = self
+            .rules
+            .iter()
+            .flat_map(|r| [r.older_than, r.younger_than])
+            .flatten()
+            .chain([self.min_age])
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A fingerprint of everything a decision reads besides the ticket and
+    /// the time: the rules in order, `min_age`, the protected ids.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let text = format!("{:?}|{:?}|{:?}", self.rules, self.min_age, self.protect_ids);
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+
+    /// When `ticket` became purgeable by `rule`: its deletion plus the
+    /// rule's age (`older_than`) or `min_age`, whichever is later. `None`
+    /// when its deletion time is unknown.
+    pub fn purgeable_at(&self, rule: &str, ticket: &DeletedTicket) -> Option<DateTime<Utc>> {
+        let deleted = ticket.deleted_at?;
+        let age = self
+            .rules
+            .iter()
+            .find(|r| r.name == rule)
+            .and_then(|r| r.older_than)
+            .unwrap_or_default()
+            .max(self.min_age);
+        deleted.checked_add_signed(chrono::Duration::from_std(age).ok()?)
+    }
+
     /// Whether a rule reads the subject (which the ledger keeps only when
     /// subjects are recorded).
     pub fn uses_subjects(&self) -> bool {

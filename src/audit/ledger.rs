@@ -106,6 +106,9 @@ const LIVE_SQL: &str = "('kept', 'selected', 'purge_requested', 'purged', 'unkno
 const CURRENT_ROW: &str =
     "AND l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)";
 
+/// Ledger rows read at a time where a run walks many of them.
+pub const LEDGER_CHUNK: usize = 2000;
+
 /// A ticket with decisions and no ledger row that a prune removed, or a
 /// current row whose state its latest outcome does not bear out.
 pub(super) fn unbacked_rows_sql() -> &'static str {
@@ -213,55 +216,185 @@ pub struct ListingMarks {
 }
 
 impl AuditStore {
-    /// Every live ledger row, the newest deletion per ticket. Each row must
-    /// say what its latest decision row (chained) says: a ledger changed
-    /// outside zd-retention is refused, never purged from.
-    pub async fn ledger_live(&self) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
-        let sql = format!(
-            "SELECT l.ticket_id, l.deleted_at, l.actor_id, l.actor_name, l.previous_state, l.subject, l.subject_tags,
-                    l.decision, l.rule, l.config_hash, l.state, l.last_seen, l.requested_at,
-                    (d.id IS NOT NULL
-                     AND COALESCE(d.deleted_at, '') = l.deleted_at
-                     AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
-                     AND d.previous_state IS l.previous_state AND d.subject IS l.subject
-                     AND d.subject_tags IS l.subject_tags
-                     AND d.decision IS l.decision AND d.rule IS l.rule) AS agrees
-             FROM ledger l
-             LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-             WHERE l.state IN {LIVE_SQL} {CURRENT_ROW} ORDER BY l.ticket_id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    /// Every live ledger row, the newest deletion per ticket, read in
+    /// chunks of `LEDGER_CHUNK` (for `plan --ledger`: memory follows the
+    /// chunk, not the ledger). `each` sees every chunk in ticket order.
+    pub async fn ledger_live_chunks(
+        &self,
+        mut each: impl FnMut(Vec<LedgerEntry>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut after: i64 = -1;
+        loop {
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT ticket_id FROM ledger
+                 WHERE ticket_id > ? AND state IN {LIVE_SQL} ORDER BY ticket_id LIMIT {LEDGER_CHUNK}"
+            )))
+            .bind(after)
             .fetch_all(self.pool())
             .await
             .context("cannot read the ticket ledger")?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get("ticket_id")?;
-            if !row.try_get::<bool, _>("agrees")? {
-                anyhow::bail!(
-                    "the ticket ledger was changed outside zd-retention: ticket {id} differs from its latest recorded decision. Nothing is decided from it; run `zd-retention audit verify`, and restore the database from a backup"
-                );
-            }
-            let deleted: String = row.try_get("deleted_at")?;
-            let entry = LedgerEntry {
-                ticket_id: id as TicketId,
-                deleted_at: parse_time(Some(deleted)),
-                actor_id: row.try_get::<Option<i64>, _>("actor_id")?.map(|a| a as u64),
-                actor_name: row.try_get("actor_name")?,
-                previous_state: row.try_get("previous_state")?,
-                subject: row.try_get("subject")?,
-                subject_tags: row.try_get("subject_tags")?,
-                decision: row.try_get("decision")?,
-                rule: row.try_get("rule")?,
-                config_hash: row.try_get("config_hash")?,
-                state: row.try_get("state")?,
-                last_seen: parse_time(row.try_get("last_seen")?),
-                requested_at: parse_time(row.try_get("requested_at")?),
+            let Some(last) = ids.last() else {
+                return Ok(());
             };
-            // ordered by deletion time: the newest deletion stays
-            out.insert(entry.ticket_id, entry);
+            after = *last;
+            let ids: Vec<TicketId> = ids.iter().map(|id| *id as TicketId).collect();
+            let mut rows: Vec<LedgerEntry> = self.ledger_rows(&ids).await?.into_values().collect();
+            rows.sort_unstable_by_key(|e| e.ticket_id);
+            each(rows)?;
+        }
+    }
+
+    /// The live ledger rows of `tickets` (their newest deletion), as many
+    /// as are live. Each row must say what its latest decision row
+    /// (chained) says: a ledger changed outside zd-retention is refused,
+    /// never purged from.
+    pub async fn ledger_rows(
+        &self,
+        tickets: &[TicketId],
+    ) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
+        let mut out = HashMap::with_capacity(tickets.len());
+        for chunk in tickets.chunks(500) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+                "SELECT l.ticket_id, l.deleted_at, l.actor_id, l.actor_name, l.previous_state, l.subject, l.subject_tags,
+                        l.decision, l.rule, l.config_hash, l.state, l.last_seen, l.requested_at,
+                        (d.id IS NOT NULL
+                         AND COALESCE(d.deleted_at, '') = l.deleted_at
+                         AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
+                         AND d.previous_state IS l.previous_state AND d.subject IS l.subject
+                         AND d.subject_tags IS l.subject_tags
+                         AND d.decision IS l.decision AND d.rule IS l.rule) AS agrees
+                 FROM ledger l
+                 LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
+                 WHERE l.state IN {LIVE_SQL} {CURRENT_ROW} AND l.ticket_id IN ("
+            ));
+            let mut sep = q.separated(", ");
+            for t in chunk {
+                sep.push_bind(*t as i64);
+            }
+            q.push(")");
+            let rows = q
+                .build()
+                .fetch_all(self.pool())
+                .await
+                .context("cannot read the ticket ledger")?;
+            for row in rows {
+                let entry = entry_of(&row)?;
+                out.insert(entry.ticket_id, entry);
+            }
         }
         Ok(out)
+    }
+
+    /// The tickets whose live row a refresh decides again: the selected
+    /// ones (still to send), and the kept or selected ones an age threshold
+    /// crossed between `since` and `now` (a row deleted at `d` crosses the
+    /// threshold `t` when `d + t` falls between them, a second either side
+    /// taken too). Rows listed since `unlisted_since` were decided by their
+    /// listing and are left out. Indexed: the ledger is never read whole.
+    pub async fn ledger_to_redecide(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        thresholds: &[std::time::Duration],
+        unlisted_since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<TicketId>> {
+        let unlisted = timestamp(unlisted_since);
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT ticket_id FROM ledger WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state = 'selected' AND last_seen < ",
+        );
+        q.push_bind(unlisted.clone());
+        let second = chrono::Duration::seconds(1);
+        for t in thresholds {
+            let Ok(t) = chrono::Duration::from_std(*t) else {
+                continue;
+            };
+            let (Some(from), Some(to)) = (
+                since.checked_sub_signed(t + second),
+                now.checked_sub_signed(t - second),
+            ) else {
+                continue;
+            };
+            q.push(
+                " UNION SELECT ticket_id FROM ledger
+                 WHERE state IN ('kept', 'selected') AND deleted_at BETWEEN ",
+            );
+            q.push_bind(timestamp(from));
+            q.push(" AND ");
+            q.push_bind(timestamp(to));
+            q.push(" AND last_seen < ");
+            q.push_bind(unlisted.clone());
+        }
+        let ids: Vec<i64> = q
+            .build_query_scalar()
+            .fetch_all(self.pool())
+            .await
+            .context("cannot read the ticket ledger")?;
+        Ok(ids.into_iter().map(|id| id as TicketId).collect())
+    }
+
+    /// Every ticket with a kept or selected row not listed since
+    /// `unlisted_since`: what a refresh decides again after the policy
+    /// changed (in chunks).
+    pub async fn ledger_undecided(
+        &self,
+        unlisted_since: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<TicketId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT ticket_id FROM ledger
+             WHERE state IN ('kept', 'selected') AND last_seen < ? ORDER BY ticket_id",
+        )
+        .bind(timestamp(unlisted_since))
+        .fetch_all(self.pool())
+        .await
+        .context("cannot read the ticket ledger")?;
+        Ok(ids.into_iter().map(|id| id as TicketId).collect())
+    }
+
+    /// The tickets whose live row no listing saw since `since` (a whole
+    /// walk that began then did not list them), in ticket order, leaving
+    /// out those whose purge is under way.
+    pub async fn ledger_unseen_since(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<TicketId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT ticket_id FROM ledger
+             WHERE state IN {LIVE_SQL} AND state <> 'purge_requested' AND last_seen < ?
+             ORDER BY ticket_id"
+        )))
+        .bind(timestamp(since))
+        .fetch_all(self.pool())
+        .await
+        .context("cannot read the ticket ledger")?;
+        Ok(ids.into_iter().map(|id| id as TicketId).collect())
+    }
+
+    /// When the live rows were last all decided, and under which policy.
+    pub async fn ledger_decided(&self) -> anyhow::Result<Option<(DateTime<Utc>, String)>> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT decided_at, policy FROM ledger_decided ORDER BY run_id DESC LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.and_then(|(at, policy)| parse_time(Some(at)).map(|at| (at, policy))))
+    }
+
+    /// Notes that run `run` decided every live row that could have moved,
+    /// as of `at`, under `policy` (a fingerprint).
+    pub async fn set_ledger_decided(
+        &self,
+        run: RunId,
+        at: DateTime<Utc>,
+        policy: &str,
+    ) -> anyhow::Result<()> {
+        self.check_file()?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO ledger_decided (run_id, decided_at, policy) VALUES (?, ?, ?)",
+        )
+        .bind(run)
+        .bind(timestamp(at))
+        .bind(policy)
+        .execute(self.pool())
+        .await
+        .context("cannot update the ticket ledger")?;
+        Ok(())
     }
 
     /// Notes that listed tickets were seen again unchanged.
@@ -319,7 +452,10 @@ impl AuditStore {
         .await?
         .flatten();
         let reconciled: Option<String> = sqlx::query_scalar(
-            "SELECT MAX(started_at) FROM runs WHERE step = 'reconcile' AND high_water IS NOT NULL",
+            "SELECT MAX(t) FROM (
+                 SELECT MAX(started_at) AS t FROM runs WHERE step = 'reconcile' AND high_water IS NOT NULL
+                 UNION ALL
+                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL)",
         )
         .fetch_one(self.pool())
         .await?;
@@ -443,6 +579,33 @@ impl AuditStore {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
+}
+
+/// A ledger row as read by `ledger_rows`, refused when it disagrees with
+/// its ticket's latest decision row.
+fn entry_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LedgerEntry> {
+    let id: i64 = row.try_get("ticket_id")?;
+    if !row.try_get::<bool, _>("agrees")? {
+        anyhow::bail!(
+            "the ticket ledger was changed outside zd-retention: ticket {id} differs from its latest recorded decision. Nothing is decided from it; run `zd-retention audit verify`, and restore the database from a backup"
+        );
+    }
+    let deleted: String = row.try_get("deleted_at")?;
+    Ok(LedgerEntry {
+        ticket_id: id as TicketId,
+        deleted_at: parse_time(Some(deleted)),
+        actor_id: row.try_get::<Option<i64>, _>("actor_id")?.map(|a| a as u64),
+        actor_name: row.try_get("actor_name")?,
+        previous_state: row.try_get("previous_state")?,
+        subject: row.try_get("subject")?,
+        subject_tags: row.try_get("subject_tags")?,
+        decision: row.try_get("decision")?,
+        rule: row.try_get("rule")?,
+        config_hash: row.try_get("config_hash")?,
+        state: row.try_get("state")?,
+        last_seen: parse_time(row.try_get("last_seen")?),
+        requested_at: parse_time(row.try_get("requested_at")?),
+    })
 }
 
 /// Writes recorded decisions into the ledger: the ticket's other live rows

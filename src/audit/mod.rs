@@ -22,19 +22,21 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
 use crate::zendesk::{IdBatch, TicketId};
 
 mod chain;
+mod checks;
 mod evidence;
 mod kinds;
 mod ledger;
 mod queries;
 mod signing;
 pub use chain::ChainReport;
+pub use checks::{LatencySummary, ViewCheck};
 use chain::*;
 pub use evidence::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
     PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, SendWindows,
 };
 pub use kinds::{DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
-pub use ledger::{LedgerEntry, LedgerState, ListingMarks, Sighting};
+pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting};
 pub use signing::{ChainHead, ChainSigner, ChainVerifier, SignatureReport};
 
 /// A run's row id.

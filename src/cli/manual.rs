@@ -69,15 +69,21 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     if args.ledger {
         // read-only: the running daemon's ledger is not disturbed
         let store = AuditStore::open_read_only(&config.audit.database).await?;
-        let entries = store.ledger_live().await?;
-        store.close().await;
-        let diff = crate::manual::ledger_diff(
-            &entries,
+        let mut differ = crate::manual::LedgerDiffer::new(
             &config.policy,
             config.audit.record_subjects,
             &config.safety,
             chrono::Utc::now(),
         );
+        let read = store
+            .ledger_live_chunks(|rows| {
+                rows.iter().for_each(|e| differ.add(e));
+                Ok(())
+            })
+            .await;
+        store.close().await;
+        read?;
+        let diff = differ.finish();
         crate::report::print_ledger_diff(&diff, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }

@@ -22,6 +22,7 @@ use crate::audit::{
     AuditStore, DecisionKind, DecisionRecord, JobRowId, JobRowStatus, LedgerEntry, LedgerState,
     ListingMarks, Outcome, RequestKind, RunCounts, RunId, Sighting, Unsettled, parse_ids,
 };
+mod check;
 mod scan;
 mod send;
 mod settle;
@@ -37,6 +38,8 @@ use crate::zendesk::{
     SortOrder, TicketId, ZendeskClient, ZendeskError,
 };
 pub(crate) use scan::decision_record;
+pub use check::CheckProgress;
+use check::*;
 use scan::*;
 use settle::*;
 use worker::*;
@@ -65,6 +68,16 @@ pub struct CycleSettings {
     pub reconcile_every: Duration,
     /// Details of tickets settled longer ago are pruned after each run.
     pub keep_details: Option<Duration>,
+    /// The share of the listing quota (over `check_interval`) a whole-view
+    /// check may take in one run; the check spans runs. Not used while
+    /// `reconcile_every` is zero (every run walks the whole view itself).
+    pub check_share: f64,
+    /// The time between two scheduled runs: what a run's share of the
+    /// listing quota is reckoned over.
+    pub check_interval: Duration,
+    /// The purge latency the alert holds the 95th percentile to (exported
+    /// as `zd_retention_purge_latency_bound_seconds`).
+    pub latency_bound: Duration,
     /// How far Zendesk's `deleted_at` and this host's clock may disagree:
     /// the refresh reads this far below the high-water mark, and every
     /// freshness read this far before the listing it checks.
@@ -86,6 +99,17 @@ impl CycleSettings {
             reconcile_every: config.schedule.reconcile,
             keep_details: config.audit.keep_details,
             clock_skew: config.zendesk.clock_skew,
+            check_share: config.schedule.check_share,
+            check_interval: config
+                .schedule
+                .interval(Utc::now())
+                .unwrap_or(Duration::from_secs(15 * 60)),
+            latency_bound: config.schedule.latency_bound.unwrap_or_else(|| {
+                2 * config
+                    .schedule
+                    .interval(Utc::now())
+                    .unwrap_or(Duration::from_secs(15 * 60))
+            }),
         }
     }
 }
@@ -187,6 +211,10 @@ pub struct CycleReport {
     pub left_view: u64,
     /// Audit rows pruned by `audit.keep_details`.
     pub pruned: u64,
+    /// This run's part of the whole-view check, when it walked one.
+    pub check: Option<CheckProgress>,
+    /// From each purged ticket becoming purgeable to its request leaving.
+    pub latency: Option<crate::audit::LatencySummary>,
     #[serde(with = "humantime_serde_compat")]
     pub duration: Duration,
     pub error: Option<String>,
@@ -319,8 +347,9 @@ async fn recover_open_jobs(
 
 /// A whole walk (a reconcile) settles the live ledger rows it did not
 /// list: absent from the view is not yet proof of anything, so each is
-/// looked up among the active tickets and read for newest-first. Returns
-/// what was settled and the listing requests it took.
+/// looked up among the active tickets and read for newest-first. The rows
+/// are those no listing saw since the walk began, read by index in chunks.
+/// Returns what was settled and the listing requests it took.
 async fn settle_walk(
     ctx: &CycleContext,
     run: RunId,
@@ -329,37 +358,59 @@ async fn settle_walk(
     let mut settled = Settled::default();
     let mut settle_requests = 0;
     if scan.finished() && scan.step == Step::Reconcile {
-        let mut absent: Vec<(TicketId, Unsettled)> = scan
-            .absent
-            .iter()
-            .filter(|e| e.state != LedgerState::PurgeRequested)
-            .map(|e| {
-                let since = match e.state {
-                    // a deletion again after the purge request carries a later time
-                    LedgerState::Purged | LedgerState::Unknown => {
-                        e.requested_at.or(e.last_seen).unwrap_or(scan.walk_started)
-                    }
-                    // known in the view when the walk began, or the refreshes
-                    // since its last sighting would have found it deleted again
-                    _ => scan.walk_started,
-                };
-                (
-                    e.ticket_id,
-                    Unsettled {
-                        outcome: e.state.as_str().to_string(),
-                        deleted_at: e.deleted_at,
-                        decided_at: Some(since),
-                    },
-                )
-            })
-            .collect();
-        absent.sort_by_key(|(id, _)| *id);
         let before = ctx.client.stats().sent("list");
-        settled =
-            settle_absent(ctx, run, absent, scan.cursor_proven, !scan.incomplete_walk).await?;
+        let unseen = ctx.store.ledger_unseen_since(scan.walk_started).await?;
+        for chunk in unseen.chunks(SETTLE_CHUNK) {
+            let absent = absent_rows(ctx, chunk, scan.walk_started, None).await?;
+            let part =
+                settle_absent(ctx, run, absent, scan.cursor_proven, !scan.incomplete_walk).await?;
+            settled.add(&part);
+        }
         settle_requests = ctx.client.stats().sent("list") - before;
     }
     Ok((settled, settle_requests))
+}
+
+/// Absent tickets settled at a time: each chunk costs one newest-first read.
+const SETTLE_CHUNK: usize = 10_000;
+
+/// The ledger rows of `tickets` a whole walk that began at `walk_started`
+/// did not list, each with the time it must be read back to (never before
+/// `read_back_to`, when the refreshes since listed every deletion before).
+async fn absent_rows(
+    ctx: &CycleContext,
+    tickets: &[TicketId],
+    walk_started: DateTime<Utc>,
+    read_back_to: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<(TicketId, Unsettled)>> {
+    let rows = ctx.store.ledger_rows(tickets).await?;
+    let mut absent: Vec<(TicketId, Unsettled)> = rows
+        .into_values()
+        .filter(|e| e.state != LedgerState::PurgeRequested)
+        .filter(|e| e.last_seen.is_none_or(|seen| seen < walk_started))
+        .map(|e| {
+            let since = match e.state {
+                // a deletion again after the purge request carries a later time
+                LedgerState::Purged | LedgerState::Unknown => {
+                    e.requested_at.or(e.last_seen).unwrap_or(walk_started)
+                }
+                // known in the view when the walk began, or the refreshes
+                // since its last sighting would have found it deleted again
+                _ => walk_started,
+            };
+            let since = read_back_to.map_or(since, |r| since.max(r));
+            (
+                e.ticket_id,
+                Unsettled {
+                    outcome: e.state.as_str().to_string(),
+                    deleted_at: e.deleted_at,
+                    decided_at: Some(since),
+                },
+            )
+        })
+        .collect();
+    absent.sort_by_key(|(id, _)| *id);
+    Ok(absent)
 }
 
 /// Pruning reads "long ago" off this host's clock: only after a clean run
@@ -394,7 +445,7 @@ async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
 }
 
 /// The run's metrics and its closing log line.
-async fn announce(store: &AuditStore, report: &CycleReport) {
+async fn announce(store: &AuditStore, report: &CycleReport, latency_bound: Duration) {
     let (run, status) = (report.run_id, report.status);
     metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
     metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
@@ -403,6 +454,7 @@ async fn announce(store: &AuditStore, report: &CycleReport) {
             .increment(*n);
     }
     metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
+    metrics::gauge!("zd_retention_purge_latency_bound_seconds").set(latency_bound.as_secs_f64());
     metrics::counter!("zd_retention_decisions_recorded_total").increment(report.decisions_recorded);
     // every state, 0 when none: a state that empties must not keep its
     // last count (an alert on `unknown` would never resolve)
@@ -508,6 +560,8 @@ fn report_of(
         decisions_recorded: scan.decisions_recorded,
         left_view: settled.left_view,
         pruned,
+        check: None,
+        latency: None,
         duration,
         error,
     }
@@ -553,7 +607,29 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         dry_run = settings.dry_run,
         "run started"
     );
+    match run_started(ctx, run, (started, stats_before)).await {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // the run ends here, and says why (a ledger row edited outside,
+            // found when a page or a re-decision read it, among others)
+            let message = format!("{e:#}");
+            tracing::error!(run, error = %message, "run failed");
+            if let Err(also) = store.fail_run(run, &message).await {
+                tracing::error!(run, error = %also, "the run's failure could not be recorded");
+            }
+            Err(e)
+        }
+    }
+}
 
+/// A started run, to its end.
+async fn run_started(
+    ctx: &CycleContext,
+    run: RunId,
+    (started, stats_before): (Instant, ClientStatsSnapshot),
+) -> anyhow::Result<CycleReport> {
+    let store = &ctx.store;
+    let settings = &ctx.settings;
     let (recovered, recovered_unknown, in_flight) = recover_open_jobs(ctx, run).await?;
 
     let patterns = if settings.record_subjects {
@@ -561,23 +637,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     } else {
         ctx.policy.subject_fingerprints()
     };
-    let loaded = async {
-        anyhow::Ok((
-            store.ledger_live().await?,
-            store.listing_marks(&patterns).await?,
-        ))
-    }
-    .await;
-    let (mut ledger, marks) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            // the run ends here, and says why
-            let message = format!("{e:#}");
-            tracing::error!(run, error = %message, "run failed");
-            store.fail_run(run, &message).await?;
-            return Err(e);
-        }
-    };
+    let marks = store.listing_marks(&patterns).await?;
 
     // The purge worker: sends batches and follows jobs.
     let (batches, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);
@@ -594,7 +654,12 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
     );
     let worker = tokio::spawn(worker.run(receiver));
 
-    let scan = scan(ctx, run, &mut ledger, &marks, &batches, &gate, in_flight).await;
+    let scan = scan(ctx, run, &marks, &batches, &gate, in_flight.clone()).await;
+    // the whole-view check walks on while the refresh's purges go out
+    let check = match &scan {
+        Ok(scan) => walk_check(ctx, run, scan, &marks, &gate, &in_flight).await,
+        Err(_) => Ok((None, None, None)),
+    };
     drop(batches);
     let tally = match worker.await {
         Ok(t) => t,
@@ -604,10 +669,19 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         },
     };
     let scan = scan?;
+    let (check, to_settle, check_error) = check?;
 
-    let (settled, settle_requests) = settle_walk(ctx, run, &scan).await?;
+    let (mut settled, mut settle_requests) = settle_walk(ctx, run, &scan).await?;
+    if let Some(finished) = to_settle
+        && !ctx.cancel.is_cancelled()
+    {
+        let (part, requests) = settle_check(ctx, run, &scan, &finished).await?;
+        settled.add(&part);
+        settle_requests += requests;
+    }
 
     let mut errors = errors_of(run, &scan, &tally);
+    errors.extend(check_error);
     let pruned = prune_if_clean(ctx, &mut errors).await;
     let status = if ctx.cancel.is_cancelled() {
         RunStatus::Interrupted
@@ -627,9 +701,11 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         .await?;
     // noted elsewhere (the log), the head lets `audit verify --expect-head`
     // find a tail removed later
-    let (entry, head) = store.chain_head().await?;
-    tracing::info!(run, entry, head = %head, "audit chain head");
-    let report = report_of(
+    match store.chain_head().await {
+        Ok((entry, head)) => tracing::info!(run, entry, head = %head, "audit chain head"),
+        Err(e) => tracing::error!(run, error = %e, "cannot read the audit chain's head"),
+    }
+    let mut report = report_of(
         (run, status, settings.dry_run),
         counts,
         scan,
@@ -638,6 +714,8 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         ctx.client.stats().since(&stats_before),
         (started.elapsed(), error),
     );
-    announce(store, &report).await;
+    report.check = check;
+    report.latency = store.latency_summary(None, None, Some(run)).await.ok();
+    announce(store, &report, settings.latency_bound).await;
     Ok(report)
 }

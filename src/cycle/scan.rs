@@ -44,8 +44,6 @@ pub(super) struct ScanResult {
     pub(super) walk_started: DateTime<Utc>,
     /// The newest deletion known once the listing finished whole.
     pub(super) high_water: Option<DateTime<Utc>>,
-    /// Live ledger rows a whole walk did not list: settled after it.
-    pub(super) absent: Vec<LedgerEntry>,
     /// Decision rows written (first sightings and changes only).
     pub(super) decisions_recorded: u64,
     /// Live ledger rows decided again without a listing.
@@ -247,7 +245,9 @@ pub(crate) fn choose_step(
     };
     let every =
         chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
-    if now - last >= every {
+    // `0s`: every run walks the whole view itself (a small account); else
+    // a due check walks on after each refresh (`check.rs`), over runs
+    if settings.reconcile_every.is_zero() && now - last >= every {
         return (
             Step::Reconcile,
             format!(
@@ -382,7 +382,7 @@ fn relisted(
 /// first sighting, a deletion again or a changed decision is recorded; the
 /// rest only seen again), the selection and the counts kept. Returns the
 /// tickets that were purged or unknown and are listed again.
-fn decide_page(
+pub(super) fn decide_page(
     ctx: &CycleContext,
     tickets: &[DeletedTicket],
     now: DateTime<Utc>,
@@ -503,7 +503,7 @@ impl ScanResult {
         self.scan_reason = format!("{why}: the whole view is walked");
     }
 
-    fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
+    pub(super) fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
         ScanResult {
             scanned: 0,
             matched: 0,
@@ -530,7 +530,6 @@ impl ScanResult {
             step,
             walk_started,
             high_water: None,
-            absent: Vec::new(),
             decisions_recorded: 0,
             decided_from_ledger: 0,
         }
@@ -540,7 +539,6 @@ impl ScanResult {
 pub(super) async fn scan(
     ctx: &CycleContext,
     run: RunId,
-    ledger: &mut HashMap<TicketId, LedgerEntry>,
     marks: &ListingMarks,
     batches: &mpsc::Sender<Release>,
     gate: &ListingGate,
@@ -596,6 +594,14 @@ pub(super) async fn scan(
             result.error = Some(message);
             break;
         }
+        // the page's own ledger rows: the ledger is never held whole
+        let ids: Vec<TicketId> = page
+            .tickets
+            .iter()
+            .map(|t| t.id)
+            .filter(|id| *id <= crate::audit::MAX_TICKET_ID)
+            .collect();
+        let mut ledger = store.ledger_rows(&ids).await?;
         let now = Utc::now();
         let not_effective = decide_page(
             ctx,
@@ -603,7 +609,7 @@ pub(super) async fn scan(
             now,
             &mut walk,
             &mut result,
-            ledger,
+            &mut ledger,
             &in_flight,
         );
         pages_since_release += 1;
@@ -642,7 +648,7 @@ pub(super) async fn scan(
     drop(pages);
     flush_decisions(store, run, &mut walk, &mut result, Utc::now()).await?;
 
-    close_walk(ctx, run, marks, ledger, &in_flight, &mut walk, &mut result).await?;
+    close_walk(ctx, run, marks, &in_flight, &mut walk, &mut result).await?;
     hand_over(
         ctx,
         run,
@@ -687,7 +693,7 @@ async fn write_page(
 
 /// The walk's next page, or `None` when the walk ends: at the listing's
 /// end, on a cancel, or on a listing error (both recorded in `result`).
-async fn next_page(
+pub(super) async fn next_page(
     ctx: &CycleContext,
     gate: &ListingGate,
     pages: &mut futures::stream::BoxStream<
@@ -766,7 +772,7 @@ async fn release_while_walking(
 /// clock, and a clock far from Zendesk's (its Date header) would purge
 /// tickets younger than `min_age`; a listing that keeps answering empty
 /// pages that say there is more never ends.
-fn page_may_be_decided(
+pub(super) fn page_may_be_decided(
     ctx: &CycleContext,
     page: &crate::zendesk::DeletedTicketsPage,
     result: &mut ScanResult,
@@ -787,7 +793,7 @@ fn page_may_be_decided(
 }
 
 /// Writes the walk's pending decisions and ledger sightings.
-async fn flush_decisions(
+pub(super) async fn flush_decisions(
     store: &AuditStore,
     run: RunId,
     walk: &mut WalkState,
@@ -804,7 +810,7 @@ async fn flush_decisions(
 
 /// Tickets listed again after a purge or an unknown outcome: their new
 /// decision first, so that the outcome finds its row.
-async fn record_relisted(
+pub(super) async fn record_relisted(
     store: &AuditStore,
     run: RunId,
     walk: &mut WalkState,
@@ -849,7 +855,6 @@ async fn close_walk(
     ctx: &CycleContext,
     run: RunId,
     marks: &ListingMarks,
-    ledger: &mut HashMap<TicketId, LedgerEntry>,
     in_flight: &IdSet,
     walk: &mut WalkState,
     result: &mut ScanResult,
@@ -882,13 +887,12 @@ async fn close_walk(
         };
         match step {
             Step::Refresh { .. } => {
-                decide_from_ledger(ctx, run, ledger, in_flight, &mut walk.selection, result).await?
+                decide_from_ledger(ctx, run, in_flight, &mut walk.selection, result).await?
             }
-            Step::Reconcile => {
-                result.absent = ledger.drain().map(|(_, e)| e).collect();
-            }
-            // rows it did not list are neither decided nor settled
-            Step::Backlog { .. } => {}
+            // the rows it did not list are settled after it (their last
+            // sighting is older than the walk); a backlog's are neither
+            // decided nor settled
+            Step::Reconcile | Step::Backlog { .. } => {}
         }
     }
     result.matched = walk.selection.chosen.len() as u64;
@@ -974,7 +978,7 @@ async fn hand_over(
         return Ok(result);
     }
     let to_send = walk.selection.take_sendable();
-    let unsent = release(&walk.selection, &to_send, batches).await;
+    let unsent = release(&ctx.policy, &walk.selection, &to_send, batches).await;
     if !unsent.is_empty() {
         record_not_sent(
             store,
@@ -988,26 +992,77 @@ async fn hand_over(
     Ok(result)
 }
 
-/// Decides again, at the run's time and without a listing, every live
-/// ledger row the refresh did not list: a ticket ages into a purge rule, or
-/// the rules changed. A changed decision is recorded; a purge joins the
-/// selection as the ledger knows it, current as of the refresh's start (the
-/// freshness read before sending looks back to then).
+/// Decides again, at the run's time and without a listing, the live ledger
+/// rows whose decision can have moved since they were last decided: those
+/// an age threshold of the policy crossed since, and the selected ones (to
+/// send). Under another policy than the last pass, every row, in chunks. The
+/// ledger is read by index, never whole. A changed decision is recorded; a
+/// purge joins the selection as the ledger knows it, current as of the
+/// refresh's start (the freshness read before sending looks back to then).
 pub(super) async fn decide_from_ledger(
     ctx: &CycleContext,
     run: RunId,
-    ledger: &HashMap<TicketId, LedgerEntry>,
     in_flight: &IdSet,
     selection: &mut Selection,
     result: &mut ScanResult,
 ) -> anyhow::Result<()> {
-    let settings = &ctx.settings;
+    let store = &ctx.store;
     let now = Utc::now();
-    let mut entries: Vec<&LedgerEntry> = ledger
-        .values()
-        .filter(|e| !e.state.awaits_settling() && !in_flight.contains(&e.ticket_id))
+    let policy = policy_fingerprint(ctx);
+    let ids = match store.ledger_decided().await? {
+        Some((since, last)) if last == policy && since <= now => {
+            store
+                .ledger_to_redecide(
+                    since,
+                    now,
+                    &ctx.policy.age_thresholds(),
+                    result.walk_started,
+                )
+                .await?
+        }
+        // another policy (or none recorded): every row, in chunks
+        _ => store.ledger_undecided(result.walk_started).await?,
+    };
+    let mut ids: Vec<TicketId> = ids
+        .into_iter()
+        .filter(|id| !in_flight.contains(id))
         .collect();
-    entries.sort_unstable_by_key(|e| (e.deleted_at, e.ticket_id));
+    ids.sort_unstable();
+    for chunk in ids.chunks(crate::audit::LEDGER_CHUNK) {
+        let rows = store.ledger_rows(chunk).await?;
+        let mut entries: Vec<&LedgerEntry> = rows
+            .values()
+            .filter(|e| matches!(e.state, LedgerState::Kept | LedgerState::Selected))
+            .collect();
+        entries.sort_unstable_by_key(|e| (e.deleted_at, e.ticket_id));
+        let records = decide_entries(ctx, &entries, now, selection, result);
+        result.decisions_recorded += records.len() as u64;
+        store.record_decisions(run, &records).await?;
+    }
+    store.set_ledger_decided(run, now, &policy).await
+}
+
+/// What the decisions of the ledger's rows depend on besides the ticket and
+/// the time: the policy, and how a decision is written (dry run, subjects).
+pub(super) fn policy_fingerprint(ctx: &CycleContext) -> String {
+    format!(
+        "{} dry_run={} record_subjects={}",
+        ctx.policy.fingerprint(),
+        ctx.settings.dry_run,
+        ctx.settings.record_subjects
+    )
+}
+
+/// Decides ledger rows at `now`: the selection and the counts kept, the
+/// changed decisions returned for recording.
+fn decide_entries(
+    ctx: &CycleContext,
+    entries: &[&LedgerEntry],
+    now: DateTime<Utc>,
+    selection: &mut Selection,
+    result: &mut ScanResult,
+) -> Vec<DecisionRecord> {
+    let settings = &ctx.settings;
     let mut records = Vec::new();
     for entry in entries {
         let ticket = entry.as_ticket();
@@ -1052,17 +1107,14 @@ pub(super) async fn decide_from_ledger(
             keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
         }
     }
-    result.decisions_recorded += records.len() as u64;
-    for chunk in records.chunks(5000) {
-        ctx.store.record_decisions(run, chunk).await?;
-    }
-    Ok(())
+    records
 }
 
 /// Hands chosen ids to the purge worker in batches of 100, each with the
 /// tickets as listed; returns the ids it could not hand over (the worker is
 /// gone), for their `not_sent` outcome.
 pub(super) async fn release(
+    policy: &Policy,
     selection: &Selection,
     ids: &[TicketId],
     batches: &mpsc::Sender<Release>,
@@ -1080,6 +1132,22 @@ pub(super) async fn release(
                 .filter_map(|c| c.map(|c| c.listed_at))
                 .min()
                 .unwrap_or_else(Utc::now),
+            purgeable: chosen
+                .iter()
+                .zip(batch.ids())
+                .map(|(c, id)| {
+                    c.and_then(|c| {
+                        let ticket = DeletedTicket {
+                            id: *id,
+                            subject: None,
+                            actor: None,
+                            deleted_at: c.listed.deleted_at,
+                            previous_state: None,
+                        };
+                        policy.purgeable_at(&c.rule, &ticket)
+                    })
+                })
+                .collect(),
             check_freshness: true,
             batch,
         };
@@ -1163,7 +1231,7 @@ pub(super) async fn pipeline_release(
         return Ok(true);
     }
     *queued += ids.len() as u64;
-    let unsent = release(selection, &ids, batches).await;
+    let unsent = release(&ctx.policy, selection, &ids, batches).await;
     if unsent.is_empty() {
         return Ok(true);
     }

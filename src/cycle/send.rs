@@ -40,20 +40,31 @@ pub(super) struct Pending {
 impl Pending {
     /// The same release with only the ids that were sent (or cleared).
     fn narrowed(self, batch: IdBatch) -> Self {
-        let listed: HashMap<TicketId, Option<ListedAs>> = self
+        let listed: HashMap<TicketId, (Option<ListedAs>, Option<DateTime<Utc>>)> = self
             .release
             .batch
             .ids()
             .iter()
             .copied()
-            .zip(self.release.listed.iter().cloned())
+            .zip(
+                self.release
+                    .listed
+                    .iter()
+                    .cloned()
+                    .zip(self.release.purgeable.iter().copied()),
+            )
             .collect();
         Self {
             release: Release {
                 listed: batch
                     .ids()
                     .iter()
-                    .map(|id| listed.get(id).cloned().flatten())
+                    .map(|id| listed.get(id).and_then(|(l, _)| l.clone()))
+                    .collect(),
+                purgeable: batch
+                    .ids()
+                    .iter()
+                    .map(|id| listed.get(id).and_then(|(_, p)| *p))
                     .collect(),
                 listed_at: self.release.listed_at,
                 check_freshness: self.release.check_freshness,
@@ -256,6 +267,7 @@ impl PurgeWorker {
         }
         let (sent, failed) = self.send_now(exact, narrowed, &withdrawn).await;
         let windows = self.windows_of(&sent, read.as_ref());
+        let latencies = latencies_of(&sent);
         let jobs_made = sent.iter().any(|s| s.answer.is_ok());
         // each answer written as soon as it is in (the job ids first)
         let (again, fatal) = self.answers_of(sent).await;
@@ -265,7 +277,12 @@ impl PurgeWorker {
             _ => None,
         };
         drop(turn);
-        let errors: Vec<anyhow::Error> = failed.into_iter().chain(fatal).collect();
+        let mut errors: Vec<anyhow::Error> = failed.into_iter().chain(fatal).collect();
+        for (row, at, tickets) in latencies {
+            if let Err(e) = self.store.record_latencies(row, at, &tickets).await {
+                errors.push(e);
+            }
+        }
         self.after_round((read, bracket), windows, withheld, now, (again, errors))
             .await
     }
@@ -857,4 +874,34 @@ impl PurgeWorker {
         }
         Ok(())
     }
+}
+
+/// Each accepted request's purge latency: from each of its tickets becoming
+/// purgeable to the request leaving (the histogram, and the rows to record).
+type Latencies = Vec<(JobRowId, DateTime<Utc>, Vec<(TicketId, DateTime<Utc>)>)>;
+
+fn latencies_of(sent: &[Sent]) -> Latencies {
+    let mut out = Vec::new();
+    for s in sent {
+        let (Some(at), Ok(_)) = (s.sent_at, &s.answer) else {
+            continue;
+        };
+        let left = Utc::now()
+            - chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
+        let release = &s.pending.release;
+        let tickets: Vec<(TicketId, DateTime<Utc>)> = release
+            .batch
+            .ids()
+            .iter()
+            .zip(&release.purgeable)
+            .filter(|(id, _)| s.batch.ids().contains(id))
+            .filter_map(|(id, p)| p.map(|p| (*id, p)))
+            .collect();
+        for (_, purgeable) in &tickets {
+            let seconds = (left - *purgeable).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("zd_retention_purge_latency_seconds").record(seconds);
+        }
+        out.push((s.row, left, tickets));
+    }
+    out
 }

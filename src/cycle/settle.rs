@@ -15,6 +15,18 @@ pub(super) struct Settled {
     pub(super) not_effective: u64,
 }
 
+impl Settled {
+    /// Adds what another part of the settling found.
+    pub(super) fn add(&mut self, other: &Settled) {
+        self.confirmed_gone += other.confirmed_gone;
+        self.left_view += other.left_view;
+        self.restored_elsewhere += other.restored_elsewhere;
+        self.scrubbed += other.scrubbed;
+        self.lookup_failed += other.lookup_failed;
+        self.not_effective += other.not_effective;
+    }
+}
+
 /// Zendesk scrubs soft-deleted tickets by itself about this long after
 /// their deletion.
 pub(super) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);

@@ -91,6 +91,10 @@ pub(crate) struct Release {
     /// listed, as with `purge --force`).
     pub listed: Vec<Option<ListedAs>>,
     pub listed_at: DateTime<Utc>,
+    /// When each ticket became purgeable by its rule (its deletion plus the
+    /// rule's age or `min_age`), parallel to `batch.ids()`; `None` when
+    /// not known (a manual purge): its purge latency is not measured.
+    pub purgeable: Vec<Option<DateTime<Utc>>>,
     /// Whether the freshness read applies (not for `purge --force`, where
     /// the operator names the ids without a listing).
     pub check_freshness: bool,

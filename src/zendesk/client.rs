@@ -193,12 +193,23 @@ pub enum Pagination {
     Offset,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListOptions {
     pub sort: Option<(SortBy, SortOrder)>,
     /// At most 100; larger values are capped.
     pub page_size: u32,
     pub pagination: Pagination,
+    /// Go on from a page a walk read earlier (its `next`), perhaps in
+    /// another process: a walk that spans runs.
+    pub resume: Option<Resume>,
+}
+
+/// Where an earlier walk stopped: the next page's path and query (on our
+/// base URL, as a link Zendesk gave) and its number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub next: String,
+    pub number: u32,
 }
 
 impl Default for ListOptions {
@@ -207,6 +218,7 @@ impl Default for ListOptions {
             sort: None,
             page_size: 100,
             pagination: Pagination::Cursor,
+            resume: None,
         }
     }
 }
@@ -218,6 +230,9 @@ pub struct DeletedTicketsPage {
     /// 1 for the first page.
     pub number: u32,
     pub has_more: bool,
+    /// The next page's path and query, when there is one: a walk that
+    /// stops here goes on from it later (`ListOptions::resume`).
+    pub next: Option<String>,
 }
 
 struct Inner {
@@ -383,6 +398,14 @@ impl ZendeskClient {
                 }
             }
             let mut number = 1u32;
+            if let Some(resume) = &options.resume {
+                url = client.rebase(&resume.next).map_err(|reason| ZendeskError::Decode {
+                    call: "GET deleted_tickets (resumed)".to_string(),
+                    reason,
+                    shape: "the stored next page cannot be read".to_string(),
+                })?;
+                number = resume.number.max(1);
+            }
             loop {
                 let class = if number > 100 { EndpointClass::ListDeep } else { EndpointClass::List };
                 let call = Call {
@@ -427,7 +450,14 @@ impl ZendeskClient {
                     other => other,
                 };
                 let has_more = next.is_some();
-                yield DeletedTicketsPage { tickets: raw.deleted_tickets, number, has_more };
+                let next_link = match &next {
+                    Some(Ok(u)) => Some(match u.query() {
+                        Some(q) => format!("{}?{q}", u.path()),
+                        None => u.path().to_string(),
+                    }),
+                    _ => None,
+                };
+                yield DeletedTicketsPage { tickets: raw.deleted_tickets, number, has_more, next: next_link };
                 match next {
                     None => break,
                     Some(Ok(u)) => url = u,

@@ -10,7 +10,7 @@ pub mod probe;
 
 pub use batch::{IdBatch, IdBatchError, MAX_IDS_PER_BATCH};
 pub use client::{
-    Auth, ClientConfig, DeletedTicketsPage, ListOptions, Pagination, RetryPolicy, SortBy,
+    Auth, ClientConfig, DeletedTicketsPage, ListOptions, Pagination, Resume, RetryPolicy, SortBy,
     SortOrder, ZendeskClient, check_base_url, subdomain_url,
 };
 pub use error::ZendeskError;

@@ -83,6 +83,9 @@ pub fn test_settings() -> CycleSettings {
         reconcile_every: Duration::ZERO,
         keep_details: None,
         clock_skew: Duration::from_secs(120),
+        check_share: 0.5,
+        check_interval: Duration::from_secs(900),
+        latency_bound: Duration::from_secs(1800),
     }
 }
 

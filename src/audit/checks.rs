@@ -1,0 +1,223 @@
+//! Whole-view checks that span runs (`view_checks`), the ledger's last
+//! decision pass (`ledger_decided`) and purge latency (`purge_latency`):
+//! operational records beside the chain, never evidence of their own.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{AuditStore, RunId, parse_time, timestamp};
+use crate::zendesk::TicketId;
+
+/// A whole-view check under way (or the last one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewCheck {
+    pub id: i64,
+    /// The start of the refresh of the run that began it: the live rows no
+    /// listing saw since are what it settles.
+    pub started_at: DateTime<Utc>,
+    /// The next page's path and query (`None` before the first page).
+    pub next: Option<String>,
+    pub next_page: u32,
+    pub pages: u64,
+    pub listed: u64,
+    /// Runs that walked a part of it.
+    pub runs: u64,
+}
+
+/// Purge latency over a period or a run: from a ticket becoming purgeable
+/// to its `destroy_many` leaving.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub tickets: u64,
+    pub p50_seconds: Option<f64>,
+    pub p95_seconds: Option<f64>,
+    pub max_seconds: Option<f64>,
+}
+
+impl AuditStore {
+    /// The check under way: begun, neither finished nor given up.
+    pub async fn open_view_check(&self) -> anyhow::Result<Option<ViewCheck>> {
+        let row: Option<(i64, String, Option<String>, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT id, started_at, next_url, next_page, pages, listed, runs FROM view_checks
+             WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await
+        .context("cannot read the whole-view check")?;
+        Ok(row.and_then(|(id, started, next, next_page, pages, listed, runs)| {
+            Some(ViewCheck {
+                id,
+                started_at: parse_time(Some(started))?,
+                next,
+                next_page: next_page.clamp(1, i64::from(u32::MAX)) as u32,
+                pages: pages.max(0) as u64,
+                listed: listed.max(0) as u64,
+                runs: runs.max(0) as u64,
+            })
+        }))
+    }
+
+    /// Begins a check whose walk starts now; its absences are counted
+    /// against `started_at`.
+    pub async fn start_view_check(
+        &self,
+        run: RunId,
+        started_at: DateTime<Utc>,
+    ) -> anyhow::Result<ViewCheck> {
+        self.check_file()?;
+        let id = sqlx::query("INSERT INTO view_checks (started_at, started_run) VALUES (?, ?)")
+            .bind(timestamp(started_at))
+            .bind(run)
+            .execute(self.pool())
+            .await
+            .context("cannot record the whole-view check")?
+            .last_insert_rowid();
+        Ok(ViewCheck {
+            id,
+            started_at,
+            next: None,
+            next_page: 1,
+            pages: 0,
+            listed: 0,
+            runs: 0,
+        })
+    }
+
+    /// Records where the check's walk goes on, once the decisions of the
+    /// pages read so far are written.
+    pub async fn advance_view_check(&self, check: &ViewCheck) -> anyhow::Result<()> {
+        self.check_file()?;
+        sqlx::query(
+            "UPDATE view_checks SET next_url = ?, next_page = ?, pages = ?, listed = ?, runs = ? WHERE id = ?",
+        )
+        .bind(&check.next)
+        .bind(i64::from(check.next_page))
+        .bind(check.pages as i64)
+        .bind(check.listed as i64)
+        .bind(check.runs as i64)
+        .bind(check.id)
+        .execute(self.pool())
+        .await
+        .context("cannot record the whole-view check")?;
+        Ok(())
+    }
+
+    /// Ends a check: walked to its end and settled, or given up (`why`).
+    pub async fn end_view_check(
+        &self,
+        id: i64,
+        run: RunId,
+        at: DateTime<Utc>,
+        abandoned: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.check_file()?;
+        let (finished, why) = match abandoned {
+            None => (Some(timestamp(at)), None),
+            Some(why) => (None, Some(format!("{}: {why}", timestamp(at)))),
+        };
+        sqlx::query(
+            "UPDATE view_checks SET finished_at = ?, finished_run = ?, abandoned = ? WHERE id = ?",
+        )
+        .bind(finished)
+        .bind(run)
+        .bind(why)
+        .bind(id)
+        .execute(self.pool())
+        .await
+        .context("cannot record the whole-view check")?;
+        Ok(())
+    }
+
+    /// Gives up any check under way (a whole walk in one run replaced it).
+    pub async fn abandon_open_checks(
+        &self,
+        run: RunId,
+        at: DateTime<Utc>,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        if let Some(check) = self.open_view_check().await? {
+            self.end_view_check(check.id, run, at, Some(why)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records when each ticket of a purge request became purgeable and
+    /// when the request left.
+    pub async fn record_latencies(
+        &self,
+        job: i64,
+        sent_at: DateTime<Utc>,
+        tickets: &[(TicketId, DateTime<Utc>)],
+    ) -> anyhow::Result<()> {
+        if tickets.is_empty() {
+            return Ok(());
+        }
+        self.check_file()?;
+        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+            "INSERT INTO purge_latency (job_id, ticket_id, purgeable_at, sent_at, latency_ms) ",
+        );
+        let sent = timestamp(sent_at);
+        q.push_values(tickets, |mut b, (id, purgeable)| {
+            let ms = (sent_at - *purgeable).num_milliseconds().max(0);
+            b.push_bind(job)
+                .push_bind(*id as i64)
+                .push_bind(timestamp(*purgeable))
+                .push_bind(sent.clone())
+                .push_bind(ms);
+        });
+        q.build()
+            .execute(self.pool())
+            .await
+            .context("cannot record purge latency")?;
+        Ok(())
+    }
+
+    /// Purge latency of the requests sent in `[from, to)` (`None`: no bound),
+    /// or of one run's requests.
+    pub async fn latency_summary(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        run: Option<RunId>,
+    ) -> anyhow::Result<LatencySummary> {
+        let from = from.map(timestamp).unwrap_or_default();
+        let to = to.map(timestamp).unwrap_or_else(|| "9999".into());
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM purge_latency p
+             WHERE p.sent_at >= ? AND p.sent_at < ?
+               AND (?3 IS NULL OR p.job_id IN (SELECT id FROM jobs WHERE run_id = ?3))",
+        )
+        .bind(&from)
+        .bind(&to)
+        .bind(run)
+        .fetch_one(self.pool())
+        .await?;
+        if count == 0 {
+            return Ok(LatencySummary::default());
+        }
+        let at = |rank: i64| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT latency_ms FROM purge_latency p
+                 WHERE p.sent_at >= ? AND p.sent_at < ?
+                   AND (?3 IS NULL OR p.job_id IN (SELECT id FROM jobs WHERE run_id = ?3))
+                 ORDER BY latency_ms LIMIT 1 OFFSET ?4",
+            )
+            .bind(from.clone())
+            .bind(to.clone())
+            .bind(run)
+            .bind(rank)
+        };
+        // the nearest rank: the smallest value with at least p of them at or below it
+        let rank = |p: f64| (((count as f64) * p).ceil() as i64 - 1).clamp(0, count - 1);
+        let p50: i64 = at(rank(0.5)).fetch_one(self.pool()).await?;
+        let p95: i64 = at(rank(0.95)).fetch_one(self.pool()).await?;
+        let max: i64 = at(count - 1).fetch_one(self.pool()).await?;
+        Ok(LatencySummary {
+            tickets: count as u64,
+            p50_seconds: Some(p50 as f64 / 1000.0),
+            p95_seconds: Some(p95 as f64 / 1000.0),
+            max_seconds: Some(max as f64 / 1000.0),
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! The whole-view check that spans runs: after its refresh, a run walks on
+//! where the last one stopped, for its share of the listing quota, while
+//! its purges go out beside it. When the walk reaches the end, the live
+//! rows no listing saw since the check began are settled (after the run's
+//! purge worker is done), as after a whole walk in one run.
+
+use super::*;
+use crate::audit::ViewCheck;
+use crate::zendesk::Resume;
+
+/// What a run's part of the whole-view check did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckProgress {
+    pub check: i64,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Pages and tickets this run walked.
+    pub pages: u64,
+    pub listed: u64,
+    /// The pages this run could spend: its share of the listing quota.
+    pub budget_pages: u64,
+    /// Pages walked since the check began, and by how many runs.
+    pub total_pages: u64,
+    pub runs: u64,
+    /// The walk reached the end of the view: its absences are settled.
+    pub finished: bool,
+    /// Why this run's part ended.
+    pub stopped: String,
+}
+
+/// Whether this run walks a part of the check: one is under way, or the
+/// last one began `schedule.reconcile` ago or longer. Only after a refresh
+/// that finished (its marks cover the deletions since the check began).
+fn check_wanted(settings: &CycleSettings, scan: &ScanResult) -> bool {
+    !settings.reconcile_every.is_zero()
+        && scan.finished()
+        && matches!(scan.step, Step::Refresh { .. })
+}
+
+fn check_due(settings: &CycleSettings, marks: &ListingMarks, now: DateTime<Utc>) -> bool {
+    let every =
+        chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
+    marks.last_reconcile.is_none_or(|last| now - last >= every)
+}
+
+/// The pages a run's part may take: its share of the listing quota over
+/// one schedule interval (at least one page, so that a check always goes
+/// on), and the time that share takes.
+pub(super) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration) {
+    let settings = &ctx.settings;
+    let limits = ctx.client.limits();
+    let quota = if next_page > 100 {
+        limits.list_deep
+    } else {
+        limits.list
+    };
+    let windows = settings.check_interval.as_secs_f64() / quota.window.as_secs_f64();
+    let pages = (settings.check_share * f64::from(quota.count.get()) * windows).floor();
+    let pages = if pages.is_finite() { pages as u64 } else { 1 };
+    (
+        pages.max(1),
+        settings.check_interval.mul_f64(settings.check_share.clamp(0.0, 1.0)),
+    )
+}
+
+/// Walks this run's part of the check. Returns its progress and, when the
+/// walk reached the end, the check to settle once the purge worker is done.
+pub(super) async fn walk_check(
+    ctx: &CycleContext,
+    run: RunId,
+    scan: &ScanResult,
+    marks: &ListingMarks,
+    gate: &ListingGate,
+    in_flight: &IdSet,
+) -> anyhow::Result<(Option<CheckProgress>, Option<ViewCheck>, Option<String>)> {
+    let store = &ctx.store;
+    if scan.finished() && scan.step == Step::Reconcile {
+        store
+            .abandon_open_checks(run, Utc::now(), "a whole walk in one run replaced it")
+            .await?;
+    }
+    if !check_wanted(&ctx.settings, scan) || ctx.cancel.is_cancelled() {
+        return Ok((None, None, None));
+    }
+    let mut check = match store.open_view_check().await? {
+        Some(check) => check,
+        None if check_due(&ctx.settings, marks, scan.walk_started) => {
+            store.start_view_check(run, scan.walk_started).await?
+        }
+        None => return Ok((None, None, None)),
+    };
+    if check.pages > 0 && check.next.is_none() {
+        // walked to its end by an earlier run that did not settle it
+        let progress = CheckProgress {
+            check: check.id,
+            started_at: Some(check.started_at),
+            total_pages: check.pages,
+            runs: check.runs,
+            finished: true,
+            stopped: "walked to its end earlier: settled now".into(),
+            ..CheckProgress::default()
+        };
+        return Ok((Some(progress), Some(check), None));
+    }
+    check.runs += 1;
+    let (budget, share_of_time) = check_budget(ctx, check.next_page);
+    let deadline = Instant::now() + share_of_time;
+    let mut progress = CheckProgress {
+        check: check.id,
+        started_at: Some(check.started_at),
+        budget_pages: budget,
+        ..CheckProgress::default()
+    };
+    let options = ListOptions {
+        resume: check.next.clone().map(|next| Resume {
+            next,
+            number: check.next_page,
+        }),
+        ..ListOptions::default()
+    };
+    let mut pages = ctx.client.list_deleted(options);
+    let mut walk = WalkState::default();
+    let mut result = ScanResult::new(Step::Reconcile, String::new(), scan.walk_started);
+    let mut finished = false;
+    progress.stopped = loop {
+        if progress.pages >= budget {
+            break format!("its share of the listing quota ({budget} pages)");
+        }
+        if Instant::now() >= deadline {
+            break "its share of the schedule's interval".to_string();
+        }
+        let Some(page) = next_page(ctx, gate, &mut pages, &mut result).await else {
+            break match &result.error {
+                Some(e) => e.clone(),
+                None => "the daemon was stopping".to_string(),
+            };
+        };
+        if let Err(message) = page_may_be_decided(ctx, &page, &mut result) {
+            result.error = Some(message.clone());
+            break message;
+        }
+        check_page(ctx, run, scan, gate, in_flight, (&mut walk, &mut result), &page).await?;
+        check.pages += 1;
+        check.listed += page.tickets.len() as u64;
+        check.next = page.next.clone();
+        check.next_page = page.number.saturating_add(1);
+        progress.pages += 1;
+        progress.listed += page.tickets.len() as u64;
+        {
+            let _turn = gate.turn.lock().await;
+            store.advance_view_check(&check).await?;
+        }
+        if !page.has_more {
+            finished = true;
+            break "the end of the view".to_string();
+        }
+    };
+    drop(pages);
+    progress.total_pages = check.pages;
+    progress.runs = check.runs;
+    let mut error = None;
+    if let Some(e) = result.error {
+        // a walk that cannot go on from its stored page starts over
+        store.end_view_check(check.id, run, Utc::now(), Some(&e)).await?;
+        error = Some(format!("the whole-view check stopped and starts over: {e}"));
+    } else {
+        let _turn = gate.turn.lock().await;
+        store.advance_view_check(&check).await?;
+    }
+    progress.finished = finished;
+    tracing::info!(
+        check = check.id,
+        pages = progress.pages,
+        total = check.pages,
+        finished,
+        "whole-view check walked on"
+    );
+    Ok((Some(progress), finished.then_some(check), error))
+}
+
+/// Decides one page of the check and writes it (under the listing gate:
+/// purges go out beside the check). A ticket this run is purging is only
+/// noted as seen: its purge is settled by a later check.
+async fn check_page(
+    ctx: &CycleContext,
+    run: RunId,
+    scan: &ScanResult,
+    gate: &ListingGate,
+    in_flight: &IdSet,
+    (walk, result): (&mut WalkState, &mut ScanResult),
+    page: &crate::zendesk::DeletedTicketsPage,
+) -> anyhow::Result<()> {
+    let store = &ctx.store;
+    let ids: Vec<TicketId> = page
+        .tickets
+        .iter()
+        .map(|t| t.id)
+        .filter(|id| *id <= crate::audit::MAX_TICKET_ID)
+        .collect();
+    let mut ledger = store.ledger_rows(&ids).await?;
+    let (sending, tickets): (Vec<&DeletedTicket>, Vec<&DeletedTicket>) =
+        page.tickets.iter().partition(|t| {
+            ledger.get(&t.id).is_some_and(|e| {
+                e.state.awaits_settling()
+                    && e.deleted_at == t.deleted_at
+                    && e.requested_at.is_some_and(|r| r >= scan.walk_started)
+            })
+        });
+    for t in sending {
+        walk.touched.push(Sighting {
+            ticket_id: t.id,
+            deleted_at: t.deleted_at,
+            subject_tags: None,
+        });
+    }
+    let tickets: Vec<DeletedTicket> = tickets.into_iter().cloned().collect();
+    let now = Utc::now();
+    let relisted = decide_page(ctx, &tickets, now, walk, result, &mut ledger, in_flight);
+    // the selection waits for the next refresh (the rows stay selected)
+    walk.selection = Selection::default();
+    let _turn = gate.turn.lock().await;
+    flush_decisions(store, run, walk, result, now).await?;
+    record_relisted(store, run, walk, result, relisted, now).await
+}
+
+/// Settles a finished check: the live rows no listing saw since it began.
+/// The refreshes since listed every deletion down to this run's refresh,
+/// so the newest-first read goes back only to that refresh's start (or a
+/// purge request after it).
+pub(super) async fn settle_check(
+    ctx: &CycleContext,
+    run: RunId,
+    scan: &ScanResult,
+    check: &ViewCheck,
+) -> anyhow::Result<(Settled, u64)> {
+    let mut settled = Settled::default();
+    let before = ctx.client.stats().sent("list");
+    let unseen = ctx.store.ledger_unseen_since(check.started_at).await?;
+    for chunk in unseen.chunks(SETTLE_CHUNK) {
+        let absent = absent_rows(ctx, chunk, check.started_at, Some(scan.walk_started)).await?;
+        let part = settle_absent(ctx, run, absent, scan.cursor_proven, true).await?;
+        settled.add(&part);
+    }
+    ctx.store
+        .end_view_check(check.id, run, Utc::now(), None)
+        .await?;
+    Ok((settled, ctx.client.stats().sent("list") - before))
+}
