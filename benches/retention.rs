@@ -14,6 +14,7 @@
 //! S1 to S4 are first runs at default settings (no purge_while_scanning).
 //! S5 and S6 measure the runs after (the ticket ledger): see `steady.rs`.
 //!   cargo bench --bench retention -- --smoke   # CI: small S1, checks request counts only
+//!   cargo bench --bench retention -- S7        # a million tickets: see `scale.rs`
 //!
 //! The smoke run exits non-zero when a request count is off; times are never
 //! checked, only printed.
@@ -26,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "retention/scale.rs"]
+mod scale;
 #[path = "retention/steady.rs"]
 mod steady;
 
@@ -355,6 +358,10 @@ fn main() {
         if let Some(before) = std::env::var_os("ZD_BENCH_BEFORE") {
             steady_results.push(steady::s6(Path::new(&before), false));
         }
+    }
+    if wanted.iter().any(|w| *w == "S7") && !smoke {
+        // at scale: only when asked for by name (a million tickets)
+        steady_results.push(scale::s7());
     }
     if !steady_results.is_empty() {
         let text = serde_json::to_string_pretty(&steady_results).unwrap();

@@ -540,7 +540,11 @@ fn scale_lines(out: &mut String, report: &CycleReport) {
     if let Some(l) = &report.latency
         && l.tickets > 0
     {
-        let s = |v: Option<f64>| v.map_or("-".to_string(), |v| crate::human::duration(Duration::from_secs_f64(v.max(0.0))).to_string());
+        let s = |v: Option<f64>| {
+            v.map_or("-".to_string(), |v| {
+                crate::human::duration(Duration::from_secs_f64(v.max(0.0))).to_string()
+            })
+        };
         let _ = writeln!(
             out,
             "  latency    p50 {}, p95 {}, max {} from becoming purgeable (deletion plus the rule's age) to the purge request, {} tickets",
@@ -559,8 +563,16 @@ fn scale_lines(out: &mut String, report: &CycleReport) {
             c.budget_pages,
             c.total_pages,
             c.runs,
-            if c.finished { "finished, absences settled" } else { "goes on next run" },
-            if c.stopped.is_empty() { String::new() } else { format!(" (stopped at {})", c.stopped) }
+            if c.finished {
+                "finished, absences settled"
+            } else {
+                "goes on next run"
+            },
+            if c.stopped.is_empty() {
+                String::new()
+            } else {
+                format!(" (stopped at {})", c.stopped)
+            }
         );
     }
 }

@@ -30,8 +30,8 @@ const RUN_SECONDS: &[f64] = &[
 /// usually 15 minutes; the alert compares the 95th percentile with
 /// `zd_retention_purge_latency_bound_seconds`).
 const LATENCY_SECONDS: &[f64] = &[
-    60.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0, 14400.0, 43200.0,
-    86400.0, 172800.0,
+    60.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+    172800.0,
 ];
 
 const WINDOW_SECONDS: &[f64] = &[
@@ -54,9 +54,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )
         .context("bad histogram buckets")?
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(
-                "zd_retention_purge_latency_seconds".into(),
-            ),
+            metrics_exporter_prometheus::Matcher::Full("zd_retention_purge_latency_seconds".into()),
             LATENCY_SECONDS,
         )
         .context("bad histogram buckets")?

@@ -16,7 +16,7 @@ use super::{ACCOUNT, BIN, JOB_DELAY, LIST, LIST_DEEP};
 /// Purges the automation's deletions in three states: about one ticket in
 /// ten of the generated ones. Every other ticket is kept.
 const KEEP_90: &str = "[[rules]]\nname = \"automation-three-states\"\naction = \"purge\"\nactor_ids = [900001]\nprevious_state = [\"closed\", \"solved\", \"pending\"]\n";
-const AUTOMATION: u64 = 900001;
+pub(super) const AUTOMATION: u64 = 900001;
 
 fn selects(t: &SandboxTicket, now: DateTime<Utc>, min_age: chrono::Duration) -> bool {
     t.actor_id == AUTOMATION
@@ -24,15 +24,15 @@ fn selects(t: &SandboxTicket, now: DateTime<Utc>, min_age: chrono::Duration) -> 
         && now - t.deleted_at >= min_age
 }
 
-struct Bench {
+pub(super) struct Bench {
     dir: tempfile::TempDir,
-    sandbox: Sandbox,
+    pub(super) sandbox: Sandbox,
     runtime: tokio::runtime::Runtime,
-    config: PathBuf,
+    pub(super) config: PathBuf,
 }
 
 impl Bench {
-    fn start(
+    pub(super) fn start(
         tickets: Vec<SandboxTicket>,
         scale: f64,
         extra: &str,
@@ -104,7 +104,7 @@ impl Bench {
         (serde_json::from_slice(&out.stdout).unwrap(), wall)
     }
 
-    fn db_bytes(&self) -> u64 {
+    pub(super) fn db_bytes(&self) -> u64 {
         ["audit.db", "audit.db-wal"]
             .iter()
             .filter_map(|f| std::fs::metadata(self.dir.path().join(f)).ok())
@@ -113,7 +113,7 @@ impl Bench {
     }
 
     /// Rows of the audit's history: decisions, outcomes, jobs, chain entries.
-    fn audit_rows(&self) -> i64 {
+    pub(super) fn audit_rows(&self) -> i64 {
         let path = self.dir.path().join("audit.db");
         self.runtime.block_on(async {
             let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -128,6 +128,25 @@ impl Bench {
             .unwrap();
             pool.close().await;
             n
+        })
+    }
+}
+
+impl Bench {
+    /// A column of integers from the audit database (read-only).
+    pub(super) fn query_i64s(&self, sql: &str) -> Vec<i64> {
+        let path = self.dir.path().join("audit.db");
+        self.runtime.block_on(async {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .read_only(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let v: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            v
         })
     }
 }
@@ -319,6 +338,6 @@ pub fn s6(bin: &Path, ledger: bool) -> Value {
     result
 }
 
-fn round(x: f64) -> f64 {
+pub(super) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

@@ -45,17 +45,19 @@ impl AuditStore {
         .fetch_optional(self.pool())
         .await
         .context("cannot read the whole-view check")?;
-        Ok(row.and_then(|(id, started, next, next_page, pages, listed, runs)| {
-            Some(ViewCheck {
-                id,
-                started_at: parse_time(Some(started))?,
-                next,
-                next_page: next_page.clamp(1, i64::from(u32::MAX)) as u32,
-                pages: pages.max(0) as u64,
-                listed: listed.max(0) as u64,
-                runs: runs.max(0) as u64,
-            })
-        }))
+        Ok(
+            row.and_then(|(id, started, next, next_page, pages, listed, runs)| {
+                Some(ViewCheck {
+                    id,
+                    started_at: parse_time(Some(started))?,
+                    next,
+                    next_page: next_page.clamp(1, i64::from(u32::MAX)) as u32,
+                    pages: pages.max(0) as u64,
+                    listed: listed.max(0) as u64,
+                    runs: runs.max(0) as u64,
+                })
+            }),
+        )
     }
 
     /// Begins a check whose walk starts now; its absences are counted

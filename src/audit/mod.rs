@@ -29,8 +29,8 @@ mod ledger;
 mod queries;
 mod signing;
 pub use chain::ChainReport;
-pub use checks::{LatencySummary, ViewCheck};
 use chain::*;
+pub use checks::{LatencySummary, ViewCheck};
 pub use evidence::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
     PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, SendWindows,

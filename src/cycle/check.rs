@@ -58,7 +58,9 @@ pub(super) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration
     let pages = if pages.is_finite() { pages as u64 } else { 1 };
     (
         pages.max(1),
-        settings.check_interval.mul_f64(settings.check_share.clamp(0.0, 1.0)),
+        settings
+            .check_interval
+            .mul_f64(settings.check_share.clamp(0.0, 1.0)),
     )
 }
 
@@ -76,6 +78,11 @@ pub(super) async fn walk_check(
     if scan.finished() && scan.step == Step::Reconcile {
         store
             .abandon_open_checks(run, Utc::now(), "a whole walk in one run replaced it")
+            .await?;
+        // every live row was listed (and decided) since the walk began, or
+        // is settled now: the next refresh decides again from then on
+        store
+            .set_ledger_decided(run, scan.walk_started, &policy_fingerprint(ctx))
             .await?;
     }
     if !check_wanted(&ctx.settings, scan) || ctx.cancel.is_cancelled() {
@@ -125,7 +132,8 @@ pub(super) async fn walk_check(
         if progress.pages >= budget {
             break format!("its share of the listing quota ({budget} pages)");
         }
-        if Instant::now() >= deadline {
+        // at least one page per run: a check always goes on
+        if progress.pages > 0 && Instant::now() >= deadline {
             break "its share of the schedule's interval".to_string();
         }
         let Some(page) = next_page(ctx, gate, &mut pages, &mut result).await else {
@@ -138,7 +146,16 @@ pub(super) async fn walk_check(
             result.error = Some(message.clone());
             break message;
         }
-        check_page(ctx, run, scan, gate, in_flight, (&mut walk, &mut result), &page).await?;
+        check_page(
+            ctx,
+            run,
+            scan,
+            gate,
+            in_flight,
+            (&mut walk, &mut result),
+            &page,
+        )
+        .await?;
         check.pages += 1;
         check.listed += page.tickets.len() as u64;
         check.next = page.next.clone();
@@ -160,7 +177,9 @@ pub(super) async fn walk_check(
     let mut error = None;
     if let Some(e) = result.error {
         // a walk that cannot go on from its stored page starts over
-        store.end_view_check(check.id, run, Utc::now(), Some(&e)).await?;
+        store
+            .end_view_check(check.id, run, Utc::now(), Some(&e))
+            .await?;
         error = Some(format!("the whole-view check stopped and starts over: {e}"));
     } else {
         let _turn = gate.turn.lock().await;

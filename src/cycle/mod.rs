@@ -37,9 +37,9 @@ use crate::zendesk::{
     ClientStatsSnapshot, DeletedTicket, IdBatch, JobId, JobState, JobStatus, ListOptions, SortBy,
     SortOrder, TicketId, ZendeskClient, ZendeskError,
 };
-pub(crate) use scan::decision_record;
 pub use check::CheckProgress;
 use check::*;
+pub(crate) use scan::decision_record;
 use scan::*;
 use settle::*;
 use worker::*;

@@ -886,8 +886,7 @@ fn latencies_of(sent: &[Sent]) -> Latencies {
         let (Some(at), Ok(_)) = (s.sent_at, &s.answer) else {
             continue;
         };
-        let left = Utc::now()
-            - chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
+        let left = Utc::now() - chrono::Duration::from_std(at.elapsed()).unwrap_or_default();
         let release = &s.pending.release;
         let tickets: Vec<(TicketId, DateTime<Utc>)> = release
             .batch

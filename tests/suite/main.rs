@@ -18,5 +18,6 @@ mod profiles;
 mod rules_props;
 mod safety;
 mod sandbox_contract;
+mod scale;
 mod security;
 mod window;

@@ -1,0 +1,243 @@
+//! The largest accounts: a refresh reads from the ledger only the rows
+//! whose decision can have moved, and the whole-view check spans runs while
+//! refreshes go on purging.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use zd_retention::cycle::{CycleSettings, RunStatus, Trigger, run_cycle};
+use zd_retention::rules::{Policy, RetentionRule, RuleAction};
+use zd_retention::sandbox::SandboxTicket;
+
+use crate::helpers::*;
+
+fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> SandboxTicket {
+    SandboxTicket {
+        id,
+        subject: None,
+        actor_id: actor,
+        actor_name: format!("Agent {actor}"),
+        deleted_at: Utc::now() - age,
+        previous_state: state.into(),
+    }
+}
+
+/// The bot's old deletions and anything the spam bot deletes.
+fn two_bots() -> Policy {
+    Policy {
+        rules: vec![
+            RetentionRule {
+                actor_ids: Some([900001].into()),
+                older_than: Some(Duration::from_secs(3600)),
+                ..RetentionRule::new("bot", RuleAction::Purge)
+            },
+            RetentionRule {
+                actor_ids: Some([900002].into()),
+                ..RetentionRule::new("spam", RuleAction::Purge)
+            },
+        ],
+        min_age: Duration::ZERO,
+        ..Policy::default()
+    }
+}
+
+fn ledger_settings() -> CycleSettings {
+    CycleSettings {
+        reconcile_every: Duration::from_secs(86_400),
+        ..test_settings()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_view_check_spans_runs_while_each_refresh_purges_and_then_settles_what_left() {
+    // 2,000 tickets (18 pages once the bot's are purged), one in ten the bot's, all older than 2 hours
+    let tickets: Vec<SandboxTicket> = (0..2000u64)
+        .map(|i| {
+            let actor = if i % 10 == 0 { 900001 } else { 1001 };
+            ticket(
+                10_000 + i,
+                chrono::Duration::minutes(120 + i as i64),
+                "closed",
+                actor,
+            )
+        })
+        .collect();
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let mut e = engine(&sb, two_bots(), ledger_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.step, "reconcile");
+    assert_eq!(first.counts.purged, 200);
+    assert!(first.check.is_none(), "a whole walk in one run is no check");
+
+    // three kept tickets are restored before the check begins
+    let restored: Vec<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id == 1001)
+        .map(|t| t.id)
+        .take(3)
+        .collect();
+    for id in &restored {
+        assert!(sb.agent_restore(*id));
+    }
+    // the check is due; each run may walk 4 pages of it (a share of 0.4 of
+    // 10 requests per 100 ms, over an interval of 100 ms)
+    e.ctx.settings.reconcile_every = Duration::from_millis(1);
+    e.ctx.settings.check_share = 0.4;
+    e.ctx.settings.check_interval = Duration::from_millis(100);
+    let mut spam_id = 90_000u64;
+    let mut spam = BTreeSet::new();
+    let mut runs = Vec::new();
+    for _ in 0..30 {
+        // the spam bot deletes two tickets before each run: the refresh purges them
+        let fresh: Vec<SandboxTicket> = (0..2)
+            .map(|_| {
+                spam_id += 1;
+                spam.insert(spam_id);
+                ticket(spam_id, chrono::Duration::seconds(1), "open", 900002)
+            })
+            .collect();
+        sb.insert(fresh);
+        let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+        assert_eq!(report.step, "refresh");
+        assert_eq!(
+            report.counts.purged, 2,
+            "the refresh purges beside the check"
+        );
+        let check = report
+            .check
+            .clone()
+            .expect("each run walks a part of the check");
+        assert!(check.pages >= 1 && check.pages <= 4, "{check:?}");
+        assert!(check.pages <= check.budget_pages, "{check:?}");
+        let done = check.finished;
+        runs.push(report);
+        if done {
+            break;
+        }
+    }
+    let last = runs.last().unwrap();
+    let check = last.check.clone().unwrap();
+    assert!(
+        check.finished,
+        "the check ends: {:?}",
+        runs.iter().map(|r| r.check.clone()).collect::<Vec<_>>()
+    );
+    assert!(
+        runs.len() >= 5,
+        "18 pages at 4 a run take 5 runs or more: {}",
+        runs.len()
+    );
+    assert_eq!(check.runs as usize, runs.len());
+    assert!(check.total_pages >= 18, "{check:?}");
+    // what left the view is settled once the walk is whole, and only then
+    assert!(
+        runs[..runs.len() - 1]
+            .iter()
+            .all(|r| r.restored_elsewhere == 0)
+    );
+    assert_eq!(last.restored_elsewhere, 3);
+    // nothing purged that no rule selects
+    let allowed: BTreeSet<u64> = tickets
+        .iter()
+        .filter(|t| t.actor_id == 900001)
+        .map(|t| t.id)
+        .chain(spam.iter().copied())
+        .collect();
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert!(purged.is_subset(&allowed));
+    assert_eq!(purged.len(), 200 + spam.len());
+    let story: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = ? ORDER BY id")
+            .bind(restored[0] as i64)
+            .fetch_all(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(story, ["restored_elsewhere"]);
+
+    // not due again for a day: the next run is a refresh alone
+    e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
+    let next = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert!(next.check.is_none(), "{:?}", next.check);
+    let report = e.ctx.store.verify_chain().await.unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_decides_again_only_the_rows_a_threshold_crossed_or_a_new_policy_moved() {
+    // closed tickets aged 11 days are purged at 10; open ones are kept
+    let policy = Policy {
+        rules: vec![RetentionRule {
+            previous_state: Some(["closed".to_string()].into()),
+            older_than: Some(Duration::from_secs(10 * 86_400)),
+            ..RetentionRule::new("closed-10d", RuleAction::Purge)
+        }],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    };
+    let day = chrono::Duration::days(1);
+    let mut tickets = Vec::new();
+    for i in 0..50u64 {
+        tickets.push(ticket(1_000 + i, day * 5, "open", 1001)); // no threshold near
+        tickets.push(ticket(2_000 + i, day * 11, "open", 1001)); // 10d crossed 1 to 2 days ago
+        tickets.push(ticket(3_000 + i, day * 20, "open", 1001)); // long past every threshold
+        tickets.push(ticket(4_000 + i, chrono::Duration::hours(30), "open", 1001)); // min_age crossed a day ago
+        // the newest page, which each refresh lists (and so decides itself)
+        tickets.push(ticket(
+            5_000 + i,
+            chrono::Duration::minutes(3),
+            "open",
+            1001,
+        ));
+        tickets.push(ticket(
+            6_000 + i,
+            chrono::Duration::minutes(10),
+            "open",
+            1001,
+        ));
+    }
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let mut e = engine(&sb, policy.clone(), ledger_settings()).await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.step, "backlog");
+    let walk = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(walk.step, "reconcile");
+    let steady = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(steady.step, "refresh");
+    assert_eq!(
+        steady.decided_from_ledger, 0,
+        "nothing crossed a threshold since"
+    );
+
+    // as if the last pass had been two days ago: the rows whose deletion
+    // plus a threshold falls in those two days, and only they
+    sqlx::query("UPDATE ledger_decided SET decided_at = ?")
+        .bind(zd_retention::audit::timestamp(Utc::now() - day * 2))
+        .execute(e.ctx.store.pool())
+        .await
+        .unwrap();
+    let after_pause = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(
+        after_pause.status,
+        RunStatus::Completed,
+        "{:?}",
+        after_pause.error
+    );
+    assert_eq!(
+        after_pause.decided_from_ledger, 100,
+        "the 11-day and 30-hour ones"
+    );
+
+    // a new policy: every live row, once
+    let mut wider = policy;
+    wider.rules[0].previous_state = Some(["closed".to_string(), "open".to_string()].into());
+    e.ctx.policy = std::sync::Arc::new(wider);
+    let changed = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(changed.decided_from_ledger, 200);
+    // the open tickets older than 10 days are purged now
+    assert_eq!(changed.counts.purged, 100);
+    let again = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(again.decided_from_ledger, 0);
+    assert_eq!(again.counts.purged, 0);
+}
