@@ -292,6 +292,10 @@ pub struct PeriodReport {
     pub integrity: Integrity,
     /// When the first run in the database started.
     pub records_begin: Option<String>,
+    /// From each ticket becoming purgeable (its deletion plus its rule's
+    /// age, or `min_age`) to its purge request, for the requests of the
+    /// period (as measured when sent).
+    pub latency: crate::audit::LatencySummary,
 }
 
 impl PeriodReport {
@@ -346,6 +350,9 @@ impl PeriodReport {
             config_versions: versions_in_force(store, since, &runs).await?,
             integrity: Integrity::check(store, keys).await?,
             records_begin: store.first_run_started().await?,
+            latency: store
+                .latency_summary(Some(since), Some(until), None)
+                .await?,
             runs,
         })
     }
@@ -486,6 +493,26 @@ async fn versions_in_force(
 }
 
 impl PeriodReport {
+    /// The purge latency of the period in a sentence.
+    fn latency_sentence(&self) -> String {
+        let l = &self.latency;
+        let s = |v: Option<f64>| {
+            v.map_or("-".to_string(), |v| {
+                crate::human::duration(std::time::Duration::from_secs_f64(v.max(0.0)))
+            })
+        };
+        if l.tickets == 0 {
+            return "No purge request of the period has a measured latency.".into();
+        }
+        format!(
+            "From becoming purgeable (deletion plus the rule's age, or safety.min_age) to the purge request, over {} tickets: median {}, 95th percentile {}, longest {}.",
+            l.tickets,
+            s(l.p50_seconds),
+            s(l.p95_seconds),
+            s(l.max_seconds)
+        )
+    }
+
     /// The distinct tickets of the failed and unknown outcomes.
     fn open_tickets(&self) -> usize {
         self.open_outcomes
@@ -1049,6 +1076,11 @@ impl PeriodReport {
             );
             b.push_str(&version_html(&v.version));
         }
+        let _ = writeln!(
+            b,
+            "<h2>Purge latency</h2>\n<p data-figure=\"latency\">{}</p>",
+            esc(&self.latency_sentence())
+        );
         b.push_str(&self.completeness_html());
         let _ = writeln!(
             b,
@@ -1276,6 +1308,7 @@ impl PeriodReport {
             }
             m.push('\n');
         }
+        let _ = writeln!(m, "## Purge latency\n\n{}\n", md(&self.latency_sentence()));
         let _ = writeln!(
             m,
             "## Completeness\n\nListed {} purge outcomes; the query counts {}.\n\n```sql\n{}\n```\n\n- hash chain: {}\n- signatures: {}: {}\n- statement: **{}**\n",

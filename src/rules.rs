@@ -591,6 +591,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn thresholds_fingerprint_and_purgeable_time_follow_the_rules() {
+        let rule = |older: u64| RetentionRule {
+            older_than: Some(Duration::from_secs(older)),
+            younger_than: Some(Duration::from_secs(90_000)),
+            ..RetentionRule::new("old", RuleAction::Purge)
+        };
+        let policy = Policy {
+            rules: vec![rule(86_400)],
+            min_age: Duration::from_secs(3600),
+            ..Policy::default()
+        };
+        assert_eq!(
+            policy.age_thresholds(),
+            [3600, 86_400, 90_000].map(Duration::from_secs)
+        );
+        assert_eq!(policy.fingerprint(), policy.clone().fingerprint(), "stable");
+        let other = Policy {
+            rules: vec![rule(86_401)],
+            ..policy.clone()
+        };
+        assert_ne!(policy.fingerprint(), other.fingerprint());
+        let deleted = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let ticket = DeletedTicket {
+            id: 1,
+            subject: None,
+            actor: None,
+            deleted_at: Some(deleted),
+            previous_state: None,
+        };
+        assert_eq!(
+            policy.purgeable_at("old", &ticket),
+            Some(deleted + chrono::Duration::days(1))
+        );
+        // a rule without an age: from min_age
+        assert_eq!(
+            policy.purgeable_at("no such rule", &ticket),
+            Some(deleted + chrono::Duration::hours(1))
+        );
+        let unknown = DeletedTicket {
+            deleted_at: None,
+            ..ticket
+        };
+        assert_eq!(policy.purgeable_at("old", &unknown), None);
+    }
+
+    #[test]
     fn names_and_states_compare_trimmed_caseless_and_normalised() {
         assert_eq!(normalize("Closed "), normalize("closed"));
         assert_eq!(normalize("CLOSED"), normalize("closed"));

@@ -133,6 +133,18 @@ impl Bench {
 }
 
 impl Bench {
+    /// Copies the audit database (and its WAL) to `to`.
+    pub(super) fn keep_database(&self, to: &Path) {
+        for (from, suffix) in [("audit.db", ""), ("audit.db-wal", "-wal")] {
+            let from = self.dir.path().join(from);
+            if from.exists() {
+                let mut target = to.as_os_str().to_owned();
+                target.push(suffix);
+                std::fs::copy(&from, &target).unwrap();
+            }
+        }
+    }
+
     /// A column of integers from the audit database (read-only).
     pub(super) fn query_i64s(&self, sql: &str) -> Vec<i64> {
         let path = self.dir.path().join("audit.db");

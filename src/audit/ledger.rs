@@ -224,10 +224,12 @@ impl AuditStore {
         mut each: impl FnMut(Vec<LedgerEntry>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut after: i64 = -1;
+        // `+state`: along the primary key from `after`, not the state index
+        // (which would sort every live row for each chunk)
         loop {
             let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT DISTINCT ticket_id FROM ledger
-                 WHERE ticket_id > ? AND state IN {LIVE_SQL} ORDER BY ticket_id LIMIT {LEDGER_CHUNK}"
+                 WHERE ticket_id > ? AND +state IN {LIVE_SQL} ORDER BY ticket_id LIMIT {LEDGER_CHUNK}"
             )))
             .bind(after)
             .fetch_all(self.pool())
@@ -572,9 +574,11 @@ impl AuditStore {
 
     /// Rows per ledger state, for `audit ledger` and the metrics.
     pub async fn ledger_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM ledger GROUP BY state ORDER BY state")
-            .fetch_all(self.pool())
-            .await?;
+        // kept by triggers (migration 0011): never a count of the ledger
+        let rows =
+            sqlx::query("SELECT state, n FROM ledger_state_counts WHERE n > 0 ORDER BY state")
+                .fetch_all(self.pool())
+                .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()

@@ -68,36 +68,9 @@ pub(super) struct Chosen {
 pub(super) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
 
 /// Every id a scan listed: a full scan of a million tickets keeps them all,
-/// in 4 bytes each while they fit (Zendesk's ids do, in practice), 8 after.
-#[derive(Debug)]
-pub(super) enum SeenIds {
-    Narrow(std::collections::HashSet<u32, foldhash::fast::RandomState>),
-    Wide(IdSet),
-}
-
-impl Default for SeenIds {
-    fn default() -> Self {
-        Self::Narrow(Default::default())
-    }
-}
-
-impl SeenIds {
-    /// `true` when the id was not listed before.
-    fn insert(&mut self, id: TicketId) -> bool {
-        match self {
-            Self::Narrow(narrow) => match u32::try_from(id) {
-                Ok(small) => narrow.insert(small),
-                Err(_) => {
-                    let mut wide: IdSet = narrow.drain().map(TicketId::from).collect();
-                    let new = wide.insert(id);
-                    *self = Self::Wide(wide);
-                    new
-                }
-            },
-            Self::Wide(wide) => wide.insert(id),
-        }
-    }
-}
+/// in a compressed bitmap (about 2 bytes an id when sparse, far less when
+/// dense), whatever their width.
+pub(super) type SeenIds = roaring::RoaringTreemap;
 
 /// The scan's view of the selection: latest listing wins, disagreeing
 /// listings are never purged in this run.
@@ -1276,14 +1249,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seen_ids_widen_without_forgetting() {
+    fn seen_ids_keep_narrow_and_wide_ids() {
         let mut seen = SeenIds::default();
         assert!(seen.insert(7));
         assert!(!seen.insert(7));
         assert!(seen.insert(u64::from(u32::MAX)));
         assert!(seen.insert(u64::from(u32::MAX) + 1), "a wide id");
-        assert!(matches!(seen, SeenIds::Wide(_)));
-        assert!(!seen.insert(7), "narrow ids kept when widening");
+        assert!(!seen.insert(7), "narrow ids kept beside wide ones");
         assert!(!seen.insert(u64::from(u32::MAX) + 1));
         assert!(seen.insert(u64::MAX));
     }
