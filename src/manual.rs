@@ -710,6 +710,9 @@ pub fn ledger_diff(
     differ.finish()
 }
 
+/// A change of decision: from decision and rule, to decision and rule.
+type ChangeKey = (String, Option<String>, String, Option<String>);
+
 /// `ledger_diff` one row at a time: the ledger is read in chunks, never
 /// held whole.
 pub struct LedgerDiffer<'a> {
@@ -717,7 +720,7 @@ pub struct LedgerDiffer<'a> {
     record_subjects: bool,
     safety: &'a crate::config::Safety,
     now: chrono::DateTime<chrono::Utc>,
-    groups: BTreeMap<(String, Option<String>, String, Option<String>), Vec<TicketId>>,
+    groups: BTreeMap<ChangeKey, Vec<TicketId>>,
     diff: LedgerDiff,
 }
 

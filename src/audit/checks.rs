@@ -35,10 +35,14 @@ pub struct LatencySummary {
     pub max_seconds: Option<f64>,
 }
 
+/// A `view_checks` row: id, started_at, next_url, next_page, pages,
+/// listed, runs.
+type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64);
+
 impl AuditStore {
     /// The check under way: begun, neither finished nor given up.
     pub async fn open_view_check(&self) -> anyhow::Result<Option<ViewCheck>> {
-        let row: Option<(i64, String, Option<String>, i64, i64, i64, i64)> = sqlx::query_as(
+        let row: Option<CheckRow> = sqlx::query_as(
             "SELECT id, started_at, next_url, next_page, pages, listed, runs FROM view_checks
              WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1",
         )

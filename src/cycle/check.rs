@@ -172,28 +172,43 @@ pub(super) async fn walk_check(
         }
     };
     drop(pages);
+    progress.finished = finished;
+    end_part(ctx, run, gate, check, progress, result.error).await
+}
+
+/// Records where this run's part of the check ended: the check given up
+/// on a listing error (the next starts over), or its place kept.
+async fn end_part(
+    ctx: &CycleContext,
+    run: RunId,
+    gate: &ListingGate,
+    check: ViewCheck,
+    mut progress: CheckProgress,
+    failed: Option<String>,
+) -> anyhow::Result<(Option<CheckProgress>, Option<ViewCheck>, Option<String>)> {
+    let store = &ctx.store;
     progress.total_pages = check.pages;
     progress.runs = check.runs;
     let mut error = None;
-    if let Some(e) = result.error {
-        // a walk that cannot go on from its stored page starts over
+    if let Some(e) = failed {
         store
             .end_view_check(check.id, run, Utc::now(), Some(&e))
             .await?;
         error = Some(format!("the whole-view check stopped and starts over: {e}"));
+        progress.finished = false;
     } else {
         let _turn = gate.turn.lock().await;
         store.advance_view_check(&check).await?;
     }
-    progress.finished = finished;
     tracing::info!(
         check = check.id,
         pages = progress.pages,
         total = check.pages,
-        finished,
+        finished = progress.finished,
         "whole-view check walked on"
     );
-    Ok((Some(progress), finished.then_some(check), error))
+    let finished = progress.finished.then_some(check);
+    Ok((Some(progress), finished, error))
 }
 
 /// Decides one page of the check and writes it (under the listing gate:
@@ -209,13 +224,7 @@ async fn check_page(
     page: &crate::zendesk::DeletedTicketsPage,
 ) -> anyhow::Result<()> {
     let store = &ctx.store;
-    let ids: Vec<TicketId> = page
-        .tickets
-        .iter()
-        .map(|t| t.id)
-        .filter(|id| *id <= crate::audit::MAX_TICKET_ID)
-        .collect();
-    let mut ledger = store.ledger_rows(&ids).await?;
+    let mut ledger = page_rows(store, page).await?;
     let (sending, tickets): (Vec<&DeletedTicket>, Vec<&DeletedTicket>) =
         page.tickets.iter().partition(|t| {
             ledger.get(&t.id).is_some_and(|e| {

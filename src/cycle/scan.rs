@@ -567,14 +567,7 @@ pub(super) async fn scan(
             result.error = Some(message);
             break;
         }
-        // the page's own ledger rows: the ledger is never held whole
-        let ids: Vec<TicketId> = page
-            .tickets
-            .iter()
-            .map(|t| t.id)
-            .filter(|id| *id <= crate::audit::MAX_TICKET_ID)
-            .collect();
-        let mut ledger = store.ledger_rows(&ids).await?;
+        let mut ledger = page_rows(store, &page).await?;
         let now = Utc::now();
         let not_effective = decide_page(
             ctx,
@@ -633,6 +626,20 @@ pub(super) async fn scan(
         &mut sending_stopped,
     )
     .await
+}
+
+/// The ledger rows of a page's tickets: the ledger is never held whole.
+pub(super) async fn page_rows(
+    store: &AuditStore,
+    page: &crate::zendesk::DeletedTicketsPage,
+) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
+    let ids: Vec<TicketId> = page
+        .tickets
+        .iter()
+        .map(|t| t.id)
+        .filter(|id| *id <= crate::audit::MAX_TICKET_ID)
+        .collect();
+    store.ledger_rows(&ids).await
 }
 
 /// What a page leaves to write: its decisions when due (write-ahead: on disk
