@@ -27,7 +27,7 @@ CREATE TABLE view_checks (
     pages         INTEGER NOT NULL DEFAULT 0,
     listed        INTEGER NOT NULL DEFAULT 0,
     runs          INTEGER NOT NULL DEFAULT 0,
-    cursor_proven INTEGER NOT NULL DEFAULT 0,
+    walked        INTEGER NOT NULL DEFAULT 0,  -- 1 once a page said there is no more
     finished_at   TEXT,                 -- the walk's end, settled
     finished_run  INTEGER,
     abandoned     TEXT                  -- why it was given up (a broken listing): the next one starts over
@@ -43,6 +43,7 @@ CREATE TABLE purge_latency (
     latency_ms     INTEGER NOT NULL
 );
 CREATE INDEX purge_latency_sent ON purge_latency (sent_at);
+CREATE INDEX purge_latency_job ON purge_latency (job_id);
 
 -- The rows a refresh decides again: by deletion time (an age threshold
 -- crossed) and by last sighting (what a whole walk did not list).

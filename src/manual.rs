@@ -703,7 +703,8 @@ pub fn ledger_diff(
     safety: &crate::config::Safety,
     now: chrono::DateTime<chrono::Utc>,
 ) -> LedgerDiff {
-    let mut differ = LedgerDiffer::new(policy, record_subjects, safety, now);
+    let _ = record_subjects; // rows without a subject are decided from their tags either way
+    let mut differ = LedgerDiffer::new(policy, safety, now);
     for entry in entries.values() {
         differ.add(entry);
     }
@@ -717,7 +718,6 @@ type ChangeKey = (String, Option<String>, String, Option<String>);
 /// held whole.
 pub struct LedgerDiffer<'a> {
     policy: &'a Policy,
-    record_subjects: bool,
     safety: &'a crate::config::Safety,
     now: chrono::DateTime<chrono::Utc>,
     groups: BTreeMap<ChangeKey, Vec<TicketId>>,
@@ -727,13 +727,11 @@ pub struct LedgerDiffer<'a> {
 impl<'a> LedgerDiffer<'a> {
     pub fn new(
         policy: &'a Policy,
-        record_subjects: bool,
         safety: &'a crate::config::Safety,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Self {
         Self {
             policy,
-            record_subjects,
             safety,
             now,
             groups: BTreeMap::new(),
@@ -762,7 +760,7 @@ impl<'a> LedgerDiffer<'a> {
             return;
         }
         let ticket = entry.as_ticket();
-        let decision = if self.record_subjects || entry.subject.is_some() {
+        let decision = if entry.subject.is_some() || !self.policy.uses_subjects() {
             Some(self.policy.decide(&ticket, self.now))
         } else {
             self.policy

@@ -23,6 +23,8 @@ pub struct ViewCheck {
     pub listed: u64,
     /// Runs that walked a part of it.
     pub runs: u64,
+    /// A page said there is no more: walked to the end, to settle.
+    pub walked: bool,
 }
 
 /// Purge latency over a period or a run: from a ticket becoming purgeable
@@ -36,21 +38,21 @@ pub struct LatencySummary {
 }
 
 /// A `view_checks` row: id, started_at, next_url, next_page, pages,
-/// listed, runs.
-type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64);
+/// listed, runs, walked.
+type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64, bool);
 
 impl AuditStore {
     /// The check under way: begun, neither finished nor given up.
     pub async fn open_view_check(&self) -> anyhow::Result<Option<ViewCheck>> {
         let row: Option<CheckRow> = sqlx::query_as(
-            "SELECT id, started_at, next_url, next_page, pages, listed, runs FROM view_checks
+            "SELECT id, started_at, next_url, next_page, pages, listed, runs, walked FROM view_checks
              WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1",
         )
         .fetch_optional(self.pool())
         .await
         .context("cannot read the whole-view check")?;
-        Ok(
-            row.and_then(|(id, started, next, next_page, pages, listed, runs)| {
+        Ok(row.and_then(
+            |(id, started, next, next_page, pages, listed, runs, walked)| {
                 Some(ViewCheck {
                     id,
                     started_at: parse_time(Some(started))?,
@@ -59,9 +61,10 @@ impl AuditStore {
                     pages: pages.max(0) as u64,
                     listed: listed.max(0) as u64,
                     runs: runs.max(0) as u64,
+                    walked,
                 })
-            }),
-        )
+            },
+        ))
     }
 
     /// Begins a check whose walk starts now; its absences are counted
@@ -87,6 +90,7 @@ impl AuditStore {
             pages: 0,
             listed: 0,
             runs: 0,
+            walked: false,
         })
     }
 
@@ -95,13 +99,14 @@ impl AuditStore {
     pub async fn advance_view_check(&self, check: &ViewCheck) -> anyhow::Result<()> {
         self.check_file()?;
         sqlx::query(
-            "UPDATE view_checks SET next_url = ?, next_page = ?, pages = ?, listed = ?, runs = ? WHERE id = ?",
+            "UPDATE view_checks SET next_url = ?, next_page = ?, pages = ?, listed = ?, runs = ?, walked = ? WHERE id = ?",
         )
         .bind(&check.next)
         .bind(i64::from(check.next_page))
         .bind(check.pages as i64)
         .bind(check.listed as i64)
         .bind(check.runs as i64)
+        .bind(check.walked)
         .bind(check.id)
         .execute(self.pool())
         .await
@@ -187,43 +192,48 @@ impl AuditStore {
         to: Option<DateTime<Utc>>,
         run: Option<RunId>,
     ) -> anyhow::Result<LatencySummary> {
-        let from = from.map(timestamp).unwrap_or_default();
-        let to = to.map(timestamp).unwrap_or_else(|| "9999".into());
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM purge_latency p
-             WHERE p.sent_at >= ? AND p.sent_at < ?
-               AND (?3 IS NULL OR p.job_id IN (SELECT id FROM jobs WHERE run_id = ?3))",
-        )
-        .bind(&from)
-        .bind(&to)
-        .bind(run)
+        // by the run's jobs (indexed), or by the time sent (indexed)
+        let (filter, first, second) = match run {
+            Some(run) => (
+                "job_id IN (SELECT id FROM jobs WHERE run_id = ?1) AND ?2 IS NOT NULL",
+                run.to_string(),
+                String::new(),
+            ),
+            None => (
+                "sent_at >= ?1 AND sent_at < ?2",
+                from.map(timestamp).unwrap_or_default(),
+                to.map(timestamp).unwrap_or_else(|| "9999".into()),
+            ),
+        };
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM purge_latency WHERE {filter}"
+        )))
+        .bind(&first)
+        .bind(&second)
         .fetch_one(self.pool())
         .await?;
         if count == 0 {
             return Ok(LatencySummary::default());
         }
-        let at = |rank: i64| {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT latency_ms FROM purge_latency p
-                 WHERE p.sent_at >= ? AND p.sent_at < ?
-                   AND (?3 IS NULL OR p.job_id IN (SELECT id FROM jobs WHERE run_id = ?3))
-                 ORDER BY latency_ms LIMIT 1 OFFSET ?4",
-            )
-            .bind(from.clone())
-            .bind(to.clone())
-            .bind(run)
-            .bind(rank)
-        };
         // the nearest rank: the smallest value with at least p of them at or below it
         let rank = |p: f64| (((count as f64) * p).ceil() as i64 - 1).clamp(0, count - 1);
-        let p50: i64 = at(rank(0.5)).fetch_one(self.pool()).await?;
-        let p95: i64 = at(rank(0.95)).fetch_one(self.pool()).await?;
-        let max: i64 = at(count - 1).fetch_one(self.pool()).await?;
+        let mut at = Vec::new();
+        for r in [rank(0.5), rank(0.95), count - 1] {
+            let ms: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT latency_ms FROM purge_latency WHERE {filter} ORDER BY latency_ms LIMIT 1 OFFSET ?3"
+            )))
+            .bind(&first)
+            .bind(&second)
+            .bind(r)
+            .fetch_one(self.pool())
+            .await?;
+            at.push(Some(ms as f64 / 1000.0));
+        }
         Ok(LatencySummary {
             tickets: count as u64,
-            p50_seconds: Some(p50 as f64 / 1000.0),
-            p95_seconds: Some(p95 as f64 / 1000.0),
-            max_seconds: Some(max as f64 / 1000.0),
+            p50_seconds: at[0],
+            p95_seconds: at[1],
+            max_seconds: at[2],
         })
     }
 }

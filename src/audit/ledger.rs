@@ -357,7 +357,7 @@ impl AuditStore {
     /// out those whose purge is under way.
     pub async fn ledger_unseen_since(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<TicketId>> {
         let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT ticket_id FROM ledger
+            "SELECT DISTINCT ticket_id FROM ledger INDEXED BY ledger_by_sighting
              WHERE state IN {LIVE_SQL} AND state <> 'purge_requested' AND last_seen < ?
              ORDER BY ticket_id"
         )))

@@ -69,12 +69,8 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     if args.ledger {
         // read-only: the running daemon's ledger is not disturbed
         let store = AuditStore::open_read_only(&config.audit.database).await?;
-        let mut differ = crate::manual::LedgerDiffer::new(
-            &config.policy,
-            config.audit.record_subjects,
-            &config.safety,
-            chrono::Utc::now(),
-        );
+        let mut differ =
+            crate::manual::LedgerDiffer::new(&config.policy, &config.safety, chrono::Utc::now());
         let read = store
             .ledger_live_chunks(|rows| {
                 rows.iter().for_each(|e| differ.add(e));

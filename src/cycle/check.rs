@@ -95,7 +95,7 @@ pub(super) async fn walk_check(
         }
         None => return Ok((None, None, None)),
     };
-    if check.pages > 0 && check.next.is_none() {
+    if check.walked {
         // walked to its end by an earlier run that did not settle it
         let progress = CheckProgress {
             check: check.id,
@@ -146,6 +146,12 @@ pub(super) async fn walk_check(
             result.error = Some(message.clone());
             break message;
         }
+        if page.has_more && page.next.is_none() {
+            // never taken for the end: the walk could not go on
+            let message = "the listing said there is more but gave no next page".to_string();
+            result.error = Some(message.clone());
+            break message;
+        }
         check_page(
             ctx,
             run,
@@ -160,6 +166,7 @@ pub(super) async fn walk_check(
         check.listed += page.tickets.len() as u64;
         check.next = page.next.clone();
         check.next_page = page.number.saturating_add(1);
+        check.walked = !page.has_more;
         progress.pages += 1;
         progress.listed += page.tickets.len() as u64;
         {
@@ -225,13 +232,17 @@ async fn check_page(
 ) -> anyhow::Result<()> {
     let store = &ctx.store;
     let mut ledger = page_rows(store, page).await?;
+    // the purge worker's tickets (this run's selection, the jobs an earlier
+    // process left open, requests since this run began) are only noted as
+    // seen: their listing here must not race their request or its outcome
     let (sending, tickets): (Vec<&DeletedTicket>, Vec<&DeletedTicket>) =
         page.tickets.iter().partition(|t| {
-            ledger.get(&t.id).is_some_and(|e| {
-                e.state.awaits_settling()
-                    && e.deleted_at == t.deleted_at
-                    && e.requested_at.is_some_and(|r| r >= scan.walk_started)
-            })
+            scan.handed.contains(t.id)
+                || in_flight.contains(&t.id)
+                || ledger.get(&t.id).is_some_and(|e| {
+                    e.state.awaits_settling()
+                        && e.requested_at.is_some_and(|r| r >= scan.walk_started)
+                })
         });
     for t in sending {
         walk.touched.push(Sighting {

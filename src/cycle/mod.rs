@@ -632,12 +632,11 @@ async fn run_started(
     let settings = &ctx.settings;
     let (recovered, recovered_unknown, in_flight) = recover_open_jobs(ctx, run).await?;
 
-    let patterns = if settings.record_subjects {
-        Vec::new()
-    } else {
-        ctx.policy.subject_fingerprints()
-    };
-    let marks = store.listing_marks(&patterns).await?;
+    // rows without their subject and without a tag for a pattern in force
+    // (subjects kept or not) cannot be decided without a listing
+    let marks = store
+        .listing_marks(&ctx.policy.subject_fingerprints())
+        .await?;
 
     // The purge worker: sends batches and follows jobs.
     let (batches, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);

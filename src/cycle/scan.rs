@@ -48,6 +48,9 @@ pub(super) struct ScanResult {
     pub(super) decisions_recorded: u64,
     /// Live ledger rows decided again without a listing.
     pub(super) decided_from_ledger: u64,
+    /// The tickets this run selected: the purge worker's, whatever the
+    /// whole-view check beside it lists.
+    pub(super) handed: SeenIds,
 }
 
 impl ScanResult {
@@ -409,11 +412,10 @@ pub(super) fn decide_page(
             not_effective.push((ticket.id, p.state));
         }
         let kind = DecisionKind::of(&decision, settings.dry_run).as_str();
-        let tags = if settings.record_subjects {
-            None
-        } else {
-            ctx.policy.subject_tags(ticket)
-        };
+        // the tags whether subjects are kept or not: a row without its
+        // subject (not kept, or recorded before subjects were) is decided
+        // from them, never as if its subject matched nothing
+        let tags = ctx.policy.subject_tags(ticket);
         let unchanged = prior.as_ref().is_some_and(|p| {
             p.deleted_at == ticket.deleted_at
                 && p.decision.as_deref() == Some(kind)
@@ -505,6 +507,7 @@ impl ScanResult {
             high_water: None,
             decisions_recorded: 0,
             decided_from_ledger: 0,
+            handed: SeenIds::default(),
         }
     }
 }
@@ -615,7 +618,7 @@ pub(super) async fn scan(
     flush_decisions(store, run, &mut walk, &mut result, Utc::now()).await?;
 
     close_walk(ctx, run, marks, &in_flight, &mut walk, &mut result).await?;
-    hand_over(
+    let mut result = hand_over(
         ctx,
         run,
         &mut walk,
@@ -625,7 +628,17 @@ pub(super) async fn scan(
         &mut queued,
         &mut sending_stopped,
     )
-    .await
+    .await?;
+    // what this run selected (sent or not): a check beside the purge worker
+    // only notes these as seen
+    result.handed = walk
+        .selection
+        .chosen
+        .keys()
+        .chain(walk.selection.released.iter())
+        .copied()
+        .collect();
+    Ok(result)
 }
 
 /// The ledger rows of a page's tickets: the ledger is never held whole.
@@ -1019,7 +1032,11 @@ pub(super) async fn decide_from_ledger(
         result.decisions_recorded += records.len() as u64;
         store.record_decisions(run, &records).await?;
     }
-    store.set_ledger_decided(run, now, &policy).await
+    // as of the refresh's start: the rows it listed were decided then, and
+    // a threshold they crossed since is found by the next pass
+    store
+        .set_ledger_decided(run, result.walk_started, &policy)
+        .await
 }
 
 /// What the decisions of the ledger's rows depend on besides the ticket and
@@ -1048,7 +1065,7 @@ fn decide_entries(
         let ticket = entry.as_ticket();
         // a subject the ledger holds (recorded while subjects were kept)
         // answers the patterns itself
-        let decision = if settings.record_subjects || entry.subject.is_some() {
+        let decision = if entry.subject.is_some() || !ctx.policy.uses_subjects() {
             ctx.policy.decide(&ticket, now)
         } else {
             match ctx

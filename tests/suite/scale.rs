@@ -241,3 +241,56 @@ async fn a_refresh_decides_again_only_the_rows_a_threshold_crossed_or_a_new_poli
     assert_eq!(again.decided_from_ledger, 0);
     assert_eq!(again.counts.purged, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeping_subjects_from_now_on_never_reads_an_unkept_subject_as_matching_nothing() {
+    // found in review: switching audit.record_subjects on changed the
+    // policy's fingerprint, the next refresh decided every row again, and
+    // a row without its subject was decided as if no subject rule matched
+    let policy = Policy {
+        rules: vec![
+            RetentionRule {
+                subject_matches: Some(regex::Regex::new("(?i)legal hold").unwrap()),
+                ..RetentionRule::new("legal-hold", RuleAction::Keep)
+            },
+            RetentionRule {
+                actor_ids: Some([900001].into()),
+                ..RetentionRule::new("bot", RuleAction::Purge)
+            },
+        ],
+        min_age: Duration::from_secs(3600),
+        ..Policy::default()
+    };
+    let tickets: Vec<SandboxTicket> = (0..300u64)
+        .map(|i| SandboxTicket {
+            subject: Some(if i % 3 == 0 {
+                format!("Legal hold {i}")
+            } else {
+                format!("Ticket {i}")
+            }),
+            ..ticket(20_000 + i, chrono::Duration::hours(2 + i as i64), "closed", 900001)
+        })
+        .collect();
+    let held: BTreeSet<u64> = tickets.iter().step_by(3).map(|t| t.id).collect();
+    let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
+    let mut e = engine(
+        &sb,
+        policy,
+        CycleSettings {
+            dry_run: true,
+            ..ledger_settings()
+        },
+    )
+    .await;
+    let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(first.counts.matched, 200);
+    e.ctx.settings.record_subjects = true;
+    e.ctx.settings.dry_run = false;
+    let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(second.status, RunStatus::Completed, "{:?}", second.error);
+    assert_eq!(second.step, "refresh");
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert!(purged.is_disjoint(&held), "a legal hold was purged");
+    assert_eq!(second.counts.purged as usize, purged.len());
+    assert_eq!(purged.len(), 200);
+}
