@@ -114,21 +114,9 @@ impl Bench {
 
     /// Rows of the audit's history: decisions, outcomes, jobs, chain entries.
     pub(super) fn audit_rows(&self) -> i64 {
-        let path = self.dir.path().join("audit.db");
-        self.runtime.block_on(async {
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .read_only(true);
-            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-            let n: i64 = sqlx::query_scalar(
-                "SELECT (SELECT COUNT(*) FROM decisions) + (SELECT COUNT(*) FROM outcomes) + (SELECT COUNT(*) FROM jobs) + (SELECT COUNT(*) FROM audit_chain)",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            pool.close().await;
-            n
-        })
+        self.query_i64s(
+            "SELECT (SELECT COUNT(*) FROM decisions) + (SELECT COUNT(*) FROM outcomes) + (SELECT COUNT(*) FROM jobs) + (SELECT COUNT(*) FROM audit_chain)",
+        )[0]
     }
 }
 

@@ -332,3 +332,15 @@ pub async fn daemon_in_process(
     }));
     (addr, stop, daemon)
 }
+
+/// A deleted ticket `age` ago, with a subject naming it.
+pub fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> SandboxTicket {
+    SandboxTicket {
+        id,
+        subject: Some(format!("Ticket {id}")),
+        actor_id: actor,
+        actor_name: format!("Agent {actor}"),
+        deleted_at: chrono::Utc::now() - age,
+        previous_state: state.into(),
+    }
+}

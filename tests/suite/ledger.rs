@@ -12,17 +12,6 @@ use zd_retention::sandbox::SandboxTicket;
 
 use crate::helpers::*;
 
-fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> SandboxTicket {
-    SandboxTicket {
-        id,
-        subject: Some(format!("Ticket {id}")),
-        actor_id: actor,
-        actor_name: format!("Agent {actor}"),
-        deleted_at: Utc::now() - age,
-        previous_state: state.into(),
-    }
-}
-
 /// Purges only the bot's deletions older than an hour: most tickets are
 /// kept, which is when re-listing everything costs most.
 fn bot_policy() -> Policy {

@@ -17,19 +17,8 @@ use zd_retention::sandbox::{
 
 use crate::helpers::{
     Profile, clear_tickets, engine, example_policy, fast_sandbox_options, last_decision,
-    last_outcomes, sandbox_with, selected, test_settings,
+    last_outcomes, sandbox_with, selected, test_settings, ticket,
 };
-
-fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> SandboxTicket {
-    SandboxTicket {
-        id,
-        subject: Some(format!("Ticket {id}")),
-        actor_id: actor,
-        actor_name: format!("Agent {actor}"),
-        deleted_at: Utc::now() - age,
-        previous_state: state.into(),
-    }
-}
 
 fn days(d: i64) -> chrono::Duration {
     chrono::Duration::days(d)

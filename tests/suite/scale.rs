@@ -12,17 +12,6 @@ use zd_retention::sandbox::SandboxTicket;
 
 use crate::helpers::*;
 
-fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> SandboxTicket {
-    SandboxTicket {
-        id,
-        subject: None,
-        actor_id: actor,
-        actor_name: format!("Agent {actor}"),
-        deleted_at: Utc::now() - age,
-        previous_state: state.into(),
-    }
-}
-
 /// The bot's old deletions and anything the spam bot deletes.
 fn two_bots() -> Policy {
     Policy {
@@ -268,7 +257,12 @@ async fn keeping_subjects_from_now_on_never_reads_an_unkept_subject_as_matching_
             } else {
                 format!("Ticket {i}")
             }),
-            ..ticket(20_000 + i, chrono::Duration::hours(2 + i as i64), "closed", 900001)
+            ..ticket(
+                20_000 + i,
+                chrono::Duration::hours(2 + i as i64),
+                "closed",
+                900001,
+            )
         })
         .collect();
     let held: BTreeSet<u64> = tickets.iter().step_by(3).map(|t| t.id).collect();
