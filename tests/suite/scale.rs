@@ -288,3 +288,93 @@ async fn keeping_subjects_from_now_on_never_reads_an_unkept_subject_as_matching_
     assert_eq!(second.counts.purged as usize, purged.len());
     assert_eq!(purged.len(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
+    // agents restore, delete again and delete new tickets on every listing
+    // request while the check walks over many runs beside the purges
+    // CHURN_SEED=n tries other agents
+    let seed: u64 = std::env::var("CHURN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(11);
+    eprintln!("CHURN_SEED={seed}");
+    let tickets = clear_tickets(2500, seed);
+    let options = zd_retention::sandbox::SandboxOptions {
+        churn: 4.0,
+        seed,
+        ..fast_sandbox_options(0)
+    };
+    let sb = sandbox_with(tickets, options).await;
+    let mut e = engine(&sb, example_policy(), ledger_settings()).await;
+    // the first runs build the ledger (a backlog, then a whole walk)
+    for _ in 0..2 {
+        let r = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+    }
+    e.ctx.settings.reconcile_every = Duration::from_millis(1);
+    e.ctx.settings.check_share = 0.4;
+    e.ctx.settings.check_interval = Duration::from_millis(100);
+    let mut finished = 0;
+    for _ in 0..60 {
+        let r = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+        assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+        if r.check.as_ref().is_some_and(|c| c.finished) {
+            finished += 1;
+            if finished == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(finished, 2, "two checks ended over the runs");
+    let log = sb.churn_log();
+    assert!(log.len() > 100, "the agents were at work: {}", log.len());
+    let restored_ever: BTreeSet<u64> = log
+        .iter()
+        .filter_map(|e| match e {
+            zd_retention::sandbox::ChurnEvent::Restored { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    let requested = sb.purge_requested_as();
+    for t in sb.purged_tickets() {
+        assert_eq!(
+            requested.get(&t.id),
+            Some(&t),
+            "ticket {} changed under its job",
+            t.id
+        );
+        assert!(
+            example_selects(&t) == Some(true),
+            "ticket {} selected by no rule",
+            t.id
+        );
+    }
+    let outcomes = last_outcomes(e.ctx.store.pool()).await;
+    for (id, outcome) in &outcomes {
+        match outcome.as_str() {
+            "purged" | "confirmed_gone" => {
+                assert!(purged.contains(id), "ticket {id}: {outcome}, not purged")
+            }
+            "restored_elsewhere" => assert!(
+                restored_ever.contains(id) && !purged.contains(id),
+                "ticket {id}: restored_elsewhere, never restored"
+            ),
+            // nobody but us deletes for good here: a kept ticket cannot
+            // have left the view
+            "left_view" | "scrubbed_by_zendesk" => panic!("ticket {id}: {outcome} under churn"),
+            _ => {}
+        }
+    }
+    assert!(
+        outcomes.values().any(|o| o == "restored_elsewhere"),
+        "the checks settled restores"
+    );
+    assert!(
+        outcomes.values().any(|o| o == "restored_elsewhere"),
+        "the checks settled restores"
+    );
+    let report = e.ctx.store.verify_chain().await.unwrap();
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+}
