@@ -694,28 +694,12 @@ pub struct NextRunPurges {
     pub purge_while_scanning: bool,
 }
 
-/// Decides every live ledger row with `policy` at `now` and compares with
-/// the decision the ledger holds. Pure: the rule engine and the rows.
-pub fn ledger_diff(
-    entries: &std::collections::HashMap<TicketId, crate::audit::LedgerEntry>,
-    policy: &Policy,
-    record_subjects: bool,
-    safety: &crate::config::Safety,
-    now: chrono::DateTime<chrono::Utc>,
-) -> LedgerDiff {
-    let _ = record_subjects; // rows without a subject are decided from their tags either way
-    let mut differ = LedgerDiffer::new(policy, safety, now);
-    for entry in entries.values() {
-        differ.add(entry);
-    }
-    differ.finish()
-}
-
 /// A change of decision: from decision and rule, to decision and rule.
 type ChangeKey = (String, Option<String>, String, Option<String>);
 
-/// `ledger_diff` one row at a time: the ledger is read in chunks, never
-/// held whole.
+/// Decides every live ledger row with `policy` at `now` and compares with
+/// the decision the ledger holds, one row at a time: the ledger is read in
+/// chunks, never held whole. Pure: the rule engine and the rows.
 pub struct LedgerDiffer<'a> {
     policy: &'a Policy,
     safety: &'a crate::config::Safety,

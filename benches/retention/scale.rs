@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use zd_retention::sandbox::{SandboxTicket, generate_tickets};
+use zd_retention::sandbox::generate_tickets;
 
 use super::BIN;
-use super::steady::{AUTOMATION, Bench, round};
+use super::steady::{AUTOMATION, Bench, new_deletions, round};
 
 /// At 450x, Zendesk's 15 minutes are 2 s: the cron below.
 const SCALE: f64 = 450.0;
@@ -80,22 +80,7 @@ fn list_requests(report: &Value) -> u64 {
 
 /// The churn between two runs: new deletions, restores, deletions again.
 fn churn(bench: &Bench, rng: &mut rand::rngs::StdRng, next_id: &mut u64, kept: &[u64]) -> u64 {
-    let at = Utc::now();
-    let fresh: Vec<SandboxTicket> = (0..500u64)
-        .map(|_| {
-            *next_id += 1;
-            let automation = rng.random_bool(0.2);
-            SandboxTicket {
-                id: *next_id,
-                subject: None,
-                actor_id: if automation { AUTOMATION } else { 1001 },
-                actor_name: "Someone".into(),
-                deleted_at: at - chrono::Duration::milliseconds(rng.random_range(0..1500)),
-                previous_state: "closed".into(),
-            }
-        })
-        .collect();
-    bench.sandbox.insert(fresh);
+    bench.sandbox.insert(new_deletions(rng, next_id, 500, 1500));
     let mut changes = 500;
     for i in 0..70 {
         let id = kept[rng.random_range(0..kept.len())];

@@ -298,22 +298,9 @@ pub fn s6(bin: &Path, ledger: bool) -> Value {
     for run in 1..96u64 {
         // 1,000 over 95 runs: 10 or 11 each
         let n = 1000 * (run + 1) / 96 - 1000 * run / 96;
-        let at = Utc::now();
-        let fresh: Vec<SandboxTicket> = (0..n)
-            .map(|_| {
-                let automation = rng.random_bool(0.2);
-                next_id += 1;
-                SandboxTicket {
-                    id: next_id,
-                    subject: None,
-                    actor_id: if automation { AUTOMATION } else { 1001 },
-                    actor_name: "Someone".into(),
-                    deleted_at: at - chrono::Duration::milliseconds(rng.random_range(0..500)),
-                    previous_state: "closed".into(),
-                }
-            })
-            .collect();
-        bench.sandbox.insert(fresh);
+        bench
+            .sandbox
+            .insert(new_deletions(&mut rng, &mut next_id, n, 500));
         std::thread::sleep(Duration::from_millis(1000));
         let before = bench.audit_rows();
         let (report, _) = bench.once(bin);
@@ -336,6 +323,31 @@ pub fn s6(bin: &Path, ledger: bool) -> Value {
     });
     eprintln!("  {result}");
     result
+}
+
+/// `n` new deletions, one in five by the automation, deleted within the
+/// last `spread_ms` milliseconds, with ids after `next_id`.
+pub(super) fn new_deletions(
+    rng: &mut rand::rngs::StdRng,
+    next_id: &mut u64,
+    n: u64,
+    spread_ms: i64,
+) -> Vec<SandboxTicket> {
+    let at = Utc::now();
+    (0..n)
+        .map(|_| {
+            let automation = rng.random_bool(0.2);
+            *next_id += 1;
+            SandboxTicket {
+                id: *next_id,
+                subject: None,
+                actor_id: if automation { AUTOMATION } else { 1001 },
+                actor_name: "Someone".into(),
+                deleted_at: at - chrono::Duration::milliseconds(rng.random_range(0..spread_ms)),
+                previous_state: "closed".into(),
+            }
+        })
+        .collect()
 }
 
 pub(super) fn round(x: f64) -> f64 {

@@ -37,6 +37,10 @@ pub struct LatencySummary {
     pub max_seconds: Option<f64>,
 }
 
+/// A purge request's row, when it left, and each of its tickets with when
+/// it became purgeable.
+pub type RequestLatency = (i64, DateTime<Utc>, Vec<(TicketId, DateTime<Utc>)>);
+
 /// A `view_checks` row: id, started_at, next_url, next_page, pages,
 /// listed, runs, walked.
 type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64, bool);
@@ -153,34 +157,33 @@ impl AuditStore {
         Ok(())
     }
 
-    /// Records when each ticket of a purge request became purgeable and
-    /// when the request left.
-    pub async fn record_latencies(
-        &self,
-        job: i64,
-        sent_at: DateTime<Utc>,
-        tickets: &[(TicketId, DateTime<Utc>)],
-    ) -> anyhow::Result<()> {
-        if tickets.is_empty() {
+    /// Records, for each purge request of a round, when each of its tickets
+    /// became purgeable and when the request left: one commit.
+    pub async fn record_latencies(&self, requests: &[RequestLatency]) -> anyhow::Result<()> {
+        let rows: Vec<_> = requests
+            .iter()
+            .flat_map(|(job, sent, tickets)| tickets.iter().map(move |t| (*job, sent, t)))
+            .collect();
+        if rows.is_empty() {
             return Ok(());
         }
         self.check_file()?;
-        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
-            "INSERT INTO purge_latency (job_id, ticket_id, purgeable_at, sent_at, latency_ms) ",
-        );
-        let sent = timestamp(sent_at);
-        q.push_values(tickets, |mut b, (id, purgeable)| {
-            let ms = (sent_at - *purgeable).num_milliseconds().max(0);
-            b.push_bind(job)
-                .push_bind(*id as i64)
-                .push_bind(timestamp(*purgeable))
-                .push_bind(sent.clone())
-                .push_bind(ms);
-        });
-        q.build()
-            .execute(self.pool())
-            .await
-            .context("cannot record purge latency")?;
+        let mut tx = self.pool().begin().await?;
+        for chunk in rows.chunks(400) {
+            let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+                "INSERT INTO purge_latency (job_id, ticket_id, purgeable_at, sent_at, latency_ms) ",
+            );
+            q.push_values(chunk, |mut b, (job, sent, (id, purgeable))| {
+                let ms = (**sent - *purgeable).num_milliseconds().max(0);
+                b.push_bind(*job)
+                    .push_bind(*id as i64)
+                    .push_bind(timestamp(*purgeable))
+                    .push_bind(timestamp(**sent))
+                    .push_bind(ms);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await.context("cannot record purge latency")?;
         Ok(())
     }
 

@@ -30,7 +30,7 @@ mod queries;
 mod signing;
 pub use chain::ChainReport;
 use chain::*;
-pub use checks::{LatencySummary, ViewCheck};
+pub use checks::{LatencySummary, RequestLatency, ViewCheck};
 pub use evidence::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
     PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, SendWindows,

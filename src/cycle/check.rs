@@ -271,16 +271,16 @@ pub(super) async fn settle_check(
     scan: &ScanResult,
     check: &ViewCheck,
 ) -> anyhow::Result<(Settled, u64)> {
-    let mut settled = Settled::default();
-    let before = ctx.client.stats().sent("list");
-    let unseen = ctx.store.ledger_unseen_since(check.started_at).await?;
-    for chunk in unseen.chunks(SETTLE_CHUNK) {
-        let absent = absent_rows(ctx, chunk, check.started_at, Some(scan.walk_started)).await?;
-        let part = settle_absent(ctx, run, absent, scan.cursor_proven, true).await?;
-        settled.add(&part);
-    }
+    let settled = settle_unseen(
+        ctx,
+        run,
+        (check.started_at, Some(scan.walk_started)),
+        scan.cursor_proven,
+        true,
+    )
+    .await?;
     ctx.store
         .end_view_check(check.id, run, Utc::now(), None)
         .await?;
-    Ok((settled, ctx.client.stats().sent("list") - before))
+    Ok(settled)
 }

@@ -86,6 +86,10 @@ pub struct CycleSettings {
 
 impl CycleSettings {
     pub fn from_config(config: &Config) -> Self {
+        let interval = config
+            .schedule
+            .interval(Utc::now())
+            .unwrap_or(Duration::from_secs(15 * 60));
         Self {
             dry_run: config.safety.dry_run,
             max_purges_per_run: config.safety.max_purges_per_run,
@@ -100,16 +104,8 @@ impl CycleSettings {
             keep_details: config.audit.keep_details,
             clock_skew: config.zendesk.clock_skew,
             check_share: config.schedule.check_share,
-            check_interval: config
-                .schedule
-                .interval(Utc::now())
-                .unwrap_or(Duration::from_secs(15 * 60)),
-            latency_bound: config.schedule.latency_bound.unwrap_or_else(|| {
-                2 * config
-                    .schedule
-                    .interval(Utc::now())
-                    .unwrap_or(Duration::from_secs(15 * 60))
-            }),
+            check_interval: interval,
+            latency_bound: config.schedule.latency_bound.unwrap_or(2 * interval),
         }
     }
 }
@@ -355,20 +351,38 @@ async fn settle_walk(
     run: RunId,
     scan: &ScanResult,
 ) -> anyhow::Result<(Settled, u64)> {
-    let mut settled = Settled::default();
-    let mut settle_requests = 0;
-    if scan.finished() && scan.step == Step::Reconcile {
-        let before = ctx.client.stats().sent("list");
-        let unseen = ctx.store.ledger_unseen_since(scan.walk_started).await?;
-        for chunk in unseen.chunks(SETTLE_CHUNK) {
-            let absent = absent_rows(ctx, chunk, scan.walk_started, None).await?;
-            let part =
-                settle_absent(ctx, run, absent, scan.cursor_proven, !scan.incomplete_walk).await?;
-            settled.add(&part);
-        }
-        settle_requests = ctx.client.stats().sent("list") - before;
+    if !(scan.finished() && scan.step == Step::Reconcile) {
+        return Ok((Settled::default(), 0));
     }
-    Ok((settled, settle_requests))
+    settle_unseen(
+        ctx,
+        run,
+        (scan.walk_started, None),
+        scan.cursor_proven,
+        !scan.incomplete_walk,
+    )
+    .await
+}
+
+/// Settles, in chunks, the live rows no listing saw since `since` (each
+/// read back no further than `read_back_to`, when given). Returns what was
+/// settled and the listing requests it took.
+async fn settle_unseen(
+    ctx: &CycleContext,
+    run: RunId,
+    (since, read_back_to): (DateTime<Utc>, Option<DateTime<Utc>>),
+    cursor_proven: bool,
+    may_call_gone: bool,
+) -> anyhow::Result<(Settled, u64)> {
+    let mut settled = Settled::default();
+    let before = ctx.client.stats().sent("list");
+    let unseen = ctx.store.ledger_unseen_since(since).await?;
+    for chunk in unseen.chunks(SETTLE_CHUNK) {
+        let absent = absent_rows(ctx, chunk, since, read_back_to).await?;
+        let part = settle_absent(ctx, run, absent, cursor_proven, may_call_gone).await?;
+        settled.add(&part);
+    }
+    Ok((settled, ctx.client.stats().sent("list") - before))
 }
 
 /// Absent tickets settled at a time: each chunk costs one newest-first read.

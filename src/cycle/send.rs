@@ -278,10 +278,8 @@ impl PurgeWorker {
         };
         drop(turn);
         let mut errors: Vec<anyhow::Error> = failed.into_iter().chain(fatal).collect();
-        for (row, at, tickets) in latencies {
-            if let Err(e) = self.store.record_latencies(row, at, &tickets).await {
-                errors.push(e);
-            }
+        if let Err(e) = self.store.record_latencies(&latencies).await {
+            errors.push(e);
         }
         self.after_round((read, bracket), windows, withheld, now, (again, errors))
             .await
@@ -878,9 +876,7 @@ impl PurgeWorker {
 
 /// Each accepted request's purge latency: from each of its tickets becoming
 /// purgeable to the request leaving (the histogram, and the rows to record).
-type Latencies = Vec<(JobRowId, DateTime<Utc>, Vec<(TicketId, DateTime<Utc>)>)>;
-
-fn latencies_of(sent: &[Sent]) -> Latencies {
+fn latencies_of(sent: &[Sent]) -> Vec<crate::audit::RequestLatency> {
     let mut out = Vec::new();
     for s in sent {
         let (Some(at), Ok(_)) = (s.sent_at, &s.answer) else {

@@ -344,3 +344,14 @@ pub fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> Sandbo
         previous_state: state.into(),
     }
 }
+
+/// The agents' seed of a churn test: `CHURN_SEED=n` tries others (printed,
+/// so that a failure can be run again).
+pub fn churn_seed(default: u64) -> u64 {
+    let seed = std::env::var("CHURN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    eprintln!("CHURN_SEED={seed}");
+    seed
+}

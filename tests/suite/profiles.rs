@@ -16,8 +16,8 @@ use zd_retention::sandbox::{
 };
 
 use crate::helpers::{
-    Profile, clear_tickets, engine, example_policy, fast_sandbox_options, last_decision,
-    last_outcomes, sandbox_with, selected, test_settings, ticket,
+    Profile, churn_seed, clear_tickets, engine, example_policy, fast_sandbox_options,
+    last_decision, last_outcomes, sandbox_with, selected, test_settings, ticket,
 };
 
 fn days(d: i64) -> chrono::Duration {
@@ -593,12 +593,7 @@ async fn malformed_listing_pages_are_retried_and_never_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_over_five_runs_purges_nothing_young_or_held_and_every_outcome_is_true() {
-    // CHURN_SEED=n tries other agents (the test prints the seed it used)
-    let seed: u64 = std::env::var("CHURN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    eprintln!("CHURN_SEED={seed}");
+    let seed = churn_seed(5);
     let tickets = clear_tickets(2500, seed);
     let options = SandboxOptions {
         churn: 4.0,

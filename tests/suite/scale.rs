@@ -293,12 +293,7 @@ async fn keeping_subjects_from_now_on_never_reads_an_unkept_subject_as_matching_
 async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
     // agents restore, delete again and delete new tickets on every listing
     // request while the check walks over many runs beside the purges
-    // CHURN_SEED=n tries other agents
-    let seed: u64 = std::env::var("CHURN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(11);
-    eprintln!("CHURN_SEED={seed}");
+    let seed = churn_seed(11);
     let tickets = clear_tickets(2500, seed);
     let options = zd_retention::sandbox::SandboxOptions {
         churn: 4.0,
