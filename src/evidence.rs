@@ -14,14 +14,146 @@ use serde::Serialize;
 
 use crate::audit::{
     AuditStore, ChainHead, ChainReport, ChainVerifier, ConfigVersion, DayRuleCount, DayStatusCount,
-    KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, RunRow, RunStatus,
-    SendWindows,
+    KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgeListing, PurgeScope, PurgedTicket,
+    RunOriginRow, RunRow, RunStatus, SendWindows,
 };
 
 /// The method every purge uses.
 pub const METHOD: &str = "Zendesk API permanent deletion of soft-deleted tickets";
 pub const ENDPOINT: &str = "DELETE /api/v2/deleted_tickets/destroy_many?ids=…, followed by GET /api/v2/job_statuses/show_many until the job ends";
 const VERIFIED_HOW: &str = "Each id was sent only after a fresh listing showed it still soft-deleted with the same deletion; the request was recorded before it was sent and Zendesk's answer right after; a ticket counts as purged only when its job ended `completed` with every id succeeded.";
+
+/// Where a document's rows of purged tickets go. A document is rendered
+/// with this mark in their place and written by [`write_document`], which
+/// streams the rows from the database there: a period of a million purges
+/// costs the memory of one row.
+const ROWS_MARK: &str = "\u{1}purged-rows\u{1}";
+
+/// A document's purged tickets, as its figures see them: how many the
+/// listing holds and whether any has a subject. Serialised as the mark
+/// the rows replace.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgedRows {
+    pub listed: i64,
+    pub with_subjects: bool,
+}
+
+impl PurgedRows {
+    fn of(listing: &PurgeListing) -> Self {
+        PurgedRows {
+            listed: listing.listed,
+            with_subjects: listing.with_subjects,
+        }
+    }
+}
+
+impl Serialize for PurgedRows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(ROWS_MARK)
+    }
+}
+
+/// How each purged ticket is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStyle {
+    Html { with_subjects: bool },
+    Text,
+    Markdown,
+    Json,
+}
+
+impl RowStyle {
+    fn write(self, out: &mut String, p: &PurgedTicket, first: bool) -> anyhow::Result<()> {
+        match self {
+            RowStyle::Html { with_subjects } => {
+                write!(
+                    out,
+                    "<tr class=\"purged-row\" data-ticket=\"{}\"><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                    p.ticket_id,
+                    p.ticket_id,
+                    esc(p.rule.as_deref().unwrap_or("?")),
+                    p.run_id,
+                    esc(p.zendesk_job_id.as_deref().unwrap_or("")),
+                    esc(&utc(p.requested_at.as_deref().unwrap_or(""))),
+                    esc(&utc(p.completed_at.as_deref().unwrap_or(""))),
+                    esc(&utc(&p.verified_at)),
+                )?;
+                if with_subjects {
+                    write!(out, "<td>{}</td>", esc(p.subject.as_deref().unwrap_or("")))?;
+                }
+                out.push_str("</tr>\n");
+            }
+            RowStyle::Text => writeln!(
+                out,
+                "    {} by {} job {} requested {} completed {}",
+                p.ticket_id,
+                p.rule.as_deref().unwrap_or("?"),
+                p.zendesk_job_id.as_deref().unwrap_or("-"),
+                p.requested_at.as_deref().unwrap_or("-"),
+                p.completed_at.as_deref().unwrap_or("-")
+            )?,
+            RowStyle::Markdown => writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                p.ticket_id,
+                md(p.rule.as_deref().unwrap_or("?")),
+                p.run_id,
+                md(p.zendesk_job_id.as_deref().unwrap_or("")),
+                p.requested_at.as_deref().unwrap_or(""),
+                p.completed_at.as_deref().unwrap_or("")
+            )?,
+            RowStyle::Json => write!(
+                out,
+                "{}\n    {}",
+                if first { "" } else { "," },
+                serde_json::to_string(p)?
+            )?,
+        }
+        Ok(())
+    }
+}
+
+/// A document as JSON: its purged tickets an array streamed in place.
+pub fn json_document(document: &impl Serialize) -> anyhow::Result<String> {
+    let text = serde_json::to_string_pretty(document)?;
+    let mark = serde_json::to_string(ROWS_MARK)?;
+    anyhow::ensure!(
+        text.matches(&mark).count() == 1,
+        "internal: a JSON document without one place for its rows"
+    );
+    Ok(text.replacen(&mark, &format!("[{ROWS_MARK}\n  ]"), 1) + "\n")
+}
+
+/// Writes `document` to `out`, with the listing's rows streamed where its
+/// mark stands, a bounded buffer at a time.
+pub async fn write_document(
+    document: &str,
+    style: RowStyle,
+    listing: &mut PurgeListing,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    let Some((head, tail)) = document.split_once(ROWS_MARK) else {
+        anyhow::bail!("internal: a document without a place for its rows");
+    };
+    out.write_all(head.as_bytes())?;
+    let mut buffer = String::new();
+    let mut first = true;
+    listing
+        .for_each(|p| {
+            style.write(&mut buffer, p, first)?;
+            first = false;
+            if buffer.len() >= 64 * 1024 {
+                out.write_all(buffer.as_bytes())?;
+                buffer.clear();
+            }
+            Ok(())
+        })
+        .await?;
+    out.write_all(buffer.as_bytes())?;
+    out.write_all(tail.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
 
 /// A config version with its settings read back.
 #[derive(Debug, Clone, Serialize)]
@@ -175,7 +307,7 @@ pub struct Certificate {
     pub windows: SendWindows,
     /// What no client can rule out, with the run's measured window.
     pub residual: String,
-    pub purged: Vec<PurgedTicket>,
+    pub purged: PurgedRows,
     pub chain_head: Option<ChainHead>,
     pub integrity: Integrity,
     /// What a reader must know before relying on it.
@@ -183,11 +315,12 @@ pub struct Certificate {
 }
 
 impl Certificate {
+    /// The certificate, and the listing its rows are written from.
     pub async fn gather(
         store: &AuditStore,
         run: i64,
         keys: &[ChainVerifier],
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, PurgeListing)> {
         let Some(row) = store.run(run).await? else {
             anyhow::bail!(
                 "no run {run} in this audit database (zd-retention audit runs lists them)"
@@ -218,21 +351,25 @@ impl Certificate {
                 integrity.before_signing
             ));
         }
-        Ok(Certificate {
+        let ran_by = store.run_origin(run).await?;
+        // last: on a read-only store it holds the one connection
+        let listing = store.purge_listing(PurgeScope::Run(run)).await?;
+        let cert = Certificate {
             caveats,
             issued_at: crate::audit::timestamp(Utc::now()),
-            ran_by: store.run_origin(run).await?,
+            ran_by,
             config: VersionInWords::of(&row.config_hash, stored),
             method: METHOD,
             endpoint: ENDPOINT,
             verified_how: VERIFIED_HOW,
             residual: residual_of(&windows),
             windows,
-            purged: store.purged_in_run(run).await?,
+            purged: PurgedRows::of(&listing),
             chain_head,
             integrity,
             run: row,
-        })
+        };
+        Ok((cert, listing))
     }
 }
 
@@ -274,9 +411,9 @@ pub struct PeriodReport {
     pub generated_at: String,
     pub runs: Vec<RunRow>,
     pub runs_by_status: BTreeMap<String, i64>,
-    pub purged: Vec<PurgedTicket>,
+    pub purged: PurgedRows,
     pub purged_by_rule: BTreeMap<String, i64>,
-    /// What [`PURGES_OF_PERIOD_SQL`] counts: equal to `purged.len()`.
+    /// What [`PURGES_OF_PERIOD_SQL`] counts: equal to `purged.listed`.
     pub purges_counted: i64,
     pub completeness_query: &'static str,
     pub open_outcomes: Vec<OpenOutcome>,
@@ -299,62 +436,65 @@ pub struct PeriodReport {
 }
 
 impl PeriodReport {
+    /// The report, and the listing its rows are written from.
     pub async fn gather(
         store: &AuditStore,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
         keys: &[ChainVerifier],
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, PurgeListing)> {
         let runs = store.runs_between(since, until).await?;
         let mut runs_by_status = BTreeMap::new();
         for r in &runs {
             *runs_by_status.entry(r.status.to_string()).or_default() += 1;
         }
-        let purged = store.purged_between(since, until).await?;
-        // per rule, and per day and rule, from the one listing
-        let mut purged_by_rule = BTreeMap::new();
-        let mut by_day: BTreeMap<(String, String), i64> = BTreeMap::new();
-        for p in &purged {
-            let rule = p
-                .rule
-                .clone()
-                .unwrap_or_else(|| "(no rule recorded)".into());
-            let day = p.verified_at.get(..10).unwrap_or("").to_string();
-            *by_day.entry((day, rule.clone())).or_default() += 1;
-            *purged_by_rule.entry(rule).or_default() += 1;
-        }
-        let purges_by_day = by_day
-            .into_iter()
-            .map(|((day, rule), count)| DayRuleCount { day, rule, count })
-            .collect();
         let refused_runs = runs
             .iter()
             .filter(|r| r.error.as_deref().is_some_and(|e| e.contains("safety.")))
             .cloned()
             .collect();
-        Ok(PeriodReport {
+        let open_outcomes = store.open_outcomes_between(since, until).await?;
+        let unfinished_runs = store.unfinished_runs_between(since, until).await?;
+        let kept_now = store.kept_now().await?;
+        let runs_by_day = store.runs_by_day_and_status(since, until).await?;
+        let config_versions = versions_in_force(store, since, &runs).await?;
+        let integrity = Integrity::check(store, keys).await?;
+        let records_begin = store.first_run_started().await?;
+        let latency = store
+            .latency_summary(Some(since), Some(until), None)
+            .await?;
+        // last, on one snapshot: on a read-only store it holds the one
+        // connection; its counts, per rule and per day, and its rows agree
+        let mut listing = store
+            .purge_listing(PurgeScope::Between(since, until))
+            .await?;
+        let purges_by_day = listing.by_day_and_rule().await?;
+        let mut purged_by_rule = BTreeMap::new();
+        for p in &purges_by_day {
+            *purged_by_rule.entry(p.rule.clone()).or_default() += p.count;
+        }
+        let report = PeriodReport {
             since: crate::audit::timestamp(since),
             until: crate::audit::timestamp(until),
             generated_at: crate::audit::timestamp(Utc::now()),
             runs_by_status,
-            purges_counted: store.count_purges_between(since, until).await?,
+            purges_counted: listing.count_purges_between(since, until).await?,
             completeness_query: PURGES_OF_PERIOD_SQL,
             purged_by_rule,
-            purged,
-            open_outcomes: store.open_outcomes_between(since, until).await?,
+            purged: PurgedRows::of(&listing),
+            open_outcomes,
             refused_runs,
-            unfinished_runs: store.unfinished_runs_between(since, until).await?,
-            kept_now: store.kept_now().await?,
+            unfinished_runs,
+            kept_now,
             purges_by_day,
-            runs_by_day: store.runs_by_day_and_status(since, until).await?,
-            config_versions: versions_in_force(store, since, &runs).await?,
-            integrity: Integrity::check(store, keys).await?,
-            records_begin: store.first_run_started().await?,
-            latency: store
-                .latency_summary(Some(since), Some(until), None)
-                .await?,
+            runs_by_day,
+            config_versions,
+            integrity,
+            records_begin,
+            latency,
             runs,
-        })
+        };
+        Ok((report, listing))
     }
 
     /// The list is the query's answer, no run of the period was still
@@ -366,7 +506,7 @@ impl PeriodReport {
 
     /// The listing holds every purge outcome the query counts.
     fn listed_in_full(&self) -> bool {
-        self.purges_counted == self.purged.len() as i64
+        self.purges_counted == self.purged.listed
     }
 
     /// The runs of the period with `status` among the unfinished ones, as
@@ -687,32 +827,16 @@ fn version_html(v: &VersionInWords) -> String {
     out
 }
 
-fn purged_rows_html(rows: &[PurgedTicket], with_subjects: bool) -> String {
+/// The table of purged tickets, its rows streamed in place of the mark.
+fn purged_rows_html(rows: PurgedRows) -> String {
     let mut out = String::from(
         "<table class=\"purged\"><thead><tr><th>ticket</th><th>rule</th><th>run</th><th>Zendesk job</th><th>requested (UTC)</th><th>completed (UTC)</th><th>recorded (UTC)</th>",
     );
-    if with_subjects {
+    if rows.with_subjects {
         out.push_str("<th>subject</th>");
     }
     out.push_str("</tr></thead><tbody>\n");
-    for p in rows {
-        let _ = write!(
-            out,
-            "<tr class=\"purged-row\" data-ticket=\"{}\"><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td>",
-            p.ticket_id,
-            p.ticket_id,
-            esc(p.rule.as_deref().unwrap_or("?")),
-            p.run_id,
-            esc(p.zendesk_job_id.as_deref().unwrap_or("")),
-            esc(&utc(p.requested_at.as_deref().unwrap_or(""))),
-            esc(&utc(p.completed_at.as_deref().unwrap_or(""))),
-            esc(&utc(&p.verified_at)),
-        );
-        if with_subjects {
-            let _ = write!(out, "<td>{}</td>", esc(p.subject.as_deref().unwrap_or("")));
-        }
-        out.push_str("</tr>\n");
-    }
+    out.push_str(ROWS_MARK);
     out.push_str("</tbody></table>\n");
     out
 }
@@ -767,14 +891,13 @@ impl Certificate {
         b.push_str(&figure(
             "purged-listed",
             "purged, listed below",
-            self.purged.len(),
+            self.purged.listed,
         ));
         b.push_str(&figure("failed", "failed", r.failed));
         b.push_str(&figure("unknown", "unknown", r.unknown));
         b.push_str("</div>\n");
-        let _ = writeln!(b, "<h2>Tickets purged ({})</h2>", self.purged.len());
-        let subjects = self.purged.iter().any(|p| p.subject.is_some());
-        b.push_str(&purged_rows_html(&self.purged, subjects));
+        let _ = writeln!(b, "<h2>Tickets purged ({})</h2>", self.purged.listed);
+        b.push_str(&purged_rows_html(self.purged));
         b.push_str("<h2>Integrity</h2>\n");
         match &self.chain_head {
             Some(h) => {
@@ -841,17 +964,7 @@ impl Certificate {
             "  figures     {} examined, {} selected, {} purged, {} failed, {} unknown",
             r.scanned, r.matched, r.purged, r.failed, r.unknown
         );
-        for p in &self.purged {
-            let _ = writeln!(
-                t,
-                "    {} by {} job {} requested {} completed {}",
-                p.ticket_id,
-                p.rule.as_deref().unwrap_or("?"),
-                p.zendesk_job_id.as_deref().unwrap_or("-"),
-                p.requested_at.as_deref().unwrap_or("-"),
-                p.completed_at.as_deref().unwrap_or("-")
-            );
-        }
+        t.push_str(ROWS_MARK);
         match &self.chain_head {
             Some(h) => {
                 let _ = writeln!(
@@ -1034,7 +1147,7 @@ impl PeriodReport {
             esc(&self.until),
             esc(&self.generated_at)
         );
-        if self.runs.is_empty() && self.purged.is_empty() {
+        if self.runs.is_empty() && self.purged.listed == 0 {
             b.push_str("<p class=\"bad\" data-figure=\"no-runs\">No run took place in this period: nothing was purged by zd-retention.</p>\n");
         }
         if let Some(note) = self.records_note() {
@@ -1085,17 +1198,16 @@ impl PeriodReport {
         let _ = writeln!(
             b,
             "<h2>Every purge of the period ({})</h2>",
-            self.purged.len()
+            self.purged.listed
         );
-        let subjects = self.purged.iter().any(|p| p.subject.is_some());
-        b.push_str(&purged_rows_html(&self.purged, subjects));
+        b.push_str(&purged_rows_html(self.purged));
         page("Retention report", &b)
     }
 
     fn summary_html(&self) -> String {
         let mut b = String::from("<h2>Summary</h2>\n<div class=\"figures\">");
         b.push_str(&figure("runs", "runs", self.runs.len()));
-        b.push_str(&figure("purged", "tickets purged", self.purged.len()));
+        b.push_str(&figure("purged", "tickets purged", self.purged.listed));
         b.push_str(&figure(
             "open-outcomes",
             "failed or unknown outcomes",
@@ -1200,7 +1312,7 @@ impl PeriodReport {
     }
 
     fn completeness_html(&self) -> String {
-        let listed = self.purged.len() as i64;
+        let listed = self.purged.listed;
         let mut b = String::from("<h2>Completeness</h2>\n");
         let _ = writeln!(
             b,
@@ -1231,7 +1343,7 @@ impl PeriodReport {
             "# Retention report\n\nPeriod {} to {}. Generated {} by zd-retention.\n\n",
             self.since, self.until, self.generated_at
         );
-        if self.runs.is_empty() && self.purged.is_empty() {
+        if self.runs.is_empty() && self.purged.listed == 0 {
             m.push_str(
                 "**No run took place in this period: nothing was purged by zd-retention.**\n\n",
             );
@@ -1243,7 +1355,7 @@ impl PeriodReport {
             m,
             "## Summary\n\n- runs: {}\n- tickets purged: {}\n- failed or unknown outcomes: {} (tickets: {})\n- runs refused by a safety limit: {}\n",
             self.runs.len(),
-            self.purged.len(),
+            self.purged.listed,
             self.open_outcomes.len(),
             self.open_tickets(),
             self.refused_runs.len()
@@ -1312,7 +1424,7 @@ impl PeriodReport {
         let _ = writeln!(
             m,
             "## Completeness\n\nListed {} purge outcomes; the query counts {}.\n\n```sql\n{}\n```\n\n- hash chain: {}\n- signatures: {}: {}\n- statement: **{}**\n",
-            self.purged.len(),
+            self.purged.listed,
             self.purges_counted,
             self.completeness_query,
             self.integrity.chain.problem.as_deref().unwrap_or("intact"),
@@ -1324,18 +1436,7 @@ impl PeriodReport {
             m,
             "## Every purge of the period\n\n| ticket | rule | run | job | requested | completed |\n|---|---|---|---|---|---|"
         );
-        for p in &self.purged {
-            let _ = writeln!(
-                m,
-                "| {} | {} | {} | {} | {} | {} |",
-                p.ticket_id,
-                md(p.rule.as_deref().unwrap_or("?")),
-                p.run_id,
-                md(p.zendesk_job_id.as_deref().unwrap_or("")),
-                p.requested_at.as_deref().unwrap_or(""),
-                p.completed_at.as_deref().unwrap_or("")
-            );
-        }
+        m.push_str(ROWS_MARK);
         m.push_str("\nCheck any ticket with `zd-retention audit ticket ID`.\n");
         m
     }

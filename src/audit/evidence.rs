@@ -2,6 +2,8 @@
 //! and a period's report. Read-only; the documents are rendered by
 //! `crate::evidence`, which knows no SQL.
 
+use sqlx::sqlite::SqliteArguments;
+
 use super::*;
 
 /// A config version as stored when a run first used it.
@@ -117,7 +119,155 @@ const PURGED_COLUMNS: &str =
            ORDER BY d.id DESC LIMIT 1) AS subject
      FROM outcomes o LEFT JOIN jobs j ON j.id = o.job_id";
 
+/// Which purges a document lists.
+#[derive(Debug, Clone, Copy)]
+pub enum PurgeScope {
+    /// The tickets purged by the requests a run sent, whichever run saw
+    /// their jobs end (a later one follows the jobs of a run that stopped),
+    /// and those it recorded purged without a request of its own.
+    Run(RunId),
+    /// Every purge outcome recorded in `[since, until)`.
+    Between(DateTime<Utc>, DateTime<Utc>),
+}
+
+impl PurgeScope {
+    /// The listing's query, in its order, and its arguments.
+    fn query(self) -> anyhow::Result<(String, SqliteArguments)> {
+        use sqlx::Arguments as _;
+        let mut args = SqliteArguments::default();
+        let sql = match self {
+            PurgeScope::Run(run) => {
+                args.add(run).map_err(anyhow::Error::msg)?;
+                format!(
+                    "{PURGED_COLUMNS} WHERE COALESCE(j.run_id, o.run_id) = ? AND o.outcome = 'purged' ORDER BY o.ticket_id"
+                )
+            }
+            PurgeScope::Between(since, until) => {
+                args.add(timestamp(since)).map_err(anyhow::Error::msg)?;
+                args.add(timestamp(until)).map_err(anyhow::Error::msg)?;
+                format!(
+                    "{PURGED_COLUMNS} WHERE o.outcome = 'purged' AND o.recorded_at >= ? AND o.recorded_at < ? ORDER BY o.recorded_at, o.ticket_id"
+                )
+            }
+        };
+        Ok((sql, args))
+    }
+}
+
+/// The purges a document lists, read from one snapshot of the database
+/// (a read transaction): its counts and its rows agree even while a
+/// daemon records more. The rows are streamed, never held: a report of a
+/// million purges costs the memory of one.
+pub struct PurgeListing {
+    snapshot: Snapshot,
+    scope: PurgeScope,
+    /// How many rows the listing has.
+    pub listed: i64,
+    /// Whether any row has a subject (`record_subjects` stored it).
+    pub with_subjects: bool,
+}
+
+/// A reader's one connection already holds its snapshot; a writer's
+/// listing takes one of its own, rolled back when dropped.
+enum Snapshot {
+    Held(sqlx::pool::PoolConnection<Sqlite>),
+    Own(sqlx::Transaction<'static, Sqlite>),
+}
+
+impl Snapshot {
+    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        match self {
+            Snapshot::Held(c) => c,
+            Snapshot::Own(tx) => tx,
+        }
+    }
+}
+
+impl PurgeListing {
+    /// What [`PURGES_OF_PERIOD_SQL`] counts in this snapshot.
+    pub async fn count_purges_between(
+        &mut self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged' AND recorded_at >= ? AND recorded_at < ?",
+        )
+        .bind(timestamp(since))
+        .bind(timestamp(until))
+        .fetch_one(self.snapshot.conn())
+        .await?)
+    }
+
+    /// The listing's rows per day (of their outcome) and rule, by day.
+    pub async fn by_day_and_rule(&mut self) -> anyhow::Result<Vec<DayRuleCount>> {
+        let (sql, args) = self.scope.query()?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as_with(
+            AssertSqlSafe(format!(
+                "SELECT substr(verified_at, 1, 10) AS day, COALESCE(rule, '(no rule recorded)') AS rule, COUNT(*)
+                 FROM ({sql}) GROUP BY day, rule ORDER BY day, rule"
+            )),
+            args,
+        )
+        .fetch_all(self.snapshot.conn())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(day, rule, count)| DayRuleCount { day, rule, count })
+            .collect())
+    }
+
+    /// Hands each row to `each`, in the listing's order; the number of
+    /// rows, checked against [`Self::listed`].
+    pub async fn for_each(
+        &mut self,
+        mut each: impl FnMut(&PurgedTicket) -> anyhow::Result<()>,
+    ) -> anyhow::Result<i64> {
+        use futures::TryStreamExt;
+        let (sql, args) = self.scope.query()?;
+        let mut rows = sqlx::query_as_with::<_, PurgedTicket, _>(AssertSqlSafe(sql), args)
+            .fetch(self.snapshot.conn());
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await? {
+            each(&row)?;
+            n += 1;
+        }
+        anyhow::ensure!(
+            n == self.listed,
+            "the listing of purges gave {n} rows where its count said {}: the database changed under a read transaction; make the document again",
+            self.listed
+        );
+        Ok(n)
+    }
+}
+
 impl AuditStore {
+    /// Opens the listing of `scope`'s purges on a snapshot of its own,
+    /// with its count. Take it after every other query of a document: on
+    /// a read-only store it holds the one connection until dropped.
+    pub async fn purge_listing(&self, scope: PurgeScope) -> anyhow::Result<PurgeListing> {
+        let mut snapshot = if self.is_reader() {
+            Snapshot::Held(self.pool.acquire().await?)
+        } else {
+            Snapshot::Own(self.pool.begin().await?)
+        };
+        let (sql, args) = scope.query()?;
+        let (listed, with_subjects): (i64, bool) = sqlx::query_as_with(
+            AssertSqlSafe(format!(
+                "SELECT COUNT(*), COALESCE(MAX(subject IS NOT NULL), 0) FROM ({sql})"
+            )),
+            args,
+        )
+        .fetch_one(snapshot.conn())
+        .await?;
+        Ok(PurgeListing {
+            snapshot,
+            scope,
+            listed,
+            with_subjects,
+        })
+    }
+
     /// The config version with this hash, or the one whose hash begins so
     /// (when exactly one does).
     pub async fn config_version(&self, hash: &str) -> anyhow::Result<Option<ConfigVersion>> {
@@ -150,18 +300,6 @@ impl AuditStore {
         )
     }
 
-    /// The tickets purged by the requests `run` sent, whichever run saw
-    /// their jobs end (a later one follows the jobs of a run that stopped),
-    /// and those it recorded purged without a request of its own.
-    pub async fn purged_in_run(&self, run: RunId) -> anyhow::Result<Vec<PurgedTicket>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{PURGED_COLUMNS} WHERE COALESCE(j.run_id, o.run_id) = ? AND o.outcome = 'purged' ORDER BY o.ticket_id"
-        )))
-        .bind(run)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     /// A run's purge requests and their freshness windows.
     pub async fn send_windows_of_run(&self, run: RunId) -> anyhow::Result<SendWindows> {
         let mut w: SendWindows = sqlx::query_as(
@@ -179,36 +317,6 @@ impl AuditStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(w)
-    }
-
-    /// Every purge outcome recorded in `[since, until)`.
-    pub async fn purged_between(
-        &self,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<PurgedTicket>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{PURGED_COLUMNS} WHERE o.outcome = 'purged' AND o.recorded_at >= ? AND o.recorded_at < ? ORDER BY o.recorded_at, o.ticket_id"
-        )))
-        .bind(timestamp(since))
-        .bind(timestamp(until))
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// [`PURGES_OF_PERIOD_SQL`], as the report states it.
-    pub async fn count_purges_between(
-        &self,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged' AND recorded_at >= ? AND recorded_at < ?",
-        )
-        .bind(timestamp(since))
-        .bind(timestamp(until))
-        .fetch_one(&self.pool)
-        .await?)
     }
 
     /// Runs started in `[since, until)`, oldest first.

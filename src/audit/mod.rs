@@ -17,7 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 // Column lists are constants of this module; values are always bound.
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, QueryBuilder, Row, Sqlite};
 
 use crate::zendesk::{IdBatch, TicketId};
 
@@ -33,7 +33,7 @@ use chain::*;
 pub use checks::{LatencySummary, RequestLatency, ViewCheck};
 pub use evidence::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
-    PURGES_OF_PERIOD_SQL, PurgedTicket, RunOriginRow, SendWindows,
+    PURGES_OF_PERIOD_SQL, PurgeListing, PurgeScope, PurgedTicket, RunOriginRow, SendWindows,
 };
 pub use kinds::{DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting};
@@ -424,7 +424,10 @@ impl AuditStore {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // a command that checks a million rows takes seconds by its
+            // nature: not a warning for the person who asked for it
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         // One connection: every read of a command sees one snapshot (below)
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -467,11 +470,23 @@ impl AuditStore {
         // commit meanwhile, and `verify`, a report or a certificate still
         // read one consistent state (the chain, its rows and its heads
         // together), never half of a commit.
-        sqlx::query("BEGIN").execute(&pool).await?;
-        sqlx::query("SELECT COUNT(*) FROM sqlite_master")
-            .execute(&pool)
-            .await?;
+        Self::hold_snapshot(&pool).await?;
         Ok(Self::reader(pool))
+    }
+
+    /// Begins the read transaction a reader's one connection holds for
+    /// the command's life.
+    async fn hold_snapshot(pool: &SqlitePool) -> anyhow::Result<()> {
+        sqlx::query("BEGIN").execute(pool).await?;
+        sqlx::query("SELECT COUNT(*) FROM sqlite_master")
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether this store only reads, on one snapshot held for its life.
+    pub(crate) fn is_reader(&self) -> bool {
+        self.file.is_none()
     }
 
     /// A store that only reads.
@@ -497,11 +512,15 @@ impl AuditStore {
             .await
             .context("cannot upgrade a copy of the older database")?;
         pool.close().await;
-        let options = SqliteConnectOptions::new().filename(copy).read_only(true);
+        let options = SqliteConnectOptions::new()
+            .filename(copy)
+            .read_only(true)
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = SqlitePoolOptions::new()
-            .max_connections(2)
+            .max_connections(1)
             .connect_with(options)
             .await?;
+        Self::hold_snapshot(&pool).await?;
         Ok(Self::reader(pool))
     }
 

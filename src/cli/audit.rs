@@ -825,25 +825,51 @@ fn extension(output: Option<&Path>) -> Option<String> {
 
 /// Writes a document to `output` (mode 0600: it may name tickets and
 /// people), or to standard output (a reader that stops early, `| head`,
-/// ends the command quietly).
-fn write_document(output: Option<&Path>, text: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
+/// ends the command quietly). The purged tickets are streamed from the
+/// listing into it. A file is written beside its name and renamed into
+/// place once whole: a failure leaves no half document.
+async fn write_document(
+    output: Option<&Path>,
+    text: &str,
+    style: crate::evidence::RowStyle,
+    listing: &mut crate::audit::PurgeListing,
+) -> anyhow::Result<()> {
     match output {
         Some(path) => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let partial = path.with_file_name(format!(
+                ".{}.partial",
+                name.as_deref().unwrap_or("document")
+            ));
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            options
-                .open(path)
-                .and_then(|mut f| f.write_all(text.as_bytes()))
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+            let cannot =
+                |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {e}", path.display());
+            let file = options.open(&partial).map_err(|e| cannot(&e))?;
+            let mut out = std::io::BufWriter::new(file);
+            let written = crate::evidence::write_document(text, style, listing, &mut out)
+                .await
+                .and_then(|()| Ok(out.into_inner()?.sync_all()?));
+            match written.and_then(|()| Ok(std::fs::rename(&partial, path)?)) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    Err(cannot(&e))
+                }
+            }
         }
         None => {
-            let mut out = std::io::stdout().lock();
-            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                other => Ok(other?),
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            match crate::evidence::write_document(text, style, listing, &mut out).await {
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    Ok(())
+                }
+                other => other,
             }
         }
     }
@@ -860,18 +886,24 @@ async fn certificate(
 ) -> anyhow::Result<ExitCode> {
     let keys = read_keys(&public_key)?;
     let store = open(config, &target).await?;
-    let cert = crate::evidence::Certificate::gather(&store, run, &keys).await?;
+    let (cert, mut listing) = crate::evidence::Certificate::gather(&store, run, &keys).await?;
     let format = format.unwrap_or(match extension(output.as_deref()).as_deref() {
         Some("html" | "htm") => DocumentFormat::Html,
         Some("json") => DocumentFormat::Json,
         _ => DocumentFormat::Text,
     });
-    let text = match format {
-        DocumentFormat::Text => cert.text(),
-        DocumentFormat::Json => serde_json::to_string_pretty(&cert)? + "\n",
-        DocumentFormat::Html => cert.html(),
+    use crate::evidence::RowStyle;
+    let (text, style) = match format {
+        DocumentFormat::Text => (cert.text(), RowStyle::Text),
+        DocumentFormat::Json => (crate::evidence::json_document(&cert)?, RowStyle::Json),
+        DocumentFormat::Html => (
+            cert.html(),
+            RowStyle::Html {
+                with_subjects: cert.purged.with_subjects,
+            },
+        ),
     };
-    write_document(output.as_deref(), &text)?;
+    write_document(output.as_deref(), &text, style, &mut listing).await?;
     if let Some(path) = &output {
         eprintln!("certificate of run {run} written to {}", path.display());
     }
@@ -894,12 +926,18 @@ async fn period_report(
 ) -> anyhow::Result<ExitCode> {
     let keys = read_keys(&public_key)?;
     let store = open(config, &target).await?;
-    let report = crate::evidence::PeriodReport::gather(&store, since, until, &keys).await?;
-    let text = match format {
-        ReportFormat::Html => report.html(),
-        ReportFormat::Md => report.markdown(),
+    let (report, mut listing) =
+        crate::evidence::PeriodReport::gather(&store, since, until, &keys).await?;
+    let (text, style) = match format {
+        ReportFormat::Html => (
+            report.html(),
+            crate::evidence::RowStyle::Html {
+                with_subjects: report.purged.with_subjects,
+            },
+        ),
+        ReportFormat::Md => (report.markdown(), crate::evidence::RowStyle::Markdown),
     };
-    write_document(output.as_deref(), &text)?;
+    write_document(output.as_deref(), &text, style, &mut listing).await?;
     if let Some(path) = &output {
         eprintln!(
             "report for {} to {} written to {}: {} runs, {} tickets purged",
@@ -907,7 +945,7 @@ async fn period_report(
             report.until,
             path.display(),
             report.runs.len(),
-            report.purged.len()
+            report.purged.listed
         );
     }
     Ok(if report.complete() {

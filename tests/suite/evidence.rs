@@ -1056,3 +1056,103 @@ async fn a_report_over_a_running_or_interrupted_run_says_so_and_exits_by_what_it
         );
     }
 }
+
+/// The purged tickets of a certificate or report are streamed from the
+/// database into the document: each format lists every one exactly once,
+/// a run without purges gives an empty list, a full disk is a clear error,
+/// and a file is written whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_streams_every_purge_and_a_failed_write_leaves_no_half_document() {
+    let sb = sandbox_with(clear_tickets(600, 91), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &sb.base_url(), "", RULES);
+    for _ in 0..2 {
+        let once = zd(&["once", "--config", cfg.to_str().unwrap()]);
+        assert!(once.status.success(), "{}", text(&once));
+    }
+    let purged = sb.purged_ids();
+    assert!(purged.len() > 100, "{}", purged.len());
+    let db = dir.path().join("audit.db");
+    let dbs = db.to_str().unwrap();
+    let doc = |args: &[&str]| {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--database", dbs]);
+        let out = zd(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ids_in = |lines: Vec<u64>| -> Vec<u64> {
+        let mut ids = lines;
+        ids.sort_unstable();
+        ids
+    };
+    let text_cert = doc(&["certificate", "1"]);
+    let listed = ids_in(
+        text_cert
+            .lines()
+            .filter_map(|l| l.strip_prefix("    ")?.split(' ').next()?.parse().ok())
+            .collect(),
+    );
+    assert_eq!(listed, purged, "{text_cert}");
+    let html = doc(&["certificate", "1", "--format", "html"]);
+    let rows = regex::Regex::new(r#"class="purged-row" data-ticket="(\d+)""#).unwrap();
+    let listed = ids_in(
+        rows.captures_iter(&html)
+            .map(|c| c[1].parse().unwrap())
+            .collect(),
+    );
+    assert_eq!(listed, purged);
+    assert!(html.trim_end().ends_with("</html>"), "the page is whole");
+    let report = doc(&["report", "--since", "1d", "--format", "md"]);
+    let md_row = regex::Regex::new(r"(?m)^\| (\d+) \| closed\\-after\\-7\\-days \|").unwrap();
+    let listed = ids_in(
+        md_row
+            .captures_iter(&report)
+            .map(|c| c[1].parse().unwrap())
+            .collect(),
+    );
+    assert_eq!(listed, purged, "{report}");
+    assert!(
+        report.contains(&format!(
+            "Listed {} purge outcomes; the query counts {}.",
+            purged.len(),
+            purged.len()
+        )),
+        "{report}"
+    );
+    // run 2 found nothing left to purge: an empty list, still valid JSON
+    let empty: serde_json::Value =
+        serde_json::from_str(&doc(&["certificate", "2", "--format", "json"])).unwrap();
+    assert_eq!(empty["purged"], serde_json::json!([]));
+    assert_eq!(empty["run"]["id"], 2);
+
+    // standard output on a full disk: a clear error, no panic
+    let full = Command::new(BIN)
+        .args(["audit", "report", "--since", "1d", "--database", dbs])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
+    let said = String::from_utf8_lossy(&full.stderr);
+    assert!(said.contains("No space left"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    // a file that cannot take the document's name: an error, and no half
+    // document beside it
+    let taken = dir.path().join("report.html");
+    std::fs::create_dir(&taken).unwrap();
+    let out = zd(&[
+        "audit",
+        "report",
+        "--since",
+        "1d",
+        "--output",
+        taken.to_str().unwrap(),
+        "--database",
+        dbs,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot write"), "{}", text(&out));
+    assert!(!dir.path().join(".report.html.partial").exists());
+    assert!(taken.is_dir());
+}

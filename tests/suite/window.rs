@@ -373,11 +373,15 @@ async fn a_ticket_deleted_again_while_its_purge_request_leaves_is_recorded_in_do
     assert_eq!(report.in_doubt, 1);
     assert!(report.max_send_window.is_some());
     // the certificate lists the four, and says why the fifth is not there
-    let cert = zd_retention::evidence::Certificate::gather(&e.ctx.store, report.run_id, &[])
-        .await
-        .unwrap();
-    assert_eq!(cert.purged.len(), 4);
-    assert!(cert.purged.iter().all(|p| p.ticket_id as u64 != target));
+    let (cert, mut listing) =
+        zd_retention::evidence::Certificate::gather(&e.ctx.store, report.run_id, &[])
+            .await
+            .unwrap();
+    assert_eq!(cert.purged.listed, 4);
+    let listed = purged_listed(&mut listing).await;
+    drop(listing);
+    assert_eq!(listed.len(), 4);
+    assert!(!listed.contains(&target));
     assert_eq!(cert.windows.in_doubt, 1);
     assert_eq!(cert.windows.measured, 1);
     assert!(
@@ -496,11 +500,12 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
     let outcomes = last_outcomes(store.pool()).await;
     assert_eq!(outcomes.get(&again).map(String::as_str), Some("unknown"));
     let cert = |run| zd_retention::evidence::Certificate::gather(store, run, &[]);
-    let one = cert(first).await.unwrap();
-    let two = cert(report.run_id).await.unwrap();
-    let ids = |c: &zd_retention::evidence::Certificate| -> BTreeSet<u64> {
-        c.purged.iter().map(|p| p.ticket_id as u64).collect()
-    };
+    let (one, mut listing) = cert(first).await.unwrap();
+    let ids_one = purged_listed(&mut listing).await;
+    drop(listing);
+    let (two, mut listing) = cert(report.run_id).await.unwrap();
+    let ids_two = purged_listed(&mut listing).await;
+    drop(listing);
     // the purges of run 1's request are on run 1's certificate, the
     // requests of run 2 on run 2's: never one request on both, or on neither
     let sent_by_one: BTreeSet<u64> = batch
@@ -509,9 +514,9 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
         .copied()
         .filter(|id| *id != again)
         .collect();
-    assert_eq!(ids(&one), sent_by_one);
+    assert_eq!(ids_one, sent_by_one);
     assert_eq!(one.windows.in_doubt, 1);
-    assert_eq!(ids(&two), tickets[100..].iter().map(|t| t.id).collect());
+    assert_eq!(ids_two, tickets[100..].iter().map(|t| t.id).collect());
     assert_eq!(one.windows.requests, 1);
     assert_eq!(two.windows.requests, 1);
     assert_eq!(two.windows.measured, 1);
@@ -566,4 +571,17 @@ async fn a_stop_during_the_freshness_read_sends_nothing() {
         .unwrap();
     assert!(!statuses.is_empty());
     assert!(statuses.iter().all(|s| s == "withdrawn"), "{statuses:?}");
+}
+
+/// The tickets a certificate's listing streams.
+async fn purged_listed(listing: &mut zd_retention::audit::PurgeListing) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    listing
+        .for_each(|p| {
+            ids.insert(p.ticket_id as u64);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    ids
 }
