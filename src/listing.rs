@@ -285,10 +285,13 @@ pub async fn deleted_since(
                     t.id
                 ));
             };
-            if last.is_some_and(|l| at > l) {
+            if let Some(l) = last.filter(|l| at > *l) {
                 return Err(format!(
-                    "the newest-first listing is not in order (ticket {} on page {})",
-                    t.id, page.number
+                    "the newest-first listing is not in order (ticket {} on page {}, deleted {}, after one deleted {})",
+                    t.id,
+                    page.number,
+                    crate::audit::timestamp(at),
+                    crate::audit::timestamp(l)
                 ));
             }
             last = Some(at);

@@ -165,6 +165,12 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         "selected for purge"
     };
     let _ = writeln!(out, "  matched    {} {verb}", c.matched);
+    if let Some(n) = report.would_purge_in_ledger {
+        let _ = writeln!(
+            out,
+            "  pending    {n} would purge in all: the ledger's tickets a rule selects, from every run (a dry run decides a ticket again only when a threshold or the config moved it)"
+        );
+    }
     for rule in policy.purge_rules() {
         let n = report.matched_by_rule.get(&rule.name).copied().unwrap_or(0);
         let _ = writeln!(out, "    {:<28} {n:>7}", rule.name);

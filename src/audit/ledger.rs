@@ -288,7 +288,7 @@ impl AuditStore {
     }
 
     /// The tickets whose live row a refresh decides again: the selected
-    /// ones (still to send), and the kept or selected ones an age threshold
+    /// ones (still to send; with `selected_too`, a live run), and the kept or selected ones an age threshold
     /// crossed between `since` and `now` (a row deleted at `d` crosses the
     /// threshold `t` when `d + t` falls between them, a second either side
     /// taken too). Rows listed since `unlisted_since` were decided by their
@@ -299,12 +299,16 @@ impl AuditStore {
         now: DateTime<Utc>,
         thresholds: &[std::time::Duration],
         unlisted_since: DateTime<Utc>,
+        selected_too: bool,
     ) -> anyhow::Result<Vec<TicketId>> {
         let unlisted = timestamp(unlisted_since);
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT ticket_id FROM ledger WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state = 'selected' AND last_seen < ",
         );
         q.push_bind(unlisted.clone());
+        if !selected_too {
+            q.push(" AND 0");
+        }
         let second = chrono::Duration::seconds(1);
         for t in thresholds {
             let Ok(t) = chrono::Duration::from_std(*t) else {

@@ -211,6 +211,9 @@ pub struct CycleReport {
     pub check: Option<CheckProgress>,
     /// From each purged ticket becoming purgeable to its request leaving.
     pub latency: Option<crate::audit::LatencySummary>,
+    /// A dry run: the tickets the ledger holds as would-purge after it,
+    /// from every run (`matched` counts this run's decisions only).
+    pub would_purge_in_ledger: Option<u64>,
     #[serde(with = "humantime_serde_compat")]
     pub duration: Duration,
     pub error: Option<String>,
@@ -576,6 +579,7 @@ fn report_of(
         pruned,
         check: None,
         latency: None,
+        would_purge_in_ledger: None,
         duration,
         error,
     }
@@ -729,6 +733,15 @@ async fn run_started(
     );
     report.check = check;
     report.latency = store.latency_summary(None, None, Some(run)).await.ok();
+    if settings.dry_run {
+        report.would_purge_in_ledger = store.ledger_counts().await.ok().map(|counts| {
+            counts
+                .iter()
+                .filter(|(state, _)| state == "selected")
+                .map(|(_, n)| *n as u64)
+                .sum()
+        });
+    }
     announce(store, &report, settings.latency_bound).await;
     Ok(report)
 }

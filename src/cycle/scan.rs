@@ -90,6 +90,10 @@ pub(super) struct Selection {
     pub(super) released: IdSet,
     /// Chosen ids in the order first chosen (may repeat; filtered on use).
     pub(super) order: Vec<TicketId>,
+    /// A dry run's count of tickets a purge rule selects: nothing is sent,
+    /// so nothing of them is kept (a million would-purge tickets cost
+    /// nothing). A ticket listed again is counted by its first listing.
+    pub(super) would_purge: u64,
 }
 
 impl Selection {
@@ -396,6 +400,9 @@ pub(super) fn decide_page(
         let mut counted = true;
         if first_listing {
             result.scanned += 1;
+        } else if settings.dry_run {
+            result.relisted += 1;
+            counted = false;
         } else {
             counted = relisted(selection, result, ticket, &decision);
         }
@@ -448,6 +455,10 @@ pub(super) fn decide_page(
         }
         match &decision {
             Decision::Purge { .. } if !counted => {}
+            Decision::Purge { rule } if settings.dry_run => {
+                *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
+                selection.would_purge += 1;
+            }
             Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
                 *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
                 selection.chosen.insert(
@@ -888,7 +899,7 @@ async fn close_walk(
             Step::Reconcile | Step::Backlog { .. } => {}
         }
     }
-    result.matched = walk.selection.chosen.len() as u64;
+    result.matched = walk.selection.chosen.len() as u64 + walk.selection.would_purge;
     result.matched_by_rule.retain(|_, n| *n > 0);
     result.kept.retain(|_, n| *n > 0);
     Ok(())
@@ -1010,6 +1021,9 @@ pub(super) async fn decide_from_ledger(
                     now,
                     &ctx.policy.age_thresholds(),
                     result.walk_started,
+                    // a live run sends what is selected; a dry run's
+                    // would-purge rows wait, like kept ones, for a threshold
+                    !ctx.settings.dry_run,
                 )
                 .await?
         }
@@ -1089,6 +1103,10 @@ fn decide_entries(
             records.push(record);
         }
         match &decision {
+            Decision::Purge { rule } if settings.dry_run => {
+                *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
+                selection.would_purge += 1;
+            }
             Decision::Purge { rule } => {
                 *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
                 selection.chosen.insert(

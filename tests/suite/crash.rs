@@ -15,8 +15,8 @@ use zd_retention::audit::{AuditStore, timestamp};
 use zd_retention::sandbox::{Sandbox, SandboxOptions};
 
 use crate::helpers::{
-    Profile, TOKEN, assert_writes_recorded_first, clear_tickets, fast_sandbox_options, ids_text,
-    selected,
+    Profile, TOKEN, assert_writes_recorded_first, clear_tickets, fast_sandbox_options,
+    harness_tickets, ids_text, selected,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
@@ -121,7 +121,9 @@ async fn harness_with_churn() {
     let seed = chrono::Utc::now().timestamp_millis() as u64;
     eprintln!("crash harness with churn: 5 kills, CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let tickets = clear_tickets(3000, 62);
+    let n = harness_tickets(3000);
+    let stretch = kill_stretch(n);
+    let tickets = clear_tickets(n, 62);
     let options = SandboxOptions {
         job_delay: Duration::from_secs(60),
         churn: 2.0,
@@ -136,7 +138,7 @@ async fn harness_with_churn() {
     let db = dir.path().join("audit.db");
     for attempt in 1..=8 {
         let mut child = spawn_once(&config);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(5..700))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..700 * stretch))).await;
         child.start_kill().unwrap();
         let _ = child.wait().await;
         check_after_kill(&sb, &db, attempt).await;
@@ -202,6 +204,12 @@ async fn harness_with_churn() {
     eprintln!("{raced} tickets deleted again between their purge request and its job");
 }
 
+/// How much longer than at the defaults a run lasts, so kills land all
+/// through it at scale too.
+fn kill_stretch(tickets: usize) -> u64 {
+    (tickets as u64).div_ceil(4000).max(1)
+}
+
 fn spawn_once(config: &std::path::Path) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .args(["once", "--config"])
@@ -226,7 +234,9 @@ async fn harness(profile: Option<Profile>) {
     eprintln!("crash harness: {kills} kills, CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let tickets = clear_tickets(4000, 61);
+    let n = harness_tickets(4000);
+    let stretch = kill_stretch(n);
+    let tickets = clear_tickets(n, 61);
     let want = selected(&tickets);
     // jobs take 60 s of Zendesk time: 100 ms here, so kills land while they run
     let options = SandboxOptions {
@@ -249,7 +259,7 @@ async fn harness(profile: Option<Profile>) {
     while kill < kills && attempts < kills * 4 {
         attempts += 1;
         let mut child = spawn_once(&config);
-        let after = Duration::from_millis(rng.random_range(5..700));
+        let after = Duration::from_millis(rng.random_range(5..700 * stretch));
         tokio::time::sleep(after).await;
         child.start_kill().unwrap(); // SIGKILL
         let status = child.wait().await.unwrap();

@@ -345,6 +345,18 @@ pub fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> Sandbo
     }
 }
 
+/// How many tickets a harness runs with: `HARNESS_TICKETS=100000` runs
+/// the crash and churn harnesses at scale (printed, so that a failure can
+/// be run again); CI runs the defaults.
+pub fn harness_tickets(default: usize) -> usize {
+    let n = std::env::var("HARNESS_TICKETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    eprintln!("HARNESS_TICKETS={n}");
+    n
+}
+
 /// The agents' seed of a churn test: `CHURN_SEED=n` tries others (printed,
 /// so that a failure can be run again).
 pub fn churn_seed(default: u64) -> u64 {

@@ -267,9 +267,14 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
     let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(second.step, "refresh");
     assert_eq!(
-        second.counts.matched,
-        200 - held,
+        second.would_purge_in_ledger,
+        Some(200 - held),
         "the hold decided from tags"
+    );
+    let summary = zd_retention::report::summary(&second, &e.ctx.policy);
+    assert!(
+        summary.contains(&format!("pending    {} would purge in all", 200 - held)),
+        "{summary}"
     );
     // a new pattern cannot be answered from the old tags: a whole walk
     e.ctx.policy = std::sync::Arc::new(policy("(?i)contract"));

@@ -294,7 +294,8 @@ async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
     // agents restore, delete again and delete new tickets on every listing
     // request while the check walks over many runs beside the purges
     let seed = churn_seed(11);
-    let tickets = clear_tickets(2500, seed);
+    let n = harness_tickets(2500);
+    let tickets = clear_tickets(n, seed);
     let options = zd_retention::sandbox::SandboxOptions {
         churn: 4.0,
         seed,
@@ -311,7 +312,7 @@ async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
     e.ctx.settings.check_share = 0.4;
     e.ctx.settings.check_interval = Duration::from_millis(100);
     let mut finished = 0;
-    for _ in 0..60 {
+    for _ in 0..60 * n.div_ceil(2500) {
         let r = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
         assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
         if r.check.as_ref().is_some_and(|c| c.finished) {
