@@ -90,13 +90,23 @@ pub(super) struct Selection {
     pub(super) released: IdSet,
     /// Chosen ids in the order first chosen (may repeat; filtered on use).
     pub(super) order: Vec<TicketId>,
-    /// A dry run's count of tickets a purge rule selects: nothing is sent,
-    /// so nothing of them is kept (a million would-purge tickets cost
-    /// nothing). A ticket listed again is counted by its first listing.
-    pub(super) would_purge: u64,
+    /// Selected tickets only counted, nothing of them kept: a dry run's
+    /// (nothing is sent), and a live run's beyond `max_purges_per_run`
+    /// chosen (none of them can be sent this run). A million selected
+    /// tickets cost nothing; their decisions are recorded as any other's.
+    /// A dry run counts a ticket listed again by its first listing.
+    pub(super) counted_only: u64,
 }
 
 impl Selection {
+    /// Whether a ticket a purge rule selects is only counted: a dry run,
+    /// or more than `limit` chosen already (a run sends at most `limit`).
+    fn counts_only(&self, settings: &CycleSettings, id: TicketId) -> bool {
+        settings.dry_run
+            || (self.chosen.len() as u64 > settings.max_purges_per_run
+                && !self.chosen.contains_key(&id))
+    }
+
     /// The ids to send now: chosen by their latest listing, never disagreed,
     /// not sent before, each once, in listing order.
     fn take_sendable(&mut self) -> Vec<TicketId> {
@@ -455,9 +465,9 @@ pub(super) fn decide_page(
         }
         match &decision {
             Decision::Purge { .. } if !counted => {}
-            Decision::Purge { rule } if settings.dry_run => {
+            Decision::Purge { rule } if selection.counts_only(settings, ticket.id) => {
                 *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
-                selection.would_purge += 1;
+                selection.counted_only += 1;
             }
             Decision::Purge { rule } if !selection.disagreed_selected.contains(&ticket.id) => {
                 *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
@@ -899,7 +909,7 @@ async fn close_walk(
             Step::Reconcile | Step::Backlog { .. } => {}
         }
     }
-    result.matched = walk.selection.chosen.len() as u64 + walk.selection.would_purge;
+    result.matched = walk.selection.chosen.len() as u64 + walk.selection.counted_only;
     result.matched_by_rule.retain(|_, n| *n > 0);
     result.kept.retain(|_, n| *n > 0);
     Ok(())
@@ -951,15 +961,17 @@ async fn hand_over(
     };
     if !settings.purge_while_scanning && result.matched > limit {
         let message = format!(
-            "{} tickets matched, more than safety.max_purges_per_run = {limit}: nothing was purged; check the rules (zd-retention plan) or raise the limit",
-            result.matched
+            "{} tickets matched, more than safety.max_purges_per_run = {limit}: nothing was purged; check the rules (zd-retention plan) or raise the limit{}",
+            result.matched,
+            counted_only_note(walk.selection.counted_only)
         );
         tracing::error!("{message}");
         result.error.get_or_insert(message);
     } else if settings.purge_while_scanning && result.matched > limit {
         result.error.get_or_insert(format!(
-            "{} tickets matched, more than safety.max_purges_per_run = {limit}: purging stopped at the limit",
-            result.matched
+            "{} tickets matched, more than safety.max_purges_per_run = {limit}: purging stopped at the limit{}",
+            result.matched,
+            counted_only_note(walk.selection.counted_only)
         ));
     }
     if let Some(reason) = stopped_reason {
@@ -994,6 +1006,17 @@ async fn hand_over(
         .await?;
     }
     Ok(result)
+}
+
+/// What a refused run says of the selected tickets it only counted.
+fn counted_only_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(
+            " ({n} of them past the limit were only counted: each has its decision recorded and no outcome of this run)"
+        )
+    }
 }
 
 /// Decides again, at the run's time and without a listing, the live ledger
@@ -1103,9 +1126,9 @@ fn decide_entries(
             records.push(record);
         }
         match &decision {
-            Decision::Purge { rule } if settings.dry_run => {
+            Decision::Purge { rule } if selection.counts_only(settings, ticket.id) => {
                 *result.matched_by_rule.entry(rule.clone()).or_default() += 1;
-                selection.would_purge += 1;
+                selection.counted_only += 1;
             }
             Decision::Purge { rule } => {
                 *result.matched_by_rule.entry(rule.clone()).or_default() += 1;

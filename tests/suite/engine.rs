@@ -139,12 +139,30 @@ async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
         .await
         .unwrap();
     assert_eq!(status, "failed");
-    // every selected ticket carries the reason it was not sent
+    // the tickets chosen up to the limit carry the reason they were not
+    // sent; the rest were only counted (a refused run at a million
+    // selected tickets holds and writes no more than the limit), and the
+    // run's error says so
     let not_sent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outcomes WHERE outcome = 'not_sent' AND detail LIKE '%max_purges_per_run%'")
         .fetch_one(e.ctx.store.pool())
         .await
         .unwrap();
-    assert_eq!(not_sent as usize, want.len());
+    assert_eq!(not_sent, 11);
+    let error = report.error.as_deref().unwrap();
+    assert!(
+        error.contains(&format!(
+            "({} of them past the limit were only counted",
+            want.len() - 11
+        )),
+        "{error}"
+    );
+    let decided: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT ticket_id) FROM decisions WHERE decision = 'purge'",
+    )
+    .fetch_one(e.ctx.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(decided as usize, want.len(), "every one decided");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
