@@ -132,6 +132,12 @@ pub async fn write_document(
     listing: &mut PurgeListing,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
+    // the mark is two control characters: a recorded text holding it
+    // (an error Zendesk sent, a rule's name) must not move the rows
+    anyhow::ensure!(
+        document.matches(ROWS_MARK).count() == 1,
+        "a recorded text holds the control characters that mark where the purged tickets go: the document would be wrong, so none is written; `audit run` and `audit ticket` show the records"
+    );
     let Some((head, tail)) = document.split_once(ROWS_MARK) else {
         anyhow::bail!("internal: a document without a place for its rows");
     };
@@ -699,6 +705,9 @@ pub fn esc(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // a control character has no place on a page (and one could
+            // pose as the mark where the rows go)
+            c if c.is_control() && !matches!(c, '\n' | '\t' | '\r') => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }

@@ -111,6 +111,21 @@ pub fn probe_table(f: &crate::zendesk::probe::ProbeFindings) -> String {
     out
 }
 
+/// A summary's lines under `matched`: each purge rule's count, then a dry
+/// run's pending total.
+fn matched_lines(out: &mut String, report: &CycleReport, policy: &Policy) {
+    for rule in policy.purge_rules() {
+        let n = report.matched_by_rule.get(&rule.name).copied().unwrap_or(0);
+        let _ = writeln!(out, "    {:<28} {n:>7}", rule.name);
+    }
+    if let Some(n) = report.would_purge_in_ledger {
+        let _ = writeln!(
+            out,
+            "  pending    {n} would purge in all: the ledger's tickets a rule selects, from every run (a dry run decides a ticket again only when a threshold or the config moved it)"
+        );
+    }
+}
+
 /// A run's summary for a person.
 pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     let c = &report.counts;
@@ -165,16 +180,7 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         "selected for purge"
     };
     let _ = writeln!(out, "  matched    {} {verb}", c.matched);
-    if let Some(n) = report.would_purge_in_ledger {
-        let _ = writeln!(
-            out,
-            "  pending    {n} would purge in all: the ledger's tickets a rule selects, from every run (a dry run decides a ticket again only when a threshold or the config moved it)"
-        );
-    }
-    for rule in policy.purge_rules() {
-        let n = report.matched_by_rule.get(&rule.name).copied().unwrap_or(0);
-        let _ = writeln!(out, "    {:<28} {n:>7}", rule.name);
-    }
+    matched_lines(&mut out, report, policy);
     let kept: u64 = report.kept.values().sum();
     let _ = writeln!(out, "  kept       {kept}");
     for (kind, n) in &report.kept {

@@ -287,8 +287,9 @@ impl AuditStore {
         Ok(out)
     }
 
-    /// The tickets whose live row a refresh decides again: the selected
-    /// ones (still to send; with `selected_too`, a live run), and the kept or selected ones an age threshold
+    /// The tickets whose live row a refresh decides again: with
+    /// `selected_too` (a live run) the selected ones, still to send; and
+    /// always the kept or selected ones an age threshold
     /// crossed between `since` and `now` (a row deleted at `d` crosses the
     /// threshold `t` when `d + t` falls between them, a second either side
     /// taken too). Rows listed since `unlisted_since` were decided by their

@@ -428,9 +428,12 @@ impl AuditStore {
             // a command that checks a million rows takes seconds by its
             // nature: not a warning for the person who asked for it
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
-        // One connection: every read of a command sees one snapshot (below)
+        // One connection: every read of a command sees one snapshot (below),
+        // kept for the command's life (never closed for its age or idling)
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
@@ -518,6 +521,8 @@ impl AuditStore {
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
             .connect_with(options)
             .await?;
         Self::hold_snapshot(&pool).await?;

@@ -836,29 +836,30 @@ async fn write_document(
 ) -> anyhow::Result<()> {
     match output {
         Some(path) => {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let partial = path.with_file_name(format!(
-                ".{}.partial",
-                name.as_deref().unwrap_or("document")
-            ));
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let cannot =
                 |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot write {}: {e}", path.display());
-            let file = options.open(&partial).map_err(|e| cannot(&e))?;
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            // a fresh file of its own (0600, never one left behind or a
+            // link planted there), renamed over the name once whole
+            let file = tempfile::Builder::new()
+                .prefix(".zd-retention-")
+                .suffix(".partial")
+                .tempfile_in(dir)
+                .map_err(|e| cannot(&e))?;
             let mut out = std::io::BufWriter::new(file);
-            let written = crate::evidence::write_document(text, style, listing, &mut out)
+            crate::evidence::write_document(text, style, listing, &mut out)
                 .await
-                .and_then(|()| Ok(out.into_inner()?.sync_all()?));
-            match written.and_then(|()| Ok(std::fs::rename(&partial, path)?)) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    Err(cannot(&e))
-                }
-            }
+                .map_err(|e| match e.downcast::<std::io::Error>() {
+                    Ok(io) => cannot(&io),
+                    Err(other) => other,
+                })?;
+            let file = out.into_inner().map_err(|e| cannot(e.error()))?;
+            file.as_file().sync_all().map_err(|e| cannot(&e))?;
+            file.persist(path).map_err(|e| cannot(&e.error))?;
+            Ok(())
         }
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout());

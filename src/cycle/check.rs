@@ -271,12 +271,19 @@ pub(super) async fn settle_check(
     scan: &ScanResult,
     check: &ViewCheck,
 ) -> anyhow::Result<(Settled, u64)> {
+    let source = format!(
+        "whole-view check {} (begun {}, walked in {} pages over {} runs, ended in run {run})",
+        check.id,
+        crate::audit::timestamp(check.started_at),
+        check.pages,
+        check.runs
+    );
     let settled = settle_unseen(
         ctx,
         run,
         (check.started_at, Some(scan.walk_started)),
-        scan.cursor_proven,
-        true,
+        (scan.cursor_proven, true),
+        &source,
     )
     .await?;
     ctx.store

@@ -357,12 +357,16 @@ async fn settle_walk(
     if !(scan.finished() && scan.step == Step::Reconcile) {
         return Ok((Settled::default(), 0));
     }
+    let source = format!(
+        "the whole walk of run {run} (begun {})",
+        crate::audit::timestamp(scan.walk_started)
+    );
     settle_unseen(
         ctx,
         run,
         (scan.walk_started, None),
-        scan.cursor_proven,
-        !scan.incomplete_walk,
+        (scan.cursor_proven, !scan.incomplete_walk),
+        &source,
     )
     .await
 }
@@ -374,15 +378,15 @@ async fn settle_unseen(
     ctx: &CycleContext,
     run: RunId,
     (since, read_back_to): (DateTime<Utc>, Option<DateTime<Utc>>),
-    cursor_proven: bool,
-    may_call_gone: bool,
+    proofs: (bool, bool),
+    source: &str,
 ) -> anyhow::Result<(Settled, u64)> {
     let mut settled = Settled::default();
     let before = ctx.client.stats().sent("list");
     let unseen = ctx.store.ledger_unseen_since(since).await?;
     for chunk in unseen.chunks(SETTLE_CHUNK) {
         let absent = absent_rows(ctx, chunk, since, read_back_to).await?;
-        let part = settle_absent(ctx, run, absent, cursor_proven, may_call_gone).await?;
+        let part = settle_absent(ctx, run, absent, proofs, source).await?;
         settled.add(&part);
     }
     Ok((settled, ctx.client.stats().sent("list") - before))

@@ -50,8 +50,8 @@ pub(super) async fn settle_absent(
     ctx: &CycleContext,
     run: RunId,
     absent: Vec<(TicketId, Unsettled)>,
-    cursor_proven: bool,
-    may_call_gone: bool,
+    (cursor_proven, may_call_gone): (bool, bool),
+    source: &str,
 ) -> anyhow::Result<Settled> {
     let mut settled = Settled::default();
     let now = Utc::now();
@@ -72,7 +72,7 @@ pub(super) async fn settle_absent(
             "tickets gone from the deleted view are active again: restored by someone, not purged"
         );
         ctx.store
-            .record_outcomes(run, None, &restored_ids, Outcome::RestoredElsewhere, Some("not in the deleted view and found among active tickets: restored by someone, not purged"), now)
+            .record_outcomes(run, None, &restored_ids, Outcome::RestoredElsewhere, Some(&vouched("not in the deleted view and found among active tickets: restored by someone, not purged", source)), now)
             .await?;
         settled.restored_elsewhere += restored_ids.len() as u64;
     }
@@ -123,7 +123,14 @@ pub(super) async fn settle_absent(
                 )
             };
             ctx.store
-                .record_outcomes(run, None, &[id], outcome, Some(detail), now)
+                .record_outcomes(
+                    run,
+                    None,
+                    &[id],
+                    outcome,
+                    Some(&vouched(detail, source)),
+                    now,
+                )
                 .await?;
         } else if u
             .decided_at
@@ -145,9 +152,29 @@ pub(super) async fn settle_absent(
         let verdict = settle_verdict(&u, active.contains(&id), now);
         verdicts.entry(verdict).or_default().push(id);
     }
-    for (outcome, ids) in &verdicts {
+    record_verdicts(ctx, run, &verdicts, source, now, &mut settled).await?;
+    Ok(settled)
+}
+
+/// A settlement's detail with the walk that did not list the ticket,
+/// beside the lookup and the read that vouch for it.
+fn vouched(detail: &str, source: &str) -> String {
+    format!("{detail}; not listed by {source}")
+}
+
+/// Records each verdict of the settling, with what vouched for it.
+async fn record_verdicts(
+    ctx: &CycleContext,
+    run: RunId,
+    verdicts: &BTreeMap<Outcome, Vec<TicketId>>,
+    source: &str,
+    now: DateTime<Utc>,
+    settled: &mut Settled,
+) -> anyhow::Result<()> {
+    for (outcome, ids) in verdicts {
+        let detail = vouched(settle_detail(*outcome), source);
         ctx.store
-            .record_outcomes(run, None, ids, *outcome, Some(settle_detail(*outcome)), now)
+            .record_outcomes(run, None, ids, *outcome, Some(&detail), now)
             .await?;
         let n = ids.len() as u64;
         match outcome {
@@ -157,7 +184,7 @@ pub(super) async fn settle_absent(
             _ => settled.confirmed_gone += n,
         }
     }
-    Ok(settled)
+    Ok(())
 }
 
 /// What a ticket missing from a whole walk, not deleted again since, and

@@ -143,10 +143,7 @@ async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
     // sent; the rest were only counted (a refused run at a million
     // selected tickets holds and writes no more than the limit), and the
     // run's error says so
-    let not_sent: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outcomes WHERE outcome = 'not_sent' AND detail LIKE '%max_purges_per_run%'")
-        .fetch_one(e.ctx.store.pool())
-        .await
-        .unwrap();
+    let not_sent = not_sent_over_the_limit(e.ctx.store.pool()).await;
     assert_eq!(not_sent, 11);
     let error = report.error.as_deref().unwrap();
     assert!(
@@ -163,6 +160,60 @@ async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
     .await
     .unwrap();
     assert_eq!(decided as usize, want.len(), "every one decided");
+}
+
+/// The `not_sent` outcomes `max_purges_per_run` gave.
+async fn not_sent_over_the_limit(pool: &sqlx::SqlitePool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outcomes WHERE outcome = 'not_sent' AND detail LIKE '%max_purges_per_run%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Purging while scanning over the limit: exactly the limit is sent, the
+/// one more chosen carries the reason, the rest are only counted (a run
+/// over a million selected tickets holds the limit, not the million).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_while_scanning_stops_at_the_limit_and_holds_no_more_than_it() {
+    let tickets = clear_tickets(600, 3);
+    let want = selected(&tickets);
+    assert!(want.len() > 20, "{}", want.len());
+    let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
+    let e = engine(
+        &sb,
+        example_policy(),
+        zd_retention::cycle::CycleSettings {
+            max_purges_per_run: 10,
+            purge_while_scanning: true,
+            ..test_settings()
+        },
+    )
+    .await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed, "{:?}", report.error);
+    assert_eq!(sb.purged_ids().len(), 10, "exactly the limit is purged");
+    assert!(sb.purged_ids().iter().all(|id| want.contains(id)));
+    assert_eq!(report.counts.matched, want.len() as u64);
+    let error = report.error.as_deref().unwrap();
+    assert!(
+        error.contains("purging stopped at the limit")
+            && error.contains(&format!(
+                "({} of them past the limit were only counted",
+                want.len() - 11
+            )),
+        "{error}"
+    );
+    let not_sent = not_sent_over_the_limit(e.ctx.store.pool()).await;
+    assert_eq!(not_sent, 1, "the one chosen past the limit");
+    // the next run, under a limit that fits, sends the rest
+    let mut ctx = e.ctx.clone();
+    ctx.settings.max_purges_per_run = 100_000;
+    let next = run_cycle(&ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(next.status, RunStatus::Completed, "{:?}", next.error);
+    let purged: std::collections::BTreeSet<u64> = sb.purged_ids().into_iter().collect();
+    assert_eq!(purged, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

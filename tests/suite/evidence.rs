@@ -1153,6 +1153,12 @@ async fn every_format_streams_every_purge_and_a_failed_write_leaves_no_half_docu
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("cannot write"), "{}", text(&out));
-    assert!(!dir.path().join(".report.html.partial").exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(taken.is_dir());
 }

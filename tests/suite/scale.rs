@@ -303,18 +303,35 @@ async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
     };
     let sb = sandbox_with(tickets, options).await;
     let mut e = engine(&sb, example_policy(), ledger_settings()).await;
+    // At scale (HARNESS_TICKETS) the agents' 4 actions per request add
+    // thousands of deletions within seconds, more than a page between two
+    // pages of a freshness read: it then refuses to send, which is safe,
+    // and the run fails saying so. Any other failure fails the test.
+    let mut refused = 0;
+    let mut completed = |r: &zd_retention::cycle::CycleReport| {
+        let refusal = r
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("the freshness read before purging failed"));
+        if n > 2500 && r.status == RunStatus::Failed && refusal {
+            refused += 1;
+        } else {
+            assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+        }
+    };
     // the first runs build the ledger (a backlog, then a whole walk)
     for _ in 0..2 {
         let r = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-        assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+        completed(&r);
     }
     e.ctx.settings.reconcile_every = Duration::from_millis(1);
     e.ctx.settings.check_share = 0.4;
-    e.ctx.settings.check_interval = Duration::from_millis(100);
+    // the check's pages per run grow with the view
+    e.ctx.settings.check_interval = Duration::from_millis(100 * n.div_ceil(2500) as u64);
     let mut finished = 0;
-    for _ in 0..60 * n.div_ceil(2500) {
+    for _ in 0..60 * n.div_ceil(25_000) {
         let r = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-        assert_eq!(r.status, RunStatus::Completed, "{:?}", r.error);
+        completed(&r);
         if r.check.as_ref().is_some_and(|c| c.finished) {
             finished += 1;
             if finished == 2 {
@@ -323,6 +340,7 @@ async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
         }
     }
     assert_eq!(finished, 2, "two checks ended over the runs");
+    eprintln!("{refused} runs refused to send after a freshness read out of order or too deep");
     let log = sb.churn_log();
     assert!(log.len() > 100, "the agents were at work: {}", log.len());
     let restored_ever: BTreeSet<u64> = log
@@ -363,14 +381,56 @@ async fn a_check_over_runs_under_churn_claims_no_absence_it_cannot_prove() {
             _ => {}
         }
     }
-    assert!(
-        outcomes.values().any(|o| o == "restored_elsewhere"),
-        "the checks settled restores"
-    );
-    assert!(
-        outcomes.values().any(|o| o == "restored_elsewhere"),
-        "the checks settled restores"
-    );
+    // each settlement names the walk that did not list its ticket: run
+    // 2's whole walk, or a whole-view check after it
+    let details: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT run_id, detail FROM outcomes WHERE outcome IN ('restored_elsewhere', 'confirmed_gone')",
+    )
+    .fetch_all(e.ctx.store.pool())
+    .await
+    .unwrap();
+    let by_check = regex::Regex::new(
+        r"; not listed by whole-view check \d+ \(begun \S+, walked in \d+ pages over \d+ runs, ended in run \d+\)$",
+    )
+    .unwrap();
+    for (run, detail) in &details {
+        if *run <= 2 {
+            assert!(
+                detail.contains("; not listed by the whole walk of run 2 (begun "),
+                "{run}: {detail}"
+            );
+        } else {
+            assert!(by_check.is_match(detail), "{run}: {detail}");
+        }
+    }
+    // every ticket still restored at the end, restored before the last
+    // finished check began, is settled restored (that check cannot have
+    // listed it); one restored later may be open still, never settled
+    // otherwise
+    let last_check: String = sqlx::query_scalar(
+        "SELECT started_at FROM view_checks WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(e.ctx.store.pool())
+    .await
+    .unwrap();
+    let last_check: chrono::DateTime<chrono::Utc> = last_check.parse().unwrap();
+    let now_restored: BTreeSet<u64> = sb.restored_ids().into_iter().collect();
+    let mut settled_restores = 0;
+    for ev in &log {
+        if let zd_retention::sandbox::ChurnEvent::Restored { id, at } = ev
+            && now_restored.contains(id)
+            && *at < last_check
+            && !log.iter().any(|later| matches!(later, zd_retention::sandbox::ChurnEvent::Restored { id: i, at: t } if i == id && t > at))
+        {
+            assert_eq!(
+                outcomes.get(id).map(String::as_str),
+                Some("restored_elsewhere"),
+                "ticket {id}, restored at {at}, before the last check began at {last_check}"
+            );
+            settled_restores += 1;
+        }
+    }
+    eprintln!("{settled_restores} restores settled by the checks");
     let report = e.ctx.store.verify_chain().await.unwrap();
     assert!(report.problem.is_none(), "{:?}", report.problem);
 }
