@@ -181,7 +181,7 @@ impl AuditStore {
                     .push_bind(timestamp(**sent))
                     .push_bind(ms);
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await.context("cannot record purge latency")?;
         Ok(())

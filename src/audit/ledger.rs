@@ -276,6 +276,7 @@ impl AuditStore {
             q.push(")");
             let rows = q
                 .build()
+                .persistent(false)
                 .fetch_all(self.pool())
                 .await
                 .context("cannot read the ticket ledger")?;
@@ -333,6 +334,7 @@ impl AuditStore {
         }
         let ids: Vec<i64> = q
             .build_query_scalar()
+            .persistent(false)
             .fetch_all(self.pool())
             .await
             .context("cannot read the ticket ledger")?;
@@ -427,7 +429,7 @@ impl AuditStore {
                     .push_unseparated(")");
             }
             q.push(") AS v WHERE ledger.ticket_id = v.column1 AND ledger.deleted_at = v.column2");
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit()
             .await
@@ -449,7 +451,11 @@ impl AuditStore {
                     .push_bind_unseparated(format!("%{fp}%"));
             }
             q.push(")");
-            let n: i64 = q.build_query_scalar().fetch_one(self.pool()).await?;
+            let n: i64 = q
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_one(self.pool())
+                .await?;
             untagged = n as u64;
         }
         let high: Option<String> = sqlx::query_scalar(
@@ -536,7 +542,12 @@ impl AuditStore {
                     .push_bind(what.as_str())
                     .push_bind(at.as_str());
             });
-            last = q.build().execute(&mut *tx).await?.last_insert_rowid();
+            last = q
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?
+                .last_insert_rowid();
             first.get_or_insert(last - chunk.len() as i64 + 1);
             for (tbl, id, run_id, what) in chunk {
                 let (id, run_id) = (id.to_string(), run_id.to_string());
@@ -640,7 +651,7 @@ pub(super) async fn upsert_decisions(
             sep.push_bind(d.ticket_id as i64);
         }
         q.push(")");
-        q.build().execute(&mut **tx).await?;
+        q.build().persistent(false).execute(&mut **tx).await?;
 
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO ledger (ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags, first_seen, last_seen, decision, rule, config_hash, state, state_at) ",
@@ -676,6 +687,7 @@ pub(super) async fn upsert_decisions(
                 state = excluded.state, state_at = excluded.state_at",
         );
         q.build()
+            .persistent(false)
             .execute(&mut **tx)
             .await
             .context("cannot update the ticket ledger")?;
@@ -693,7 +705,7 @@ pub(super) async fn upsert_decisions(
                     .push_unseparated(")");
             }
             q.push(")");
-            q.build().execute(&mut **tx).await?;
+            q.build().persistent(false).execute(&mut **tx).await?;
         }
     }
     Ok(())
@@ -733,7 +745,7 @@ pub(super) async fn apply_outcome(
         q.push_bind(at);
         q.push(format!(" WHERE state IN {states} AND "));
         current_rows(&mut q, chunk);
-        q.build().execute(&mut **tx).await?;
+        q.build().persistent(false).execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -763,7 +775,7 @@ pub(super) async fn apply_request(
         q.push_bind(at);
         q.push(format!(" WHERE state IN {LIVE_SQL} AND "));
         current_rows(&mut q, chunk);
-        q.build().execute(&mut **tx).await?;
+        q.build().persistent(false).execute(&mut **tx).await?;
     }
     Ok(())
 }

@@ -764,7 +764,12 @@ impl AuditStore {
                         .push_bind(d.subject_tags.as_deref());
                 },
             );
-            last = q.build().execute(&mut *tx).await?.last_insert_rowid();
+            last = q
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?
+                .last_insert_rowid();
             for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
                 digests.push_str(&row_digest(
@@ -1209,7 +1214,12 @@ async fn insert_outcomes(
                 .push_bind(detail)
                 .push_bind(at);
         });
-        last = q.build().execute(&mut **tx).await?.last_insert_rowid();
+        last = q
+            .build()
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?
+            .last_insert_rowid();
         for t in chunk {
             let ticket = t.to_string();
             digests.push_str(&row_digest(
