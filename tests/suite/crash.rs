@@ -15,8 +15,8 @@ use zd_retention::audit::{AuditStore, timestamp};
 use zd_retention::sandbox::{Sandbox, SandboxOptions};
 
 use crate::helpers::{
-    Profile, TOKEN, assert_writes_recorded_first, clear_tickets, fast_sandbox_options,
-    harness_tickets, ids_text, selected,
+    Profile, TOKEN, assert_writes_recorded_first, clear_tickets, example_selects_at,
+    fast_sandbox_options, harness_tickets, ids_text, selected,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
@@ -294,17 +294,7 @@ async fn harness(profile: Option<Profile>) {
     let now = chrono::Utc::now();
     let selected_now: BTreeSet<u64> = tickets_at_start
         .iter()
-        .filter(|t| {
-            let age = now - t.deleted_at;
-            let held = t
-                .subject
-                .as_deref()
-                .is_some_and(|s| s.to_lowercase().contains("legal hold"));
-            let closed = matches!(t.previous_state.as_str(), "solved" | "closed")
-                && age > chrono::Duration::days(7);
-            let automation = t.actor_id == 900001 && age > chrono::Duration::hours(1);
-            !held && (closed || automation)
-        })
+        .filter(|t| example_selects_at(t, now))
         .map(|t| t.id)
         .collect();
     let wrong: Vec<&u64> = purged.difference(&selected_now).take(20).collect();

@@ -122,16 +122,21 @@ pub fn example_selects(t: &SandboxTicket) -> Option<bool> {
     if near(chrono::Duration::days(7)) || near(chrono::Duration::hours(1)) {
         return None;
     }
-    if t.subject
+    Some(example_selects_at(t, chrono::Utc::now()))
+}
+
+/// Whether the example rules select `t` at `now`, however close to a
+/// threshold.
+pub fn example_selects_at(t: &SandboxTicket, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let age = now - t.deleted_at;
+    let held = t
+        .subject
         .as_deref()
-        .is_some_and(|s| s.to_lowercase().contains("legal hold"))
-    {
-        return Some(false);
-    }
+        .is_some_and(|s| s.to_lowercase().contains("legal hold"));
     let closed =
         matches!(t.previous_state.as_str(), "solved" | "closed") && age > chrono::Duration::days(7);
     let automation = t.actor_id == 900001 && age > chrono::Duration::hours(1);
-    Some(closed || automation)
+    !held && (closed || automation)
 }
 
 /// A cycle context on a fresh database file.
@@ -349,21 +354,21 @@ pub fn ticket(id: u64, age: chrono::Duration, state: &str, actor: u64) -> Sandbo
 /// the crash and churn harnesses at scale (printed, so that a failure can
 /// be run again); CI runs the defaults.
 pub fn harness_tickets(default: usize) -> usize {
-    let n = std::env::var("HARNESS_TICKETS")
+    env_knob("HARNESS_TICKETS", default)
+}
+
+/// A test's knob from the environment, or its default; printed.
+fn env_knob<T: std::str::FromStr + std::fmt::Display>(name: &str, default: T) -> T {
+    let value = std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default);
-    eprintln!("HARNESS_TICKETS={n}");
-    n
+    eprintln!("{name}={value}");
+    value
 }
 
 /// The agents' seed of a churn test: `CHURN_SEED=n` tries others (printed,
 /// so that a failure can be run again).
 pub fn churn_seed(default: u64) -> u64 {
-    let seed = std::env::var("CHURN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
-    eprintln!("CHURN_SEED={seed}");
-    seed
+    env_knob("CHURN_SEED", default)
 }
