@@ -60,6 +60,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .context("bad histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")
+        .inspect(|_| {
+            metrics::gauge!(
+                "zd_retention_build_info",
+                "version" => crate::build::VERSION,
+                "commit" => crate::build::COMMIT,
+            )
+            .set(1.0);
+        })
 }
 
 #[derive(Clone)]

@@ -120,6 +120,58 @@ impl AuditStore {
         )
     }
 
+    /// A database written before the hash chain (schema 3 or older, just
+    /// upgraded): its rows are chained now, as they are, so that from here
+    /// on any change to them is seen. Nothing proves what happened to them
+    /// before; the warning says so. Only on that upgrade: a chain emptied
+    /// later is tampering, never sealed over.
+    pub(super) async fn seal_prechain_rows(
+        &self,
+        upgraded_from: Option<i64>,
+    ) -> anyhow::Result<()> {
+        // 0004 brought the chain
+        if upgraded_from.is_none_or(|v| v >= 4) {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_chain")
+            .fetch_one(&mut *tx)
+            .await?;
+        if entries > 0 {
+            return Ok(());
+        }
+        let base = super::signing::chain_base(&mut tx).await?;
+        let mut rows = 0;
+        for table in Chained::ALL {
+            let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT MIN(id), MAX(id) FROM {}",
+                table.table()
+            )))
+            .fetch_one(&mut *tx)
+            .await?;
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            // an entry per 10,000 ids, as a run's own inserts are chunked
+            let mut from = first;
+            while from <= last {
+                let to = last.min(from.saturating_add(9_999));
+                chain_append(&mut tx, table, from, to).await?;
+                from = to + 1;
+            }
+            rows += last - first + 1;
+        }
+        self.seal(&mut tx, base, None, super::signing::HeadKind::Commit)
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(
+            from_schema = upgraded_from,
+            rows,
+            "the audit database predates the hash chain: its rows are chained now, as they are; changes made to them before this upgrade cannot be detected"
+        );
+        Ok(())
+    }
+
     /// A database written before the runs' and jobs' states were chained:
     /// their states as they are now are recorded once, so that from here on
     /// every change is covered (earlier changes were not, and cannot be).

@@ -309,7 +309,7 @@ impl RunOrigin {
             config_settings,
             host: whoami::hostname().ok(),
             os_user: whoami::username().ok(),
-            program_version: format!("zd-retention {}", env!("CARGO_PKG_VERSION")),
+            program_version: format!("zd-retention {}", crate::build::VERSION_LINE),
         }
     }
 }
@@ -319,6 +319,112 @@ impl From<&str> for RunOrigin {
     fn from(config_hash: &str) -> Self {
         RunOrigin::here(config_hash, None)
     }
+}
+
+/// The newest schema this build knows: its last migration's number.
+pub fn newest_schema() -> i64 {
+    sqlx::migrate!("./migrations")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The schema of an open database: its newest migration applied, or None
+/// for a database no zd-retention has migrated (empty, or not ours).
+async fn applied_schema(pool: &SqlitePool) -> Option<i64> {
+    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(None)
+}
+
+/// One connection that only reads the database file at `path`.
+async fn read_only_connection(path: &Path) -> anyhow::Result<sqlx::SqliteConnection> {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot open the audit database {}", path.display()))
+}
+
+/// The schema of the database file at `path`, read on a read-only
+/// connection (nothing is written, not even a write-ahead log); refuses a
+/// schema newer than this build's.
+async fn schema_of(path: &Path) -> anyhow::Result<Option<i64>> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(None);
+    }
+    let mut conn = read_only_connection(path).await?;
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(None);
+    use sqlx::Connection as _;
+    let _ = conn.close().await;
+    refuse_newer(path, applied)?;
+    Ok(applied)
+}
+
+/// Fails when a newer zd-retention migrated the database (a rollback to an
+/// older binary): naming both schemas, before anything is written.
+fn refuse_newer(path: &Path, applied: Option<i64>) -> anyhow::Result<()> {
+    let newest = newest_schema();
+    match applied {
+        Some(version) if version > newest => anyhow::bail!(
+            "the audit database {} has schema {version}, written by a newer zd-retention; this one ({}) knows schemas up to {newest}. \
+             Nothing was written to it. Run the newer zd-retention again, or to go back to this version restore the copy the upgrade left beside the database ({}.schema-{newest}-*.bak) and accept losing what was recorded since",
+            path.display(),
+            crate::build::VERSION_LINE,
+            path.display(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Copies an older database aside (`<path>.schema-<N>-<time>.bak`, mode
+/// 0600) before its schema is upgraded: the upgrade is
+/// one way, and the copy is what a rollback to the older binary restores.
+async fn back_up_before_upgrade(path: &Path, version: i64) -> anyhow::Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(
+        ".schema-{version}-{}.bak",
+        Utc::now().format("%Y%m%dT%H%M%SZ")
+    ));
+    let backup = std::path::PathBuf::from(name);
+    // made empty and private first: SQLite fills an empty file, and the
+    // copy is never readable by others on the way
+    create_private(&backup)
+        .with_context(|| format!("cannot create the copy {}", backup.display()))?;
+    let mut conn = read_only_connection(path).await?;
+    let copied = sqlx::query("VACUUM INTO ?")
+        .bind(backup.to_string_lossy().into_owned())
+        .execute(&mut conn)
+        .await;
+    use sqlx::Connection as _;
+    let _ = conn.close().await;
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&backup);
+        return Err(e).with_context(|| {
+            format!(
+                "cannot copy the audit database {} (schema {version}) to {} before upgrading it to schema {}; nothing was changed: free space beside it and start again",
+                path.display(),
+                backup.display(),
+                newest_schema()
+            )
+        });
+    }
+    tracing::warn!(
+        database = %path.display(),
+        backup = %backup.display(),
+        from = version,
+        to = newest_schema(),
+        "upgrading the audit database's schema; a copy of it as it was is kept beside it"
+    );
+    Ok(())
 }
 
 /// A temporary file removed on drop.
@@ -356,6 +462,12 @@ impl AuditStore {
                 // subjects, actors and the purge history are personal data
                 tracing::warn!(database = %path.display(), "the audit database is readable by every user of this machine; consider chmod 600");
             }
+        }
+        // A newer zd-retention's database is refused before anything is
+        // written to it; an older one is copied aside before it is upgraded.
+        let applied = schema_of(path).await?;
+        if let Some(version) = applied.filter(|v| *v < newest_schema()) {
+            back_up_before_upgrade(path, version).await?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -402,6 +514,10 @@ impl AuditStore {
             signer,
         };
         store
+            .seal_prechain_rows(applied)
+            .await
+            .with_context(|| format!("cannot chain the older rows of {}", path.display()))?;
+        store
             .seal_states()
             .await
             .with_context(|| format!("cannot record the runs' states in {}", path.display()))?;
@@ -438,18 +554,12 @@ impl AuditStore {
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
         // A database an older zd-retention wrote is read through an upgraded
-        // copy: reading never writes, and a writer upgrades it in place.
-        let newest = sqlx::migrate!("./migrations")
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(None);
-        if applied.is_some_and(|v| v < newest) {
+        // copy: reading never writes, and a writer upgrades it in place. A
+        // newer one's is refused: its rows may mean what this build cannot
+        // know.
+        let applied = applied_schema(&pool).await;
+        refuse_newer(path, applied)?;
+        if applied.is_some_and(|v| v < newest_schema()) {
             let copy = ScratchFile(std::env::temp_dir().join(format!(
                 "zd-retention-upgraded-{}-{}.db",
                 std::process::id(),
@@ -465,7 +575,7 @@ impl AuditStore {
                 database = %path.display(),
                 "written by an older zd-retention: read through an upgraded copy; the next writer (once, run) upgrades it in place"
             );
-            let mut upgraded = Self::open_upgraded_copy(&copy.0).await?;
+            let mut upgraded = Self::open_upgraded_copy(&copy.0, applied).await?;
             upgraded.scratch = Some(std::sync::Arc::new(copy));
             return Ok(upgraded);
         }
@@ -504,7 +614,7 @@ impl AuditStore {
     }
 
     /// Migrates a private copy of an older database and opens it read-only.
-    async fn open_upgraded_copy(copy: &Path) -> anyhow::Result<Self> {
+    async fn open_upgraded_copy(copy: &Path, applied: Option<i64>) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::new().filename(copy);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -514,7 +624,17 @@ impl AuditStore {
             .run(&pool)
             .await
             .context("cannot upgrade a copy of the older database")?;
-        pool.close().await;
+        // as a writer's upgrade would, so that the copy verifies the same
+        let copy_store = Self::reader(pool);
+        copy_store
+            .seal_prechain_rows(applied)
+            .await
+            .context("cannot chain the older rows of the copy")?;
+        copy_store
+            .seal_states()
+            .await
+            .context("cannot record the runs' states in the copy")?;
+        copy_store.pool.close().await;
         let options = SqliteConnectOptions::new()
             .filename(copy)
             .read_only(true)

@@ -7,7 +7,7 @@ pub use crate::app::{EXIT_FAILED, EXIT_USAGE};
 #[derive(Debug, Parser)]
 #[command(
     name = "zd-retention",
-    version,
+    version = crate::build::VERSION_LINE,
     about = "Enforces retention rules on Zendesk's soft-deleted tickets, with an audit trail in SQLite.",
     after_help = "Exit codes: 0 ok, 1 a failed run or request, 2 bad usage or config.\n\nStart with:  zd-retention demo"
 )]
@@ -86,6 +86,17 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (roff), one per command, into a folder: what
+    /// the packages install under /usr/share/man/man1.
+    #[command(
+        hide = true,
+        after_help = "Example:\n  zd-retention manpages --out target/man"
+    )]
+    Manpages {
+        /// The folder to write into (it must exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 

@@ -69,6 +69,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
+        Command::Manpages { out } => {
+            use clap::CommandFactory;
+            write_manpages(&Cli::command(), &out).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -167,7 +171,8 @@ impl Sends {
             Command::Sandbox(_)
             | Command::CheckConfig
             | Command::Audit(_)
-            | Command::Completions { .. } => Sends::Nothing,
+            | Command::Completions { .. }
+            | Command::Manpages { .. } => Sends::Nothing,
         }
     }
 }
@@ -269,6 +274,39 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// Writes `zd-retention.1` and a page per visible subcommand
+/// (`zd-retention-audit-verify.1`, ...) into `dir`.
+fn write_manpages(cli: &clap::Command, dir: &std::path::Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{} is not a folder: create it first (mkdir -p {})",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let mut cli = cli.clone().version(crate::build::VERSION);
+    cli.build();
+    fn walk(cmd: &clap::Command, name: String, dir: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let cmd = cmd.clone().name(name.clone());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .date(crate::build::DATE)
+            .render(&mut page)
+            .with_context(|| format!("cannot render the manual page of {name}"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            walk(sub, format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    walk(&cli, "zd-retention".into(), dir)
+}
 
 #[cfg(test)]
 mod tests {

@@ -372,3 +372,25 @@ fn env_knob<T: std::str::FromStr + std::fmt::Display>(name: &str, default: T) ->
 pub fn churn_seed(default: u64) -> u64 {
     env_knob("CHURN_SEED", default)
 }
+
+/// The SHA-256 of a file's bytes, in hex: to show a file was not written.
+pub fn sha256_file(path: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Runs `sql` on `db` with Debian's sqlite3 (installed by .ci/test-deps):
+/// its standard output, trimmed. Fails the test on an error.
+pub fn sqlite3(db: &std::path::Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 is installed (.ci/test-deps installs it)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -306,7 +306,10 @@ async fn a_database_made_before_the_ledger_is_upgraded_and_still_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("old.db");
     std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pre-ledger.db"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/schemas/schema-06.db"
+        ),
         &db,
     )
     .unwrap();
@@ -601,7 +604,10 @@ fn read_only_commands_read_an_older_database_through_an_upgraded_copy() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("old.db");
     std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pre-ledger.db"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/schemas/schema-06.db"
+        ),
         &db,
     )
     .unwrap();

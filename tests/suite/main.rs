@@ -20,4 +20,5 @@ mod safety;
 mod sandbox_contract;
 mod scale;
 mod security;
+mod upgrade;
 mod window;

@@ -11,16 +11,7 @@ use crate::helpers::{TOKEN, fast_sandbox_options};
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
 fn sqlite(db: &Path, sql: &str) {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 is installed (.ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::helpers::sqlite3(db, sql);
 }
 
 fn verify(db: &Path) -> (i32, String) {

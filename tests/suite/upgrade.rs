@@ -1,0 +1,239 @@
+//! Upgrades and rollbacks of the audit database.
+//!
+//! `tests/fixtures/schemas/schema-NN.db` holds a database of every schema
+//! an earlier zd-retention wrote, each made by that commit's own binary
+//! (`tests/fixtures/schemas/make.sh`): this build upgrades each in place,
+//! keeps a copy of it as it was, and its history verifies and reads as
+//! before. A database of a schema newer than this build's (a rollback to
+//! an older binary, simulated by a migration from the future) is refused
+//! by every command, naming both schemas, and never written.
+
+use std::path::{Path, PathBuf};
+
+use zd_retention::audit::{AuditStore, newest_schema};
+
+use crate::helpers::{sha256_file, sqlite3};
+
+/// Schemas no build ever wrote alone: 0002 came with 0003, and 0007 was
+/// edited after 0008 came (a database of the first 0007 does not open: sqlx
+/// refuses an applied migration that changed since).
+const NEVER_WRITTEN_ALONE: &[i64] = &[2, 7];
+
+fn fixture(schema: i64) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/schemas/schema-{schema:02}.db"))
+}
+
+fn scalar(db: &Path, sql: &str) -> i64 {
+    let out = sqlite3(db, sql);
+    out.parse().unwrap_or_else(|_| panic!("{sql}: {out:?}"))
+}
+
+/// The copies an upgrade left in `dir`.
+fn backups(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".bak"))
+        .collect()
+}
+
+#[test]
+fn every_earlier_schema_has_a_fixture() {
+    let newest = newest_schema();
+    for schema in 1..newest {
+        assert!(
+            NEVER_WRITTEN_ALONE.contains(&schema) || fixture(schema).exists(),
+            "no fixture for schema {schema}: a new migration needs the previous schema's database, \
+             made by tests/fixtures/schemas/make.sh with the last commit before it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_every_earlier_schema_is_upgraded_in_place_with_a_copy_kept() {
+    let newest = newest_schema();
+    let mut seen = 0;
+    for schema in (1..newest).filter(|s| fixture(*s).exists()) {
+        seen += 1;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        std::fs::copy(fixture(schema), &db).unwrap();
+        let runs = scalar(&db, "SELECT COUNT(*) FROM runs");
+        let purged = scalar(
+            &db,
+            "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged'",
+        );
+        let decisions = scalar(&db, "SELECT COUNT(*) FROM decisions");
+        let original = sha256_file(&db);
+
+        let store = AuditStore::open(&db)
+            .await
+            .unwrap_or_else(|e| panic!("schema {schema}: {e:#}"));
+        let report = store.verify_chain().await.unwrap();
+        assert!(
+            report.problem.is_none(),
+            "schema {schema}: {:?}",
+            report.problem
+        );
+        assert!(
+            report.rows >= runs + decisions,
+            "schema {schema}: every old row chained: {report:?}"
+        );
+        let upgraded: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(upgraded, newest, "schema {schema}");
+        // the history reads as before: a purged ticket's decision and outcome
+        let ticket: i64 = sqlx::query_scalar(
+            "SELECT ticket_id FROM outcomes WHERE outcome = 'purged' ORDER BY id LIMIT 1",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let story = store.ticket_history(ticket as u64).await.unwrap();
+        let kinds: Vec<&str> = story.iter().map(|e| e.kind.as_str()).collect();
+        assert!(
+            kinds.contains(&"decision") && kinds.contains(&"outcome"),
+            "schema {schema}: {kinds:?}"
+        );
+        store.pool().close().await;
+        drop(store);
+        assert_eq!(
+            scalar(&db, "SELECT COUNT(*) FROM runs"),
+            runs,
+            "schema {schema}"
+        );
+        assert_eq!(
+            scalar(
+                &db,
+                "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged'"
+            ),
+            purged,
+            "schema {schema}"
+        );
+
+        // the copy is the database as it was: same schema, same rows, private
+        let copies = backups(dir.path());
+        assert_eq!(copies.len(), 1, "schema {schema}: {copies:?}");
+        let copy = &copies[0];
+        assert!(
+            copy.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("audit.db.schema-{schema}-")),
+            "{copy:?}"
+        );
+        assert_eq!(
+            scalar(copy, "SELECT MAX(version) FROM _sqlx_migrations"),
+            schema
+        );
+        assert_eq!(scalar(copy, "SELECT COUNT(*) FROM decisions"), decisions);
+        assert_eq!(
+            sha256_file(&fixture(schema)),
+            original,
+            "the fixture itself untouched"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(copy).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+
+        // opened again: already the newest schema, no second copy
+        let again = AuditStore::open(&db).await.unwrap();
+        again.pool().close().await;
+        drop(again);
+        let baks = backups(dir.path()).len();
+        assert_eq!(baks, 1, "schema {schema}");
+    }
+    assert!(seen >= 8, "only {seen} fixtures");
+}
+
+/// A database at this build's schema with one more migration applied by a
+/// build from the future: a new table, and its row in `_sqlx_migrations`.
+async fn database_from_the_future(dir: &Path) -> (PathBuf, i64) {
+    let db = dir.join("audit.db");
+    std::fs::copy(fixture(10), &db).unwrap();
+    let store = AuditStore::open(&db).await.unwrap();
+    store.pool().close().await;
+    drop(store);
+    for copy in backups(dir) {
+        std::fs::remove_file(copy).unwrap();
+    }
+    let future = newest_schema() + 1;
+    sqlite3(
+        &db,
+        &format!(
+            "CREATE TABLE holds_from_the_future (id INTEGER PRIMARY KEY, why TEXT NOT NULL);
+             INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
+             VALUES ({future}, 'holds from the future', '2027-01-01 00:00:00', 1, x'00', 1);
+             PRAGMA wal_checkpoint(TRUNCATE);"
+        ),
+    );
+    (db, future)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_binary_refuses_a_newer_database_naming_both_schemas_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, future) = database_from_the_future(dir.path()).await;
+    let newest = newest_schema();
+    let before = sha256_file(&db);
+    let says_both = |text: &str| {
+        text.contains(&format!("schema {future}"))
+            && text.contains(&format!("up to {newest}"))
+            && text.contains("Nothing was written")
+    };
+
+    let Err(writer) = AuditStore::open(&db).await else {
+        panic!("a writer refuses")
+    };
+    assert!(says_both(&format!("{writer:#}")), "{writer:#}");
+    let Err(reader) = AuditStore::open_read_only(&db).await else {
+        panic!("a reader refuses")
+    };
+    assert!(says_both(&format!("{reader:#}")), "{reader:#}");
+
+    // every command, as a user would run it after a rollback
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n\n[audit]\ndatabase = {:?}\n\n[safety]\ndry_run = false\n\n[[rules]]\nname = \"all\"\naction = \"purge\"\nolder_than = \"1h\"\nprevious_state = [\"closed\"]\n",
+            db.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_zd-retention");
+    for args in [
+        vec!["once"],
+        vec!["purge", "4711", "--yes"],
+        vec!["audit", "verify"],
+        vec!["audit", "runs"],
+        vec!["audit", "report"],
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .arg("--config")
+            .arg(&config)
+            .env("ZD_TEST_TOKEN", "x")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        assert!(says_both(&stderr), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        sha256_file(&db),
+        before,
+        "the newer database is never written"
+    );
+    let baks = backups(dir.path()).len();
+    assert_eq!(baks, 0, "no copy of a database that is not upgraded");
+}
