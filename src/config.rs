@@ -450,6 +450,25 @@ impl Config {
         }
     }
 
+    /// The systemd credential folder the config's files are read from when
+    /// those files are not here: `check-config` run by an administrator
+    /// outside the service, where `LoadCredential` has not put them (only
+    /// the service's own start does).
+    pub fn systemd_credentials_elsewhere(&self) -> Option<&Path> {
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+            return None;
+        }
+        let token = match &self.zendesk.token {
+            TokenSource::ApiTokenFile { path, .. } | TokenSource::OAuthFile { path } => Some(path),
+            _ => None,
+        };
+        token
+            .into_iter()
+            .chain(self.audit.signing_key_file.iter())
+            .find(|p| p.starts_with("/run/credentials/") && !p.exists())
+            .and_then(|p| p.parent())
+    }
+
     /// Reads the credential from its variable or file.
     pub fn auth(&self) -> Result<Auth, ConfigError> {
         read_auth(&self.zendesk.token).map_err(|(key, message)| ConfigError {

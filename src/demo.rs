@@ -131,22 +131,29 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
 
 /// Where the demo's audit log is, and what to try on it.
 fn print_hints(database: &std::path::Path, run_id: i64, example: u64) {
+    // `cargo run` says so in the environment; an installed binary (the
+    // package, the image) is called by its name
+    let me = if std::env::var_os("CARGO").is_some() {
+        "cargo run --release --"
+    } else {
+        "zd-retention"
+    };
     println!("The audit log is in {}. Try:", database.display());
     println!(
-        "  cargo run --release -- audit run {} --database {}",
+        "  {me} audit run {} --database {}",
         run_id,
         database.display()
     );
     println!(
-        "  cargo run --release -- audit ticket {example} --database {}",
+        "  {me} audit ticket {example} --database {}",
         database.display()
     );
     println!(
-        "  cargo run --release -- audit report --since 7d --output r.html --database {}",
+        "  {me} audit report --since 7d --output r.html --database {}",
         database.display()
     );
     println!(
-        "  cargo run --release -- audit certificate 1 --format html --output certificate-1.html --database {}",
+        "  {me} audit certificate 1 --format html --output certificate-1.html --database {}",
         database.display()
     );
     println!(

@@ -11,12 +11,16 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    // valid, or a list of problems: never both
-    if let Err(e) = config.auth() {
+    // valid, or a list of problems: never both. Files systemd hands the
+    // service (LoadCredential) are not here outside it: said, not failed.
+    let elsewhere = config.systemd_credentials_elsewhere();
+    if elsewhere.is_none()
+        && let Err(e) = config.auth()
+    {
         eprintln!("{e}");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let signer = match config.chain_signer() {
+    let signer = match elsewhere.map_or_else(|| config.chain_signer(), |_| Ok(None)) {
         Ok(signer) => signer,
         Err(e) => {
             eprintln!("{e}");
@@ -84,9 +88,15 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         ),
-        None => println!(
-            "  records: unsigned (set [audit] signing_key_file to sign each run's chain head; `zd-retention audit keygen` makes a key)"
-        ),
+        None => match &config.audit.signing_key_file {
+            Some(path) => println!(
+                "  records: signed with the key systemd hands the service ({}; not read here)",
+                path.display()
+            ),
+            None => println!(
+                "  records: unsigned (set [audit] signing_key_file to sign each run's chain head; `zd-retention audit keygen` makes a key)"
+            ),
+        },
     }
     println!("  rules, first match decides, no match keeps:");
     for (i, rule) in config.policy.rules.iter().enumerate() {
@@ -115,7 +125,13 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         "  later runs: the newest deletions only, the rest decided from the ledger; the whole view every {}",
         crate::human::duration(config.schedule.reconcile)
     );
-    println!("  credential: found");
+    match elsewhere {
+        None => println!("  credential: found"),
+        Some(dir) => println!(
+            "  credential: not read here: systemd puts it in {} when the service starts (LoadCredential); a missing source file stops that start, see `systemctl status`",
+            dir.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

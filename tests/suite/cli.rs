@@ -81,6 +81,58 @@ fn check_config_names_every_problem_and_exits_2() {
 }
 
 #[test]
+fn check_config_of_the_packaged_config_says_where_systemd_puts_the_token() {
+    // the package's /etc/zd-retention/config.toml reads the token from the
+    // folder LoadCredential makes at the service's start: an administrator's
+    // check-config outside the service cannot read it, and is not failed
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let packaged = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/config.toml"
+    ))
+    .unwrap();
+    assert!(packaged.contains("/run/credentials/zd-retention.service/zendesk-token"));
+    let here = packaged.replace(
+        "/var/lib/zd-retention/zd-retention.db",
+        &dir.path().join("audit.db").display().to_string(),
+    );
+    std::fs::write(&path, here).unwrap();
+    let check = |credentials_dir: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check-config", "--config"]).arg(&path);
+        match credentials_dir {
+            Some(d) => cmd.env("CREDENTIALS_DIRECTORY", d),
+            None => cmd.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        cmd.output().unwrap()
+    };
+    let outside = check(None);
+    let stdout = String::from_utf8_lossy(&outside.stdout);
+    assert_eq!(
+        outside.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&outside.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "credential: not read here: systemd puts it in /run/credentials/zd-retention.service"
+        ),
+        "{stdout}"
+    );
+    // inside the service (systemd sets CREDENTIALS_DIRECTORY) a missing
+    // token is the error it is
+    let inside = check(Some(dir.path()));
+    assert_eq!(inside.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("zendesk.token_file"),
+        "{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+}
+
+#[test]
 fn commands_without_a_config_say_how_to_give_one() {
     let out = Command::new(BIN)
         .arg("once")
