@@ -450,23 +450,24 @@ impl Config {
         }
     }
 
-    /// The systemd credential folder the config's files are read from when
-    /// those files are not here: `check-config` run by an administrator
-    /// outside the service, where `LoadCredential` has not put them (only
-    /// the service's own start does).
-    pub fn systemd_credentials_elsewhere(&self) -> Option<&Path> {
-        if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
-            return None;
-        }
-        let token = match &self.zendesk.token {
-            TokenSource::ApiTokenFile { path, .. } | TokenSource::OAuthFile { path } => Some(path),
+    /// Where systemd puts the token file for the service (`LoadCredential`),
+    /// when this process is not that service and the file is not here: an
+    /// administrator's `check-config` outside the service cannot read it.
+    pub fn token_from_systemd_elsewhere(&self) -> Option<&Path> {
+        match &self.zendesk.token {
+            TokenSource::ApiTokenFile { path, .. } | TokenSource::OAuthFile { path } => {
+                systemd_credential_elsewhere(path)
+            }
             _ => None,
-        };
-        token
-            .into_iter()
-            .chain(self.audit.signing_key_file.iter())
-            .find(|p| p.starts_with("/run/credentials/") && !p.exists())
-            .and_then(|p| p.parent())
+        }
+    }
+
+    /// As [`Self::token_from_systemd_elsewhere`], for the signing key.
+    pub fn signing_key_from_systemd_elsewhere(&self) -> Option<&Path> {
+        self.audit
+            .signing_key_file
+            .as_deref()
+            .and_then(systemd_credential_elsewhere)
     }
 
     /// Reads the credential from its variable or file.
@@ -1319,6 +1320,17 @@ impl Checker<'_> {
         }
         rule
     }
+}
+
+/// The folder of a systemd credential (`/run/credentials/<unit>/<name>`)
+/// that is not there for this process: outside the service, where systemd
+/// has not made it (inside, `$CREDENTIALS_DIRECTORY` is set).
+fn systemd_credential_elsewhere(path: &Path) -> Option<&Path> {
+    (std::env::var_os("CREDENTIALS_DIRECTORY").is_none()
+        && path.starts_with("/run/credentials/")
+        && !path.exists())
+    .then(|| path.parent())
+    .flatten()
 }
 
 #[cfg(test)]

@@ -120,58 +120,6 @@ impl AuditStore {
         )
     }
 
-    /// A database written before the hash chain (schema 3 or older, just
-    /// upgraded): its rows are chained now, as they are, so that from here
-    /// on any change to them is seen. Nothing proves what happened to them
-    /// before; the warning says so. Only on that upgrade: a chain emptied
-    /// later is tampering, never sealed over.
-    pub(super) async fn seal_prechain_rows(
-        &self,
-        upgraded_from: Option<i64>,
-    ) -> anyhow::Result<()> {
-        // 0004 brought the chain
-        if upgraded_from.is_none_or(|v| v >= 4) {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_chain")
-            .fetch_one(&mut *tx)
-            .await?;
-        if entries > 0 {
-            return Ok(());
-        }
-        let base = super::signing::chain_base(&mut tx).await?;
-        let mut rows = 0;
-        for table in Chained::ALL {
-            let (first, last): (Option<i64>, Option<i64>) = sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT MIN(id), MAX(id) FROM {}",
-                table.table()
-            )))
-            .fetch_one(&mut *tx)
-            .await?;
-            let (Some(first), Some(last)) = (first, last) else {
-                continue;
-            };
-            // an entry per 10,000 ids, as a run's own inserts are chunked
-            let mut from = first;
-            while from <= last {
-                let to = last.min(from.saturating_add(9_999));
-                chain_append(&mut tx, table, from, to).await?;
-                from = to + 1;
-            }
-            rows += last - first + 1;
-        }
-        self.seal(&mut tx, base, None, super::signing::HeadKind::Commit)
-            .await?;
-        tx.commit().await?;
-        tracing::warn!(
-            from_schema = upgraded_from,
-            rows,
-            "the audit database predates the hash chain: its rows are chained now, as they are; changes made to them before this upgrade cannot be detected"
-        );
-        Ok(())
-    }
-
     /// A database written before the runs' and jobs' states were chained:
     /// their states as they are now are recorded once, so that from here on
     /// every change is covered (earlier changes were not, and cannot be).
@@ -471,10 +419,7 @@ async fn unchained_rows(
         .fetch_one(&mut *conn)
         .await?;
         if let Some(id) = unchained {
-            return Ok(Some(format!(
-                "row {id} of {} is not in the chain: it was added outside zd-retention",
-                table.table()
-            )));
+            return Ok(Some(unchained_row(conn, table, id).await?));
         }
         // ids the chain never gives out (zero, negative) and rows in
         // the gaps between the chained ranges
@@ -504,16 +449,63 @@ async fn unchained_rows(
                 .fetch_one(&mut *conn)
                 .await?;
                 if let Some(id) = stray {
-                    return Ok(Some(format!(
-                        "row {id} of {} is not in the chain: it was added outside zd-retention",
-                        table.table()
-                    )));
+                    return Ok(Some(unchained_row(conn, table, id).await?));
                 }
             }
             next_expected = next_expected.max(last + 1);
         }
     }
     Ok(None)
+}
+
+/// What to say of a row no chain entry covers. A row recorded before
+/// migration 0004 brought the chain here (a database of schema 3 or older,
+/// upgraded) was never chained: it is named as such, and still a problem,
+/// since nothing proves it unchanged. The dates only choose the words: a
+/// forged date still fails verification.
+async fn unchained_row(
+    conn: &mut sqlx::SqliteConnection,
+    table: Chained,
+    id: i64,
+) -> anyhow::Result<String> {
+    // the tables schema 3 had, and when each row was written
+    let at = match table {
+        Chained::Runs => Some("started_at"),
+        Chained::Decisions => Some("decided_at"),
+        Chained::Jobs | Chained::Outcomes => Some("recorded_at"),
+        _ => None,
+    };
+    let chain_came: Option<String> = match at {
+        Some(at) => {
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT CAST(m.installed_on AS TEXT) FROM _sqlx_migrations m, {tbl} r
+                 WHERE m.version = 4 AND r.id = ?1
+                   -- the chain came later than the database (a database
+                   -- made at schema 4 or newer had both at once)
+                   AND julianday((SELECT installed_on FROM _sqlx_migrations WHERE version = 1))
+                       < julianday(m.installed_on)
+                   -- written before the chain came, below every chained row
+                   AND julianday(r.{at}) < julianday(m.installed_on)
+                   AND r.id < COALESCE((SELECT MIN(first_id) FROM audit_chain WHERE tbl = ?2), r.id + 1)",
+                tbl = table.table()
+            )))
+            .bind(id)
+            .bind(table.entry_name())
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        None => None,
+    };
+    Ok(match chain_came {
+        Some(when) => format!(
+            "row {id} of {} predates the hash chain: written by a zd-retention of schema 3 or older, before the chain came to this database ({when} UTC), it was never chained and cannot be verified",
+            table.table()
+        ),
+        None => format!(
+            "row {id} of {} is not in the chain: it was added outside zd-retention",
+            table.table()
+        ),
+    })
 }
 
 /// A run's or job's state that differs from its last recorded one.

@@ -331,12 +331,22 @@ pub fn newest_schema() -> i64 {
 }
 
 /// The schema of an open database: its newest migration applied, or None
-/// for a database no zd-retention has migrated (empty, or not ours).
-async fn applied_schema(pool: &SqlitePool) -> Option<i64> {
+/// for a database no zd-retention has migrated (empty, or not ours). An
+/// error reading it is an error, never "no schema".
+async fn applied_schema(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Option<i64>> {
+    let migrated: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("cannot read the database's schema")?;
+    if migrated == 0 {
+        return Ok(None);
+    }
     sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
-        .unwrap_or(None)
+        .context("cannot read the database's schema")
 }
 
 /// One connection that only reads the database file at `path`.
@@ -351,20 +361,19 @@ async fn read_only_connection(path: &Path) -> anyhow::Result<sqlx::SqliteConnect
 }
 
 /// The schema of the database file at `path`, read on a read-only
-/// connection (nothing is written, not even a write-ahead log); refuses a
-/// schema newer than this build's.
+/// connection (the database is not written); refuses a schema newer than
+/// this build's.
 async fn schema_of(path: &Path) -> anyhow::Result<Option<i64>> {
     if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
         return Ok(None);
     }
     let mut conn = read_only_connection(path).await?;
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap_or(None);
+    let applied = applied_schema(&mut conn)
+        .await
+        .with_context(|| format!("cannot open the audit database {}", path.display()));
     use sqlx::Connection as _;
     let _ = conn.close().await;
+    let applied = applied?;
     refuse_newer(path, applied)?;
     Ok(applied)
 }
@@ -386,36 +395,58 @@ fn refuse_newer(path: &Path, applied: Option<i64>) -> anyhow::Result<()> {
 }
 
 /// Copies an older database aside (`<path>.schema-<N>-<time>.bak`, mode
-/// 0600) before its schema is upgraded: the upgrade is
-/// one way, and the copy is what a rollback to the older binary restores.
+/// 0600) before its schema is upgraded: the upgrade is one way, and the
+/// copy is what a rollback to the older binary restores. The copy is
+/// written as `….bak.partial` (a name no one else holds), flushed to disk,
+/// then linked to its final name, which is never overwritten: a copy is
+/// whole or absent. Partial copies a killed upgrade left are removed first
+/// (the caller holds the writer lock: no one else is writing one).
 async fn back_up_before_upgrade(path: &Path, version: i64) -> anyhow::Result<()> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(
-        ".schema-{version}-{}.bak",
-        Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
-    let backup = std::path::PathBuf::from(name);
+    let at = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let named = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".schema-{version}-{at}.bak{suffix}"));
+        std::path::PathBuf::from(name)
+    };
+    remove_partial_copies(path);
+    let partial = named(".partial");
+    let backup = named("");
+    let failed = |what: String| {
+        format!(
+            "{what}: the audit database {} (schema {version}) is not upgraded to schema {} without a copy of it as it was; nothing was changed: free space beside it and start again",
+            path.display(),
+            newest_schema()
+        )
+    };
     // made empty and private first: SQLite fills an empty file, and the
     // copy is never readable by others on the way
-    create_private(&backup)
-        .with_context(|| format!("cannot create the copy {}", backup.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(&partial)
+        .with_context(|| failed(format!("cannot create the copy {}", partial.display())))?;
     let mut conn = read_only_connection(path).await?;
     let copied = sqlx::query("VACUUM INTO ?")
-        .bind(backup.to_string_lossy().into_owned())
+        .bind(partial.to_string_lossy().into_owned())
         .execute(&mut conn)
         .await;
     use sqlx::Connection as _;
     let _ = conn.close().await;
-    if let Err(e) = copied {
-        let _ = std::fs::remove_file(&backup);
-        return Err(e).with_context(|| {
-            format!(
-                "cannot copy the audit database {} (schema {version}) to {} before upgrading it to schema {}; nothing was changed: free space beside it and start again",
-                path.display(),
-                backup.display(),
-                newest_schema()
-            )
-        });
+    let kept = copied.map_err(anyhow::Error::from).and_then(|_| {
+        std::fs::File::open(&partial)?.sync_all()?;
+        // never over an existing copy
+        std::fs::hard_link(&partial, &backup)?;
+        std::fs::remove_file(&partial)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = kept {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| failed(format!("cannot copy it to {}", backup.display())));
     }
     tracing::warn!(
         database = %path.display(),
@@ -425,6 +456,25 @@ async fn back_up_before_upgrade(path: &Path, version: i64) -> anyhow::Result<()>
         "upgrading the audit database's schema; a copy of it as it was is kept beside it"
     );
     Ok(())
+}
+
+/// Removes the `<path>.schema-*.bak.partial` files an upgrade killed
+/// midway left beside the database.
+fn remove_partial_copies(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.schema-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&prefix) && file.ends_with(".bak.partial") {
+            tracing::warn!(file = %entry.path().display(), "removing a partial copy an interrupted upgrade left");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A temporary file removed on drop.
@@ -467,6 +517,13 @@ impl AuditStore {
         // written to it; an older one is copied aside before it is upgraded.
         let applied = schema_of(path).await?;
         if let Some(version) = applied.filter(|v| *v < newest_schema()) {
+            // the copy and the migrations of a big database may outlast the
+            // unit's start timeout (30 s): systemd is told to wait (a no-op
+            // outside systemd)
+            let _ = sd_notify::notify(&[
+                sd_notify::NotifyState::ExtendTimeoutUsec(15 * 60 * 1_000_000),
+                sd_notify::NotifyState::Status("upgrading the audit database's schema"),
+            ]);
             back_up_before_upgrade(path, version).await?;
         }
         let options = SqliteConnectOptions::new()
@@ -514,10 +571,6 @@ impl AuditStore {
             signer,
         };
         store
-            .seal_prechain_rows(applied)
-            .await
-            .with_context(|| format!("cannot chain the older rows of {}", path.display()))?;
-        store
             .seal_states()
             .await
             .with_context(|| format!("cannot record the runs' states in {}", path.display()))?;
@@ -557,7 +610,12 @@ impl AuditStore {
         // copy: reading never writes, and a writer upgrades it in place. A
         // newer one's is refused: its rows may mean what this build cannot
         // know.
-        let applied = applied_schema(&pool).await;
+        let applied = {
+            let mut conn = pool.acquire().await?;
+            applied_schema(&mut conn)
+                .await
+                .with_context(|| format!("cannot open the audit database {}", path.display()))?
+        };
         refuse_newer(path, applied)?;
         if applied.is_some_and(|v| v < newest_schema()) {
             let copy = ScratchFile(std::env::temp_dir().join(format!(
@@ -575,7 +633,7 @@ impl AuditStore {
                 database = %path.display(),
                 "written by an older zd-retention: read through an upgraded copy; the next writer (once, run) upgrades it in place"
             );
-            let mut upgraded = Self::open_upgraded_copy(&copy.0, applied).await?;
+            let mut upgraded = Self::open_upgraded_copy(&copy.0).await?;
             upgraded.scratch = Some(std::sync::Arc::new(copy));
             return Ok(upgraded);
         }
@@ -614,7 +672,7 @@ impl AuditStore {
     }
 
     /// Migrates a private copy of an older database and opens it read-only.
-    async fn open_upgraded_copy(copy: &Path, applied: Option<i64>) -> anyhow::Result<Self> {
+    async fn open_upgraded_copy(copy: &Path) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::new().filename(copy);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -626,10 +684,6 @@ impl AuditStore {
             .context("cannot upgrade a copy of the older database")?;
         // as a writer's upgrade would, so that the copy verifies the same
         let copy_store = Self::reader(pool);
-        copy_store
-            .seal_prechain_rows(applied)
-            .await
-            .context("cannot chain the older rows of the copy")?;
         copy_store
             .seal_states()
             .await

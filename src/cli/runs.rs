@@ -13,14 +13,15 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     // valid, or a list of problems: never both. Files systemd hands the
     // service (LoadCredential) are not here outside it: said, not failed.
-    let elsewhere = config.systemd_credentials_elsewhere();
-    if elsewhere.is_none()
+    let token_elsewhere = config.token_from_systemd_elsewhere();
+    if token_elsewhere.is_none()
         && let Err(e) = config.auth()
     {
         eprintln!("{e}");
         return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let signer = match elsewhere.map_or_else(|| config.chain_signer(), |_| Ok(None)) {
+    let key_elsewhere = config.signing_key_from_systemd_elsewhere();
+    let signer = match key_elsewhere.map_or_else(|| config.chain_signer(), |_| Ok(None)) {
         Ok(signer) => signer,
         Err(e) => {
             eprintln!("{e}");
@@ -88,7 +89,7 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         ),
-        None => match &config.audit.signing_key_file {
+        None => match key_elsewhere {
             Some(path) => println!(
                 "  records: signed with the key systemd hands the service ({}; not read here)",
                 path.display()
@@ -125,7 +126,7 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         "  later runs: the newest deletions only, the rest decided from the ledger; the whole view every {}",
         crate::human::duration(config.schedule.reconcile)
     );
-    match elsewhere {
+    match token_elsewhere {
         None => println!("  credential: found"),
         Some(dir) => println!(
             "  credential: not read here: systemd puts it in {} when the service starts (LoadCredential); a missing source file stops that start, see `systemctl status`",

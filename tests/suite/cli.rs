@@ -133,6 +133,36 @@ fn check_config_of_the_packaged_config_says_where_systemd_puts_the_token() {
 }
 
 #[test]
+fn version_names_the_commit_and_the_build_date() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // the commit checked out here (build.rs reads it from git), or
+    // "unknown" for a build outside git
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".to_string(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    let shape = regex::Regex::new(
+        r"^zd-retention \d+\.\d+\.\d+ \(commit (\S+), built (\d{4}-\d{2}-\d{2}|unknown)\)$",
+    )
+    .unwrap();
+    let found = shape
+        .captures(&line)
+        .unwrap_or_else(|| panic!("--version printed {line:?}"));
+    assert_eq!(&found[1], head, "{line}");
+    assert_eq!(
+        line,
+        format!("zd-retention {}", zd_retention::build::VERSION_LINE)
+    );
+}
+
+#[test]
 fn commands_without_a_config_say_how_to_give_one() {
     let out = Command::new(BIN)
         .arg("once")
@@ -358,6 +388,17 @@ async fn the_daemon_runs_on_cron_and_stops_cleanly_on_sigterm() {
             "{name} missing from /metrics:\n{metrics}"
         );
     }
+    // which build is running: the same version and commit as --version
+    let build_info = metrics
+        .lines()
+        .find(|l| l.starts_with("zd_retention_build_info{"))
+        .unwrap_or_else(|| panic!("no zd_retention_build_info:\n{metrics}"));
+    assert!(
+        build_info.contains(&format!("version=\"{}\"", zd_retention::build::VERSION))
+            && build_info.contains(&format!("commit=\"{}\"", zd_retention::build::COMMIT))
+            && build_info.ends_with(" 1"),
+        "{build_info}"
+    );
     let pid = child.id().unwrap();
     // the token is in no process argument (it comes from the environment)
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
