@@ -78,27 +78,7 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             "not recorded"
         }
     );
-    match &signer {
-        Some(key) => println!(
-            "  records: every commit to the audit log signed with key {} ({})",
-            key.key_id(),
-            config
-                .audit
-                .signing_key_file
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        ),
-        None => match key_elsewhere {
-            Some(path) => println!(
-                "  records: signed with the key systemd hands the service ({}; not read here)",
-                path.display()
-            ),
-            None => println!(
-                "  records: unsigned (set [audit] signing_key_file to sign each run's chain head; `zd-retention audit keygen` makes a key)"
-            ),
-        },
-    }
+    print_records_line(&config, signer.as_ref(), key_elsewhere);
     println!("  rules, first match decides, no match keeps:");
     for (i, rule) in config.policy.rules.iter().enumerate() {
         println!(
@@ -134,6 +114,36 @@ pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// check-config's line on signed records: the key read, the key systemd
+/// hands the service (not readable here), or none.
+fn print_records_line(
+    config: &Config,
+    signer: Option<&crate::audit::ChainSigner>,
+    key_elsewhere: Option<&std::path::Path>,
+) {
+    match signer {
+        Some(key) => println!(
+            "  records: every commit to the audit log signed with key {} ({})",
+            key.key_id(),
+            config
+                .audit
+                .signing_key_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+        None => match key_elsewhere {
+            Some(path) => println!(
+                "  records: signed with the key systemd hands the service ({}; not read here)",
+                path.display()
+            ),
+            None => println!(
+                "  records: unsigned (set [audit] signing_key_file to sign each run's chain head; `zd-retention audit keygen` makes a key)"
+            ),
+        },
+    }
 }
 
 pub(super) async fn probe(config: Option<PathBuf>, args: ProbeArgs) -> anyhow::Result<ExitCode> {
