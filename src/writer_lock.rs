@@ -140,6 +140,7 @@ pub fn acquire(database: &Path, command: &str, new_history: bool) -> Result<Writ
             ),
         ));
     }
+    refuse_root_over_another_owner(&database)?;
     let mut sidecar = match open_no_follow(&sidecar_path, true) {
         Ok(f) => f,
         Err(e) => {
@@ -192,6 +193,46 @@ pub fn acquire(database: &Path, command: &str, new_history: bool) -> Result<Writ
         path: sidecar_path,
         had_history,
     })
+}
+
+/// Refuses a writer running as root on a database (or, before it exists,
+/// a folder) that another user owns, such as the service's user: the
+/// files root would make (the database, its lock, its log, the copy before
+/// an upgrade) would belong to root, and the service could no longer open
+/// them. Found by a hostile run: `sudo zd-retention once` locked the
+/// service out with "Permission denied".
+fn refuse_root_over_another_owner(database: &Path) -> Result<(), LockError> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid cannot fail and touches no memory
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let owned = std::fs::metadata(database)
+        .or_else(|_| std::fs::metadata(database.parent().unwrap_or(Path::new("/"))));
+    let Ok(meta) = owned else { return Ok(()) };
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == meta.uid().to_string()).then(|| name.to_string())
+            })
+        });
+    let who = name.as_deref().map_or_else(
+        || format!("uid {}", meta.uid()),
+        |n| format!("user {n} (uid {})", meta.uid()),
+    );
+    let run_as = name.as_deref().unwrap_or("<that user>");
+    Err(io(
+        database,
+        format!(
+            "it belongs to {who}, and this command runs as root: the files it would make (the lock, the write-ahead log, a copy before an upgrade) would belong to root and lock {who} out. Run it as the owner: runuser -u {run_as} -- zd-retention ..."
+        ),
+    ))
 }
 
 /// For a daemon: takes the lock, or waits as a standby until the holder

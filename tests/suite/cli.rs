@@ -639,3 +639,61 @@ async fn plan_ledger_shows_what_a_refused_run_selected_as_purged_by_the_next_run
     let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
     assert_eq!(purged, planned);
 }
+
+#[test]
+fn a_writer_as_root_refuses_a_database_another_user_owns() {
+    // found by a hostile run: `sudo zd-retention once` on the service's
+    // database left its lock and its copy owned by root, and the service
+    // could no longer start ("Permission denied")
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: runs as root only");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("state");
+    std::fs::create_dir(&folder).unwrap();
+    // nobody owns the folder: the database does not exist yet
+    std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n[audit]\ndatabase = {:?}\n[safety]\ndry_run = true\n",
+            folder.join("audit.db").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let once = || {
+        Command::new(BIN)
+            .args(["once", "--config"])
+            .arg(&config)
+            .env("ZD_TEST_TOKEN", "x")
+            .output()
+            .unwrap()
+    };
+    let out = once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("uid 65534")
+            && stderr.contains("runs as root")
+            && stderr.contains("runuser -u"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&folder).unwrap().count(),
+        0,
+        "nothing made in the owner's folder"
+    );
+    // a database the other user owns, in a folder of root's
+    std::os::unix::fs::chown(&folder, Some(0), Some(0)).unwrap();
+    let db = folder.join("audit.db");
+    std::fs::write(&db, b"").unwrap();
+    std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
+    let out = once();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs as root"));
+    assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
+    assert!(!folder.join("audit.db.lock").exists(), "no lock made");
+}
