@@ -60,6 +60,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "zd-retention", &mut script);
+            if shell == clap_complete::Shell::Bash {
+                script = fix_bash_hyphen_names(script);
+            }
             // a reader that went away (`| head`) is not a failure
             use std::io::Write as _;
             match std::io::stdout().write_all(&script) {
@@ -274,6 +277,20 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// clap_complete's bash script names its case arms `zd__subcmd__retention__…`
+/// while its dispatch loop builds `zd__retention__…` for a hyphenated
+/// program name, so nothing below the first word completed (found by a
+/// hostile run; clap-rs/clap#6421, open). The arms are renamed to what the
+/// loop builds.
+fn fix_bash_hyphen_names(script: Vec<u8>) -> Vec<u8> {
+    String::from_utf8(script)
+        .map(|text| {
+            text.replace("zd__subcmd__retention", "zd__retention")
+                .into_bytes()
+        })
+        .unwrap_or_else(|e| e.into_bytes())
+}
 
 /// Writes `zd-retention.1` and a page per visible subcommand
 /// (`zd-retention-audit-verify.1`, ...) into `dir`.

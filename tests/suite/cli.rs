@@ -697,3 +697,41 @@ fn a_writer_as_root_refuses_a_database_another_user_owns() {
     assert_eq!(std::fs::metadata(&db).unwrap().uid(), 65534);
     assert!(!folder.join("audit.db.lock").exists(), "no lock made");
 }
+
+#[test]
+fn bash_completes_below_the_first_word() {
+    // clap_complete's arms and dispatch disagreed for a hyphenated program
+    // name: `zd-retention audit ve<TAB>` completed nothing
+    let script = Command::new(BIN)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zd-retention.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let complete = |words: &[&str]| {
+        let line = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _zd__retention zd-retention {} {}; echo \"${{COMPREPLY[*]}}\"",
+            path.display(),
+            words.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = Command::new("bash").args(["-c", &line]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete(&["zd-retention", "aud"]), "audit");
+    assert_eq!(complete(&["zd-retention", "audit", "ve"]), "verify");
+    assert!(
+        complete(&["zd-retention", "once", "--dry"]).contains("--dry-run"),
+        "{}",
+        complete(&["zd-retention", "once", "--dry"])
+    );
+}
