@@ -655,15 +655,7 @@ fn a_writer_as_root_refuses_a_database_another_user_owns() {
     std::fs::create_dir(&folder).unwrap();
     // nobody owns the folder: the database does not exist yet
     std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n[audit]\ndatabase = {:?}\n[safety]\ndry_run = true\n",
-            folder.join("audit.db").to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    let config = crate::helpers::offline_config(dir.path(), &folder.join("audit.db"), true, "");
     let once = || {
         Command::new(BIN)
             .args(["once", "--config"])

@@ -394,3 +394,24 @@ pub fn sqlite3(db: &std::path::Path, sql: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// Writes `dir/config.toml` for commands that never reach Zendesk (port 9,
+/// where nothing listens; the token from `ZD_TEST_TOKEN`) on `database`,
+/// with `safety.dry_run` and any further TOML (rules) after it.
+pub fn offline_config(
+    dir: &std::path::Path,
+    database: &std::path::Path,
+    dry_run: bool,
+    more: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n\n[audit]\ndatabase = {:?}\n\n[safety]\ndry_run = {dry_run}\n{more}",
+            database.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    config
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use zd_retention::audit::{AuditStore, newest_schema};
 
-use crate::helpers::{sha256_file, sqlite3};
+use crate::helpers::{offline_config, sha256_file, sqlite3};
 
 /// Schemas no build ever wrote alone: 0002 came with 0003, and 0007 was
 /// edited after 0008 came (a database of the first 0007 does not open: sqlx
@@ -209,15 +209,18 @@ async fn an_older_binary_refuses_a_newer_database_naming_both_schemas_and_writes
     assert!(says_both(&format!("{reader:#}")), "{reader:#}");
 
     // every command, as a user would run it after a rollback
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n\n[audit]\ndatabase = {:?}\n\n[safety]\ndry_run = false\n\n[[rules]]\nname = \"all\"\naction = \"purge\"\nolder_than = \"1h\"\nprevious_state = [\"closed\"]\n",
-            db.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    let config = offline_config(
+        dir.path(),
+        &db,
+        false,
+        "
+[[rules]]
+name = \"all\"
+action = \"purge\"
+older_than = \"1h\"
+previous_state = [\"closed\"]
+",
+    );
     let bin = env!("CARGO_BIN_EXE_zd-retention");
     for args in [
         vec!["once"],
@@ -273,15 +276,7 @@ fn an_upgrade_that_cannot_copy_the_database_first_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n\n[audit]\ndatabase = {:?}\n\n[safety]\ndry_run = true\n",
-            disk.join("audit.db").to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    let config = offline_config(dir.path(), &disk.join("audit.db"), true, "");
     let fixture = fixture(10);
     let size = std::fs::metadata(&fixture).unwrap().len();
     let out = std::process::Command::new("unshare")
