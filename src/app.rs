@@ -52,10 +52,10 @@ impl App {
         }
         let server = match config.listen {
             Some(listen) => {
-                let metrics = crate::server::install_metrics()?;
+                let metrics = crate::health::install_metrics()?;
                 // the probes stop with the process, after the cycle
                 Some(
-                    crate::server::serve(
+                    crate::health::serve(
                         listen,
                         store.clone(),
                         ctx.client.clone(),
@@ -97,11 +97,11 @@ impl App {
             let cancel = cancel.clone();
             async move {
                 shutdown.await;
-                crate::server::notify_stopping();
+                crate::health::notify_stopping();
                 cancel.cancel();
             }
         });
-        crate::server::notify_ready(cancel.clone());
+        crate::health::notify_ready(cancel.clone());
         let result = crate::daemon::run_daemon(self.schedule, self.ctx).await;
         stopper.abort();
         self.store.close().await;

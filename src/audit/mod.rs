@@ -23,7 +23,7 @@ use crate::zendesk::{IdBatch, TicketId};
 
 mod chain;
 mod checks;
-mod evidence;
+mod evidence_queries;
 mod kinds;
 mod ledger;
 mod queries;
@@ -31,7 +31,7 @@ mod signing;
 pub use chain::ChainReport;
 use chain::*;
 pub use checks::{LatencySummary, RequestLatency, ViewCheck};
-pub use evidence::{
+pub use evidence_queries::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
     PURGES_OF_PERIOD_SQL, PurgeListing, PurgeScope, PurgedTicket, RunOriginRow, SendWindows,
 };

@@ -1,8 +1,14 @@
 //! The clap definitions: every command, its arguments and its help.
 
-use super::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-pub use crate::app::{EXIT_FAILED, EXIT_USAGE};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::sandbox::CursorSort;
+use crate::telemetry::LogFormat;
+use crate::zendesk::{SortBy, SortOrder};
 
 #[derive(Debug, Parser)]
 #[command(

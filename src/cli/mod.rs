@@ -6,34 +6,27 @@
 //! progress and logs to stderr. Exit codes: 0 ok, 1 a failed run or request,
 //! 2 bad usage or config.
 
-use std::io::IsTerminal;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use futures::StreamExt;
+use common::{
+    Sends, SentSoFar, UsageError, check_database_arg, disk_full_message, fix_bash_hyphen_names,
+    is_disk_full, load_config, write_manpages, writes_so_far,
+};
 
-use tokio_util::sync::CancellationToken;
-
-use crate::audit::AuditStore;
-use crate::config::{Config, ConfigError};
-use crate::cycle::{CycleContext, RunStatus, Trigger, run_cycle};
-use crate::sandbox::{CursorSort, Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
-use crate::telemetry::LogFormat;
-use crate::zendesk::{DeletedTicket, ListOptions, Pagination, SortBy, SortOrder};
+use crate::cli::manual_commands::{list, plan, purge, restore};
+use crate::cli::run_commands::{check_config, daemon, once, probe};
+use crate::cli::sandbox_commands::sandbox;
+use crate::config::ConfigError;
 
 mod args;
-mod audit;
-mod manual;
-mod runs;
-mod sandbox;
+mod audit_commands;
+mod common;
+mod manual_commands;
+mod run_commands;
+mod sandbox_commands;
 
-pub use args::*;
-use manual::*;
-use runs::*;
-use sandbox::*;
+pub use crate::app::{EXIT_FAILED, EXIT_USAGE};
+pub use args::{Cli, Command};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -51,7 +44,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(()) => crate::demo::run(args.tickets, &args.database).await,
             Err(e) => Err(e.into()),
         },
-        Command::Audit(command) => audit::audit(cli.config, command).await,
+        Command::Audit(command) => audit_commands::audit(cli.config, command).await,
         Command::Plan(args) => plan(cli.config, args).await,
         Command::Restore(args) => restore(cli.config, args, cli.new_history).await,
         Command::Purge(args) => purge(cli.config, args, cli.new_history).await,
@@ -99,310 +92,5 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(code)
         }
-    }
-}
-
-pub(crate) fn load_config(path: Option<PathBuf>) -> Result<Config, ConfigError> {
-    let path = Config::locate(path.as_deref())?;
-    Config::load(&path)
-}
-
-/// Builds the client from the config, reading the credential.
-pub use crate::app::client_from;
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
-fn progress_spinner(message: &str) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar.set_message(message.to_string());
-    bar
-}
-
-/// The config's audit database, opened to write, with its signing key.
-async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
-    let signer = config.chain_signer()?;
-    AuditStore::open_with(&config.audit.database, signer).await
-}
-
-/// What a command may send to Zendesk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sends {
-    /// Nothing at all (the audit queries, check-config, the sandbox).
-    Nothing,
-    /// Read requests only (list, plan, probe).
-    Reads,
-    /// Write requests too (once, run, restore, purge, and the demo to its
-    /// sandbox), each recorded before it is sent.
-    Writes,
-}
-
-impl Sends {
-    fn of(command: &Command) -> Self {
-        match command {
-            Command::List(_) | Command::Plan(_) | Command::Probe(_) => Sends::Reads,
-            Command::Once(_)
-            | Command::Run
-            | Command::Restore(_)
-            | Command::Purge(_)
-            | Command::Demo(_) => Sends::Writes,
-            Command::Sandbox(_)
-            | Command::CheckConfig
-            | Command::Audit(_)
-            | Command::Completions { .. }
-            | Command::Manpages { .. } => Sends::Nothing,
-        }
-    }
-}
-
-/// What had been sent when the disk filled, as far as can be said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SentSoFar {
-    /// The command sends nothing.
-    Nothing,
-    /// No write request: none was recorded, and each is recorded first.
-    NoWrite,
-    /// This many write requests were recorded, and may have been sent.
-    Writes(u64),
-}
-
-/// Whether SQLite said the disk (or the database) is full, SQLITE_FULL
-/// (13), anywhere in the error's chain.
-pub(crate) fn is_disk_full(e: &anyhow::Error) -> bool {
-    use sqlx::error::DatabaseError as _;
-    e.chain().any(|cause| {
-        let code = match cause.downcast_ref::<sqlx::Error>() {
-            Some(sqlx::Error::Database(db)) => db.code(),
-            _ => cause
-                .downcast_ref::<sqlx::sqlite::SqliteError>()
-                .and_then(|db| db.code()),
-        };
-        // the primary result code is the low byte of an extended one
-        code.and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| c & 0xff == 13)
-    })
-}
-
-/// A full disk in one message, with its fix: where to free space, what was
-/// being done, and what was sent (only what is true). SQLite's own words
-/// (printed two or three times by the whole chain) are left out.
-pub(crate) fn disk_full_message(
-    e: &anyhow::Error,
-    database: Option<&std::path::Path>,
-    sent: SentSoFar,
-) -> String {
-    let doing = e.to_string();
-    let doing = (!doing.contains("database or disk is full")).then_some(doing);
-    disk_full_words(doing.as_deref(), database, sent)
-}
-
-/// The words of [`disk_full_message`], for an error known only as text
-/// (a run's recorded error).
-pub(crate) fn disk_full_words(
-    doing: Option<&str>,
-    database: Option<&std::path::Path>,
-    sent: SentSoFar,
-) -> String {
-    let place = database.map_or("the audit database".to_string(), |d| {
-        d.display().to_string()
-    });
-    let doing = doing.map(|d| format!(" ({d})")).unwrap_or_default();
-    let sent = match sent {
-        SentSoFar::Nothing => "nothing was sent".to_string(),
-        SentSoFar::NoWrite => {
-            "no write request was sent to Zendesk (each is recorded before it is sent)".to_string()
-        }
-        SentSoFar::Writes(1) => {
-            "the write request recorded before it may have been sent: the next run settles its outcome".to_string()
-        }
-        SentSoFar::Writes(n) => format!(
-            "the {n} write requests recorded before it may have been sent: the next run settles their outcomes"
-        ),
-    };
-    format!(
-        "the disk holding {place} is full{doing}: free space on the disk holding {place}, then run the command again; {sent}"
-    )
-}
-
-/// What a writing command had sent when the disk filled.
-pub(crate) fn writes_so_far() -> SentSoFar {
-    match crate::audit::requests_recorded() {
-        0 => SentSoFar::NoWrite,
-        n => SentSoFar::Writes(n),
-    }
-}
-
-/// `--database` gets the checks `audit.database` gets in a config: a path
-/// (no URL) in a folder that exists.
-pub(crate) fn check_database_arg(path: &std::path::Path) -> Result<(), UsageError> {
-    match crate::config::database_path_problem(path, true) {
-        None => Ok(()),
-        Some(problem) => Err(UsageError(format!("--database: {problem}"))),
-    }
-}
-
-/// Bad command-line use: exit 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// clap_complete's bash script names its case arms `zd__subcmd__retention__…`
-/// while its dispatch loop builds `zd__retention__…` for a hyphenated
-/// program name, so nothing below the first word completed (found by a
-/// hostile run; clap-rs/clap#6421, open). The arms are renamed to what the
-/// loop builds.
-fn fix_bash_hyphen_names(script: Vec<u8>) -> Vec<u8> {
-    String::from_utf8(script)
-        .map(|text| {
-            text.replace("zd__subcmd__retention", "zd__retention")
-                .into_bytes()
-        })
-        .unwrap_or_else(|e| e.into_bytes())
-}
-
-/// Writes `zd-retention.1` and a page per visible subcommand
-/// (`zd-retention-audit-verify.1`, ...) into `dir`.
-fn write_manpages(cli: &clap::Command, dir: &std::path::Path) -> anyhow::Result<()> {
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "{} is not a folder: create it first (mkdir -p {})",
-            dir.display(),
-            dir.display()
-        );
-    }
-    let mut cli = cli.clone().version(crate::build::VERSION);
-    cli.build();
-    fn walk(cmd: &clap::Command, name: String, dir: &std::path::Path) -> anyhow::Result<()> {
-        use anyhow::Context as _;
-        let cmd = cmd.clone().name(name.clone());
-        let mut page = Vec::new();
-        clap_mangen::Man::new(cmd.clone())
-            .date(crate::build::DATE)
-            .render(&mut page)
-            .with_context(|| format!("cannot render the manual page of {name}"))?;
-        let path = dir.join(format!("{name}.1"));
-        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
-        for sub in cmd
-            .get_subcommands()
-            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-        {
-            walk(sub, format!("{name}-{}", sub.get_name()), dir)?;
-        }
-        Ok(())
-    }
-    walk(&cli, "zd-retention".into(), dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// SQLite's own SQLITE_FULL, from a database that may not grow past
-    /// two pages (`max_page_count`): what a full disk gives, without one.
-    async fn full_database_error(db: &std::path::Path) -> anyhow::Error {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .create_if_missing(true);
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .unwrap();
-        sqlx::query("PRAGMA max_page_count = 2")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("CREATE TABLE t (x BLOB)")
-            .execute(&pool)
-            .await
-            .unwrap();
-        let e = loop {
-            if let Err(e) = sqlx::query("INSERT INTO t VALUES (zeroblob(4096))")
-                .execute(&pool)
-                .await
-            {
-                break e;
-            }
-        };
-        pool.close().await;
-        anyhow::Error::new(e).context("cannot record the start of the run")
-    }
-
-    #[tokio::test]
-    async fn a_full_disk_is_one_message_with_the_fix_and_only_true_words_on_what_was_sent() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
-        let e = full_database_error(&db).await;
-        assert!(format!("{e:#}").contains("(code: 13)"), "{e:#}");
-        assert!(is_disk_full(&e));
-        let place = db.display().to_string();
-        let message = disk_full_message(&e, Some(&db), SentSoFar::Nothing);
-        assert_eq!(
-            message,
-            format!(
-                "the disk holding {place} is full (cannot record the start of the run): free space on the disk holding {place}, then run the command again; nothing was sent"
-            )
-        );
-        assert!(!message.contains("code: 13"), "{message}");
-        let message = disk_full_message(&e, Some(&db), SentSoFar::NoWrite);
-        assert!(
-            message.ends_with(
-                "no write request was sent to Zendesk (each is recorded before it is sent)"
-            ),
-            "{message}"
-        );
-        let message = disk_full_message(&e, None, SentSoFar::Writes(3));
-        assert!(!message.contains("nothing was sent"), "{message}");
-        assert!(message.contains("the 3 write requests recorded before it may have been sent"));
-        assert!(message.contains("free space on the disk holding the audit database"));
-        let message = disk_full_message(&e, None, SentSoFar::Writes(1));
-        assert!(message.ends_with("the write request recorded before it may have been sent: the next run settles its outcome"), "{message}");
-        // the bare error, and an error that is something else
-        let bare = anyhow::Error::new(
-            full_database_error(&dir.path().join("b.db"))
-                .await
-                .downcast::<sqlx::Error>()
-                .unwrap(),
-        );
-        assert!(is_disk_full(&bare));
-        assert!(
-            disk_full_message(&bare, Some(&db), SentSoFar::Nothing)
-                .starts_with(&format!("the disk holding {place} is full: free space"))
-        );
-        assert!(!is_disk_full(&anyhow::anyhow!(
-            "cannot open the audit database: (code: 14) unable to open database file"
-        )));
     }
 }

@@ -7,7 +7,7 @@
 //! from the documented shapes, so a mistake in the client's types cannot hide
 //! in both. Its own time runs `time_scale` times faster than Zendesk's.
 
-mod server;
+mod http;
 mod state;
 
 use std::collections::BTreeMap;
@@ -229,7 +229,7 @@ impl Sandbox {
                 }
             });
         }
-        let app = server::router(state.clone(), addr);
+        let app = http::router(state.clone(), addr);
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)

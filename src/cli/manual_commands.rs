@@ -1,7 +1,20 @@
 //! What an operator does by hand: `list`, `plan`, `restore`, `purge`.
 
-use super::*;
-use crate::report::{ListedTicketRow, id_results_lines, print_rows, tickets_table};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::args::{ListArgs, PlanArgs, PurgeArgs, RestoreArgs};
+use super::common::{UsageError, client_from, load_config, open_store, progress_spinner};
+use crate::app::EXIT_FAILED;
+use crate::audit::AuditStore;
+use crate::cycle::CycleContext;
+use crate::report::{ListedTicketRow, TableFormat, id_results_lines, print_rows, tickets_table};
+use crate::zendesk::{DeletedTicket, ListOptions, Pagination};
 
 pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;

@@ -1,7 +1,20 @@
 //! Commands about runs: `check-config`, `probe`, `once` and `run` (the
 //! daemon, assembled by `app`).
 
-use super::*;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::args::{OnceArgs, ProbeArgs, ProbeFormat, SummaryFormat};
+use super::common::{
+    client_from, disk_full_words, load_config, open_store, progress_spinner, shutdown_signal,
+    writes_so_far,
+};
+use crate::app::{EXIT_FAILED, EXIT_USAGE};
+use crate::config::Config;
+use crate::cycle::{CycleContext, RunStatus, Trigger, run_cycle};
 
 pub(super) fn check_config(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = match load_config(path) {

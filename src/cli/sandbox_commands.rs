@@ -1,6 +1,10 @@
 //! `zd-retention sandbox`: the fake Zendesk on loopback.
 
-use super::*;
+use std::process::ExitCode;
+
+use super::args::SandboxArgs;
+use super::common::shutdown_signal;
+use crate::sandbox::{Faults, Sandbox, SandboxAuth, SandboxLimits, SandboxOptions};
 
 pub(super) async fn sandbox(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     if !(args.time_scale > 0.0 && args.time_scale.is_finite()) {

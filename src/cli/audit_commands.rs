@@ -1,11 +1,18 @@
 //! `zd-retention audit ...`: the audit queries, read-only, as tables, JSON
 //! or CSV through the output layer.
 
-use super::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use crate::audit::SearchFilter;
-use crate::report::{csv_rows, print_rows, table};
+use super::args::{
+    AuditCommand, AuditTarget, DocumentFormat, ExportFormat, ReportFormat, StatsBy,
+    command_line_now,
+};
+use super::common::{UsageError, check_database_arg, load_config};
+use crate::app::EXIT_FAILED;
+use crate::audit::{AuditStore, SearchFilter};
+use crate::report::{TableFormat, csv_rows, print_rows, table};
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
     let path = match &target.database {
@@ -457,7 +464,7 @@ async fn verify(
     if let Some(h) = &expect_head
         && !(h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
     {
-        return Err(crate::cli::UsageError(format!(
+        return Err(UsageError(format!(
             "--expect-head {h:?} is not a chain head: it is 64 hexadecimal characters, as `zd-retention audit head` prints"
         ))
         .into());
