@@ -13,10 +13,10 @@ use common::{
     is_disk_full, load_config, write_manpages, writes_so_far,
 };
 
-use crate::cli::manual_commands::{list, plan, purge, restore};
-use crate::cli::run_commands::{check_config, daemon, once, probe};
-use crate::cli::sandbox_commands::sandbox;
 use crate::config::ConfigError;
+use manual_commands::{list, plan, purge, restore};
+use run_commands::{check_config, daemon, once, probe};
+use sandbox_commands::sandbox;
 
 mod args;
 mod audit_commands;

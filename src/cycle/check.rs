@@ -4,9 +4,22 @@
 //! rows no listing saw since the check began are settled (after the run's
 //! purge worker is done), as after a whole walk in one run.
 
-use super::*;
-use crate::audit::ViewCheck;
-use crate::zendesk::Resume;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::audit::{ListingMarks, RunId, Sighting, ViewCheck};
+use crate::cycle::run::settle_unseen;
+use crate::cycle::scan::{
+    IdSet, ScanResult, Selection, Step, WalkState, decide_page, flush_decisions, next_page,
+    page_may_be_decided, page_rows, policy_fingerprint, record_relisted,
+};
+use crate::cycle::settle::Settled;
+use crate::cycle::worker::ListingGate;
+use crate::cycle::{CycleContext, CycleSettings};
+use crate::zendesk::{DeletedTicket, ListOptions, Resume};
 
 /// What a run's part of the whole-view check did.
 #[derive(Debug, Clone, Default, Serialize)]

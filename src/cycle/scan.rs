@@ -2,7 +2,24 @@
 //! comparison that records only first sightings and changes, the decisions
 //! made from the ledger, and the selection handed to the purge worker.
 
-use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::worker::{ListedAs, Release};
+use crate::audit::{
+    AuditStore, DecisionKind, DecisionRecord, LedgerEntry, LedgerState, ListingMarks, Outcome,
+    RunId, Sighting,
+};
+use crate::cycle::worker::ListingGate;
+use crate::cycle::{CycleContext, CycleSettings, clock_trusted};
+use crate::listing::PageOrder;
+use crate::rules::{Decision, Policy};
+use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, SortBy, SortOrder, TicketId};
 
 /// What the scan found.
 #[derive(Debug)]

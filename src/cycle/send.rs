@@ -10,8 +10,18 @@
 //! hold-off) hands its batches to the next round, which reads again: no read
 //! vouches for a request that waited.
 
-use super::*;
-use crate::audit::IN_DOUBT_DETAIL;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+
+use super::scan::decision_record;
+use super::worker::{ListedAs, Release};
+use crate::audit::{DecisionRecord, IN_DOUBT_DETAIL, JobRowId, JobRowStatus, Outcome};
+use crate::cycle::scan::IdSet;
+use crate::cycle::worker::{MAX_RATE_LIMITED_ROUNDS, OpenJob, PurgeWorker};
+use crate::zendesk::{DeletedTicket, IdBatch, JobStatus, TicketId, ZendeskError};
 
 /// Why a request did not leave at shutdown.
 const STOPPING: &str = "the daemon was stopping";

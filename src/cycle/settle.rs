@@ -1,7 +1,14 @@
 //! Settling what a whole walk did not list: lookups among active tickets and
 //! a newest-first read before anything is called gone.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::audit::{JobRowId, JobRowStatus, Outcome, RunId, Unsettled};
+use crate::cycle::CycleContext;
+use crate::cycle::scan::IdSet;
+use crate::zendesk::TicketId;
 
 /// What the settling of absent tickets found.
 #[derive(Debug, Default)]

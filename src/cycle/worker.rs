@@ -2,8 +2,24 @@
 //! a lookup among active tickets and a freshness read under the listing
 //! gate, and follows the jobs with `show_many` to their end.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
 use super::send::Pending;
-use super::*;
+use crate::audit::{AuditStore, JobRowId, JobRowStatus, Outcome, RunId};
+use crate::cycle::scan::IdSet;
+use crate::cycle::{CycleContext, CycleSettings};
+use crate::rules::Policy;
+use crate::zendesk::{
+    DeletedTicket, IdBatch, JobId, JobState, JobStatus, TicketId, ZendeskClient, ZendeskError,
+};
 
 /// Outcome tallies of the purge worker.
 #[derive(Debug, Default)]

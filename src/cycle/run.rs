@@ -1,0 +1,492 @@
+//! `run_cycle`: the stages in order, the run recorded before and after.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::worker::{ListedAs, Release};
+use crate::audit::{
+    AuditStore, JobRowStatus, LedgerState, Outcome, RequestKind, RunCounts, RunId, RunStatus,
+    Trigger, Unsettled, parse_ids,
+};
+use crate::cycle::check::{settle_check, walk_check};
+use crate::cycle::scan::{IdSet, ScanResult, Step, scan};
+use crate::cycle::settle::{Settled, settle_absent, settle_lost_restore};
+use crate::cycle::worker::{ListingGate, OpenJob, PurgeWorker, RELEASES_QUEUED, Tally};
+use crate::cycle::{CycleContext, CycleReport, SafetyRequests, clock_trusted};
+use crate::zendesk::{ClientStatsSnapshot, JobId, TicketId};
+
+/// The jobs an earlier process sent and did not see end: purge jobs with a
+/// Zendesk id are followed by this run (their tickets are not sent again),
+/// the others recorded unknown, lost restores looked up.
+pub(super) async fn recover_open_jobs(
+    ctx: &CycleContext,
+    run: RunId,
+) -> anyhow::Result<(Vec<OpenJob>, u64, IdSet)> {
+    let store = &ctx.store;
+    let mut recovered = Vec::new();
+    let mut recovered_unknown = 0u64;
+    // Ids in jobs an earlier process sent that are still open: this run
+    // follows those jobs and does not ask Zendesk to purge them again.
+    let mut in_flight = IdSet::default();
+    for job in store.open_jobs().await? {
+        let tickets = parse_ids(&job.ticket_ids);
+        if job.kind != RequestKind::DestroyMany {
+            settle_lost_restore(ctx, run, job.id, &tickets).await?;
+            continue;
+        }
+        match job.zendesk_job_id {
+            Some(id) => {
+                in_flight.extend(tickets.iter().copied());
+                // as decided when sent: a read before the job is seen to end
+                // may show a ticket deleted again since (in doubt)
+                let decided = store.decided_as(job.id, &tickets).await?;
+                let sent_as = tickets
+                    .iter()
+                    .map(|t| {
+                        decided
+                            .get(t)
+                            .map(|(deleted_at, actor_id, previous_state)| ListedAs {
+                                deleted_at: *deleted_at,
+                                actor_id: *actor_id,
+                                previous_state: previous_state.clone(),
+                            })
+                    })
+                    .collect();
+                recovered.push(OpenJob {
+                    row: job.id,
+                    id: JobId(id),
+                    tickets,
+                    since: Instant::now(),
+                    misses: 0,
+                    last_status: job.status.to_string(),
+                    sent_as,
+                    in_doubt: Vec::new(),
+                    answered: None,
+                })
+            }
+            _ => {
+                recovered_unknown += tickets.len() as u64;
+                store
+                    .record_job_end(run, job.id, JobRowStatus::Unknown, Some("the process stopped before Zendesk's answer was recorded; the next scan settles it"), Outcome::Unknown, &tickets)
+                    .await?;
+            }
+        }
+    }
+    if !recovered.is_empty() {
+        tracing::info!(
+            jobs = recovered.len(),
+            "following jobs left open by an earlier process"
+        );
+    }
+
+    Ok((recovered, recovered_unknown, in_flight))
+}
+
+/// A whole walk (a reconcile) settles the live ledger rows it did not
+/// list: absent from the view is not yet proof of anything, so each is
+/// looked up among the active tickets and read for newest-first. The rows
+/// are those no listing saw since the walk began, read by index in chunks.
+/// Returns what was settled and the listing requests it took.
+pub(super) async fn settle_walk(
+    ctx: &CycleContext,
+    run: RunId,
+    scan: &ScanResult,
+) -> anyhow::Result<(Settled, u64)> {
+    if !(scan.finished() && scan.step == Step::Reconcile) {
+        return Ok((Settled::default(), 0));
+    }
+    let source = format!(
+        "the whole walk of run {run} (begun {})",
+        crate::audit::timestamp(scan.walk_started)
+    );
+    settle_unseen(
+        ctx,
+        run,
+        (scan.walk_started, None),
+        (scan.cursor_proven, !scan.incomplete_walk),
+        &source,
+    )
+    .await
+}
+
+/// Settles, in chunks, the live rows no listing saw since `since` (each
+/// read back no further than `read_back_to`, when given). Returns what was
+/// settled and the listing requests it took.
+pub(super) async fn settle_unseen(
+    ctx: &CycleContext,
+    run: RunId,
+    (since, read_back_to): (DateTime<Utc>, Option<DateTime<Utc>>),
+    proofs: (bool, bool),
+    source: &str,
+) -> anyhow::Result<(Settled, u64)> {
+    let mut settled = Settled::default();
+    let before = ctx.client.stats().sent("list");
+    let unseen = ctx.store.ledger_unseen_since(since).await?;
+    for chunk in unseen.chunks(SETTLE_CHUNK) {
+        let absent = absent_rows(ctx, chunk, since, read_back_to).await?;
+        let part = settle_absent(ctx, run, absent, proofs, source).await?;
+        settled.add(&part);
+    }
+    Ok((settled, ctx.client.stats().sent("list") - before))
+}
+
+/// Absent tickets settled at a time: each chunk costs one newest-first read.
+pub(super) const SETTLE_CHUNK: usize = 10_000;
+
+/// The ledger rows of `tickets` a whole walk that began at `walk_started`
+/// did not list, each with the time it must be read back to (never before
+/// `read_back_to`, when the refreshes since listed every deletion before).
+pub(super) async fn absent_rows(
+    ctx: &CycleContext,
+    tickets: &[TicketId],
+    walk_started: DateTime<Utc>,
+    read_back_to: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<(TicketId, Unsettled)>> {
+    let rows = ctx.store.ledger_rows(tickets).await?;
+    let mut absent: Vec<(TicketId, Unsettled)> = rows
+        .into_values()
+        .filter(|e| e.state != LedgerState::PurgeRequested)
+        .filter(|e| e.last_seen.is_none_or(|seen| seen < walk_started))
+        .map(|e| {
+            let since = match e.state {
+                // a deletion again after the purge request carries a later time
+                LedgerState::Purged | LedgerState::Unknown => {
+                    e.requested_at.or(e.last_seen).unwrap_or(walk_started)
+                }
+                // known in the view when the walk began, or the refreshes
+                // since its last sighting would have found it deleted again
+                _ => walk_started,
+            };
+            let since = read_back_to.map_or(since, |r| since.max(r));
+            (
+                e.ticket_id,
+                Unsettled {
+                    outcome: e.state.as_str().to_string(),
+                    deleted_at: e.deleted_at,
+                    decided_at: Some(since),
+                },
+            )
+        })
+        .collect();
+    absent.sort_by_key(|(id, _)| *id);
+    Ok(absent)
+}
+
+/// Pruning reads "long ago" off this host's clock: only after a clean run
+/// on a clock Zendesk's agrees with. A failure joins the run's errors.
+pub(super) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
+    let (settings, store) = (&ctx.settings, &ctx.store);
+    let mut pruned = 0;
+    if let Some(keep) = settings.keep_details
+        && errors.is_empty()
+        && !ctx.cancel.is_cancelled()
+        && clock_trusted(&ctx.client, settings.clock_skew).is_ok()
+    {
+        let now = Utc::now();
+        // a period longer than the calendar prunes nothing
+        if let Some(before) = chrono::Duration::from_std(keep)
+            .ok()
+            .and_then(|keep| now.checked_sub_signed(keep))
+        {
+            match store.prune_details(before, now).await {
+                Ok(n) => pruned = n,
+                Err(e) => errors.push(format!("pruning the audit's details failed: {e:#}")),
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(
+                rows = pruned,
+                "pruned the details of tickets settled long ago"
+            );
+        }
+    }
+    pruned
+}
+
+/// The run's metrics and its closing log line.
+pub(super) async fn announce(store: &AuditStore, report: &CycleReport, latency_bound: Duration) {
+    let (run, status) = (report.run_id, report.status);
+    metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
+    metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
+    for (rule, n) in &report.matched_by_rule {
+        metrics::counter!("zd_retention_tickets_matched_total", "rule" => rule.clone())
+            .increment(*n);
+    }
+    metrics::histogram!("zd_retention_run_duration_seconds").record(report.duration.as_secs_f64());
+    metrics::gauge!("zd_retention_purge_latency_bound_seconds").set(latency_bound.as_secs_f64());
+    metrics::counter!("zd_retention_decisions_recorded_total").increment(report.decisions_recorded);
+    // every state, 0 when none: a state that empties must not keep its
+    // last count (an alert on `unknown` would never resolve)
+    if let Ok(counts) = store.ledger_counts().await {
+        for state in crate::audit::LedgerState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("zd_retention_ledger_tickets", "state" => state.as_str()).set(n as f64);
+        }
+    }
+    // outside the database, Prometheus keeps this series: a chain that
+    // shrinks (a tail cut off whole, an older copy put back) shows there
+    if let Ok((entries, _)) = store.chain_head().await {
+        metrics::gauge!("zd_retention_audit_chain_entries").set(entries as f64);
+    }
+    if status == RunStatus::Completed {
+        metrics::gauge!("zd_retention_last_success_timestamp_seconds")
+            .set(Utc::now().timestamp() as f64);
+    }
+    match status {
+        RunStatus::Completed => tracing::info!(
+            run,
+            scanned = report.counts.scanned,
+            matched = report.counts.matched,
+            purged = report.counts.purged,
+            "run completed"
+        ),
+        RunStatus::Interrupted => tracing::warn!(
+            run,
+            scanned = report.counts.scanned,
+            purged = report.counts.purged,
+            "run interrupted by shutdown"
+        ),
+        RunStatus::Failed | RunStatus::Running => tracing::error!(
+            run,
+            error = report.error.as_deref().unwrap_or(""),
+            "run failed"
+        ),
+    }
+}
+
+/// A run's figures, as recorded.
+pub(super) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) -> RunCounts {
+    RunCounts {
+        scanned: scan.scanned,
+        matched: scan.matched,
+        purged: tally.purged,
+        failed: tally.failed,
+        unknown: tally.unknown,
+        list_requests,
+        early_stop: scan.early_stop,
+        scan: Some(scan.scan.to_string()),
+        scan_reason: Some(scan.scan_reason.clone()),
+        max_listing_age_ms: tally.max_listing_age.map(|d| d.as_millis() as u64),
+        step: Some(scan.step.as_str().to_string()),
+        high_water: scan.high_water,
+        decisions_recorded: Some(scan.decisions_recorded),
+    }
+}
+
+/// The report of a finished run.
+pub(super) fn report_of(
+    (run, status, dry_run): (RunId, RunStatus, bool),
+    counts: RunCounts,
+    scan: ScanResult,
+    tally: &Tally,
+    (settled, settle_requests, pruned): (&Settled, u64, u64),
+    requests: ClientStatsSnapshot,
+    (duration, error): (Duration, Option<String>),
+) -> CycleReport {
+    CycleReport {
+        run_id: run,
+        status,
+        dry_run,
+        counts,
+        matched_by_rule: scan.matched_by_rule,
+        kept: scan.kept,
+        purge_batches: tally.batches,
+        not_effective: scan.not_effective + settled.not_effective,
+        confirmed_gone: settled.confirmed_gone,
+        restored_elsewhere: settled.restored_elsewhere,
+        scrubbed_by_zendesk: settled.scrubbed,
+        unsettled_lookup_failed: settled.lookup_failed,
+        relisted: scan.relisted,
+        already_in_flight: scan.in_flight,
+        changed_during_scan: scan.changed_during_scan + tally.changed,
+        max_listing_age: tally.max_listing_age,
+        max_send_window: tally.max_send_window,
+        in_doubt: tally.in_doubt,
+        safety_list_requests: SafetyRequests {
+            order_proof: scan.proof_requests,
+            freshness: tally.freshness_requests,
+            settle: settle_requests,
+        },
+        not_sent: tally.not_sent + scan.not_sent,
+        requests,
+        scan: scan.scan.to_string(),
+        scan_reason: scan.scan_reason.clone(),
+        step: scan.step.as_str().to_string(),
+        decided_from_ledger: scan.decided_from_ledger,
+        decisions_recorded: scan.decisions_recorded,
+        left_view: settled.left_view,
+        pruned,
+        check: None,
+        latency: None,
+        would_purge_in_ledger: None,
+        duration,
+        error,
+    }
+}
+
+/// What went wrong in a run, each in a sentence: a run with none completed.
+pub(super) fn errors_of(run: RunId, scan: &ScanResult, tally: &Tally) -> Vec<String> {
+    let mut errors: Vec<String> = [&scan.error, &tally.fatal, &tally.freshness_failed]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if tally.failed > 0 {
+        errors.push(format!(
+            "{} tickets could not be purged (zd-retention audit run {run} shows why)",
+            tally.failed
+        ));
+    }
+    errors
+}
+
+/// Runs one cycle to its end and records it. `Err` only when the audit
+/// store itself fails; a failed run is an `Ok` report with status `failed`.
+pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<CycleReport> {
+    let started = Instant::now();
+    let stats_before = ctx.client.stats();
+    let store = &ctx.store;
+    let settings = &ctx.settings;
+    let now = Utc::now();
+
+    // never build on rows changed outside (a daemon runs for months)
+    store.check_states().await?;
+    let interrupted = store.close_interrupted_runs(now).await?;
+    if !interrupted.is_empty() {
+        tracing::warn!(runs = ?interrupted, "earlier runs did not finish; recorded as interrupted");
+    }
+    let run = store
+        .start_run(trigger, settings.dry_run, &ctx.origin, now)
+        .await?;
+    tracing::info!(
+        run,
+        trigger = trigger.as_str(),
+        dry_run = settings.dry_run,
+        "run started"
+    );
+    match run_started(ctx, run, (started, stats_before)).await {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // the run ends here, and says why (a ledger row edited outside,
+            // found when a page or a re-decision read it, among others)
+            let message = format!("{e:#}");
+            tracing::error!(run, error = %message, "run failed");
+            if let Err(also) = store.fail_run(run, &message).await {
+                tracing::error!(run, error = %also, "the run's failure could not be recorded");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A started run, to its end.
+pub(super) async fn run_started(
+    ctx: &CycleContext,
+    run: RunId,
+    (started, stats_before): (Instant, ClientStatsSnapshot),
+) -> anyhow::Result<CycleReport> {
+    let store = &ctx.store;
+    let settings = &ctx.settings;
+    let (recovered, recovered_unknown, in_flight) = recover_open_jobs(ctx, run).await?;
+
+    // rows without their subject and without a tag for a pattern in force
+    // (subjects kept or not) cannot be decided without a listing
+    let marks = store
+        .listing_marks(&ctx.policy.subject_fingerprints())
+        .await?;
+
+    // The purge worker: sends batches and follows jobs.
+    let (batches, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);
+    let gate = ListingGate::default();
+    let worker = PurgeWorker::new(
+        ctx,
+        run,
+        gate.clone(),
+        recovered,
+        Tally {
+            unknown: recovered_unknown,
+            ..Tally::default()
+        },
+    );
+    let worker = tokio::spawn(worker.run(receiver));
+
+    let scan = scan(ctx, run, &marks, &batches, &gate, in_flight.clone()).await;
+    // the whole-view check walks on while the refresh's purges go out
+    let check = match &scan {
+        Ok(scan) => walk_check(ctx, run, scan, &marks, &gate, &in_flight).await,
+        Err(_) => Ok((None, None, None)),
+    };
+    drop(batches);
+    let tally = match worker.await {
+        Ok(t) => t,
+        Err(e) => Tally {
+            fatal: Some(format!("the purge worker stopped: {e}")),
+            ..Tally::default()
+        },
+    };
+    let scan = scan?;
+    let (check, to_settle, check_error) = check?;
+
+    let (mut settled, mut settle_requests) = settle_walk(ctx, run, &scan).await?;
+    if let Some(finished) = to_settle
+        && !ctx.cancel.is_cancelled()
+    {
+        let (part, requests) = settle_check(ctx, run, &scan, &finished).await?;
+        settled.add(&part);
+        settle_requests += requests;
+    }
+
+    let mut errors = errors_of(run, &scan, &tally);
+    errors.extend(check_error);
+    let pruned = prune_if_clean(ctx, &mut errors).await;
+    let status = if ctx.cancel.is_cancelled() {
+        RunStatus::Interrupted
+    } else if errors.is_empty() {
+        RunStatus::Completed
+    } else {
+        RunStatus::Failed
+    };
+    let counts = counts_of(
+        &scan,
+        &tally,
+        ctx.client.stats().since(&stats_before).sent("list"),
+    );
+    let error = (!errors.is_empty()).then(|| errors.join("; "));
+    store
+        .finish_run(run, status, &counts, error.as_deref(), Utc::now())
+        .await?;
+    // noted elsewhere (the log), the head lets `audit verify --expect-head`
+    // find a tail removed later
+    match store.chain_head().await {
+        Ok((entry, head)) => tracing::info!(run, entry, head = %head, "audit chain head"),
+        Err(e) => tracing::error!(run, error = %e, "cannot read the audit chain's head"),
+    }
+    let mut report = report_of(
+        (run, status, settings.dry_run),
+        counts,
+        scan,
+        &tally,
+        (&settled, settle_requests, pruned),
+        ctx.client.stats().since(&stats_before),
+        (started.elapsed(), error),
+    );
+    report.check = check;
+    report.latency = store.latency_summary(None, None, Some(run)).await.ok();
+    if settings.dry_run {
+        report.would_purge_in_ledger = store.ledger_counts().await.ok().map(|counts| {
+            counts
+                .iter()
+                .filter(|(state, _)| state == "selected")
+                .map(|(_, n)| *n as u64)
+                .sum()
+        });
+    }
+    announce(store, &report, settings.latency_bound).await;
+    Ok(report)
+}
