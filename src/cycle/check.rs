@@ -7,38 +7,19 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::audit::{ListingMarks, RunId, Sighting, ViewCheck};
-use crate::cycle::run::settle_unseen;
-use crate::cycle::scan::{
-    IdSet, ScanResult, Selection, Step, WalkState, decide_page, flush_decisions, next_page,
-    page_may_be_decided, page_rows, policy_fingerprint, record_relisted,
+use super::context::IdSet;
+use super::handover::ListingGate;
+use super::scan::{
+    ScanResult, Selection, WalkState, decide_page, flush_decisions, next_page, page_may_be_decided,
+    page_rows, policy_fingerprint, record_relisted,
 };
-use crate::cycle::settle::Settled;
-use crate::cycle::worker::ListingGate;
-use crate::cycle::{CycleContext, CycleSettings};
+use super::settle::{Settled, settle_unseen};
+use super::step::Step;
+use crate::audit::{ListingMarks, RunId, Sighting, ViewCheck};
+use crate::cycle::{CheckProgress, CycleContext, CycleSettings};
 use crate::zendesk::{DeletedTicket, ListOptions, Resume};
-
-/// What a run's part of the whole-view check did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CheckProgress {
-    pub check: i64,
-    pub started_at: Option<DateTime<Utc>>,
-    /// Pages and tickets this run walked.
-    pub pages: u64,
-    pub listed: u64,
-    /// The pages this run could spend: its share of the listing quota.
-    pub budget_pages: u64,
-    /// Pages walked since the check began, and by how many runs.
-    pub total_pages: u64,
-    pub runs: u64,
-    /// The walk reached the end of the view: its absences are settled.
-    pub finished: bool,
-    /// Why this run's part ended.
-    pub stopped: String,
-}
 
 /// Whether this run walks a part of the check: one is under way, or the
 /// last one began `schedule.reconcile` ago or longer. Only after a refresh
@@ -58,7 +39,7 @@ fn check_due(settings: &CycleSettings, marks: &ListingMarks, now: DateTime<Utc>)
 /// The pages a run's part may take: its share of the listing quota over
 /// one schedule interval (at least one page, so that a check always goes
 /// on), and the time that share takes.
-pub(super) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration) {
+pub(crate) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration) {
     let settings = &ctx.settings;
     let limits = ctx.client.limits();
     let quota = if next_page > 100 {
@@ -79,7 +60,7 @@ pub(super) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration
 
 /// Walks this run's part of the check. Returns its progress and, when the
 /// walk reached the end, the check to settle once the purge worker is done.
-pub(super) async fn walk_check(
+pub(crate) async fn walk_check(
     ctx: &CycleContext,
     run: RunId,
     scan: &ScanResult,
@@ -278,7 +259,7 @@ async fn check_page(
 /// The refreshes since listed every deletion down to this run's refresh,
 /// so the newest-first read goes back only to that refresh's start (or a
 /// purge request after it).
-pub(super) async fn settle_check(
+pub(crate) async fn settle_check(
     ctx: &CycleContext,
     run: RunId,
     scan: &ScanResult,

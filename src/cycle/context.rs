@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::check::CheckProgress;
 use crate::audit::{AuditStore, RunCounts, RunId, RunOrigin, RunStatus};
 use crate::config::Config;
 use crate::rules::Policy;
-use crate::zendesk::{ClientStatsSnapshot, ZendeskClient};
+use crate::zendesk::{ClientStatsSnapshot, TicketId, ZendeskClient};
 
 /// The knobs of a cycle, from the config or set by tests.
 #[derive(Debug, Clone)]
@@ -246,3 +245,30 @@ pub(crate) fn clock_trusted(client: &ZendeskClient, clock_skew: Duration) -> Res
         crate::human::duration(clock_skew),
     ))
 }
+
+/// What a run's part of the whole-view check did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckProgress {
+    pub check: i64,
+    pub started_at: Option<DateTime<Utc>>,
+    /// Pages and tickets this run walked.
+    pub pages: u64,
+    pub listed: u64,
+    /// The pages this run could spend: its share of the listing quota.
+    pub budget_pages: u64,
+    /// Pages walked since the check began, and by how many runs.
+    pub total_pages: u64,
+    pub runs: u64,
+    /// The walk reached the end of the view: its absences are settled.
+    pub finished: bool,
+    /// Why this run's part ended.
+    pub stopped: String,
+}
+
+/// Ids in a set with a fast hash.
+pub(crate) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
+
+/// Every id a scan listed: a full scan of a million tickets keeps them all,
+/// in a compressed bitmap (about 2 bytes an id when sparse, far less when
+/// dense), whatever their width.
+pub(crate) type SeenIds = roaring::RoaringTreemap;

@@ -1,4 +1,8 @@
-//! The purge cycle: list, decide, record, purge, follow jobs, settle.
+//! The purge cycle, one file per stage: choose the step (`step`), list and
+//! decide (`scan`), purge (`worker`, `send`), follow jobs (`follow`), settle
+//! (`settle`, and across runs `check`). `context` is what every stage is
+//! given, `handover` what the listing hands the purge worker, and `run`
+//! calls the stages in order.
 //!
 //! `run_cycle` is one plain function that the scheduler, `once`, the demo
 //! and the tests call. It talks to Zendesk only through the client and to
@@ -8,16 +12,19 @@
 
 mod check;
 mod context;
+mod follow;
+mod handover;
 mod run;
 mod scan;
 mod send;
 mod settle;
+mod step;
 mod worker;
 
 pub use crate::audit::{RunStatus, Trigger};
-pub use check::CheckProgress;
 pub(crate) use context::clock_trusted;
-pub use context::{CycleContext, CycleReport, CycleSettings, SafetyRequests};
+pub use context::{CheckProgress, CycleContext, CycleReport, CycleSettings, SafetyRequests};
+pub(crate) use handover::{ListedAs, Release};
 pub use run::run_cycle;
 pub(crate) use scan::decision_record;
-pub(crate) use worker::{ListedAs, Release, send_and_follow};
+pub(crate) use worker::send_and_follow;

@@ -2,182 +2,23 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::worker::{ListedAs, Release};
-use crate::audit::{
-    AuditStore, JobRowStatus, LedgerState, Outcome, RequestKind, RunCounts, RunId, RunStatus,
-    Trigger, Unsettled, parse_ids,
-};
-use crate::cycle::check::{settle_check, walk_check};
-use crate::cycle::scan::{IdSet, ScanResult, Step, scan};
-use crate::cycle::settle::{Settled, settle_absent, settle_lost_restore};
-use crate::cycle::worker::{ListingGate, OpenJob, PurgeWorker, RELEASES_QUEUED, Tally};
-use crate::cycle::{CycleContext, CycleReport, SafetyRequests, clock_trusted};
-use crate::zendesk::{ClientStatsSnapshot, JobId, TicketId};
-
-/// The jobs an earlier process sent and did not see end: purge jobs with a
-/// Zendesk id are followed by this run (their tickets are not sent again),
-/// the others recorded unknown, lost restores looked up.
-pub(super) async fn recover_open_jobs(
-    ctx: &CycleContext,
-    run: RunId,
-) -> anyhow::Result<(Vec<OpenJob>, u64, IdSet)> {
-    let store = &ctx.store;
-    let mut recovered = Vec::new();
-    let mut recovered_unknown = 0u64;
-    // Ids in jobs an earlier process sent that are still open: this run
-    // follows those jobs and does not ask Zendesk to purge them again.
-    let mut in_flight = IdSet::default();
-    for job in store.open_jobs().await? {
-        let tickets = parse_ids(&job.ticket_ids);
-        if job.kind != RequestKind::DestroyMany {
-            settle_lost_restore(ctx, run, job.id, &tickets).await?;
-            continue;
-        }
-        match job.zendesk_job_id {
-            Some(id) => {
-                in_flight.extend(tickets.iter().copied());
-                // as decided when sent: a read before the job is seen to end
-                // may show a ticket deleted again since (in doubt)
-                let decided = store.decided_as(job.id, &tickets).await?;
-                let sent_as = tickets
-                    .iter()
-                    .map(|t| {
-                        decided
-                            .get(t)
-                            .map(|(deleted_at, actor_id, previous_state)| ListedAs {
-                                deleted_at: *deleted_at,
-                                actor_id: *actor_id,
-                                previous_state: previous_state.clone(),
-                            })
-                    })
-                    .collect();
-                recovered.push(OpenJob {
-                    row: job.id,
-                    id: JobId(id),
-                    tickets,
-                    since: Instant::now(),
-                    misses: 0,
-                    last_status: job.status.to_string(),
-                    sent_as,
-                    in_doubt: Vec::new(),
-                    answered: None,
-                })
-            }
-            _ => {
-                recovered_unknown += tickets.len() as u64;
-                store
-                    .record_job_end(run, job.id, JobRowStatus::Unknown, Some("the process stopped before Zendesk's answer was recorded; the next scan settles it"), Outcome::Unknown, &tickets)
-                    .await?;
-            }
-        }
-    }
-    if !recovered.is_empty() {
-        tracing::info!(
-            jobs = recovered.len(),
-            "following jobs left open by an earlier process"
-        );
-    }
-
-    Ok((recovered, recovered_unknown, in_flight))
-}
-
-/// A whole walk (a reconcile) settles the live ledger rows it did not
-/// list: absent from the view is not yet proof of anything, so each is
-/// looked up among the active tickets and read for newest-first. The rows
-/// are those no listing saw since the walk began, read by index in chunks.
-/// Returns what was settled and the listing requests it took.
-pub(super) async fn settle_walk(
-    ctx: &CycleContext,
-    run: RunId,
-    scan: &ScanResult,
-) -> anyhow::Result<(Settled, u64)> {
-    if !(scan.finished() && scan.step == Step::Reconcile) {
-        return Ok((Settled::default(), 0));
-    }
-    let source = format!(
-        "the whole walk of run {run} (begun {})",
-        crate::audit::timestamp(scan.walk_started)
-    );
-    settle_unseen(
-        ctx,
-        run,
-        (scan.walk_started, None),
-        (scan.cursor_proven, !scan.incomplete_walk),
-        &source,
-    )
-    .await
-}
-
-/// Settles, in chunks, the live rows no listing saw since `since` (each
-/// read back no further than `read_back_to`, when given). Returns what was
-/// settled and the listing requests it took.
-pub(super) async fn settle_unseen(
-    ctx: &CycleContext,
-    run: RunId,
-    (since, read_back_to): (DateTime<Utc>, Option<DateTime<Utc>>),
-    proofs: (bool, bool),
-    source: &str,
-) -> anyhow::Result<(Settled, u64)> {
-    let mut settled = Settled::default();
-    let before = ctx.client.stats().sent("list");
-    let unseen = ctx.store.ledger_unseen_since(since).await?;
-    for chunk in unseen.chunks(SETTLE_CHUNK) {
-        let absent = absent_rows(ctx, chunk, since, read_back_to).await?;
-        let part = settle_absent(ctx, run, absent, proofs, source).await?;
-        settled.add(&part);
-    }
-    Ok((settled, ctx.client.stats().sent("list") - before))
-}
-
-/// Absent tickets settled at a time: each chunk costs one newest-first read.
-pub(super) const SETTLE_CHUNK: usize = 10_000;
-
-/// The ledger rows of `tickets` a whole walk that began at `walk_started`
-/// did not list, each with the time it must be read back to (never before
-/// `read_back_to`, when the refreshes since listed every deletion before).
-pub(super) async fn absent_rows(
-    ctx: &CycleContext,
-    tickets: &[TicketId],
-    walk_started: DateTime<Utc>,
-    read_back_to: Option<DateTime<Utc>>,
-) -> anyhow::Result<Vec<(TicketId, Unsettled)>> {
-    let rows = ctx.store.ledger_rows(tickets).await?;
-    let mut absent: Vec<(TicketId, Unsettled)> = rows
-        .into_values()
-        .filter(|e| e.state != LedgerState::PurgeRequested)
-        .filter(|e| e.last_seen.is_none_or(|seen| seen < walk_started))
-        .map(|e| {
-            let since = match e.state {
-                // a deletion again after the purge request carries a later time
-                LedgerState::Purged | LedgerState::Unknown => {
-                    e.requested_at.or(e.last_seen).unwrap_or(walk_started)
-                }
-                // known in the view when the walk began, or the refreshes
-                // since its last sighting would have found it deleted again
-                _ => walk_started,
-            };
-            let since = read_back_to.map_or(since, |r| since.max(r));
-            (
-                e.ticket_id,
-                Unsettled {
-                    outcome: e.state.as_str().to_string(),
-                    deleted_at: e.deleted_at,
-                    decided_at: Some(since),
-                },
-            )
-        })
-        .collect();
-    absent.sort_by_key(|(id, _)| *id);
-    Ok(absent)
-}
+use super::check::{settle_check, walk_check};
+use super::follow::recover_open_jobs;
+use super::handover::{ListingGate, RELEASES_QUEUED};
+use super::scan::{ScanResult, scan};
+use super::settle::{Settled, settle_walk};
+use super::worker::{PurgeWorker, Tally};
+use crate::audit::{AuditStore, RunCounts, RunId, RunStatus, Trigger};
+use crate::cycle::{CycleContext, CycleReport, Release, SafetyRequests, clock_trusted};
+use crate::zendesk::ClientStatsSnapshot;
 
 /// Pruning reads "long ago" off this host's clock: only after a clean run
 /// on a clock Zendesk's agrees with. A failure joins the run's errors.
-pub(super) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
+pub(crate) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
     let (settings, store) = (&ctx.settings, &ctx.store);
     let mut pruned = 0;
     if let Some(keep) = settings.keep_details
@@ -207,7 +48,7 @@ pub(super) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>)
 }
 
 /// The run's metrics and its closing log line.
-pub(super) async fn announce(store: &AuditStore, report: &CycleReport, latency_bound: Duration) {
+pub(crate) async fn announce(store: &AuditStore, report: &CycleReport, latency_bound: Duration) {
     let (run, status) = (report.run_id, report.status);
     metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
     metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
@@ -261,7 +102,7 @@ pub(super) async fn announce(store: &AuditStore, report: &CycleReport, latency_b
 }
 
 /// A run's figures, as recorded.
-pub(super) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) -> RunCounts {
+pub(crate) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) -> RunCounts {
     RunCounts {
         scanned: scan.scanned,
         matched: scan.matched,
@@ -280,7 +121,7 @@ pub(super) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) ->
 }
 
 /// The report of a finished run.
-pub(super) fn report_of(
+pub(crate) fn report_of(
     (run, status, dry_run): (RunId, RunStatus, bool),
     counts: RunCounts,
     scan: ScanResult,
@@ -331,7 +172,7 @@ pub(super) fn report_of(
 }
 
 /// What went wrong in a run, each in a sentence: a run with none completed.
-pub(super) fn errors_of(run: RunId, scan: &ScanResult, tally: &Tally) -> Vec<String> {
+pub(crate) fn errors_of(run: RunId, scan: &ScanResult, tally: &Tally) -> Vec<String> {
     let mut errors: Vec<String> = [&scan.error, &tally.fatal, &tally.freshness_failed]
         .into_iter()
         .flatten()
@@ -386,7 +227,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
 }
 
 /// A started run, to its end.
-pub(super) async fn run_started(
+pub(crate) async fn run_started(
     ctx: &CycleContext,
     run: RunId,
     (started, stats_before): (Instant, ClientStatsSnapshot),

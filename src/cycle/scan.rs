@@ -10,20 +10,21 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::worker::{ListedAs, Release};
+use super::context::{IdSet, SeenIds};
+use super::handover::ListingGate;
+use super::step::{Step, choose_step};
 use crate::audit::{
     AuditStore, DecisionKind, DecisionRecord, LedgerEntry, LedgerState, ListingMarks, Outcome,
     RunId, Sighting,
 };
-use crate::cycle::worker::ListingGate;
-use crate::cycle::{CycleContext, CycleSettings, clock_trusted};
+use crate::cycle::{CycleContext, CycleSettings, ListedAs, Release, clock_trusted};
 use crate::listing::PageOrder;
 use crate::rules::{Decision, Policy};
-use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, SortBy, SortOrder, TicketId};
+use crate::zendesk::{DeletedTicket, IdBatch, SortOrder, TicketId};
 
 /// What the scan found.
 #[derive(Debug)]
-pub(super) struct ScanResult {
+pub(crate) struct ScanResult {
     /// Distinct tickets listed and decided.
     pub(super) scanned: u64,
     /// Tickets whose latest listing a purge rule selected.
@@ -71,31 +72,23 @@ pub(super) struct ScanResult {
 }
 
 impl ScanResult {
-    pub(super) fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         !self.cancelled && self.error.is_none()
     }
 }
 
 /// A ticket whose latest listing a purge rule selected.
 #[derive(Debug, Clone)]
-pub(super) struct Chosen {
+pub(crate) struct Chosen {
     pub(super) rule: String,
     pub(super) listed: ListedAs,
     pub(super) listed_at: DateTime<Utc>,
 }
 
-/// Ids in a set with a fast hash.
-pub(super) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
-
-/// Every id a scan listed: a full scan of a million tickets keeps them all,
-/// in a compressed bitmap (about 2 bytes an id when sparse, far less when
-/// dense), whatever their width.
-pub(super) type SeenIds = roaring::RoaringTreemap;
-
 /// The scan's view of the selection: latest listing wins, disagreeing
 /// listings are never purged in this run.
 #[derive(Debug, Default)]
-pub(super) struct Selection {
+pub(crate) struct Selection {
     /// Every id listed (4 or 8 bytes each); what a purge rule chose is in
     /// `chosen` with its listing.
     pub(super) seen: SeenIds,
@@ -169,179 +162,9 @@ impl Selection {
     }
 }
 
-/// Which listing a run makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// A first run whose purge rules all have an age: oldest first, up to
-    /// the youngest purgeable age (the backlog), provided the order is
-    /// proven. The next run walks the whole view and builds the ledger.
-    Backlog { horizon: Duration },
-    /// The newest deletions, newest first, down to the high-water mark of
-    /// the last listing less an overlap; the rest is decided from the ledger.
-    Refresh { down_to: DateTime<Utc> },
-    /// The whole view, in any order; live ledger rows it does not list are
-    /// settled.
-    Reconcile,
-}
-
-impl Step {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Backlog { .. } => "backlog",
-            Self::Refresh { .. } => "refresh",
-            Self::Reconcile => "reconcile",
-        }
-    }
-
-    /// Read in deletion order (proven first, checked on every page).
-    fn sorted(self) -> Option<SortOrder> {
-        match self {
-            Self::Backlog { .. } => Some(SortOrder::Asc),
-            Self::Refresh { .. } => Some(SortOrder::Desc),
-            Self::Reconcile => None,
-        }
-    }
-
-    fn list_options(self) -> ListOptions {
-        match self {
-            Self::Backlog { .. } => ListOptions {
-                sort: Some((SortBy::DeletedAt, SortOrder::Asc)),
-                ..ListOptions::default()
-            },
-            Self::Refresh { .. } => ListOptions {
-                sort: Some((SortBy::DeletedAt, SortOrder::Desc)),
-                ..ListOptions::default()
-            },
-            Self::Reconcile => ListOptions::default(),
-        }
-    }
-
-    /// Whether the walk may stop after `page`: a backlog once a whole page
-    /// is younger than the horizon, a refresh below its mark.
-    fn stops_at(self, page: &crate::zendesk::DeletedTicketsPage, now: DateTime<Utc>) -> bool {
-        match self {
-            Self::Backlog { horizon } => crate::listing::reaches_horizon(page, horizon, now),
-            Self::Refresh { down_to } => page
-                .tickets
-                .last()
-                .and_then(|t| t.deleted_at)
-                .is_some_and(|d| d < down_to),
-            Self::Reconcile => false,
-        }
-    }
-}
-
-/// The listing a run makes, and why.
-pub(crate) fn choose_step(
-    policy: &Policy,
-    settings: &CycleSettings,
-    marks: &ListingMarks,
-    now: DateTime<Utc>,
-) -> (Step, String) {
-    if marks.high_water.is_none()
-        && marks.listings == 0
-        && let (crate::listing::ScanPlan::Sorted { horizon }, _) =
-            crate::listing::ScanPlan::for_policy(policy)
-    {
-        return (
-            Step::Backlog { horizon },
-            "a first run: the oldest deletions up to the youngest purgeable age; the next run walks the whole view into the ledger".into(),
-        );
-    }
-    if marks.untagged > 0 {
-        return (
-            Step::Reconcile,
-            format!(
-                "{} tickets in the ledger were listed before a subject pattern now in force (subjects are not kept): the whole view is walked",
-                marks.untagged
-            ),
-        );
-    }
-    let (Some(high_water), Some(last)) = (marks.high_water, marks.last_reconcile) else {
-        return (
-            Step::Reconcile,
-            "the ledger has no whole walk of the view yet".into(),
-        );
-    };
-    let every =
-        chrono::Duration::from_std(settings.reconcile_every).unwrap_or(chrono::TimeDelta::MAX);
-    // `0s`: every run walks the whole view itself (a small account); else
-    // a due check walks on after each refresh (`check.rs`), over runs
-    if settings.reconcile_every.is_zero() && now - last >= every {
-        return (
-            Step::Reconcile,
-            format!(
-                "the last whole walk began {} ago (schedule.reconcile = {})",
-                crate::human::duration(Duration::from_secs(
-                    (now - last).num_seconds().max(0) as u64
-                )),
-                crate::human::duration(settings.reconcile_every)
-            ),
-        );
-    }
-    // tickets deleted in the same second, and clock skew
-    let overlap = chrono::Duration::from_std(settings.clock_skew).unwrap_or_default();
-    (
-        Step::Refresh {
-            down_to: high_water - overlap,
-        },
-        "the newest deletions, down to the last listing's high-water mark; the rest decided from the ledger".into(),
-    )
-}
-
-/// A page of a sorted walk: the order proven on the first page (a view on
-/// one page is read whole), then every page checked whole. `Some(why)` when
-/// the walk must fall back to the whole view.
-#[allow(clippy::too_many_arguments)]
-async fn check_sorted_page(
-    ctx: &CycleContext,
-    gate: &ListingGate,
-    page: &crate::zendesk::DeletedTicketsPage,
-    direction: SortOrder,
-    step: &mut Step,
-    order: &mut PageOrder,
-    first_page: &mut bool,
-    result: &mut ScanResult,
-) -> Option<String> {
-    let mut fall_back: Option<String> = None;
-    if std::mem::take(first_page) {
-        if !page.has_more {
-            // the whole view on one page: read whole, a reconcile
-            *step = Step::Reconcile;
-            result.step = *step;
-            result.scan = "full";
-            result.scan_reason = "the whole view fits on one page: it is read whole".into();
-        } else {
-            let proof = {
-                let _turn = gate.turn.lock().await;
-                let before = ctx.client.stats().sent("list");
-                let proof = crate::listing::prove_sorted(&ctx.client, page, direction).await;
-                result.proof_requests = ctx.client.stats().sent("list") - before;
-                proof
-            };
-            match proof {
-                Ok(why) => {
-                    result.cursor_proven = true;
-                    gate.cursor_proven
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    result.scan_reason = format!("{}; {why}", result.scan_reason);
-                }
-                Err(why) => fall_back = Some(format!("no proven order ({why})")),
-            }
-        }
-    }
-    if fall_back.is_none()
-        && *step != Step::Reconcile
-        && let Err(why) = order.check(page)
-    {
-        fall_back = Some(format!("the order broke ({why})"));
-    }
-    fall_back
-}
-
 /// What one walk keeps from page to page.
 #[derive(Default)]
-pub(super) struct WalkState {
+pub(crate) struct WalkState {
     /// The listings' view of the selection (latest listing wins).
     pub(super) selection: Selection,
     /// Decisions not yet written (written before any of their ids is sent).
@@ -402,7 +225,7 @@ fn relisted(
 /// first sighting, a deletion again or a changed decision is recorded; the
 /// rest only seen again), the selection and the counts kept. Returns the
 /// tickets that were purged or unknown and are listed again.
-pub(super) fn decide_page(
+pub(crate) fn decide_page(
     ctx: &CycleContext,
     tickets: &[DeletedTicket],
     now: DateTime<Utc>,
@@ -530,7 +353,7 @@ impl ScanResult {
         self.scan_reason = format!("{why}: the whole view is walked");
     }
 
-    pub(super) fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
+    pub(crate) fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
         ScanResult {
             scanned: 0,
             matched: 0,
@@ -564,7 +387,7 @@ impl ScanResult {
     }
 }
 
-pub(super) async fn scan(
+pub(crate) async fn scan(
     ctx: &CycleContext,
     run: RunId,
     marks: &ListingMarks,
@@ -694,7 +517,7 @@ pub(super) async fn scan(
 }
 
 /// The ledger rows of a page's tickets: the ledger is never held whole.
-pub(super) async fn page_rows(
+pub(crate) async fn page_rows(
     store: &AuditStore,
     page: &crate::zendesk::DeletedTicketsPage,
 ) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
@@ -738,7 +561,7 @@ async fn write_page(
 
 /// The walk's next page, or `None` when the walk ends: at the listing's
 /// end, on a cancel, or on a listing error (both recorded in `result`).
-pub(super) async fn next_page(
+pub(crate) async fn next_page(
     ctx: &CycleContext,
     gate: &ListingGate,
     pages: &mut futures::stream::BoxStream<
@@ -817,7 +640,7 @@ async fn release_while_walking(
 /// clock, and a clock far from Zendesk's (its Date header) would purge
 /// tickets younger than `min_age`; a listing that keeps answering empty
 /// pages that say there is more never ends.
-pub(super) fn page_may_be_decided(
+pub(crate) fn page_may_be_decided(
     ctx: &CycleContext,
     page: &crate::zendesk::DeletedTicketsPage,
     result: &mut ScanResult,
@@ -838,7 +661,7 @@ pub(super) fn page_may_be_decided(
 }
 
 /// Writes the walk's pending decisions and ledger sightings.
-pub(super) async fn flush_decisions(
+pub(crate) async fn flush_decisions(
     store: &AuditStore,
     run: RunId,
     walk: &mut WalkState,
@@ -855,7 +678,7 @@ pub(super) async fn flush_decisions(
 
 /// Tickets listed again after a purge or an unknown outcome: their new
 /// decision first, so that the outcome finds its row.
-pub(super) async fn record_relisted(
+pub(crate) async fn record_relisted(
     store: &AuditStore,
     run: RunId,
     walk: &mut WalkState,
@@ -1064,7 +887,7 @@ fn counted_only_note(n: u64) -> String {
 /// ledger is read by index, never whole. A changed decision is recorded; a
 /// purge joins the selection as the ledger knows it, current as of the
 /// refresh's start (the freshness read before sending looks back to then).
-pub(super) async fn decide_from_ledger(
+pub(crate) async fn decide_from_ledger(
     ctx: &CycleContext,
     run: RunId,
     in_flight: &IdSet,
@@ -1116,7 +939,7 @@ pub(super) async fn decide_from_ledger(
 
 /// What the decisions of the ledger's rows depend on besides the ticket and
 /// the time: the policy, and how a decision is written (dry run, subjects).
-pub(super) fn policy_fingerprint(ctx: &CycleContext) -> String {
+pub(crate) fn policy_fingerprint(ctx: &CycleContext) -> String {
     format!(
         "{} dry_run={} record_subjects={}",
         ctx.policy.fingerprint(),
@@ -1188,7 +1011,7 @@ fn decide_entries(
 /// Hands chosen ids to the purge worker in batches of 100, each with the
 /// tickets as listed; returns the ids it could not hand over (the worker is
 /// gone), for their `not_sent` outcome.
-pub(super) async fn release(
+pub(crate) async fn release(
     policy: &Policy,
     selection: &Selection,
     ids: &[TicketId],
@@ -1238,7 +1061,7 @@ pub(super) async fn release(
 }
 
 /// Records the scan's selected tickets that are not sent, and counts them.
-pub(super) async fn record_not_sent(
+pub(crate) async fn record_not_sent(
     store: &AuditStore,
     run: RunId,
     result: &mut ScanResult,
@@ -1253,13 +1076,13 @@ pub(super) async fn record_not_sent(
 
 /// Under `purge_while_scanning`, chosen tickets are sent every this many
 /// pages, each time after a freshness read (one list request, usually).
-pub(super) const RELEASE_EVERY_PAGES: u32 = 20;
+pub(crate) const RELEASE_EVERY_PAGES: u32 = 20;
 
 /// Pipelining (`purge_while_scanning`) sends what the scan chose so far, after
 /// a freshness read, up to `max_purges_per_run`. `false` when the worker is
 /// gone and the scan should stop.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn pipeline_release(
+pub(crate) async fn pipeline_release(
     ctx: &CycleContext,
     run: RunId,
     selection: &mut Selection,
@@ -1361,4 +1184,54 @@ mod tests {
         assert!(!seen.insert(u64::from(u32::MAX) + 1));
         assert!(seen.insert(u64::MAX));
     }
+}
+
+/// A page of a sorted walk: the order proven on the first page (a view on
+/// one page is read whole), then every page checked whole. `Some(why)` when
+/// the walk must fall back to the whole view.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn check_sorted_page(
+    ctx: &CycleContext,
+    gate: &ListingGate,
+    page: &crate::zendesk::DeletedTicketsPage,
+    direction: SortOrder,
+    step: &mut Step,
+    order: &mut PageOrder,
+    first_page: &mut bool,
+    result: &mut ScanResult,
+) -> Option<String> {
+    let mut fall_back: Option<String> = None;
+    if std::mem::take(first_page) {
+        if !page.has_more {
+            // the whole view on one page: read whole, a reconcile
+            *step = Step::Reconcile;
+            result.step = *step;
+            result.scan = "full";
+            result.scan_reason = "the whole view fits on one page: it is read whole".into();
+        } else {
+            let proof = {
+                let _turn = gate.turn.lock().await;
+                let before = ctx.client.stats().sent("list");
+                let proof = crate::listing::prove_sorted(&ctx.client, page, direction).await;
+                result.proof_requests = ctx.client.stats().sent("list") - before;
+                proof
+            };
+            match proof {
+                Ok(why) => {
+                    result.cursor_proven = true;
+                    gate.cursor_proven
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    result.scan_reason = format!("{}; {why}", result.scan_reason);
+                }
+                Err(why) => fall_back = Some(format!("no proven order ({why})")),
+            }
+        }
+    }
+    if fall_back.is_none()
+        && *step != Step::Reconcile
+        && let Err(why) = order.check(page)
+    {
+        fall_back = Some(format!("the order broke ({why})"));
+    }
+    fall_back
 }

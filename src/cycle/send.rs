@@ -16,11 +16,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::scan::decision_record;
-use super::worker::{ListedAs, Release};
+use super::context::IdSet;
+use super::worker::{MAX_RATE_LIMITED_ROUNDS, OpenJob, Pending, PurgeWorker};
 use crate::audit::{DecisionRecord, IN_DOUBT_DETAIL, JobRowId, JobRowStatus, Outcome};
-use crate::cycle::scan::IdSet;
-use crate::cycle::worker::{MAX_RATE_LIMITED_ROUNDS, OpenJob, PurgeWorker};
+use crate::cycle::{ListedAs, Release, decision_record};
 use crate::zendesk::{DeletedTicket, IdBatch, JobStatus, TicketId, ZendeskError};
 
 /// Why a request did not leave at shutdown.
@@ -34,60 +33,9 @@ type Split = (
     Vec<JobRowId>,
 );
 
-/// A release on its way through the rounds.
-pub(super) struct Pending {
-    pub(super) release: Release,
-    /// Its tickets found among active ones (restored) before the first round.
-    pub(super) active: IdSet,
-    /// Answers lost so far (each a recorded attempt that ended unknown).
-    pub(super) lost: u32,
-    /// 429s so far.
-    pub(super) limited: u32,
-    /// Whether its next request's account token is taken already.
-    pub(super) reserved: bool,
-}
-
-impl Pending {
-    /// The same release with only the ids that were sent (or cleared).
-    fn narrowed(self, batch: IdBatch) -> Self {
-        let listed: HashMap<TicketId, (Option<ListedAs>, Option<DateTime<Utc>>)> = self
-            .release
-            .batch
-            .ids()
-            .iter()
-            .copied()
-            .zip(
-                self.release
-                    .listed
-                    .iter()
-                    .cloned()
-                    .zip(self.release.purgeable.iter().copied()),
-            )
-            .collect();
-        Self {
-            release: Release {
-                listed: batch
-                    .ids()
-                    .iter()
-                    .map(|id| listed.get(id).and_then(|(l, _)| l.clone()))
-                    .collect(),
-                purgeable: batch
-                    .ids()
-                    .iter()
-                    .map(|id| listed.get(id).and_then(|(_, p)| *p))
-                    .collect(),
-                listed_at: self.release.listed_at,
-                check_freshness: self.release.check_freshness,
-                batch,
-            },
-            ..self
-        }
-    }
-}
-
 /// What a round leaves for the next one, and how long to wait before it.
 #[derive(Default)]
-pub(super) struct Again {
+pub(crate) struct Again {
     pub(super) pending: Vec<Pending>,
     pub(super) wait: Duration,
 }
@@ -101,7 +49,7 @@ impl Again {
 
 /// A read of the newest deletions: each ticket deleted since `since`, as
 /// listed when it was answered.
-pub(super) struct Read {
+pub(crate) struct Read {
     pub(super) started: DateTime<Utc>,
     pub(super) answered: Instant,
     pub(super) answered_utc: DateTime<Utc>,
@@ -109,7 +57,7 @@ pub(super) struct Read {
 }
 
 /// A request that left, with its answer.
-pub(super) struct Sent {
+pub(crate) struct Sent {
     pending: Pending,
     batch: IdBatch,
     row: JobRowId,
@@ -154,7 +102,7 @@ impl PurgeWorker {
     /// freshness read if the ticket is deleted again, and otherwise is not
     /// purged by Zendesk, whose job then reports a partial success), and its
     /// request's account token taken.
-    pub(super) async fn prepare(&mut self, release: Release) -> Pending {
+    pub(crate) async fn prepare(&mut self, release: Release) -> Pending {
         let cancel = self.cancel.clone();
         let client = self.client.clone();
         // a stop ends the waits (the worker then records it not sent)
@@ -187,7 +135,7 @@ impl PurgeWorker {
 
     /// Sends a group of prepared releases (as many as there are free job
     /// slots) in rounds until each is sent or given up.
-    pub(super) async fn send_group(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<()> {
+    pub(crate) async fn send_group(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<()> {
         while !pending.is_empty() {
             let again = self.send_round(pending).await?;
             if !again.pending.is_empty() && !again.wait.is_zero() {
@@ -820,7 +768,7 @@ impl PurgeWorker {
     /// Jobs an earlier process sent and this run follows: one read of the
     /// newest deletions back to the earliest of their requests, before any
     /// of them is seen to end, marks their tickets deleted again since.
-    pub(super) async fn read_for_recovered(&mut self) {
+    pub(crate) async fn read_for_recovered(&mut self) {
         let Ok(Some(since)) = self.store.earliest_open_request().await.map(|at| {
             at.map(|at| {
                 at - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
@@ -847,7 +795,7 @@ impl PurgeWorker {
 
     /// Marks the tickets of open jobs that a read shows deleted again since
     /// they were sent: in doubt.
-    pub(super) fn mark_in_doubt(&mut self, read: &Read) {
+    pub(crate) fn mark_in_doubt(&mut self, read: &Read) {
         for job in &mut self.open {
             for (id, sent) in job.tickets.iter().zip(&job.sent_as) {
                 let Some(sent) = sent else { continue };

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::audit::{JobRowId, JobRowStatus, Outcome, RunId, Unsettled};
+use super::context::IdSet;
+use super::scan::ScanResult;
+use super::step::Step;
+use crate::audit::{JobRowId, JobRowStatus, LedgerState, Outcome, RunId, Unsettled};
 use crate::cycle::CycleContext;
-use crate::cycle::scan::IdSet;
 use crate::zendesk::TicketId;
 
 /// What the settling of absent tickets found.
 #[derive(Debug, Default)]
-pub(super) struct Settled {
+pub(crate) struct Settled {
     pub(super) confirmed_gone: u64,
     /// Kept tickets gone from the view, not by this tool.
     pub(super) left_view: u64,
@@ -24,7 +26,7 @@ pub(super) struct Settled {
 
 impl Settled {
     /// Adds what another part of the settling found.
-    pub(super) fn add(&mut self, other: &Settled) {
+    pub(crate) fn add(&mut self, other: &Settled) {
         self.confirmed_gone += other.confirmed_gone;
         self.left_view += other.left_view;
         self.restored_elsewhere += other.restored_elsewhere;
@@ -36,7 +38,7 @@ impl Settled {
 
 /// Zendesk scrubs soft-deleted tickets by itself about this long after
 /// their deletion.
-pub(super) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
+pub(crate) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
 /// Settles tickets with an open outcome (`purged` or `unknown`) that the scan
 /// did not list. Absence alone proves nothing:
@@ -53,7 +55,7 @@ pub(super) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(
 ///
 /// A failed lookup or read leaves the outcome open for a later run; so does
 /// a walk that may have missed tickets (`may_call_gone` false).
-pub(super) async fn settle_absent(
+pub(crate) async fn settle_absent(
     ctx: &CycleContext,
     run: RunId,
     absent: Vec<(TicketId, Unsettled)>,
@@ -199,7 +201,7 @@ async fn record_verdicts(
 /// ticket gone left the view (not by us); an unknown outcome of a ticket
 /// deleted more than 30 days ago cannot be told from Zendesk's scrub; the
 /// rest is our purge, confirmed.
-pub(super) fn settle_verdict(u: &Unsettled, active: bool, now: DateTime<Utc>) -> Outcome {
+pub(crate) fn settle_verdict(u: &Unsettled, active: bool, now: DateTime<Utc>) -> Outcome {
     if active {
         Outcome::RestoredElsewhere
     } else if !matches!(u.outcome.as_str(), "purged" | "unknown") {
@@ -231,7 +233,7 @@ fn settle_detail(outcome: Outcome) -> &'static str {
 
 /// The active tickets among `ids` (in calls of 100), or `None` when a
 /// lookup failed.
-pub(super) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
+pub(crate) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
     match ctx.client.active_among(ids).await {
         Ok(active) => Some(active.into_iter().collect()),
         Err(e) => {
@@ -243,7 +245,7 @@ pub(super) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option
 
 /// A restore whose answer an earlier process never recorded: settled by
 /// looking the tickets up among the active ones, never as if purged.
-pub(super) async fn settle_lost_restore(
+pub(crate) async fn settle_lost_restore(
     ctx: &CycleContext,
     run: RunId,
     row: JobRowId,
@@ -321,4 +323,94 @@ mod tests {
         assert_eq!(v("unknown", 3, false), Outcome::ConfirmedGone);
         assert_eq!(v("unknown", 31, false), Outcome::ScrubbedByZendesk);
     }
+}
+
+/// A whole walk (a reconcile) settles the live ledger rows it did not
+/// list: absent from the view is not yet proof of anything, so each is
+/// looked up among the active tickets and read for newest-first. The rows
+/// are those no listing saw since the walk began, read by index in chunks.
+/// Returns what was settled and the listing requests it took.
+pub(crate) async fn settle_walk(
+    ctx: &CycleContext,
+    run: RunId,
+    scan: &ScanResult,
+) -> anyhow::Result<(Settled, u64)> {
+    if !(scan.finished() && scan.step == Step::Reconcile) {
+        return Ok((Settled::default(), 0));
+    }
+    let source = format!(
+        "the whole walk of run {run} (begun {})",
+        crate::audit::timestamp(scan.walk_started)
+    );
+    settle_unseen(
+        ctx,
+        run,
+        (scan.walk_started, None),
+        (scan.cursor_proven, !scan.incomplete_walk),
+        &source,
+    )
+    .await
+}
+
+/// Settles, in chunks, the live rows no listing saw since `since` (each
+/// read back no further than `read_back_to`, when given). Returns what was
+/// settled and the listing requests it took.
+pub(crate) async fn settle_unseen(
+    ctx: &CycleContext,
+    run: RunId,
+    (since, read_back_to): (DateTime<Utc>, Option<DateTime<Utc>>),
+    proofs: (bool, bool),
+    source: &str,
+) -> anyhow::Result<(Settled, u64)> {
+    let mut settled = Settled::default();
+    let before = ctx.client.stats().sent("list");
+    let unseen = ctx.store.ledger_unseen_since(since).await?;
+    for chunk in unseen.chunks(SETTLE_CHUNK) {
+        let absent = absent_rows(ctx, chunk, since, read_back_to).await?;
+        let part = settle_absent(ctx, run, absent, proofs, source).await?;
+        settled.add(&part);
+    }
+    Ok((settled, ctx.client.stats().sent("list") - before))
+}
+
+/// Absent tickets settled at a time: each chunk costs one newest-first read.
+pub(crate) const SETTLE_CHUNK: usize = 10_000;
+
+/// The ledger rows of `tickets` a whole walk that began at `walk_started`
+/// did not list, each with the time it must be read back to (never before
+/// `read_back_to`, when the refreshes since listed every deletion before).
+pub(crate) async fn absent_rows(
+    ctx: &CycleContext,
+    tickets: &[TicketId],
+    walk_started: DateTime<Utc>,
+    read_back_to: Option<DateTime<Utc>>,
+) -> anyhow::Result<Vec<(TicketId, Unsettled)>> {
+    let rows = ctx.store.ledger_rows(tickets).await?;
+    let mut absent: Vec<(TicketId, Unsettled)> = rows
+        .into_values()
+        .filter(|e| e.state != LedgerState::PurgeRequested)
+        .filter(|e| e.last_seen.is_none_or(|seen| seen < walk_started))
+        .map(|e| {
+            let since = match e.state {
+                // a deletion again after the purge request carries a later time
+                LedgerState::Purged | LedgerState::Unknown => {
+                    e.requested_at.or(e.last_seen).unwrap_or(walk_started)
+                }
+                // known in the view when the walk began, or the refreshes
+                // since its last sighting would have found it deleted again
+                _ => walk_started,
+            };
+            let since = read_back_to.map_or(since, |r| since.max(r));
+            (
+                e.ticket_id,
+                Unsettled {
+                    outcome: e.state.as_str().to_string(),
+                    deleted_at: e.deleted_at,
+                    decided_at: Some(since),
+                },
+            )
+        })
+        .collect();
+    absent.sort_by_key(|(id, _)| *id);
+    Ok(absent)
 }

@@ -6,20 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::send::Pending;
+use super::context::IdSet;
+use super::handover::{ListingGate, RELEASES_QUEUED};
 use crate::audit::{AuditStore, JobRowId, JobRowStatus, Outcome, RunId};
-use crate::cycle::scan::IdSet;
-use crate::cycle::{CycleContext, CycleSettings};
+use crate::cycle::{CycleContext, CycleSettings, ListedAs, Release};
 use crate::rules::Policy;
-use crate::zendesk::{
-    DeletedTicket, IdBatch, JobId, JobState, JobStatus, TicketId, ZendeskClient, ZendeskError,
-};
+use crate::zendesk::{IdBatch, JobId, JobStatus, TicketId, ZendeskClient, ZendeskError};
 
 /// Outcome tallies of the purge worker.
 #[derive(Debug, Default)]
@@ -48,37 +45,9 @@ pub(crate) struct Tally {
     pub fatal: Option<String>,
 }
 
-/// Sends batches whose decisions are already recorded, and follows their
-/// jobs to the end: the write path that manual purges share with the cycle.
-pub(crate) async fn send_and_follow(
-    ctx: &CycleContext,
-    run: RunId,
-    releases: Vec<Release>,
-) -> Tally {
-    let (sender, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);
-    let worker = PurgeWorker::new(
-        ctx,
-        run,
-        ListingGate::default(),
-        Vec::new(),
-        Tally::default(),
-    );
-    let worker = tokio::spawn(worker.run(receiver));
-    for release in releases {
-        if sender.send(release).await.is_err() {
-            break;
-        }
-    }
-    drop(sender);
-    worker.await.unwrap_or_else(|e| Tally {
-        fatal: Some(format!("the purge worker stopped: {e}")),
-        ..Tally::default()
-    })
-}
-
 /// A job sent and not yet finished.
 #[derive(Debug, Clone)]
-pub(super) struct OpenJob {
+pub(crate) struct OpenJob {
     pub(super) row: JobRowId,
     pub(super) id: JobId,
     pub(super) tickets: Vec<TicketId>,
@@ -98,65 +67,12 @@ pub(super) struct OpenJob {
     pub(super) answered: Option<JobStatus>,
 }
 
-/// A batch on its way to the purge worker: the ids, each one's deletion
-/// time as last listed, and when the oldest of them was listed.
-#[derive(Debug)]
-pub(crate) struct Release {
-    pub batch: IdBatch,
-    /// Each ticket as listed, parallel to `batch.ids()` (`None`: not
-    /// listed, as with `purge --force`).
-    pub listed: Vec<Option<ListedAs>>,
-    pub listed_at: DateTime<Utc>,
-    /// When each ticket became purgeable by its rule (its deletion plus the
-    /// rule's age or `min_age`), parallel to `batch.ids()`; `None` when
-    /// not known (a manual purge): its purge latency is not measured.
-    pub purgeable: Vec<Option<DateTime<Utc>>>,
-    /// Whether the freshness read applies (not for `purge --force`, where
-    /// the operator names the ids without a listing).
-    pub check_freshness: bool,
-}
-
-/// Shared by the scan and the purge worker of one cycle: listing requests
-/// and each freshness read with the sends it clears take turns, so that no
-/// page of the scan falls between a freshness read and its `destroy_many`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct ListingGate {
-    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
-    /// Whether the cursor listing's order was proven this cycle (the
-    /// freshness read then uses it; otherwise offset pagination).
-    pub(super) cursor_proven: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Releases queued for the purge worker: more than its job slots, so that
-/// a group fills them all and one read clears as many requests as can go.
-pub(crate) const RELEASES_QUEUED: usize = 64;
-
 /// A purge answered 429 this many times in a row is given up for this run.
-pub(super) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
-
-/// A ticket as a listing showed it, in what decides a purge: compared with
-/// a later listing to tell a deletion again (even within the same second,
-/// by another actor) from the same deletion.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ListedAs {
-    pub deleted_at: Option<DateTime<Utc>>,
-    pub actor_id: Option<u64>,
-    pub previous_state: Option<String>,
-}
-
-impl ListedAs {
-    pub(crate) fn of(t: &DeletedTicket) -> Self {
-        Self {
-            deleted_at: t.deleted_at,
-            actor_id: t.actor.as_ref().and_then(|a| a.id),
-            previous_state: t.previous_state.clone(),
-        }
-    }
-}
+pub(crate) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
 
 /// Sends purge batches (at most `max_jobs_in_flight` jobs open) and follows
 /// the jobs with `show_many` to their end.
-pub(super) struct PurgeWorker {
+pub(crate) struct PurgeWorker {
     pub(super) client: ZendeskClient,
     pub(super) store: AuditStore,
     pub(super) run: RunId,
@@ -173,7 +89,7 @@ pub(super) struct PurgeWorker {
 }
 
 impl PurgeWorker {
-    pub(super) fn new(
+    pub(crate) fn new(
         ctx: &CycleContext,
         run: RunId,
         gate: ListingGate,
@@ -194,7 +110,7 @@ impl PurgeWorker {
         }
     }
 
-    pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
+    pub(crate) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
         self.read_for_recovered().await;
         if let Err(e) = self.work(&mut batches).await {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
@@ -228,7 +144,7 @@ impl PurgeWorker {
         self.tally
     }
 
-    pub(super) async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
+    pub(crate) async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
         self.tally.not_sent += batch.len() as u64;
         if let Err(e) = self
             .store
@@ -323,326 +239,11 @@ impl PurgeWorker {
             }
         }
     }
-
-    /// Records what Zendesk answered to one purge attempt.
-    pub(super) async fn settle_answer(
-        &mut self,
-        batch: &IdBatch,
-        row: JobRowId,
-        answer: Result<JobStatus, ZendeskError>,
-        sent_as: Vec<Option<ListedAs>>,
-        answered_at: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
-        let batch = batch.clone();
-        match answer {
-            Ok(job) => {
-                self.store
-                    .record_answer(
-                        row,
-                        Some(&job.id.0),
-                        JobRowStatus::of(&job.status),
-                        job.message.as_deref(),
-                        answered_at,
-                    )
-                    .await?;
-                let open = OpenJob {
-                    row,
-                    id: job.id.clone(),
-                    tickets: batch.ids().to_vec(),
-                    since: Instant::now(),
-                    misses: 0,
-                    last_status: job.status.to_string(),
-                    sent_as,
-                    in_doubt: Vec::new(),
-                    answered: job.status.is_terminal().then(|| job.clone()),
-                };
-                self.open.push(open);
-                Ok(())
-            }
-            Err(e) => {
-                let ids = batch.ids();
-                let (status, outcome) = match failure_of(&e) {
-                    // Credentials refused: nothing else will work this run.
-                    RequestFailure::CredentialsRefused => {
-                        self.store
-                            .record_job_end(
-                                self.run,
-                                row,
-                                JobRowStatus::Refused,
-                                Some(&e.to_string()),
-                                Outcome::Failed,
-                                ids,
-                            )
-                            .await?;
-                        self.tally.failed += ids.len() as u64;
-                        return Err(
-                            anyhow::Error::new(e).context("Zendesk refused the purge request")
-                        );
-                    }
-                    RequestFailure::Invalid => (JobRowStatus::Refused, Outcome::Failed),
-                    // 404: none of the ids is soft-deleted any more. Those
-                    // active again were restored; the rest the next scan
-                    // settles.
-                    RequestFailure::NotSoftDeleted => {
-                        let active: IdSet = match self.client.active_tickets(&batch).await {
-                            Ok(a) => a.into_iter().collect(),
-                            Err(_) => IdSet::default(),
-                        };
-                        let (restored, rest): (Vec<TicketId>, Vec<TicketId>) =
-                            ids.iter().partition(|id| active.contains(id));
-                        let message = e.to_string();
-                        self.store
-                            .record_job_end(
-                                self.run,
-                                row,
-                                JobRowStatus::Refused,
-                                Some(&message),
-                                Outcome::Unknown,
-                                &rest,
-                            )
-                            .await?;
-                        self.store
-                            .record_outcomes(
-                                self.run,
-                                Some(row),
-                                &restored,
-                                Outcome::RestoredElsewhere,
-                                Some("the purge was answered 404 and the ticket is among active tickets: restored, not purged"),
-                                Utc::now(),
-                            )
-                            .await?;
-                        tracing::error!(error = %e, ids = ids.len(), restored = restored.len(), "purge request refused: not soft-deleted");
-                        self.tally.unknown += rest.len() as u64;
-                        return Ok(());
-                    }
-                    // The request may have been carried out (a dropped answer,
-                    // a broken body): only a later scan can tell.
-                    RequestFailure::MaybeCarriedOut => (JobRowStatus::Unknown, Outcome::Unknown),
-                };
-                tracing::error!(error = %e, ids = ids.len(), %outcome, "purge request failed");
-                if outcome == Outcome::Failed {
-                    self.tally.failed += ids.len() as u64;
-                } else {
-                    self.tally.unknown += ids.len() as u64;
-                }
-                self.store
-                    .record_job_end(self.run, row, status, Some(&e.to_string()), outcome, ids)
-                    .await?;
-                Ok(())
-            }
-        }
-    }
-
-    async fn poll(&mut self) -> anyhow::Result<()> {
-        let ids: Vec<JobId> = self.open.iter().map(|j| j.id.clone()).collect();
-        // Jobs whose status could not be asked this time (not a sign that
-        // they vanished); only their timeout applies.
-        let mut unasked: std::collections::HashSet<JobId> = std::collections::HashSet::new();
-        let statuses = match self.client.job_statuses(&ids).await {
-            Ok(s) => s,
-            Err(e @ (ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. })) => {
-                return Err(anyhow::Error::new(e).context("Zendesk refused the job status request"));
-            }
-            Err(e @ (ZendeskError::NotFound { .. } | ZendeskError::InvalidRequest { .. })) => {
-                // One unknown or expired id can fail the whole call: ask
-                // for each job on its own.
-                tracing::warn!(error = %e, "show_many refused the job ids; asking job by job");
-                let mut out = Vec::new();
-                for id in &ids {
-                    match self.client.job_status(id).await {
-                        Ok(s) => out.push(s),
-                        Err(ZendeskError::NotFound { .. }) => {}
-                        Err(
-                            e
-                            @ (ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. }),
-                        ) => {
-                            return Err(anyhow::Error::new(e)
-                                .context("Zendesk refused the job status request"));
-                        }
-                        Err(e) => {
-                            tracing::warn!(job = %id, error = %e, "asking for a job's status failed");
-                            unasked.insert(id.clone());
-                        }
-                    }
-                }
-                out
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "polling jobs failed; trying again at the next tick");
-                unasked.extend(ids.iter().cloned());
-                Vec::new()
-            }
-        };
-        let by_id: HashMap<&JobId, &JobStatus> = statuses.iter().map(|s| (&s.id, s)).collect();
-        let open = std::mem::take(&mut self.open);
-        for mut job in open {
-            if unasked.contains(&job.id) {
-                if job.since.elapsed() > self.settings.job_timeout {
-                    let why = format!(
-                        "no status could be read for {}; the next scan settles the outcome",
-                        crate::human::duration(self.settings.job_timeout)
-                    );
-                    self.give_up(job, &why).await?;
-                } else {
-                    self.open.push(job);
-                }
-                continue;
-            }
-            match by_id.get(&job.id) {
-                Some(status) if status.status.is_terminal() => self.finish(job, status).await?,
-                Some(status) => {
-                    job.misses = 0;
-                    if job.since.elapsed() > self.settings.job_timeout {
-                        self.give_up(
-                            job,
-                            &format!(
-                                "still {} after {}",
-                                status.status,
-                                crate::human::duration(self.settings.job_timeout)
-                            ),
-                        )
-                        .await?;
-                        continue;
-                    }
-                    if status.status.as_str() != job.last_status {
-                        job.last_status = status.status.to_string();
-                        self.store
-                            .record_answer(
-                                job.row,
-                                Some(&job.id.0),
-                                JobRowStatus::of(&status.status),
-                                status.message.as_deref(),
-                                Utc::now(),
-                            )
-                            .await?;
-                    }
-                    self.open.push(job);
-                }
-                None => {
-                    // A job just created can be missing for a moment.
-                    job.misses += 1;
-                    if job.misses >= 3 {
-                        tracing::warn!(job = %job.id, "job status vanished; outcome unknown until the next scan");
-                        self.give_up(job, "the job status vanished from Zendesk; the next scan settles the outcome").await?;
-                    } else {
-                        self.open.push(job);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts a request's tickets per rule into a metric.
-    async fn count_by_rule(&self, row: JobRowId, tickets: &[TicketId], metric: &'static str) {
-        match self.store.rules_of_request(row, tickets).await {
-            Ok(rules) => {
-                for (rule, n) in rules {
-                    metrics::counter!(metric, "rule" => rule).increment(n as u64);
-                }
-            }
-            Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot count tickets per rule"),
-        }
-    }
-
-    async fn give_up(&mut self, job: OpenJob, why: &str) -> anyhow::Result<()> {
-        self.tally.unknown += job.tickets.len() as u64;
-        self.store
-            .record_job_end(
-                self.run,
-                job.row,
-                JobRowStatus::Unknown,
-                Some(why),
-                Outcome::Unknown,
-                &job.tickets,
-            )
-            .await
-    }
-
-    pub(super) async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
-        let message = status.message.clone();
-        let (outcome, detail) = match (&status.status, status.results.succeeded()) {
-            (JobState::Completed, Some(true)) => (Outcome::Purged, message.clone()),
-            (JobState::Completed, _) => (
-                Outcome::Unknown,
-                Some(format!(
-                    "the job completed without full success ({}); which tickets are gone is settled by the next scan",
-                    message.as_deref().unwrap_or("no message")
-                )),
-            ),
-            _ => (
-                Outcome::Failed,
-                Some(
-                    message
-                        .clone()
-                        .unwrap_or_else(|| format!("job {}", status.status)),
-                ),
-            ),
-        };
-        if outcome == Outcome::Purged && !job.in_doubt.is_empty() {
-            return self.finish_in_doubt(job, detail.as_deref()).await;
-        }
-        match outcome {
-            Outcome::Purged => {
-                self.tally.purged += job.tickets.len() as u64;
-                self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_purged_total")
-                    .await;
-            }
-            Outcome::Failed => {
-                tracing::error!(job = %job.id, status = %status.status, message = detail.as_deref().unwrap_or(""), "purge job did not succeed");
-                self.tally.failed += job.tickets.len() as u64;
-                self.count_by_rule(job.row, &job.tickets, "zd_retention_tickets_failed_total")
-                    .await;
-            }
-            _ => self.tally.unknown += job.tickets.len() as u64,
-        }
-        self.store
-            .record_job_end(
-                self.run,
-                job.row,
-                JobRowStatus::of(&status.status),
-                detail.as_deref(),
-                outcome,
-                &job.tickets,
-            )
-            .await
-            .context("cannot record a job's end")
-    }
-}
-
-impl PurgeWorker {
-    /// A job that completed with success, some of whose tickets a read after
-    /// the request showed deleted again: those are `unknown` (the next scan
-    /// settles them), the rest purged.
-    async fn finish_in_doubt(&mut self, job: OpenJob, message: Option<&str>) -> anyhow::Result<()> {
-        let purged: Vec<TicketId> = job
-            .tickets
-            .iter()
-            .copied()
-            .filter(|id| !job.in_doubt.iter().any(|(t, _)| t == id))
-            .collect();
-        tracing::warn!(
-            job = %job.id,
-            in_doubt = job.in_doubt.len(),
-            "purge job completed; tickets deleted again after the request are recorded in doubt"
-        );
-        self.tally.purged += purged.len() as u64;
-        self.tally.unknown += job.in_doubt.len() as u64;
-        self.tally.in_doubt += job.in_doubt.len() as u64;
-        metrics::counter!("zd_retention_purges_in_doubt_total")
-            .increment(job.in_doubt.len() as u64);
-        self.count_by_rule(job.row, &purged, "zd_retention_tickets_purged_total")
-            .await;
-        self.store
-            .record_job_end_in_doubt(self.run, job.row, message, &purged, &job.in_doubt)
-            .await
-            .context("cannot record a job's end")
-    }
 }
 
 /// What a failed purge request means for its tickets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum RequestFailure {
+pub(crate) enum RequestFailure {
     /// 401/403: nothing else will work this run; the tickets failed.
     CredentialsRefused,
     /// Another 4xx: refused as asked; the tickets failed.
@@ -655,7 +256,7 @@ pub(super) enum RequestFailure {
 }
 
 /// The error-to-outcome mapping of a purge request, as a pure function.
-pub(super) fn failure_of(e: &ZendeskError) -> RequestFailure {
+pub(crate) fn failure_of(e: &ZendeskError) -> RequestFailure {
     match e {
         ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. } => {
             RequestFailure::CredentialsRefused
@@ -735,4 +336,83 @@ mod tests {
             assert_eq!(failure_of(&e), want, "{e}");
         }
     }
+}
+
+/// A release on its way through the rounds.
+pub(crate) struct Pending {
+    pub(super) release: Release,
+    /// Its tickets found among active ones (restored) before the first round.
+    pub(super) active: IdSet,
+    /// Answers lost so far (each a recorded attempt that ended unknown).
+    pub(super) lost: u32,
+    /// 429s so far.
+    pub(super) limited: u32,
+    /// Whether its next request's account token is taken already.
+    pub(super) reserved: bool,
+}
+
+impl Pending {
+    /// The same release with only the ids that were sent (or cleared).
+    pub(super) fn narrowed(self, batch: IdBatch) -> Self {
+        let listed: HashMap<TicketId, (Option<ListedAs>, Option<DateTime<Utc>>)> = self
+            .release
+            .batch
+            .ids()
+            .iter()
+            .copied()
+            .zip(
+                self.release
+                    .listed
+                    .iter()
+                    .cloned()
+                    .zip(self.release.purgeable.iter().copied()),
+            )
+            .collect();
+        Self {
+            release: Release {
+                listed: batch
+                    .ids()
+                    .iter()
+                    .map(|id| listed.get(id).and_then(|(l, _)| l.clone()))
+                    .collect(),
+                purgeable: batch
+                    .ids()
+                    .iter()
+                    .map(|id| listed.get(id).and_then(|(_, p)| *p))
+                    .collect(),
+                listed_at: self.release.listed_at,
+                check_freshness: self.release.check_freshness,
+                batch,
+            },
+            ..self
+        }
+    }
+}
+
+/// Sends batches whose decisions are already recorded, and follows their
+/// jobs to the end: the write path that manual purges share with the cycle.
+pub(crate) async fn send_and_follow(
+    ctx: &CycleContext,
+    run: RunId,
+    releases: Vec<Release>,
+) -> Tally {
+    let (sender, receiver) = mpsc::channel::<Release>(RELEASES_QUEUED);
+    let worker = PurgeWorker::new(
+        ctx,
+        run,
+        ListingGate::default(),
+        Vec::new(),
+        Tally::default(),
+    );
+    let worker = tokio::spawn(worker.run(receiver));
+    for release in releases {
+        if sender.send(release).await.is_err() {
+            break;
+        }
+    }
+    drop(sender);
+    worker.await.unwrap_or_else(|e| Tally {
+        fatal: Some(format!("the purge worker stopped: {e}")),
+        ..Tally::default()
+    })
 }
