@@ -3,6 +3,7 @@
 //! type's field order, the header once). Knows neither the command line nor
 //! SQL.
 
+use crate::audit::StepKind;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -137,10 +138,10 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         report.run_id,
         report.status.as_str()
     );
-    let scan_note = match report.step.as_str() {
-        "refresh" => " (the newest deletions)",
-        "backlog" => " (oldest first, up to the youngest purgeable age)",
-        _ => " (the whole view)",
+    let scan_note = match report.step {
+        StepKind::Refresh => " (the newest deletions)",
+        StepKind::Backlog => " (oldest first, up to the youngest purgeable age)",
+        StepKind::Reconcile => " (the whole view)",
     };
     let _ = writeln!(
         out,

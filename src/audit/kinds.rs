@@ -181,6 +181,33 @@ impl JobRowStatus {
     }
 }
 
+text_enum! {
+    /// Which listing a run made (`runs.step`, checked by migration 0007).
+    StepKind {
+        /// The whole view, oldest deletions first, stopping where no rule
+        /// can select yet.
+        Backlog => "backlog",
+        /// The newest deletions, newest first, down to the last high-water
+        /// mark.
+        Refresh => "refresh",
+        /// The whole view, in any order.
+        Reconcile => "reconcile",
+    }
+}
+
+text_enum! {
+    /// How a run walked the view (`runs.scan`): the step as the listing
+    /// went, a sorted step that could not prove its order being `full`.
+    ScanKind {
+        /// Oldest first, its order proven.
+        Sorted => "sorted",
+        /// Newest first, down to the last high-water mark.
+        Refresh => "refresh",
+        /// The whole view.
+        Full => "full",
+    }
+}
+
 /// The `CHECK` of migration 0008 (0010 for `jobs.status`) lists exactly
 /// these values (a unit test reads the migration).
 #[cfg(test)]
@@ -234,5 +261,15 @@ mod tests {
         check!(DecisionKind, "decisions.decision");
         check!(Trigger, "runs.trigger");
         check!(RunStatus, "runs.status");
+        // runs.step's CHECK came with its column (0007); runs.scan has none
+        for v in StepKind::ALL.iter().chain([].iter()) {
+            assert_eq!(StepKind::parse(v.as_str()), Some(*v));
+        }
+        for v in ScanKind::ALL {
+            assert_eq!(ScanKind::parse(v.as_str()), Some(*v));
+            assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{v}\""));
+        }
+        let ledger = include_str!("../../migrations/0007_ledger.sql");
+        assert!(ledger.contains("CHECK (step IN ('backlog', 'refresh', 'reconcile'))"));
     }
 }

@@ -1,6 +1,8 @@
 //! What a cycle is given (settings, the client, the store) and what it
 //! reports.
 
+use crate::audit::ScanKind;
+use crate::audit::StepKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,11 +165,11 @@ pub struct CycleReport {
     /// Selected but never sent (limit, failure or shutdown).
     pub not_sent: u64,
     pub requests: ClientStatsSnapshot,
-    /// `refresh` (the newest deletions) or `full` (a whole walk), and why.
-    pub scan: String,
+    /// How the view was walked, and why.
+    pub scan: ScanKind,
     pub scan_reason: String,
-    /// `refresh` or `reconcile`.
-    pub step: String,
+    /// Which listing the run made.
+    pub step: StepKind,
     /// Live ledger rows decided again without a listing.
     pub decided_from_ledger: u64,
     /// Decision rows written: first sightings and changed decisions only.

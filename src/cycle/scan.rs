@@ -32,8 +32,7 @@ pub(crate) struct ScanResult {
     pub(super) matched_by_rule: BTreeMap<String, u64>,
     pub(super) kept: BTreeMap<String, u64>,
     pub(super) early_stop: bool,
-    /// `sorted` or `full`, and why.
-    pub(super) scan: &'static str,
+    /// Why the walk is what `step.scan_kind()` says.
     pub(super) scan_reason: String,
     /// The cursor listing's order was proven this run.
     pub(super) cursor_proven: bool,
@@ -349,7 +348,6 @@ impl ScanResult {
     fn walk_everything(&mut self, why: &str) {
         tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
         self.step = Step::Reconcile;
-        self.scan = "full";
         self.scan_reason = format!("{why}: the whole view is walked");
     }
 
@@ -360,11 +358,6 @@ impl ScanResult {
             matched_by_rule: BTreeMap::new(),
             kept: BTreeMap::new(),
             early_stop: false,
-            scan: match step {
-                Step::Backlog { .. } => "sorted",
-                Step::Refresh { .. } => "refresh",
-                Step::Reconcile => "full",
-            },
             scan_reason: reason,
             cursor_proven: false,
             proof_requests: 0,
@@ -399,7 +392,7 @@ pub(crate) async fn scan(
     let store = &ctx.store;
     let no_purge_rules = ctx.policy.purge_rules().next().is_none();
     let walk_started = Utc::now();
-    let (mut step, reason) = choose_step(&ctx.policy, settings, marks, walk_started);
+    let (step, reason) = choose_step(&ctx.policy, settings, marks, walk_started);
     let mut result = ScanResult::new(step, reason, walk_started);
     let mut order = match step {
         Step::Refresh { .. } => PageOrder::newest_first(),
@@ -408,8 +401,12 @@ pub(crate) async fn scan(
     let mut pages = ctx.client.list_deleted(step.list_options());
     let mut walk = WalkState::default();
     let pipelining = settings.purge_while_scanning && !settings.dry_run && !no_purge_rules;
-    let mut sending_stopped = false;
-    let mut queued: u64 = 0;
+    let mut sending = Sending {
+        batches,
+        pipelining,
+        queued: 0,
+        stopped: false,
+    };
     let mut pages_since_release = 0u32;
     // Decisions are written in transactions of up to fifty pages or two
     // seconds (fewer fsyncs), and always before any of their ids is handed
@@ -421,22 +418,16 @@ pub(crate) async fn scan(
         let Some(page) = next_page(ctx, gate, &mut pages, &mut result).await else {
             break;
         };
-        if let Some(direction) = step.sorted() {
-            let fall_back = check_sorted_page(
-                ctx,
-                gate,
-                &page,
+        if let Some(direction) = result.step.sorted() {
+            let sorted = SortedWalk {
                 direction,
-                &mut step,
-                &mut order,
-                &mut first_page,
-                &mut result,
-            )
-            .await;
+                order: &mut order,
+                first_page: &mut first_page,
+            };
+            let fall_back = check_sorted_page(ctx, gate, &page, sorted, &mut result).await;
             if let Some(why) = fall_back {
-                step = Step::Reconcile;
                 result.walk_everything(&why);
-                pages = ctx.client.list_deleted(step.list_options());
+                pages = ctx.client.list_deleted(result.step.list_options());
                 continue;
             }
         }
@@ -457,9 +448,9 @@ pub(crate) async fn scan(
             &in_flight,
         );
         pages_since_release += 1;
-        let stop = step.stops_at(&page, now);
+        let stop = result.step.stops_at(&page, now);
         let release = pipelining
-            && !sending_stopped
+            && !sending.stopped
             && pages_since_release >= RELEASE_EVERY_PAGES
             && walk.selection.order.len() >= crate::zendesk::MAX_IDS_PER_BATCH;
         write_page(
@@ -474,12 +465,7 @@ pub(crate) async fn scan(
         .await?;
         if release {
             pages_since_release = 0;
-            let sending = SendState {
-                batches,
-                queued: &mut queued,
-                stopped: &mut sending_stopped,
-            };
-            if !release_while_walking(ctx, run, &mut walk, &mut result, sending).await? {
+            if !release_while_walking(ctx, run, &mut walk, &mut result, &mut sending).await? {
                 break;
             }
         }
@@ -493,17 +479,7 @@ pub(crate) async fn scan(
     flush_decisions(store, run, &mut walk, &mut result, Utc::now()).await?;
 
     close_walk(ctx, run, marks, &in_flight, &mut walk, &mut result).await?;
-    let mut result = hand_over(
-        ctx,
-        run,
-        &mut walk,
-        result,
-        batches,
-        pipelining,
-        &mut queued,
-        &mut sending_stopped,
-    )
-    .await?;
+    let mut result = hand_over(ctx, run, &mut walk, result, &mut sending).await?;
     // what this run selected (sent or not): a check beside the purge worker
     // only notes these as seen
     result.handed = walk
@@ -592,10 +568,14 @@ pub(crate) async fn next_page(
 }
 
 /// Where a walk hands its selection on for sending.
-struct SendState<'a> {
-    batches: &'a mpsc::Sender<Release>,
-    queued: &'a mut u64,
-    stopped: &'a mut bool,
+/// The purge stage as the listing sees it: where releases go, whether they
+/// go while the walk goes on, how many ids went, and whether sending
+/// stopped (the limit reached, or the purge worker gone).
+pub(crate) struct Sending<'a> {
+    pub(crate) batches: &'a mpsc::Sender<Release>,
+    pub(crate) pipelining: bool,
+    pub(crate) queued: u64,
+    pub(crate) stopped: bool,
 }
 
 /// Hands the selection so far on for sending while the walk goes on.
@@ -606,25 +586,9 @@ async fn release_while_walking(
     run: RunId,
     walk: &mut WalkState,
     result: &mut ScanResult,
-    sending: SendState<'_>,
+    sending: &mut Sending<'_>,
 ) -> anyhow::Result<bool> {
-    let SendState {
-        batches,
-        queued,
-        stopped,
-    } = sending;
-    if pipeline_release(
-        ctx,
-        run,
-        &mut walk.selection,
-        result,
-        batches,
-        queued,
-        stopped,
-        false,
-    )
-    .await?
-    {
+    if pipeline_release(ctx, run, &mut walk.selection, result, sending, false).await? {
         return Ok(true);
     }
     result
@@ -772,17 +736,14 @@ async fn close_walk(
 /// The selection handed to the purge worker, or recorded as not sent:
 /// listings that disagreed, `max_purges_per_run` (checked before anything
 /// is sent unless purging while scanning), a failed or stopped walk.
-#[allow(clippy::too_many_arguments)]
 async fn hand_over(
     ctx: &CycleContext,
     run: RunId,
     walk: &mut WalkState,
     mut result: ScanResult,
-    batches: &mpsc::Sender<Release>,
-    pipelining: bool,
-    queued: &mut u64,
-    sending_stopped: &mut bool,
+    sending: &mut Sending<'_>,
 ) -> anyhow::Result<ScanResult> {
+    let (batches, pipelining) = (sending.batches, sending.pipelining);
     let (settings, store) = (&ctx.settings, &ctx.store);
     let limit = settings.max_purges_per_run;
     let no_purge_rules = ctx.policy.purge_rules().next().is_none();
@@ -841,17 +802,7 @@ async fn hand_over(
         return Ok(result);
     }
     if pipelining {
-        pipeline_release(
-            ctx,
-            run,
-            &mut walk.selection,
-            &mut result,
-            batches,
-            queued,
-            sending_stopped,
-            true,
-        )
-        .await?;
+        pipeline_release(ctx, run, &mut walk.selection, &mut result, sending, true).await?;
         return Ok(result);
     }
     let to_send = walk.selection.take_sendable();
@@ -1081,15 +1032,12 @@ pub(crate) const RELEASE_EVERY_PAGES: u32 = 20;
 /// Pipelining (`purge_while_scanning`) sends what the scan chose so far, after
 /// a freshness read, up to `max_purges_per_run`. `false` when the worker is
 /// gone and the scan should stop.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pipeline_release(
     ctx: &CycleContext,
     run: RunId,
     selection: &mut Selection,
     result: &mut ScanResult,
-    batches: &mpsc::Sender<Release>,
-    queued: &mut u64,
-    sending_stopped: &mut bool,
+    sending: &mut Sending<'_>,
     last: bool,
 ) -> anyhow::Result<bool> {
     let limit = ctx.settings.max_purges_per_run;
@@ -1102,13 +1050,13 @@ pub(crate) async fn pipeline_release(
         return Ok(true);
     }
     let mut over: Vec<TicketId> = Vec::new();
-    if *sending_stopped {
+    if sending.stopped {
         over = std::mem::take(&mut ids);
     } else {
-        let room = limit.saturating_sub(*queued) as usize;
+        let room = limit.saturating_sub(sending.queued) as usize;
         if ids.len() > room {
             over = ids.split_off(room);
-            *sending_stopped = true;
+            sending.stopped = true;
             tracing::error!(
                 limit,
                 "max_purges_per_run reached: no further batch is sent this run"
@@ -1128,8 +1076,8 @@ pub(crate) async fn pipeline_release(
     if ids.is_empty() {
         return Ok(true);
     }
-    *queued += ids.len() as u64;
-    let unsent = release(&ctx.policy, selection, &ids, batches).await;
+    sending.queued += ids.len() as u64;
+    let unsent = release(&ctx.policy, selection, &ids, sending.batches).await;
     if unsent.is_empty() {
         return Ok(true);
     }
@@ -1189,24 +1137,32 @@ mod tests {
 /// A page of a sorted walk: the order proven on the first page (a view on
 /// one page is read whole), then every page checked whole. `Some(why)` when
 /// the walk must fall back to the whole view.
-#[allow(clippy::too_many_arguments)]
+/// A sorted walk's order proof: the direction, the order seen so far and
+/// whether the page at hand is the first (its order is proven with extra
+/// reads before anything on it is decided).
+pub(super) struct SortedWalk<'a> {
+    pub(super) direction: SortOrder,
+    pub(super) order: &'a mut PageOrder,
+    pub(super) first_page: &'a mut bool,
+}
+
 pub(super) async fn check_sorted_page(
     ctx: &CycleContext,
     gate: &ListingGate,
     page: &crate::zendesk::DeletedTicketsPage,
-    direction: SortOrder,
-    step: &mut Step,
-    order: &mut PageOrder,
-    first_page: &mut bool,
+    sorted: SortedWalk<'_>,
     result: &mut ScanResult,
 ) -> Option<String> {
+    let SortedWalk {
+        direction,
+        order,
+        first_page,
+    } = sorted;
     let mut fall_back: Option<String> = None;
     if std::mem::take(first_page) {
         if !page.has_more {
             // the whole view on one page: read whole, a reconcile
-            *step = Step::Reconcile;
-            result.step = *step;
-            result.scan = "full";
+            result.step = Step::Reconcile;
             result.scan_reason = "the whole view fits on one page: it is read whole".into();
         } else {
             let proof = {
@@ -1228,7 +1184,7 @@ pub(super) async fn check_sorted_page(
         }
     }
     if fall_back.is_none()
-        && *step != Step::Reconcile
+        && result.step != Step::Reconcile
         && let Err(why) = order.check(page)
     {
         fall_back = Some(format!("the order broke ({why})"));

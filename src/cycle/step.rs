@@ -1,6 +1,7 @@
 //! Choosing the step: which listing a run makes (backlog, refresh,
 //! reconcile), its sort, and the proof that a sorted listing is in order.
 
+use crate::audit::{ScanKind, StepKind};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,11 +27,21 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The step's name, as `runs.step` stores it.
+    pub(crate) fn kind(self) -> StepKind {
         match self {
-            Self::Backlog { .. } => "backlog",
-            Self::Refresh { .. } => "refresh",
-            Self::Reconcile => "reconcile",
+            Self::Backlog { .. } => StepKind::Backlog,
+            Self::Refresh { .. } => StepKind::Refresh,
+            Self::Reconcile => StepKind::Reconcile,
+        }
+    }
+
+    /// How the step walks the view, as `runs.scan` stores it.
+    pub(crate) fn scan_kind(self) -> ScanKind {
+        match self {
+            Self::Backlog { .. } => ScanKind::Sorted,
+            Self::Refresh { .. } => ScanKind::Refresh,
+            Self::Reconcile => ScanKind::Full,
         }
     }
 

@@ -265,14 +265,14 @@ async fn a_refresh_lists_only_the_newest_deletions_and_decides_the_rest_from_the
         .count() as u64;
     // the first run reads the backlog oldest-first and stops at 20 days
     let backlog = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(backlog.step, "backlog", "{}", backlog.scan_reason);
+    assert_eq!(backlog.step.as_str(), "backlog", "{}", backlog.scan_reason);
     assert!(backlog.counts.early_stop);
     assert_eq!(backlog.counts.matched, old);
     assert!(backlog.counts.scanned < tickets.len() as u64);
     // the second walks the whole view into the ledger: the backlog's
     // tickets are seen again unchanged, only the others recorded
     let full = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(full.step, "reconcile", "{}", full.scan_reason);
+    assert_eq!(full.step.as_str(), "reconcile", "{}", full.scan_reason);
     assert_eq!(full.counts.scanned, tickets.len() as u64);
     assert_eq!(
         full.counts.list_requests,
@@ -286,7 +286,7 @@ async fn a_refresh_lists_only_the_newest_deletions_and_decides_the_rest_from_the
     // the next reads the newest page, proves the order, and decides the
     // rest from the ledger: the same selection, nothing recorded again
     let refresh = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(refresh.step, "refresh", "{}", refresh.scan_reason);
+    assert_eq!(refresh.step.as_str(), "refresh", "{}", refresh.scan_reason);
     assert!(refresh.counts.early_stop);
     assert!(
         refresh.counts.list_requests <= 3,
@@ -320,7 +320,7 @@ async fn a_refresh_lists_only_the_newest_deletions_and_decides_the_rest_from_the
         ..Policy::default()
     });
     let changed = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(changed.step, "refresh");
+    assert_eq!(changed.step.as_str(), "refresh");
     let older = tickets
         .iter()
         .filter(|t| chrono::Utc::now() - t.deleted_at > chrono::Duration::days(25))
@@ -441,7 +441,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     assert_eq!(report.status, RunStatus::Completed);
     // the first whole walk settles (the run above read the backlog only)
     let whole = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(whole.step, "reconcile");
+    assert_eq!(whole.step.as_str(), "reconcile");
     let old = store.run(crashed).await.unwrap().unwrap();
     assert_eq!(old.status, zd_retention::audit::RunStatus::Interrupted);
     let job: String = sqlx::query_scalar("SELECT status FROM jobs WHERE run_id = ?")
@@ -658,13 +658,13 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
         cancel: tokio_util::sync::CancellationToken::new(),
     };
     let first = run_cycle(&ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(first.step, "reconcile");
+    assert_eq!(first.step.as_str(), "reconcile");
     assert_eq!(first.counts.scanned, 4);
     // the second would read the newest deletions first: the pages come the
     // same both ways, so it walks everything, and ticket 4 (one day old)
     // does not end the walk before ticket 3
     let report = run_cycle(&ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(report.step, "reconcile", "{}", report.scan_reason);
+    assert_eq!(report.step.as_str(), "reconcile", "{}", report.scan_reason);
     assert!(
         report.scan_reason.contains("no proven order"),
         "{}",

@@ -52,7 +52,7 @@ async fn a_steady_run_lists_only_what_changed_and_purges_exactly_the_selection()
     let e = engine(&sb, bot_policy(), ledger_settings()).await;
     let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(first.status, RunStatus::Completed, "{:?}", first.error);
-    assert_eq!(first.step, "reconcile");
+    assert_eq!(first.step.as_str(), "reconcile");
     assert_eq!(first.counts.purged, 100);
 
     // Between the runs: 40 new deletions (8 by the bot), 5 restores of kept
@@ -83,7 +83,7 @@ async fn a_steady_run_lists_only_what_changed_and_purges_exactly_the_selection()
     }
     let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(second.status, RunStatus::Completed, "{:?}", second.error);
-    assert_eq!(second.step, "refresh", "{}", second.scan_reason);
+    assert_eq!(second.step.as_str(), "refresh", "{}", second.scan_reason);
     // 42 changes: one page, the order proof, and nothing else
     assert!(
         second.counts.list_requests <= 42u64.div_ceil(100) + 2,
@@ -142,7 +142,7 @@ async fn a_steady_run_lists_only_what_changed_and_purges_exactly_the_selection()
     // sending leaves them out
     let fourth = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(fourth.status, RunStatus::Completed, "{:?}", fourth.error);
-    assert_eq!(fourth.step, "refresh");
+    assert_eq!(fourth.step.as_str(), "refresh");
     let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
     for id in &kept_ids[..5] {
         assert!(!purged.contains(id), "restored ticket {id} purged");
@@ -185,12 +185,12 @@ async fn a_reconcile_settles_what_left_the_view_and_a_ledger_edit_is_refused() {
     assert!(sb.agent_restore(kept[0]));
     // a refresh does not see what left the view; purges stay `purged`
     let refresh = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(refresh.step, "refresh");
+    assert_eq!(refresh.step.as_str(), "refresh");
     assert_eq!(refresh.confirmed_gone, 0);
     // a reconcile walks everything and settles
     e.ctx.settings.reconcile_every = Duration::ZERO;
     let reconcile = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(reconcile.step, "reconcile");
+    assert_eq!(reconcile.step.as_str(), "reconcile");
     assert_eq!(reconcile.confirmed_gone, 30);
     assert_eq!(reconcile.restored_elsewhere, 1);
     let counts: std::collections::BTreeMap<String, i64> = e
@@ -265,7 +265,7 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
         .unwrap();
     assert_eq!(subjects, 0);
     let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(second.step, "refresh");
+    assert_eq!(second.step.as_str(), "refresh");
     assert_eq!(
         second.would_purge_in_ledger,
         Some(200 - held),
@@ -279,7 +279,7 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
     // a new pattern cannot be answered from the old tags: a whole walk
     e.ctx.policy = std::sync::Arc::new(policy("(?i)contract"));
     let third = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(third.step, "reconcile", "{}", third.scan_reason);
+    assert_eq!(third.step.as_str(), "reconcile", "{}", third.scan_reason);
     assert!(
         third.scan_reason.contains("subject pattern"),
         "{}",
@@ -287,7 +287,7 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
     );
     assert_eq!(third.counts.matched, 200 - held);
     let fourth = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(fourth.step, "refresh");
+    assert_eq!(fourth.step.as_str(), "refresh");
     // subjects kept for a while, then no longer: the rows that hold a
     // subject are decided from it, the holds still hold
     e.ctx.settings.record_subjects = true;
@@ -297,7 +297,7 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
     e.ctx.settings.record_subjects = false;
     e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
     let dropped = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(dropped.step, "refresh", "{}", dropped.scan_reason);
+    assert_eq!(dropped.step.as_str(), "refresh", "{}", dropped.scan_reason);
     assert_eq!(dropped.counts.matched, 200 - held);
 }
 
@@ -469,7 +469,7 @@ async fn a_ticket_restored_then_deleted_again_and_purged_keeps_each_deletion_apa
     e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
     let third = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(third.status, RunStatus::Completed, "{:?}", third.error);
-    assert_eq!(third.step, "refresh");
+    assert_eq!(third.step.as_str(), "refresh");
     assert!(sb.purged_ids().contains(&kept));
     let states: Vec<(String, String)> = sqlx::query_as(
         "SELECT decision, state FROM ledger WHERE ticket_id = ? ORDER BY deleted_at",

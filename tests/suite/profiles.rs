@@ -66,20 +66,21 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
         // a first run purges the backlog oldest-first where the order is
         // proven; the next walks the whole view into the ledger
         let expected_scan = if profile == Profile::CursorIgnore {
-            assert_eq!(report.step, "reconcile", "{profile:?}");
+            assert_eq!(report.step.as_str(), "reconcile", "{profile:?}");
             "full"
         } else {
             // a backlog that stops on the last page has read everything
             let whole = !report.counts.early_stop;
             let expected_step = if whole { "reconcile" } else { "backlog" };
-            assert_eq!(report.step, expected_step, "{profile:?}");
+            assert_eq!(report.step.as_str(), expected_step, "{profile:?}");
             "sorted"
         };
         let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
         assert_eq!(purged, want, "{profile:?}: exactly the selection is purged");
         assert_eq!(report.counts.purged, want.len() as u64, "{profile:?}");
         assert_eq!(
-            report.scan, expected_scan,
+            report.scan.as_str(),
+            expected_scan,
             "{profile:?}: {}",
             report.scan_reason
         );
@@ -133,7 +134,8 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
         assert_eq!(third.counts.purged, 0, "{profile:?}");
         if profile == Profile::CursorIgnore {
             assert_eq!(
-                third.step, "reconcile",
+                third.step.as_str(),
+                "reconcile",
                 "{profile:?}: {}",
                 third.scan_reason
             );
@@ -143,7 +145,12 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
                 third.scan_reason
             );
         } else {
-            assert_eq!(third.step, "refresh", "{profile:?}: {}", third.scan_reason);
+            assert_eq!(
+                third.step.as_str(),
+                "refresh",
+                "{profile:?}: {}",
+                third.scan_reason
+            );
             assert!(
                 (150..=250).contains(&third.counts.scanned),
                 "{profile:?}: a refresh lists the new deletions and its overlap, not {}",
@@ -193,7 +200,7 @@ async fn cursor_listing_that_ignores_sort_by_still_purges_everything_an_age_rule
     let e = engine(&sb, policy, test_settings()).await;
     let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-    assert_eq!(report.scan, "full", "{}", report.scan_reason);
+    assert_eq!(report.scan.as_str(), "full", "{}", report.scan_reason);
     assert!(
         report.scan_reason.contains("ignores sort_by") || report.scan_reason.contains("both ways"),
         "{}",
@@ -211,7 +218,7 @@ async fn cursor_listing_that_ignores_sort_by_still_purges_everything_an_age_rule
     let mut e = e;
     e.ctx.settings.reconcile_every = Duration::from_secs(86_400);
     let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(second.step, "reconcile", "{}", second.scan_reason);
+    assert_eq!(second.step.as_str(), "reconcile", "{}", second.scan_reason);
     assert!(
         second.scan_reason.contains("ignores sort_by") || second.scan_reason.contains("both ways"),
         "{}",
@@ -305,7 +312,7 @@ async fn a_later_listing_that_a_keep_rule_matches_is_not_purged() {
     let e = engine(&sb, policy, test_settings()).await;
     let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-    assert_eq!(report.scan, "full");
+    assert_eq!(report.scan.as_str(), "full");
     assert!(
         !sb.purged_ids().contains(&target),
         "deleted again by a held actor, and purged anyway"

@@ -55,7 +55,7 @@ async fn a_whole_view_check_spans_runs_while_each_refresh_purges_and_then_settle
     let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
     let mut e = engine(&sb, two_bots(), ledger_settings()).await;
     let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(first.step, "reconcile");
+    assert_eq!(first.step.as_str(), "reconcile");
     assert_eq!(first.counts.purged, 200);
     assert!(first.check.is_none(), "a whole walk in one run is no check");
 
@@ -89,7 +89,7 @@ async fn a_whole_view_check_spans_runs_while_each_refresh_purges_and_then_settle
         sb.insert(fresh);
         let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
         assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
-        assert_eq!(report.step, "refresh");
+        assert_eq!(report.step.as_str(), "refresh");
         assert_eq!(
             report.counts.purged, 2,
             "the refresh purges beside the check"
@@ -189,11 +189,11 @@ async fn a_refresh_decides_again_only_the_rows_a_threshold_crossed_or_a_new_poli
     let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
     let mut e = engine(&sb, policy.clone(), ledger_settings()).await;
     let first = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(first.step, "backlog");
+    assert_eq!(first.step.as_str(), "backlog");
     let walk = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(walk.step, "reconcile");
+    assert_eq!(walk.step.as_str(), "reconcile");
     let steady = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
-    assert_eq!(steady.step, "refresh");
+    assert_eq!(steady.step.as_str(), "refresh");
     assert_eq!(
         steady.decided_from_ledger, 0,
         "nothing crossed a threshold since"
@@ -282,7 +282,7 @@ async fn keeping_subjects_from_now_on_never_reads_an_unkept_subject_as_matching_
     e.ctx.settings.dry_run = false;
     let second = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     assert_eq!(second.status, RunStatus::Completed, "{:?}", second.error);
-    assert_eq!(second.step, "refresh");
+    assert_eq!(second.step.as_str(), "refresh");
     let purged: BTreeSet<u64> = sb.purged_ids().into_iter().collect();
     assert!(purged.is_disjoint(&held), "a legal hold was purged");
     assert_eq!(second.counts.purged as usize, purged.len());
