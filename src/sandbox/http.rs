@@ -16,10 +16,10 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::options::{CursorSort, SandboxAuth};
 use super::state::{
     Budget, JobView, LoggedRequest, Position, Quotas, SandboxTicket, SortKey, State,
 };
-use super::{CursorSort, SandboxAuth};
 
 #[derive(Clone)]
 struct Shared {
@@ -41,7 +41,7 @@ async fn handle_dated(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let offset = super::lock(&shared.state).options.clock_offset;
+    let offset = super::state::lock(&shared.state).options.clock_offset;
     let mut response = handle(AxumState(shared), method, uri, headers).await;
     let date = (chrono::Utc::now() + offset).format("%a, %d %b %Y %H:%M:%S GMT");
     if let Ok(value) = HeaderValue::from_str(&date.to_string()) {
@@ -713,7 +713,7 @@ async fn handle(
     let route = Route::parse(&method, uri.path());
 
     let (answer, budget, late, slow, scale) = {
-        let mut state = super::lock(&shared.state);
+        let mut state = super::state::lock(&shared.state);
         state.advance(now);
         state.requests_seen += 1;
         let scale = state.options.time_scale;
@@ -819,7 +819,7 @@ fn answer_route(
             let mut faults = state.faults().clone();
             if !faults.endpoints.is_empty() && !faults.endpoints.iter().any(|e| e == route.label())
             {
-                faults = super::Faults::default();
+                faults = super::options::Faults::default();
             }
             if !allowed {
                 Answer::too_many(retry_after)

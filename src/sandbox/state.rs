@@ -4,6 +4,7 @@
 //! where a job's completion message needs the wall clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{AgentAction, CursorSort, Faults, SandboxOptions, ScriptMoment};
+use super::options::{AgentAction, CursorSort, Faults, SandboxOptions, ScriptMoment};
 
 /// The automation actor of the generated data: deletions by a trigger or an
 /// integration rather than a person (the example config's `actor_ids`).
@@ -943,4 +944,10 @@ impl Position {
             id: t.id,
         }
     }
+}
+
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
