@@ -20,6 +20,7 @@ use toml::Spanned;
 use url::Url;
 
 use crate::audit::{ChainSigner, ChainVerifier};
+use crate::ids::TicketId;
 use crate::quota::RateQuota;
 use crate::rules::{Policy, RetentionRule, RuleAction};
 use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, check_base_url, subdomain_url};
@@ -1100,7 +1101,7 @@ impl Checker<'_> {
 
     /// `[safety]`: the settings, and the floor every rule is read with
     /// (`min_age`, `protect_ids`).
-    fn safety(&mut self, s: &RawSafety) -> (Safety, Duration, BTreeSet<u64>) {
+    fn safety(&mut self, s: &RawSafety) -> (Safety, Duration, BTreeSet<TicketId>) {
         let min_age = self
             .duration("safety.min_age", &s.min_age)
             .unwrap_or(Duration::from_secs(3600));
@@ -1124,7 +1125,7 @@ impl Checker<'_> {
             for id in v.get_ref() {
                 match u64::try_from(*id) {
                     Ok(id) if id > 0 => {
-                        protect_ids.insert(id);
+                        protect_ids.insert(TicketId::new(id));
                     }
                     _ => self.at(
                         "safety.protect_ids",

@@ -46,7 +46,7 @@ fn make_job(schedule: &Schedule, tick: Tick) -> anyhow::Result<Job> {
                 let _guard = guard;
                 match run_cycle(&ctx, Trigger::Cron).await {
                     Ok(report) if report.status == RunStatus::Failed => {
-                        tracing::error!(run = report.run_id, error = report.error.as_deref().unwrap_or(""), "scheduled run failed; the next tick tries again");
+                        tracing::error!(run = report.run_id.get(), error = report.error.as_deref().unwrap_or(""), "scheduled run failed; the next tick tries again");
                     }
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "scheduled run could not be recorded; the next tick tries again"),

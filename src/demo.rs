@@ -2,6 +2,8 @@
 //! live cycle on it with the rules of `config/example.toml` (embedded; dry run
 //! off for the sandbox only) and explains what happened.
 
+use crate::ids::RunId;
+use crate::zendesk::TicketId;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -88,7 +90,11 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
 
     // Check from outside, through the sandbox's own state: exactly the
     // tickets the audit log says were selected have left the deleted view.
-    let mut purged = sandbox.purged_ids();
+    let mut purged: Vec<TicketId> = sandbox
+        .purged_ids()
+        .into_iter()
+        .map(TicketId::new)
+        .collect();
     purged.sort_unstable();
     let selected = store.selected_tickets(report.run_id).await?;
     let exact = purged == selected;
@@ -106,19 +112,19 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
     // A later run costs what changed: 40 new deletions are listed, the rest
     // is decided from the ticket ledger.
     let now = chrono::Utc::now();
-    sandbox.insert((0..40u64).map(|i| crate::sandbox::SandboxTicket {
-        id: 9_000_000 + i,
+    sandbox.insert((0..40u32).map(|i| crate::sandbox::SandboxTicket {
+        id: 9_000_000 + u64::from(i),
         subject: Some(format!("Deleted just now #{i}")),
         actor_id: 900001,
         actor_name: "Automation".into(),
-        deleted_at: now - chrono::Duration::seconds(i as i64),
+        deleted_at: now - chrono::Duration::seconds(i64::from(i)),
         previous_state: "closed".into(),
     }));
     let second = run_cycle(&ctx, Trigger::Demo).await?;
     println!("40 tickets deleted since:");
     print!("{}", crate::report::summary(&second, &ctx.policy));
     println!();
-    let example = selected.first().copied().unwrap_or(0);
+    let example = selected.first().copied().unwrap_or_default();
     print_hints(database, report.run_id, example);
     store.close().await;
     sandbox.shutdown().await;
@@ -130,7 +136,7 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Where the demo's audit log is, and what to try on it.
-fn print_hints(database: &std::path::Path, run_id: i64, example: u64) {
+fn print_hints(database: &std::path::Path, run_id: RunId, example: TicketId) {
     // `cargo run` says so in the environment; an installed binary (the
     // package, the image) is called by its name
     let me = if std::env::var_os("CARGO").is_some() {

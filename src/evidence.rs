@@ -6,6 +6,7 @@
 //! Every figure a page shows carries a `data-figure` attribute, so that a
 //! browser test can compare what a person reads with the audit queries.
 
+use crate::ids::RunId;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -165,7 +166,7 @@ pub async fn write_document(
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionInWords {
     pub hash: String,
-    pub first_run: Option<i64>,
+    pub first_run: Option<RunId>,
     pub first_used: Option<String>,
     /// `None` for runs recorded before config versions were stored.
     pub account: Option<String>,
@@ -224,7 +225,7 @@ pub struct Integrity {
     /// Entries written before the first signed head (verified records).
     pub before_signing: i64,
     /// The run that made the first signed head.
-    pub signing_began_run: Option<i64>,
+    pub signing_began_run: Option<RunId>,
 }
 
 impl Integrity {
@@ -324,7 +325,7 @@ impl Certificate {
     /// The certificate, and the listing its rows are written from.
     pub async fn gather(
         store: &AuditStore,
-        run: i64,
+        run: RunId,
         keys: &[ChainVerifier],
     ) -> anyhow::Result<(Self, PurgeListing)> {
         let Some(row) = store.run(run).await? else {
@@ -814,7 +815,11 @@ fn version_html(v: &VersionInWords) -> String {
         esc(&v.hash),
         v.first_used
             .as_ref()
-            .map(|t| format!(", first used {} (run {})", esc(t), v.first_run.unwrap_or(0)))
+            .map(|t| format!(
+                ", first used {} (run {})",
+                esc(t),
+                v.first_run.unwrap_or_default()
+            ))
             .unwrap_or_default()
     );
     if v.settings.is_none() {

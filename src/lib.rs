@@ -35,6 +35,7 @@ pub mod demo;
 pub mod evidence;
 pub mod health;
 pub mod human;
+pub mod ids;
 pub mod listing;
 pub mod manual;
 pub mod quota;

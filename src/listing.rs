@@ -12,6 +12,7 @@
 //!
 //! Talks to Zendesk only through the client; knows no SQL.
 
+use crate::zendesk::TicketId;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -311,7 +312,7 @@ pub async fn deleted_since(
     // down to a ticket already seen unchanged (everything after it was
     // seen), until one such pass ends on its first page: then nothing can
     // have moved past the reader unseen.
-    let mut latest: std::collections::HashMap<u64, DeletedTicket> =
+    let mut latest: std::collections::HashMap<TicketId, DeletedTicket> =
         out.into_iter().map(|t| (t.id, t)).collect();
     // (a walk of one page was read in one answer: nothing to re-read)
     let mut stable = walked_pages <= 1;
@@ -360,6 +361,7 @@ const HEAD_PASSES: usize = 6;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zendesk::TicketId;
 
     fn page(number: u32, secs: &[i64]) -> DeletedTicketsPage {
         DeletedTicketsPage {
@@ -367,7 +369,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| DeletedTicket {
-                    id: i as u64 + 1,
+                    id: TicketId::new(i as u64 + 1),
                     subject: None,
                     actor: None,
                     deleted_at: DateTime::from_timestamp(*s, 0),

@@ -3,6 +3,7 @@
 //! path as the cycle: a run, each request recorded before it is sent and
 //! answered after, an outcome per ticket.
 
+use crate::ids::RunId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -192,7 +193,10 @@ pub struct IdResult {
 /// Restores ids in batches of 100; a batch Zendesk refuses (an id that is no
 /// longer soft-deleted) is retried id by id, so that the others are still
 /// restored and each refused id is named.
-pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i64, Vec<IdResult>)> {
+pub async fn restore(
+    ctx: &CycleContext,
+    ids: &[TicketId],
+) -> anyhow::Result<(RunId, Vec<IdResult>)> {
     let store = &ctx.store;
     let run = store
         .start_run(Trigger::Restore, false, &ctx.origin, Utc::now())
@@ -236,7 +240,7 @@ pub async fn restore(ctx: &CycleContext, ids: &[TicketId]) -> anyhow::Result<(i6
 /// is retried id by id.
 async fn restore_batch(
     ctx: &CycleContext,
-    run: i64,
+    run: RunId,
     batch: &IdBatch,
 ) -> anyhow::Result<Vec<IdResult>> {
     let store = &ctx.store;
@@ -305,7 +309,7 @@ async fn restore_batch(
 /// never deleted and is not ours to call restored.
 async fn settle_doubtful_restores(
     ctx: &CycleContext,
-    run: i64,
+    run: RunId,
     before: &std::collections::HashSet<TicketId>,
     results: &mut [IdResult],
 ) -> anyhow::Result<()> {
@@ -346,7 +350,7 @@ async fn settle_doubtful_restores(
     Ok(())
 }
 
-async fn restore_one(ctx: &CycleContext, run: i64, id: TicketId) -> anyhow::Result<IdResult> {
+async fn restore_one(ctx: &CycleContext, run: RunId, id: TicketId) -> anyhow::Result<IdResult> {
     let store = &ctx.store;
     let batch = IdBatch::new(vec![id]).expect("one id is a batch");
     let row = store
@@ -508,7 +512,7 @@ pub async fn purge(
     ids: &[TicketId],
     force: bool,
     live: bool,
-) -> anyhow::Result<(i64, Vec<IdResult>)> {
+) -> anyhow::Result<(RunId, Vec<IdResult>)> {
     let store = &ctx.store;
     let dry_run = ctx.settings.dry_run && !live;
     let mut settings = ctx.settings.clone();
@@ -622,7 +626,7 @@ pub async fn purge(
 /// Each id's outcome in `run`, read back as recorded.
 async fn outcomes_of(
     store: &AuditStore,
-    run: i64,
+    run: RunId,
     ids: &[TicketId],
 ) -> anyhow::Result<Vec<IdResult>> {
     let mut results = Vec::with_capacity(ids.len());

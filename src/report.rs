@@ -4,6 +4,7 @@
 //! SQL.
 
 use crate::audit::StepKind;
+use crate::zendesk::TicketId;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -264,7 +265,7 @@ pub fn print_rows<T: serde::Serialize>(
 /// One ticket as `list` prints it, the columns in this order.
 #[derive(Debug, serde::Serialize)]
 pub struct ListedTicketRow {
-    pub id: u64,
+    pub id: TicketId,
     pub deleted_at: Option<String>,
     pub actor_id: Option<u64>,
     pub actor_name: Option<String>,
@@ -437,7 +438,7 @@ fn print_next_run(next: &crate::manual::NextRunPurges) {
         .ticket_ids
         .iter()
         .take(10)
-        .map(u64::to_string)
+        .map(|id| id.to_string())
         .collect();
     println!(
         "first ids: {}{} (--format json lists them all)",
@@ -472,7 +473,7 @@ pub fn print_ledger_diff(
         TableFormat::Csv => {
             #[derive(serde::Serialize)]
             struct Row<'a> {
-                ticket_id: u64,
+                ticket_id: TicketId,
                 from_decision: &'a str,
                 from_rule: Option<&'a str>,
                 to_decision: &'a str,
@@ -515,7 +516,12 @@ pub fn print_ledger_diff(
                 None => d.to_string(),
             };
             for c in &diff.changes {
-                let ids: Vec<String> = c.ticket_ids.iter().take(5).map(u64::to_string).collect();
+                let ids: Vec<String> = c
+                    .ticket_ids
+                    .iter()
+                    .take(5)
+                    .map(|id| id.to_string())
+                    .collect();
                 t.add_row(vec![
                     side(&c.from_decision, &c.from_rule),
                     side(&c.to_decision, &c.to_rule),

@@ -614,7 +614,7 @@ mod tests {
         assert_ne!(policy.fingerprint(), other.fingerprint());
         let deleted = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let ticket = DeletedTicket {
-            id: 1,
+            id: TicketId::new(1),
             subject: None,
             actor: None,
             deleted_at: Some(deleted),
@@ -675,7 +675,7 @@ mod tests {
             protect_ids: Default::default(),
         };
         let ticket = |state: &str, name: &str| DeletedTicket {
-            id: 1,
+            id: TicketId::new(1),
             subject: None,
             actor: Some(Actor {
                 id: Some(5),
@@ -711,7 +711,7 @@ mod tests {
             .with_timezone(&Utc);
         (
             DeletedTicket {
-                id,
+                id: TicketId::new(id),
                 subject: Some(format!("Ticket {id}")),
                 actor: Some(Actor {
                     id: Some(actor),
@@ -775,7 +775,7 @@ mod tests {
         let policy = Policy {
             rules: vec![all],
             min_age: Duration::from_secs(3600),
-            protect_ids: [5].into(),
+            protect_ids: [TicketId::new(5)].into(),
         };
         let (t, now) = ticket(5, 100, "closed", 1);
         assert_eq!(

@@ -2,6 +2,8 @@
 //! decision pass (`ledger_decided`) and purge latency (`purge_latency`):
 //! operational records beside the chain, never evidence of their own.
 
+use super::encode::sql_id;
+use crate::ids::JobRowId;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -39,7 +41,7 @@ pub struct LatencySummary {
 
 /// A purge request's row, when it left, and each of its tickets with when
 /// it became purgeable.
-pub type RequestLatency = (i64, DateTime<Utc>, Vec<(TicketId, DateTime<Utc>)>);
+pub type RequestLatency = (JobRowId, DateTime<Utc>, Vec<(TicketId, DateTime<Utc>)>);
 
 /// A `view_checks` row: id, started_at, next_url, next_page, pages,
 /// listed, runs, walked.
@@ -176,7 +178,7 @@ impl AuditStore {
             q.push_values(chunk, |mut b, (job, sent, (id, purgeable))| {
                 let ms = (**sent - *purgeable).num_milliseconds().max(0);
                 b.push_bind(*job)
-                    .push_bind(*id as i64)
+                    .push_bind(sql_id(*id))
                     .push_bind(timestamp(*purgeable))
                     .push_bind(timestamp(**sent))
                     .push_bind(ms);

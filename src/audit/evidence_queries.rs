@@ -49,7 +49,7 @@ pub struct SendWindows {
 /// One ticket purged for good, with how it was verified.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct PurgedTicket {
-    pub ticket_id: i64,
+    pub ticket_id: TicketId,
     /// The rule of the decision it was purged by.
     pub rule: Option<String>,
     /// The run that recorded the outcome.
@@ -70,7 +70,7 @@ pub struct PurgedTicket {
 /// A failure or unknown outcome of a period, and how it settled since.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct OpenOutcome {
-    pub ticket_id: i64,
+    pub ticket_id: TicketId,
     pub run_id: RunId,
     pub outcome: String,
     pub recorded_at: String,

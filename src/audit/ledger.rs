@@ -3,6 +3,7 @@
 //! transaction as the decision, job or outcome that causes it, so the
 //! ledger never says more than the chain does.
 
+use super::encode::{sql_id, ticket_id};
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -239,7 +240,7 @@ impl AuditStore {
                 return Ok(());
             };
             after = *last;
-            let ids: Vec<TicketId> = ids.iter().map(|id| *id as TicketId).collect();
+            let ids: Vec<TicketId> = ids.iter().map(|id| ticket_id(*id)).collect();
             let mut rows: Vec<LedgerEntry> = self.ledger_rows(&ids).await?.into_values().collect();
             rows.sort_unstable_by_key(|e| e.ticket_id);
             each(rows)?;
@@ -271,7 +272,7 @@ impl AuditStore {
             ));
             let mut sep = q.separated(", ");
             for t in chunk {
-                sep.push_bind(*t as i64);
+                sep.push_bind(sql_id(*t));
             }
             q.push(")");
             let rows = q
@@ -338,7 +339,7 @@ impl AuditStore {
             .fetch_all(self.pool())
             .await
             .context("cannot read the ticket ledger")?;
-        Ok(ids.into_iter().map(|id| id as TicketId).collect())
+        Ok(ids.into_iter().map(ticket_id).collect())
     }
 
     /// Every ticket with a kept or selected row not listed since
@@ -356,7 +357,7 @@ impl AuditStore {
         .fetch_all(self.pool())
         .await
         .context("cannot read the ticket ledger")?;
-        Ok(ids.into_iter().map(|id| id as TicketId).collect())
+        Ok(ids.into_iter().map(ticket_id).collect())
     }
 
     /// The tickets whose live row no listing saw since `since` (a whole
@@ -372,7 +373,7 @@ impl AuditStore {
         .fetch_all(self.pool())
         .await
         .context("cannot read the ticket ledger")?;
-        Ok(ids.into_iter().map(|id| id as TicketId).collect())
+        Ok(ids.into_iter().map(ticket_id).collect())
     }
 
     /// When the live rows were last all decided, and under which policy.
@@ -421,7 +422,7 @@ impl AuditStore {
             let mut sep = q.separated(", ");
             for s in chunk {
                 sep.push("(")
-                    .push_bind_unseparated(s.ticket_id as i64)
+                    .push_bind_unseparated(sql_id(s.ticket_id))
                     .push_unseparated(", ")
                     .push_bind_unseparated(s.deleted_at.map(timestamp).unwrap_or_default())
                     .push_unseparated(", ")
@@ -612,7 +613,7 @@ fn entry_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LedgerEntry> {
     }
     let deleted: String = row.try_get("deleted_at")?;
     Ok(LedgerEntry {
-        ticket_id: id as TicketId,
+        ticket_id: ticket_id(id),
         deleted_at: parse_time(Some(deleted)),
         actor_id: row.try_get::<Option<i64>, _>("actor_id")?.map(|a| a as u64),
         actor_name: row.try_get("actor_name")?,
@@ -648,7 +649,7 @@ pub(super) async fn upsert_decisions(
         q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
         let mut sep = q.separated(", ");
         for d in chunk {
-            sep.push_bind(d.ticket_id as i64);
+            sep.push_bind(sql_id(d.ticket_id));
         }
         q.push(")");
         q.build().persistent(false).execute(&mut **tx).await?;
@@ -658,7 +659,7 @@ pub(super) async fn upsert_decisions(
         );
         q.push_values(chunk, |mut b, d| {
             let at = timestamp(d.decided_at);
-            b.push_bind(d.ticket_id as i64)
+            b.push_bind(sql_id(d.ticket_id))
                 .push_bind(d.deleted_at.map(timestamp).unwrap_or_default())
                 .push_bind(d.actor_id.map(|a| a as i64))
                 .push_bind(d.actor_name.clone())
@@ -699,7 +700,7 @@ pub(super) async fn upsert_decisions(
             let mut sep = q.separated(", ");
             for d in listed {
                 sep.push("(")
-                    .push_bind_unseparated(d.ticket_id as i64)
+                    .push_bind_unseparated(sql_id(d.ticket_id))
                     .push_unseparated(", ")
                     .push_bind_unseparated(d.deleted_at.map(timestamp).unwrap_or_default())
                     .push_unseparated(")");
@@ -756,7 +757,7 @@ fn current_rows(q: &mut QueryBuilder<Sqlite>, tickets: &[TicketId]) {
     q.push("(ticket_id, deleted_at) IN (SELECT ticket_id, MAX(deleted_at) FROM ledger WHERE ticket_id IN (");
     let mut sep = q.separated(", ");
     for t in tickets {
-        sep.push_bind(*t as i64);
+        sep.push_bind(sql_id(*t));
     }
     q.push(") GROUP BY ticket_id)");
 }

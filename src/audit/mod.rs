@@ -5,6 +5,7 @@
 //! and the batch first, the job id as soon as the answer arrives. Subjects
 //! are stored only when the config says so.
 
+use encode::{sql_id, ticket_id};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::zendesk::{IdBatch, TicketId};
 
 mod chain;
 mod checks;
+mod encode;
 mod evidence_queries;
 mod kinds;
 mod ledger;
@@ -31,6 +33,7 @@ mod signing;
 pub use chain::ChainReport;
 use chain::*;
 pub use checks::{LatencySummary, RequestLatency, ViewCheck};
+pub use encode::MAX_TICKET_ID;
 pub use evidence_queries::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
     PURGES_OF_PERIOD_SQL, PurgeListing, PurgeScope, PurgedTicket, RunOriginRow, SendWindows,
@@ -41,14 +44,10 @@ pub use kinds::{
 pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting};
 pub use signing::{ChainHead, ChainSigner, ChainVerifier, SignatureReport};
 
-/// A run's row id.
-pub type RunId = i64;
 /// A job's row id (ours, not Zendesk's).
-pub type JobRowId = i64;
-
-/// The largest ticket id the store keeps: SQLite integers are signed 64-bit,
-/// and an id above this would be stored wrapped (negative).
-pub const MAX_TICKET_ID: TicketId = i64::MAX as TicketId;
+pub use crate::ids::JobRowId;
+/// A run's row id.
+pub use crate::ids::RunId;
 
 /// Timestamps as stored: RFC 3339, UTC, milliseconds.
 /// Reads a stored time back (`None` for NULL, empty or unreadable text).
@@ -89,7 +88,7 @@ async fn end_job(
     .bind(job)
     .execute(&mut **tx)
     .await?;
-    chain_append(tx, Chained::JobsState, job, job).await
+    chain_append(tx, Chained::JobsState, job.get(), job.get()).await
 }
 
 /// Ticket ids as a JSON array, for `json_each`.
@@ -98,7 +97,7 @@ fn ids_json(tickets: &[TicketId]) -> String {
         "[{}]",
         tickets
             .iter()
-            .map(u64::to_string)
+            .map(|id| id.to_string())
             .collect::<Vec<_>>()
             .join(",")
     )
@@ -746,7 +745,7 @@ impl AuditStore {
             // each run's new state, then its end: one head each
             for id in &ids {
                 let base = signing::chain_base(&mut tx).await?;
-                chain_append(&mut tx, Chained::RunsState, *id, *id).await?;
+                chain_append(&mut tx, Chained::RunsState, (*id).get(), (*id).get()).await?;
                 self.seal(&mut tx, base, Some(*id), signing::HeadKind::Interrupted)
                     .await?;
             }
@@ -807,12 +806,17 @@ impl AuditStore {
                 chain_append(&mut tx, Chained::ConfigVersions, row, row).await?;
             }
         }
-        self.seal(&mut tx, base, Some(id), signing::HeadKind::Commit)
-            .await?;
+        self.seal(
+            &mut tx,
+            base,
+            Some(RunId::new(id)),
+            signing::HeadKind::Commit,
+        )
+        .await?;
         tx.commit()
             .await
             .context("cannot record the start of the run")?;
-        Ok(id)
+        Ok(RunId::new(id))
     }
 
     /// Records a run that ended before it could do anything, with why.
@@ -863,7 +867,7 @@ impl AuditStore {
         .bind(run)
         .execute(&mut *tx)
         .await?;
-        chain_append(&mut tx, Chained::RunsState, run, run).await?;
+        chain_append(&mut tx, Chained::RunsState, run.get(), run.get()).await?;
         sqlx::query("DELETE FROM run_decision_counts WHERE run_id = ?")
             .bind(run)
             .execute(&mut *tx)
@@ -928,7 +932,7 @@ impl AuditStore {
                 chunk.iter().zip(chunk_texts),
                 |mut b, (d, (deleted, decided))| {
                     b.push_bind(run)
-                        .push_bind(d.ticket_id as i64)
+                        .push_bind(sql_id(d.ticket_id))
                         .push_bind(deleted.as_deref())
                         .push_bind(d.actor_id.map(|a| a as i64))
                         .push_bind(d.previous_state.as_deref())
@@ -1010,7 +1014,7 @@ impl AuditStore {
             .await
             .context("cannot record the request before sending it")?;
         REQUESTS_RECORDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(id)
+        Ok(JobRowId::new(id))
     }
 
     /// Records purge requests before they are sent together, in one
@@ -1068,7 +1072,7 @@ impl AuditStore {
             .await
             .context("cannot record the requests before sending them")?;
         REQUESTS_RECORDED.fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(rows)
+        Ok(rows.into_iter().map(JobRowId::new).collect())
     }
 
     /// Records, once purge requests have left, when the freshness read that
@@ -1092,7 +1096,7 @@ impl AuditStore {
                 .bind(row)
                 .execute(&mut *tx)
                 .await?;
-            chain_append(&mut tx, Chained::JobsState, *row, *row).await?;
+            chain_append(&mut tx, Chained::JobsState, (*row).get(), (*row).get()).await?;
         }
         self.seal(&mut tx, base, Some(run), signing::HeadKind::Commit)
             .await?;
@@ -1125,7 +1129,7 @@ impl AuditStore {
             .execute(&mut *tx)
             .await
             .context("cannot record Zendesk's answer")?;
-        chain_append(&mut tx, Chained::JobsState, job, job).await?;
+        chain_append(&mut tx, Chained::JobsState, job.get(), job.get()).await?;
         let run: Option<RunId> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = ?")
             .bind(job)
             .fetch_optional(&mut *tx)
@@ -1346,7 +1350,7 @@ impl AuditStore {
                 let at = at
                     .and_then(|a| DateTime::parse_from_rfc3339(&a).ok())
                     .map(|a| a.with_timezone(&Utc));
-                Ok((id as TicketId, (at, actor.map(|a| a as u64), r.try_get(3)?)))
+                Ok((ticket_id(id), (at, actor.map(|a| a as u64), r.try_get(3)?)))
             })
             .collect()
     }
@@ -1385,7 +1389,7 @@ async fn insert_outcomes(
         q.push_values(chunk, |mut b, t| {
             b.push_bind(run)
                 .push_bind(job)
-                .push_bind(*t as i64)
+                .push_bind(sql_id(*t))
                 .push_bind(outcome.as_str())
                 .push_bind(detail)
                 .push_bind(at);

@@ -1,6 +1,7 @@
 //! The read-only questions `audit` answers: runs, jobs, a ticket's story,
 //! statistics, search and export. Every filter is a bound parameter.
 
+use super::encode::{sql_id, ticket_id};
 use super::*;
 
 impl AuditStore {
@@ -65,7 +66,7 @@ impl AuditStore {
                 FROM outcomes o WHERE o.ticket_id = ?1
              ) ORDER BY at, ord, seq",
         )
-        .bind(ticket as i64)
+        .bind(sql_id(ticket))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
@@ -77,7 +78,7 @@ impl AuditStore {
             .bind(run)
             .fetch_all(&self.pool)
             .await?;
-        Ok(ids.into_iter().map(|i| i as TicketId).collect())
+        Ok(ids.into_iter().map(ticket_id).collect())
     }
 
     /// Ticket ids with a given outcome in a run, sorted.
@@ -93,7 +94,7 @@ impl AuditStore {
         .bind(outcome.as_str())
         .fetch_all(&self.pool)
         .await?;
-        Ok(ids.into_iter().map(|i| i as TicketId).collect())
+        Ok(ids.into_iter().map(ticket_id).collect())
     }
 
     /// Outcomes of a run per outcome.

@@ -340,7 +340,10 @@ impl AuditStore {
             ));
             return Ok(report);
         }
-        let first_run = heads.iter().find_map(|h| h.run_id).unwrap_or(i64::MAX);
+        let first_run = heads
+            .iter()
+            .find_map(|h| h.run_id)
+            .unwrap_or(RunId::new(i64::MAX));
         let unsigned: Option<RunId> = sqlx::query_scalar(
             "SELECT MIN(r.id) FROM runs r
              WHERE r.id >= ? AND r.status <> 'running'

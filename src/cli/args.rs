@@ -1,5 +1,6 @@
 //! The clap definitions: every command, its arguments and its help.
 
+use crate::ids::{RunId, TicketId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -112,7 +113,7 @@ pub struct PlanArgs {
     pub format: TableFormat,
     /// Show, condition by condition, how the rules treat this ticket.
     #[arg(long, value_name = "TICKET_ID", conflicts_with = "ledger")]
-    pub explain: Option<u64>,
+    pub explain: Option<TicketId>,
     /// Compare this config's decisions with the ticket ledger in its audit
     /// database, without a listing: which tickets change decision, by rule.
     #[arg(long)]
@@ -122,7 +123,7 @@ pub struct PlanArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Ticket ids.
-    pub ids: Vec<u64>,
+    pub ids: Vec<TicketId>,
     /// A file of ticket ids (one per line, or separated by commas or spaces).
     #[arg(long, value_name = "FILE")]
     pub ids_file: Option<PathBuf>,
@@ -140,7 +141,7 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
     /// Ticket ids.
-    pub ids: Vec<u64>,
+    pub ids: Vec<TicketId>,
     #[arg(long, value_name = "FILE")]
     pub ids_file: Option<PathBuf>,
     /// Confirm the permanent deletion.
@@ -239,7 +240,7 @@ pub enum AuditCommand {
     /// One run: its figures, decisions per rule and its jobs.
     #[command(after_help = "Example:\n  zd-retention audit run 1 --database zd-retention.db")]
     Run {
-        run_id: i64,
+        run_id: RunId,
         #[command(flatten)]
         target: AuditTarget,
     },
@@ -317,7 +318,7 @@ pub enum AuditCommand {
         after_help = "Example:\n  zd-retention audit certificate 12 --format html > certificate-12.html"
     )]
     Certificate {
-        run_id: i64,
+        run_id: RunId,
         /// text, json or html; by default from --output's extension, else text.
         #[arg(long, value_enum)]
         format: Option<DocumentFormat>,
@@ -401,7 +402,7 @@ pub enum AuditCommand {
     /// What happened to one ticket, when, and by which rule.
     #[command(after_help = "Example:\n  zd-retention audit ticket 4711 --database zd-retention.db")]
     Ticket {
-        ticket_id: u64,
+        ticket_id: TicketId,
         #[command(flatten)]
         target: AuditTarget,
     },

@@ -1,6 +1,8 @@
 //! `zd-retention audit ...`: the audit queries, read-only, as tables, JSON
 //! or CSV through the output layer.
 
+use crate::ids::RunId;
+use crate::zendesk::TicketId;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -178,7 +180,7 @@ async fn runs(
 /// `zd-retention audit run`.
 async fn run(
     config: Option<PathBuf>,
-    run_id: i64,
+    run_id: RunId,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
@@ -671,7 +673,7 @@ async fn stats(
 /// `zd-retention audit ticket`.
 async fn ticket(
     config: Option<PathBuf>,
-    ticket_id: u64,
+    ticket_id: TicketId,
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
@@ -886,7 +888,7 @@ async fn write_document(
 /// `zd-retention audit certificate RUN`.
 async fn certificate(
     config: Option<PathBuf>,
-    run: i64,
+    run: RunId,
     format: Option<DocumentFormat>,
     output: Option<PathBuf>,
     public_key: Vec<PathBuf>,

@@ -1,5 +1,6 @@
 //! What an operator does by hand: `list`, `plan`, `restore`, `purge`.
 
+use crate::zendesk::TicketId;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -121,7 +122,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn read_ids(ids: &[u64], file: Option<&PathBuf>) -> anyhow::Result<Vec<u64>> {
+pub(super) fn read_ids(ids: &[TicketId], file: Option<&PathBuf>) -> anyhow::Result<Vec<TicketId>> {
     let mut all = ids.to_vec();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)

@@ -273,4 +273,22 @@ pub(crate) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::Rand
 /// Every id a scan listed: a full scan of a million tickets keeps them all,
 /// in a compressed bitmap (about 2 bytes an id when sparse, far less when
 /// dense), whatever their width.
-pub(crate) type SeenIds = roaring::RoaringTreemap;
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SeenIds(roaring::RoaringTreemap);
+
+impl SeenIds {
+    /// `true` when the id was not in the set yet.
+    pub(crate) fn insert(&mut self, id: TicketId) -> bool {
+        self.0.insert(id.get())
+    }
+
+    pub(crate) fn contains(&self, id: TicketId) -> bool {
+        self.0.contains(id.get())
+    }
+}
+
+impl FromIterator<TicketId> for SeenIds {
+    fn from_iter<I: IntoIterator<Item = TicketId>>(ids: I) -> Self {
+        SeenIds(ids.into_iter().map(TicketId::get).collect())
+    }
+}

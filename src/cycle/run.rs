@@ -81,20 +81,20 @@ pub(crate) async fn announce(store: &AuditStore, report: &CycleReport, latency_b
     }
     match status {
         RunStatus::Completed => tracing::info!(
-            run,
+            run = run.get(),
             scanned = report.counts.scanned,
             matched = report.counts.matched,
             purged = report.counts.purged,
             "run completed"
         ),
         RunStatus::Interrupted => tracing::warn!(
-            run,
+            run = run.get(),
             scanned = report.counts.scanned,
             purged = report.counts.purged,
             "run interrupted by shutdown"
         ),
         RunStatus::Failed | RunStatus::Running => tracing::error!(
-            run,
+            run = run.get(),
             error = report.error.as_deref().unwrap_or(""),
             "run failed"
         ),
@@ -206,7 +206,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
         .start_run(trigger, settings.dry_run, &ctx.origin, now)
         .await?;
     tracing::info!(
-        run,
+        run = run.get(),
         trigger = trigger.as_str(),
         dry_run = settings.dry_run,
         "run started"
@@ -217,9 +217,9 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
             // the run ends here, and says why (a ledger row edited outside,
             // found when a page or a re-decision read it, among others)
             let message = format!("{e:#}");
-            tracing::error!(run, error = %message, "run failed");
+            tracing::error!(run = run.get(), error = %message, "run failed");
             if let Err(also) = store.fail_run(run, &message).await {
-                tracing::error!(run, error = %also, "the run's failure could not be recorded");
+                tracing::error!(run = run.get(), error = %also, "the run's failure could not be recorded");
             }
             Err(e)
         }
@@ -305,8 +305,12 @@ pub(crate) async fn run_started(
     // noted elsewhere (the log), the head lets `audit verify --expect-head`
     // find a tail removed later
     match store.chain_head().await {
-        Ok((entry, head)) => tracing::info!(run, entry, head = %head, "audit chain head"),
-        Err(e) => tracing::error!(run, error = %e, "cannot read the audit chain's head"),
+        Ok((entry, head)) => {
+            tracing::info!(run = run.get(), entry, head = %head, "audit chain head")
+        }
+        Err(e) => {
+            tracing::error!(run = run.get(), error = %e, "cannot read the audit chain's head")
+        }
     }
     let mut report = report_of(
         (run, status, settings.dry_run),

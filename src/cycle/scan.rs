@@ -206,13 +206,13 @@ fn relisted(
         // counted as kept if it is kept now, in no purge count
         counted = !matches!(decision, Decision::Purge { .. });
         tracing::warn!(
-            ticket = ticket.id,
+            ticket = ticket.id.get(),
             "listed twice in one scan with different deletion data or decisions: not purged in this run"
         );
         selection.disagreed_selected.insert(ticket.id);
         if selection.released.contains(&ticket.id) {
             tracing::error!(
-                ticket = ticket.id,
+                ticket = ticket.id.get(),
                 "listed again after its purge request was sent (purge_while_scanning)"
             );
         }
@@ -245,7 +245,7 @@ pub(crate) fn decide_page(
         if ticket.id > crate::audit::MAX_TICKET_ID {
             // kept, logged, and never stored wrapped
             tracing::warn!(
-                ticket = ticket.id,
+                ticket = ticket.id.get(),
                 "a listed ticket id is above 2^63-1: kept, not recorded"
             );
             *result
@@ -665,7 +665,7 @@ pub(crate) async fn record_relisted(
         if prior == LedgerState::Purged {
             result.not_effective += 1;
             tracing::warn!(
-                ticket = id,
+                ticket = id.get(),
                 "a ticket reported purged is still listed; it is decided and purged again"
             );
         }
@@ -1117,23 +1117,6 @@ pub(crate) fn decision_record(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seen_ids_keep_narrow_and_wide_ids() {
-        let mut seen = SeenIds::default();
-        assert!(seen.insert(7));
-        assert!(!seen.insert(7));
-        assert!(seen.insert(u64::from(u32::MAX)));
-        assert!(seen.insert(u64::from(u32::MAX) + 1), "a wide id");
-        assert!(!seen.insert(7), "narrow ids kept beside wide ones");
-        assert!(!seen.insert(u64::from(u32::MAX) + 1));
-        assert!(seen.insert(u64::MAX));
-    }
-}
-
 /// A page of a sorted walk: the order proven on the first page (a view on
 /// one page is read whole), then every page checked whole. `Some(why)` when
 /// the walk must fall back to the whole view.
@@ -1190,4 +1173,23 @@ pub(super) async fn check_sorted_page(
         fall_back = Some(format!("the order broke ({why})"));
     }
     fall_back
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_keep_narrow_and_wide_ids() {
+        let mut seen = SeenIds::default();
+        let id = TicketId::new;
+        assert!(seen.insert(id(7)));
+        assert!(!seen.insert(id(7)));
+        assert!(seen.insert(id(u64::from(u32::MAX))));
+        assert!(seen.insert(id(u64::from(u32::MAX) + 1)), "a wide id");
+        assert!(!seen.insert(id(7)), "narrow ids kept beside wide ones");
+        assert!(!seen.insert(id(u64::from(u32::MAX) + 1)));
+        assert!(seen.insert(id(u64::MAX)));
+        assert!(seen.contains(id(u64::MAX)) && !seen.contains(id(8)));
+    }
 }

@@ -666,7 +666,7 @@ impl PurgeWorker {
             match again {
                 Some(t) => {
                     tracing::warn!(
-                        ticket = t.id,
+                        ticket = t.id.get(),
                         "deleted again since its listing: decided on its new deletion, not purged in this run"
                     );
                     let decision = self.policy.decide(t, now);
@@ -806,7 +806,7 @@ impl PurgeWorker {
                     && ListedAs::of(t) != *sent
                 {
                     tracing::warn!(
-                        ticket = id,
+                        ticket = id.get(),
                         job = %job.id,
                         "deleted again after its purge request left: recorded in doubt, not as purged by its rule"
                     );

@@ -293,38 +293,6 @@ pub(crate) async fn settle_lost_restore(
         .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unsettled(outcome: &str, days_ago: i64, now: DateTime<Utc>) -> Unsettled {
-        Unsettled {
-            outcome: outcome.into(),
-            deleted_at: Some(now - chrono::Duration::days(days_ago)),
-            decided_at: None,
-        }
-    }
-
-    #[test]
-    fn the_settle_verdict_never_calls_a_restored_or_kept_ticket_purged() {
-        let now = Utc::now();
-        let v = |o, days, active| settle_verdict(&unsettled(o, days, now), active, now);
-        // active wins over everything
-        for o in ["purged", "unknown", "kept", "selected"] {
-            assert_eq!(v(o, 40, true), Outcome::RestoredElsewhere, "{o}");
-        }
-        // a kept ticket that left is not our purge
-        assert_eq!(v("kept", 3, false), Outcome::LeftView);
-        assert_eq!(v("selected", 40, false), Outcome::LeftView);
-        // a reported purge is confirmed whatever its age
-        assert_eq!(v("purged", 3, false), Outcome::ConfirmedGone);
-        assert_eq!(v("purged", 40, false), Outcome::ConfirmedGone);
-        // an unknown outcome: confirmed young, Zendesk's scrub when old
-        assert_eq!(v("unknown", 3, false), Outcome::ConfirmedGone);
-        assert_eq!(v("unknown", 31, false), Outcome::ScrubbedByZendesk);
-    }
-}
-
 /// A whole walk (a reconcile) settles the live ledger rows it did not
 /// list: absent from the view is not yet proof of anything, so each is
 /// looked up among the active tickets and read for newest-first. The rows
@@ -413,4 +381,36 @@ pub(crate) async fn absent_rows(
         .collect();
     absent.sort_by_key(|(id, _)| *id);
     Ok(absent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsettled(outcome: &str, days_ago: i64, now: DateTime<Utc>) -> Unsettled {
+        Unsettled {
+            outcome: outcome.into(),
+            deleted_at: Some(now - chrono::Duration::days(days_ago)),
+            decided_at: None,
+        }
+    }
+
+    #[test]
+    fn the_settle_verdict_never_calls_a_restored_or_kept_ticket_purged() {
+        let now = Utc::now();
+        let v = |o, days, active| settle_verdict(&unsettled(o, days, now), active, now);
+        // active wins over everything
+        for o in ["purged", "unknown", "kept", "selected"] {
+            assert_eq!(v(o, 40, true), Outcome::RestoredElsewhere, "{o}");
+        }
+        // a kept ticket that left is not our purge
+        assert_eq!(v("kept", 3, false), Outcome::LeftView);
+        assert_eq!(v("selected", 40, false), Outcome::LeftView);
+        // a reported purge is confirmed whatever its age
+        assert_eq!(v("purged", 3, false), Outcome::ConfirmedGone);
+        assert_eq!(v("purged", 40, false), Outcome::ConfirmedGone);
+        // an unknown outcome: confirmed young, Zendesk's scrub when old
+        assert_eq!(v("unknown", 3, false), Outcome::ConfirmedGone);
+        assert_eq!(v("unknown", 31, false), Outcome::ScrubbedByZendesk);
+    }
 }

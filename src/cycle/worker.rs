@@ -270,74 +270,6 @@ pub(crate) fn failure_of(e: &ZendeskError) -> RequestFailure {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_purge_request_that_may_have_been_carried_out_is_never_called_failed() {
-        let body = || Box::new(crate::zendesk::ApiErrorBody::parse(""));
-        let call = || "DELETE deleted_tickets/destroy_many".to_string();
-        let cases = [
-            (
-                ZendeskError::Unauthorized {
-                    call: call(),
-                    body: body(),
-                },
-                RequestFailure::CredentialsRefused,
-            ),
-            (
-                ZendeskError::Forbidden {
-                    call: call(),
-                    body: body(),
-                },
-                RequestFailure::CredentialsRefused,
-            ),
-            (
-                ZendeskError::InvalidRequest {
-                    call: call(),
-                    status: 422,
-                    body: body(),
-                },
-                RequestFailure::Invalid,
-            ),
-            (
-                ZendeskError::NotFound {
-                    call: call(),
-                    body: body(),
-                },
-                RequestFailure::NotSoftDeleted,
-            ),
-            (
-                ZendeskError::Transient {
-                    call: call(),
-                    reason: "reset".into(),
-                    attempts: 1,
-                },
-                RequestFailure::MaybeCarriedOut,
-            ),
-            (
-                ZendeskError::RateLimited {
-                    call: call(),
-                    wait: Duration::from_secs(1),
-                    body: body(),
-                },
-                RequestFailure::MaybeCarriedOut,
-            ),
-            (
-                ZendeskError::Refused {
-                    call: call(),
-                    reason: "shutdown".into(),
-                },
-                RequestFailure::MaybeCarriedOut,
-            ),
-        ];
-        for (e, want) in cases {
-            assert_eq!(failure_of(&e), want, "{e}");
-        }
-    }
-}
-
 /// A release on its way through the rounds.
 pub(crate) struct Pending {
     pub(super) release: Release,
@@ -415,4 +347,72 @@ pub(crate) async fn send_and_follow(
         fatal: Some(format!("the purge worker stopped: {e}")),
         ..Tally::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_request_that_may_have_been_carried_out_is_never_called_failed() {
+        let body = || Box::new(crate::zendesk::ApiErrorBody::parse(""));
+        let call = || "DELETE deleted_tickets/destroy_many".to_string();
+        let cases = [
+            (
+                ZendeskError::Unauthorized {
+                    call: call(),
+                    body: body(),
+                },
+                RequestFailure::CredentialsRefused,
+            ),
+            (
+                ZendeskError::Forbidden {
+                    call: call(),
+                    body: body(),
+                },
+                RequestFailure::CredentialsRefused,
+            ),
+            (
+                ZendeskError::InvalidRequest {
+                    call: call(),
+                    status: 422,
+                    body: body(),
+                },
+                RequestFailure::Invalid,
+            ),
+            (
+                ZendeskError::NotFound {
+                    call: call(),
+                    body: body(),
+                },
+                RequestFailure::NotSoftDeleted,
+            ),
+            (
+                ZendeskError::Transient {
+                    call: call(),
+                    reason: "reset".into(),
+                    attempts: 1,
+                },
+                RequestFailure::MaybeCarriedOut,
+            ),
+            (
+                ZendeskError::RateLimited {
+                    call: call(),
+                    wait: Duration::from_secs(1),
+                    body: body(),
+                },
+                RequestFailure::MaybeCarriedOut,
+            ),
+            (
+                ZendeskError::Refused {
+                    call: call(),
+                    reason: "shutdown".into(),
+                },
+                RequestFailure::MaybeCarriedOut,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(failure_of(&e), want, "{e}");
+        }
+    }
 }

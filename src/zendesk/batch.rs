@@ -80,24 +80,23 @@ mod tests {
 
     #[test]
     fn refuses_empty_and_oversized_batches() {
+        let ids = |r: std::ops::RangeInclusive<u64>| r.map(TicketId::new).collect::<Vec<_>>();
         assert_eq!(IdBatch::new(vec![]), Err(IdBatchError::Empty));
-        assert_eq!(
-            IdBatch::new((1..=101).collect()),
-            Err(IdBatchError::TooMany(101))
-        );
-        assert_eq!(IdBatch::new((1..=100).collect()).unwrap().len(), 100);
+        assert_eq!(IdBatch::new(ids(1..=101)), Err(IdBatchError::TooMany(101)));
+        assert_eq!(IdBatch::new(ids(1..=100)).unwrap().len(), 100);
     }
 
     #[test]
     fn chunks_into_batches_of_at_most_100_without_duplicates() {
-        let ids: Vec<u64> = (1..=250).chain(1..=10).collect();
+        let ids: Vec<TicketId> = (1..=250).chain(1..=10).map(TicketId::new).collect();
         let batches = IdBatch::chunk(&ids);
         assert_eq!(
             batches.iter().map(IdBatch::len).collect::<Vec<_>>(),
             [100, 100, 50]
         );
-        assert_eq!(batches[2].ids().last(), Some(&250));
+        assert_eq!(batches[2].ids().last(), Some(&TicketId::new(250)));
         assert!(IdBatch::chunk(&[]).is_empty());
-        assert_eq!(IdBatch::new(vec![3, 1, 2]).unwrap().to_query(), "3,1,2");
+        let three = [3, 1, 2].map(TicketId::new).to_vec();
+        assert_eq!(IdBatch::new(three).unwrap().to_query(), "3,1,2");
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A Zendesk ticket id.
-pub type TicketId = u64;
+pub use crate::ids::TicketId;
 
 /// A soft-deleted ticket as listed by `GET /api/v2/deleted_tickets`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

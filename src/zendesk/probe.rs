@@ -90,7 +90,7 @@ impl Page {
             .collect()
     }
 
-    fn ids(&self) -> Vec<u64> {
+    fn ids(&self) -> Vec<TicketId> {
         self.page.deleted_tickets.iter().map(|t| t.id).collect()
     }
 }

@@ -2,6 +2,7 @@
 //! API notes.
 
 use std::time::Duration;
+use zd_retention::ids::TicketId;
 
 use futures::StreamExt;
 use secrecy::SecretString;
@@ -114,7 +115,7 @@ async fn follows_cursor_links_to_the_end_on_the_configured_host() {
     let pages: Vec<_> = client.list_deleted(options).collect().await;
     let pages: Vec<_> = pages.into_iter().map(Result::unwrap).collect();
     assert_eq!(pages.len(), 2);
-    assert_eq!(pages[0].tickets[0].id, 581);
+    assert_eq!(pages[0].tickets[0].id.get(), 581);
     assert_eq!(pages[0].tickets[0].subject.as_deref(), Some("Wombat Party"));
     assert_eq!(pages[1].tickets[0].subject, None);
     // both date forms of the notes decode to the same instant
@@ -144,7 +145,7 @@ async fn a_purge_answered_429_comes_back_with_its_wait_and_is_not_resent_by_the_
         .await;
     let client = client_for(&server.uri());
     let err = client
-        .destroy_many(&IdBatch::new(vec![1, 2, 3]).unwrap())
+        .destroy_many(&IdBatch::new([1, 2, 3].map(TicketId::new).to_vec()).unwrap())
         .await
         .unwrap_err();
     match err {
@@ -309,14 +310,14 @@ async fn error_bodies_are_kept_json_or_text() {
         .mount(&server)
         .await;
     let client = client_for(&server.uri());
-    let err = client.restore(7).await.unwrap_err();
+    let err = client.restore(TicketId::new(7)).await.unwrap_err();
     assert!(matches!(err, ZendeskError::NotFound { .. }));
     assert!(
         err.to_string().contains("RecordNotFound - Not found"),
         "{err}"
     );
     let err = client
-        .restore_many(&IdBatch::new(vec![1]).unwrap())
+        .restore_many(&IdBatch::new(vec![TicketId::new(1)]).unwrap())
         .await
         .unwrap_err();
     assert!(
@@ -324,7 +325,7 @@ async fn error_bodies_are_kept_json_or_text() {
         "{err:?}"
     );
     assert!(err.to_string().contains("too many"), "{err}");
-    let err = client.destroy(9).await.unwrap_err();
+    let err = client.destroy(TicketId::new(9)).await.unwrap_err();
     match err {
         ZendeskError::Decode { shape, call, .. } => {
             assert!(shape.contains("HTML"), "{shape}");

@@ -193,7 +193,7 @@ async fn harness_with_churn() {
                 .map(|e| format!("{e:?}"))
                 .collect();
             let store = AuditStore::open_read_only(&db).await.unwrap();
-            let history = store.ticket_history(t.id).await.unwrap();
+            let history = store.ticket_history(t.id.into()).await.unwrap();
             panic!(
                 "ticket {} was purged as {t:?}\nrequests: {requests:#?}\nchurn: {churn:#?}\naudit: {history:#?}",
                 t.id
@@ -302,7 +302,7 @@ async fn harness(profile: Option<Profile>) {
     if let Some(id) = wrong.first() {
         let t = tickets_at_start.iter().find(|t| t.id == **id);
         let store = AuditStore::open_read_only(&db).await.unwrap();
-        let history = store.ticket_history(**id).await.unwrap();
+        let history = store.ticket_history((**id).into()).await.unwrap();
         panic!(
             "ticket {id} purged, selected by no rule now: {t:?} (now {})\naudit: {history:#?}",
             chrono::Utc::now()

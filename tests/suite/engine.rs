@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::time::Duration;
+use zd_retention::ids::TicketId;
 
 use sqlx::Row;
 use zd_retention::audit::RequestKind;
@@ -412,7 +413,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     let old = chrono::Utc::now() - chrono::Duration::days(20);
     let decided: Vec<_> = [1, 2]
         .map(|id| zd_retention::audit::DecisionRecord {
-            ticket_id: id,
+            ticket_id: TicketId::new(id),
             deleted_at: Some(old),
             actor_id: None,
             actor_name: None,
@@ -426,7 +427,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
         })
         .into();
     store.record_decisions(crashed, &decided).await.unwrap();
-    let ghost = zd_retention::zendesk::IdBatch::new(vec![1, 2]).unwrap();
+    let ghost = zd_retention::zendesk::IdBatch::new(vec![1.into(), 2.into()]).unwrap();
     store
         .record_request(
             crashed,
@@ -529,7 +530,7 @@ async fn tickets_whose_purge_failed_are_sent_again_by_the_next_run() {
         // in the first run, unchanged) are not rows of the second
         let mut by_rule = 0;
         for job in e.ctx.store.jobs_of_run(second.run_id).await.unwrap() {
-            let ids: Vec<u64> = job
+            let ids: Vec<TicketId> = job
                 .ticket_ids
                 .split(',')
                 .map(|i| i.trim().parse().unwrap())

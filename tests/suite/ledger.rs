@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::time::Duration;
+use zd_retention::ids::TicketId;
 
 use chrono::Utc;
 use zd_retention::audit::AuditStore;
@@ -335,7 +336,10 @@ async fn a_database_made_before_the_ledger_is_upgraded_and_still_verifies() {
             .fetch_one(store.pool())
             .await
             .unwrap();
-    let story = store.ticket_history(purged as u64).await.unwrap();
+    let story = store
+        .ticket_history(TicketId::new(purged as u64))
+        .await
+        .unwrap();
     let kinds: Vec<&str> = story.iter().map(|e| e.kind.as_str()).collect();
     assert!(
         kinds.contains(&"decision") && kinds.contains(&"outcome"),
@@ -414,7 +418,7 @@ async fn pruning_keeps_each_purges_evidence_and_the_chain_still_verifies() {
     assert_eq!(report.pruned, 5);
     // a purged ticket's story is whole
     let purged = sb.purged_ids()[0];
-    let story = store.ticket_history(purged).await.unwrap();
+    let story = store.ticket_history(purged.into()).await.unwrap();
     let whats: Vec<&str> = story.iter().map(|e| e.what.as_str()).collect();
     assert_eq!(whats, ["purge", "purged", "confirmed_gone"], "{story:?}");
     // a run goes on on the pruned database, and it still verifies
@@ -692,8 +696,13 @@ async fn pruning_twice_never_gives_a_pruned_id_out_again_and_a_wrong_clock_prune
         // kept tickets are purged by another integration: their left_view
         // outcomes are the newest rows, and the prune takes them; then a
         // restore adds an outcome row
-        let others =
-            zd_retention::zendesk::IdBatch::new(kept[round * 5..round * 5 + 5].to_vec()).unwrap();
+        let others = zd_retention::zendesk::IdBatch::new(
+            kept[round * 5..round * 5 + 5]
+                .iter()
+                .map(|&i| i.into())
+                .collect(),
+        )
+        .unwrap();
         e.ctx.client.destroy_many(&others).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         // ticket kept[100] leaves (restored), comes back (deleted again),
@@ -751,7 +760,7 @@ async fn a_forced_manual_purge_of_a_ticket_the_ledger_knows_lands_on_its_row() {
     let e = engine(&sb, bot_policy(), test_settings()).await;
     run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
     let kept = tickets.iter().find(|t| t.actor_id == 1001).unwrap().id;
-    let (_, results) = zd_retention::manual::purge(&e.ctx, &[kept], true, false)
+    let (_, results) = zd_retention::manual::purge(&e.ctx, &[kept.into()], true, false)
         .await
         .unwrap();
     assert_eq!(results[0].outcome, "purged", "{results:?}");

@@ -403,7 +403,7 @@ async fn a_forced_purge_answered_404_for_a_restored_ticket_settles_as_restored_e
     let sb = sandbox_with(tickets, fast_sandbox_options(0)).await;
     let e = engine(&sb, example_policy(), test_settings()).await;
     assert!(sb.agent_restore(target));
-    let (_, results) = zd_retention::manual::purge(&e.ctx, &[target], true, false)
+    let (_, results) = zd_retention::manual::purge(&e.ctx, &[target.into()], true, false)
         .await
         .unwrap();
     // answered 404, and found among active tickets at once
@@ -434,7 +434,10 @@ async fn a_restore_whose_answer_was_lost_is_reported_restored() {
     };
     let sb = sandbox_with(tickets, options).await;
     let e = engine(&sb, example_policy(), test_settings()).await;
-    let (run, results) = zd_retention::manual::restore(&e.ctx, &ids).await.unwrap();
+    let (run, results) =
+        zd_retention::manual::restore(&e.ctx, &ids.iter().map(|&i| i.into()).collect::<Vec<_>>())
+            .await
+            .unwrap();
     assert_eq!(sb.restored_ids(), ids, "the sandbox restored them");
     for r in &results {
         assert_eq!(r.outcome, "restored", "{r:?}");
@@ -460,7 +463,8 @@ async fn a_restore_left_pending_by_a_crash_is_settled_as_restored_not_purged() {
         .start_run(Trigger::Restore, false, &"test".into(), Utc::now())
         .await
         .unwrap();
-    let batch = zd_retention::zendesk::IdBatch::new(ids.clone()).unwrap();
+    let batch =
+        zd_retention::zendesk::IdBatch::new(ids.iter().map(|&i| i.into()).collect()).unwrap();
     store
         .record_request(run, RequestKind::RestoreMany, &batch, Utc::now())
         .await
@@ -695,7 +699,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
         .await
         .unwrap();
     let decision = zd_retention::audit::DecisionRecord {
-        ticket_id: old.id,
+        ticket_id: old.id.into(),
         deleted_at: Some(old.deleted_at),
         actor_id: Some(old.actor_id),
         actor_name: None,
@@ -712,7 +716,7 @@ async fn an_unknown_outcome_of_a_ticket_older_than_30_days_settles_as_scrubbed()
         .record_outcomes(
             run,
             None,
-            &[old.id],
+            &[old.id.into()],
             Outcome::Unknown,
             Some("answer lost"),
             Utc::now(),
@@ -877,7 +881,7 @@ async fn a_restore_beside_a_cycle_ends_restored_not_confirmed_gone() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
     let target = first_batch[0];
-    let (_, restored) = zd_retention::manual::restore(&e.ctx, &[target])
+    let (_, restored) = zd_retention::manual::restore(&e.ctx, &[target.into()])
         .await
         .unwrap();
     assert_eq!(restored[0].outcome, "restored", "{restored:?}");
@@ -913,7 +917,8 @@ async fn a_run_after_a_crash_follows_the_open_jobs_and_does_not_purge_their_tick
         .await
         .unwrap();
     let sent: Vec<u64> = tickets.iter().take(100).map(|t| t.id).collect();
-    let batch = zd_retention::zendesk::IdBatch::new(sent.clone()).unwrap();
+    let batch =
+        zd_retention::zendesk::IdBatch::new(sent.iter().map(|&i| i.into()).collect()).unwrap();
     let row = store
         .record_request(run, RequestKind::DestroyMany, &batch, Utc::now())
         .await

@@ -54,7 +54,7 @@ fn ticket() -> impl Strategy<Value = DeletedTicket> {
         proptest::option::of(0u64..10),
     )
         .prop_map(|(id, age, state, actor)| DeletedTicket {
-            id,
+            id: id.into(),
             subject: None,
             actor: actor.map(|a| Actor {
                 id: Some(a),
@@ -73,11 +73,11 @@ proptest! {
         min_age in 0u64..10 * 86_400,
         protect in proptest::collection::btree_set(1u64..50, 0..10),
     ) {
-        let policy = Policy { rules, min_age: Duration::from_secs(min_age), protect_ids: protect.clone() };
+        let policy = Policy { rules, min_age: Duration::from_secs(min_age), protect_ids: protect.iter().map(|&i| i.into()).collect() };
         for t in &tickets {
             let decision = policy.decide(t, now());
             if decision.is_purge() {
-                prop_assert!(!protect.contains(&t.id), "protected id {} purged", t.id);
+                prop_assert!(!protect.contains(&t.id.get()), "protected id {} purged", t.id);
                 let age = (now() - t.deleted_at.expect("a purged ticket has a known age")).to_std().unwrap();
                 prop_assert!(age >= Duration::from_secs(min_age), "ticket {} of age {:?} purged under min_age {}", t.id, age, min_age);
             }

@@ -25,7 +25,7 @@ async fn a_manual_purge_in_a_dry_run_config_sends_nothing_unless_live() {
     let mut settings = test_settings();
     settings.dry_run = true;
     let e = engine(&sb, example_policy(), settings).await;
-    let (run, results) = zd_retention::manual::purge(&e.ctx, &[1, 2], false, false)
+    let (run, results) = zd_retention::manual::purge(&e.ctx, &[1.into(), 2.into()], false, false)
         .await
         .unwrap();
     assert!(
@@ -46,7 +46,7 @@ async fn a_manual_purge_in_a_dry_run_config_sends_nothing_unless_live() {
             .unwrap();
     assert_eq!(decisions, ["would_purge", "would_purge"]);
 
-    let (_, results) = zd_retention::manual::purge(&e.ctx, &[1, 2], false, true)
+    let (_, results) = zd_retention::manual::purge(&e.ctx, &[1.into(), 2.into()], false, true)
         .await
         .unwrap();
     assert!(results.iter().all(|r| r.outcome == "purged"), "{results:?}");
@@ -61,10 +61,10 @@ async fn a_keep_rule_holds_a_manual_purge_unless_forced_and_forcing_is_recorded(
     )
     .await;
     let e = engine(&sb, example_policy(), test_settings()).await;
-    let (_, results) = zd_retention::manual::purge(&e.ctx, &[1, 2], false, false)
+    let (_, results) = zd_retention::manual::purge(&e.ctx, &[1.into(), 2.into()], false, false)
         .await
         .unwrap();
-    let held = results.iter().find(|r| r.id == 1).unwrap();
+    let held = results.iter().find(|r| r.id.get() == 1).unwrap();
     assert_eq!(held.outcome, "not_sent");
     assert!(
         held.detail.as_deref().unwrap().contains("legal-hold"),
@@ -72,7 +72,7 @@ async fn a_keep_rule_holds_a_manual_purge_unless_forced_and_forcing_is_recorded(
     );
     assert_eq!(sb.purged_ids(), [2], "the held ticket stays");
 
-    let (run, results) = zd_retention::manual::purge(&e.ctx, &[1], true, false)
+    let (run, results) = zd_retention::manual::purge(&e.ctx, &[1.into()], true, false)
         .await
         .unwrap();
     assert_eq!(results[0].outcome, "purged");
@@ -794,7 +794,7 @@ async fn the_store_writes_again_once_a_full_disk_is_freed() {
     let decisions = |from: u64| -> Vec<DecisionRecord> {
         (from..from + 3000)
             .map(|id| DecisionRecord {
-                ticket_id: id,
+                ticket_id: id.into(),
                 deleted_at: Some(chrono::Utc::now()),
                 actor_id: Some(1001),
                 actor_name: None,

@@ -9,6 +9,7 @@
 //! by every command, naming both schemas, and never written.
 
 use std::path::{Path, PathBuf};
+use zd_retention::ids::TicketId;
 
 use zd_retention::audit::{AuditStore, newest_schema};
 
@@ -101,7 +102,10 @@ async fn a_database_of_every_earlier_schema_is_upgraded_in_place_with_a_copy_kep
         .fetch_one(store.pool())
         .await
         .unwrap();
-        let story = store.ticket_history(ticket as u64).await.unwrap();
+        let story = store
+            .ticket_history(TicketId::new(ticket as u64))
+            .await
+            .unwrap();
         let kinds: Vec<&str> = story.iter().map(|e| e.kind.as_str()).collect();
         assert!(
             kinds.contains(&"decision") && kinds.contains(&"outcome"),

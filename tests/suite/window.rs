@@ -457,7 +457,7 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
     let decided: Vec<zd_retention::audit::DecisionRecord> = tickets[..100]
         .iter()
         .map(|t| zd_retention::audit::DecisionRecord {
-            ticket_id: t.id,
+            ticket_id: t.id.into(),
             deleted_at: Some(t.deleted_at.trunc_subsecs(0)),
             actor_id: Some(t.actor_id),
             actor_name: None,
@@ -471,7 +471,7 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
         })
         .collect();
     store.record_decisions(first, &decided).await.unwrap();
-    let batch = IdBatch::new(tickets[..100].iter().map(|t| t.id).collect()).unwrap();
+    let batch = IdBatch::new(tickets[..100].iter().map(|t| t.id.into()).collect()).unwrap();
     let rows = store
         .record_requests(first, std::slice::from_ref(&batch), (Utc::now(), &[]))
         .await
@@ -511,7 +511,7 @@ async fn jobs_a_stopped_run_sent_are_certified_under_that_run_whoever_saw_them_e
     let sent_by_one: BTreeSet<u64> = batch
         .ids()
         .iter()
-        .copied()
+        .map(|id| id.get())
         .filter(|id| *id != again)
         .collect();
     assert_eq!(ids_one, sent_by_one);
@@ -578,7 +578,7 @@ async fn purged_listed(listing: &mut zd_retention::audit::PurgeListing) -> BTree
     let mut ids = BTreeSet::new();
     listing
         .for_each(|p| {
-            ids.insert(p.ticket_id as u64);
+            ids.insert(p.ticket_id.get());
             Ok(())
         })
         .await

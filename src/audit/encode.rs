@@ -1,0 +1,64 @@
+//! How the store turns a ticket id into SQL and back: SQLite integers are
+//! signed 64-bit, so an id is stored as `i64` (ids above `MAX_TICKET_ID`
+//! are refused before they get here) and read back as `u64`. This is the
+//! one place where a ticket id becomes a bare integer.
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
+use sqlx::{Decode, Encode, Sqlite, Type};
+
+use crate::ids::TicketId;
+
+/// The largest ticket id the store keeps: SQLite integers are signed 64-bit,
+/// and an id above this would be stored wrapped (negative).
+pub const MAX_TICKET_ID: TicketId = TicketId::new(i64::MAX as u64);
+
+/// A ticket id as the store writes it.
+pub(crate) fn sql_id(id: TicketId) -> i64 {
+    id.get() as i64
+}
+
+/// A ticket id as the store read it.
+pub(crate) fn ticket_id(value: i64) -> TicketId {
+    TicketId::new(value as u64)
+}
+
+impl Type<Sqlite> for TicketId {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <i64 as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> Encode<'q, Sqlite> for TicketId {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<'q, Sqlite>>::encode(sql_id(*self), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for TicketId {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(ticket_id(<i64 as Decode<'r, Sqlite>>::decode(value)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_id_round_trips_through_its_sql_integer_up_to_the_largest_kept() {
+        for id in [1, 4711, 1 << 40, MAX_TICKET_ID.get()] {
+            let id = TicketId::new(id);
+            assert_eq!(ticket_id(sql_id(id)), id);
+            assert!(sql_id(id) > 0);
+        }
+    }
+}
