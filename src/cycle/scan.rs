@@ -1367,16 +1367,12 @@ mod tests {
 /// (latest listing wins, the ledger compared, the limit held).
 #[cfg(test)]
 mod step_and_page_tests {
-    use std::sync::Arc;
-
     use chrono::TimeZone;
-    use secrecy::SecretString;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::quota::RateQuota;
+    use crate::cycle::context::test_support;
     use crate::rules::{RetentionRule, RuleAction};
-    use crate::zendesk::{Actor, Auth, ClientConfig, RateLimits, RetryPolicy, ZendeskClient};
+    use crate::zendesk::Actor;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -1385,23 +1381,7 @@ mod step_and_page_tests {
     }
 
     fn settings() -> CycleSettings {
-        CycleSettings {
-            dry_run: false,
-            max_purges_per_run: 1000,
-            purge_while_scanning: false,
-            max_jobs_in_flight: 2,
-            job_poll_interval: Duration::from_millis(10),
-            job_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(1),
-            record_subjects: false,
-            settle_window: Duration::from_secs(31 * 86_400),
-            reconcile_every: Duration::from_secs(86_400),
-            keep_details: None,
-            clock_skew: Duration::from_secs(120),
-            check_share: 0.5,
-            check_interval: Duration::from_secs(900),
-            latency_bound: Duration::from_secs(1800),
-        }
+        test_support::settings()
     }
 
     /// Purges tickets deleted more than 24 h ago whose previous state is
@@ -1631,40 +1611,8 @@ mod step_and_page_tests {
     }
 
     async fn context(policy: Policy, settings: CycleSettings) -> (CycleContext, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = AuditStore::open(&dir.path().join("audit.db"))
-            .await
-            .unwrap();
-        let quota = || RateQuota::new(100, Duration::from_millis(100)).unwrap();
-        let client = ZendeskClient::new(ClientConfig {
-            // nothing here sends a request
-            base_url: url::Url::parse("http://127.0.0.1:9").unwrap(),
-            auth: Auth::ApiToken {
-                email: "ops@acme.example".into(),
-                token: SecretString::from("t"),
-            },
-            limits: RateLimits {
-                list: quota(),
-                list_deep: quota(),
-                account: quota(),
-            },
-            retry: RetryPolicy {
-                max_retries: 0,
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(1),
-                request_timeout: Duration::from_secs(1),
-            },
-        })
-        .unwrap();
-        let ctx = CycleContext {
-            policy: Arc::new(policy),
-            settings,
-            origin: "test".into(),
-            client,
-            store,
-            cancel: CancellationToken::new(),
-        };
-        (ctx, dir)
+        // nothing here sends a request
+        test_support::context("http://127.0.0.1:9", policy, settings).await
     }
 
     struct Decided {
