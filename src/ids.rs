@@ -36,6 +36,14 @@ impl From<TicketId> for u64 {
     }
 }
 
+/// Unit tests compare ids with literals.
+#[cfg(test)]
+impl PartialEq<u64> for TicketId {
+    fn eq(&self, other: &u64) -> bool {
+        self.0 == *other
+    }
+}
+
 impl fmt::Display for TicketId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -74,6 +82,14 @@ macro_rules! row_id {
         impl From<i64> for $name {
             fn from(id: i64) -> Self {
                 $name(id)
+            }
+        }
+
+        /// Unit tests compare ids with literals.
+        #[cfg(test)]
+        impl PartialEq<i64> for $name {
+            fn eq(&self, other: &i64) -> bool {
+                self.0 == *other
             }
         }
 

@@ -808,3 +808,438 @@ impl<'a> LedgerDiffer<'a> {
         diff
     }
 }
+
+/// What a manual purge selects and refuses (with and without `--force`),
+/// what `plan` reads, and what a config would change in the ledger.
+#[cfg(test)]
+mod selection_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::audit::{DecisionKind, LedgerEntry, LedgerState};
+    use crate::config::Safety;
+    use crate::quota::RateQuota;
+    use crate::sandbox::{Sandbox, SandboxOptions, SandboxTicket};
+    use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Keeps legal holds, purges what was deleted more than 7 days ago;
+    /// min_age 1 h, ticket 4 protected.
+    fn policy() -> Policy {
+        Policy {
+            rules: vec![
+                RetentionRule {
+                    subject_matches: Some(regex::Regex::new("(?i)legal hold").unwrap()),
+                    ..RetentionRule::new("legal-hold", RuleAction::Keep)
+                },
+                RetentionRule {
+                    older_than: Some(7 * DAY),
+                    ..RetentionRule::new("week-old", RuleAction::Purge)
+                },
+            ],
+            min_age: HOUR,
+            protect_ids: [TicketId::new(4)].into(),
+        }
+    }
+
+    fn settings() -> CycleSettings {
+        CycleSettings {
+            dry_run: false,
+            max_purges_per_run: 1000,
+            purge_while_scanning: false,
+            max_jobs_in_flight: 2,
+            job_poll_interval: Duration::from_millis(10),
+            job_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+            record_subjects: false,
+            settle_window: 31 * DAY,
+            reconcile_every: DAY,
+            keep_details: None,
+            clock_skew: Duration::from_secs(120),
+            check_share: 0.5,
+            check_interval: Duration::from_secs(900),
+            latency_bound: Duration::from_secs(1800),
+        }
+    }
+
+    fn client(base_url: &str) -> ZendeskClient {
+        let quota = || RateQuota::new(100, Duration::from_millis(100)).unwrap();
+        ZendeskClient::new(ClientConfig {
+            base_url: url::Url::parse(base_url).unwrap(),
+            auth: Auth::ApiToken {
+                email: "ops@acme.example".into(),
+                token: SecretString::from("t"),
+            },
+            limits: RateLimits {
+                list: quota(),
+                list_deep: quota(),
+                account: quota(),
+            },
+            retry: RetryPolicy {
+                max_retries: 0,
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+                request_timeout: Duration::from_secs(5),
+            },
+        })
+        .unwrap()
+    }
+
+    async fn context(base_url: &str) -> (CycleContext, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("audit.db"))
+            .await
+            .unwrap();
+        let ctx = CycleContext {
+            policy: Arc::new(policy()),
+            settings: settings(),
+            origin: "test".into(),
+            client: client(base_url),
+            store,
+            cancel: CancellationToken::new(),
+        };
+        (ctx, dir)
+    }
+
+    fn sandbox_ticket(id: u64, subject: &str, deleted_ago: Duration) -> SandboxTicket {
+        SandboxTicket {
+            id,
+            subject: Some(subject.into()),
+            actor_id: 7,
+            actor_name: "Ann".into(),
+            deleted_at: Utc::now() - chrono::Duration::from_std(deleted_ago).unwrap(),
+            previous_state: "closed".into(),
+        }
+    }
+
+    /// 1: a week and more old; 2: a legal hold; 3: deleted 10 minutes ago;
+    /// 4: protected; 5: two days old (no rule of the config selects it).
+    async fn account() -> Sandbox {
+        let tickets = vec![
+            sandbox_ticket(1, "Refund", 10 * DAY),
+            sandbox_ticket(2, "Legal hold: case 9", 10 * DAY),
+            sandbox_ticket(3, "Refund", Duration::from_secs(600)),
+            sandbox_ticket(4, "Refund", 10 * DAY),
+            sandbox_ticket(5, "Refund", 2 * DAY),
+        ];
+        Sandbox::start_with(
+            SandboxOptions::default(),
+            tickets,
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    #[test]
+    fn each_refusal_says_why_and_that_force_overrides_it() {
+        let cases = [
+            (
+                KeepReason::Rule("legal-hold".into()),
+                "kept by the config's rule \"legal-hold\"",
+            ),
+            (KeepReason::Protected, "safety.protect_ids"),
+            (
+                KeepReason::TooYoung {
+                    rule: "(manual)".into(),
+                },
+                "safety.min_age",
+            ),
+            (
+                KeepReason::UnknownAge {
+                    rule: "(manual)".into(),
+                },
+                "deletion time is unknown",
+            ),
+        ];
+        for (reason, words) in cases {
+            let why = refusal_reason(&reason);
+            assert!(why.contains(words), "{why}");
+            assert!(why.ends_with("(--force overrides)"), "{why}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manual_purge_sends_what_no_keep_rule_or_safety_floor_holds() {
+        let sb = account().await;
+        let (ctx, _dir) = context(&sb.base_url()).await;
+        let wanted: BTreeSet<TicketId> = [1, 2, 3, 4, 5, 6].map(TicketId::new).into();
+        let chosen = listed_selection(&ctx, &wanted, &ctx.settings, Utc::now())
+            .await
+            .unwrap();
+        // 5 is kept by no rule of the config: asked for by hand, it goes
+        assert_eq!(chosen.selected, vec![1, 5]);
+        let refused: Vec<(TicketId, String)> = chosen
+            .refused
+            .iter()
+            .map(|r| (r.id, r.detail.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            refused.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![2, 3, 4, 6]
+        );
+        assert!(refused[0].1.contains("legal-hold"), "{}", refused[0].1);
+        assert!(refused[1].1.contains("min_age"), "{}", refused[1].1);
+        assert!(refused[2].1.contains("protect_ids"), "{}", refused[2].1);
+        assert!(
+            refused[3].1.contains("not listed as soft-deleted"),
+            "{}",
+            refused[3].1
+        );
+        assert!(chosen.refused.iter().all(|r| r.outcome == "not_sent"));
+        // a decision for every listed id (the unlisted one has none), each
+        // selected by the manual rule, every listing kept for the freshness read
+        let decided: Vec<(u64, DecisionKind, Option<String>)> = chosen
+            .records
+            .iter()
+            .map(|r| (r.ticket_id.get(), r.decision, r.rule.clone()))
+            .collect();
+        assert_eq!(
+            decided,
+            vec![
+                (1, DecisionKind::Purge, Some("(manual)".into())),
+                (2, DecisionKind::KeepRule, Some("legal-hold".into())),
+                (3, DecisionKind::KeepTooYoung, Some("(manual)".into())),
+                (4, DecisionKind::KeepProtected, None),
+                (5, DecisionKind::Purge, Some("(manual)".into())),
+            ]
+        );
+        assert_eq!(chosen.listed.len(), 5);
+        assert!(chosen.records.iter().all(|r| r.listed));
+        sb.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_forced_purge_takes_every_id_as_named_on_its_ledger_row() {
+        // nothing is listed: the client points where nothing listens
+        let (ctx, _dir) = context("http://127.0.0.1:9").await;
+        let known = DeletedTicket {
+            id: TicketId::new(4),
+            subject: None,
+            actor: None,
+            // (the store keeps milliseconds)
+            deleted_at: DateTime::from_timestamp(1_780_000_000, 0),
+            previous_state: Some("solved".into()),
+        };
+        let run = ctx
+            .store
+            .start_run(Trigger::Manual, false, &ctx.origin, Utc::now())
+            .await
+            .unwrap();
+        let kept = decision_record(
+            &known,
+            &Decision::Keep(KeepReason::Protected),
+            &ctx.settings,
+            Utc::now(),
+        );
+        ctx.store.record_decisions(run, &[kept]).await.unwrap();
+        let wanted: BTreeSet<TicketId> = [99, 4].map(TicketId::new).into();
+        let chosen = forced_selection(&ctx, &wanted, &ctx.settings, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(chosen.selected, vec![4, 99], "protected or not, as named");
+        assert!(chosen.refused.is_empty() && chosen.listed.is_empty());
+        let records: Vec<_> = chosen
+            .records
+            .iter()
+            .map(|r| (r.ticket_id.get(), r.decision, r.rule.as_deref(), r.listed))
+            .collect();
+        assert_eq!(
+            records,
+            vec![
+                (4, DecisionKind::Purge, Some("(manual --force)"), false),
+                (99, DecisionKind::Purge, Some("(manual --force)"), false),
+            ]
+        );
+        // the known ticket's purge lands on its ledger row's deletion
+        assert_eq!(chosen.records[0].deleted_at, known.deleted_at);
+        assert_eq!(chosen.records[0].previous_state.as_deref(), Some("solved"));
+        assert_eq!(chosen.records[1].deleted_at, None);
+    }
+
+    #[tokio::test]
+    async fn a_plan_decides_each_listed_ticket_and_explains_one_not_listed() {
+        let sb = account().await;
+        let c = client(&sb.base_url());
+        let plan = super::plan(&c, &policy(), Some(TicketId::new(77)))
+            .await
+            .unwrap();
+        assert_eq!(plan.scanned, 5);
+        assert_eq!(
+            plan.tickets.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(plan.would_purge.get("week-old"), Some(&1));
+        assert_eq!(plan.kept.get("keep_rule"), Some(&1));
+        assert_eq!(plan.kept.get("keep_protected"), Some(&1));
+        assert_eq!(plan.kept.get("keep_no_rule"), Some(&2));
+        assert_eq!(plan.scan, "full", "an explanation reads everything");
+        let explain = plan.explain.unwrap();
+        assert!(!explain.found);
+        assert!(explain.decision.starts_with("not listed"));
+        // a listed ticket is explained rule by rule
+        let plan = super::plan(&c, &policy(), Some(TicketId::new(2)))
+            .await
+            .unwrap();
+        let explain = plan.explain.unwrap();
+        assert!(explain.found);
+        let matched: Vec<(&str, bool)> = explain
+            .rules
+            .iter()
+            .map(|r| (r.rule.as_str(), r.matched))
+            .collect();
+        assert_eq!(matched, vec![("legal-hold", true), ("week-old", true)]);
+        sb.shutdown().await;
+    }
+
+    fn entry(
+        id: TicketId,
+        deleted_days: i64,
+        decision: &str,
+        rule: Option<&str>,
+        state: LedgerState,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            ticket_id: id,
+            deleted_at: Some(Utc::now() - chrono::Duration::days(deleted_days)),
+            actor_id: None,
+            actor_name: None,
+            previous_state: None,
+            subject: None,
+            // listed with a subject that no pattern matches
+            subject_tags: policy().subject_tags(&DeletedTicket {
+                id,
+                subject: Some("Refund".into()),
+                actor: None,
+                deleted_at: None,
+                previous_state: None,
+            }),
+            decision: Some(decision.into()),
+            rule: rule.map(str::to_string),
+            config_hash: None,
+            state,
+            last_seen: None,
+            requested_at: None,
+        }
+    }
+
+    fn safety(dry_run: bool, max: u64) -> Safety {
+        Safety {
+            dry_run,
+            max_purges_per_run: max,
+            purge_while_scanning: false,
+        }
+    }
+
+    #[test]
+    fn a_ledger_diff_groups_the_changes_and_names_the_next_runs_purges() {
+        let policy = policy();
+        let safety = safety(false, 2);
+        let mut differ = LedgerDiffer::new(&policy, &safety, Utc::now());
+        for e in [
+            // unchanged: still purged by the same rule
+            entry(
+                TicketId::new(1),
+                10,
+                "purge",
+                Some("week-old"),
+                LedgerState::Selected,
+            ),
+            // grown old enough since: kept by no rule -> purge
+            entry(TicketId::new(2), 8, "keep_no_rule", None, LedgerState::Kept),
+            entry(TicketId::new(3), 9, "keep_no_rule", None, LedgerState::Kept),
+            // a purge sent and not settled: not decided again
+            entry(
+                TicketId::new(4),
+                10,
+                "purge",
+                Some("week-old"),
+                LedgerState::PurgeRequested,
+            ),
+            // still young
+            entry(TicketId::new(5), 2, "keep_no_rule", None, LedgerState::Kept),
+        ] {
+            differ.add(&e);
+        }
+        let diff = differ.finish();
+        assert_eq!(diff.live, 5);
+        assert_eq!(diff.awaiting_settlement, 1);
+        assert_eq!(diff.unchanged, 2);
+        assert_eq!(diff.undecidable, 0);
+        assert_eq!(
+            diff.changes,
+            vec![DecisionChange {
+                from_decision: "keep_no_rule".into(),
+                from_rule: None,
+                to_decision: "purge".into(),
+                to_rule: Some("week-old".into()),
+                tickets: 2,
+                ticket_ids: vec![TicketId::new(2), TicketId::new(3)],
+            }]
+        );
+        let next = &diff.next_run;
+        assert_eq!(next.ticket_ids, vec![1, 2, 3]);
+        assert_eq!(next.already_selected, 1);
+        assert_eq!(next.by_rule.get("week-old"), Some(&3));
+        assert!(next.sent);
+        assert!(next.over_the_limit, "3 purges, at most 2 a run");
+    }
+
+    #[test]
+    fn a_dry_config_would_purge_and_a_row_without_its_subject_tag_is_undecidable() {
+        let policy = policy();
+        let safety = safety(true, 100);
+        let mut differ = LedgerDiffer::new(&policy, &safety, Utc::now());
+        // recorded as a purge by a live config: would_purge under a dry one
+        differ.add(&entry(
+            TicketId::new(1),
+            10,
+            "purge",
+            Some("week-old"),
+            LedgerState::Selected,
+        ));
+        // listed before the legal-hold pattern (no tag, no subject)
+        let mut untagged = entry(
+            TicketId::new(2),
+            10,
+            "keep_no_rule",
+            None,
+            LedgerState::Kept,
+        );
+        untagged.subject_tags = None;
+        differ.add(&untagged);
+        // its subject kept: decided from it (a legal hold)
+        let mut subject = untagged.clone();
+        subject.ticket_id = TicketId::new(3);
+        subject.subject = Some("LEGAL HOLD".into());
+        differ.add(&subject);
+        let diff = differ.finish();
+        assert_eq!(diff.undecidable, 1);
+        let changes: Vec<(&str, &str, Vec<u64>)> = diff
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.from_decision.as_str(),
+                    c.to_decision.as_str(),
+                    c.ticket_ids.iter().map(|id| id.get()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            vec![
+                ("keep_no_rule", "keep_rule", vec![3]),
+                ("purge", "would_purge", vec![1])
+            ]
+        );
+        assert!(!diff.next_run.sent);
+        assert!(!diff.next_run.over_the_limit);
+    }
+}

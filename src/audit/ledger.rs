@@ -780,3 +780,332 @@ pub(super) async fn apply_request(
     }
     Ok(())
 }
+
+/// The ledger's states and the transitions the chained rows cause: a
+/// decision, a purge request, a job's or a settlement's outcome, a ticket
+/// deleted again, and a row changed outside.
+#[cfg(test)]
+mod transition_tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::audit::{DecisionKind, Outcome, RequestKind, Trigger};
+    use crate::zendesk::IdBatch;
+
+    #[test]
+    fn the_states_are_named_as_stored_and_the_live_ones_are_the_waiting_ones_and_more() {
+        for state in LedgerState::ALL {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str(), "{state:?}");
+            assert_eq!(state.is_live(), LedgerState::LIVE.contains(&state));
+            // awaiting a purge's settling is always live
+            assert!(!state.awaits_settling() || state.is_live(), "{state:?}");
+        }
+        let live: Vec<&str> = LedgerState::LIVE.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            LIVE_SQL,
+            format!("('{}')", live.join("', '")),
+            "the SQL list is the live states"
+        );
+        assert!(!LedgerState::Selected.awaits_settling());
+        assert!(!LedgerState::Kept.awaits_settling());
+    }
+
+    #[test]
+    fn a_purge_decision_selects_dry_or_live_and_every_keep_keeps() {
+        assert_eq!(
+            LedgerState::of_decision(DecisionKind::Purge),
+            LedgerState::Selected
+        );
+        assert_eq!(
+            LedgerState::of_decision(DecisionKind::WouldPurge),
+            LedgerState::Selected
+        );
+        for keep in [
+            DecisionKind::KeepRule,
+            DecisionKind::KeepNoRule,
+            DecisionKind::KeepProtected,
+            DecisionKind::KeepTooYoung,
+            DecisionKind::KeepUnknownAge,
+        ] {
+            assert_eq!(
+                LedgerState::of_decision(keep),
+                LedgerState::Kept,
+                "{keep:?}"
+            );
+        }
+    }
+
+    fn day(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, d, 12, 0, 0).unwrap()
+    }
+
+    fn record(id: TicketId, deleted: u32, decision: DecisionKind) -> DecisionRecord {
+        DecisionRecord {
+            ticket_id: id,
+            deleted_at: Some(day(deleted)),
+            actor_id: Some(7),
+            actor_name: None,
+            previous_state: Some("closed".into()),
+            subject: None,
+            rule: decision.selects().then(|| "old".to_string()),
+            decision,
+            decided_at: Utc::now(),
+            listed: true,
+            subject_tags: None,
+        }
+    }
+
+    struct Ledger {
+        store: AuditStore,
+        run: RunId,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Ledger {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = AuditStore::open(&dir.path().join("audit.db"))
+                .await
+                .unwrap();
+            let run = store
+                .start_run(Trigger::Manual, false, &"test".into(), Utc::now())
+                .await
+                .unwrap();
+            Self {
+                store,
+                run,
+                _dir: dir,
+            }
+        }
+
+        async fn decide(&self, records: &[DecisionRecord]) {
+            self.store
+                .record_decisions(self.run, records)
+                .await
+                .unwrap();
+        }
+
+        async fn outcome(&self, ids: &[TicketId], outcome: Outcome) {
+            self.store
+                .record_outcomes(self.run, None, ids, outcome, None, Utc::now())
+                .await
+                .unwrap();
+        }
+
+        /// Every row of a ticket, oldest deletion first: (deleted on day, state).
+        async fn rows(&self, id: TicketId) -> Vec<(String, String)> {
+            sqlx::query_as(
+                "SELECT deleted_at, state FROM ledger WHERE ticket_id = ? ORDER BY deleted_at",
+            )
+            .bind(sql_id(id))
+            .fetch_all(self.store.pool())
+            .await
+            .unwrap()
+        }
+
+        async fn state(&self, id: TicketId) -> String {
+            self.rows(id).await.last().unwrap().1.clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_goes_selected_requested_purged_then_gone_and_leaves_the_live_rows() {
+        let l = Ledger::new().await;
+        l.decide(&[
+            record(TicketId::new(1), 1, DecisionKind::Purge),
+            record(TicketId::new(2), 1, DecisionKind::KeepNoRule),
+        ])
+        .await;
+        assert_eq!(l.state(TicketId::new(1)).await, "selected");
+        assert_eq!(l.state(TicketId::new(2)).await, "kept");
+        let batch = IdBatch::new(vec![TicketId::new(1)]).unwrap();
+        l.store
+            .record_request(l.run, RequestKind::DestroyMany, &batch, Utc::now())
+            .await
+            .unwrap();
+        let rows = l
+            .store
+            .ledger_rows(&[TicketId::new(1), TicketId::new(2)])
+            .await
+            .unwrap();
+        assert_eq!(rows[&TicketId::new(1)].state, LedgerState::PurgeRequested);
+        assert!(rows[&TicketId::new(1)].requested_at.is_some());
+        assert_eq!(
+            rows[&TicketId::new(2)].state,
+            LedgerState::Kept,
+            "a request moves only its tickets"
+        );
+        l.outcome(&[TicketId::new(1)], Outcome::Purged).await;
+        assert_eq!(l.state(TicketId::new(1)).await, "purged");
+        assert!(
+            l.store
+                .ledger_rows(&[TicketId::new(1)])
+                .await
+                .unwrap()
+                .contains_key(&TicketId::new(1)),
+            "still live"
+        );
+        l.outcome(&[TicketId::new(1)], Outcome::ConfirmedGone).await;
+        assert_eq!(l.state(TicketId::new(1)).await, "gone");
+        assert!(
+            l.store
+                .ledger_rows(&[TicketId::new(1)])
+                .await
+                .unwrap()
+                .is_empty(),
+            "settled"
+        );
+        let counts: HashMap<String, i64> =
+            l.store.ledger_counts().await.unwrap().into_iter().collect();
+        assert_eq!(counts.get("gone"), Some(&1));
+        assert_eq!(counts.get("kept"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_did_not_purge_goes_back_to_what_its_decision_says() {
+        let l = Ledger::new().await;
+        l.decide(&[
+            record(TicketId::new(1), 1, DecisionKind::Purge),
+            record(TicketId::new(2), 1, DecisionKind::Purge),
+        ])
+        .await;
+        let batch = IdBatch::new(vec![TicketId::new(1), TicketId::new(2)]).unwrap();
+        l.store
+            .record_request(l.run, RequestKind::DestroyMany, &batch, Utc::now())
+            .await
+            .unwrap();
+        l.outcome(&[TicketId::new(1)], Outcome::Failed).await;
+        l.outcome(&[TicketId::new(2)], Outcome::NotSent).await;
+        assert_eq!(
+            l.state(TicketId::new(1)).await,
+            "selected",
+            "sent again by a later run"
+        );
+        assert_eq!(l.state(TicketId::new(2)).await, "selected");
+        // a kept ticket still present stays kept
+        l.decide(&[record(TicketId::new(3), 1, DecisionKind::KeepRule)])
+            .await;
+        l.outcome(&[TicketId::new(3)], Outcome::StillPresent).await;
+        assert_eq!(l.state(TicketId::new(3)).await, "kept");
+        // a restore's non-answers change nothing
+        l.outcome(&[TicketId::new(3)], Outcome::NotRestored).await;
+        l.outcome(&[TicketId::new(3)], Outcome::RestoreUnknown)
+            .await;
+        assert_eq!(l.state(TicketId::new(3)).await, "kept");
+    }
+
+    #[tokio::test]
+    async fn settlements_name_where_a_ticket_went() {
+        let l = Ledger::new().await;
+        l.decide(&[
+            record(TicketId::new(1), 1, DecisionKind::KeepNoRule),
+            record(TicketId::new(2), 1, DecisionKind::KeepNoRule),
+            record(TicketId::new(3), 1, DecisionKind::Purge),
+        ])
+        .await;
+        l.outcome(&[TicketId::new(1)], Outcome::LeftView).await;
+        l.outcome(&[TicketId::new(2)], Outcome::RestoredElsewhere)
+            .await;
+        l.outcome(&[TicketId::new(3)], Outcome::Unknown).await;
+        assert_eq!(l.state(TicketId::new(3)).await, "unknown");
+        l.outcome(&[TicketId::new(3)], Outcome::ScrubbedByZendesk)
+            .await;
+        assert_eq!(l.state(TicketId::new(1)).await, "left_view");
+        assert_eq!(l.state(TicketId::new(2)).await, "restored");
+        assert_eq!(l.state(TicketId::new(3)).await, "scrubbed");
+        // a settled row is not moved by a late outcome of another kind
+        l.outcome(&[TicketId::new(1)], Outcome::Failed).await;
+        assert_eq!(l.state(TicketId::new(1)).await, "left_view");
+    }
+
+    #[tokio::test]
+    async fn a_jobs_word_on_a_ticket_restored_beside_it_reopens_the_row() {
+        let l = Ledger::new().await;
+        l.decide(&[record(TicketId::new(1), 1, DecisionKind::Purge)])
+            .await;
+        let batch = IdBatch::new(vec![TicketId::new(1)]).unwrap();
+        l.store
+            .record_request(l.run, RequestKind::DestroyMany, &batch, Utc::now())
+            .await
+            .unwrap();
+        // restored by hand while the job was queued
+        l.outcome(&[TicketId::new(1)], Outcome::Restored).await;
+        assert_eq!(l.state(TicketId::new(1)).await, "restored");
+        l.outcome(&[TicketId::new(1)], Outcome::Purged).await;
+        assert_eq!(
+            l.state(TicketId::new(1)).await,
+            "purged",
+            "the next reconcile settles it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deletion_again_supersedes_the_old_row_and_outcomes_reach_only_the_new_one() {
+        let l = Ledger::new().await;
+        l.decide(&[record(TicketId::new(1), 1, DecisionKind::KeepNoRule)])
+            .await;
+        l.decide(&[record(TicketId::new(1), 3, DecisionKind::Purge)])
+            .await;
+        let rows = l.rows(TicketId::new(1)).await;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].1, "superseded");
+        assert_eq!(rows[1].1, "selected");
+        l.outcome(&[TicketId::new(1)], Outcome::NotSent).await;
+        let rows = l.rows(TicketId::new(1)).await;
+        assert_eq!(
+            (rows[0].1.as_str(), rows[1].1.as_str()),
+            ("superseded", "selected")
+        );
+        // the live row is the new deletion's
+        let live = l.store.ledger_rows(&[TicketId::new(1)]).await.unwrap();
+        assert_eq!(live[&TicketId::new(1)].deleted_at, Some(day(3)));
+        // the same deletion decided again updates its row, no new one
+        l.decide(&[record(TicketId::new(1), 3, DecisionKind::KeepRule)])
+            .await;
+        let rows = l.rows(TicketId::new(1)).await;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].1, "kept");
+    }
+
+    #[tokio::test]
+    async fn a_row_changed_outside_is_refused_as_it_is_read() {
+        let l = Ledger::new().await;
+        l.decide(&[
+            record(TicketId::new(1), 1, DecisionKind::KeepNoRule),
+            record(TicketId::new(2), 1, DecisionKind::KeepNoRule),
+        ])
+        .await;
+        assert_eq!(
+            l.store
+                .ledger_rows(&[TicketId::new(1), TicketId::new(2)])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        // someone makes a kept ticket purgeable by hand
+        sqlx::query("UPDATE ledger SET decision = 'purge', rule = 'old' WHERE ticket_id = 1")
+            .execute(l.store.pool())
+            .await
+            .unwrap();
+        let err = l
+            .store
+            .ledger_rows(&[TicketId::new(1), TicketId::new(2)])
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("changed outside zd-retention: ticket 1"),
+            "{err:#}"
+        );
+        // the other row alone still reads
+        assert_eq!(
+            l.store
+                .ledger_rows(&[TicketId::new(2)])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+}

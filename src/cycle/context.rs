@@ -292,3 +292,87 @@ impl FromIterator<TicketId> for SeenIds {
         SeenIds(ids.into_iter().map(TicketId::get).collect())
     }
 }
+
+/// What the cycle's unit tests build a context from: quick settings, and a
+/// context on a fresh store in a temporary folder with a client for
+/// `base_url` (a sandbox, or an address nothing listens on).
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{CycleContext, CycleSettings};
+    use crate::audit::AuditStore;
+    use crate::quota::RateQuota;
+    use crate::rules::Policy;
+    use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, ZendeskClient};
+
+    /// Live, quick polling, generous limits, a day between whole walks.
+    pub(crate) fn settings() -> CycleSettings {
+        CycleSettings {
+            dry_run: false,
+            max_purges_per_run: 1000,
+            purge_while_scanning: false,
+            max_jobs_in_flight: 2,
+            job_poll_interval: Duration::from_millis(10),
+            job_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+            record_subjects: false,
+            settle_window: Duration::from_secs(31 * 86_400),
+            reconcile_every: Duration::from_secs(86_400),
+            keep_details: None,
+            clock_skew: Duration::from_secs(120),
+            check_share: 0.5,
+            check_interval: Duration::from_secs(900),
+            latency_bound: Duration::from_secs(1800),
+        }
+    }
+
+    /// A client for `base_url` with roomy quotas and no retries.
+    pub(crate) fn client(base_url: &str) -> ZendeskClient {
+        let quota = || RateQuota::new(100, Duration::from_millis(100)).unwrap();
+        ZendeskClient::new(ClientConfig {
+            base_url: url::Url::parse(base_url).unwrap(),
+            auth: Auth::ApiToken {
+                email: "ops@acme.example".into(),
+                token: SecretString::from("t"),
+            },
+            limits: RateLimits {
+                list: quota(),
+                list_deep: quota(),
+                account: quota(),
+            },
+            retry: RetryPolicy {
+                max_retries: 0,
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(1),
+                request_timeout: Duration::from_secs(5),
+            },
+        })
+        .unwrap()
+    }
+
+    /// A context on a fresh store (kept while the folder lives).
+    pub(crate) async fn context(
+        base_url: &str,
+        policy: Policy,
+        settings: CycleSettings,
+    ) -> (CycleContext, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AuditStore::open(&dir.path().join("audit.db"))
+            .await
+            .unwrap();
+        let ctx = CycleContext {
+            policy: Arc::new(policy),
+            settings,
+            origin: "test".into(),
+            client: client(base_url),
+            store,
+            cancel: CancellationToken::new(),
+        };
+        (ctx, dir)
+    }
+}

@@ -1193,3 +1193,549 @@ mod tests {
         assert!(seen.contains(id(u64::MAX)) && !seen.contains(id(8)));
     }
 }
+
+/// The step a run chooses, the selection's rules, and a page's decisions
+/// (latest listing wins, the ledger compared, the limit held).
+#[cfg(test)]
+mod step_and_page_tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::cycle::context::test_support;
+    use crate::rules::{RetentionRule, RuleAction};
+    use crate::zendesk::Actor;
+    use crate::zendesk::SortBy;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(h: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)
+    }
+
+    fn settings() -> CycleSettings {
+        test_support::settings()
+    }
+
+    /// Purges tickets deleted more than 24 h ago whose previous state is
+    /// `closed`; keeps everything else.
+    fn aged_policy() -> Policy {
+        Policy {
+            rules: vec![RetentionRule {
+                older_than: Some(24 * HOUR),
+                previous_state: Some(["closed".to_string()].into()),
+                ..RetentionRule::new("old-closed", RuleAction::Purge)
+            }],
+            min_age: HOUR,
+            ..Policy::default()
+        }
+    }
+
+    fn marks(high_water: Option<i64>, last_reconcile: Option<i64>, listings: u64) -> ListingMarks {
+        ListingMarks {
+            high_water: high_water.map(at),
+            last_reconcile: last_reconcile.map(at),
+            untagged: 0,
+            listings,
+        }
+    }
+
+    #[test]
+    fn a_first_run_of_aged_rules_reads_the_backlog_up_to_the_youngest_age() {
+        let (step, why) = choose_step(&aged_policy(), &settings(), &marks(None, None, 0), at(0));
+        assert_eq!(step, Step::Backlog { horizon: 24 * HOUR });
+        assert!(why.contains("first run"), "{why}");
+        assert_eq!(step.sorted(), Some(SortOrder::Asc));
+        assert_eq!(
+            step.list_options().sort,
+            Some((SortBy::DeletedAt, SortOrder::Asc))
+        );
+    }
+
+    #[test]
+    fn a_first_run_with_an_ageless_purge_rule_walks_the_whole_view() {
+        let policy = Policy {
+            rules: vec![RetentionRule {
+                match_all: true,
+                ..RetentionRule::new("all", RuleAction::Purge)
+            }],
+            ..Policy::default()
+        };
+        let (step, why) = choose_step(&policy, &settings(), &marks(None, None, 0), at(0));
+        assert_eq!(step, Step::Reconcile);
+        assert!(why.contains("no whole walk"), "{why}");
+        assert_eq!(step.sorted(), None);
+        assert_eq!(step.list_options().sort, None);
+    }
+
+    #[test]
+    fn a_listing_without_a_high_water_mark_is_never_a_backlog_again() {
+        // a run listed before, but no step finished whole: no backlog (it
+        // would read only the oldest again), a whole walk
+        let (step, _) = choose_step(&aged_policy(), &settings(), &marks(None, None, 1), at(0));
+        assert_eq!(step, Step::Reconcile);
+        // a mark without a whole walk behind it is no ground for a refresh
+        let (step, _) = choose_step(
+            &aged_policy(),
+            &settings(),
+            &marks(Some(-1), None, 1),
+            at(0),
+        );
+        assert_eq!(step, Step::Reconcile);
+    }
+
+    #[test]
+    fn untagged_rows_force_a_whole_walk_whatever_the_marks() {
+        let mut m = marks(Some(-1), Some(-2), 5);
+        m.untagged = 3;
+        let (step, why) = choose_step(&aged_policy(), &settings(), &m, at(0));
+        assert_eq!(step, Step::Reconcile);
+        assert!(why.starts_with("3 tickets"), "{why}");
+    }
+
+    #[test]
+    fn a_refresh_reads_down_to_the_mark_less_the_clock_skew() {
+        let (step, _) = choose_step(
+            &aged_policy(),
+            &settings(),
+            &marks(Some(-1), Some(-2), 5),
+            at(0),
+        );
+        assert_eq!(
+            step,
+            Step::Refresh {
+                down_to: at(-1) - chrono::Duration::seconds(120)
+            }
+        );
+        assert_eq!(step.kind().as_str(), "refresh");
+        assert_eq!(step.sorted(), Some(SortOrder::Desc));
+    }
+
+    #[test]
+    fn only_a_zero_reconcile_interval_makes_the_run_walk_the_whole_view_itself() {
+        let m = marks(Some(-1), Some(-48), 5);
+        // a day between whole walks, the last two days ago: still a refresh
+        // (the due check walks on beside it, check.rs)
+        let (step, _) = choose_step(&aged_policy(), &settings(), &m, at(0));
+        assert!(matches!(step, Step::Refresh { .. }), "{step:?}");
+        // `0s`: every run walks the whole view
+        let zero = CycleSettings {
+            reconcile_every: Duration::ZERO,
+            ..settings()
+        };
+        let (step, why) = choose_step(&aged_policy(), &zero, &m, at(0));
+        assert_eq!(step, Step::Reconcile);
+        assert!(why.contains("the last whole walk began 2d ago"), "{why}");
+    }
+
+    fn ticket(id: TicketId, deleted_h: Option<i64>, previous: &str) -> DeletedTicket {
+        DeletedTicket {
+            id,
+            subject: Some(format!("ticket {id}")),
+            actor: Some(Actor {
+                id: Some(7),
+                name: Some("Ann".into()),
+            }),
+            deleted_at: deleted_h.map(at),
+            previous_state: Some(previous.into()),
+        }
+    }
+
+    fn page(tickets: Vec<DeletedTicket>) -> crate::zendesk::DeletedTicketsPage {
+        crate::zendesk::DeletedTicketsPage {
+            tickets,
+            number: 1,
+            has_more: true,
+            next: None,
+        }
+    }
+
+    #[test]
+    fn a_refresh_stops_only_after_a_page_ending_below_its_mark() {
+        let step = Step::Refresh { down_to: at(-10) };
+        let now = at(0);
+        assert!(step.stops_at(
+            &page(vec![
+                ticket(TicketId::new(1), Some(-5), "closed"),
+                ticket(TicketId::new(2), Some(-11), "closed")
+            ]),
+            now
+        ));
+        // ending at the mark itself: a ticket of that second may follow
+        assert!(!step.stops_at(
+            &page(vec![ticket(TicketId::new(1), Some(-10), "closed")]),
+            now
+        ));
+        assert!(!step.stops_at(&page(vec![ticket(TicketId::new(1), None, "closed")]), now));
+        assert!(!step.stops_at(&page(vec![]), now));
+        assert!(!Step::Reconcile.stops_at(
+            &page(vec![ticket(TicketId::new(1), Some(-500), "closed")]),
+            now
+        ));
+        // a backlog stops once the page's last ticket is younger than the horizon
+        let backlog = Step::Backlog { horizon: 24 * HOUR };
+        assert!(!backlog.stops_at(
+            &page(vec![ticket(TicketId::new(1), Some(-30), "closed")]),
+            now
+        ));
+        assert!(backlog.stops_at(
+            &page(vec![
+                ticket(TicketId::new(1), Some(-30), "closed"),
+                ticket(TicketId::new(2), Some(-2), "closed")
+            ]),
+            now
+        ));
+    }
+
+    fn chosen(selection: &mut Selection, ids: impl IntoIterator<Item = u64>) {
+        for id in ids.into_iter().map(TicketId::new) {
+            selection.chosen.insert(
+                id,
+                Chosen {
+                    rule: "r".into(),
+                    listed: ListedAs::of(&ticket(id, Some(-30), "closed")),
+                    listed_at: at(0),
+                },
+            );
+            selection.order.push(id);
+        }
+    }
+
+    #[test]
+    fn the_sendable_ids_are_chosen_agreed_and_new_each_once_in_listing_order() {
+        let mut s = Selection::default();
+        chosen(&mut s, [5, 3, 9, 3]);
+        s.order.push(TicketId::new(42)); // listed, no longer chosen
+        s.disagreed_selected.insert(TicketId::new(9));
+        assert_eq!(s.take_sendable(), vec![5, 3]);
+        assert!(s.order.is_empty());
+        // chosen again later: not sent twice
+        chosen(&mut s, [3, 11]);
+        assert_eq!(s.take_sendable(), vec![11]);
+    }
+
+    #[test]
+    fn whole_batches_go_mid_scan_and_the_rest_waits_in_its_order() {
+        let mut s = Selection::default();
+        chosen(&mut s, 1..=250);
+        let first = s.take_whole_batches();
+        assert_eq!(first, (1..=200).collect::<Vec<_>>());
+        assert_eq!(s.order, (201..=250).collect::<Vec<_>>());
+        // the rest was not marked released: the end of the scan sends it
+        chosen(&mut s, [300]);
+        let rest = s.take_sendable();
+        assert_eq!(rest, (201..=250).chain([300]).collect::<Vec<_>>());
+        assert!(s.take_whole_batches().is_empty());
+    }
+
+    #[test]
+    fn past_the_limit_new_selections_are_only_counted() {
+        let limit = CycleSettings {
+            max_purges_per_run: 2,
+            ..settings()
+        };
+        let mut s = Selection::default();
+        chosen(&mut s, [1, 2]);
+        assert!(
+            !s.counts_only(&limit, TicketId::new(3)),
+            "the limit + 1st is still held"
+        );
+        chosen(&mut s, [3]);
+        assert!(s.counts_only(&limit, TicketId::new(4)));
+        assert!(
+            !s.counts_only(&limit, TicketId::new(2)),
+            "a held one stays held"
+        );
+        s.counted_ids.insert(TicketId::new(1));
+        assert!(
+            s.counts_only(&limit, TicketId::new(1)),
+            "a counted one stays counted"
+        );
+        let dry = CycleSettings {
+            dry_run: true,
+            ..settings()
+        };
+        assert!(
+            Selection::default().counts_only(&dry, TicketId::new(1)),
+            "a dry run holds none"
+        );
+    }
+
+    async fn context(policy: Policy, settings: CycleSettings) -> (CycleContext, tempfile::TempDir) {
+        // nothing here sends a request
+        test_support::context("http://127.0.0.1:9", policy, settings).await
+    }
+
+    struct Decided {
+        walk: WalkState,
+        result: ScanResult,
+        not_effective: Vec<(TicketId, LedgerState)>,
+    }
+
+    fn decide(
+        ctx: &CycleContext,
+        pages: &[Vec<DeletedTicket>],
+        ledger: &mut HashMap<TicketId, LedgerEntry>,
+        in_flight: &IdSet,
+    ) -> Decided {
+        let mut walk = WalkState::default();
+        let mut result = ScanResult::new(Step::Reconcile, String::new(), at(0));
+        let mut not_effective = Vec::new();
+        for p in pages {
+            not_effective.extend(decide_page(
+                ctx,
+                p,
+                at(0),
+                &mut walk,
+                &mut result,
+                ledger,
+                in_flight,
+            ));
+        }
+        Decided {
+            walk,
+            result,
+            not_effective,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_selects_by_the_rules_and_counts_the_kept_by_reason() {
+        let (ctx, _dir) = context(aged_policy(), settings()).await;
+        let d = decide(
+            &ctx,
+            &[vec![
+                ticket(TicketId::new(1), Some(-30), "closed"),
+                ticket(TicketId::new(2), Some(-30), "open"),
+                ticket(TicketId::new(3), Some(-2), "closed"),
+                ticket(TicketId::new(4), None, "closed"),
+            ]],
+            &mut HashMap::new(),
+            &IdSet::default(),
+        );
+        assert_eq!(d.result.scanned, 4);
+        assert_eq!(d.result.matched_by_rule.get("old-closed"), Some(&1));
+        assert_eq!(d.walk.selection.chosen.keys().collect::<Vec<_>>(), vec![&1]);
+        // (an unknown deletion time meets no age condition: kept too)
+        assert_eq!(
+            d.result.kept.get("keep_no_rule"),
+            Some(&3),
+            "{:?}",
+            d.result.kept
+        );
+        assert_eq!(d.walk.newest, Some(at(-2)));
+        // every first sighting is recorded, the purge as a purge
+        assert_eq!(d.walk.unflushed.len(), 4);
+        assert_eq!(d.walk.unflushed[0].decision, DecisionKind::Purge);
+        assert!(d.walk.touched.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_ticket_listed_twice_alike_is_sent_once_and_counted_once() {
+        let (ctx, _dir) = context(aged_policy(), settings()).await;
+        let t = ticket(TicketId::new(1), Some(-30), "closed");
+        let mut d = decide(
+            &ctx,
+            &[vec![t.clone()], vec![t]],
+            &mut HashMap::new(),
+            &IdSet::default(),
+        );
+        assert_eq!(d.result.scanned, 1);
+        assert_eq!(d.result.relisted, 1);
+        assert_eq!(d.result.matched_by_rule.get("old-closed"), Some(&1));
+        assert_eq!(d.walk.selection.take_sendable(), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn listings_that_disagree_keep_a_ticket_out_of_the_purge() {
+        let (ctx, _dir) = context(aged_policy(), settings()).await;
+        // deleted again between the two listings (another deletion time)
+        let mut d = decide(
+            &ctx,
+            &[
+                vec![
+                    ticket(TicketId::new(1), Some(-30), "closed"),
+                    ticket(TicketId::new(2), Some(-30), "closed"),
+                ],
+                vec![
+                    ticket(TicketId::new(1), Some(-29), "closed"),
+                    ticket(TicketId::new(2), Some(-30), "open"),
+                ],
+            ],
+            &mut HashMap::new(),
+            &IdSet::default(),
+        );
+        assert!(
+            d.walk
+                .selection
+                .disagreed_selected
+                .contains(&TicketId::new(1))
+        );
+        assert!(
+            d.walk
+                .selection
+                .disagreed_selected
+                .contains(&TicketId::new(2))
+        );
+        assert!(d.walk.selection.take_sendable().is_empty());
+        assert_eq!(d.result.matched_by_rule.get("old-closed"), Some(&0));
+        // ticket 2 is kept by its latest listing, and counted as kept once
+        assert_eq!(d.result.kept.get("keep_no_rule"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_holds_nothing_and_counts_each_selected_ticket_once() {
+        let dry = CycleSettings {
+            dry_run: true,
+            ..settings()
+        };
+        let (ctx, _dir) = context(aged_policy(), dry).await;
+        let t = ticket(TicketId::new(1), Some(-30), "closed");
+        let d = decide(
+            &ctx,
+            &[
+                vec![t.clone(), ticket(TicketId::new(2), Some(-30), "closed")],
+                vec![t],
+            ],
+            &mut HashMap::new(),
+            &IdSet::default(),
+        );
+        assert!(d.walk.selection.chosen.is_empty());
+        assert_eq!(d.walk.selection.counted_only, 2);
+        assert_eq!(d.result.matched_by_rule.get("old-closed"), Some(&2));
+        assert_eq!(d.walk.unflushed[0].decision, DecisionKind::WouldPurge);
+    }
+
+    #[tokio::test]
+    async fn a_live_run_holds_at_most_one_past_its_limit_and_counts_the_rest() {
+        let limited = CycleSettings {
+            max_purges_per_run: 2,
+            ..settings()
+        };
+        let (ctx, _dir) = context(aged_policy(), limited).await;
+        let tickets: Vec<DeletedTicket> = (1..=6)
+            .map(|id| ticket(TicketId::new(id), Some(-30), "closed"))
+            .collect();
+        let d = decide(
+            &ctx,
+            &[tickets.clone(), tickets],
+            &mut HashMap::new(),
+            &IdSet::default(),
+        );
+        assert_eq!(d.walk.selection.chosen.len(), 3, "max_purges_per_run + 1");
+        assert_eq!(d.walk.selection.counted_only, 3);
+        assert_eq!(d.result.matched_by_rule.get("old-closed"), Some(&6));
+        assert!(d.walk.selection.disagreed_selected.is_empty());
+    }
+
+    fn entry_of_listing(
+        t: &DeletedTicket,
+        decision: &str,
+        rule: Option<&str>,
+        state: LedgerState,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            ticket_id: t.id,
+            deleted_at: t.deleted_at,
+            actor_id: t.actor.as_ref().and_then(|a| a.id),
+            actor_name: t.actor.as_ref().and_then(|a| a.name.clone()),
+            previous_state: t.previous_state.clone(),
+            subject: None,
+            subject_tags: None,
+            decision: Some(decision.into()),
+            rule: rule.map(str::to_string),
+            config_hash: None,
+            state,
+            last_seen: None,
+            requested_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ledger_records_changes_only_and_names_purges_listed_again() {
+        let (ctx, _dir) = context(aged_policy(), settings()).await;
+        let same = ticket(TicketId::new(1), Some(-30), "open");
+        let moved = ticket(TicketId::new(2), Some(-30), "closed");
+        let back = ticket(TicketId::new(3), Some(-30), "closed");
+        let mut ledger: HashMap<TicketId, LedgerEntry> = [
+            (
+                TicketId::new(1),
+                entry_of_listing(&same, "keep_no_rule", None, LedgerState::Kept),
+            ),
+            // kept before (too young then), selected now
+            (
+                TicketId::new(2),
+                entry_of_listing(
+                    &moved,
+                    "keep_too_young",
+                    Some("old-closed"),
+                    LedgerState::Kept,
+                ),
+            ),
+            // its job said purged, and it is listed again
+            (
+                TicketId::new(3),
+                entry_of_listing(&back, "purge", Some("old-closed"), LedgerState::Purged),
+            ),
+        ]
+        .into();
+        let d = decide(
+            &ctx,
+            &[vec![same, moved, back]],
+            &mut ledger,
+            &IdSet::default(),
+        );
+        assert_eq!(
+            d.walk
+                .touched
+                .iter()
+                .map(|s| s.ticket_id)
+                .collect::<Vec<_>>(),
+            vec![1],
+            "unchanged: only seen again"
+        );
+        let recorded: Vec<TicketId> = d.walk.unflushed.iter().map(|r| r.ticket_id).collect();
+        assert_eq!(recorded, vec![2, 3]);
+        assert_eq!(
+            d.not_effective,
+            vec![(TicketId::new(3), LedgerState::Purged)]
+        );
+        assert!(
+            ledger.is_empty(),
+            "each row compared is taken out of the map"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ticket_in_an_earlier_processs_job_is_followed_not_sent_again() {
+        let (ctx, _dir) = context(aged_policy(), settings()).await;
+        let in_flight: IdSet = [TicketId::new(1)].into_iter().collect();
+        let d = decide(
+            &ctx,
+            &[vec![
+                ticket(TicketId::new(1), Some(-30), "closed"),
+                ticket(TicketId::new(2), Some(-30), "closed"),
+            ]],
+            &mut HashMap::new(),
+            &in_flight,
+        );
+        assert_eq!(d.result.in_flight, 1);
+        assert!(!d.walk.selection.chosen.contains_key(&TicketId::new(1)));
+        assert!(d.walk.selection.chosen.contains_key(&TicketId::new(2)));
+        assert_eq!(d.result.matched_by_rule.get("old-closed"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn an_id_beyond_the_stores_range_is_kept_and_never_recorded() {
+        let (ctx, _dir) = context(aged_policy(), settings()).await;
+        let wide = crate::audit::MAX_TICKET_ID.get() + 1;
+        let d = decide(
+            &ctx,
+            &[vec![ticket(TicketId::new(wide), Some(-30), "closed")]],
+            &mut HashMap::new(),
+            &IdSet::default(),
+        );
+        assert_eq!(d.result.scanned, 0);
+        assert_eq!(d.result.kept.get("keep_id_out_of_range"), Some(&1));
+        assert!(d.walk.unflushed.is_empty() && d.walk.selection.chosen.is_empty());
+    }
+}

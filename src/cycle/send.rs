@@ -858,3 +858,229 @@ fn latencies_of(sent: &[Sent]) -> Vec<crate::audit::RequestLatency> {
     }
     out
 }
+
+/// The rounds' bookkeeping: a release narrowed to what was sent, the wait
+/// before the next round, the doubt's words, each request's window and
+/// latency.
+#[cfg(test)]
+mod round_tests {
+    use super::*;
+    use crate::cycle::handover::ListingGate;
+    use crate::cycle::{context::test_support, worker::Tally};
+    use crate::ids::RunId;
+    use crate::rules::Policy;
+    use crate::zendesk::Actor;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_780_000_000, 0).unwrap() + chrono::Duration::minutes(minutes)
+    }
+
+    fn listed(minutes: i64) -> ListedAs {
+        ListedAs {
+            deleted_at: Some(at(minutes)),
+            actor_id: Some(minutes as u64),
+            previous_state: None,
+        }
+    }
+
+    fn pending(ids: &[TicketId]) -> Pending {
+        Pending {
+            release: Release {
+                batch: IdBatch::new(ids.to_vec()).unwrap(),
+                listed: ids
+                    .iter()
+                    .map(|id| Some(listed(i64::try_from(id.get()).unwrap())))
+                    .collect(),
+                listed_at: at(0),
+                purgeable: ids
+                    .iter()
+                    .map(|id| Some(at(100 + i64::try_from(id.get()).unwrap())))
+                    .collect(),
+                check_freshness: true,
+            },
+            active: IdSet::default(),
+            lost: 2,
+            limited: 1,
+            reserved: true,
+        }
+    }
+
+    #[test]
+    fn a_narrowed_release_keeps_each_tickets_listing_and_purgeable_time() {
+        let narrowed = pending(&[
+            TicketId::new(1),
+            TicketId::new(2),
+            TicketId::new(3),
+            TicketId::new(4),
+        ])
+        .narrowed(IdBatch::new(vec![TicketId::new(4), TicketId::new(2)]).unwrap());
+        assert_eq!(narrowed.release.batch.ids(), &[4, 2]);
+        assert_eq!(
+            narrowed.release.listed,
+            vec![Some(listed(4)), Some(listed(2))]
+        );
+        assert_eq!(
+            narrowed.release.purgeable,
+            vec![Some(at(104)), Some(at(102))]
+        );
+        assert_eq!(narrowed.release.listed_at, at(0));
+        assert!(narrowed.release.check_freshness);
+        // its rounds so far go with it
+        assert_eq!(
+            (narrowed.lost, narrowed.limited, narrowed.reserved),
+            (2, 1, true)
+        );
+    }
+
+    #[test]
+    fn the_next_round_waits_for_the_longest_wait_asked() {
+        let mut again = Again::default();
+        assert_eq!(again.wait, Duration::ZERO);
+        again.push(pending(&[TicketId::new(1)]), Duration::from_secs(3));
+        again.push(pending(&[TicketId::new(2)]), Duration::from_secs(10));
+        again.push(pending(&[TicketId::new(3)]), Duration::from_secs(1));
+        assert_eq!(again.wait, Duration::from_secs(10));
+        assert_eq!(again.pending.len(), 3);
+    }
+
+    #[test]
+    fn the_doubt_names_the_new_deletion_and_its_actor() {
+        let t = DeletedTicket {
+            id: TicketId::new(5),
+            subject: Some("secret subject".into()),
+            actor: Some(Actor {
+                id: Some(42),
+                name: Some("Bob".into()),
+            }),
+            deleted_at: Some(at(0)),
+            previous_state: None,
+        };
+        let detail = doubt_detail(&t);
+        assert!(
+            detail.starts_with(crate::audit::IN_DOUBT_DETAIL),
+            "{detail}"
+        );
+        assert!(detail.contains(&crate::audit::timestamp(at(0))), "{detail}");
+        assert!(detail.contains("by actor 42"), "{detail}");
+        assert!(!detail.contains("secret subject") && !detail.contains("Bob"));
+        let unknown = DeletedTicket {
+            actor: None,
+            deleted_at: None,
+            ..t
+        };
+        let detail = doubt_detail(&unknown);
+        assert!(detail.contains("an unknown time") && !detail.contains("by actor"));
+    }
+
+    fn sent(ids: &[TicketId], row: JobRowId, sent_at: Option<Instant>, ok: bool) -> Sent {
+        let p = pending(ids);
+        let answer = if ok {
+            Ok(serde_json::from_value(serde_json::json!({"id": "J", "status": "queued"})).unwrap())
+        } else {
+            Err(ZendeskError::Transient {
+                call: "DELETE deleted_tickets/destroy_many".into(),
+                reason: "reset".into(),
+                attempts: 1,
+            })
+        };
+        Sent {
+            batch: p.release.batch.clone(),
+            pending: p,
+            row,
+            sent_at,
+            answer,
+            answered_at: at(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_runs_from_the_reads_answer_to_the_requests_hand_over() {
+        let (ctx, _dir) = test_support::context(
+            "http://127.0.0.1:9",
+            Policy::default(),
+            test_support::settings(),
+        )
+        .await;
+        // the store is open: from here on the clock only moves when told
+        tokio::time::pause();
+        let mut w = PurgeWorker::new(
+            &ctx,
+            RunId::new(1),
+            ListingGate::default(),
+            Vec::new(),
+            Tally::default(),
+        );
+        let read = Read {
+            started: at(0),
+            answered: Instant::now(),
+            answered_utc: at(0),
+            tickets: HashMap::new(),
+        };
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let first = Instant::now();
+        tokio::time::advance(Duration::from_millis(20)).await;
+        let second = Instant::now();
+        let requests = [
+            sent(&[TicketId::new(1)], JobRowId::new(10), Some(first), true),
+            sent(&[TicketId::new(2)], JobRowId::new(11), Some(second), true),
+            sent(&[TicketId::new(3)], JobRowId::new(12), None, false),
+        ];
+        let windows = w.windows_of(&requests, Some(&read));
+        assert_eq!(
+            windows,
+            vec![
+                (JobRowId::new(10), Some(Duration::from_millis(30))),
+                (JobRowId::new(11), Some(Duration::from_millis(50))),
+                (JobRowId::new(12), None),
+            ]
+        );
+        assert_eq!(w.tally.max_send_window, Some(Duration::from_millis(50)));
+        // without a read, nothing is measured
+        let unread = w.windows_of(&requests, None);
+        assert!(unread.iter().all(|(_, window)| window.is_none()));
+        assert_eq!(w.tally.max_send_window, Some(Duration::from_millis(50)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_is_measured_for_accepted_requests_and_the_ids_they_carried() {
+        let mut narrowed = sent(
+            &[TicketId::new(1), TicketId::new(2), TicketId::new(3)],
+            JobRowId::new(10),
+            Some(Instant::now()),
+            true,
+        );
+        narrowed.batch = IdBatch::new(vec![TicketId::new(1), TicketId::new(3)]).unwrap();
+        let mut unknown_age = sent(
+            &[TicketId::new(4)],
+            JobRowId::new(11),
+            Some(Instant::now()),
+            true,
+        );
+        unknown_age.pending.release.purgeable = vec![None];
+        let requests = [
+            narrowed,
+            unknown_age,
+            sent(
+                &[TicketId::new(5)],
+                JobRowId::new(12),
+                Some(Instant::now()),
+                false,
+            ),
+            sent(&[TicketId::new(6)], JobRowId::new(13), None, true),
+        ];
+        let latencies = latencies_of(&requests);
+        let rows: Vec<(JobRowId, Vec<TicketId>)> = latencies
+            .iter()
+            .map(|(row, _, tickets)| (*row, tickets.iter().map(|(t, _)| *t).collect()))
+            .collect();
+        let rows: Vec<(i64, Vec<u64>)> = rows
+            .into_iter()
+            .map(|(r, ids)| (r.get(), ids.into_iter().map(TicketId::get).collect()))
+            .collect();
+        assert_eq!(rows, vec![(10, vec![1, 3]), (11, vec![])]);
+        assert_eq!(
+            latencies[0].2,
+            vec![(TicketId::new(1), at(101)), (TicketId::new(3), at(103))]
+        );
+    }
+}

@@ -416,3 +416,258 @@ mod tests {
         }
     }
 }
+
+/// A job's end as the worker records it: Zendesk's status mapped to each
+/// ticket's outcome, the tickets in doubt, the tallies and the ledger.
+#[cfg(test)]
+mod job_end_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::audit::{RequestKind, Trigger};
+    use crate::cycle::context::test_support;
+    use crate::rules::{Decision, RetentionRule, RuleAction};
+    use crate::zendesk::{Actor, DeletedTicket};
+
+    fn ticket(id: TicketId, deleted_days: i64) -> DeletedTicket {
+        DeletedTicket {
+            id,
+            subject: None,
+            actor: Some(Actor {
+                id: Some(7),
+                name: None,
+            }),
+            deleted_at: Some(Utc::now() - chrono::Duration::days(deleted_days)),
+            previous_state: Some("closed".into()),
+        }
+    }
+
+    /// A worker of a live run whose purge request for `ids` is recorded
+    /// (decided purge, ledger rows `purge_requested`), and that request as
+    /// an open job.
+    async fn requested(ids: &[TicketId]) -> (PurgeWorker, OpenJob, tempfile::TempDir) {
+        let policy = Policy {
+            rules: vec![RetentionRule {
+                match_all: true,
+                ..RetentionRule::new("all", RuleAction::Purge)
+            }],
+            ..Policy::default()
+        };
+        let (ctx, dir) =
+            test_support::context("http://127.0.0.1:9", policy, test_support::settings()).await;
+        let now = Utc::now();
+        let run = ctx
+            .store
+            .start_run(Trigger::Manual, false, &ctx.origin, now)
+            .await
+            .unwrap();
+        let tickets: Vec<DeletedTicket> = ids.iter().map(|id| ticket(*id, 40)).collect();
+        let decision = Decision::Purge { rule: "all".into() };
+        let records: Vec<_> = tickets
+            .iter()
+            .map(|t| crate::cycle::decision_record(t, &decision, &ctx.settings, now))
+            .collect();
+        ctx.store.record_decisions(run, &records).await.unwrap();
+        let batch = IdBatch::new(ids.to_vec()).unwrap();
+        let row = ctx
+            .store
+            .record_request(run, RequestKind::DestroyMany, &batch, now)
+            .await
+            .unwrap();
+        let job = OpenJob {
+            row,
+            id: JobId("J1".into()),
+            tickets: ids.to_vec(),
+            since: Instant::now(),
+            misses: 0,
+            last_status: "queued".into(),
+            sent_as: tickets.iter().map(|t| Some(ListedAs::of(t))).collect(),
+            in_doubt: Vec::new(),
+            answered: None,
+        };
+        let worker = PurgeWorker::new(
+            &ctx,
+            run,
+            ListingGate::default(),
+            Vec::new(),
+            Tally::default(),
+        );
+        (worker, job, dir)
+    }
+
+    fn status(json: serde_json::Value) -> JobStatus {
+        serde_json::from_value(json).unwrap()
+    }
+
+    /// Each ticket's last outcome, with its detail.
+    async fn outcomes(worker: &PurgeWorker, ids: &[TicketId]) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        for id in ids {
+            let history = worker.store.ticket_history(*id).await.unwrap();
+            let last = history.iter().rev().find(|e| e.kind == "outcome").unwrap();
+            out.push((last.what.clone(), last.detail.clone()));
+        }
+        out
+    }
+
+    async fn ledger(worker: &PurgeWorker) -> BTreeMap<String, i64> {
+        worker
+            .store
+            .ledger_counts()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_job_completed_with_success_purges_every_ticket() {
+        let (mut w, job, _dir) =
+            requested(&[TicketId::new(1), TicketId::new(2), TicketId::new(3)]).await;
+        assert_eq!(ledger(&w).await.get("purge_requested"), Some(&3));
+        let done = status(serde_json::json!({
+            "id": "J1", "status": "completed", "message": "Completed at now",
+            "results": {"success": true}
+        }));
+        w.finish(job, &done).await.unwrap();
+        assert_eq!((w.tally.purged, w.tally.unknown, w.tally.failed), (3, 0, 0));
+        for (what, detail) in
+            outcomes(&w, &[TicketId::new(1), TicketId::new(2), TicketId::new(3)]).await
+        {
+            assert_eq!(what, "purged");
+            assert_eq!(detail.as_deref(), Some("Completed at now"));
+        }
+        assert_eq!(ledger(&w).await.get("purged"), Some(&3));
+    }
+
+    #[tokio::test]
+    async fn a_job_completed_without_full_success_leaves_every_ticket_unknown() {
+        let (mut w, job, _dir) = requested(&[TicketId::new(1), TicketId::new(2)]).await;
+        let partial = status(serde_json::json!({
+            "id": "J1", "status": "completed",
+            "results": [{"id": 1, "success": true}, {"id": 2, "success": false}]
+        }));
+        w.finish(job, &partial).await.unwrap();
+        assert_eq!((w.tally.purged, w.tally.unknown, w.tally.failed), (0, 2, 0));
+        for (what, detail) in outcomes(&w, &[TicketId::new(1), TicketId::new(2)]).await {
+            assert_eq!(what, "unknown");
+            assert!(
+                detail.unwrap().contains("completed without full success"),
+                "the detail says why"
+            );
+        }
+        assert_eq!(ledger(&w).await.get("unknown"), Some(&2));
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_killed_job_fails_its_tickets_and_they_stay_selected() {
+        for (state, message) in [("failed", Some("boom")), ("killed", None)] {
+            let (mut w, job, _dir) = requested(&[TicketId::new(1), TicketId::new(2)]).await;
+            let mut json = serde_json::json!({"id": "J1", "status": state});
+            if let Some(m) = message {
+                json["message"] = m.into();
+            }
+            w.finish(job, &status(json)).await.unwrap();
+            assert_eq!((w.tally.purged, w.tally.failed), (0, 2), "{state}");
+            let want = message.map_or_else(|| format!("job {state}"), str::to_string);
+            for (what, detail) in outcomes(&w, &[TicketId::new(1), TicketId::new(2)]).await {
+                assert_eq!(what, "failed", "{state}");
+                assert_eq!(detail.as_deref(), Some(want.as_str()), "{state}");
+            }
+            // sent again by a later run: its decision still selects it
+            assert_eq!(ledger(&w).await.get("selected"), Some(&2), "{state}");
+        }
+    }
+
+    fn read_of(tickets: Vec<DeletedTicket>) -> super::super::send::Read {
+        super::super::send::Read {
+            started: Utc::now(),
+            answered: Instant::now(),
+            answered_utc: Utc::now(),
+            tickets: tickets.into_iter().map(|t| (t.id, t)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_deleted_again_after_its_request_is_in_doubt_once() {
+        let (mut w, job, _dir) =
+            requested(&[TicketId::new(1), TicketId::new(2), TicketId::new(3)]).await;
+        let mut as_sent = ticket(TicketId::new(2), 40);
+        as_sent.deleted_at = job.sent_as[1].as_ref().unwrap().deleted_at;
+        as_sent.subject = Some("renamed since".into());
+        let mut recovered = job.clone();
+        recovered.sent_as = Vec::new(); // an earlier process's job
+        recovered.id = JobId("J0".into());
+        w.open = vec![job, recovered];
+        // 1: deleted again (another time and actor); 2: as it was sent
+        // (the same deletion), 3: not in the read
+        let mut again = ticket(TicketId::new(1), 0);
+        again.actor = Some(Actor {
+            id: Some(99),
+            name: None,
+        });
+        let read = read_of(vec![again.clone(), as_sent.clone()]);
+        w.mark_in_doubt(&read);
+        w.mark_in_doubt(&read);
+        let doubts: Vec<TicketId> = w.open[0].in_doubt.iter().map(|(t, _)| *t).collect();
+        assert_eq!(doubts, vec![1], "marked once, only the changed one");
+        assert!(w.open[0].in_doubt[0].1.contains("by actor 99"));
+        assert!(
+            w.open[1].in_doubt.is_empty(),
+            "a job sent without its listing casts no doubt"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_completed_job_with_tickets_in_doubt_claims_only_the_rest() {
+        let (mut w, mut job, _dir) =
+            requested(&[TicketId::new(1), TicketId::new(2), TicketId::new(3)]).await;
+        job.in_doubt = vec![(TicketId::new(2), "in doubt: deleted again".into())];
+        let done = status(serde_json::json!({
+            "id": "J1", "status": "completed", "results": {"success": true}
+        }));
+        w.finish(job, &done).await.unwrap();
+        assert_eq!(
+            (w.tally.purged, w.tally.unknown, w.tally.in_doubt),
+            (2, 1, 1)
+        );
+        let o = outcomes(&w, &[TicketId::new(1), TicketId::new(2), TicketId::new(3)]).await;
+        assert_eq!(o[0].0, "purged");
+        assert_eq!(
+            o[1],
+            (
+                "unknown".to_string(),
+                Some("in doubt: deleted again".into())
+            )
+        );
+        assert_eq!(o[2].0, "purged");
+    }
+
+    #[test]
+    fn an_undecodable_answer_to_a_purge_may_have_been_carried_out() {
+        let e = ZendeskError::Decode {
+            call: "DELETE deleted_tickets/destroy_many".into(),
+            reason: "eof".into(),
+            shape: "empty".into(),
+        };
+        assert_eq!(failure_of(&e), RequestFailure::MaybeCarriedOut);
+    }
+
+    #[test]
+    fn a_listing_compares_by_deletion_actor_and_previous_state_only() {
+        let t = ticket(TicketId::new(1), 3);
+        let mut renamed = t.clone();
+        renamed.subject = Some("another subject".into());
+        renamed.actor = Some(Actor {
+            id: Some(7),
+            name: Some("Ann".into()),
+        });
+        assert_eq!(ListedAs::of(&t), ListedAs::of(&renamed));
+        let mut other_state = t.clone();
+        other_state.previous_state = Some("open".into());
+        assert_ne!(ListedAs::of(&t), ListedAs::of(&other_state));
+        let mut no_actor = t.clone();
+        no_actor.actor = None;
+        assert_ne!(ListedAs::of(&t), ListedAs::of(&no_actor));
+    }
+}

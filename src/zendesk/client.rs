@@ -932,3 +932,251 @@ fn describe_reqwest(e: &reqwest::Error, timeout: Duration) -> String {
     }
     reason
 }
+
+/// Status codes to `ZendeskError` variants, what is sent again and what is
+/// not, and the waits a 429 carries; against wiremock.
+#[cfg(test)]
+mod status_tests {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+    use crate::quota::RateQuota;
+
+    const JOB: &str = r#"{"job_status": {"id": "J1", "status": "queued"}}"#;
+    const PURGE: &str = "/api/v2/deleted_tickets/destroy_many.json";
+
+    fn client(server: &MockServer, max_retries: usize) -> ZendeskClient {
+        let quota = |window_ms| RateQuota::new(100, Duration::from_millis(window_ms)).unwrap();
+        ZendeskClient::new(ClientConfig {
+            base_url: Url::parse(&server.uri()).unwrap(),
+            auth: Auth::ApiToken {
+                email: "ops@acme.example".into(),
+                token: SecretString::from("t"),
+            },
+            limits: RateLimits {
+                list: quota(100),
+                list_deep: quota(100),
+                account: quota(250),
+            },
+            retry: RetryPolicy {
+                max_retries,
+                min_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(2),
+                request_timeout: Duration::from_secs(5),
+            },
+        })
+        .unwrap()
+    }
+
+    fn batch() -> IdBatch {
+        IdBatch::new(vec![TicketId::new(1), TicketId::new(2)]).unwrap()
+    }
+
+    async fn requests(server: &MockServer) -> usize {
+        server.received_requests().await.unwrap().len()
+    }
+
+    /// A purge answered `status` once (with `body`): what it comes back as.
+    async fn purge_answered(status: u16, body: &str) -> (ZendeskError, usize) {
+        let server = MockServer::start().await;
+        Mock::given(method("DELETE"))
+            .and(path(PURGE))
+            .respond_with(ResponseTemplate::new(status).set_body_raw(body, "application/json"))
+            .mount(&server)
+            .await;
+        // retries allowed: a purge is never sent twice by the client
+        let e = client(&server, 3).destroy_many(&batch()).await.unwrap_err();
+        (e, requests(&server).await)
+    }
+
+    #[tokio::test]
+    async fn each_status_of_a_purge_maps_to_its_variant_and_is_sent_once() {
+        let invalid = r#"{"error": "RecordInvalid", "description": "Record validation errors"}"#;
+        for (status, body) in [
+            (401, ""),
+            (403, ""),
+            (404, ""),
+            (400, ""),
+            (409, ""),
+            (422, invalid),
+        ] {
+            let (e, sent) = purge_answered(status, body).await;
+            assert_eq!(sent, 1, "{status}: {e}");
+            assert!(!e.is_retryable(), "{status}");
+            assert!(
+                e.call().starts_with("DELETE deleted_tickets/destroy_many"),
+                "{e}"
+            );
+            match (status, &e) {
+                (401, ZendeskError::Unauthorized { .. })
+                | (403, ZendeskError::Forbidden { .. })
+                | (404, ZendeskError::NotFound { .. }) => {}
+                (400 | 409 | 422, ZendeskError::InvalidRequest { status: s, .. }) => {
+                    assert_eq!(*s, status)
+                }
+                _ => panic!("{status} came back as {e:?}"),
+            }
+            if status == 422 {
+                let text = e.to_string();
+                assert!(
+                    text.contains("RecordInvalid") && text.contains("Record validation errors"),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_answered_5xx_or_408_is_transient_and_left_to_the_caller() {
+        for status in [408, 500, 502, 503] {
+            let (e, sent) = purge_answered(status, "<html>down</html>").await;
+            assert_eq!(
+                sent, 1,
+                "{status}: the caller reads again before re-sending"
+            );
+            match e {
+                ZendeskError::Transient {
+                    attempts, reason, ..
+                } => {
+                    assert_eq!(attempts, 1, "{status}");
+                    assert!(reason.starts_with(&status.to_string()), "{reason}");
+                }
+                other => panic!("{status} came back as {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_purge_answered_429_carries_its_retry_after_or_the_account_window() {
+        let server = MockServer::start().await;
+        Mock::given(method("DELETE"))
+            .and(path(PURGE))
+            .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "7"))
+            .mount(&server)
+            .await;
+        let c = client(&server, 3);
+        match c.destroy_many(&batch()).await.unwrap_err() {
+            ZendeskError::RateLimited { wait, .. } => assert_eq!(wait, Duration::from_secs(7)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(requests(&server).await, 1);
+        // the account's requests are held off for the wait
+        assert!(c.write_hold().is_some_and(|h| h > Duration::from_secs(6)));
+        // without Retry-After: the account quota's window (250 ms here)
+        let server = MockServer::start().await;
+        Mock::given(method("DELETE"))
+            .and(path(PURGE))
+            .respond_with(ResponseTemplate::new(429))
+            .mount(&server)
+            .await;
+        match client(&server, 3).destroy_many(&batch()).await.unwrap_err() {
+            ZendeskError::RateLimited { wait, .. } => {
+                assert_eq!(wait, Duration::from_millis(250))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_is_sent_again_after_5xx_a_bounded_number_of_times() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/v2/job_statuses/J1.json"))
+            .respond_with(ResponseTemplate::new(503))
+            .up_to_n_times(2)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/api/v2/job_statuses/J1.json"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(JOB, "application/json"))
+            .mount(&server)
+            .await;
+        let job = client(&server, 3)
+            .job_status(&JobId("J1".into()))
+            .await
+            .unwrap();
+        assert_eq!(job.id.0, "J1");
+        assert_eq!(requests(&server).await, 3);
+        // always 500: the first attempt and max_retries more, then given up
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&server)
+            .await;
+        match client(&server, 2)
+            .job_status(&JobId("J1".into()))
+            .await
+            .unwrap_err()
+        {
+            ZendeskError::Transient { attempts, .. } => assert_eq!(attempts, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(requests(&server).await, 3);
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_answer_is_read_again_but_never_a_purge_sent_again() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw("<html>oops</html>", "text/html"))
+            .mount(&server)
+            .await;
+        Mock::given(method("DELETE"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw("{\"job_st", "application/json"))
+            .mount(&server)
+            .await;
+        let c = client(&server, 2);
+        let e = c.job_status(&JobId("J1".into())).await.unwrap_err();
+        assert!(matches!(e, ZendeskError::Decode { .. }), "{e:?}");
+        assert!(
+            !e.to_string().contains("oops"),
+            "the body's text stays out: {e}"
+        );
+        let gets = requests(&server).await;
+        assert_eq!(gets, 3);
+        let e = c.destroy_many(&batch()).await.unwrap_err();
+        assert!(matches!(e, ZendeskError::Decode { .. }), "{e:?}");
+        assert_eq!(requests(&server).await, gets + 1, "a purge is sent once");
+    }
+
+    #[tokio::test]
+    async fn the_last_attempt_failed_for_5xx_and_refused_credentials_only() {
+        let server = MockServer::start().await;
+        let c = client(&server, 0);
+        let answer = async |status: u16| {
+            server.reset().await;
+            Mock::given(method("GET"))
+                .respond_with(ResponseTemplate::new(status).set_body_raw(JOB, "application/json"))
+                .mount(&server)
+                .await;
+            let _ = c.job_status(&JobId("J1".into())).await;
+            c.last_attempt_failed()
+        };
+        assert!(answer(503).await);
+        assert!(!answer(404).await, "an answer, if not the one hoped for");
+        assert!(answer(401).await);
+        assert!(answer(403).await);
+        assert!(!answer(200).await);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_fractions_and_dates() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, v.parse().unwrap());
+            retry_after(&h)
+        };
+        assert_eq!(with("3"), Some(Duration::from_secs(3)));
+        assert_eq!(with("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            with("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "passed"
+        );
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(7200));
+        assert_eq!(with(&later), Some(MAX_HEADER_WAIT), "capped");
+        assert_eq!(with("soon"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+}

@@ -415,3 +415,20 @@ pub fn offline_config(
     .unwrap();
     config
 }
+
+/// Waits until the sandbox's open jobs have ended, each wait as long as its
+/// own clock says the oldest open job has left (never a guessed time); a
+/// job that does not end within 100 such waits fails the test.
+pub async fn jobs_ended(sb: &Sandbox) {
+    for _ in 0..100 {
+        let left = {
+            let state = sb.state();
+            if state.open_jobs() == 0 {
+                return;
+            }
+            state.next_job_end(tokio::time::Instant::now())
+        };
+        tokio::time::sleep(left).await;
+    }
+    panic!("the sandbox's jobs did not end");
+}

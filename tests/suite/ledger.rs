@@ -704,7 +704,14 @@ async fn pruning_twice_never_gives_a_pruned_id_out_again_and_a_wrong_clock_prune
         )
         .unwrap();
         e.ctx.client.destroy_many(&others).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // their job ends: the next listing no longer shows them
+        jobs_ended(&sb).await;
+        for id in others.ids() {
+            assert!(
+                sb.purged_ids().contains(&id.get()),
+                "ticket {id} not purged"
+            );
+        }
         // ticket kept[100] leaves (restored), comes back (deleted again),
         // and leaves again: its ledger rows are pruned twice
         match round {

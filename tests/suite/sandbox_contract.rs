@@ -9,6 +9,16 @@ use zd_retention::sandbox::{Faults, Sandbox, SandboxAuth, SandboxOptions, genera
 
 use crate::helpers::{fast_sandbox_options, sandbox};
 
+/// Moves tokio's clock, which the sandbox's jobs run on, `by` ahead at
+/// once: paused, advanced, resumed (a current-thread runtime). Never less
+/// than `by` passes, and no wall time is waited for; the clock runs on
+/// from there, so requests after it see a clock that only moved forward.
+async fn jump(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -150,8 +160,10 @@ async fn credentials_are_required() {
 #[tokio::test]
 async fn purge_job_runs_queued_to_completed_and_tickets_vanish() {
     let sb = Sandbox::start_local(SandboxOptions {
-        job_delay: Duration::from_secs(60),
-        job_ttl: Duration::from_secs(120),
+        // an hour of Zendesk time is 6 s here: the job stays queued while
+        // the request is answered and checked, however slow the host
+        job_delay: Duration::from_secs(3600),
+        job_ttl: Duration::from_secs(7200),
         ..fast_sandbox_options(20)
     })
     .await
@@ -180,8 +192,9 @@ async fn purge_job_runs_queued_to_completed_and_tickets_vanish() {
         "nothing vanishes before the job ends"
     );
 
-    // 60 s of Zendesk time is 100 ms here
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // the job's end (created + 6 s here) is passed on the sandbox's own
+    // clock (tokio's), not waited for
+    jump(Duration::from_secs(7)).await;
     let shown = get_json(&format!("{}/api/v2/job_statuses/{id}.json", sb.base_url())).await;
     assert_eq!(shown["job_status"]["status"], "completed");
     assert_eq!(shown["job_status"]["results"]["success"], true);
@@ -198,8 +211,9 @@ async fn purge_job_runs_queued_to_completed_and_tickets_vanish() {
         s
     });
 
-    // the status expires after job_ttl (120 s here: 200 ms)
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // the status expires job_ttl after the job's end (12 s here): at
+    // created + 18 s, passed at created + 20 s at the latest
+    jump(Duration::from_secs(13)).await;
     assert_eq!(
         get(&format!("{}/api/v2/job_statuses/{id}", sb.base_url()))
             .await
