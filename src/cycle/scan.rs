@@ -15,7 +15,7 @@ use super::handover::ListingGate;
 use super::step::{Step, choose_step};
 use crate::audit::{
     AuditStore, DecisionKind, DecisionRecord, LedgerEntry, LedgerState, ListingMarks, Outcome,
-    RunId, Sighting,
+    RunId, ScanKind, Sighting,
 };
 use crate::cycle::{CycleContext, CycleSettings, ListedAs, Release, clock_trusted};
 use crate::listing::PageOrder;
@@ -32,7 +32,11 @@ pub(crate) struct ScanResult {
     pub(super) matched_by_rule: BTreeMap<String, u64>,
     pub(super) kept: BTreeMap<String, u64>,
     pub(super) early_stop: bool,
-    /// Why the walk is what `step.scan_kind()` says.
+    /// How the view was walked. Not a function of `step`: a sorted walk
+    /// that read to the end counts as a reconcile (it saw the whole view)
+    /// but was walked sorted.
+    pub(super) scan: ScanKind,
+    /// Why the walk is what `scan` says.
     pub(super) scan_reason: String,
     /// The cursor listing's order was proven this run.
     pub(super) cursor_proven: bool,
@@ -348,6 +352,7 @@ impl ScanResult {
     fn walk_everything(&mut self, why: &str) {
         tracing::warn!(reason = %why, "the newest deletions cannot be read in order: walking the whole view");
         self.step = Step::Reconcile;
+        self.scan = ScanKind::Full;
         self.scan_reason = format!("{why}: the whole view is walked");
     }
 
@@ -358,6 +363,7 @@ impl ScanResult {
             matched_by_rule: BTreeMap::new(),
             kept: BTreeMap::new(),
             early_stop: false,
+            scan: step.scan_kind(),
             scan_reason: reason,
             cursor_proven: false,
             proof_requests: 0,
@@ -1146,6 +1152,7 @@ pub(super) async fn check_sorted_page(
         if !page.has_more {
             // the whole view on one page: read whole, a reconcile
             result.step = Step::Reconcile;
+            result.scan = ScanKind::Full;
             result.scan_reason = "the whole view fits on one page: it is read whole".into();
         } else {
             let proof = {
