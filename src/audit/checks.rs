@@ -6,7 +6,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{AuditStore, RunId, parse_time, timestamp};
+use super::store::{AuditStore, RunId, parse_time, timestamp};
 use crate::zendesk::TicketId;
 
 /// A whole-view check under way (or the last one).

@@ -2,9 +2,13 @@
 //! and a period's report. Read-only; the documents are rendered by
 //! `crate::evidence`, which knows no SQL.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::sqlite::SqliteArguments;
+use sqlx::{AssertSqlSafe, Sqlite};
 
-use super::*;
+use super::records::{RUN_COLUMNS, RunRow};
+use super::store::{AuditStore, RunId, timestamp};
 
 /// A config version as stored when a run first used it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

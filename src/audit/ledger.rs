@@ -10,7 +10,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{AuditStore, Chained, DecisionRecord, RunId, parse_time, row_digest, timestamp};
+use super::chain::{Chained, chain_append_digests, chain_base, row_digest};
+use super::heads::HeadKind;
+use super::kinds::{DecisionKind, Outcome};
+use super::records::DecisionRecord;
+use super::store::{AuditStore, RunId, parse_time, timestamp};
 use crate::zendesk::TicketId;
 
 /// Where a ticket's deletion stands.
@@ -90,7 +94,7 @@ impl LedgerState {
     }
 
     /// The state a decision puts a row in.
-    pub fn of_decision(decision: super::DecisionKind) -> Self {
+    pub fn of_decision(decision: DecisionKind) -> Self {
         if decision.selects() {
             Self::Selected
         } else {
@@ -500,7 +504,7 @@ impl AuditStore {
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let base = super::signing::chain_base(&mut tx).await?;
+        let base = chain_base(&mut tx).await?;
         // The newest row of each table is never pruned: SQLite gives a new
         // row the highest id plus one, so an id pruned from the top would be
         // given out again, and `verify` would find another row where the
@@ -564,7 +568,7 @@ impl AuditStore {
             }
         }
         if let Some(first) = first {
-            super::chain_append_digests(&mut tx, Chained::Pruned, first, last, digests).await?;
+            chain_append_digests(&mut tx, Chained::Pruned, first, last, digests).await?;
             for table in ["decisions", "outcomes"] {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {table} WHERE id IN (SELECT row_id FROM pruned WHERE tbl = '{table}' AND pruned_at = ?)"
@@ -580,8 +584,7 @@ impl AuditStore {
         .bind(timestamp(settled_before))
         .execute(&mut *tx)
         .await?;
-        self.seal(&mut tx, base, None, super::signing::HeadKind::Commit)
-            .await?;
+        self.seal(&mut tx, base, None, HeadKind::Commit).await?;
         tx.commit()
             .await
             .context("cannot prune the audit's details")?;
@@ -715,10 +718,10 @@ pub(super) async fn upsert_decisions(
 pub(super) async fn apply_outcome(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     tickets: &[TicketId],
-    outcome: super::Outcome,
+    outcome: Outcome,
     at: &str,
 ) -> anyhow::Result<()> {
-    use super::Outcome as O;
+    use Outcome as O;
     let state = match outcome {
         O::Purged => "'purged'",
         O::Unknown => "'unknown'",

@@ -1,7 +1,16 @@
 //! The read-only questions `audit` answers: runs, jobs, a ticket's story,
 //! statistics, search and export. Every filter is a bound parameter.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::kinds::Outcome;
+use super::records::{
+    DayRuns, JOB_COLUMNS, JobRow, RUN_COLUMNS, RunRow, SearchFilter, SearchRow, StatRow,
+    TicketEvent,
+};
+use super::store::{AuditStore, RunId, timestamp};
+use crate::zendesk::TicketId;
 
 impl AuditStore {
     pub async fn run(&self, id: RunId) -> anyhow::Result<Option<RunRow>> {
