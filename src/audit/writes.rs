@@ -7,15 +7,13 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
 use super::chain::{Chained, chain_append, chain_append_digests, chain_base, row_digest};
 use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;
-use super::records::{
-    DecisionRecord, JOB_COLUMNS, JobRow, RunCounts, RunOrigin, WITHDRAWN_NARROWED,
-};
+use super::records::{DecisionRecord, JobRow, RunCounts, RunOrigin, WITHDRAWN_NARROWED};
 use super::store::{AuditStore, JobRowId, RunId, timestamp};
 use crate::zendesk::{IdBatch, TicketId};
 
@@ -38,13 +36,13 @@ async fn end_job(
     message: Option<&str>,
     at: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?",
+        status.as_str(),
+        message,
+        at,
+        job,
     )
-    .bind(status.as_str())
-    .bind(message)
-    .bind(at)
-    .bind(job)
     .execute(&mut **tx)
     .await?;
     chain_append(tx, Chained::JobsState, job, job).await
@@ -67,13 +65,13 @@ impl AuditStore {
     pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<RunId>> {
         self.check_file()?;
         let ids: Vec<RunId> =
-            sqlx::query_scalar("SELECT id FROM runs WHERE status = 'running' ORDER BY id")
+            sqlx::query_scalar!("SELECT id FROM runs WHERE status = 'running' ORDER BY id")
                 .fetch_all(&self.pool)
                 .await?;
         if !ids.is_empty() {
             let mut tx = self.pool.begin().await?;
-            sqlx::query("UPDATE runs SET status = 'interrupted', finished_at = ?, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'")
-                .bind(timestamp(now))
+            let at = timestamp(now);
+            sqlx::query!("UPDATE runs SET status = 'interrupted', finished_at = ?, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'", at)
                 .execute(&mut *tx)
                 .await?;
             // each run's new state, then its end: one head each
@@ -90,9 +88,11 @@ impl AuditStore {
 
     /// Jobs not yet terminal (from any run), oldest first.
     pub async fn open_jobs(&self) -> anyhow::Result<Vec<JobRow>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{JOB_COLUMNS} WHERE status IN ('pending', 'queued', 'working') ORDER BY id"
-        )))
+        Ok(sqlx::query_as!(
+            JobRow,
+            r#"SELECT id, run_id, kind AS "kind: RequestKind", zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status AS "status: JobRowStatus", message
+               FROM jobs WHERE status IN ('pending', 'queued', 'working') ORDER BY id"#
+        )
         .fetch_all(&self.pool)
         .await?)
     }
@@ -109,14 +109,16 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
-        let id = sqlx::query("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)")
-            .bind(trigger.as_str())
-            .bind(timestamp(now))
-            .bind(dry_run)
-            .bind(&origin.config_hash)
-            .bind(origin.host.as_deref())
-            .bind(origin.os_user.as_deref())
-            .bind(&origin.program_version)
+        let started = timestamp(now);
+        let id = sqlx::query!("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                trigger.as_str(),
+                started,
+                dry_run,
+                origin.config_hash,
+                origin.host,
+                origin.os_user,
+                origin.program_version,
+            )
             .execute(&mut *tx)
             .await
             .context("cannot record the start of the run")?
@@ -125,13 +127,13 @@ impl AuditStore {
         chain_append(&mut tx, Chained::RunsState, id, id).await?;
         if let Some(settings) = &origin.config_settings {
             // each distinct config once, chained, with the run that first used it
-            let version = sqlx::query(
+            let version = sqlx::query!(
                 "INSERT INTO config_versions (hash, first_run, first_used, settings) VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+                origin.config_hash,
+                id,
+                started,
+                settings,
             )
-            .bind(&origin.config_hash)
-            .bind(id)
-            .bind(timestamp(now))
-            .bind(settings)
             .execute(&mut *tx)
             .await
             .context("cannot record the config version")?;
@@ -173,38 +175,51 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
-        sqlx::query(
+        let finished = timestamp(now);
+        let (scanned, matched, purged) = (
+            counts.scanned as i64,
+            counts.matched as i64,
+            counts.purged as i64,
+        );
+        let (failed, unknown, list_requests) = (
+            counts.failed as i64,
+            counts.unknown as i64,
+            counts.list_requests as i64,
+        );
+        let max_listing_age_ms = counts.max_listing_age_ms.map(|m| m as i64);
+        let high_water = counts.high_water.map(timestamp);
+        let decisions_recorded = counts.decisions_recorded.map(|n| n as i64);
+        sqlx::query!(
             "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ?, step = ?, high_water = ?, decisions_recorded = ? WHERE id = ?",
+            status.as_str(),
+            finished,
+            scanned,
+            matched,
+            purged,
+            failed,
+            unknown,
+            list_requests,
+            counts.early_stop,
+            error,
+            counts.scan,
+            counts.scan_reason,
+            max_listing_age_ms,
+            counts.step,
+            high_water,
+            decisions_recorded,
+            run,
         )
-        .bind(status.as_str())
-        .bind(timestamp(now))
-        .bind(counts.scanned as i64)
-        .bind(counts.matched as i64)
-        .bind(counts.purged as i64)
-        .bind(counts.failed as i64)
-        .bind(counts.unknown as i64)
-        .bind(counts.list_requests as i64)
-        .bind(counts.early_stop)
-        .bind(error)
-        .bind(counts.scan.as_deref())
-        .bind(counts.scan_reason.as_deref())
-        .bind(counts.max_listing_age_ms.map(|m| m as i64))
-        .bind(counts.step.as_deref())
-        .bind(counts.high_water.map(timestamp))
-        .bind(counts.decisions_recorded.map(|n| n as i64))
-        .bind(run)
         .execute(&mut *tx)
         .await?;
         chain_append(&mut tx, Chained::RunsState, run, run).await?;
-        sqlx::query("DELETE FROM run_decision_counts WHERE run_id = ?")
-            .bind(run)
+        sqlx::query!("DELETE FROM run_decision_counts WHERE run_id = ?", run)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO run_decision_counts (run_id, decision, rule, count)
              SELECT run_id, decision, rule, COUNT(*) FROM decisions WHERE run_id = ? GROUP BY decision, rule",
+            run,
         )
-        .bind(run)
         .execute(&mut *tx)
         .await?;
         // the head the run ends at, signed when a key is set: in the same
@@ -252,6 +267,7 @@ impl AuditStore {
         let mut digests = String::with_capacity(decisions.len() * 16);
         // 11 binds a row keep each statement under SQLite's 32766 variables
         for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
+            // runtime: one row of binds per decision (a batch, never cached)
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags) ",
             );
@@ -320,12 +336,15 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
-        let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
-            .bind(run)
-            .bind(kind.as_str())
-            .bind(batch.to_query())
-            .bind(batch.len() as i64)
-            .bind(timestamp(now))
+        let (ticket_ids, ticket_count, recorded) =
+            (batch.to_query(), batch.len() as i64, timestamp(now));
+        let id = sqlx::query!("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                run,
+                kind.as_str(),
+                ticket_ids,
+                ticket_count,
+                recorded,
+            )
             .execute(&mut *tx)
             .await
             .context("cannot record the request before sending it")?
@@ -374,12 +393,14 @@ impl AuditStore {
         let narrowed = !replacing.is_empty();
         let mut rows = Vec::with_capacity(batches.len());
         for batch in batches {
-            let id = sqlx::query("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')")
-                .bind(run)
-                .bind(RequestKind::DestroyMany.as_str())
-                .bind(batch.to_query())
-                .bind(batch.len() as i64)
-                .bind(&at)
+            let (ticket_ids, ticket_count) = (batch.to_query(), batch.len() as i64);
+            let id = sqlx::query!("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                    run,
+                    RequestKind::DestroyMany.as_str(),
+                    ticket_ids,
+                    ticket_count,
+                    at,
+                )
                 .execute(&mut *tx)
                 .await
                 .context("cannot record the request before sending it")?
@@ -415,12 +436,15 @@ impl AuditStore {
         self.check_file()?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
+        let (read_at, after_read_at) = (timestamp(read_at), after_read_at.map(timestamp));
         for (row, window) in windows {
-            sqlx::query("UPDATE jobs SET fresh_read_at = ?, send_window_us = ?, after_read_at = ? WHERE id = ?")
-                .bind(timestamp(read_at))
-                .bind(window.map(|w| i64::try_from(w.as_micros()).unwrap_or(i64::MAX)))
-                .bind(after_read_at.map(timestamp))
-                .bind(row)
+            let window_us = window.map(|w| i64::try_from(w.as_micros()).unwrap_or(i64::MAX));
+            sqlx::query!("UPDATE jobs SET fresh_read_at = ?, send_window_us = ?, after_read_at = ? WHERE id = ?",
+                    read_at,
+                    window_us,
+                    after_read_at,
+                    row,
+                )
                 .execute(&mut *tx)
                 .await?;
             chain_append(&mut tx, Chained::JobsState, *row, *row).await?;
@@ -447,18 +471,19 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
-        sqlx::query("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?")
-            .bind(zendesk_job_id)
-            .bind(status.as_str())
-            .bind(message)
-            .bind(timestamp(now))
-            .bind(job)
+        let answered = timestamp(now);
+        sqlx::query!("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?",
+                zendesk_job_id,
+                status.as_str(),
+                message,
+                answered,
+                job,
+            )
             .execute(&mut *tx)
             .await
             .context("cannot record Zendesk's answer")?;
         chain_append(&mut tx, Chained::JobsState, job, job).await?;
-        let run: Option<RunId> = sqlx::query_scalar("SELECT run_id FROM jobs WHERE id = ?")
-            .bind(job)
+        let run: Option<RunId> = sqlx::query_scalar!("SELECT run_id FROM jobs WHERE id = ?", job)
             .fetch_optional(&mut *tx)
             .await?;
         self.seal(&mut tx, base, run, HeadKind::Commit).await?;
@@ -571,34 +596,36 @@ impl AuditStore {
         now: DateTime<Utc>,
     ) -> anyhow::Result<i64> {
         self.check_file()?;
-        Ok(
-            sqlx::query("INSERT INTO probes (probed_at, base_url, findings) VALUES (?, ?, ?)")
-                .bind(timestamp(now))
-                .bind(base_url)
-                .bind(findings)
-                .execute(&self.pool)
-                .await
-                .context("cannot record the probe's findings")?
-                .last_insert_rowid(),
+        let probed = timestamp(now);
+        Ok(sqlx::query!(
+            "INSERT INTO probes (probed_at, base_url, findings) VALUES (?, ?, ?)",
+            probed,
+            base_url,
+            findings,
         )
+        .execute(&self.pool)
+        .await
+        .context("cannot record the probe's findings")?
+        .last_insert_rowid())
     }
 
     /// The newest probe's findings for an account, if any.
     pub async fn latest_probe(&self, base_url: &str) -> anyhow::Result<Option<(String, String)>> {
-        Ok(sqlx::query_as(
+        Ok(sqlx::query!(
             "SELECT probed_at, findings FROM probes WHERE base_url = ? ORDER BY id DESC LIMIT 1",
+            base_url,
         )
-        .bind(base_url)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?
+        .map(|r| (r.probed_at, r.findings)))
     }
 
     /// Takes and releases the write lock: fails when the database cannot be
     /// written (read-only file, full disk, held too long by another writer).
     pub async fn check_writable(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        sqlx::query!("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query!("ROLLBACK").execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -613,29 +640,27 @@ impl AuditStore {
         // decided from the ledger has no decision row in the run that sent
         // it (decisions are written on change). The ids outer, each looked
         // up by ticket.
-        let rows = sqlx::query(
-            "SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
+        let rows = sqlx::query!(
+            r#"SELECT COALESCE(d.rule, '(manual)') AS "rule!: String", COUNT(*) AS "n!: i64"
              FROM json_each(?1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
                            WHERE x.ticket_id = t.value
                              AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2))
                AND d.decision = 'purge'
-             GROUP BY d.rule",
+             GROUP BY d.rule"#,
+            ids,
+            job,
         )
-        .bind(ids)
-        .bind(job)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("rule")?, r.try_get("n")?)))
-            .collect()
+        Ok(rows.into_iter().map(|r| (r.rule, r.n)).collect())
     }
 
     /// When the earliest purge request still open (pending, queued or
     /// working) was recorded.
     pub async fn earliest_open_request(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let at: Option<String> = sqlx::query_scalar(
-            "SELECT MIN(recorded_at) FROM jobs WHERE kind = 'destroy_many' AND status IN ('pending', 'queued', 'working')",
+        let at: Option<String> = sqlx::query_scalar!(
+            r#"SELECT MIN(recorded_at) AS "at?: String" FROM jobs WHERE kind = 'destroy_many' AND status IN ('pending', 'queued', 'working')"#,
         )
         .fetch_one(&self.pool)
         .await?;
@@ -655,37 +680,42 @@ impl AuditStore {
     ) -> anyhow::Result<HashMap<TicketId, (Option<DateTime<Utc>>, Option<u64>, Option<String>)>>
     {
         let ids = ids_json(tickets);
-        let rows = sqlx::query(
-            "SELECT d.ticket_id, d.deleted_at, d.actor_id, d.previous_state
+        let rows = sqlx::query!(
+            r#"SELECT d.ticket_id AS "ticket_id!: i64", d.deleted_at AS "deleted_at?: String",
+                      d.actor_id AS "actor_id?: i64", d.previous_state AS "previous_state?: String"
              FROM json_each(?1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
                            WHERE x.ticket_id = t.value
                              AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2)
                              AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = ?2))
-               AND d.decision = 'purge'",
+               AND d.decision = 'purge'"#,
+            ids,
+            job,
         )
-        .bind(ids)
-        .bind(job)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        Ok(rows
+            .into_iter()
             .map(|r| {
-                let id: i64 = r.try_get(0)?;
-                let at: Option<String> = r.try_get(1)?;
-                let actor: Option<i64> = r.try_get(2)?;
-                let at = at
+                let at = r
+                    .deleted_at
                     .and_then(|a| DateTime::parse_from_rfc3339(&a).ok())
                     .map(|a| a.with_timezone(&Utc));
-                Ok((id as TicketId, (at, actor.map(|a| a as u64), r.try_get(3)?)))
+                (
+                    r.ticket_id as TicketId,
+                    (at, r.actor_id.map(|a| a as u64), r.previous_state),
+                )
             })
-            .collect()
+            .collect())
     }
 
     /// `PRAGMA integrity_check`'s answer (`ok` when sound).
     pub async fn integrity_check(&self) -> anyhow::Result<String> {
-        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+        // (a pragma's one column is typed as nullable: it never is NULL)
+        sqlx::query_scalar!(r#"PRAGMA integrity_check"#)
             .fetch_one(&self.pool)
-            .await?)
+            .await?
+            .context("PRAGMA integrity_check gave no answer")
     }
 }
 
@@ -705,6 +735,7 @@ async fn insert_outcomes(
     let (run_text, job_text) = (run.to_string(), job.map(|j| j.to_string()));
     let mut digests = String::with_capacity(tickets.len() * 16);
     for chunk in tickets.chunks(500) {
+        // runtime: one row of binds per ticket (a batch, never cached)
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) ",
         );
