@@ -112,9 +112,10 @@ pub(super) async fn last_entry(
     conn: &mut sqlx::SqliteConnection,
 ) -> anyhow::Result<Option<(i64, String)>> {
     Ok(
-        sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+        sqlx::query!("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
-            .await?,
+            .await?
+            .map(|r| (r.seq, r.hash)),
     )
 }
 
@@ -130,6 +131,8 @@ pub(super) async fn row_digests(
     first: i64,
     last: i64,
 ) -> anyhow::Result<Vec<(i64, String)>> {
+    // runtime: the text is the table's (one of `Chained::select`), its
+    // columns read by position
     let rows = sqlx::query(table.select())
         .bind(first)
         .bind(last)
@@ -187,19 +190,21 @@ pub(super) async fn chain_append_digests(
     digests: String,
 ) -> anyhow::Result<()> {
     let prev: Option<String> =
-        sqlx::query_scalar("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+        sqlx::query_scalar!("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
             .await?;
     let prev = prev.unwrap_or_else(|| "genesis".into());
     let hash = entry_hash(&prev, table.entry_name(), first, last, &digests);
-    sqlx::query("INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(table.entry_name())
-        .bind(first)
-        .bind(last)
-        .bind(digests)
-        .bind(prev)
-        .bind(hash)
-        .execute(&mut **tx)
+    sqlx::query!(
+        "INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        table.entry_name(),
+        first,
+        last,
+        digests,
+        prev,
+        hash,
+    )
+    .execute(&mut **tx)
         .await?;
     Ok(())
 }

@@ -91,17 +91,17 @@ pub(super) async fn record_head(
         h.key_id = Some(s.key_id());
         h.signature = Some(s.sign(&head_message(&h)));
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO chain_heads (seq, from_seq, run_id, kind, head, recorded_at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        h.seq,
+        h.from_seq,
+        h.run_id,
+        h.kind,
+        h.head,
+        h.recorded_at,
+        h.key_id,
+        h.signature,
     )
-    .bind(h.seq)
-    .bind(h.from_seq)
-    .bind(h.run_id)
-    .bind(&h.kind)
-    .bind(&h.head)
-    .bind(&h.recorded_at)
-    .bind(&h.key_id)
-    .bind(&h.signature)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -113,54 +113,6 @@ const CURRENT_ROW: &str =
 /// Ledger rows read at a time where a run walks many of them.
 pub const LEDGER_CHUNK: usize = 2000;
 
-/// A ticket with decisions and no ledger row that a prune removed, or a
-/// current row whose state its latest outcome does not bear out.
-pub(super) fn unbacked_rows_sql() -> &'static str {
-    "SELECT ticket_id FROM (
-         SELECT d.ticket_id FROM decisions d
-         WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.ticket_id = d.ticket_id)
-           AND NOT EXISTS (SELECT 1 FROM pruned p WHERE p.tbl = 'ledger' AND p.row_id = d.ticket_id)
-         UNION ALL
-         SELECT l.ticket_id FROM ledger l
-         JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
-           AND (l.state = 'superseded'
-                OR (l.state IN ('kept', 'selected')
-                    AND ((l.state = 'selected') <> (d.decision IN ('purge', 'would_purge'))
-                         OR COALESCE((SELECT o.outcome FROM outcomes o
-                                      WHERE o.ticket_id = l.ticket_id AND o.recorded_at >= d.decided_at
-                                      ORDER BY o.id DESC LIMIT 1), '')
-                            IN ('purged', 'unknown', 'confirmed_gone', 'restored', 'restored_elsewhere',
-                                'scrubbed_by_zendesk', 'left_view'))))
-         UNION ALL
-         SELECT l.ticket_id FROM ledger l
-         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
-           AND l.state IN ('purged', 'gone', 'restored', 'scrubbed', 'left_view', 'unknown')
-           AND COALESCE((SELECT o.outcome FROM outcomes o WHERE o.ticket_id = l.ticket_id ORDER BY o.id DESC LIMIT 1), '')
-               NOT IN (CASE l.state WHEN 'purged' THEN 'purged' WHEN 'gone' THEN 'confirmed_gone'
-                                    WHEN 'scrubbed' THEN 'scrubbed_by_zendesk' WHEN 'left_view' THEN 'left_view'
-                                    WHEN 'unknown' THEN 'unknown' ELSE 'restored' END,
-                       CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END))
-     LIMIT 1"
-}
-
-/// The current live rows whose attributes or decision differ from their
-/// ticket's latest decision row.
-pub(super) fn disagreeing_rows_sql() -> String {
-    format!(
-        "SELECT l.ticket_id FROM ledger l
-         LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-         WHERE 1 {CURRENT_ROW}
-           AND NOT (d.id IS NOT NULL
-                AND COALESCE(d.deleted_at, '') = l.deleted_at
-                AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
-                AND d.previous_state IS l.previous_state AND d.subject IS l.subject
-                AND d.subject_tags IS l.subject_tags
-                AND d.decision IS l.decision AND d.rule IS l.rule)
-         ORDER BY l.ticket_id LIMIT 1"
-    )
-}
-
 /// A live ledger row: what the ticket was listed as and where it stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerEntry {

@@ -9,7 +9,6 @@ use sqlx::AssertSqlSafe;
 
 use super::chain::{Chained, chain_append, chain_base, entry_hash, last_entry, row_digests};
 use super::heads::HeadKind;
-use super::ledger;
 use super::store::AuditStore;
 
 impl AuditStore {
@@ -18,10 +17,15 @@ impl AuditStore {
     pub async fn verify_chain(&self) -> anyhow::Result<ChainReport> {
         use futures::TryStreamExt;
         let mut conn = self.pool.acquire().await?;
-        let entries: Vec<(i64, String, i64, i64, String, String, String)> = sqlx::query_as(
+        let entries: Vec<(i64, String, i64, i64, String, String, String)> = sqlx::query!(
             "SELECT seq, tbl, first_id, last_id, digests, prev, hash FROM audit_chain ORDER BY seq",
         )
         .fetch(&mut *conn)
+        .map_ok(|r| {
+            (
+                r.seq, r.tbl, r.first_id, r.last_id, r.digests, r.prev, r.hash,
+            )
+        })
         .try_collect()
         .await?;
         let mut report = ChainReport {
@@ -35,10 +39,11 @@ impl AuditStore {
         // rows that `audit.keep_details` pruned: absent by design (the
         // pruned table is itself chained, below)
         let pruned: std::collections::HashSet<(String, i64)> =
-            sqlx::query_as::<_, (String, i64)>("SELECT tbl, row_id FROM pruned")
+            sqlx::query!("SELECT tbl, row_id FROM pruned")
                 .fetch_all(&mut *conn)
                 .await?
                 .into_iter()
+                .map(|r| (r.tbl, r.row_id))
                 .collect();
         // the row ranges each insert entry covers, per table
         let mut ranges: HashMap<&'static str, Vec<(i64, i64)>> = HashMap::new();
@@ -119,21 +124,21 @@ impl AuditStore {
 
     /// Whether an entry with this hash is in the chain.
     pub async fn chain_contains(&self, hash: &str) -> anyhow::Result<bool> {
-        Ok(
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_chain WHERE hash = ?")
-                .bind(hash)
-                .fetch_one(&self.pool)
-                .await?
-                > 0,
+        Ok(sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!: i64" FROM audit_chain WHERE hash = ?"#,
+            hash
         )
+        .fetch_one(&self.pool)
+        .await?
+            > 0)
     }
 
     /// A database written before the runs' and jobs' states were chained:
     /// their states as they are now are recorded once, so that from here on
     /// every change is covered (earlier changes were not, and cannot be).
     pub(super) async fn seal_states(&self) -> anyhow::Result<()> {
-        let sealed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit_chain WHERE tbl IN ('runs.state', 'jobs.state')",
+        let sealed: i64 = sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!: i64" FROM audit_chain WHERE tbl IN ('runs.state', 'jobs.state')"#,
         )
         .fetch_one(&self.pool)
         .await?;
@@ -144,11 +149,16 @@ impl AuditStore {
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
-        for (table, state) in [("runs", Chained::RunsState), ("jobs", Chained::JobsState)] {
-            let ids: Vec<i64> =
-                sqlx::query_scalar(AssertSqlSafe(format!("SELECT id FROM {table} ORDER BY id")))
+        for state in [Chained::RunsState, Chained::JobsState] {
+            let ids: Vec<i64> = if state == Chained::RunsState {
+                sqlx::query_scalar!("SELECT id FROM runs ORDER BY id")
                     .fetch_all(&mut *tx)
-                    .await?;
+                    .await?
+            } else {
+                sqlx::query_scalar!("SELECT id FROM jobs ORDER BY id")
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
             for id in ids {
                 chain_append(&mut tx, state, id, id).await?;
             }
@@ -165,14 +175,15 @@ impl AuditStore {
     pub async fn check_states(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
         for table in Chained::STATES {
-            let latest: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>(
+            let latest: HashMap<i64, String> = sqlx::query!(
                 "SELECT c.first_id, c.digests FROM audit_chain c
                  WHERE c.tbl = ? AND c.seq = (SELECT MAX(seq) FROM audit_chain WHERE tbl = c.tbl AND first_id = c.first_id)",
+                table.entry_name(),
             )
-            .bind(table.entry_name())
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
+            .map(|r| (r.first_id, r.digests))
             .collect();
             for (id, digest) in row_digests(&mut conn, table, i64::MIN, i64::MAX).await? {
                 if latest.get(&id) != Some(&digest) {
@@ -208,6 +219,7 @@ async fn unchained_rows(
     covered: &HashMap<&'static str, i64>,
     mut ranges: HashMap<&'static str, Vec<(i64, i64)>>,
 ) -> anyhow::Result<Option<String>> {
+    // runtime: the table is the loop's (each of `Chained::ALL`)
     for table in Chained::ALL {
         let unchained: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT MIN(id) FROM {} WHERE id > ?",
@@ -273,6 +285,7 @@ async fn unchained_row(
         Chained::Jobs | Chained::Outcomes => Some("recorded_at"),
         _ => None,
     };
+    // runtime: the table and its time column are the row's
     let chain_came: Option<String> = match at {
         Some(at) => {
             sqlx::query_scalar(AssertSqlSafe(format!(
@@ -338,29 +351,70 @@ async fn changed_states(
 /// What is derived from the chained rows and must agree with them: the
 /// ledger, and the decision counts `audit run` and `audit stats` read.
 async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Option<String>> {
-    // the ledger says what the chained decisions say
-    let forged: Option<i64> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(ledger::disagreeing_rows_sql()))
-            .fetch_optional(&mut *conn)
-            .await?;
+    // the ledger says what the chained decisions say: no current row
+    // (a ticket's newest deletion) whose attributes or decision differ from
+    // its ticket's latest decision row
+    let forged: Option<i64> = sqlx::query_scalar!(
+        r#"SELECT l.ticket_id AS "ticket_id!: i64" FROM ledger l
+         LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
+         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
+           AND NOT (d.id IS NOT NULL
+                AND COALESCE(d.deleted_at, '') = l.deleted_at
+                AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
+                AND d.previous_state IS l.previous_state AND d.subject IS l.subject
+                AND d.subject_tags IS l.subject_tags
+                AND d.decision IS l.decision AND d.rule IS l.rule)
+         ORDER BY l.ticket_id LIMIT 1"#
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some(ticket) = forged {
         return Ok(Some(format!(
             "the ledger's row of ticket {ticket} differs from its latest recorded decision: the ledger was changed outside zd-retention"
         )));
     }
-    let unbacked: Option<i64> = sqlx::query_scalar(ledger::unbacked_rows_sql())
-        .fetch_optional(&mut *conn)
-        .await?;
+    // a ticket with decisions and no ledger row that a prune removed, or a
+    // current row whose state its latest outcome does not bear out
+    let unbacked: Option<i64> = sqlx::query_scalar!(
+        r#"SELECT ticket_id AS "ticket_id!: i64" FROM (
+         SELECT d.ticket_id FROM decisions d
+         WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.ticket_id = d.ticket_id)
+           AND NOT EXISTS (SELECT 1 FROM pruned p WHERE p.tbl = 'ledger' AND p.row_id = d.ticket_id)
+         UNION ALL
+         SELECT l.ticket_id FROM ledger l
+         JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
+         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
+           AND (l.state = 'superseded'
+                OR (l.state IN ('kept', 'selected')
+                    AND ((l.state = 'selected') <> (d.decision IN ('purge', 'would_purge'))
+                         OR COALESCE((SELECT o.outcome FROM outcomes o
+                                      WHERE o.ticket_id = l.ticket_id AND o.recorded_at >= d.decided_at
+                                      ORDER BY o.id DESC LIMIT 1), '')
+                            IN ('purged', 'unknown', 'confirmed_gone', 'restored', 'restored_elsewhere',
+                                'scrubbed_by_zendesk', 'left_view'))))
+         UNION ALL
+         SELECT l.ticket_id FROM ledger l
+         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
+           AND l.state IN ('purged', 'gone', 'restored', 'scrubbed', 'left_view', 'unknown')
+           AND COALESCE((SELECT o.outcome FROM outcomes o WHERE o.ticket_id = l.ticket_id ORDER BY o.id DESC LIMIT 1), '')
+               NOT IN (CASE l.state WHEN 'purged' THEN 'purged' WHEN 'gone' THEN 'confirmed_gone'
+                                    WHEN 'scrubbed' THEN 'scrubbed_by_zendesk' WHEN 'left_view' THEN 'left_view'
+                                    WHEN 'unknown' THEN 'unknown' ELSE 'restored' END,
+                       CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END))
+     LIMIT 1"#
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some(ticket) = unbacked {
         return Ok(Some(format!(
             "the ledger's row of ticket {ticket} is missing or in a state its recorded outcomes do not bear out: the ledger was changed outside zd-retention"
         )));
     }
     // the derived counts that `audit run` and `audit stats` read
-    let forged: Option<(i64, String)> = sqlx::query_as(
-        "WITH whole AS (SELECT run_id FROM run_decision_counts
+    let forged: Option<(i64, String)> = sqlx::query!(
+        r#"WITH whole AS (SELECT run_id FROM run_decision_counts
                         EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
-         SELECT run_id, decision FROM (
+         SELECT run_id AS "run_id!: i64", decision AS "decision!: String" FROM (
              SELECT run_id, decision, rule, count FROM run_decision_counts
              WHERE run_id IN whole
              EXCEPT
@@ -375,10 +429,11 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
              EXCEPT
              SELECT run_id, decision, rule, count FROM run_decision_counts
              WHERE run_id IN whole)
-         LIMIT 1",
+         LIMIT 1"#
     )
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|r| (r.run_id, r.decision));
     if let Some((run, decision)) = forged {
         return Ok(Some(format!(
             "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"
