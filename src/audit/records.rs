@@ -207,8 +207,6 @@ impl From<&str> for RunOrigin {
     }
 }
 
-pub(super) const RUN_COLUMNS: &str = "SELECT id, trigger, started_at, finished_at, dry_run, config_hash, status, scanned, matched, purged, failed, unknown, list_requests, early_stop, error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded FROM runs";
-
 /// Parses the comma-separated ids of a job row.
 pub fn parse_ids(text: &str) -> Vec<TicketId> {
     text.split(',')
