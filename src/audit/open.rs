@@ -28,8 +28,8 @@ pub fn newest_schema() -> i64 {
 /// for a database no zd-retention has migrated (empty, or not ours). An
 /// error reading it is an error, never "no schema".
 async fn applied_schema(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Option<i64>> {
-    let migrated: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    let migrated: i64 = sqlx::query_scalar!(
+        r#"SELECT COUNT(*) AS "n!: i64" FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"#,
     )
     .fetch_one(&mut *conn)
     .await
@@ -37,10 +37,12 @@ async fn applied_schema(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Opt
     if migrated == 0 {
         return Ok(None);
     }
-    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-        .fetch_one(&mut *conn)
-        .await
-        .context("cannot read the database's schema")
+    sqlx::query_scalar!(
+        r#"SELECT MAX(version) AS "version?: i64" FROM _sqlx_migrations WHERE success = 1"#
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("cannot read the database's schema")
 }
 
 /// One connection that only reads the database file at `path`.
@@ -122,10 +124,8 @@ async fn back_up_before_upgrade(path: &Path, version: i64) -> anyhow::Result<()>
         .open(&partial)
         .with_context(|| failed(format!("cannot create the copy {}", partial.display())))?;
     let mut conn = read_only_connection(path).await?;
-    let copied = sqlx::query("VACUUM INTO ?")
-        .bind(partial.to_string_lossy().into_owned())
-        .execute(&mut conn)
-        .await;
+    let into = partial.to_string_lossy().into_owned();
+    let copied = sqlx::query!("VACUUM INTO ?", into).execute(&mut conn).await;
     use sqlx::Connection as _;
     let _ = conn.close().await;
     let kept = copied.map_err(anyhow::Error::from).and_then(|_| {
@@ -303,8 +303,8 @@ impl AuditStore {
                 std::process::id(),
                 Utc::now().timestamp_nanos_opt().unwrap_or_default()
             )));
-            sqlx::query("VACUUM INTO ?")
-                .bind(copy.0.to_string_lossy().into_owned())
+            let into = copy.0.to_string_lossy().into_owned();
+            sqlx::query!("VACUUM INTO ?", into)
                 .execute(&pool)
                 .await
                 .with_context(|| format!("cannot copy the older database {}", path.display()))?;
@@ -328,9 +328,10 @@ impl AuditStore {
     /// Begins the read transaction a reader's one connection holds for
     /// the command's life.
     async fn hold_snapshot(pool: &SqlitePool) -> anyhow::Result<()> {
-        sqlx::query("BEGIN").execute(pool).await?;
-        sqlx::query("SELECT COUNT(*) FROM sqlite_master")
-            .execute(pool)
+        sqlx::query!("BEGIN").execute(pool).await?;
+        // (read to its end: the snapshot begins with the first read)
+        sqlx::query!("SELECT COUNT(*) AS n FROM sqlite_master")
+            .fetch_all(pool)
             .await?;
         Ok(())
     }
