@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{AuditStore, RunId, parse_time, timestamp};
+use super::store::{AuditStore, RunId, parse_time, timestamp};
 use crate::zendesk::TicketId;
 
 /// A whole-view check under way (or the last one).
@@ -50,13 +50,25 @@ type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64, bool);
 impl AuditStore {
     /// The check under way: begun, neither finished nor given up.
     pub async fn open_view_check(&self) -> anyhow::Result<Option<ViewCheck>> {
-        let row: Option<CheckRow> = sqlx::query_as(
-            "SELECT id, started_at, next_url, next_page, pages, listed, runs, walked FROM view_checks
-             WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1",
+        let row: Option<CheckRow> = sqlx::query!(
+            r#"SELECT id, started_at, next_url, next_page, pages, listed, runs, walked AS "walked: bool" FROM view_checks
+             WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1"#,
         )
         .fetch_optional(self.pool())
         .await
-        .context("cannot read the whole-view check")?;
+        .context("cannot read the whole-view check")?
+        .map(|r| {
+            (
+                r.id,
+                r.started_at,
+                r.next_url,
+                r.next_page,
+                r.pages,
+                r.listed,
+                r.runs,
+                r.walked,
+            )
+        });
         Ok(row.and_then(
             |(id, started, next, next_page, pages, listed, runs, walked)| {
                 Some(ViewCheck {
@@ -81,13 +93,16 @@ impl AuditStore {
         started_at: DateTime<Utc>,
     ) -> anyhow::Result<ViewCheck> {
         self.check_file()?;
-        let id = sqlx::query("INSERT INTO view_checks (started_at, started_run) VALUES (?, ?)")
-            .bind(timestamp(started_at))
-            .bind(run)
-            .execute(self.pool())
-            .await
-            .context("cannot record the whole-view check")?
-            .last_insert_rowid();
+        let started = timestamp(started_at);
+        let id = sqlx::query!(
+            "INSERT INTO view_checks (started_at, started_run) VALUES (?, ?)",
+            started,
+            run,
+        )
+        .execute(self.pool())
+        .await
+        .context("cannot record the whole-view check")?
+        .last_insert_rowid();
         Ok(ViewCheck {
             id,
             started_at,
@@ -104,16 +119,22 @@ impl AuditStore {
     /// pages read so far are written.
     pub async fn advance_view_check(&self, check: &ViewCheck) -> anyhow::Result<()> {
         self.check_file()?;
-        sqlx::query(
+        let (next_page, pages, listed, runs) = (
+            i64::from(check.next_page),
+            check.pages as i64,
+            check.listed as i64,
+            check.runs as i64,
+        );
+        sqlx::query!(
             "UPDATE view_checks SET next_url = ?, next_page = ?, pages = ?, listed = ?, runs = ?, walked = ? WHERE id = ?",
+            check.next,
+            next_page,
+            pages,
+            listed,
+            runs,
+            check.walked,
+            check.id,
         )
-        .bind(&check.next)
-        .bind(i64::from(check.next_page))
-        .bind(check.pages as i64)
-        .bind(check.listed as i64)
-        .bind(check.runs as i64)
-        .bind(check.walked)
-        .bind(check.id)
         .execute(self.pool())
         .await
         .context("cannot record the whole-view check")?;
@@ -133,13 +154,13 @@ impl AuditStore {
             None => (Some(timestamp(at)), None),
             Some(why) => (None, Some(format!("{}: {why}", timestamp(at)))),
         };
-        sqlx::query(
+        sqlx::query!(
             "UPDATE view_checks SET finished_at = ?, finished_run = ?, abandoned = ? WHERE id = ?",
+            finished,
+            run,
+            why,
+            id,
         )
-        .bind(finished)
-        .bind(run)
-        .bind(why)
-        .bind(id)
         .execute(self.pool())
         .await
         .context("cannot record the whole-view check")?;
@@ -172,6 +193,7 @@ impl AuditStore {
         self.check_file()?;
         let mut tx = self.pool().begin().await?;
         for chunk in rows.chunks(400) {
+            // runtime: one row of binds per ticket (a batch, never cached)
             let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
                 "INSERT INTO purge_latency (job_id, ticket_id, purgeable_at, sent_at, latency_ms) ",
             );
@@ -197,7 +219,8 @@ impl AuditStore {
         to: Option<DateTime<Utc>>,
         run: Option<RunId>,
     ) -> anyhow::Result<LatencySummary> {
-        // by the run's jobs (indexed), or by the time sent (indexed)
+        // by the run's jobs (indexed), or by the time sent (indexed);
+        // runtime: the filter is the caller's choice of the two
         let (filter, first, second) = match run {
             Some(run) => (
                 "job_id IN (SELECT id FROM jobs WHERE run_id = ?1) AND ?2 IS NOT NULL",

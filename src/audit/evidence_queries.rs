@@ -2,9 +2,15 @@
 //! and a period's report. Read-only; the documents are rendered by
 //! `crate::evidence`, which knows no SQL.
 
+use crate::ids::TicketId;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use sqlx::sqlite::SqliteArguments;
+use sqlx::{AssertSqlSafe, Sqlite};
 
-use super::*;
+use super::kinds::{RunStatus, Trigger};
+use super::records::RunRow;
+use super::store::{AuditStore, RunId, timestamp};
 
 /// A config version as stored when a run first used it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -190,11 +196,12 @@ impl PurgeListing {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outcomes WHERE outcome = 'purged' AND recorded_at >= ? AND recorded_at < ?",
+        let (since, until) = (timestamp(since), timestamp(until));
+        Ok(sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!: i64" FROM outcomes WHERE outcome = 'purged' AND recorded_at >= ? AND recorded_at < ?"#,
+            since,
+            until,
         )
-        .bind(timestamp(since))
-        .bind(timestamp(until))
         .fetch_one(self.snapshot.conn())
         .await?)
     }
@@ -202,6 +209,7 @@ impl PurgeListing {
     /// The listing's rows per day (of their outcome) and rule, by day.
     pub async fn by_day_and_rule(&mut self) -> anyhow::Result<Vec<DayRuleCount>> {
         let (sql, args) = self.scope.query()?;
+        // runtime: the listing's text is its scope's (`PurgeScope::query`)
         let rows: Vec<(String, String, i64)> = sqlx::query_as_with(
             AssertSqlSafe(format!(
                 "SELECT substr(verified_at, 1, 10) AS day, COALESCE(rule, '(no rule recorded)') AS rule, COUNT(*)
@@ -225,6 +233,7 @@ impl PurgeListing {
     ) -> anyhow::Result<i64> {
         use futures::TryStreamExt;
         let (sql, args) = self.scope.query()?;
+        // runtime: the listing's text is its scope's (`PurgeScope::query`)
         let mut rows = sqlx::query_as_with::<_, PurgedTicket, _>(AssertSqlSafe(sql), args)
             .fetch(self.snapshot.conn());
         let mut n = 0;
@@ -252,6 +261,7 @@ impl AuditStore {
             Snapshot::Own(self.pool.begin().await?)
         };
         let (sql, args) = scope.query()?;
+        // runtime: the listing's text is its scope's (`PurgeScope::query`)
         let (listed, with_subjects): (i64, bool) = sqlx::query_as_with(
             AssertSqlSafe(format!(
                 "SELECT COUNT(*), COALESCE(MAX(subject IS NOT NULL), 0) FROM ({sql})"
@@ -275,10 +285,11 @@ impl AuditStore {
             "{}%",
             hash.trim().to_ascii_lowercase().replace(['%', '_'], "")
         );
-        let found: Vec<ConfigVersion> = sqlx::query_as(
+        let found: Vec<ConfigVersion> = sqlx::query_as!(
+            ConfigVersion,
             "SELECT hash, first_run, first_used, settings FROM config_versions WHERE hash LIKE ? ORDER BY id LIMIT 2",
+            prefix,
         )
-        .bind(prefix)
         .fetch_all(&self.pool)
         .await?;
         if found.len() > 1 {
@@ -291,29 +302,31 @@ impl AuditStore {
 
     /// What ran `run` (empty for runs recorded before migration 0009).
     pub async fn run_origin(&self, run: RunId) -> anyhow::Result<RunOriginRow> {
-        Ok(
-            sqlx::query_as("SELECT host, os_user, program_version FROM runs WHERE id = ?")
-                .bind(run)
-                .fetch_optional(&self.pool)
-                .await?
-                .unwrap_or_default(),
+        Ok(sqlx::query_as!(
+            RunOriginRow,
+            "SELECT host, os_user, program_version FROM runs WHERE id = ?",
+            run,
         )
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or_default())
     }
 
     /// A run's purge requests and their freshness windows.
     pub async fn send_windows_of_run(&self, run: RunId) -> anyhow::Result<SendWindows> {
-        let mut w: SendWindows = sqlx::query_as(
-            "SELECT COUNT(*) AS requests, COUNT(send_window_us) AS measured, MAX(send_window_us) AS max_us, COUNT(after_read_at) AS read_after, 0 AS in_doubt FROM jobs WHERE run_id = ? AND kind = 'destroy_many' AND status NOT IN ('rate_limited', 'withdrawn')",
+        let mut w: SendWindows = sqlx::query_as!(
+            SendWindows,
+            r#"SELECT COUNT(*) AS "requests!: i64", COUNT(send_window_us) AS "measured!: i64", MAX(send_window_us) AS "max_us?: i64", COUNT(after_read_at) AS "read_after!: i64", 0 AS "in_doubt!: i64" FROM jobs WHERE run_id = ? AND kind = 'destroy_many' AND status NOT IN ('rate_limited', 'withdrawn')"#,
+            run,
         )
-        .bind(run)
         .fetch_one(&self.pool)
         .await?;
-        w.in_doubt = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outcomes o JOIN jobs j ON j.id = o.job_id WHERE j.run_id = ? AND o.outcome = 'unknown' AND substr(o.detail, 1, length(?)) = ?",
+        w.in_doubt = sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!: i64" FROM outcomes o JOIN jobs j ON j.id = o.job_id WHERE j.run_id = ? AND o.outcome = 'unknown' AND substr(o.detail, 1, length(?)) = ?"#,
+            run,
+            IN_DOUBT_DETAIL,
+            IN_DOUBT_DETAIL,
         )
-        .bind(run)
-        .bind(IN_DOUBT_DETAIL)
-        .bind(IN_DOUBT_DETAIL)
         .fetch_one(&self.pool)
         .await?;
         Ok(w)
@@ -325,11 +338,14 @@ impl AuditStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<RunRow>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{RUN_COLUMNS} WHERE started_at >= ? AND started_at < ? ORDER BY id"
-        )))
-        .bind(timestamp(since))
-        .bind(timestamp(until))
+        let (since, until) = (timestamp(since), timestamp(until));
+        Ok(sqlx::query_as!(
+            RunRow,
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded
+               FROM runs WHERE started_at >= ? AND started_at < ? ORDER BY id"#,
+            since,
+            until,
+        )
         .fetch_all(&self.pool)
         .await?)
     }
@@ -342,28 +358,36 @@ impl AuditStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<RunRow>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{RUN_COLUMNS} WHERE status IN ('running', 'interrupted') AND started_at < ? AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id"
-        )))
-        .bind(timestamp(until))
-        .bind(timestamp(since))
+        let (since, until) = (timestamp(since), timestamp(until));
+        Ok(sqlx::query_as!(
+            RunRow,
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded
+               FROM runs WHERE status IN ('running', 'interrupted') AND started_at < ? AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id"#,
+            until,
+            since,
+        )
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// When the first run recorded here started.
     pub async fn first_run_started(&self) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT MIN(started_at) FROM runs")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar!(r#"SELECT MIN(started_at) AS "at?: String" FROM runs"#)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// The latest run started before `at`: its config was in force then.
     pub async fn run_before(&self, at: DateTime<Utc>) -> anyhow::Result<Option<RunRow>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{RUN_COLUMNS} WHERE started_at < ? ORDER BY id DESC LIMIT 1"
-        )))
-        .bind(timestamp(at))
+        let at = timestamp(at);
+        Ok(sqlx::query_as!(
+            RunRow,
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded
+               FROM runs WHERE started_at < ? ORDER BY id DESC LIMIT 1"#,
+            at,
+        )
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -375,26 +399,29 @@ impl AuditStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<OpenOutcome>> {
-        Ok(sqlx::query_as(
-            "SELECT o.ticket_id, o.run_id, o.outcome, o.recorded_at, o.detail,
-                    (SELECT l.outcome FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS settled_as,
-                    (SELECT l.recorded_at FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS settled_at
+        let (since, until) = (timestamp(since), timestamp(until));
+        Ok(sqlx::query_as!(
+            OpenOutcome,
+            r#"SELECT o.ticket_id AS "ticket_id: TicketId", o.run_id, o.outcome, o.recorded_at, o.detail,
+                    (SELECT l.outcome FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS "settled_as?: String",
+                    (SELECT l.recorded_at FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS "settled_at?: String"
              FROM outcomes o
              WHERE o.outcome IN ('failed', 'unknown') AND o.recorded_at >= ? AND o.recorded_at < ?
-             ORDER BY o.recorded_at, o.ticket_id",
+             ORDER BY o.recorded_at, o.ticket_id"#,
+            since,
+            until,
         )
-        .bind(timestamp(since))
-        .bind(timestamp(until))
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// Tickets the ledger holds as kept now, by keep reason and rule.
     pub async fn kept_now(&self) -> anyhow::Result<Vec<KeptCount>> {
-        Ok(sqlx::query_as(
-            "SELECT decision, rule, COUNT(*) AS tickets FROM ledger
+        Ok(sqlx::query_as!(
+            KeptCount,
+            r#"SELECT decision AS "decision!: String", rule, COUNT(*) AS "tickets!: i64" FROM ledger
              WHERE state = 'kept' AND decision IN ('keep_rule', 'keep_protected')
-             GROUP BY decision, rule ORDER BY decision, rule",
+             GROUP BY decision, rule ORDER BY decision, rule"#,
         )
         .fetch_all(&self.pool)
         .await?)
@@ -406,12 +433,14 @@ impl AuditStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<DayStatusCount>> {
-        Ok(sqlx::query_as(
-            "SELECT substr(started_at, 1, 10) AS day, status, COUNT(*) AS count FROM runs
-             WHERE started_at >= ? AND started_at < ? GROUP BY day, status ORDER BY day, status",
+        let (since, until) = (timestamp(since), timestamp(until));
+        Ok(sqlx::query_as!(
+            DayStatusCount,
+            r#"SELECT substr(started_at, 1, 10) AS "day!: String", status, COUNT(*) AS "count!: i64" FROM runs
+             WHERE started_at >= ? AND started_at < ? GROUP BY 1, status ORDER BY 1, status"#,
+            since,
+            until,
         )
-        .bind(timestamp(since))
-        .bind(timestamp(until))
         .fetch_all(&self.pool)
         .await?)
     }

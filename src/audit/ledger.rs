@@ -11,7 +11,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{AuditStore, Chained, DecisionRecord, RunId, parse_time, row_digest, timestamp};
+use super::chain::{Chained, chain_append_digests, chain_base, row_digest};
+use super::heads::HeadKind;
+use super::kinds::{DecisionKind, Outcome};
+use super::records::DecisionRecord;
+use super::store::{AuditStore, RunId, parse_time, timestamp};
 use crate::zendesk::TicketId;
 
 /// Where a ticket's deletion stands.
@@ -91,7 +95,7 @@ impl LedgerState {
     }
 
     /// The state a decision puts a row in.
-    pub fn of_decision(decision: super::DecisionKind) -> Self {
+    pub fn of_decision(decision: DecisionKind) -> Self {
         if decision.selects() {
             Self::Selected
         } else {
@@ -109,54 +113,6 @@ const CURRENT_ROW: &str =
 
 /// Ledger rows read at a time where a run walks many of them.
 pub const LEDGER_CHUNK: usize = 2000;
-
-/// A ticket with decisions and no ledger row that a prune removed, or a
-/// current row whose state its latest outcome does not bear out.
-pub(super) fn unbacked_rows_sql() -> &'static str {
-    "SELECT ticket_id FROM (
-         SELECT d.ticket_id FROM decisions d
-         WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.ticket_id = d.ticket_id)
-           AND NOT EXISTS (SELECT 1 FROM pruned p WHERE p.tbl = 'ledger' AND p.row_id = d.ticket_id)
-         UNION ALL
-         SELECT l.ticket_id FROM ledger l
-         JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
-           AND (l.state = 'superseded'
-                OR (l.state IN ('kept', 'selected')
-                    AND ((l.state = 'selected') <> (d.decision IN ('purge', 'would_purge'))
-                         OR COALESCE((SELECT o.outcome FROM outcomes o
-                                      WHERE o.ticket_id = l.ticket_id AND o.recorded_at >= d.decided_at
-                                      ORDER BY o.id DESC LIMIT 1), '')
-                            IN ('purged', 'unknown', 'confirmed_gone', 'restored', 'restored_elsewhere',
-                                'scrubbed_by_zendesk', 'left_view'))))
-         UNION ALL
-         SELECT l.ticket_id FROM ledger l
-         WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
-           AND l.state IN ('purged', 'gone', 'restored', 'scrubbed', 'left_view', 'unknown')
-           AND COALESCE((SELECT o.outcome FROM outcomes o WHERE o.ticket_id = l.ticket_id ORDER BY o.id DESC LIMIT 1), '')
-               NOT IN (CASE l.state WHEN 'purged' THEN 'purged' WHEN 'gone' THEN 'confirmed_gone'
-                                    WHEN 'scrubbed' THEN 'scrubbed_by_zendesk' WHEN 'left_view' THEN 'left_view'
-                                    WHEN 'unknown' THEN 'unknown' ELSE 'restored' END,
-                       CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END))
-     LIMIT 1"
-}
-
-/// The current live rows whose attributes or decision differ from their
-/// ticket's latest decision row.
-pub(super) fn disagreeing_rows_sql() -> String {
-    format!(
-        "SELECT l.ticket_id FROM ledger l
-         LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
-         WHERE 1 {CURRENT_ROW}
-           AND NOT (d.id IS NOT NULL
-                AND COALESCE(d.deleted_at, '') = l.deleted_at
-                AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
-                AND d.previous_state IS l.previous_state AND d.subject IS l.subject
-                AND d.subject_tags IS l.subject_tags
-                AND d.decision IS l.decision AND d.rule IS l.rule)
-         ORDER BY l.ticket_id LIMIT 1"
-    )
-}
 
 /// A live ledger row: what the ticket was listed as and where it stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,15 +180,18 @@ impl AuditStore {
         &self,
         mut each: impl FnMut(Vec<LedgerEntry>) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        const CHUNK: i64 = LEDGER_CHUNK as i64;
         let mut after: i64 = -1;
         // `+state`: along the primary key from `after`, not the state index
         // (which would sort every live row for each chunk)
         loop {
-            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            // (the live states: `LIVE_SQL`)
+            let ids: Vec<i64> = sqlx::query_scalar!(
                 "SELECT DISTINCT ticket_id FROM ledger
-                 WHERE ticket_id > ? AND +state IN {LIVE_SQL} ORDER BY ticket_id LIMIT {LEDGER_CHUNK}"
-            )))
-            .bind(after)
+                 WHERE ticket_id > ? AND +state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') ORDER BY ticket_id LIMIT ?",
+                after,
+                CHUNK,
+            )
             .fetch_all(self.pool())
             .await
             .context("cannot read the ticket ledger")?;
@@ -257,6 +216,7 @@ impl AuditStore {
     ) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
         let mut out = HashMap::with_capacity(tickets.len());
         for chunk in tickets.chunks(500) {
+            // runtime: one bind per ticket id (a batch, never cached)
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
                 "SELECT l.ticket_id, l.deleted_at, l.actor_id, l.actor_name, l.previous_state, l.subject, l.subject_tags,
                         l.decision, l.rule, l.config_hash, l.state, l.last_seen, l.requested_at,
@@ -305,6 +265,7 @@ impl AuditStore {
         selected_too: bool,
     ) -> anyhow::Result<Vec<TicketId>> {
         let unlisted = timestamp(unlisted_since);
+        // runtime: one UNION arm per age threshold (a batch, never cached)
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT ticket_id FROM ledger WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state = 'selected' AND last_seen < ",
         );
@@ -349,11 +310,12 @@ impl AuditStore {
         &self,
         unlisted_since: DateTime<Utc>,
     ) -> anyhow::Result<Vec<TicketId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let unlisted = timestamp(unlisted_since);
+        let ids: Vec<i64> = sqlx::query_scalar!(
             "SELECT ticket_id FROM ledger
              WHERE state IN ('kept', 'selected') AND last_seen < ? ORDER BY ticket_id",
+            unlisted,
         )
-        .bind(timestamp(unlisted_since))
         .fetch_all(self.pool())
         .await
         .context("cannot read the ticket ledger")?;
@@ -364,12 +326,14 @@ impl AuditStore {
     /// walk that began then did not list them), in ticket order, leaving
     /// out those whose purge is under way.
     pub async fn ledger_unseen_since(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<TicketId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT DISTINCT ticket_id FROM ledger INDEXED BY ledger_by_sighting
-             WHERE state IN {LIVE_SQL} AND state <> 'purge_requested' AND last_seen < ?
-             ORDER BY ticket_id"
-        )))
-        .bind(timestamp(since))
+        let since = timestamp(since);
+        // (the live states: `LIVE_SQL`)
+        let ids: Vec<i64> = sqlx::query_scalar!(
+            r#"SELECT DISTINCT ticket_id AS "ticket_id!: i64" FROM ledger INDEXED BY ledger_by_sighting
+             WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state <> 'purge_requested' AND last_seen < ?
+             ORDER BY 1"#,
+            since,
+        )
         .fetch_all(self.pool())
         .await
         .context("cannot read the ticket ledger")?;
@@ -378,11 +342,12 @@ impl AuditStore {
 
     /// When the live rows were last all decided, and under which policy.
     pub async fn ledger_decided(&self) -> anyhow::Result<Option<(DateTime<Utc>, String)>> {
-        let row: Option<(String, String)> = sqlx::query_as(
+        let row: Option<(String, String)> = sqlx::query!(
             "SELECT decided_at, policy FROM ledger_decided ORDER BY run_id DESC LIMIT 1",
         )
         .fetch_optional(self.pool())
-        .await?;
+        .await?
+        .map(|r| (r.decided_at, r.policy));
         Ok(row.and_then(|(at, policy)| parse_time(Some(at)).map(|at| (at, policy))))
     }
 
@@ -395,12 +360,13 @@ impl AuditStore {
         policy: &str,
     ) -> anyhow::Result<()> {
         self.check_file()?;
-        sqlx::query(
+        let at = timestamp(at);
+        sqlx::query!(
             "INSERT OR REPLACE INTO ledger_decided (run_id, decided_at, policy) VALUES (?, ?, ?)",
+            run,
+            at,
+            policy,
         )
-        .bind(run)
-        .bind(timestamp(at))
-        .bind(policy)
         .execute(self.pool())
         .await
         .context("cannot update the ticket ledger")?;
@@ -416,6 +382,7 @@ impl AuditStore {
         let at = timestamp(at);
         let mut tx = self.pool().begin().await?;
         for chunk in seen.chunks(300) {
+            // runtime: one row of binds per sighting (a batch, never cached)
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE ledger SET last_seen = ");
             q.push_bind(&at);
             q.push(", subject_tags = COALESCE(v.column3, ledger.subject_tags) FROM (VALUES ");
@@ -443,6 +410,7 @@ impl AuditStore {
     pub async fn listing_marks(&self, patterns: &[String]) -> anyhow::Result<ListingMarks> {
         let mut untagged = 0;
         if !patterns.is_empty() {
+            // runtime: one LIKE per subject pattern (a batch, never cached)
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
                 "SELECT COUNT(*) FROM ledger WHERE state IN {LIVE_SQL} AND subject IS NULL AND ("
             ));
@@ -459,22 +427,22 @@ impl AuditStore {
                 .await?;
             untagged = n as u64;
         }
-        let high: Option<String> = sqlx::query_scalar(
-            "SELECT high_water FROM runs WHERE high_water IS NOT NULL ORDER BY id DESC LIMIT 1",
+        let high: Option<String> = sqlx::query_scalar!(
+            r#"SELECT high_water AS "high_water?: String" FROM runs WHERE high_water IS NOT NULL ORDER BY id DESC LIMIT 1"#,
         )
         .fetch_optional(self.pool())
         .await?
         .flatten();
-        let reconciled: Option<String> = sqlx::query_scalar(
-            "SELECT MAX(t) FROM (
+        let reconciled: Option<String> = sqlx::query_scalar!(
+            r#"SELECT MAX(t) AS "t?: String" FROM (
                  SELECT MAX(started_at) AS t FROM runs WHERE step = 'reconcile' AND high_water IS NOT NULL
                  UNION ALL
-                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL)",
+                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL)"#,
         )
         .fetch_one(self.pool())
         .await?;
-        let listings: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM runs WHERE step IS NOT NULL AND status = 'completed'",
+        let listings: i64 = sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!: i64" FROM runs WHERE step IS NOT NULL AND status = 'completed'"#,
         )
         .fetch_one(self.pool())
         .await?;
@@ -501,39 +469,45 @@ impl AuditStore {
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let base = super::signing::chain_base(&mut tx).await?;
+        let base = chain_base(&mut tx).await?;
         // The newest row of each table is never pruned: SQLite gives a new
         // row the highest id plus one, so an id pruned from the top would be
         // given out again, and `verify` would find another row where the
         // chain recorded the pruned one.
-        let settled = format!(
-            "SELECT ticket_id FROM ledger GROUP BY ticket_id
-             HAVING SUM(state IN {LIVE_SQL}) = 0 AND MAX(state_at) < ?"
-        );
-        let doomed: Vec<(String, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT 'decisions', id, run_id, decision FROM decisions
-             WHERE decision <> 'purge' AND ticket_id IN ({settled})
+        // Settled: tickets with no live row (`LIVE_SQL`), none changed since
+        // `settled_before`.
+        let settled_before = timestamp(settled_before);
+        let doomed: Vec<(String, i64, i64, String)> = sqlx::query!(
+            r#"SELECT 'decisions' AS "tbl!: String", id AS "id!: i64", run_id AS "run_id!: i64", decision AS "what!: String" FROM decisions
+             WHERE decision <> 'purge' AND ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?)
                AND id < (SELECT MAX(id) FROM decisions)
              UNION ALL
              SELECT 'outcomes', id, run_id, outcome FROM outcomes
-             WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN ({settled})
+             WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?)
                AND id < (SELECT MAX(id) FROM outcomes)
              UNION ALL
              SELECT 'ledger', ticket_id, 0, 'ledger' FROM ledger
-             WHERE ticket_id IN ({settled}) GROUP BY ticket_id
-             ORDER BY 1, 2"
-        )))
-        .bind(timestamp(settled_before))
-        .bind(timestamp(settled_before))
-        .bind(timestamp(settled_before))
+             WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?) GROUP BY ticket_id
+             ORDER BY 1, 2"#,
+            settled_before,
+            settled_before,
+            settled_before,
+        )
         .fetch_all(&mut *tx)
         .await
-        .context("cannot find the details to prune")?;
+        .context("cannot find the details to prune")?
+        .into_iter()
+        .map(|r| (r.tbl, r.id, r.run_id, r.what))
+        .collect();
         let at = timestamp(now);
         let mut first = None;
         let mut last = 0;
         let mut digests = String::with_capacity(doomed.len() * 16);
         for chunk in doomed.chunks(500) {
+            // runtime: one row of binds per pruned row (a batch, never cached)
             let mut q: QueryBuilder<Sqlite> =
                 QueryBuilder::new("INSERT INTO pruned (tbl, row_id, run_id, what, pruned_at) ");
             q.push_values(chunk, |mut b, (tbl, id, run_id, what)| {
@@ -565,24 +539,28 @@ impl AuditStore {
             }
         }
         if let Some(first) = first {
-            super::chain_append_digests(&mut tx, Chained::Pruned, first, last, digests).await?;
-            for table in ["decisions", "outcomes"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {table} WHERE id IN (SELECT row_id FROM pruned WHERE tbl = '{table}' AND pruned_at = ?)"
-                )))
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            }
+            chain_append_digests(&mut tx, Chained::Pruned, first, last, digests).await?;
+            sqlx::query!(
+                "DELETE FROM decisions WHERE id IN (SELECT row_id FROM pruned WHERE tbl = 'decisions' AND pruned_at = ?)",
+                at,
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "DELETE FROM outcomes WHERE id IN (SELECT row_id FROM pruned WHERE tbl = 'outcomes' AND pruned_at = ?)",
+                at,
+            )
+            .execute(&mut *tx)
+            .await?;
         }
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM ledger WHERE ticket_id IN ({settled})"
-        )))
-        .bind(timestamp(settled_before))
+        sqlx::query!(
+            "DELETE FROM ledger WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?)",
+            settled_before,
+        )
         .execute(&mut *tx)
         .await?;
-        self.seal(&mut tx, base, None, super::signing::HeadKind::Commit)
-            .await?;
+        self.seal(&mut tx, base, None, HeadKind::Commit).await?;
         tx.commit()
             .await
             .context("cannot prune the audit's details")?;
@@ -593,12 +571,10 @@ impl AuditStore {
     pub async fn ledger_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
         // kept by triggers (migration 0011): never a count of the ledger
         let rows =
-            sqlx::query("SELECT state, n FROM ledger_state_counts WHERE n > 0 ORDER BY state")
+            sqlx::query!("SELECT state, n FROM ledger_state_counts WHERE n > 0 ORDER BY state")
                 .fetch_all(self.pool())
                 .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
     }
 }
 
@@ -638,11 +614,11 @@ pub(super) async fn upsert_decisions(
     decisions: &[DecisionRecord],
 ) -> anyhow::Result<()> {
     let config_hash: Option<String> =
-        sqlx::query_scalar("SELECT config_hash FROM runs WHERE id = ?")
-            .bind(run)
+        sqlx::query_scalar!("SELECT config_hash FROM runs WHERE id = ?", run)
             .fetch_optional(&mut **tx)
             .await?;
     for chunk in decisions.chunks(400) {
+        // runtime: one bind per ticket id (a batch, never cached)
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new("UPDATE ledger SET state = 'superseded', state_at = ");
         q.push_bind(timestamp(chunk[0].decided_at));
@@ -654,6 +630,7 @@ pub(super) async fn upsert_decisions(
         q.push(")");
         q.build().persistent(false).execute(&mut **tx).await?;
 
+        // runtime: one row of binds per decision (a batch, never cached)
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO ledger (ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags, first_seen, last_seen, decision, rule, config_hash, state, state_at) ",
         );
@@ -694,6 +671,7 @@ pub(super) async fn upsert_decisions(
             .context("cannot update the ticket ledger")?;
         let listed: Vec<&DecisionRecord> = chunk.iter().filter(|d| d.listed).collect();
         if !listed.is_empty() {
+            // runtime: one pair of binds per listed decision (a batch, never cached)
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "UPDATE ledger SET last_seen = state_at WHERE (ticket_id, deleted_at) IN (VALUES ",
             );
@@ -716,10 +694,10 @@ pub(super) async fn upsert_decisions(
 pub(super) async fn apply_outcome(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     tickets: &[TicketId],
-    outcome: super::Outcome,
+    outcome: Outcome,
     at: &str,
 ) -> anyhow::Result<()> {
-    use super::Outcome as O;
+    use Outcome as O;
     let state = match outcome {
         O::Purged => "'purged'",
         O::Unknown => "'unknown'",
@@ -741,6 +719,7 @@ pub(super) async fn apply_outcome(
         LIVE_SQL
     };
     for chunk in tickets.chunks(400) {
+        // runtime: the state the outcome implies, one bind per ticket (a batch, never cached)
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("UPDATE ledger SET state = {state}, state_at = "));
         q.push_bind(at);
@@ -769,6 +748,7 @@ pub(super) async fn apply_request(
     at: &str,
 ) -> anyhow::Result<()> {
     for chunk in tickets.chunks(400) {
+        // runtime: one bind per ticket id (a batch, never cached)
         let mut q: QueryBuilder<Sqlite> =
             QueryBuilder::new("UPDATE ledger SET state = 'purge_requested', state_at = ");
         q.push_bind(at);

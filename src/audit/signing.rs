@@ -7,155 +7,13 @@
 //! `openssl genpkey -algorithm ed25519` writes them; `audit keygen` makes a
 //! pair.
 
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 
-use super::*;
+use serde::Serialize;
 
-/// The private key that signs chain heads. Its `Debug` shows only the
-/// public key's id: the key never reaches a log line.
-#[derive(Clone)]
-pub struct ChainSigner(SigningKey);
-
-impl std::fmt::Debug for ChainSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChainSigner(key {})", self.key_id())
-    }
-}
-
-/// A public key that checks signed chain heads.
-#[derive(Debug, Clone)]
-pub struct ChainVerifier(VerifyingKey);
-
-/// The id of a public key: the first 16 hex digits of its SHA-256.
-fn key_id_of(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
-}
-
-impl ChainSigner {
-    /// Reads a PKCS#8 PEM private key. The error never quotes the text.
-    pub fn from_pem(text: &str) -> Result<Self, String> {
-        SigningKey::from_pkcs8_pem(text.trim())
-            .map(Self)
-            .map_err(|_| {
-                "not an Ed25519 private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY-----); make one with `zd-retention audit keygen`"
-                    .to_string()
-            })
-    }
-
-    /// A new key pair from the operating system's randomness: the private
-    /// key's PEM and the public key's.
-    pub fn generate() -> anyhow::Result<(secrecy::SecretString, String)> {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed)
-            .map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
-        let key = SigningKey::from_bytes(&seed);
-        seed.fill(0);
-        // PKCS#8 v1 (the seed alone), as `openssl genpkey -algorithm
-        // ed25519` writes it and as OpenSSL and most libraries read it
-        let private = ed25519_dalek::pkcs8::KeypairBytes {
-            secret_key: key.to_bytes(),
-            public_key: None,
-        }
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| anyhow::anyhow!("cannot encode the key: {e}"))?;
-        let public = Self(key).public_key_pem()?;
-        Ok((secrecy::SecretString::from(private.to_string()), public))
-    }
-
-    pub fn public_key_pem(&self) -> anyhow::Result<String> {
-        self.0
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))
-    }
-
-    pub fn key_id(&self) -> String {
-        key_id_of(&self.0.verifying_key())
-    }
-
-    fn sign(&self, message: &str) -> String {
-        hex::encode(self.0.sign(message.as_bytes()).to_bytes())
-    }
-}
-
-impl ChainVerifier {
-    /// Reads a public key: SPKI PEM (-----BEGIN PUBLIC KEY-----).
-    pub fn from_pem(text: &str) -> Result<Self, String> {
-        VerifyingKey::from_public_key_pem(text.trim())
-            .map(Self)
-            .map_err(|_| {
-                "not an Ed25519 public key in PEM (-----BEGIN PUBLIC KEY-----), as `zd-retention audit keygen` writes it"
-                    .to_string()
-            })
-    }
-
-    pub fn key_id(&self) -> String {
-        key_id_of(&self.0)
-    }
-
-    fn verifies(&self, message: &str, signature: &str) -> bool {
-        let Ok(bytes) = hex::decode(signature) else {
-            return false;
-        };
-        let Ok(signature) = Signature::from_slice(&bytes) else {
-            return false;
-        };
-        self.0.verify(message.as_bytes(), &signature).is_ok()
-    }
-}
-
-/// What a head is: a commit of a run, its end, or the end written for it by
-/// the next process after it was interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum HeadKind {
-    Commit,
-    End,
-    Interrupted,
-}
-
-impl HeadKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Commit => "commit",
-            Self::End => "end",
-            Self::Interrupted => "interrupted",
-        }
-    }
-}
-
-/// What a signature covers, one field a line so that none can run into
-/// another: the run, what the head is, the entries the transaction
-/// appended (`from` to `seq`), the head's hash and the time.
-fn head_message(h: &ChainHead) -> String {
-    format!(
-        "zd-retention chain head\nrun {}\nkind {}\nentries {} to {}\nhash {}\nat {}\n",
-        h.run_id.map_or("-".to_string(), |r| r.to_string()),
-        h.kind,
-        h.from_seq,
-        h.seq,
-        h.head,
-        h.recorded_at
-    )
-}
-
-/// A recorded chain head.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct ChainHead {
-    pub seq: i64,
-    pub from_seq: i64,
-    pub run_id: Option<RunId>,
-    pub kind: String,
-    pub head: String,
-    pub recorded_at: String,
-    pub key_id: Option<String>,
-    pub signature: Option<String>,
-}
-
-const HEAD_COLUMNS: &str =
-    "SELECT seq, from_seq, run_id, kind, head, recorded_at, key_id, signature FROM chain_heads";
+use super::heads::{ChainHead, head_message};
+use super::keys::ChainVerifier;
+use super::store::{AuditStore, RunId};
 
 /// What `verify --public-key` found of the signatures.
 #[derive(Debug, Clone, Serialize)]
@@ -176,90 +34,23 @@ pub struct SignatureReport {
     pub tampered: bool,
 }
 
-/// The chain's last entry number before a transaction appends to it.
-pub(super) async fn chain_base(tx: &mut sqlx::Transaction<'_, Sqlite>) -> anyhow::Result<i64> {
-    Ok(super::chain::last_entry(tx)
-        .await?
-        .map_or(0, |(seq, _)| seq))
-}
-
-/// Records the head a transaction leaves, in it, before it commits: every
-/// commit when signing (signed), only a run's end otherwise (unsigned).
-/// Nothing when the transaction appended nothing.
-pub(super) async fn record_head(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    base: i64,
-    run: Option<RunId>,
-    kind: HeadKind,
-    signer: Option<&ChainSigner>,
-    now: DateTime<Utc>,
-) -> anyhow::Result<()> {
-    if signer.is_none() && kind == HeadKind::Commit {
-        return Ok(());
-    }
-    let Some((seq, head)) = super::chain::last_entry(tx).await? else {
-        return Ok(());
-    };
-    if seq <= base {
-        return Ok(());
-    }
-    let mut h = ChainHead {
-        seq,
-        from_seq: base + 1,
-        run_id: run,
-        kind: kind.as_str().to_string(),
-        head,
-        recorded_at: timestamp(now),
-        key_id: None,
-        signature: None,
-    };
-    if let Some(s) = signer {
-        h.key_id = Some(s.key_id());
-        h.signature = Some(s.sign(&head_message(&h)));
-    }
-    sqlx::query(
-        "INSERT INTO chain_heads (seq, from_seq, run_id, kind, head, recorded_at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(h.seq)
-    .bind(h.from_seq)
-    .bind(h.run_id)
-    .bind(&h.kind)
-    .bind(&h.head)
-    .bind(&h.recorded_at)
-    .bind(&h.key_id)
-    .bind(&h.signature)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 impl AuditStore {
-    /// Records the head `tx` leaves (see [`record_head`]) with this store's
-    /// key; called by every writer just before it commits.
-    pub(super) async fn seal(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Sqlite>,
-        base: i64,
-        run: Option<RunId>,
-        kind: HeadKind,
-    ) -> anyhow::Result<()> {
-        record_head(tx, base, run, kind, self.signer.as_ref(), Utc::now()).await
-    }
-
     /// The head recorded at `run`'s end, if any.
     pub async fn chain_head_of(&self, run: RunId) -> anyhow::Result<Option<ChainHead>> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "{HEAD_COLUMNS} WHERE run_id = ? AND kind IN ('end', 'interrupted') ORDER BY seq DESC LIMIT 1"
-        )))
-        .bind(run)
+        Ok(sqlx::query_as!(
+            ChainHead,
+            r#"SELECT seq, from_seq, run_id AS "run_id: RunId", kind, head, recorded_at, key_id, signature FROM chain_heads
+             WHERE run_id = ? AND kind IN ('end', 'interrupted') ORDER BY seq DESC LIMIT 1"#,
+            run,
+        )
         .fetch_optional(&self.pool)
         .await?)
     }
 
     /// Whether any head is signed.
     pub async fn is_signed(&self) -> anyhow::Result<bool> {
-        Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM chain_heads WHERE signature IS NOT NULL",
+        Ok(sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "n!: i64" FROM chain_heads WHERE signature IS NOT NULL"#,
         )
         .fetch_one(&self.pool)
         .await?
@@ -288,19 +79,22 @@ impl AuditStore {
             problem: None,
             tampered: true,
         };
-        let heads: Vec<ChainHead> = sqlx::query_as(AssertSqlSafe(format!(
-            "{HEAD_COLUMNS} WHERE signature IS NOT NULL ORDER BY seq"
-        )))
+        let heads: Vec<ChainHead> = sqlx::query_as!(
+            ChainHead,
+            r#"SELECT seq, from_seq, run_id AS "run_id: RunId", kind, head, recorded_at, key_id, signature FROM chain_heads
+             WHERE signature IS NOT NULL ORDER BY seq"#,
+        )
         .fetch_all(&self.pool)
         .await?;
         // the chain's hash at each signed head's entry, in one read
-        let chain: HashMap<i64, String> = sqlx::query_as(
+        let chain: HashMap<i64, String> = sqlx::query!(
             "SELECT c.seq, c.hash FROM audit_chain c JOIN chain_heads h ON h.seq = c.seq
              WHERE h.signature IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?
         .into_iter()
+        .map(|r| (r.seq, r.hash))
         .collect();
         let keyed: Vec<(String, &ChainVerifier)> = keys.iter().map(|k| (k.key_id(), k)).collect();
         let mut previous: Option<&ChainHead> = None;
@@ -330,9 +124,10 @@ impl AuditStore {
             report.problem = Some(problem);
             return Ok(report);
         }
-        let after: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_chain")
-            .fetch_one(&self.pool)
-            .await?;
+        let after: Option<i64> =
+            sqlx::query_scalar!(r#"SELECT MAX(seq) AS "seq?: i64" FROM audit_chain"#)
+                .fetch_one(&self.pool)
+                .await?;
         if let Some(end) = after.filter(|end| *end > last.seq) {
             report.problem = Some(format!(
                 "chain entries {} to {end} follow the last signed head: written without the key, or added after it",
@@ -344,13 +139,13 @@ impl AuditStore {
             .iter()
             .find_map(|h| h.run_id)
             .unwrap_or(RunId::new(i64::MAX));
-        let unsigned: Option<RunId> = sqlx::query_scalar(
-            "SELECT MIN(r.id) FROM runs r
+        let unsigned: Option<RunId> = sqlx::query_scalar!(
+            r#"SELECT MIN(r.id) AS "id?: RunId" FROM runs r
              WHERE r.id >= ? AND r.status <> 'running'
                AND NOT EXISTS (SELECT 1 FROM chain_heads h WHERE h.run_id = r.id
-                               AND h.kind IN ('end', 'interrupted') AND h.signature IS NOT NULL)",
+                               AND h.kind IN ('end', 'interrupted') AND h.signature IS NOT NULL)"#,
+            first_run,
         )
-        .bind(first_run)
         .fetch_one(&self.pool)
         .await?;
         if let Some(run) = unsigned {
@@ -365,10 +160,10 @@ impl AuditStore {
     /// unsigned head after signing began, or a head of an entry the chain
     /// does not have (a certificate would show it).
     async fn stray_heads(&self, first_signed: i64) -> anyhow::Result<Option<String>> {
-        let unsigned: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(seq) FROM chain_heads WHERE signature IS NULL AND seq > ?",
+        let unsigned: Option<i64> = sqlx::query_scalar!(
+            r#"SELECT MIN(seq) AS "seq?: i64" FROM chain_heads WHERE signature IS NULL AND seq > ?"#,
+            first_signed,
         )
-        .bind(first_signed)
         .fetch_one(&self.pool)
         .await?;
         if let Some(seq) = unsigned {
@@ -376,9 +171,9 @@ impl AuditStore {
                 "an unsigned chain head at entry {seq} follows signed ones: added outside zd-retention, or written without the key"
             )));
         }
-        let unmatched: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(h.seq) FROM chain_heads h LEFT JOIN audit_chain c ON c.seq = h.seq
-             WHERE c.hash IS NULL OR c.hash <> h.head",
+        let unmatched: Option<i64> = sqlx::query_scalar!(
+            r#"SELECT MIN(h.seq) AS "seq?: i64" FROM chain_heads h LEFT JOIN audit_chain c ON c.seq = h.seq
+             WHERE c.hash IS NULL OR c.hash <> h.head"#,
         )
         .fetch_one(&self.pool)
         .await?;
