@@ -43,5 +43,6 @@ pub mod report;
 pub mod rules;
 pub mod sandbox;
 pub mod telemetry;
+pub mod ticket;
 pub mod writer_lock;
 pub mod zendesk;

@@ -12,15 +12,15 @@
 //!
 //! Talks to Zendesk only through the client; knows no SQL.
 
-use crate::zendesk::TicketId;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
 use crate::rules::Policy;
+use crate::ticket::Ticket;
 use crate::zendesk::{
-    DeletedTicket, DeletedTicketsPage, ListOptions, Pagination, SortBy, SortOrder, ZendeskClient,
+    DeletedTicketsPage, ListOptions, Pagination, SortBy, SortOrder, TicketId, ZendeskClient,
 };
 
 /// At most this many pages in one freshness read (10,000 deletions during
@@ -234,7 +234,7 @@ pub fn reaches_horizon(page: &DeletedTicketsPage, horizon: Duration, now: DateTi
 #[derive(Debug, Clone)]
 pub struct RecentDeletions {
     /// Every ticket deleted at or after `covered_from`, as listed now.
-    pub tickets: Vec<DeletedTicket>,
+    pub tickets: Vec<Ticket>,
     /// How far back the read is complete: `since` when it got there, or the
     /// oldest deletion read when it stopped at the page limit.
     pub covered_from: DateTime<Utc>,
@@ -262,7 +262,7 @@ pub async fn deleted_since(
         ..ListOptions::default()
     };
     let mut pages = client.list_deleted(options.clone());
-    let mut out: Vec<DeletedTicket> = Vec::new();
+    let mut out: Vec<Ticket> = Vec::new();
     let mut last: Option<DateTime<Utc>> = None;
     let mut walked_pages = 0;
     while let Some(page) = pages.next().await {
@@ -271,7 +271,7 @@ pub async fn deleted_since(
         if page.number > FRESHNESS_MAX_PAGES {
             // complete only from the oldest whole second read
             let covered_from = last.map_or(Utc::now(), |l| l + chrono::Duration::seconds(1));
-            out.retain(|t: &DeletedTicket| t.deleted_at.is_some_and(|d| d >= covered_from));
+            out.retain(|t: &Ticket| t.deleted_at.is_some_and(|d| d >= covered_from));
             return Ok(RecentDeletions {
                 tickets: out,
                 covered_from,
@@ -312,7 +312,7 @@ pub async fn deleted_since(
     // down to a ticket already seen unchanged (everything after it was
     // seen), until one such pass ends on its first page: then nothing can
     // have moved past the reader unseen.
-    let mut latest: std::collections::HashMap<TicketId, DeletedTicket> =
+    let mut latest: std::collections::HashMap<TicketId, Ticket> =
         out.into_iter().map(|t| (t.id, t)).collect();
     // (a walk of one page was read in one answer: nothing to re-read)
     let mut stable = walked_pages <= 1;
@@ -368,7 +368,7 @@ mod tests {
             tickets: secs
                 .iter()
                 .enumerate()
-                .map(|(i, s)| DeletedTicket {
+                .map(|(i, s)| Ticket {
                     id: TicketId::new(i as u64 + 1),
                     subject: None,
                     actor: None,

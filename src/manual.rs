@@ -3,21 +3,23 @@
 //! path as the cycle: a run, each request recorded before it is sent and
 //! answered after, an outcome per ticket.
 
-use crate::ids::RunId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::audit::{AuditStore, DecisionRecord, RunCounts};
-use crate::audit::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
+use crate::audit::{
+    AuditStore, DecisionRecord, JobRowStatus, Outcome, RequestKind, RunCounts, RunStatus, Trigger,
+};
 use crate::cycle::{
     CycleContext, CycleSettings, ListedAs, Release, decision_record, send_and_follow,
 };
+use crate::ids::RunId;
 use crate::listing::{PageOrder, ScanPlan};
 use crate::rules::{Decision, KeepReason, Policy, RetentionRule, RuleAction};
-use crate::zendesk::{DeletedTicket, IdBatch, ListOptions, TicketId, ZendeskClient, ZendeskError};
+use crate::ticket::Ticket;
+use crate::zendesk::{IdBatch, ListOptions, TicketId, ZendeskClient, ZendeskError};
 
 /// One ticket a plan would purge.
 #[derive(Debug, Clone, Serialize)]
@@ -161,7 +163,7 @@ pub async fn plan(
 
 fn explain_ticket(
     policy: &Policy,
-    t: &DeletedTicket,
+    t: &Ticket,
     decision: &Decision,
     now: chrono::DateTime<Utc>,
 ) -> Explanation {
@@ -410,7 +412,7 @@ async fn forced_selection(
     for id in wanted {
         let entry = known.get(id);
         let ticket = entry.map_or(
-            DeletedTicket {
+            Ticket {
                 id: *id,
                 subject: None,
                 actor: None,
@@ -448,7 +450,7 @@ async fn listed_selection(
         min_age: ctx.policy.min_age,
         protect_ids: ctx.policy.protect_ids.clone(),
     };
-    let mut found: HashMap<TicketId, DeletedTicket> = HashMap::new();
+    let mut found: HashMap<TicketId, Ticket> = HashMap::new();
     let mut pages = ctx.client.list_deleted(ListOptions::default());
     while let Some(page) = pages.next().await {
         for t in page?.tickets {
@@ -1019,7 +1021,7 @@ mod selection_tests {
     async fn a_forced_purge_takes_every_id_as_named_on_its_ledger_row() {
         // nothing is listed: the client points where nothing listens
         let (ctx, _dir) = context("http://127.0.0.1:9").await;
-        let known = DeletedTicket {
+        let known = Ticket {
             id: TicketId::new(4),
             subject: None,
             actor: None,
@@ -1113,7 +1115,7 @@ mod selection_tests {
             previous_state: None,
             subject: None,
             // listed with a subject that no pattern matches
-            subject_tags: policy().subject_tags(&DeletedTicket {
+            subject_tags: policy().subject_tags(&Ticket {
                 id,
                 subject: Some("Refund".into()),
                 actor: None,

@@ -3,15 +3,15 @@
 //! type's field order, the header once). Knows neither the command line nor
 //! SQL.
 
-use crate::audit::StepKind;
-use crate::zendesk::TicketId;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use comfy_table::Table;
 
+use crate::audit::StepKind;
 use crate::cycle::CycleReport;
 use crate::rules::Policy;
+use crate::zendesk::TicketId;
 
 /// How a table of rows is printed: for people, or for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -274,7 +274,7 @@ pub struct ListedTicketRow {
 }
 
 impl ListedTicketRow {
-    pub fn of(t: &crate::zendesk::DeletedTicket) -> Self {
+    pub fn of(t: &crate::ticket::Ticket) -> Self {
         let actor = t.actor.as_ref();
         ListedTicketRow {
             id: t.id,

@@ -11,7 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use regex::Regex;
 
-use crate::zendesk::{DeletedTicket, TicketId};
+use crate::ids::TicketId;
+use crate::ticket::Ticket;
 
 /// What a rule does with the tickets it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -142,7 +143,7 @@ impl RetentionRule {
     }
 
     /// Whether every condition holds for the ticket at `now`.
-    pub fn matches(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> bool {
+    pub fn matches(&self, ticket: &Ticket, now: DateTime<Utc>) -> bool {
         self.matches_with(ticket, now, |re| {
             Some(ticket.subject.as_deref().is_some_and(|s| re.is_match(s)))
         })
@@ -154,7 +155,7 @@ impl RetentionRule {
     /// that answer is needed and unknown.
     pub fn matches_with(
         &self,
-        ticket: &DeletedTicket,
+        ticket: &Ticket,
         now: DateTime<Utc>,
         subject: impl Fn(&Regex) -> Option<bool>,
     ) -> Option<bool> {
@@ -167,7 +168,7 @@ impl RetentionRule {
         }
     }
 
-    fn matches_but_subject(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> bool {
+    fn matches_but_subject(&self, ticket: &Ticket, now: DateTime<Utc>) -> bool {
         let age = age_of(ticket, now);
         if let Some(min) = self.older_than
             && age.is_none_or(|a| a < min)
@@ -202,7 +203,7 @@ impl RetentionRule {
 
     /// Each condition of the rule with whether it holds for the ticket, for
     /// `plan --explain`.
-    pub fn explain(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> Vec<(String, bool)> {
+    pub fn explain(&self, ticket: &Ticket, now: DateTime<Utc>) -> Vec<(String, bool)> {
         let age = age_of(ticket, now);
         let shown_age = age.map_or("unknown".to_string(), |a| {
             crate::human::duration(Duration::from_secs(a.as_secs())).to_string()
@@ -320,7 +321,7 @@ pub fn subject_fingerprint(re: &Regex) -> String {
     hex::encode(&Sha256::digest(re.as_str().as_bytes())[..6])
 }
 
-pub fn age_of(ticket: &DeletedTicket, now: DateTime<Utc>) -> Option<Duration> {
+pub fn age_of(ticket: &Ticket, now: DateTime<Utc>) -> Option<Duration> {
     let deleted = ticket.deleted_at?;
     Some((now - deleted).to_std().unwrap_or(Duration::ZERO))
 }
@@ -415,7 +416,7 @@ pub struct Policy {
 impl Policy {
     /// The first matching rule decides; no match keeps. Protected ids, tickets
     /// younger than `min_age` and tickets of unknown age are never purged.
-    pub fn decide(&self, ticket: &DeletedTicket, now: DateTime<Utc>) -> Decision {
+    pub fn decide(&self, ticket: &Ticket, now: DateTime<Utc>) -> Decision {
         self.decide_with(ticket, now, |re| {
             Some(ticket.subject.as_deref().is_some_and(|s| re.is_match(s)))
         })
@@ -428,7 +429,7 @@ impl Policy {
     /// in force then: the ticket must be listed again.
     pub fn decide_tagged(
         &self,
-        ticket: &DeletedTicket,
+        ticket: &Ticket,
         now: DateTime<Utc>,
         tags: Option<&str>,
     ) -> Option<Decision> {
@@ -446,7 +447,7 @@ impl Policy {
 
     /// The ledger's tags for a listed ticket: for each subject pattern in
     /// force, its fingerprint and whether it matched (`None` without one).
-    pub fn subject_tags(&self, ticket: &DeletedTicket) -> Option<String> {
+    pub fn subject_tags(&self, ticket: &Ticket) -> Option<String> {
         let patterns = self.subject_fingerprints();
         if patterns.is_empty() {
             return None;
@@ -480,7 +481,7 @@ impl Policy {
 
     fn decide_with(
         &self,
-        ticket: &DeletedTicket,
+        ticket: &Ticket,
         now: DateTime<Utc>,
         subject: impl Fn(&Regex) -> Option<bool>,
     ) -> Option<Decision> {
@@ -500,12 +501,7 @@ impl Policy {
         Some(self.decide_by(rule, ticket, now))
     }
 
-    fn decide_by(
-        &self,
-        rule: &RetentionRule,
-        ticket: &DeletedTicket,
-        now: DateTime<Utc>,
-    ) -> Decision {
+    fn decide_by(&self, rule: &RetentionRule, ticket: &Ticket, now: DateTime<Utc>) -> Decision {
         match rule.action {
             RuleAction::Keep => Decision::Keep(KeepReason::Rule(rule.name.clone())),
             RuleAction::Purge => match age_of(ticket, now) {
@@ -563,7 +559,7 @@ impl Policy {
     /// When `ticket` became purgeable by `rule`: its deletion plus the
     /// rule's age (`older_than`) or `min_age`, whichever is later. `None`
     /// when its deletion time is unknown.
-    pub fn purgeable_at(&self, rule: &str, ticket: &DeletedTicket) -> Option<DateTime<Utc>> {
+    pub fn purgeable_at(&self, rule: &str, ticket: &Ticket) -> Option<DateTime<Utc>> {
         let deleted = ticket.deleted_at?;
         let age = self
             .rules
@@ -613,7 +609,7 @@ mod tests {
         };
         assert_ne!(policy.fingerprint(), other.fingerprint());
         let deleted = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let ticket = DeletedTicket {
+        let ticket = Ticket {
             id: TicketId::new(1),
             subject: None,
             actor: None,
@@ -629,7 +625,7 @@ mod tests {
             policy.purgeable_at("no such rule", &ticket),
             Some(deleted + chrono::Duration::hours(1))
         );
-        let unknown = DeletedTicket {
+        let unknown = Ticket {
             deleted_at: None,
             ..ticket
         };
@@ -674,7 +670,7 @@ mod tests {
             min_age: Duration::from_secs(3600),
             protect_ids: Default::default(),
         };
-        let ticket = |state: &str, name: &str| DeletedTicket {
+        let ticket = |state: &str, name: &str| Ticket {
             id: TicketId::new(1),
             subject: None,
             actor: Some(Actor {
@@ -703,14 +699,14 @@ mod tests {
             Decision::Purge { .. }
         ));
     }
-    use crate::zendesk::Actor;
+    use crate::ticket::Actor;
 
-    fn ticket(id: u64, age_hours: i64, state: &str, actor: u64) -> (DeletedTicket, DateTime<Utc>) {
+    fn ticket(id: u64, age_hours: i64, state: &str, actor: u64) -> (Ticket, DateTime<Utc>) {
         let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
         (
-            DeletedTicket {
+            Ticket {
                 id: TicketId::new(id),
                 subject: Some(format!("Ticket {id}")),
                 actor: Some(Actor {

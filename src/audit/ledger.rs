@@ -3,7 +3,6 @@
 //! transaction as the decision, job or outcome that causes it, so the
 //! ledger never says more than the chain does.
 
-use super::encode::{sql_id, ticket_id};
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -12,6 +11,7 @@ use serde::Serialize;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::chain::{Chained, chain_append_digests, chain_base, row_digest};
+use super::encode::{sql_id, ticket_id};
 use super::heads::HeadKind;
 use super::kinds::{DecisionKind, Outcome};
 use super::records::DecisionRecord;
@@ -134,12 +134,12 @@ pub struct LedgerEntry {
 
 impl LedgerEntry {
     /// The row as the ticket the rules read.
-    pub fn as_ticket(&self) -> crate::zendesk::DeletedTicket {
-        crate::zendesk::DeletedTicket {
+    pub fn as_ticket(&self) -> crate::ticket::Ticket {
+        crate::ticket::Ticket {
             id: self.ticket_id,
             subject: self.subject.clone(),
             actor: (self.actor_id.is_some() || self.actor_name.is_some()).then(|| {
-                crate::zendesk::Actor {
+                crate::ticket::Actor {
                     id: self.actor_id,
                     name: self.actor_name.clone(),
                 }

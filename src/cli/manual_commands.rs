@@ -1,6 +1,5 @@
 //! What an operator does by hand: `list`, `plan`, `restore`, `purge`.
 
-use crate::zendesk::TicketId;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +14,8 @@ use crate::app::EXIT_FAILED;
 use crate::audit::AuditStore;
 use crate::cycle::CycleContext;
 use crate::report::{ListedTicketRow, TableFormat, id_results_lines, print_rows, tickets_table};
-use crate::zendesk::{DeletedTicket, ListOptions, Pagination};
+use crate::ticket::Ticket;
+use crate::zendesk::{ListOptions, Pagination, TicketId};
 
 pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
@@ -31,7 +31,7 @@ pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Res
     };
     let started = Instant::now();
     let bar = progress_spinner("listing deleted tickets");
-    let mut tickets: Vec<DeletedTicket> = Vec::new();
+    let mut tickets: Vec<Ticket> = Vec::new();
     let mut pages = client.list_deleted(options);
     let limit = args.limit.unwrap_or(usize::MAX);
     while let Some(page) = pages.next().await {

@@ -19,7 +19,8 @@ use super::settle::{Settled, settle_unseen};
 use super::step::Step;
 use crate::audit::{ListingMarks, RunId, Sighting, ViewCheck};
 use crate::cycle::{CheckProgress, CycleContext, CycleSettings};
-use crate::zendesk::{DeletedTicket, ListOptions, Resume};
+use crate::ticket::Ticket;
+use crate::zendesk::{ListOptions, Resume};
 
 /// Whether this run walks a part of the check: one is under way, or the
 /// last one began `schedule.reconcile` ago or longer. Only after a refresh
@@ -229,15 +230,13 @@ async fn check_page(
     // the purge worker's tickets (this run's selection, the jobs an earlier
     // process left open, requests since this run began) are only noted as
     // seen: their listing here must not race their request or its outcome
-    let (sending, tickets): (Vec<&DeletedTicket>, Vec<&DeletedTicket>) =
-        page.tickets.iter().partition(|t| {
-            scan.handed.contains(t.id)
-                || in_flight.contains(&t.id)
-                || ledger.get(&t.id).is_some_and(|e| {
-                    e.state.awaits_settling()
-                        && e.requested_at.is_some_and(|r| r >= scan.walk_started)
-                })
-        });
+    let (sending, tickets): (Vec<&Ticket>, Vec<&Ticket>) = page.tickets.iter().partition(|t| {
+        scan.handed.contains(t.id)
+            || in_flight.contains(&t.id)
+            || ledger.get(&t.id).is_some_and(|e| {
+                e.state.awaits_settling() && e.requested_at.is_some_and(|r| r >= scan.walk_started)
+            })
+    });
     for t in sending {
         walk.touched.push(Sighting {
             ticket_id: t.id,
@@ -245,7 +244,7 @@ async fn check_page(
             subject_tags: None,
         });
     }
-    let tickets: Vec<DeletedTicket> = tickets.into_iter().cloned().collect();
+    let tickets: Vec<Ticket> = tickets.into_iter().cloned().collect();
     let now = Utc::now();
     let relisted = decide_page(ctx, &tickets, now, walk, result, &mut ledger, in_flight);
     // the selection waits for the next refresh (the rows stay selected)

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::zendesk::{DeletedTicket, IdBatch};
+use crate::ticket::Ticket;
+use crate::zendesk::IdBatch;
 
 /// A batch on its way to the purge worker: the ids, each one's deletion
 /// time as last listed, and when the oldest of them was listed.
@@ -52,7 +53,7 @@ pub(crate) struct ListedAs {
 }
 
 impl ListedAs {
-    pub(crate) fn of(t: &DeletedTicket) -> Self {
+    pub(crate) fn of(t: &Ticket) -> Self {
         Self {
             deleted_at: t.deleted_at,
             actor_id: t.actor.as_ref().and_then(|a| a.id),

@@ -20,7 +20,8 @@ use crate::audit::{
 use crate::cycle::{CycleContext, CycleSettings, ListedAs, Release, clock_trusted};
 use crate::listing::PageOrder;
 use crate::rules::{Decision, Policy};
-use crate::zendesk::{DeletedTicket, IdBatch, SortOrder, TicketId};
+use crate::ticket::Ticket;
+use crate::zendesk::{IdBatch, SortOrder, TicketId};
 
 /// What the scan found.
 #[derive(Debug)]
@@ -185,7 +186,7 @@ pub(crate) struct WalkState {
 fn relisted(
     selection: &mut Selection,
     result: &mut ScanResult,
-    ticket: &DeletedTicket,
+    ticket: &Ticket,
     decision: &Decision,
 ) -> bool {
     let mut counted = true;
@@ -230,7 +231,7 @@ fn relisted(
 /// tickets that were purged or unknown and are listed again.
 pub(crate) fn decide_page(
     ctx: &CycleContext,
-    tickets: &[DeletedTicket],
+    tickets: &[Ticket],
     now: DateTime<Utc>,
     walk: &mut WalkState,
     result: &mut ScanResult,
@@ -992,7 +993,7 @@ pub(crate) async fn release(
                 .zip(batch.ids())
                 .map(|(c, id)| {
                     c.and_then(|c| {
-                        let ticket = DeletedTicket {
+                        let ticket = Ticket {
                             id: *id,
                             subject: None,
                             actor: None,
@@ -1099,7 +1100,7 @@ pub(crate) async fn pipeline_release(
 }
 
 pub(crate) fn decision_record(
-    ticket: &DeletedTicket,
+    ticket: &Ticket,
     decision: &Decision,
     settings: &CycleSettings,
     now: DateTime<Utc>,
@@ -1210,7 +1211,7 @@ mod step_and_page_tests {
     use super::*;
     use crate::cycle::context::test_support;
     use crate::rules::{RetentionRule, RuleAction};
-    use crate::zendesk::Actor;
+    use crate::ticket::Actor;
     use crate::zendesk::SortBy;
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -1334,8 +1335,8 @@ mod step_and_page_tests {
         assert!(why.contains("the last whole walk began 2d ago"), "{why}");
     }
 
-    fn ticket(id: TicketId, deleted_h: Option<i64>, previous: &str) -> DeletedTicket {
-        DeletedTicket {
+    fn ticket(id: TicketId, deleted_h: Option<i64>, previous: &str) -> Ticket {
+        Ticket {
             id,
             subject: Some(format!("ticket {id}")),
             actor: Some(Actor {
@@ -1347,7 +1348,7 @@ mod step_and_page_tests {
         }
     }
 
-    fn page(tickets: Vec<DeletedTicket>) -> crate::zendesk::DeletedTicketsPage {
+    fn page(tickets: Vec<Ticket>) -> crate::zendesk::DeletedTicketsPage {
         crate::zendesk::DeletedTicketsPage {
             tickets,
             number: 1,
@@ -1480,7 +1481,7 @@ mod step_and_page_tests {
 
     fn decide(
         ctx: &CycleContext,
-        pages: &[Vec<DeletedTicket>],
+        pages: &[Vec<Ticket>],
         ledger: &mut HashMap<TicketId, LedgerEntry>,
         in_flight: &IdSet,
     ) -> Decided {
@@ -1619,7 +1620,7 @@ mod step_and_page_tests {
             ..settings()
         };
         let (ctx, _dir) = context(aged_policy(), limited).await;
-        let tickets: Vec<DeletedTicket> = (1..=6)
+        let tickets: Vec<Ticket> = (1..=6)
             .map(|id| ticket(TicketId::new(id), Some(-30), "closed"))
             .collect();
         let d = decide(
@@ -1635,7 +1636,7 @@ mod step_and_page_tests {
     }
 
     fn entry_of_listing(
-        t: &DeletedTicket,
+        t: &Ticket,
         decision: &str,
         rule: Option<&str>,
         state: LedgerState,

@@ -20,7 +20,8 @@ use super::context::IdSet;
 use super::worker::{MAX_RATE_LIMITED_ROUNDS, OpenJob, Pending, PurgeWorker};
 use crate::audit::{DecisionRecord, IN_DOUBT_DETAIL, JobRowId, JobRowStatus, Outcome};
 use crate::cycle::{ListedAs, Release, decision_record};
-use crate::zendesk::{DeletedTicket, IdBatch, JobStatus, TicketId, ZendeskError};
+use crate::ticket::Ticket;
+use crate::zendesk::{IdBatch, JobStatus, TicketId, ZendeskError};
 
 /// Why a request did not leave at shutdown.
 const STOPPING: &str = "the daemon was stopping";
@@ -53,7 +54,7 @@ pub(crate) struct Read {
     pub(super) started: DateTime<Utc>,
     pub(super) answered: Instant,
     pub(super) answered_utc: DateTime<Utc>,
-    pub(super) tickets: HashMap<TicketId, DeletedTicket>,
+    pub(super) tickets: HashMap<TicketId, Ticket>,
 }
 
 /// A request that left, with its answer.
@@ -79,7 +80,7 @@ struct Withheld {
 }
 
 /// Why a read's ticket casts doubt on a purge sent for an earlier deletion.
-fn doubt_detail(t: &DeletedTicket) -> String {
+fn doubt_detail(t: &Ticket) -> String {
     format!(
         "{IN_DOUBT_DETAIL}: a read after the request showed a deletion at {}{}; Zendesk purges whichever deletion a ticket has when the job runs, so this purge is not claimed for the rule that selected the earlier deletion",
         t.deleted_at
@@ -869,7 +870,7 @@ mod round_tests {
     use crate::cycle::{context::test_support, worker::Tally};
     use crate::ids::RunId;
     use crate::rules::Policy;
-    use crate::zendesk::Actor;
+    use crate::ticket::Actor;
 
     fn at(minutes: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_780_000_000, 0).unwrap() + chrono::Duration::minutes(minutes)
@@ -945,7 +946,7 @@ mod round_tests {
 
     #[test]
     fn the_doubt_names_the_new_deletion_and_its_actor() {
-        let t = DeletedTicket {
+        let t = Ticket {
             id: TicketId::new(5),
             subject: Some("secret subject".into()),
             actor: Some(Actor {
@@ -963,7 +964,7 @@ mod round_tests {
         assert!(detail.contains(&crate::audit::timestamp(at(0))), "{detail}");
         assert!(detail.contains("by actor 42"), "{detail}");
         assert!(!detail.contains("secret subject") && !detail.contains("Bob"));
-        let unknown = DeletedTicket {
+        let unknown = Ticket {
             actor: None,
             deleted_at: None,
             ..t

@@ -427,10 +427,10 @@ mod job_end_tests {
     use crate::audit::{RequestKind, Trigger};
     use crate::cycle::context::test_support;
     use crate::rules::{Decision, RetentionRule, RuleAction};
-    use crate::zendesk::{Actor, DeletedTicket};
+    use crate::ticket::{Actor, Ticket};
 
-    fn ticket(id: TicketId, deleted_days: i64) -> DeletedTicket {
-        DeletedTicket {
+    fn ticket(id: TicketId, deleted_days: i64) -> Ticket {
+        Ticket {
             id,
             subject: None,
             actor: Some(Actor {
@@ -461,7 +461,7 @@ mod job_end_tests {
             .start_run(Trigger::Manual, false, &ctx.origin, now)
             .await
             .unwrap();
-        let tickets: Vec<DeletedTicket> = ids.iter().map(|id| ticket(*id, 40)).collect();
+        let tickets: Vec<Ticket> = ids.iter().map(|id| ticket(*id, 40)).collect();
         let decision = Decision::Purge { rule: "all".into() };
         let records: Vec<_> = tickets
             .iter()
@@ -579,7 +579,7 @@ mod job_end_tests {
         }
     }
 
-    fn read_of(tickets: Vec<DeletedTicket>) -> super::super::send::Read {
+    fn read_of(tickets: Vec<Ticket>) -> super::super::send::Read {
         super::super::send::Read {
             started: Utc::now(),
             answered: Instant::now(),

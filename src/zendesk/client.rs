@@ -20,13 +20,14 @@ use url::Url;
 use super::batch::IdBatch;
 use super::error::ZendeskError;
 use super::model::{
-    ActiveTicketsEnvelope, ApiErrorBody, CurrentUser, CurrentUserEnvelope, DeletedTicket, JobId,
-    JobStatus, JobStatusEnvelope, JobStatusesEnvelope, RawDeletedTicketsPage, TicketId, body_shape,
+    ActiveTicketsEnvelope, ApiErrorBody, CurrentUser, CurrentUserEnvelope, JobId, JobStatus,
+    JobStatusEnvelope, JobStatusesEnvelope, RawDeletedTicketsPage, TicketId, body_shape,
     decode_reason,
 };
 use super::pacing::{
     ClientStatsSnapshot, EndpointClass, MAX_HEADER_WAIT, Pacer, RateLimits, parse_seconds,
 };
+use crate::ticket::Ticket;
 
 /// How the client proves who it is. Debug output never shows the secret.
 #[derive(Debug, Clone)]
@@ -226,7 +227,7 @@ impl Default for ListOptions {
 /// One page of deleted tickets.
 #[derive(Debug, Clone)]
 pub struct DeletedTicketsPage {
-    pub tickets: Vec<DeletedTicket>,
+    pub tickets: Vec<Ticket>,
     /// 1 for the first page.
     pub number: u32,
     pub has_more: bool,
@@ -457,7 +458,7 @@ impl ZendeskClient {
                     }),
                     _ => None,
                 };
-                yield DeletedTicketsPage { tickets: raw.deleted_tickets, number, has_more, next: next_link };
+                yield DeletedTicketsPage { tickets: raw.deleted_tickets.into_iter().map(Ticket::from).collect(), number, has_more, next: next_link };
                 match next {
                     None => break,
                     Some(Ok(u)) => url = u,

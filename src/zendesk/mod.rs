@@ -14,7 +14,5 @@ pub use client::{
     SortOrder, ZendeskClient, check_base_url, subdomain_url,
 };
 pub use error::ZendeskError;
-pub use model::{
-    Actor, ApiErrorBody, DeletedTicket, JobId, JobResults, JobState, JobStatus, TicketId,
-};
+pub use model::{ApiErrorBody, JobId, JobResults, JobState, JobStatus, TicketId};
 pub use pacing::{ClientStatsSnapshot, RateLimits};

@@ -10,34 +10,50 @@ use std::fmt;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::ticket::{Actor, Ticket};
+
 /// A Zendesk ticket id.
 pub use crate::ids::TicketId;
 
-/// A soft-deleted ticket as listed by `GET /api/v2/deleted_tickets`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-pub struct DeletedTicket {
+/// A soft-deleted ticket as `GET /api/v2/deleted_tickets` lists it; the
+/// client hands on the domain `Ticket` made from it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct WireTicket {
     pub id: TicketId,
     /// Null on real pages for tickets created without one.
     #[serde(default)]
     pub subject: Option<String>,
     #[serde(default)]
-    pub actor: Option<Actor>,
-    /// `None` when Zendesk sent none or a form we cannot read; the rule
-    /// engine never purges a ticket whose age it does not know.
+    pub actor: Option<WireActor>,
+    /// `None` when Zendesk sent none or a form we cannot read.
     #[serde(default, deserialize_with = "lenient_time")]
     pub deleted_at: Option<DateTime<Utc>>,
-    /// The status before deletion: an open string (custom statuses exist).
     #[serde(default)]
     pub previous_state: Option<String>,
 }
 
-/// Who deleted the ticket.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Actor {
+/// Who deleted the ticket, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct WireActor {
     #[serde(default)]
     pub id: Option<u64>,
     #[serde(default)]
     pub name: Option<String>,
+}
+
+impl From<WireTicket> for Ticket {
+    fn from(t: WireTicket) -> Self {
+        Ticket {
+            id: t.id,
+            subject: t.subject,
+            actor: t.actor.map(|a| Actor {
+                id: a.id,
+                name: a.name,
+            }),
+            deleted_at: t.deleted_at,
+            previous_state: t.previous_state,
+        }
+    }
 }
 
 /// Parses `deleted_at` in RFC 3339 or the reference's basic form
@@ -67,7 +83,7 @@ fn lenient_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct RawDeletedTicketsPage {
     #[serde(default)]
-    pub deleted_tickets: Vec<DeletedTicket>,
+    pub deleted_tickets: Vec<WireTicket>,
     #[serde(default)]
     pub meta: Option<CursorMeta>,
     #[serde(default)]
@@ -425,8 +441,9 @@ pub(crate) struct CurrentUserEnvelope {
 
 /// Decodes a listing page's tickets, as the client does; for fuzzing and
 /// tools.
-pub fn decode_deleted_tickets(body: &[u8]) -> Result<Vec<DeletedTicket>, serde_json::Error> {
-    serde_json::from_slice::<RawDeletedTicketsPage>(body).map(|p| p.deleted_tickets)
+pub fn decode_deleted_tickets(body: &[u8]) -> Result<Vec<Ticket>, serde_json::Error> {
+    serde_json::from_slice::<RawDeletedTicketsPage>(body)
+        .map(|p| p.deleted_tickets.into_iter().map(Ticket::from).collect())
 }
 
 /// Decodes a `{"job_status": ...}` answer.

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use proptest::prelude::*;
 use zd_retention::rules::{Decision, Policy, RetentionRule, RuleAction};
-use zd_retention::zendesk::{Actor, DeletedTicket};
+use zd_retention::ticket::{Actor, Ticket};
+
+use proptest::prelude::*;
 
 fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
@@ -46,14 +47,14 @@ fn rule() -> impl Strategy<Value = RetentionRule> {
         )
 }
 
-fn ticket() -> impl Strategy<Value = DeletedTicket> {
+fn ticket() -> impl Strategy<Value = Ticket> {
     (
         1u64..50,
         proptest::option::of(0i64..40 * 86_400),
         0usize..STATES.len(),
         proptest::option::of(0u64..10),
     )
-        .prop_map(|(id, age, state, actor)| DeletedTicket {
+        .prop_map(|(id, age, state, actor)| Ticket {
             id: id.into(),
             subject: None,
             actor: actor.map(|a| Actor {
