@@ -95,7 +95,8 @@ pub async fn plan(
     let mut order = PageOrder::default();
     let mut first = true;
     // each ticket by its latest listing (the view can change under a walk)
-    let mut latest: HashMap<TicketId, (usize, Result<PlannedPurge, &'static str>)> = HashMap::new();
+    let mut latest: HashMap<TicketId, (usize, Result<PlannedPurge, crate::audit::DecisionKind>)> =
+        HashMap::new();
     while let Some(page) = pages.next().await {
         let page = page?;
         if std::mem::take(&mut first) && sorted {
@@ -128,7 +129,7 @@ pub async fn plan(
                     previous_state: t.previous_state.clone(),
                     actor_id: t.actor.as_ref().and_then(|a| a.id),
                 }),
-                keep => Err(keep.kind()),
+                keep => Err(crate::audit::DecisionKind::of(&keep, false)),
             };
             let position = latest.len();
             latest
@@ -141,7 +142,7 @@ pub async fn plan(
             break;
         }
     }
-    let mut listed: Vec<(usize, Result<PlannedPurge, &'static str>)> =
+    let mut listed: Vec<(usize, Result<PlannedPurge, crate::audit::DecisionKind>)> =
         latest.into_values().collect();
     listed.sort_by_key(|(position, _)| *position);
     plan.scanned = listed.len() as u64;
@@ -767,15 +768,19 @@ impl<'a> LedgerDiffer<'a> {
             *next.by_rule.entry(rule.clone()).or_default() += 1;
             next.ticket_ids.push(entry.ticket_id);
         }
-        let kind = crate::audit::DecisionKind::of(&decision, self.safety.dry_run).as_str();
-        let from = entry.decision.clone().unwrap_or_else(|| "none".into());
+        let kind = crate::audit::DecisionKind::of(&decision, self.safety.dry_run);
         let rule = decision.rule().map(str::to_string);
-        if from == kind && entry.rule == rule {
+        if entry.decision == Some(kind) && entry.rule == rule {
             diff.unchanged += 1;
             return;
         }
         self.groups
-            .entry((from, entry.rule.clone(), kind.to_string(), rule))
+            .entry((
+                from_text(entry.decision),
+                entry.rule.clone(),
+                kind.to_string(),
+                rule,
+            ))
             .or_default()
             .push(entry.ticket_id);
     }
@@ -813,6 +818,12 @@ impl<'a> LedgerDiffer<'a> {
 
 /// What a manual purge selects and refuses (with and without `--force`),
 /// what `plan` reads, and what a config would change in the ledger.
+/// A ledger row's decision as the plan's diff names it: a row recorded
+/// before decisions were kept in the ledger has none.
+fn from_text(decision: Option<crate::audit::DecisionKind>) -> String {
+    decision.map_or_else(|| "none".to_string(), |d| d.to_string())
+}
+
 #[cfg(test)]
 mod selection_tests {
     use std::sync::Arc;
@@ -1122,7 +1133,7 @@ mod selection_tests {
                 deleted_at: None,
                 previous_state: None,
             }),
-            decision: Some(decision.into()),
+            decision: Some(crate::audit::DecisionKind::parse(decision).unwrap()),
             rule: rule.map(str::to_string),
             config_hash: None,
             state,

@@ -366,18 +366,6 @@ impl Decision {
             Self::Keep(KeepReason::NoRuleMatched | KeepReason::Protected) => None,
         }
     }
-
-    /// A short stable name for the audit store: `purge`, `keep_rule`, ...
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Purge { .. } => "purge",
-            Self::Keep(KeepReason::Rule(_)) => "keep_rule",
-            Self::Keep(KeepReason::NoRuleMatched) => "keep_no_rule",
-            Self::Keep(KeepReason::Protected) => "keep_protected",
-            Self::Keep(KeepReason::TooYoung { .. }) => "keep_too_young",
-            Self::Keep(KeepReason::UnknownAge { .. }) => "keep_unknown_age",
-        }
-    }
 }
 
 impl fmt::Display for Decision {

@@ -124,7 +124,7 @@ pub struct LedgerEntry {
     pub previous_state: Option<String>,
     pub subject: Option<String>,
     pub subject_tags: Option<String>,
-    pub decision: Option<String>,
+    pub decision: Option<DecisionKind>,
     pub rule: Option<String>,
     pub config_hash: Option<String>,
     pub state: LedgerState,

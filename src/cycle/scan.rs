@@ -287,14 +287,14 @@ pub(crate) fn decide_page(
         {
             not_effective.push((ticket.id, p.state));
         }
-        let kind = DecisionKind::of(&decision, settings.dry_run).as_str();
+        let kind = DecisionKind::of(&decision, settings.dry_run);
         // the tags whether subjects are kept or not: a row without its
         // subject (not kept, or recorded before subjects were) is decided
         // from them, never as if its subject matched nothing
         let tags = ctx.policy.subject_tags(ticket);
         let unchanged = prior.as_ref().is_some_and(|p| {
             p.deleted_at == ticket.deleted_at
-                && p.decision.as_deref() == Some(kind)
+                && p.decision == Some(kind)
                 && p.rule.as_deref() == decision.rule()
                 && p.actor_id == ticket.actor.as_ref().and_then(|a| a.id)
                 && p.actor_name == ticket.actor.as_ref().and_then(|a| a.name.clone())
@@ -340,7 +340,10 @@ pub(crate) fn decide_page(
                 selection.order.push(ticket.id);
             }
             Decision::Purge { .. } => {}
-            keep if counted => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+            keep if counted => {
+                let kind = DecisionKind::of(keep, false).as_str().to_string();
+                *result.kept.entry(kind).or_default() += 1
+            }
             _ => {}
         }
     }
@@ -934,9 +937,9 @@ fn decide_entries(
                 None => continue,
             }
         };
-        let kind = DecisionKind::of(&decision, settings.dry_run).as_str();
+        let kind = DecisionKind::of(&decision, settings.dry_run);
         result.decided_from_ledger += 1;
-        if entry.decision.as_deref() != Some(kind) || entry.rule.as_deref() != decision.rule() {
+        if entry.decision != Some(kind) || entry.rule.as_deref() != decision.rule() {
             let mut record = decision_record(&ticket, &decision, settings, now);
             record.listed = false;
             // the subject is what the ledger holds (recorded subjects only)
@@ -960,7 +963,10 @@ fn decide_entries(
                 );
                 selection.order.push(ticket.id);
             }
-            keep => *result.kept.entry(keep.kind().to_string()).or_default() += 1,
+            keep => {
+                let kind = DecisionKind::of(keep, false).as_str().to_string();
+                *result.kept.entry(kind).or_default() += 1
+            }
         }
     }
     records
@@ -1649,7 +1655,7 @@ mod step_and_page_tests {
             previous_state: t.previous_state.clone(),
             subject: None,
             subject_tags: None,
-            decision: Some(decision.into()),
+            decision: Some(crate::audit::DecisionKind::parse(decision).unwrap()),
             rule: rule.map(str::to_string),
             config_hash: None,
             state,
