@@ -38,7 +38,7 @@ pub mod human;
 pub mod listing;
 pub mod manual;
 pub mod quota;
-pub mod report;
+pub mod render;
 pub mod rules;
 pub mod sandbox;
 pub mod telemetry;

@@ -13,7 +13,7 @@ use super::common::{UsageError, client_from, load_config, open_store, progress_s
 use crate::app::EXIT_FAILED;
 use crate::audit::AuditStore;
 use crate::cycle::CycleContext;
-use crate::report::{ListedTicketRow, TableFormat, id_results_lines, print_rows, tickets_table};
+use crate::render::{ListedTicketRow, TableFormat, id_results_lines, print_rows, tickets_table};
 use crate::zendesk::{DeletedTicket, ListOptions, Pagination};
 
 pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -93,7 +93,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
         store.close().await;
         read?;
         let diff = differ.finish();
-        crate::report::print_ledger_diff(&diff, args.format)?;
+        crate::render::print_ledger_diff(&diff, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
     // a plan writes nothing: no audit database is opened
@@ -117,7 +117,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     if let Err(message) = crate::cycle::clock_trusted(&client, config.zendesk.clock_skew) {
         eprintln!("warning: the ages below may be wrong: {message}");
     }
-    crate::report::print_plan(&plan, &config.policy, args.format)?;
+    crate::render::print_plan(&plan, &config.policy, args.format)?;
     Ok(ExitCode::SUCCESS)
 }
 

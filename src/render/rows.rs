@@ -1,7 +1,6 @@
-//! The output layer: run summaries, plans, probe findings, and rows as a
-//! table (comfy-table), JSON or CSV (the `csv` crate, columns in the row
-//! type's field order, the header once). Knows neither the command line nor
-//! SQL.
+//! Run summaries, plans, probe findings, and rows as a table (comfy-table),
+//! JSON or CSV (the `csv` crate, columns in the row type's field order, the
+//! header once). Knows neither the command line nor SQL.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -243,6 +242,20 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
         let _ = writeln!(out, "  error      {e}");
     }
     out
+}
+
+/// Rows as JSON (one array), as CSV ([`csv_rows`]), or for people as
+/// `people` writes them.
+pub fn rows_text<T: serde::Serialize>(
+    rows: &[T],
+    format: TableFormat,
+    people: impl FnOnce(&[T]) -> String,
+) -> anyhow::Result<String> {
+    Ok(match format {
+        TableFormat::Json => serde_json::to_string_pretty(rows)? + "\n",
+        TableFormat::Csv => csv_rows(rows)?,
+        TableFormat::Table => people(rows),
+    })
 }
 
 /// Prints rows as JSON (one array), as CSV ([`csv_rows`]), or for people
@@ -534,7 +547,7 @@ fn window_line(out: &mut String, report: &CycleReport) {
         let _ = writeln!(
             out,
             "  window     at most {} from a freshness read's answer to a purge request leaving{}",
-            window_text(window),
+            crate::human::window_text(window),
             if report.in_doubt > 0 {
                 format!(
                     "; {} purged tickets were deleted again after their request (a read after it showed it): recorded unknown, not purged by their rule",
@@ -586,17 +599,6 @@ fn scale_lines(out: &mut String, report: &CycleReport) {
                 format!(" (stopped at {})", c.stopped)
             }
         );
-    }
-}
-
-/// A freshness window as people read it: microseconds below a millisecond.
-pub fn window_text(window: Duration) -> String {
-    if window < Duration::from_millis(1) {
-        format!("{} µs", window.as_micros())
-    } else if window < Duration::from_secs(1) {
-        format!("{:.1} ms", window.as_secs_f64() * 1000.0)
-    } else {
-        format!("{:.2} s", window.as_secs_f64())
     }
 }
 
