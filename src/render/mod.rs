@@ -28,7 +28,7 @@ pub use audit::{
 pub use document::{certificate_text, report_markdown};
 pub use html::{certificate_html, report_html};
 pub use rows::{
-    ListedTicketRow, TableFormat, csv_rows, id_results_lines, print_ledger_diff, print_plan,
-    print_rows, probe_table, summary, tickets_table,
+    ListedTicketRow, TableFormat, csv_rows, id_results, ledger_diff, listed_tickets, plan,
+    probe_table, rows_text, summary,
 };
 pub use stream::{RowStyle, json_document, write_document};
