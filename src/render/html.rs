@@ -444,6 +444,24 @@ mod tests {
     }
 
     #[test]
+    fn a_config_version_page_fragment_escapes_its_rules_with_the_page_escaper() {
+        let v = VersionInWords {
+            hash: "abc".into(),
+            first_run: Some(1),
+            first_used: Some("2026-11-01".into()),
+            account: None,
+            rules: vec!["<img src=x onerror=y>: purge \u{1}".into()],
+            safety: vec![],
+            settings: Some(serde_json::json!({})),
+        };
+        let html = VersionHtml { v: &v }.render().unwrap();
+        assert_eq!(
+            html,
+            "<p>Config version <code data-figure=\"config-hash\">abc</code>, first used 2026-11-01 (run 1)</p>\n<ul>\n<li>&lt;img src=x onerror=y&gt;: purge \u{fffd}</li>\n</ul>\n"
+        );
+    }
+
+    #[test]
     fn a_series_name_is_escaped_in_the_chart() {
         let days = ["2026-11-01".to_string()];
         let series = [("<b>&\"\u{1}".to_string(), vec![1])];

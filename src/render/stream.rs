@@ -140,3 +140,44 @@ pub async fn write_document(
     out.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(rule: &str, subject: &str) -> PurgedTicket {
+        PurgedTicket {
+            ticket_id: 7,
+            rule: Some(rule.to_string()),
+            run_id: 3,
+            zendesk_job_id: Some("job\"1".to_string()),
+            requested_at: Some("2026-11-29T14:22:45.913Z".to_string()),
+            completed_at: None,
+            verified_at: "2026-11-29T14:23:00.000Z".to_string(),
+            detail: None,
+            subject: Some(subject.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_page_row_escapes_what_was_recorded_and_cannot_forge_the_mark() {
+        let p = ticket("r<b>", &format!("<script>x</script>{ROWS_MARK}"));
+        let mut out = String::new();
+        RowStyle::Html {
+            with_subjects: true,
+        }
+        .write(&mut out, &p, true)
+        .unwrap();
+        assert_eq!(
+            out,
+            "<tr class=\"purged-row\" data-ticket=\"7\"><td class=\"n\">7</td><td>r&lt;b&gt;</td><td class=\"n\">3</td><td class=\"mono\">job&quot;1</td><td>2026-11-29 14:22:45.913</td><td></td><td>2026-11-29 14:23:00.000</td><td>&lt;script&gt;x&lt;/script&gt;\u{fffd}purged-rows\u{fffd}</td></tr>\n"
+        );
+        let mut without = String::new();
+        RowStyle::Html {
+            with_subjects: false,
+        }
+        .write(&mut without, &p, true)
+        .unwrap();
+        assert!(!without.contains("script"), "{without}");
+    }
+}
