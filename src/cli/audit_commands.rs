@@ -302,32 +302,12 @@ async fn export(
     let target = database_only(database);
     let store = open(config, &target).await?;
     let out = std::io::BufWriter::new(std::io::stdout().lock());
-    let n = match format {
-        ExportFormat::Jsonl => {
-            use std::io::Write as _;
-            let mut out = out;
-            let n = store
-                .export(since, |row| {
-                    writeln!(out, "{}", serde_json::to_string(&row)?)?;
-                    Ok(())
-                })
-                .await?;
-            out.flush()?;
-            n
-        }
-        ExportFormat::Csv => {
-            // one CSV writer for the whole stream: its header once
-            let mut out = csv::Writer::from_writer(out);
-            let n = store
-                .export(since, |row| {
-                    out.serialize(&row)?;
-                    Ok(())
-                })
-                .await?;
-            out.flush()?;
-            n
-        }
+    let mut writer = match format {
+        ExportFormat::Jsonl => render::ExportWriter::jsonl(out),
+        ExportFormat::Csv => render::ExportWriter::csv(out),
     };
+    let n = store.export(since, |row| writer.write(&row)).await?;
+    writer.finish()?;
     eprintln!("{n} decisions exported");
     Ok(ExitCode::SUCCESS)
 }

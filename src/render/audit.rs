@@ -359,6 +359,43 @@ pub fn verify_result(v: &Verification<'_>, format: TableFormat) -> anyhow::Resul
     })
 }
 
+/// `audit export`'s writer, a row at a time as the store streams them:
+/// each decision a JSON line, or a CSV row (one CSV writer for the whole
+/// stream: its header once).
+pub enum ExportWriter<W: std::io::Write> {
+    Jsonl(W),
+    /// Boxed: the CSV writer holds its own buffer.
+    Csv(Box<csv::Writer<W>>),
+}
+
+impl<W: std::io::Write> ExportWriter<W> {
+    pub fn jsonl(out: W) -> Self {
+        ExportWriter::Jsonl(out)
+    }
+
+    pub fn csv(out: W) -> Self {
+        ExportWriter::Csv(Box::new(csv::Writer::from_writer(out)))
+    }
+
+    /// Writes one decision.
+    pub fn write(&mut self, row: &SearchRow) -> anyhow::Result<()> {
+        match self {
+            ExportWriter::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(row)?)?,
+            ExportWriter::Csv(out) => out.serialize(row)?,
+        }
+        Ok(())
+    }
+
+    /// Flushes what is still buffered.
+    pub fn finish(self) -> anyhow::Result<()> {
+        match self {
+            ExportWriter::Jsonl(mut out) => out.flush()?,
+            ExportWriter::Csv(mut out) => out.flush()?,
+        }
+        Ok(())
+    }
+}
+
 /// `audit stats --by day`: purges selected per day and rule, then runs
 /// per day.
 pub fn stats_by_day(

@@ -22,8 +22,8 @@ mod rows;
 mod stream;
 
 pub use audit::{
-    RunDetails, Verification, chain_head, config_version, keygen_written, ledger, run_details,
-    runs_table, search_table, stats_by_day, stats_rows, ticket_history, verify_result,
+    ExportWriter, RunDetails, Verification, chain_head, config_version, keygen_written, ledger,
+    run_details, runs_table, search_table, stats_by_day, stats_rows, ticket_history, verify_result,
 };
 pub use document::{certificate_text, report_markdown};
 pub use html::{certificate_html, report_html};
