@@ -86,7 +86,7 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
     );
 
     let report = run_cycle(&ctx, Trigger::Demo).await?;
-    print!("{}", crate::report::summary(&report, &ctx.policy));
+    print!("{}", crate::render::summary(&report, &ctx.policy));
 
     // Check from outside, through the sandbox's own state: exactly the
     // tickets the audit log says were selected have left the deleted view.
@@ -122,7 +122,7 @@ pub async fn run(tickets: usize, database: &Path) -> anyhow::Result<ExitCode> {
     }));
     let second = run_cycle(&ctx, Trigger::Demo).await?;
     println!("40 tickets deleted since:");
-    print!("{}", crate::report::summary(&second, &ctx.policy));
+    print!("{}", crate::render::summary(&second, &ctx.policy));
     println!();
     let example = selected.first().copied().unwrap_or_default();
     print_hints(database, report.run_id, example);

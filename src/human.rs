@@ -1,6 +1,7 @@
 //! Durations as people write them in a config: `7d`, `12h`, `1h 30m`,
 //! `250ms`. At most the two largest units, so a printed age reads at a
-//! glance; humantime still parses every form printed here.
+//! glance; humantime still parses every form printed here. And the short
+//! freshness windows, down to microseconds.
 
 use std::time::Duration;
 
@@ -39,6 +40,17 @@ pub fn duration(d: Duration) -> String {
         }
     }
     parts.join(" ")
+}
+
+/// A freshness window as people read it: microseconds below a millisecond.
+pub fn window_text(window: Duration) -> String {
+    if window < Duration::from_millis(1) {
+        format!("{} µs", window.as_micros())
+    } else if window < Duration::from_secs(1) {
+        format!("{:.1} ms", window.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", window.as_secs_f64())
+    }
 }
 
 #[cfg(test)]

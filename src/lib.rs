@@ -39,7 +39,7 @@ pub mod ids;
 pub mod listing;
 pub mod manual;
 pub mod quota;
-pub mod report;
+pub mod render;
 pub mod rules;
 pub mod sandbox;
 pub mod telemetry;

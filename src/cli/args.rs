@@ -519,7 +519,7 @@ pub struct AuditTarget {
     pub format: TableFormat,
 }
 
-pub use crate::report::TableFormat;
+pub use crate::render::TableFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {

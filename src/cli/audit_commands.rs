@@ -1,11 +1,11 @@
-//! `zd-retention audit ...`: the audit queries, read-only, as tables, JSON
-//! or CSV through the output layer.
+//! `zd-retention audit ...`: the audit queries, read-only. Each command
+//! gathers through the store and writes what one function of the output
+//! layer (`crate::render`) makes of it.
 
 use crate::ids::RunId;
 use crate::zendesk::TicketId;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use super::args::{
     AuditCommand, AuditTarget, DocumentFormat, ExportFormat, ReportFormat, StatsBy,
@@ -14,7 +14,7 @@ use super::args::{
 use super::common::{UsageError, check_database_arg, load_config};
 use crate::app::EXIT_FAILED;
 use crate::audit::{AuditStore, SearchFilter};
-use crate::report::{TableFormat, csv_rows, print_rows, table};
+use crate::render::{self, TableFormat};
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
     let path = match &target.database {
@@ -149,31 +149,7 @@ async fn runs(
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
     let runs = store.runs(since, limit).await?;
-    print_rows(&runs, target.format, |_| {
-        let mut t = table(&[
-            "run", "trigger", "started", "mode", "status", "scanned", "matched", "purged",
-            "failed", "unknown",
-        ]);
-        for r in &runs {
-            t.add_row(vec![
-                r.id.to_string(),
-                r.trigger.to_string(),
-                r.started_at.clone(),
-                if r.dry_run {
-                    "dry run".into()
-                } else {
-                    "live".into()
-                },
-                r.status.to_string(),
-                r.scanned.to_string(),
-                r.matched.to_string(),
-                r.purged.to_string(),
-                r.failed.to_string(),
-                r.unknown.to_string(),
-            ]);
-        }
-        println!("{t}");
-    })?;
+    print!("{}", render::runs_table(&runs, target.format)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -194,168 +170,17 @@ async fn run(
     let version = store.config_version(&run.config_hash).await?;
     let origin = store.run_origin(run_id).await?;
     let head = store.chain_head_of(run_id).await?;
-    match target.format {
-        TableFormat::Csv => {
-            #[derive(serde::Serialize)]
-            struct Row<'a> {
-                decision: &'a str,
-                rule: Option<&'a str>,
-                count: i64,
-            }
-            let rows: Vec<Row> = decisions
-                .iter()
-                .map(|(d, r, n)| Row {
-                    decision: d,
-                    rule: r.as_deref(),
-                    count: *n,
-                })
-                .collect();
-            print!("{}", csv_rows(&rows)?);
-        }
-        TableFormat::Json => {
-            let decisions: Vec<_> = decisions
-                .iter()
-                .map(|(d, r, n)| serde_json::json!({"decision": d, "rule": r, "count": n}))
-                .collect();
-            let outcomes: Vec<_> = outcomes
-                .iter()
-                .map(|(o, n)| serde_json::json!({"outcome": o, "count": n}))
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"run": run, "ran_by": origin, "config_version": version, "chain_head": head, "decisions": decisions, "outcomes": outcomes, "jobs": jobs})
-                )?
-            );
-        }
-        TableFormat::Table => {
-            print_run_table(&run, &decisions, &outcomes, &jobs);
-            match &version {
-                Some(v) => println!(
-                    "config version {} (first used by run {}): zd-retention audit config {} shows it",
-                    v.hash,
-                    v.first_run,
-                    &v.hash[..12.min(v.hash.len())]
-                ),
-                None => println!(
-                    "config {}: its settings were not stored (a run before config versions were kept)",
-                    run.config_hash
-                ),
-            }
-            if let Some(program) = &origin.program_version {
-                println!(
-                    "ran by {} on {}, {program}",
-                    origin.os_user.as_deref().unwrap_or("?"),
-                    origin.host.as_deref().unwrap_or("?")
-                );
-            }
-            if let Some(h) = &head {
-                println!(
-                    "chain head at its end: entry {} {}, {}",
-                    h.seq,
-                    h.head,
-                    if h.signature.is_some() {
-                        "signed"
-                    } else {
-                        "unsigned"
-                    }
-                );
-            }
-        }
-    }
+    let details = render::RunDetails {
+        run: &run,
+        decisions: &decisions,
+        outcomes: &outcomes,
+        jobs: &jobs,
+        version: version.as_ref(),
+        origin: &origin,
+        head: head.as_ref(),
+    };
+    print!("{}", render::run_details(&details, target.format)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// `audit run` as tables: the run's figures, decisions per rule, outcomes
-/// and its requests.
-fn print_run_table(
-    run: &crate::audit::RunRow,
-    decisions: &[(String, Option<String>, i64)],
-    outcomes: &[(String, i64)],
-    jobs: &[crate::audit::JobRow],
-) {
-    println!(
-        "run {} ({}, {}): {} from {} to {}",
-        run.id,
-        run.trigger,
-        if run.dry_run { "dry run" } else { "live" },
-        run.status,
-        run.started_at,
-        run.finished_at.as_deref().unwrap_or("(not finished)")
-    );
-    println!(
-        "  scanned {}, matched {}, purged {}, failed {}, unknown {}; {} list requests{}; config {}",
-        run.scanned,
-        run.matched,
-        run.purged,
-        run.failed,
-        run.unknown,
-        run.list_requests,
-        match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
-            (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
-            (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
-            (_, _, true) => ", sorted scan stopped early".to_string(),
-            (_, Some(scan), false) => format!(", {scan} scan"),
-            (_, None, false) => String::new(),
-        },
-        &run.config_hash[..12.min(run.config_hash.len())]
-    );
-    if let Some(reason) = &run.scan_reason {
-        println!("  scan: {reason}");
-    }
-    if let Some(n) = run.decisions_recorded {
-        println!(
-            "  {n} decisions recorded (first sightings and changes; the ledger holds the rest)"
-        );
-    }
-    if let Some(ms) = run.max_listing_age_ms {
-        println!(
-            "  at most {} between a ticket's last listing and its destroy_many",
-            crate::human::duration(Duration::from_millis(ms as u64))
-        );
-    }
-    if let Some(e) = &run.error {
-        println!("  error: {e}");
-    }
-    let mut t = table(&["decision", "rule", "tickets"]);
-    for (d, r, n) in decisions {
-        t.add_row(vec![
-            d.clone(),
-            r.clone().unwrap_or_default(),
-            n.to_string(),
-        ]);
-    }
-    println!("{t}");
-    if !outcomes.is_empty() {
-        let mut t = table(&["outcome", "tickets"]);
-        for (o, n) in outcomes {
-            t.add_row(vec![o.clone(), n.to_string()]);
-        }
-        println!("{t}");
-    }
-    if !jobs.is_empty() {
-        let mut t = table(&[
-            "request",
-            "kind",
-            "zendesk job",
-            "tickets",
-            "recorded",
-            "status",
-            "message",
-        ]);
-        for j in jobs {
-            t.add_row(vec![
-                j.id.to_string(),
-                j.kind.to_string(),
-                j.zendesk_job_id.clone().unwrap_or_default(),
-                j.ticket_count.to_string(),
-                j.recorded_at.clone(),
-                j.status.to_string(),
-                j.message.clone().unwrap_or_default(),
-            ]);
-        }
-        println!("{t}");
-    }
 }
 
 /// `zd-retention audit search`.
@@ -385,25 +210,10 @@ async fn search(
         limit,
     };
     let rows = store.search(&filter).await?;
-    print_rows(&rows, target.format, |_| {
-        let mut t = table(&[
-            "decided", "run", "ticket", "decision", "rule", "actor", "outcome", "detail",
-        ]);
-        for r in &rows {
-            t.add_row(vec![
-                r.at.clone(),
-                r.run_id.to_string(),
-                r.ticket_id.to_string(),
-                r.decision.clone(),
-                r.rule.clone().unwrap_or_default(),
-                r.actor_id.map(|a| a.to_string()).unwrap_or_default(),
-                r.outcome.clone().unwrap_or_default(),
-                r.detail.clone().unwrap_or_default(),
-            ]);
-        }
-        println!("{t}");
+    print!("{}", render::search_table(&rows, target.format)?);
+    if target.format == TableFormat::Table {
         eprintln!("{} rows (at most --limit {limit})", rows.len());
-    })?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -412,32 +222,7 @@ async fn ledger(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<
     let store = open(config, &target).await?;
     let counts = store.ledger_counts().await?;
     let marks = store.listing_marks(&[]).await?;
-    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(crate::audit::timestamp);
-    match target.format {
-        TableFormat::Json | TableFormat::Csv => println!(
-            "{}",
-            serde_json::json!({
-                "tickets": counts.iter().map(|(s, n)| (s.clone(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-                "high_water": time(marks.high_water),
-                "last_reconcile": time(marks.last_reconcile),
-            })
-        ),
-        TableFormat::Table => {
-            let mut t = table(&["state", "tickets"]);
-            for (state, n) in &counts {
-                t.add_row(vec![state.clone(), n.to_string()]);
-            }
-            println!("{t}");
-            println!(
-                "newest deletion known (high-water mark): {}",
-                time(marks.high_water).unwrap_or_else(|| "none yet".into())
-            );
-            println!(
-                "last whole walk of the view began: {}",
-                time(marks.last_reconcile).unwrap_or_else(|| "never".into())
-            );
-        }
-    }
+    print!("{}", render::ledger(&counts, &marks, target.format)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -445,12 +230,7 @@ async fn ledger(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<
 async fn head(config: Option<PathBuf>, target: AuditTarget) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
     let (seq, hash) = store.chain_head().await?;
-    match target.format {
-        TableFormat::Json | TableFormat::Csv => {
-            println!("{}", serde_json::json!({"entry": seq, "hash": hash}))
-        }
-        TableFormat::Table => println!("chain head: entry {seq}, hash {hash}"),
-    }
+    print!("{}", render::chain_head(seq, &hash, target.format));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -496,49 +276,18 @@ async fn verify(
     if let Some(p) = signatures.as_ref().and_then(|s| s.problem.clone()) {
         report.problem = Some(p);
     }
-    match target.format {
-        TableFormat::Json | TableFormat::Csv => println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"chain": report, "signatures": signatures})
-            )?
-        ),
-        TableFormat::Table => match (&report.problem, &unverifiable) {
-            (Some(p), Some(_)) => println!("signatures NOT verified: {p}"),
-            (Some(p), None) => println!("audit log TAMPERED: {p}"),
-            (None, _) => {
-                println!(
-                    "audit log intact: {} chain entries over {} rows; head {}",
-                    report.entries, report.rows, report.head
-                );
-                match &signatures {
-                    Some(s) if s.before_signing == 0 => println!(
-                        "signatures hold: {} signed chain heads verify with key {}, every entry covered",
-                        s.signed, s.key_id
-                    ),
-                    Some(s) => println!(
-                        "signatures hold: {} signed chain heads verify with key {}; entries 1 to {} precede the first signed head ({}): the signature vouches for them as they stood then, not as they were written",
-                        s.signed,
-                        s.key_id,
-                        s.before_signing,
-                        s.signing_began
-                            .as_ref()
-                            .map(|(at, run)| format!(
-                                "made at {at}{}",
-                                run.map(|r| format!(" by run {r}")).unwrap_or_default()
-                            ))
-                            .unwrap_or_default()
-                    ),
-                    None if store.is_signed().await? => println!(
-                        "chain heads are signed: pass --public-key FILE to check the signatures"
-                    ),
-                    None => println!(
-                        "records are unsigned ([audit] signing_key_file is not set): a rewrite that recomputes the chain is not detected"
-                    ),
-                }
-            }
-        },
-    }
+    // asked only where the answer is shown: intact records, no key given
+    let signed = target.format == TableFormat::Table
+        && report.problem.is_none()
+        && signatures.is_none()
+        && store.is_signed().await?;
+    let verification = render::Verification {
+        chain: &report,
+        signatures: signatures.as_ref(),
+        unverifiable: unverifiable.is_some(),
+        signed,
+    };
+    print!("{}", render::verify_result(&verification, target.format)?);
     if report.problem.is_some() {
         return Ok(ExitCode::from(EXIT_FAILED));
     }
@@ -555,32 +304,12 @@ async fn export(
     let target = database_only(database);
     let store = open(config, &target).await?;
     let out = std::io::BufWriter::new(std::io::stdout().lock());
-    let n = match format {
-        ExportFormat::Jsonl => {
-            use std::io::Write as _;
-            let mut out = out;
-            let n = store
-                .export(since, |row| {
-                    writeln!(out, "{}", serde_json::to_string(&row)?)?;
-                    Ok(())
-                })
-                .await?;
-            out.flush()?;
-            n
-        }
-        ExportFormat::Csv => {
-            // one CSV writer for the whole stream: its header once
-            let mut out = csv::Writer::from_writer(out);
-            let n = store
-                .export(since, |row| {
-                    out.serialize(&row)?;
-                    Ok(())
-                })
-                .await?;
-            out.flush()?;
-            n
-        }
+    let mut writer = match format {
+        ExportFormat::Jsonl => render::ExportWriter::jsonl(out),
+        ExportFormat::Csv => render::ExportWriter::csv(out),
     };
+    let n = store.export(since, |row| writer.write(&row)).await?;
+    writer.finish()?;
     eprintln!("{n} decisions exported");
     Ok(ExitCode::SUCCESS)
 }
@@ -593,80 +322,20 @@ async fn stats(
     target: AuditTarget,
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
-    match by {
+    let text = match by {
         StatsBy::Day => {
             let selected = store.stats_by_day(since).await?;
             let runs = store.runs_by_day(since).await?;
-            match target.format {
-                TableFormat::Csv => print!("{}", csv_rows(&selected)?),
-                TableFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"purges_by_rule": selected, "runs": runs})
-                    )?
-                ),
-                TableFormat::Table => {
-                    let mut t = table(&["day", "rule", "selected for purge"]);
-                    for r in &selected {
-                        t.add_row(vec![
-                            r.key.clone(),
-                            r.rule.clone().unwrap_or_default(),
-                            r.count.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                    let mut t = table(&[
-                        "day",
-                        "runs",
-                        "failed runs",
-                        "scanned",
-                        "matched",
-                        "purged",
-                        "failed",
-                    ]);
-                    for d in &runs {
-                        t.add_row(vec![
-                            d.day.clone(),
-                            d.runs.to_string(),
-                            d.failed_runs.to_string(),
-                            d.scanned.to_string(),
-                            d.matched.to_string(),
-                            d.purged.to_string(),
-                            d.failed.to_string(),
-                        ]);
-                    }
-                    println!("{t}");
-                }
-            }
+            render::stats_by_day(&selected, &runs, target.format)?
         }
-        StatsBy::Rule | StatsBy::Outcome => {
-            let rows = if by == StatsBy::Rule {
-                store.stats_by_rule(since).await?
-            } else {
-                store.stats_by_outcome(since).await?
-            };
-            print_rows(&rows, target.format, |_| {
-                let header: &[&str] = if by == StatsBy::Rule {
-                    &["rule", "decision", "tickets"]
-                } else {
-                    &["outcome", "", "tickets"]
-                };
-                let mut t = table(header);
-                for r in &rows {
-                    if by == StatsBy::Rule {
-                        t.add_row(vec![
-                            r.rule.clone().unwrap_or_else(|| "(none)".into()),
-                            r.key.clone(),
-                            r.count.to_string(),
-                        ]);
-                    } else {
-                        t.add_row(vec![r.key.clone(), String::new(), r.count.to_string()]);
-                    }
-                }
-                println!("{t}");
-            })?;
+        StatsBy::Rule => {
+            render::stats_rows(&store.stats_by_rule(since).await?, true, target.format)?
         }
-    }
+        StatsBy::Outcome => {
+            render::stats_rows(&store.stats_by_outcome(since).await?, false, target.format)?
+        }
+    };
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -678,26 +347,10 @@ async fn ticket(
 ) -> anyhow::Result<ExitCode> {
     let store = open(config, &target).await?;
     let events = store.ticket_history(ticket_id).await?;
-    print_rows(&events, target.format, |_| {
-        if events.is_empty() {
-            println!("ticket {ticket_id}: nothing recorded");
-        } else {
-            let mut t = table(&["at", "run", "event", "what", "rule", "job", "detail"]);
-            for e in &events {
-                t.add_row(vec![
-                    e.at.clone(),
-                    e.run_id.to_string(),
-                    e.kind.clone(),
-                    e.what.clone(),
-                    e.rule.clone().unwrap_or_default(),
-                    e.job.clone().unwrap_or_default(),
-                    e.detail.clone().unwrap_or_default(),
-                ]);
-            }
-            println!("ticket {ticket_id}");
-            println!("{t}");
-        }
-    })?;
+    print!(
+        "{}",
+        render::ticket_history(ticket_id, &events, target.format)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -765,11 +418,9 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
     create(&public_path, 0o644)?.write_all(public.as_bytes())?;
     let key = crate::audit::ChainSigner::from_pem(private.expose_secret())
         .map_err(|e| anyhow::anyhow!(e))?;
-    println!(
-        "wrote the private key to {} (mode 0600): set [audit] signing_key_file to it\nwrote the public key to  {}: keep a copy away from this machine; `audit verify --public-key` checks with it\nkey id                   {}",
-        out.display(),
-        public_path.display(),
-        key.key_id()
+    print!(
+        "{}",
+        render::keygen_written(out, &public_path, &key.key_id())
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -787,23 +438,7 @@ async fn config_version(
         );
         return Ok(ExitCode::from(EXIT_FAILED));
     };
-    match target.format {
-        TableFormat::Table => {
-            let words = crate::evidence::VersionInWords::of(&version.hash, Some(version.clone()));
-            println!(
-                "config {}\nfirst used {} by run {}",
-                version.hash, version.first_used, version.first_run
-            );
-            if let Some(account) = &words.account {
-                println!("account    {account}");
-            }
-            for rule in &words.rules {
-                println!("rule       {rule}");
-            }
-            println!("{}", version.settings);
-        }
-        _ => println!("{}", serde_json::to_string_pretty(&version)?),
-    }
+    print!("{}", render::config_version(&version, target.format)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -840,7 +475,7 @@ fn extension(output: Option<&Path>) -> Option<String> {
 async fn write_document(
     output: Option<&Path>,
     text: &str,
-    style: crate::evidence::RowStyle,
+    style: render::RowStyle,
     listing: &mut crate::audit::PurgeListing,
 ) -> anyhow::Result<()> {
     match output {
@@ -859,7 +494,7 @@ async fn write_document(
                 .tempfile_in(dir)
                 .map_err(|e| cannot(&e))?;
             let mut out = std::io::BufWriter::new(file);
-            crate::evidence::write_document(text, style, listing, &mut out)
+            render::write_document(text, style, listing, &mut out)
                 .await
                 .map_err(|e| match e.downcast::<std::io::Error>() {
                     Ok(io) => cannot(&io),
@@ -872,7 +507,7 @@ async fn write_document(
         }
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout());
-            match crate::evidence::write_document(text, style, listing, &mut out).await {
+            match render::write_document(text, style, listing, &mut out).await {
                 Err(e)
                     if e.downcast_ref::<std::io::Error>()
                         .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
@@ -902,12 +537,12 @@ async fn certificate(
         Some("json") => DocumentFormat::Json,
         _ => DocumentFormat::Text,
     });
-    use crate::evidence::RowStyle;
+    use render::RowStyle;
     let (text, style) = match format {
-        DocumentFormat::Text => (cert.text(), RowStyle::Text),
-        DocumentFormat::Json => (crate::evidence::json_document(&cert)?, RowStyle::Json),
+        DocumentFormat::Text => (render::certificate_text(&cert), RowStyle::Text),
+        DocumentFormat::Json => (render::json_document(&cert)?, RowStyle::Json),
         DocumentFormat::Html => (
-            cert.html(),
+            render::certificate_html(&cert)?,
             RowStyle::Html {
                 with_subjects: cert.purged.with_subjects,
             },
@@ -940,12 +575,12 @@ async fn period_report(
         crate::evidence::PeriodReport::gather(&store, since, until, &keys).await?;
     let (text, style) = match format {
         ReportFormat::Html => (
-            report.html(),
-            crate::evidence::RowStyle::Html {
+            render::report_html(&report)?,
+            render::RowStyle::Html {
                 with_subjects: report.purged.with_subjects,
             },
         ),
-        ReportFormat::Md => (report.markdown(), crate::evidence::RowStyle::Markdown),
+        ReportFormat::Md => (render::report_markdown(&report), render::RowStyle::Markdown),
     };
     write_document(output.as_deref(), &text, style, &mut listing).await?;
     if let Some(path) = &output {

@@ -13,7 +13,7 @@ use super::common::{UsageError, client_from, load_config, open_store, progress_s
 use crate::app::EXIT_FAILED;
 use crate::audit::AuditStore;
 use crate::cycle::CycleContext;
-use crate::report::{ListedTicketRow, TableFormat, id_results_lines, print_rows, tickets_table};
+use crate::render::{self, ListedTicketRow, TableFormat};
 use crate::ticket::Ticket;
 use crate::zendesk::{ListOptions, Pagination, TicketId};
 
@@ -46,9 +46,7 @@ pub(super) async fn list(config: Option<PathBuf>, args: ListArgs) -> anyhow::Res
     bar.finish_and_clear();
     let stats = client.stats();
     let rows: Vec<ListedTicketRow> = tickets.iter().map(ListedTicketRow::of).collect();
-    print_rows(&rows, args.format, |rows| {
-        println!("{}", tickets_table(rows))
-    })?;
+    print!("{}", render::listed_tickets(&rows, args.format)?);
     eprintln!(
         "{} tickets in {} requests ({} rate-limited, {} retries) in {:.1}s",
         tickets.len(),
@@ -94,7 +92,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
         store.close().await;
         read?;
         let diff = differ.finish();
-        crate::report::print_ledger_diff(&diff, args.format)?;
+        print!("{}", render::ledger_diff(&diff, args.format)?);
         return Ok(ExitCode::SUCCESS);
     }
     // a plan writes nothing: no audit database is opened
@@ -118,7 +116,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     if let Err(message) = crate::cycle::clock_trusted(&client, config.zendesk.clock_skew) {
         eprintln!("warning: the ages below may be wrong: {message}");
     }
-    crate::report::print_plan(&plan, &config.policy, args.format)?;
+    print!("{}", render::plan(&plan, &config.policy, args.format)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -180,7 +178,8 @@ pub(super) fn print_results(
     results: &[crate::manual::IdResult],
     format: TableFormat,
 ) -> anyhow::Result<()> {
-    print_rows(results, format, id_results_lines)
+    print!("{}", render::id_results(results, format)?);
+    Ok(())
 }
 
 pub(super) async fn restore(

@@ -178,7 +178,7 @@ pub(super) async fn probe(config: Option<PathBuf>, args: ProbeArgs) -> anyhow::R
     };
     match args.format {
         ProbeFormat::Json => println!("{json}"),
-        ProbeFormat::Table => print!("{}", crate::report::probe_table(&findings)),
+        ProbeFormat::Table => print!("{}", crate::render::probe_table(&findings)),
     }
     match stored {
         Ok(Some(id)) => eprintln!("probe {id} stored in {}", config.audit.database.display()),
@@ -240,7 +240,7 @@ pub(super) async fn once(
     store.close().await;
     match args.format {
         SummaryFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        SummaryFormat::Text => print!("{}", crate::report::summary(&report, &ctx.policy)),
+        SummaryFormat::Text => print!("{}", crate::render::summary(&report, &ctx.policy)),
     }
     // the run's error is text by now: SQLite's words for SQLITE_FULL
     if report

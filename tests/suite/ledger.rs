@@ -272,7 +272,7 @@ async fn a_subject_rule_is_decided_from_tags_without_keeping_subjects() {
         Some(200 - held),
         "the hold decided from tags"
     );
-    let summary = zd_retention::report::summary(&second, &e.ctx.policy);
+    let summary = zd_retention::render::summary(&second, &e.ctx.policy);
     assert!(
         summary.contains(&format!("pending    {} would purge in all", 200 - held)),
         "{summary}"

@@ -1,7 +1,6 @@
-//! The output layer: run summaries, plans, probe findings, and rows as a
-//! table (comfy-table), JSON or CSV (the `csv` crate, columns in the row
-//! type's field order, the header once). Knows neither the command line nor
-//! SQL.
+//! Run summaries, plans, probe findings, and rows as a table (comfy-table),
+//! JSON or CSV (the `csv` crate, columns in the row type's field order, the
+//! header once). Knows neither the command line nor SQL.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -247,19 +246,18 @@ pub fn summary(report: &CycleReport, policy: &Policy) -> String {
     out
 }
 
-/// Prints rows as JSON (one array), as CSV ([`csv_rows`]), or for people
-/// through `people`, which prints its own table.
-pub fn print_rows<T: serde::Serialize>(
+/// Rows as JSON (one array), as CSV ([`csv_rows`]), or for people as
+/// `people` writes them.
+pub fn rows_text<T: serde::Serialize>(
     rows: &[T],
     format: TableFormat,
-    people: impl FnOnce(&[T]),
-) -> anyhow::Result<()> {
-    match format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(rows)?),
-        TableFormat::Csv => print!("{}", csv_rows(rows)?),
+    people: impl FnOnce(&[T]) -> String,
+) -> anyhow::Result<String> {
+    Ok(match format {
+        TableFormat::Json => serde_json::to_string_pretty(rows)? + "\n",
+        TableFormat::Csv => csv_rows(rows)?,
         TableFormat::Table => people(rows),
-    }
-    Ok(())
+    })
 }
 
 /// One ticket as `list` prints it, the columns in this order.
@@ -288,7 +286,7 @@ impl ListedTicketRow {
 }
 
 /// `list`'s table.
-pub fn tickets_table(tickets: &[ListedTicketRow]) -> Table {
+fn tickets_table(tickets: &[ListedTicketRow]) -> Table {
     let mut t = table(&[
         "id",
         "deleted at",
@@ -315,14 +313,28 @@ pub fn tickets_table(tickets: &[ListedTicketRow]) -> Table {
     t
 }
 
-/// A manual command's result per id, for people: one line each.
-pub fn id_results_lines(results: &[crate::manual::IdResult]) {
-    for r in results {
-        match &r.detail {
-            Some(d) => println!("{} {}: {d}", r.id, r.outcome),
-            None => println!("{} {}", r.id, r.outcome),
+/// `list`'s output.
+pub fn listed_tickets(tickets: &[ListedTicketRow], format: TableFormat) -> anyhow::Result<String> {
+    rows_text(tickets, format, |tickets| {
+        format!("{}\n", tickets_table(tickets))
+    })
+}
+
+/// A manual command's result per id: for people one line each.
+pub fn id_results(
+    results: &[crate::manual::IdResult],
+    format: TableFormat,
+) -> anyhow::Result<String> {
+    rows_text(results, format, |results| {
+        let mut out = String::new();
+        for r in results {
+            let _ = match &r.detail {
+                Some(d) => writeln!(out, "{} {}: {d}", r.id, r.outcome),
+                None => writeln!(out, "{} {}", r.id, r.outcome),
+            };
         }
-    }
+        out
+    })
 }
 
 /// Rows as CSV through the `csv` crate: the columns in the order the row
@@ -340,19 +352,21 @@ pub fn csv_rows<T: serde::Serialize>(rows: &[T]) -> anyhow::Result<String> {
 }
 
 /// `plan`'s output.
-pub fn print_plan(
+pub fn plan(
     plan: &crate::manual::Plan,
     policy: &Policy,
     format: TableFormat,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
+    let mut out = String::new();
     match format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(plan)?),
-        TableFormat::Csv => print!("{}", csv_rows(&plan.tickets)?),
+        TableFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(plan)?)?,
+        TableFormat::Csv => out.push_str(&csv_rows(&plan.tickets)?),
         TableFormat::Table => {
             if let Some(e) = &plan.explain {
-                println!("ticket {}: {}", e.ticket, e.decision);
+                writeln!(out, "ticket {}: {}", e.ticket, e.decision)?;
                 for r in &e.rules {
-                    println!(
+                    writeln!(
+                        out,
                         "  rule {:?} ({}): {}",
                         r.rule,
                         r.action,
@@ -361,15 +375,16 @@ pub fn print_plan(
                         } else {
                             "does not match"
                         }
-                    );
+                    )?;
                     for (condition, holds) in &r.conditions {
-                        println!("    [{}] {condition}", if *holds { "x" } else { " " });
+                        writeln!(out, "    [{}] {condition}", if *holds { "x" } else { " " })?;
                     }
                 }
-                println!();
+                writeln!(out)?;
             }
             let total: u64 = plan.would_purge.values().sum();
-            println!(
+            writeln!(
+                out,
                 "plan: {} tickets scanned{}; {total} would be purged",
                 plan.scanned,
                 if plan.early_stop {
@@ -377,16 +392,17 @@ pub fn print_plan(
                 } else {
                     ""
                 }
-            );
+            )?;
             for rule in policy.purge_rules() {
-                println!(
+                writeln!(
+                    out,
                     "  {:<28} {:>7}",
                     rule.name,
                     plan.would_purge.get(&rule.name).copied().unwrap_or(0)
-                );
+                )?;
             }
             for (kind, n) in &plan.kept {
-                println!("  kept: {:<22} {n:>7}", kept_label(kind));
+                writeln!(out, "  kept: {:<22} {n:>7}", kept_label(kind))?;
             }
             if !plan.tickets.is_empty() {
                 let mut t = table(&["ticket", "rule", "deleted at", "previous state", "actor"]);
@@ -399,48 +415,52 @@ pub fn print_plan(
                         p.actor_id.map(|a| a.to_string()).unwrap_or_default(),
                     ]);
                 }
-                println!("{t}");
+                writeln!(out, "{t}")?;
                 if plan.tickets.len() > 50 {
-                    println!(
+                    writeln!(
+                        out,
                         "  ... and {} more (--format json or csv lists them all)",
                         plan.tickets.len() - 50
-                    );
+                    )?;
                 }
             }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
-/// `plan --ledger`: what a config would change in the ledger's decisions.
 /// `plan --ledger`'s word on the ledger's tickets the next run purges,
 /// by rule.
-fn print_next_run(next: &crate::manual::NextRunPurges) {
+fn next_run_lines(out: &mut String, next: &crate::manual::NextRunPurges) -> std::fmt::Result {
     if next.tickets == 0 {
-        println!("no ticket of the ledger will be purged by the next run");
-        return;
+        return writeln!(
+            out,
+            "no ticket of the ledger will be purged by the next run"
+        );
     }
     let what = if next.sent {
         "will be purged by the next run"
     } else {
         "would be selected by the next run, which sends nothing (safety.dry_run)"
     };
-    println!(
+    writeln!(
+        out,
         "{} tickets {what} unless Zendesk's view changed since ({} of them selected already by an earlier run that did not send them):",
         next.tickets, next.already_selected
-    );
+    )?;
     let mut t = table(&["rule", "tickets"]);
     for (rule, n) in &next.by_rule {
         t.add_row(vec![rule.clone(), n.to_string()]);
     }
-    println!("{t}");
+    writeln!(out, "{t}")?;
     let ids: Vec<String> = next
         .ticket_ids
         .iter()
         .take(10)
         .map(|id| id.to_string())
         .collect();
-    println!(
+    writeln!(
+        out,
         "first ids: {}{} (--format json lists them all)",
         ids.join(", "),
         if next.ticket_ids.len() > 10 {
@@ -448,28 +468,33 @@ fn print_next_run(next: &crate::manual::NextRunPurges) {
         } else {
             ""
         }
-    );
+    )?;
     if next.sent && next.over_the_limit {
         if next.purge_while_scanning {
-            println!(
+            writeln!(
+                out,
                 "that is more than safety.max_purges_per_run = {}: the next run stops purging at the limit",
                 next.max_purges_per_run
-            );
+            )?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "that is more than safety.max_purges_per_run = {}: the next run refuses and purges none of them (raise the limit or narrow the rules)",
                 next.max_purges_per_run
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
-pub fn print_ledger_diff(
+/// `plan --ledger`: what a config would change in the ledger's decisions.
+pub fn ledger_diff(
     diff: &crate::manual::LedgerDiff,
     format: TableFormat,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
+    let mut out = String::new();
     match format {
-        TableFormat::Json => println!("{}", serde_json::to_string_pretty(diff)?),
+        TableFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(diff)?)?,
         TableFormat::Csv => {
             #[derive(serde::Serialize)]
             struct Row<'a> {
@@ -492,23 +517,25 @@ pub fn print_ledger_diff(
                     })
                 })
                 .collect();
-            print!("{}", csv_rows(&rows)?);
+            out.push_str(&csv_rows(&rows)?);
         }
         TableFormat::Table => {
             let changed: u64 = diff.changes.iter().map(|c| c.tickets).sum();
-            println!(
+            writeln!(
+                out,
                 "against the ledger ({} live tickets, no listing): {changed} would change decision, {} unchanged, {} awaiting the settling of a purge",
                 diff.live, diff.unchanged, diff.awaiting_settlement
-            );
+            )?;
             if diff.undecidable > 0 {
-                println!(
+                writeln!(
+                    out,
                     "{} tickets were listed before a subject pattern of this config (subjects are not kept): the next run walks the whole view to decide them",
                     diff.undecidable
-                );
+                )?;
             }
-            print_next_run(&diff.next_run);
+            next_run_lines(&mut out, &diff.next_run)?;
             if diff.changes.is_empty() {
-                return Ok(());
+                return Ok(out);
             }
             let mut t = table(&["from", "to", "tickets", "first ids"]);
             let side = |d: &str, r: &Option<String>| match r {
@@ -529,10 +556,10 @@ pub fn print_ledger_diff(
                     ids.join(", ") + if c.ticket_ids.len() > 5 { ", ..." } else { "" },
                 ]);
             }
-            println!("{t}");
+            writeln!(out, "{t}")?;
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The run summary's line on the freshness window and tickets in doubt.
@@ -541,7 +568,7 @@ fn window_line(out: &mut String, report: &CycleReport) {
         let _ = writeln!(
             out,
             "  window     at most {} from a freshness read's answer to a purge request leaving{}",
-            window_text(window),
+            crate::human::window_text(window),
             if report.in_doubt > 0 {
                 format!(
                     "; {} purged tickets were deleted again after their request (a read after it showed it): recorded unknown, not purged by their rule",
@@ -593,17 +620,6 @@ fn scale_lines(out: &mut String, report: &CycleReport) {
                 format!(" (stopped at {})", c.stopped)
             }
         );
-    }
-}
-
-/// A freshness window as people read it: microseconds below a millisecond.
-pub fn window_text(window: Duration) -> String {
-    if window < Duration::from_millis(1) {
-        format!("{} µs", window.as_micros())
-    } else if window < Duration::from_secs(1) {
-        format!("{:.1} ms", window.as_secs_f64() * 1000.0)
-    } else {
-        format!("{:.2} s", window.as_secs_f64())
     }
 }
 
