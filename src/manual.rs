@@ -755,7 +755,7 @@ impl<'a> LedgerDiffer<'a> {
             Some(self.policy.decide(&ticket, self.now))
         } else {
             self.policy
-                .decide_tagged(&ticket, self.now, entry.subject_tags.as_deref())
+                .decide_tagged(&ticket, self.now, entry.subject_tags.as_ref())
         };
         let Some(decision) = decision else {
             diff.undecidable += 1;

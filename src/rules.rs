@@ -321,6 +321,61 @@ pub fn subject_fingerprint(re: &Regex) -> String {
     hex::encode(&Sha256::digest(re.as_str().as_bytes())[..6])
 }
 
+/// One subject pattern's answer for a ticket: the pattern's fingerprint
+/// and whether the subject matched it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectTag {
+    pub fingerprint: String,
+    pub matched: bool,
+}
+
+/// A ticket's subject tags: each subject pattern in force when it was
+/// listed, answered. The ledger keeps them (not the subject) so that a row
+/// can be decided again without its subject; stored as text, one word a
+/// pattern, `<fingerprint>+` for a match and `<fingerprint>-` for none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SubjectTags(Vec<SubjectTag>);
+
+impl SubjectTags {
+    /// The pattern's answer, `None` when it was not in force at the listing.
+    pub fn answer(&self, fingerprint: &str) -> Option<bool> {
+        self.0
+            .iter()
+            .find(|t| t.fingerprint == fingerprint)
+            .map(|t| t.matched)
+    }
+
+    /// Reads the stored text; a word that is not a tag answers nothing.
+    pub fn parse(text: &str) -> Self {
+        SubjectTags(
+            text.split(' ')
+                .filter_map(|word| {
+                    let (fingerprint, sign) = word.split_at_checked(word.len().checked_sub(1)?)?;
+                    let matched = match sign {
+                        "+" => true,
+                        "-" => false,
+                        _ => return None,
+                    };
+                    Some(SubjectTag {
+                        fingerprint: fingerprint.to_string(),
+                        matched,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for SubjectTags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, t) in self.0.iter().enumerate() {
+            let sign = if t.matched { '+' } else { '-' };
+            write!(f, "{}{}{sign}", if i > 0 { " " } else { "" }, t.fingerprint)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn age_of(ticket: &Ticket, now: DateTime<Utc>) -> Option<Duration> {
     let deleted = ticket.deleted_at?;
     Some((now - deleted).to_std().unwrap_or(Duration::ZERO))
@@ -419,23 +474,16 @@ impl Policy {
         &self,
         ticket: &Ticket,
         now: DateTime<Utc>,
-        tags: Option<&str>,
+        tags: Option<&SubjectTags>,
     ) -> Option<Decision> {
-        let tags = tags.unwrap_or("");
         self.decide_with(ticket, now, |re| {
-            let fp = subject_fingerprint(re);
-            tags.split(' ')
-                .find_map(|tag| match tag.strip_prefix(fp.as_str()) {
-                    Some("+") => Some(true),
-                    Some("-") => Some(false),
-                    _ => None,
-                })
+            tags.and_then(|t| t.answer(&subject_fingerprint(re)))
         })
     }
 
     /// The ledger's tags for a listed ticket: for each subject pattern in
     /// force, its fingerprint and whether it matched (`None` without one).
-    pub fn subject_tags(&self, ticket: &Ticket) -> Option<String> {
+    pub fn subject_tags(&self, ticket: &Ticket) -> Option<SubjectTags> {
         let patterns = self.subject_fingerprints();
         if patterns.is_empty() {
             return None;
@@ -444,15 +492,16 @@ impl Policy {
         let mut tags = Vec::new();
         for rule in &self.rules {
             if let Some(re) = &rule.subject_matches {
-                let fp = subject_fingerprint(re);
-                let hit = subject.is_some_and(|s| re.is_match(s));
-                let tag = format!("{fp}{}", if hit { '+' } else { '-' });
+                let tag = SubjectTag {
+                    fingerprint: subject_fingerprint(re),
+                    matched: subject.is_some_and(|s| re.is_match(s)),
+                };
                 if !tags.contains(&tag) {
                     tags.push(tag);
                 }
             }
         }
-        Some(tags.join(" "))
+        Some(SubjectTags(tags))
     }
 
     /// The fingerprints of the subject patterns in force, each once.
@@ -572,6 +621,23 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn subject_tags_read_back_as_written_and_answer_only_their_patterns() {
+        let text = "a1b2c3d4e5f6+ 0f0f0f0f0f0f-";
+        let tags = SubjectTags::parse(text);
+        assert_eq!(tags.to_string(), text);
+        assert_eq!(tags.answer("a1b2c3d4e5f6"), Some(true));
+        assert_eq!(tags.answer("0f0f0f0f0f0f"), Some(false));
+        assert_eq!(
+            tags.answer("ffffffffffff"),
+            None,
+            "a pattern not in force then"
+        );
+        assert_eq!(SubjectTags::parse("").to_string(), "");
+        assert_eq!(SubjectTags::parse("junk + x*").answer("junk"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -9,6 +9,7 @@ use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
 use sqlx::{Decode, Encode, Sqlite, Type};
 
 use crate::ids::TicketId;
+use crate::rules::SubjectTags;
 
 /// The largest ticket id the store keeps: SQLite integers are signed 64-bit,
 /// and an id above this would be stored wrapped (negative).
@@ -46,6 +47,35 @@ impl<'q> Encode<'q, Sqlite> for TicketId {
 impl<'r> Decode<'r, Sqlite> for TicketId {
     fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
         Ok(ticket_id(<i64 as Decode<'r, Sqlite>>::decode(value)?))
+    }
+}
+
+/// Subject tags are stored as their text (`Display`), read back by
+/// `SubjectTags::parse`.
+impl Type<Sqlite> for SubjectTags {
+    fn type_info() -> SqliteTypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <String as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> Encode<'q, Sqlite> for SubjectTags {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        <String as Encode<'q, Sqlite>>::encode(self.to_string(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for SubjectTags {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(SubjectTags::parse(<&str as Decode<'r, Sqlite>>::decode(
+            value,
+        )?))
     }
 }
 

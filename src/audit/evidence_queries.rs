@@ -8,7 +8,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{AssertSqlSafe, Sqlite};
 
-use super::kinds::{RunStatus, Trigger};
+use super::kinds::{DecisionKind, RunStatus, ScanKind, StepKind, Trigger};
 use super::records::RunRow;
 use super::store::{AuditStore, RunId, timestamp};
 
@@ -89,7 +89,7 @@ pub struct OpenOutcome {
 /// Tickets the ledger keeps now, per kind and rule.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct KeptCount {
-    pub decision: String,
+    pub decision: DecisionKind,
     pub rule: Option<String>,
     pub tickets: i64,
 }
@@ -341,7 +341,7 @@ impl AuditStore {
         let (since, until) = (timestamp(since), timestamp(until));
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
                FROM runs WHERE started_at >= ? AND started_at < ? ORDER BY id"#,
             since,
             until,
@@ -361,7 +361,7 @@ impl AuditStore {
         let (since, until) = (timestamp(since), timestamp(until));
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
                FROM runs WHERE status IN ('running', 'interrupted') AND started_at < ? AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id"#,
             until,
             since,
@@ -384,7 +384,7 @@ impl AuditStore {
         let at = timestamp(at);
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan, scan_reason, max_listing_age_ms, step, high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
                FROM runs WHERE started_at < ? ORDER BY id DESC LIMIT 1"#,
             at,
         )
@@ -419,7 +419,7 @@ impl AuditStore {
     pub async fn kept_now(&self) -> anyhow::Result<Vec<KeptCount>> {
         Ok(sqlx::query_as!(
             KeptCount,
-            r#"SELECT decision AS "decision!: String", rule, COUNT(*) AS "tickets!: i64" FROM ledger
+            r#"SELECT decision AS "decision!: DecisionKind", rule, COUNT(*) AS "tickets!: i64" FROM ledger
              WHERE state = 'kept' AND decision IN ('keep_rule', 'keep_protected')
              GROUP BY decision, rule ORDER BY decision, rule"#,
         )

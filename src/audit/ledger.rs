@@ -3,6 +3,7 @@
 //! transaction as the decision, job or outcome that causes it, so the
 //! ledger never says more than the chain does.
 
+use crate::rules::SubjectTags;
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -123,7 +124,7 @@ pub struct LedgerEntry {
     pub actor_name: Option<String>,
     pub previous_state: Option<String>,
     pub subject: Option<String>,
-    pub subject_tags: Option<String>,
+    pub subject_tags: Option<SubjectTags>,
     pub decision: Option<DecisionKind>,
     pub rule: Option<String>,
     pub config_hash: Option<String>,
@@ -155,7 +156,7 @@ impl LedgerEntry {
 pub struct Sighting {
     pub ticket_id: TicketId,
     pub deleted_at: Option<DateTime<Utc>>,
-    pub subject_tags: Option<String>,
+    pub subject_tags: Option<SubjectTags>,
 }
 
 /// What the runs so far established about the listing.

@@ -1,10 +1,13 @@
 //! What the store records and reads back: the write-ahead records a run
 //! hands it (decisions, figures, its origin) and the rows its queries give.
 
+use crate::rules::SubjectTags;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::kinds::{DecisionKind, JobRowStatus, RequestKind, RunStatus, Trigger};
+use super::kinds::{
+    DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger,
+};
 use super::store::{JobRowId, RunId};
 use crate::zendesk::TicketId;
 
@@ -29,7 +32,7 @@ pub struct DecisionRecord {
     /// Decided from a listing at `decided_at` (not from the ledger alone).
     pub listed: bool,
     /// The ledger's subject-pattern tags (`Policy::subject_tags`).
-    pub subject_tags: Option<String>,
+    pub subject_tags: Option<SubjectTags>,
 }
 
 /// The figures a finished run records.
@@ -42,13 +45,13 @@ pub struct RunCounts {
     pub unknown: u64,
     pub list_requests: u64,
     pub early_stop: bool,
-    /// `sorted` or `full` (cycles only).
-    pub scan: Option<String>,
+    /// How the view was walked (cycles only).
+    pub scan: Option<ScanKind>,
     pub scan_reason: Option<String>,
     /// The longest time from a ticket's last listing to its `destroy_many`.
     pub max_listing_age_ms: Option<u64>,
-    /// `refresh` or `reconcile` (cycles only).
-    pub step: Option<String>,
+    /// Which listing the run made (cycles only).
+    pub step: Option<StepKind>,
     /// The newest deletion known once the listing step finished whole.
     pub high_water: Option<DateTime<Utc>>,
     /// Decision rows the run wrote (decisions are recorded on change).
@@ -73,11 +76,11 @@ pub struct RunRow {
     pub list_requests: i64,
     pub early_stop: bool,
     pub error: Option<String>,
-    pub scan: Option<String>,
+    pub scan: Option<ScanKind>,
     pub scan_reason: Option<String>,
     pub max_listing_age_ms: Option<i64>,
-    /// `refresh` or `reconcile` (cycles since the ledger).
-    pub step: Option<String>,
+    /// Which listing the run made (cycles since the ledger).
+    pub step: Option<StepKind>,
     pub high_water: Option<String>,
     pub decisions_recorded: Option<i64>,
 }
@@ -139,10 +142,10 @@ pub struct SearchFilter {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub rule: Option<String>,
-    pub outcome: Option<String>,
-    pub decision: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub decision: Option<DecisionKind>,
     pub actor: Option<i64>,
-    pub ticket: Option<i64>,
+    pub ticket: Option<TicketId>,
     pub limit: i64,
 }
 

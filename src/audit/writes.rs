@@ -287,7 +287,7 @@ impl AuditStore {
                         .push_bind(d.decision.as_str())
                         .push_bind(decided.as_str())
                         .push_bind(d.actor_name.as_deref())
-                        .push_bind(d.subject_tags.as_deref());
+                        .push_bind(d.subject_tags.clone());
                 },
             );
             last = q
@@ -298,6 +298,7 @@ impl AuditStore {
                 .last_insert_rowid();
             for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
+                let tags = d.subject_tags.as_ref().map(ToString::to_string);
                 digests.push_str(&row_digest(
                     Chained::Decisions,
                     [
@@ -311,7 +312,7 @@ impl AuditStore {
                         Some(d.decision.as_str()),
                         Some(decided.as_str()),
                         d.actor_name.as_deref(),
-                        d.subject_tags.as_deref(),
+                        tags.as_deref(),
                     ],
                 ));
             }

@@ -1,12 +1,13 @@
 //! The clap definitions: every command, its arguments and its help.
 
-use crate::ids::{RunId, TicketId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audit::{DecisionKind, Outcome};
+use crate::ids::{RunId, TicketId};
 use crate::sandbox::CursorSort;
 use crate::telemetry::LogFormat;
 use crate::zendesk::{SortBy, SortOrder};
@@ -181,7 +182,7 @@ impl AuditCommand {
         match self {
             AuditCommand::Runs { target, .. }
             | AuditCommand::Run { target, .. }
-            | AuditCommand::Search { target, .. }
+            | AuditCommand::Search(SearchArgs { target, .. })
             | AuditCommand::Verify { target, .. }
             | AuditCommand::Config { target, .. }
             | AuditCommand::Ledger { target }
@@ -194,6 +195,44 @@ impl AuditCommand {
             AuditCommand::Keygen { .. } => None,
         }
     }
+}
+
+/// `audit search`: one argument per filter.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, value_parser = parse_since)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// purged, failed, unknown, not_sent, confirmed_gone, not_effective, restored, ...
+    #[arg(long, value_parser = parse_outcome)]
+    pub outcome: Option<Outcome>,
+    /// purge, would_purge, keep_rule, keep_no_rule, keep_protected, keep_too_young, ...
+    #[arg(long, value_parser = parse_decision)]
+    pub decision: Option<DecisionKind>,
+    /// The deleting actor's user id.
+    #[arg(long)]
+    pub actor: Option<i64>,
+    #[arg(long)]
+    pub ticket: Option<TicketId>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub target: AuditTarget,
+}
+
+fn parse_outcome(text: &str) -> Result<Outcome, String> {
+    Outcome::parse(text).ok_or_else(|| one_of(Outcome::ALL.iter().map(|o| o.as_str())))
+}
+
+fn parse_decision(text: &str) -> Result<DecisionKind, String> {
+    DecisionKind::parse(text).ok_or_else(|| one_of(DecisionKind::ALL.iter().map(|d| d.as_str())))
+}
+
+fn one_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    format!("not one of {}", names.collect::<Vec<_>>().join(", "))
 }
 
 #[derive(Debug, Args)]
@@ -248,29 +287,7 @@ pub enum AuditCommand {
     #[command(
         after_help = "Examples:\n  zd-retention audit search --outcome failed --since 7d\n  zd-retention audit search --rule closed-after-7-days --decision purge --since 2026-11-01 --format csv"
     )]
-    Search {
-        #[arg(long, value_parser = parse_since)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        #[arg(long, value_parser = parse_since)]
-        until: Option<chrono::DateTime<chrono::Utc>>,
-        #[arg(long)]
-        rule: Option<String>,
-        /// purged, failed, unknown, not_sent, confirmed_gone, not_effective, restored, ...
-        #[arg(long)]
-        outcome: Option<String>,
-        /// purge, would_purge, keep_rule, keep_no_rule, keep_protected, keep_too_young, ...
-        #[arg(long)]
-        decision: Option<String>,
-        /// The deleting actor's user id.
-        #[arg(long)]
-        actor: Option<i64>,
-        #[arg(long)]
-        ticket: Option<i64>,
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[command(flatten)]
-        target: AuditTarget,
-    },
+    Search(SearchArgs),
     /// Check the audit log's hash chain; names the first row changed, removed or added (exit 1).
     #[command(
         after_help = "Examples:\n  zd-retention audit verify --database zd-retention.db\n  zd-retention audit verify --expect-head 3f2a...  # a head logged or noted earlier: detects a removed tail"

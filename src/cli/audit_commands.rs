@@ -2,6 +2,7 @@
 //! gathers through the store and writes what one function of the output
 //! layer (`crate::render`) makes of it.
 
+use crate::cli::args::SearchArgs;
 use crate::ids::RunId;
 use crate::zendesk::TicketId;
 use std::path::{Path, PathBuf};
@@ -42,22 +43,9 @@ pub(super) async fn audit(
             runs(config, limit, since, target).await
         }
         AuditCommand::Run { run_id, target } => run(config, run_id, target).await,
-        AuditCommand::Search {
-            since,
-            until,
-            rule,
-            outcome,
-            decision,
-            actor,
-            ticket,
-            limit,
-            target,
-        } => {
-            check_period(since, until)?;
-            search(
-                config, since, until, rule, outcome, decision, actor, ticket, limit, target,
-            )
-            .await
+        AuditCommand::Search(args) => {
+            check_period(args.since, args.until)?;
+            search(config, args).await
         }
         AuditCommand::Ledger { target } => ledger(config, target).await,
         AuditCommand::Head { target } => head(config, target).await,
@@ -184,20 +172,18 @@ async fn run(
 }
 
 /// `zd-retention audit search`.
-// the command's own arguments, one per filter, as clap hands them over
-#[allow(clippy::too_many_arguments)]
-async fn search(
-    config: Option<PathBuf>,
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    until: Option<chrono::DateTime<chrono::Utc>>,
-    rule: Option<String>,
-    outcome: Option<String>,
-    decision: Option<String>,
-    actor: Option<i64>,
-    ticket: Option<i64>,
-    limit: i64,
-    target: AuditTarget,
-) -> anyhow::Result<ExitCode> {
+async fn search(config: Option<PathBuf>, args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let SearchArgs {
+        since,
+        until,
+        rule,
+        outcome,
+        decision,
+        actor,
+        ticket,
+        limit,
+        target,
+    } = args;
     let store = open(config, &target).await?;
     let filter = SearchFilter {
         since,

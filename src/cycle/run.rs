@@ -111,10 +111,10 @@ pub(crate) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) ->
         unknown: tally.unknown,
         list_requests,
         early_stop: scan.early_stop,
-        scan: Some(scan.scan.to_string()),
+        scan: Some(scan.scan),
         scan_reason: Some(scan.scan_reason.clone()),
         max_listing_age_ms: tally.max_listing_age.map(|d| d.as_millis() as u64),
-        step: Some(scan.step.kind().to_string()),
+        step: Some(scan.step.kind()),
         high_water: scan.high_water,
         decisions_recorded: Some(scan.decisions_recorded),
     }

@@ -929,7 +929,7 @@ fn decide_entries(
         } else {
             match ctx
                 .policy
-                .decide_tagged(&ticket, now, entry.subject_tags.as_deref())
+                .decide_tagged(&ticket, now, entry.subject_tags.as_ref())
             {
                 Some(d) => d,
                 // listed before a subject pattern now in force: the next

@@ -3,6 +3,7 @@
 //! and calls one function here; what it returns goes to standard output
 //! as it is.
 
+use crate::audit::StepKind;
 use crate::zendesk::TicketId;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -169,9 +170,9 @@ fn run_tables(
         run.failed,
         run.unknown,
         run.list_requests,
-        match (run.step.as_deref(), run.scan.as_deref(), run.early_stop) {
-            (Some("refresh"), _, _) => ", a refresh (the newest deletions)".to_string(),
-            (Some("reconcile"), _, _) => ", a reconcile (the whole view)".to_string(),
+        match (run.step, run.scan, run.early_stop) {
+            (Some(StepKind::Refresh), _, _) => ", a refresh (the newest deletions)".to_string(),
+            (Some(StepKind::Reconcile), _, _) => ", a reconcile (the whole view)".to_string(),
             (_, _, true) => ", sorted scan stopped early".to_string(),
             (_, Some(scan), false) => format!(", {scan} scan"),
             (_, None, false) => String::new(),

@@ -10,6 +10,7 @@
 //! Here the gathered documents become view models (figures, chart
 //! geometry, sentences); the templates only lay them out.
 
+use crate::audit::DecisionKind;
 use std::collections::BTreeMap;
 
 use askama::Template;
@@ -199,8 +200,8 @@ pub fn report_html(report: &PeriodReport) -> anyhow::Result<String> {
             .kept_now
             .iter()
             .map(|k| {
-                let why = match k.decision.as_str() {
-                    "keep_protected" => "protected id (safety.protect_ids)".to_string(),
+                let why = match k.decision {
+                    DecisionKind::KeepProtected => "protected id (safety.protect_ids)".to_string(),
                     _ => format!("kept by rule {}", k.rule.as_deref().unwrap_or("?")),
                 };
                 (k.tickets, why)

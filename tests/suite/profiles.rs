@@ -85,7 +85,11 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
             report.scan_reason
         );
         let run = e.ctx.store.run(report.run_id).await.unwrap().unwrap();
-        assert_eq!(run.scan.as_deref(), Some(expected_scan), "{profile:?}");
+        assert_eq!(
+            run.scan.map(|s| s.as_str()),
+            Some(expected_scan),
+            "{profile:?}"
+        );
         assert!(run.scan_reason.is_some_and(|r| !r.is_empty()));
         if profile == Profile::Scrub30d {
             let scrubbed: BTreeSet<u64> = sb.scrubbed_ids().into_iter().collect();
