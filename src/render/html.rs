@@ -284,7 +284,8 @@ impl ChartSvg {
         let totals: Vec<i64> = (0..days.len())
             .map(|i| series.iter().map(|(_, v)| v[i]).sum())
             .collect();
-        let max = totals.iter().copied().max().unwrap_or(0).max(1) as f64;
+        let top_total = totals.iter().copied().max().unwrap_or(0).max(1);
+        let max = top_total as f64;
         let slot = (w - left - 8.0) / days.len().max(1) as f64;
         let bar = (slot * 0.7).max(2.0);
         let scale = (h - bottom - top) / max;
@@ -350,7 +351,7 @@ impl ChartSvg {
             right: w - 4.0,
             tick_x: left - 4.0,
             max_y: top + 8.0,
-            max: max as i64,
+            max: top_total,
             bar_width: format!("{bar:.1}"),
             label_y: h - bottom + 14.0,
             days,
