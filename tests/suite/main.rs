@@ -1,6 +1,7 @@
 //! Integration tests, compiled into one binary: the client's wire behaviour
 //! against wiremock, the sandbox's contract, and the engine end to end.
 
+mod architecture;
 mod bad_input;
 mod browser;
 mod cli;
