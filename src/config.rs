@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use regex::RegexBuilder;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -24,7 +25,6 @@ use crate::ids::TicketId;
 use crate::quota::RateQuota;
 use crate::rules::{Policy, RetentionRule, RuleAction};
 use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, check_base_url, subdomain_url};
-use anyhow::Context as _;
 
 /// The environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "ZD_RETENTION_CONFIG";

@@ -2,8 +2,6 @@
 //! live cycle on it with the rules of `config/example.toml` (embedded; dry run
 //! off for the sandbox only) and explains what happened.
 
-use crate::ids::RunId;
-use crate::zendesk::TicketId;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -15,8 +13,9 @@ use url::Url;
 use crate::audit::AuditStore;
 use crate::config::Config;
 use crate::cycle::{CycleContext, RunStatus, Trigger, run_cycle};
+use crate::ids::RunId;
 use crate::sandbox::{Sandbox, SandboxOptions};
-use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, ZendeskClient};
+use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy, TicketId, ZendeskClient};
 
 /// How much faster than Zendesk the demo's sandbox runs.
 const TIME_SCALE: f64 = 60.0;

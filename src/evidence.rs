@@ -7,7 +7,6 @@
 //! and the store's [`PurgeListing`] that comes with each document streams
 //! them when it is written.
 
-use crate::ids::RunId;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +17,7 @@ use crate::audit::{
     KeptCount, OpenOutcome, PURGES_OF_PERIOD_SQL, PurgeListing, PurgeScope, RunOriginRow, RunRow,
     RunStatus, SendWindows,
 };
+use crate::ids::RunId;
 
 /// The method every purge uses.
 pub const METHOD: &str = "Zendesk API permanent deletion of soft-deleted tickets";

@@ -816,14 +816,14 @@ impl<'a> LedgerDiffer<'a> {
     }
 }
 
-/// What a manual purge selects and refuses (with and without `--force`),
-/// what `plan` reads, and what a config would change in the ledger.
 /// A ledger row's decision as the plan's diff names it: a row recorded
 /// before decisions were kept in the ledger has none.
 fn from_text(decision: Option<crate::audit::DecisionKind>) -> String {
     decision.map_or_else(|| "none".to_string(), |d| d.to_string())
 }
 
+// What a manual purge selects and refuses (with and without `--force`),
+// what `plan` reads, and what a config would change in the ledger.
 #[cfg(test)]
 mod selection_tests {
     use std::sync::Arc;

@@ -312,8 +312,6 @@ fn join<T: fmt::Display>(items: &BTreeSet<T>) -> String {
         .join(", ")
 }
 
-/// How long ago the ticket was deleted; `None` when unknown. A deletion time
-/// in the future counts as age zero.
 /// A subject pattern's fingerprint in the ledger's tags: its source text,
 /// hashed (the pattern itself, which may name people, is not stored).
 pub fn subject_fingerprint(re: &Regex) -> String {
@@ -376,6 +374,8 @@ impl fmt::Display for SubjectTags {
     }
 }
 
+/// How long ago the ticket was deleted; `None` when unknown. A deletion time
+/// in the future counts as age zero.
 pub fn age_of(ticket: &Ticket, now: DateTime<Utc>) -> Option<Duration> {
     let deleted = ticket.deleted_at?;
     Some((now - deleted).to_std().unwrap_or(Duration::ZERO))

@@ -1,15 +1,15 @@
-//! Whole-view checks that span runs (`view_checks`), the ledger's last
-//! decision pass (`ledger_decided`) and purge latency (`purge_latency`):
-//! operational records beside the chain, never evidence of their own.
+//! Whole-view checks that span runs (`view_checks`) and purge latency
+//! (`purge_latency`): operational records beside the chain, never evidence
+//! of their own. (The ledger's last decision pass, `ledger_decided`, is
+//! kept by `ledger.rs`.)
 
-use super::encode::sql_id;
-use crate::ids::JobRowId;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::encode::sql_id;
 use super::store::{AuditStore, RunId, parse_time, timestamp};
-use crate::zendesk::TicketId;
+use crate::ids::{JobRowId, TicketId};
 
 /// A whole-view check under way (or the last one).
 #[derive(Debug, Clone, PartialEq)]

@@ -15,7 +15,9 @@ use crate::rules::SubjectTags;
 /// and an id above this would be stored wrapped (negative).
 pub const MAX_TICKET_ID: TicketId = TicketId::new(i64::MAX as u64);
 
-/// A ticket id as the store writes it.
+/// A ticket id as the store writes it. Ids above `MAX_TICKET_ID` are
+/// refused before they get here (the command line, the scan); one that
+/// slipped through would be stored wrapped, so binding it fails instead.
 pub(crate) fn sql_id(id: TicketId) -> i64 {
     id.get() as i64
 }
@@ -40,6 +42,9 @@ impl<'q> Encode<'q, Sqlite> for TicketId {
         &self,
         buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
     ) -> Result<IsNull, BoxDynError> {
+        if *self > MAX_TICKET_ID {
+            return Err(format!("ticket id {self} is above {MAX_TICKET_ID}: not stored").into());
+        }
         <i64 as Encode<'q, Sqlite>>::encode(sql_id(*self), buf)
     }
 }
@@ -90,5 +95,32 @@ mod tests {
             assert_eq!(ticket_id(sql_id(id)), id);
             assert!(sql_id(id) > 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_id_above_the_largest_kept_is_refused_not_stored_wrapped() {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let kept: TicketId = sqlx::query_scalar("SELECT ?")
+            .bind(MAX_TICKET_ID)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert_eq!(kept, MAX_TICKET_ID);
+        let over = TicketId::new(MAX_TICKET_ID.get() + 1);
+        let err = sqlx::query_scalar::<_, i64>("SELECT ?")
+            .bind(over)
+            .fetch_one(&mut db)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not stored"), "{err}");
+    }
+
+    #[test]
+    fn subject_tags_are_stored_as_the_text_older_versions_wrote() {
+        let tags = SubjectTags::parse("a1b2c3d4e5f6+ 0f0f0f0f0f0f-");
+        assert_eq!(tags.to_string(), "a1b2c3d4e5f6+ 0f0f0f0f0f0f-");
     }
 }

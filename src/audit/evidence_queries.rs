@@ -2,7 +2,6 @@
 //! and a period's report. Read-only; the documents are rendered by
 //! `crate::evidence`, which knows no SQL.
 
-use crate::ids::TicketId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::sqlite::SqliteArguments;
@@ -11,6 +10,7 @@ use sqlx::{AssertSqlSafe, Sqlite};
 use super::kinds::{DecisionKind, RunStatus, ScanKind, StepKind, Trigger};
 use super::records::RunRow;
 use super::store::{AuditStore, RunId, timestamp};
+use crate::ids::TicketId;
 
 /// A config version as stored when a run first used it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

@@ -262,7 +262,7 @@ mod tests {
         check!(Trigger, "runs.trigger");
         check!(RunStatus, "runs.status");
         // runs.step's CHECK came with its column (0007); runs.scan has none
-        for v in StepKind::ALL.iter().chain([].iter()) {
+        for v in StepKind::ALL {
             assert_eq!(StepKind::parse(v.as_str()), Some(*v));
         }
         for v in ScanKind::ALL {
@@ -271,5 +271,36 @@ mod tests {
         }
         let ledger = include_str!("../../migrations/0007_ledger.sql");
         assert!(ledger.contains("CHECK (step IN ('backlog', 'refresh', 'reconcile'))"));
+    }
+
+    /// The text a value is bound as and read back from is sqlx's derive
+    /// (`rename_all`), not `as_str`: both must agree for every value.
+    #[tokio::test]
+    async fn every_value_is_stored_as_its_text_and_read_back_as_itself() {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        macro_rules! round_trip {
+            ($ty:ident) => {
+                for v in $ty::ALL {
+                    let (text, back): (String, $ty) = sqlx::query_as("SELECT ?1, ?1")
+                        .bind(*v)
+                        .fetch_one(&mut db)
+                        .await
+                        .unwrap();
+                    assert_eq!(text, v.as_str(), "{} binds as its text", stringify!($ty));
+                    assert_eq!(back, *v);
+                }
+            };
+        }
+        round_trip!(Outcome);
+        round_trip!(JobRowStatus);
+        round_trip!(RequestKind);
+        round_trip!(DecisionKind);
+        round_trip!(Trigger);
+        round_trip!(RunStatus);
+        round_trip!(StepKind);
+        round_trip!(ScanKind);
     }
 }

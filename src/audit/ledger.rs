@@ -3,7 +3,6 @@
 //! transaction as the decision, job or outcome that causes it, so the
 //! ledger never says more than the chain does.
 
-use crate::rules::SubjectTags;
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -17,7 +16,8 @@ use super::heads::HeadKind;
 use super::kinds::{DecisionKind, Outcome};
 use super::records::DecisionRecord;
 use super::store::{AuditStore, RunId, parse_time, timestamp};
-use crate::zendesk::TicketId;
+use crate::ids::TicketId;
+use crate::rules::SubjectTags;
 
 /// Where a ticket's deletion stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
@@ -765,6 +765,17 @@ pub(super) async fn apply_request(
 /// The ledger's states and the transitions the chained rows cause: a
 /// decision, a purge request, a job's or a settlement's outcome, a ticket
 /// deleted again, and a row changed outside.
+/// A ticket whose fate a later scan must settle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unsettled {
+    /// Its ledger state: `Purged` or `Unknown` for a purge of ours.
+    pub state: LedgerState,
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// When its latest decision was made: it was listed then, so a deletion
+    /// again would carry a later `deleted_at`.
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
 #[cfg(test)]
 mod transition_tests {
     use chrono::TimeZone;

@@ -42,12 +42,12 @@ pub use keys::{ChainSigner, ChainVerifier};
 pub use kinds::{
     DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger,
 };
-pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting};
+pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting, Unsettled};
 pub(crate) use open::create_private;
 pub use open::newest_schema;
 pub use records::{
     DayRuns, DecisionRecord, JobRow, RunCounts, RunOrigin, RunRow, SearchFilter, SearchRow,
-    StatRow, TicketEvent, Unsettled, WITHDRAWN_NARROWED, parse_ids,
+    StatRow, TicketEvent, WITHDRAWN_NARROWED, parse_ids,
 };
 pub use signing::SignatureReport;
 pub use store::{AuditStore, JobRowId, RunId, timestamp};

@@ -1,13 +1,13 @@
 //! The read-only questions `audit` answers: runs, jobs, a ticket's story,
 //! statistics, search and export. Every filter is a bound parameter.
 
-use super::encode::{sql_id, ticket_id};
 use chrono::{DateTime, Utc};
 
+use super::encode::{sql_id, ticket_id};
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger};
 use super::records::{DayRuns, JobRow, RunRow, SearchFilter, SearchRow, StatRow, TicketEvent};
 use super::store::{AuditStore, RunId, timestamp};
-use crate::zendesk::TicketId;
+use crate::ids::TicketId;
 
 impl AuditStore {
     pub async fn run(&self, id: RunId) -> anyhow::Result<Option<RunRow>> {

@@ -1,7 +1,6 @@
 //! What the store records and reads back: the write-ahead records a run
 //! hands it (decisions, figures, its origin) and the rows its queries give.
 
-use crate::rules::SubjectTags;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -9,7 +8,8 @@ use super::kinds::{
     DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger,
 };
 use super::store::{JobRowId, RunId};
-use crate::zendesk::TicketId;
+use crate::ids::TicketId;
+use crate::rules::SubjectTags;
 
 /// Why a request recorded before its freshness read was withdrawn.
 pub const WITHDRAWN_NARROWED: &str = "the freshness read did not clear every ticket of it: not sent; the tickets it cleared went under a new row";
@@ -164,17 +164,6 @@ pub struct SearchRow {
     pub outcome: Option<String>,
     pub outcome_at: Option<String>,
     pub detail: Option<String>,
-}
-
-/// A ticket whose fate a later scan must settle.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Unsettled {
-    /// `purged` or `unknown`.
-    pub outcome: String,
-    pub deleted_at: Option<DateTime<Utc>>,
-    /// When its latest decision was made: it was listed then, so a deletion
-    /// again would carry a later `deleted_at`.
-    pub decided_at: Option<DateTime<Utc>>,
 }
 
 /// What a run starts under: its config version and what ran it.

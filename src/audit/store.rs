@@ -11,13 +11,13 @@ use super::keys::ChainSigner;
 
 pub use crate::ids::{JobRowId, RunId};
 
-/// Timestamps as stored: RFC 3339, UTC, milliseconds.
 /// Reads a stored time back (`None` for NULL, empty or unreadable text).
 pub(crate) fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
     text.and_then(|d| DateTime::parse_from_rfc3339(&d).ok())
         .map(|d| d.with_timezone(&Utc))
 }
 
+/// Timestamps as stored: RFC 3339, UTC, milliseconds.
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -3,7 +3,6 @@
 //! transaction that chains what it adds and records the head it leaves;
 //! beside them, the reads a run makes between its writes.
 
-use super::encode::{sql_id, ticket_id};
 use std::collections::HashMap;
 
 use anyhow::Context;
@@ -11,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::chain::{Chained, chain_append, chain_append_digests, chain_base, row_digest};
+use super::encode::{sql_id, ticket_id};
 use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::audit::{DecisionKind, Outcome};
+use crate::audit::{DecisionKind, MAX_TICKET_ID, Outcome};
 use crate::ids::{RunId, TicketId};
 use crate::sandbox::CursorSort;
 use crate::telemetry::LogFormat;
@@ -113,7 +113,7 @@ pub struct PlanArgs {
     #[arg(long, value_enum, default_value_t = TableFormat::Table)]
     pub format: TableFormat,
     /// Show, condition by condition, how the rules treat this ticket.
-    #[arg(long, value_name = "TICKET_ID", conflicts_with = "ledger")]
+    #[arg(long, value_name = "TICKET_ID", conflicts_with = "ledger", value_parser = parse_ticket_id)]
     pub explain: Option<TicketId>,
     /// Compare this config's decisions with the ticket ledger in its audit
     /// database, without a listing: which tickets change decision, by rule.
@@ -215,12 +215,24 @@ pub struct SearchArgs {
     /// The deleting actor's user id.
     #[arg(long)]
     pub actor: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = parse_ticket_id)]
     pub ticket: Option<TicketId>,
     #[arg(long, default_value_t = 100)]
     pub limit: i64,
     #[command(flatten)]
     pub target: AuditTarget,
+}
+
+/// A ticket id as the audit keeps it: 1 to 2^63-1 (SQLite integers are
+/// signed 64-bit; a larger id is no Zendesk ticket).
+fn parse_ticket_id(text: &str) -> Result<TicketId, String> {
+    let id: TicketId = text.parse().map_err(|e| format!("{e}"))?;
+    if id.get() == 0 || id > MAX_TICKET_ID {
+        return Err(format!(
+            "not a ticket id: Zendesk ids are 1 to {MAX_TICKET_ID}"
+        ));
+    }
+    Ok(id)
 }
 
 fn parse_outcome(text: &str) -> Result<Outcome, String> {
@@ -419,6 +431,7 @@ pub enum AuditCommand {
     /// What happened to one ticket, when, and by which rule.
     #[command(after_help = "Example:\n  zd-retention audit ticket 4711 --database zd-retention.db")]
     Ticket {
+        #[arg(value_parser = parse_ticket_id)]
         ticket_id: TicketId,
         #[command(flatten)]
         target: AuditTarget,

@@ -2,9 +2,6 @@
 //! gathers through the store and writes what one function of the output
 //! layer (`crate::render`) makes of it.
 
-use crate::cli::args::SearchArgs;
-use crate::ids::RunId;
-use crate::zendesk::TicketId;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,7 +12,10 @@ use super::args::{
 use super::common::{UsageError, check_database_arg, load_config};
 use crate::app::EXIT_FAILED;
 use crate::audit::{AuditStore, SearchFilter};
+use crate::cli::args::SearchArgs;
+use crate::ids::RunId;
 use crate::render::{self, TableFormat};
+use crate::zendesk::TicketId;
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
     let path = match &target.database {

@@ -12,11 +12,11 @@ use common::{
     Sends, SentSoFar, UsageError, check_database_arg, disk_full_message, fix_bash_hyphen_names,
     is_disk_full, load_config, write_manpages, writes_so_far,
 };
-
-use crate::config::ConfigError;
 use manual_commands::{list, plan, purge, restore};
 use run_commands::{check_config, daemon, once, probe};
 use sandbox_commands::sandbox;
+
+use crate::config::ConfigError;
 
 mod args;
 mod audit_commands;

@@ -1,8 +1,6 @@
 //! What a cycle is given (settings, the client, the store) and what it
 //! reports.
 
-use crate::audit::ScanKind;
-use crate::audit::StepKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{AuditStore, RunCounts, RunId, RunOrigin, RunStatus};
+use crate::audit::{AuditStore, RunCounts, RunId, RunOrigin, RunStatus, ScanKind, StepKind};
 use crate::config::Config;
 use crate::rules::Policy;
 use crate::zendesk::{ClientStatsSnapshot, TicketId, ZendeskClient};

@@ -577,7 +577,6 @@ pub(crate) async fn next_page(
     }
 }
 
-/// Where a walk hands its selection on for sending.
 /// The purge stage as the listing sees it: where releases go, whether they
 /// go while the walk goes on, how many ids went, and whether sending
 /// stopped (the limit reached, or the purge worker gone).
@@ -1130,9 +1129,6 @@ pub(crate) fn decision_record(
     }
 }
 
-/// A page of a sorted walk: the order proven on the first page (a view on
-/// one page is read whole), then every page checked whole. `Some(why)` when
-/// the walk must fall back to the whole view.
 /// A sorted walk's order proof: the direction, the order seen so far and
 /// whether the page at hand is the first (its order is proven with extra
 /// reads before anything on it is decided).
@@ -1142,6 +1138,9 @@ pub(super) struct SortedWalk<'a> {
     pub(super) first_page: &'a mut bool,
 }
 
+/// A page of a sorted walk: the order proven on the first page (a view on
+/// one page is read whole), then every page checked whole. `Some(why)` when
+/// the walk must fall back to the whole view.
 pub(super) async fn check_sorted_page(
     ctx: &CycleContext,
     gate: &ListingGate,

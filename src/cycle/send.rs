@@ -94,9 +94,6 @@ fn doubt_detail(t: &Ticket) -> String {
 }
 
 impl PurgeWorker {
-    /// Sends a group of releases (as many as there are job slots): each
-    /// looked up among active tickets, then rounds until each is sent or
-    /// given up.
     /// A release made ready for a round, while earlier rounds' jobs run:
     /// looked up among active tickets (restored since its listing: not
     /// soft-deleted now; a restore after the lookup is caught by the

@@ -114,12 +114,12 @@ pub(crate) async fn settle_absent(
     let listed: std::collections::HashSet<TicketId> = recent.tickets.iter().map(|t| t.id).collect();
     let mut unexplained = Vec::new();
     for (id, u) in rest {
-        let ours = matches!(u.outcome.as_str(), "purged" | "unknown");
+        let ours = matches!(u.state, LedgerState::Purged | LedgerState::Unknown);
         if listed.contains(&id) && !ours {
             // deleted again: the next refresh reads its new deletion
             settled.lookup_failed += 1;
         } else if listed.contains(&id) {
-            let (outcome, detail) = if u.outcome == "purged" {
+            let (outcome, detail) = if u.state == LedgerState::Purged {
                 settled.not_effective += 1;
                 (
                     Outcome::NotEffective,
@@ -204,9 +204,11 @@ async fn record_verdicts(
 pub(crate) fn settle_verdict(u: &Unsettled, active: bool, now: DateTime<Utc>) -> Outcome {
     if active {
         Outcome::RestoredElsewhere
-    } else if !matches!(u.outcome.as_str(), "purged" | "unknown") {
+    } else if !matches!(u.state, LedgerState::Purged | LedgerState::Unknown) {
         Outcome::LeftView
-    } else if u.outcome == "unknown" && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE) {
+    } else if u.state == LedgerState::Unknown
+        && u.deleted_at.is_some_and(|d| now - d > ZENDESK_SCRUB_AGE)
+    {
         Outcome::ScrubbedByZendesk
     } else {
         Outcome::ConfirmedGone
@@ -372,7 +374,7 @@ pub(crate) async fn absent_rows(
             (
                 e.ticket_id,
                 Unsettled {
-                    outcome: e.state.as_str().to_string(),
+                    state: e.state,
                     deleted_at: e.deleted_at,
                     decided_at: Some(since),
                 },
@@ -387,9 +389,13 @@ pub(crate) async fn absent_rows(
 mod tests {
     use super::*;
 
-    fn unsettled(outcome: &str, days_ago: i64, now: DateTime<Utc>) -> Unsettled {
+    fn unsettled(state: &str, days_ago: i64, now: DateTime<Utc>) -> Unsettled {
         Unsettled {
-            outcome: outcome.into(),
+            state: LedgerState::ALL
+                .iter()
+                .copied()
+                .find(|s| s.as_str() == state)
+                .unwrap(),
             deleted_at: Some(now - chrono::Duration::days(days_ago)),
             decided_at: None,
         }

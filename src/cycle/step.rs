@@ -1,12 +1,11 @@
 //! Choosing the step: which listing a run makes (backlog, refresh,
 //! reconcile), its sort, and the proof that a sorted listing is in order.
 
-use crate::audit::{ScanKind, StepKind};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::audit::ListingMarks;
+use crate::audit::{ListingMarks, ScanKind, StepKind};
 use crate::cycle::CycleSettings;
 use crate::rules::Policy;
 use crate::zendesk::{ListOptions, SortBy, SortOrder};

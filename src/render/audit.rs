@@ -3,16 +3,15 @@
 //! and calls one function here; what it returns goes to standard output
 //! as it is.
 
-use crate::audit::StepKind;
-use crate::zendesk::TicketId;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::rows::{TableFormat, csv_rows, rows_text, table};
 use crate::audit::{
     ChainHead, ChainReport, ConfigVersion, DayRuns, JobRow, ListingMarks, RunOriginRow, RunRow,
-    SearchRow, SignatureReport, StatRow, TicketEvent,
+    SearchRow, SignatureReport, StatRow, StepKind, TicketEvent,
 };
+use crate::zendesk::TicketId;
 
 /// `audit runs`.
 pub fn runs_table(runs: &[RunRow], format: TableFormat) -> anyhow::Result<String> {

@@ -10,7 +10,6 @@
 //! Here the gathered documents become view models (figures, chart
 //! geometry, sentences); the templates only lay them out.
 
-use crate::audit::DecisionKind;
 use std::collections::BTreeMap;
 
 use askama::Template;
@@ -20,7 +19,7 @@ use super::document::{
 };
 use super::escape::capitalised;
 use super::stream::ROWS_MARK;
-use crate::audit::OpenOutcome;
+use crate::audit::{DecisionKind, OpenOutcome};
 use crate::evidence::{Certificate, Integrity, PeriodReport, PurgedRows, VersionInWords};
 
 /// A config version: its hash, rules and safety settings.

@@ -9,8 +9,7 @@ use std::fmt::Write as _;
 use askama::Template;
 use serde::Serialize;
 
-use super::escape::md;
-use super::escape::utc;
+use super::escape::{md, utc};
 use crate::audit::{PurgeListing, PurgedTicket};
 use crate::evidence::PurgedRows;
 

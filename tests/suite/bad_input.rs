@@ -83,6 +83,28 @@ fn broken_command_lines_are_refused_with_exit_2() {
             "cannot read it",
         ),
         (&["plan", "--explain"], "TICKET_ID"),
+        // ids the audit cannot hold, and vocabularies it does not have
+        (
+            &["audit", "search", "--ticket", "18446744073709551615"],
+            "not a ticket id: Zendesk ids are 1 to 9223372036854775807",
+        ),
+        (
+            &["audit", "ticket", "9223372036854775808"],
+            "not a ticket id",
+        ),
+        (&["plan", "--explain", "0"], "not a ticket id"),
+        (
+            &["audit", "search", "--ticket", "-1"],
+            "unexpected argument '-1'",
+        ),
+        (
+            &["audit", "search", "--outcome", "PURGED"],
+            "not one of purged, failed, unknown",
+        ),
+        (
+            &["audit", "search", "--decision", "keep"],
+            "not one of purge, would_purge, keep_rule",
+        ),
         // dates and durations past what a clock holds: refused, never a panic
         (
             &["demo", "--tickets", "18446744073709551615"],
