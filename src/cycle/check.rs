@@ -40,7 +40,7 @@ fn check_due(settings: &CycleSettings, marks: &ListingMarks, now: DateTime<Utc>)
 /// The pages a run's part may take: its share of the listing quota over
 /// one schedule interval (at least one page, so that a check always goes
 /// on), and the time that share takes.
-pub(crate) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration) {
+pub(super) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration) {
     let settings = &ctx.settings;
     let limits = ctx.client.limits();
     let quota = if next_page > 100 {
@@ -61,7 +61,7 @@ pub(crate) fn check_budget(ctx: &CycleContext, next_page: u32) -> (u64, Duration
 
 /// Walks this run's part of the check. Returns its progress and, when the
 /// walk reached the end, the check to settle once the purge worker is done.
-pub(crate) async fn walk_check(
+pub(super) async fn walk_check(
     ctx: &CycleContext,
     run: RunId,
     scan: &ScanResult,
@@ -258,7 +258,7 @@ async fn check_page(
 /// The refreshes since listed every deletion down to this run's refresh,
 /// so the newest-first read goes back only to that refresh's start (or a
 /// purge request after it).
-pub(crate) async fn settle_check(
+pub(super) async fn settle_check(
     ctx: &CycleContext,
     run: RunId,
     scan: &ScanResult,

@@ -266,21 +266,21 @@ pub struct CheckProgress {
 }
 
 /// Ids in a set with a fast hash.
-pub(crate) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
+pub(super) type IdSet = std::collections::HashSet<TicketId, foldhash::fast::RandomState>;
 
 /// Every id a scan listed: a full scan of a million tickets keeps them all,
 /// in a compressed bitmap (about 2 bytes an id when sparse, far less when
 /// dense), whatever their width.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SeenIds(roaring::RoaringTreemap);
+pub(super) struct SeenIds(roaring::RoaringTreemap);
 
 impl SeenIds {
     /// `true` when the id was not in the set yet.
-    pub(crate) fn insert(&mut self, id: TicketId) -> bool {
+    pub(super) fn insert(&mut self, id: TicketId) -> bool {
         self.0.insert(id.get())
     }
 
-    pub(crate) fn contains(&self, id: TicketId) -> bool {
+    pub(super) fn contains(&self, id: TicketId) -> bool {
         self.0.contains(id.get())
     }
 }

@@ -17,7 +17,7 @@ use crate::zendesk::{IdBatch, JobId, JobState, JobStatus, TicketId, ZendeskError
 
 impl PurgeWorker {
     /// Records what Zendesk answered to one purge attempt.
-    pub(crate) async fn settle_answer(
+    pub(super) async fn settle_answer(
         &mut self,
         batch: &IdBatch,
         row: JobRowId,
@@ -256,7 +256,7 @@ impl PurgeWorker {
             .await
     }
 
-    pub(crate) async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
+    pub(super) async fn finish(&mut self, job: OpenJob, status: &JobStatus) -> anyhow::Result<()> {
         let message = status.message.clone();
         let (outcome, detail) = match (&status.status, status.results.succeeded()) {
             (JobState::Completed, Some(true)) => (Outcome::Purged, message.clone()),
@@ -344,7 +344,7 @@ impl PurgeWorker {
 /// The jobs an earlier process sent and did not see end: purge jobs with a
 /// Zendesk id are followed by this run (their tickets are not sent again),
 /// the others recorded unknown, lost restores looked up.
-pub(crate) async fn recover_open_jobs(
+pub(super) async fn recover_open_jobs(
     ctx: &CycleContext,
     run: RunId,
 ) -> anyhow::Result<(Vec<OpenJob>, u64, IdSet)> {

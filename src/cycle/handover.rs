@@ -31,7 +31,7 @@ pub(crate) struct Release {
 /// and each freshness read with the sends it clears take turns, so that no
 /// page of the scan falls between a freshness read and its `destroy_many`.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ListingGate {
+pub(super) struct ListingGate {
     pub(super) turn: Arc<tokio::sync::Mutex<()>>,
     /// Whether the cursor listing's order was proven this cycle (the
     /// freshness read then uses it; otherwise offset pagination).
@@ -40,7 +40,7 @@ pub(crate) struct ListingGate {
 
 /// Releases queued for the purge worker: more than its job slots, so that
 /// a group fills them all and one read clears as many requests as can go.
-pub(crate) const RELEASES_QUEUED: usize = 64;
+pub(super) const RELEASES_QUEUED: usize = 64;
 
 /// A ticket as a listing showed it, in what decides a purge: compared with
 /// a later listing to tell a deletion again (even within the same second,

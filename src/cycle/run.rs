@@ -18,7 +18,7 @@ use crate::zendesk::ClientStatsSnapshot;
 
 /// Pruning reads "long ago" off this host's clock: only after a clean run
 /// on a clock Zendesk's agrees with. A failure joins the run's errors.
-pub(crate) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
+pub(super) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>) -> u64 {
     let (settings, store) = (&ctx.settings, &ctx.store);
     let mut pruned = 0;
     if let Some(keep) = settings.keep_details
@@ -48,7 +48,7 @@ pub(crate) async fn prune_if_clean(ctx: &CycleContext, errors: &mut Vec<String>)
 }
 
 /// The run's metrics and its closing log line.
-pub(crate) async fn announce(store: &AuditStore, report: &CycleReport, latency_bound: Duration) {
+pub(super) async fn announce(store: &AuditStore, report: &CycleReport, latency_bound: Duration) {
     let (run, status) = (report.run_id, report.status);
     metrics::counter!("zd_retention_runs_total", "status" => status.as_str()).increment(1);
     metrics::counter!("zd_retention_tickets_scanned_total").increment(report.counts.scanned);
@@ -102,7 +102,7 @@ pub(crate) async fn announce(store: &AuditStore, report: &CycleReport, latency_b
 }
 
 /// A run's figures, as recorded.
-pub(crate) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) -> RunCounts {
+pub(super) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) -> RunCounts {
     RunCounts {
         scanned: scan.scanned,
         matched: scan.matched,
@@ -121,7 +121,7 @@ pub(crate) fn counts_of(scan: &ScanResult, tally: &Tally, list_requests: u64) ->
 }
 
 /// The report of a finished run.
-pub(crate) fn report_of(
+pub(super) fn report_of(
     (run, status, dry_run): (RunId, RunStatus, bool),
     counts: RunCounts,
     scan: ScanResult,
@@ -172,7 +172,7 @@ pub(crate) fn report_of(
 }
 
 /// What went wrong in a run, each in a sentence: a run with none completed.
-pub(crate) fn errors_of(run: RunId, scan: &ScanResult, tally: &Tally) -> Vec<String> {
+pub(super) fn errors_of(run: RunId, scan: &ScanResult, tally: &Tally) -> Vec<String> {
     let mut errors: Vec<String> = [&scan.error, &tally.fatal, &tally.freshness_failed]
         .into_iter()
         .flatten()
@@ -227,7 +227,7 @@ pub async fn run_cycle(ctx: &CycleContext, trigger: Trigger) -> anyhow::Result<C
 }
 
 /// A started run, to its end.
-pub(crate) async fn run_started(
+pub(super) async fn run_started(
     ctx: &CycleContext,
     run: RunId,
     (started, stats_before): (Instant, ClientStatsSnapshot),

@@ -25,7 +25,7 @@ use crate::zendesk::{IdBatch, SortOrder, TicketId};
 
 /// What the scan found.
 #[derive(Debug)]
-pub(crate) struct ScanResult {
+pub(super) struct ScanResult {
     /// Distinct tickets listed and decided.
     pub(super) scanned: u64,
     /// Tickets whose latest listing a purge rule selected.
@@ -76,14 +76,14 @@ pub(crate) struct ScanResult {
 }
 
 impl ScanResult {
-    pub(crate) fn finished(&self) -> bool {
+    pub(super) fn finished(&self) -> bool {
         !self.cancelled && self.error.is_none()
     }
 }
 
 /// A ticket whose latest listing a purge rule selected.
 #[derive(Debug, Clone)]
-pub(crate) struct Chosen {
+pub(super) struct Chosen {
     pub(super) rule: String,
     pub(super) listed: ListedAs,
     pub(super) listed_at: DateTime<Utc>,
@@ -92,7 +92,7 @@ pub(crate) struct Chosen {
 /// The scan's view of the selection: latest listing wins, disagreeing
 /// listings are never purged in this run.
 #[derive(Debug, Default)]
-pub(crate) struct Selection {
+pub(super) struct Selection {
     /// Every id listed (4 or 8 bytes each); what a purge rule chose is in
     /// `chosen` with its listing.
     pub(super) seen: SeenIds,
@@ -168,7 +168,7 @@ impl Selection {
 
 /// What one walk keeps from page to page.
 #[derive(Default)]
-pub(crate) struct WalkState {
+pub(super) struct WalkState {
     /// The listings' view of the selection (latest listing wins).
     pub(super) selection: Selection,
     /// Decisions not yet written (written before any of their ids is sent).
@@ -229,7 +229,7 @@ fn relisted(
 /// first sighting, a deletion again or a changed decision is recorded; the
 /// rest only seen again), the selection and the counts kept. Returns the
 /// tickets that were purged or unknown and are listed again.
-pub(crate) fn decide_page(
+pub(super) fn decide_page(
     ctx: &CycleContext,
     tickets: &[Ticket],
     now: DateTime<Utc>,
@@ -360,7 +360,7 @@ impl ScanResult {
         self.scan_reason = format!("{why}: the whole view is walked");
     }
 
-    pub(crate) fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
+    pub(super) fn new(step: Step, reason: String, walk_started: DateTime<Utc>) -> Self {
         ScanResult {
             scanned: 0,
             matched: 0,
@@ -390,7 +390,7 @@ impl ScanResult {
     }
 }
 
-pub(crate) async fn scan(
+pub(super) async fn scan(
     ctx: &CycleContext,
     run: RunId,
     marks: &ListingMarks,
@@ -503,7 +503,7 @@ pub(crate) async fn scan(
 }
 
 /// The ledger rows of a page's tickets: the ledger is never held whole.
-pub(crate) async fn page_rows(
+pub(super) async fn page_rows(
     store: &AuditStore,
     page: &crate::zendesk::DeletedTicketsPage,
 ) -> anyhow::Result<HashMap<TicketId, LedgerEntry>> {
@@ -547,7 +547,7 @@ async fn write_page(
 
 /// The walk's next page, or `None` when the walk ends: at the listing's
 /// end, on a cancel, or on a listing error (both recorded in `result`).
-pub(crate) async fn next_page(
+pub(super) async fn next_page(
     ctx: &CycleContext,
     gate: &ListingGate,
     pages: &mut futures::stream::BoxStream<
@@ -580,11 +580,11 @@ pub(crate) async fn next_page(
 /// The purge stage as the listing sees it: where releases go, whether they
 /// go while the walk goes on, how many ids went, and whether sending
 /// stopped (the limit reached, or the purge worker gone).
-pub(crate) struct Sending<'a> {
-    pub(crate) batches: &'a mpsc::Sender<Release>,
-    pub(crate) pipelining: bool,
-    pub(crate) queued: u64,
-    pub(crate) stopped: bool,
+pub(super) struct Sending<'a> {
+    pub(super) batches: &'a mpsc::Sender<Release>,
+    pub(super) pipelining: bool,
+    pub(super) queued: u64,
+    pub(super) stopped: bool,
 }
 
 /// Hands the selection so far on for sending while the walk goes on.
@@ -613,7 +613,7 @@ async fn release_while_walking(
 /// clock, and a clock far from Zendesk's (its Date header) would purge
 /// tickets younger than `min_age`; a listing that keeps answering empty
 /// pages that say there is more never ends.
-pub(crate) fn page_may_be_decided(
+pub(super) fn page_may_be_decided(
     ctx: &CycleContext,
     page: &crate::zendesk::DeletedTicketsPage,
     result: &mut ScanResult,
@@ -634,7 +634,7 @@ pub(crate) fn page_may_be_decided(
 }
 
 /// Writes the walk's pending decisions and ledger sightings.
-pub(crate) async fn flush_decisions(
+pub(super) async fn flush_decisions(
     store: &AuditStore,
     run: RunId,
     walk: &mut WalkState,
@@ -651,7 +651,7 @@ pub(crate) async fn flush_decisions(
 
 /// Tickets listed again after a purge or an unknown outcome: their new
 /// decision first, so that the outcome finds its row.
-pub(crate) async fn record_relisted(
+pub(super) async fn record_relisted(
     store: &AuditStore,
     run: RunId,
     walk: &mut WalkState,
@@ -847,7 +847,7 @@ fn counted_only_note(n: u64) -> String {
 /// ledger is read by index, never whole. A changed decision is recorded; a
 /// purge joins the selection as the ledger knows it, current as of the
 /// refresh's start (the freshness read before sending looks back to then).
-pub(crate) async fn decide_from_ledger(
+pub(super) async fn decide_from_ledger(
     ctx: &CycleContext,
     run: RunId,
     in_flight: &IdSet,
@@ -899,7 +899,7 @@ pub(crate) async fn decide_from_ledger(
 
 /// What the decisions of the ledger's rows depend on besides the ticket and
 /// the time: the policy, and how a decision is written (dry run, subjects).
-pub(crate) fn policy_fingerprint(ctx: &CycleContext) -> String {
+pub(super) fn policy_fingerprint(ctx: &CycleContext) -> String {
     format!(
         "{} dry_run={} record_subjects={}",
         ctx.policy.fingerprint(),
@@ -974,7 +974,7 @@ fn decide_entries(
 /// Hands chosen ids to the purge worker in batches of 100, each with the
 /// tickets as listed; returns the ids it could not hand over (the worker is
 /// gone), for their `not_sent` outcome.
-pub(crate) async fn release(
+pub(super) async fn release(
     policy: &Policy,
     selection: &Selection,
     ids: &[TicketId],
@@ -1024,7 +1024,7 @@ pub(crate) async fn release(
 }
 
 /// Records the scan's selected tickets that are not sent, and counts them.
-pub(crate) async fn record_not_sent(
+pub(super) async fn record_not_sent(
     store: &AuditStore,
     run: RunId,
     result: &mut ScanResult,
@@ -1039,12 +1039,12 @@ pub(crate) async fn record_not_sent(
 
 /// Under `purge_while_scanning`, chosen tickets are sent every this many
 /// pages, each time after a freshness read (one list request, usually).
-pub(crate) const RELEASE_EVERY_PAGES: u32 = 20;
+pub(super) const RELEASE_EVERY_PAGES: u32 = 20;
 
 /// Pipelining (`purge_while_scanning`) sends what the scan chose so far, after
 /// a freshness read, up to `max_purges_per_run`. `false` when the worker is
 /// gone and the scan should stop.
-pub(crate) async fn pipeline_release(
+pub(super) async fn pipeline_release(
     ctx: &CycleContext,
     run: RunId,
     selection: &mut Selection,

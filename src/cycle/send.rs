@@ -36,7 +36,7 @@ type Split = (
 
 /// What a round leaves for the next one, and how long to wait before it.
 #[derive(Default)]
-pub(crate) struct Again {
+pub(super) struct Again {
     pub(super) pending: Vec<Pending>,
     pub(super) wait: Duration,
 }
@@ -50,7 +50,7 @@ impl Again {
 
 /// A read of the newest deletions: each ticket deleted since `since`, as
 /// listed when it was answered.
-pub(crate) struct Read {
+pub(super) struct Read {
     pub(super) started: DateTime<Utc>,
     pub(super) answered: Instant,
     pub(super) answered_utc: DateTime<Utc>,
@@ -58,7 +58,7 @@ pub(crate) struct Read {
 }
 
 /// A request that left, with its answer.
-pub(crate) struct Sent {
+pub(super) struct Sent {
     pending: Pending,
     batch: IdBatch,
     row: JobRowId,
@@ -100,7 +100,7 @@ impl PurgeWorker {
     /// freshness read if the ticket is deleted again, and otherwise is not
     /// purged by Zendesk, whose job then reports a partial success), and its
     /// request's account token taken.
-    pub(crate) async fn prepare(&mut self, release: Release) -> Pending {
+    pub(super) async fn prepare(&mut self, release: Release) -> Pending {
         let cancel = self.cancel.clone();
         let client = self.client.clone();
         // a stop ends the waits (the worker then records it not sent)
@@ -133,7 +133,7 @@ impl PurgeWorker {
 
     /// Sends a group of prepared releases (as many as there are free job
     /// slots) in rounds until each is sent or given up.
-    pub(crate) async fn send_group(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<()> {
+    pub(super) async fn send_group(&mut self, mut pending: Vec<Pending>) -> anyhow::Result<()> {
         while !pending.is_empty() {
             let again = self.send_round(pending).await?;
             if !again.pending.is_empty() && !again.wait.is_zero() {
@@ -766,7 +766,7 @@ impl PurgeWorker {
     /// Jobs an earlier process sent and this run follows: one read of the
     /// newest deletions back to the earliest of their requests, before any
     /// of them is seen to end, marks their tickets deleted again since.
-    pub(crate) async fn read_for_recovered(&mut self) {
+    pub(super) async fn read_for_recovered(&mut self) {
         let Ok(Some(since)) = self.store.earliest_open_request().await.map(|at| {
             at.map(|at| {
                 at - chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default()
@@ -793,7 +793,7 @@ impl PurgeWorker {
 
     /// Marks the tickets of open jobs that a read shows deleted again since
     /// they were sent: in doubt.
-    pub(crate) fn mark_in_doubt(&mut self, read: &Read) {
+    pub(super) fn mark_in_doubt(&mut self, read: &Read) {
         for job in &mut self.open {
             for (id, sent) in job.tickets.iter().zip(&job.sent_as) {
                 let Some(sent) = sent else { continue };

@@ -14,7 +14,7 @@ use crate::zendesk::TicketId;
 
 /// What the settling of absent tickets found.
 #[derive(Debug, Default)]
-pub(crate) struct Settled {
+pub(super) struct Settled {
     pub(super) confirmed_gone: u64,
     /// Kept tickets gone from the view, not by this tool.
     pub(super) left_view: u64,
@@ -26,7 +26,7 @@ pub(crate) struct Settled {
 
 impl Settled {
     /// Adds what another part of the settling found.
-    pub(crate) fn add(&mut self, other: &Settled) {
+    pub(super) fn add(&mut self, other: &Settled) {
         self.confirmed_gone += other.confirmed_gone;
         self.left_view += other.left_view;
         self.restored_elsewhere += other.restored_elsewhere;
@@ -38,7 +38,7 @@ impl Settled {
 
 /// Zendesk scrubs soft-deleted tickets by itself about this long after
 /// their deletion.
-pub(crate) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
+pub(super) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(30);
 
 /// Settles tickets with an open outcome (`purged` or `unknown`) that the scan
 /// did not list. Absence alone proves nothing:
@@ -55,7 +55,7 @@ pub(crate) const ZENDESK_SCRUB_AGE: chrono::TimeDelta = chrono::TimeDelta::days(
 ///
 /// A failed lookup or read leaves the outcome open for a later run; so does
 /// a walk that may have missed tickets (`may_call_gone` false).
-pub(crate) async fn settle_absent(
+pub(super) async fn settle_absent(
     ctx: &CycleContext,
     run: RunId,
     absent: Vec<(TicketId, Unsettled)>,
@@ -201,7 +201,7 @@ async fn record_verdicts(
 /// ticket gone left the view (not by us); an unknown outcome of a ticket
 /// deleted more than 30 days ago cannot be told from Zendesk's scrub; the
 /// rest is our purge, confirmed.
-pub(crate) fn settle_verdict(u: &Unsettled, active: bool, now: DateTime<Utc>) -> Outcome {
+pub(super) fn settle_verdict(u: &Unsettled, active: bool, now: DateTime<Utc>) -> Outcome {
     if active {
         Outcome::RestoredElsewhere
     } else if !matches!(u.state, LedgerState::Purged | LedgerState::Unknown) {
@@ -235,7 +235,7 @@ fn settle_detail(outcome: Outcome) -> &'static str {
 
 /// The active tickets among `ids` (in calls of 100), or `None` when a
 /// lookup failed.
-pub(crate) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
+pub(super) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option<IdSet> {
     match ctx.client.active_among(ids).await {
         Ok(active) => Some(active.into_iter().collect()),
         Err(e) => {
@@ -247,7 +247,7 @@ pub(crate) async fn active_among(ctx: &CycleContext, ids: &[TicketId]) -> Option
 
 /// A restore whose answer an earlier process never recorded: settled by
 /// looking the tickets up among the active ones, never as if purged.
-pub(crate) async fn settle_lost_restore(
+pub(super) async fn settle_lost_restore(
     ctx: &CycleContext,
     run: RunId,
     row: JobRowId,
@@ -300,7 +300,7 @@ pub(crate) async fn settle_lost_restore(
 /// looked up among the active tickets and read for newest-first. The rows
 /// are those no listing saw since the walk began, read by index in chunks.
 /// Returns what was settled and the listing requests it took.
-pub(crate) async fn settle_walk(
+pub(super) async fn settle_walk(
     ctx: &CycleContext,
     run: RunId,
     scan: &ScanResult,
@@ -325,7 +325,7 @@ pub(crate) async fn settle_walk(
 /// Settles, in chunks, the live rows no listing saw since `since` (each
 /// read back no further than `read_back_to`, when given). Returns what was
 /// settled and the listing requests it took.
-pub(crate) async fn settle_unseen(
+pub(super) async fn settle_unseen(
     ctx: &CycleContext,
     run: RunId,
     (since, read_back_to): (DateTime<Utc>, Option<DateTime<Utc>>),
@@ -344,12 +344,12 @@ pub(crate) async fn settle_unseen(
 }
 
 /// Absent tickets settled at a time: each chunk costs one newest-first read.
-pub(crate) const SETTLE_CHUNK: usize = 10_000;
+pub(super) const SETTLE_CHUNK: usize = 10_000;
 
 /// The ledger rows of `tickets` a whole walk that began at `walk_started`
 /// did not list, each with the time it must be read back to (never before
 /// `read_back_to`, when the refreshes since listed every deletion before).
-pub(crate) async fn absent_rows(
+pub(super) async fn absent_rows(
     ctx: &CycleContext,
     tickets: &[TicketId],
     walk_started: DateTime<Utc>,

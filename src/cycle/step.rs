@@ -12,7 +12,7 @@ use crate::zendesk::{ListOptions, SortBy, SortOrder};
 
 /// Which listing a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
+pub(super) enum Step {
     /// A first run whose purge rules all have an age: oldest first, up to
     /// the youngest purgeable age (the backlog), provided the order is
     /// proven. The next run walks the whole view and builds the ledger.
@@ -27,7 +27,7 @@ pub(crate) enum Step {
 
 impl Step {
     /// The step's name, as `runs.step` stores it.
-    pub(crate) fn kind(self) -> StepKind {
+    pub(super) fn kind(self) -> StepKind {
         match self {
             Self::Backlog { .. } => StepKind::Backlog,
             Self::Refresh { .. } => StepKind::Refresh,
@@ -36,7 +36,7 @@ impl Step {
     }
 
     /// How the step walks the view, as `runs.scan` stores it.
-    pub(crate) fn scan_kind(self) -> ScanKind {
+    pub(super) fn scan_kind(self) -> ScanKind {
         match self {
             Self::Backlog { .. } => ScanKind::Sorted,
             Self::Refresh { .. } => ScanKind::Refresh,
@@ -87,7 +87,7 @@ impl Step {
 }
 
 /// The listing a run makes, and why.
-pub(crate) fn choose_step(
+pub(super) fn choose_step(
     policy: &Policy,
     settings: &CycleSettings,
     marks: &ListingMarks,

@@ -47,7 +47,7 @@ pub(crate) struct Tally {
 
 /// A job sent and not yet finished.
 #[derive(Debug, Clone)]
-pub(crate) struct OpenJob {
+pub(super) struct OpenJob {
     pub(super) row: JobRowId,
     pub(super) id: JobId,
     pub(super) tickets: Vec<TicketId>,
@@ -68,11 +68,11 @@ pub(crate) struct OpenJob {
 }
 
 /// A purge answered 429 this many times in a row is given up for this run.
-pub(crate) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
+pub(super) const MAX_RATE_LIMITED_ROUNDS: u32 = 10;
 
 /// Sends purge batches (at most `max_jobs_in_flight` jobs open) and follows
 /// the jobs with `show_many` to their end.
-pub(crate) struct PurgeWorker {
+pub(super) struct PurgeWorker {
     pub(super) client: ZendeskClient,
     pub(super) store: AuditStore,
     pub(super) run: RunId,
@@ -89,7 +89,7 @@ pub(crate) struct PurgeWorker {
 }
 
 impl PurgeWorker {
-    pub(crate) fn new(
+    pub(super) fn new(
         ctx: &CycleContext,
         run: RunId,
         gate: ListingGate,
@@ -110,7 +110,7 @@ impl PurgeWorker {
         }
     }
 
-    pub(crate) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
+    pub(super) async fn run(mut self, mut batches: mpsc::Receiver<Release>) -> Tally {
         self.read_for_recovered().await;
         if let Err(e) = self.work(&mut batches).await {
             tracing::error!(error = %format!("{e:#}"), "purging stopped");
@@ -144,7 +144,7 @@ impl PurgeWorker {
         self.tally
     }
 
-    pub(crate) async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
+    pub(super) async fn not_sent(&mut self, batch: &IdBatch, reason: &str) {
         self.tally.not_sent += batch.len() as u64;
         if let Err(e) = self
             .store
@@ -243,7 +243,7 @@ impl PurgeWorker {
 
 /// What a failed purge request means for its tickets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RequestFailure {
+pub(super) enum RequestFailure {
     /// 401/403: nothing else will work this run; the tickets failed.
     CredentialsRefused,
     /// Another 4xx: refused as asked; the tickets failed.
@@ -256,7 +256,7 @@ pub(crate) enum RequestFailure {
 }
 
 /// The error-to-outcome mapping of a purge request, as a pure function.
-pub(crate) fn failure_of(e: &ZendeskError) -> RequestFailure {
+pub(super) fn failure_of(e: &ZendeskError) -> RequestFailure {
     match e {
         ZendeskError::Unauthorized { .. } | ZendeskError::Forbidden { .. } => {
             RequestFailure::CredentialsRefused
@@ -271,7 +271,7 @@ pub(crate) fn failure_of(e: &ZendeskError) -> RequestFailure {
 }
 
 /// A release on its way through the rounds.
-pub(crate) struct Pending {
+pub(super) struct Pending {
     pub(super) release: Release,
     /// Its tickets found among active ones (restored) before the first round.
     pub(super) active: IdSet,
