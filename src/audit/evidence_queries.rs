@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{AssertSqlSafe, Sqlite};
 
-use super::kinds::{DecisionKind, RunStatus, ScanKind, StepKind, Trigger};
+use super::kinds::{DecisionKind, RunStatus, StoredScan, StoredStep, Trigger};
 use super::records::RunRow;
 use super::store::{AuditStore, RunId, timestamp};
 use crate::ids::TicketId;
@@ -341,7 +341,7 @@ impl AuditStore {
         let (since, until) = (timestamp(since), timestamp(until));
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
                FROM runs WHERE started_at >= ? AND started_at < ? ORDER BY id"#,
             since,
             until,
@@ -361,7 +361,7 @@ impl AuditStore {
         let (since, until) = (timestamp(since), timestamp(until));
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
                FROM runs WHERE status IN ('running', 'interrupted') AND started_at < ? AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id"#,
             until,
             since,
@@ -384,7 +384,7 @@ impl AuditStore {
         let at = timestamp(at);
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
                FROM runs WHERE started_at < ? ORDER BY id DESC LIMIT 1"#,
             at,
         )

@@ -37,8 +37,76 @@ macro_rules! text_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        impl TextEnum for $name {
+            fn parse(text: &str) -> Option<Self> {
+                $name::parse(text)
+            }
+
+            fn as_str(self) -> &'static str {
+                $name::as_str(self)
+            }
+        }
     };
 }
+
+/// A vocabulary whose values are stored as text.
+pub trait TextEnum: Sized + Copy {
+    fn parse(text: &str) -> Option<Self>;
+    fn as_str(self) -> &'static str;
+}
+
+/// A vocabulary value as a row holds it: one this build knows, or text it
+/// does not (a column without a `CHECK`, edited outside). Read as stored
+/// rather than refusing the row, so that a history and its evidence can
+/// still be read (`verify` names the edited row); shown and serialised as
+/// the stored text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Stored<T> {
+    Known(T),
+    Unknown(String),
+}
+
+impl<T: TextEnum> Stored<T> {
+    pub fn known(&self) -> Option<T> {
+        match self {
+            Stored::Known(v) => Some(*v),
+            Stored::Unknown(_) => None,
+        }
+    }
+}
+
+impl<T: TextEnum> std::fmt::Display for Stored<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stored::Known(v) => f.write_str(v.as_str()),
+            Stored::Unknown(text) => f.write_str(text),
+        }
+    }
+}
+
+impl<T> sqlx::Type<sqlx::Sqlite> for Stored<T> {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <String as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'r, T: TextEnum> sqlx::Decode<'r, sqlx::Sqlite> for Stored<T> {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?;
+        Ok(T::parse(text).map_or_else(|| Stored::Unknown(text.to_string()), Stored::Known))
+    }
+}
+
+/// `runs.scan` as stored (no `CHECK` guards it).
+pub type StoredScan = Stored<ScanKind>;
+/// `runs.step` as stored.
+pub type StoredStep = Stored<StepKind>;
 
 text_enum! {
     /// What became of a ticket, as Zendesk told or a later walk proved.

@@ -40,7 +40,8 @@ pub use evidence_queries::{
 pub use heads::ChainHead;
 pub use keys::{ChainSigner, ChainVerifier};
 pub use kinds::{
-    DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger,
+    DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Stored,
+    StoredScan, StoredStep, TextEnum, Trigger,
 };
 pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting, Unsettled};
 pub(crate) use open::create_private;

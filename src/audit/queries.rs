@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use super::encode::{sql_id, ticket_id};
-use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger};
+use super::kinds::{
+    JobRowStatus, Outcome, RequestKind, RunStatus, StoredScan, StoredStep, Trigger,
+};
 use super::records::{DayRuns, JobRow, RunRow, SearchFilter, SearchRow, StatRow, TicketEvent};
 use super::store::{AuditStore, RunId, timestamp};
 use crate::ids::TicketId;
@@ -13,7 +15,7 @@ impl AuditStore {
     pub async fn run(&self, id: RunId) -> anyhow::Result<Option<RunRow>> {
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
                FROM runs WHERE id = ?"#,
             id,
         )
@@ -30,7 +32,7 @@ impl AuditStore {
         let since = since.map(timestamp).unwrap_or_default();
         Ok(sqlx::query_as!(
             RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: ScanKind", scan_reason, max_listing_age_ms, step AS "step: StepKind", high_water, decisions_recorded
+            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
                FROM runs WHERE started_at >= ? ORDER BY id DESC LIMIT ?"#,
             since,
             limit,

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::kinds::{
-    DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Trigger,
+    DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, StoredScan,
+    StoredStep, Trigger,
 };
 use super::store::{JobRowId, RunId};
 use crate::ids::TicketId;
@@ -76,11 +77,12 @@ pub struct RunRow {
     pub list_requests: i64,
     pub early_stop: bool,
     pub error: Option<String>,
-    pub scan: Option<ScanKind>,
+    /// As stored: a value this build does not know is shown, not refused.
+    pub scan: Option<StoredScan>,
     pub scan_reason: Option<String>,
     pub max_listing_age_ms: Option<i64>,
-    /// Which listing the run made (cycles since the ledger).
-    pub step: Option<StepKind>,
+    /// Which listing the run made (cycles since the ledger), as stored.
+    pub step: Option<StoredStep>,
     pub high_water: Option<String>,
     pub decisions_recorded: Option<i64>,
 }

@@ -472,6 +472,18 @@ async fn write_document(
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
+            // the document replaces a file of that name, never a device,
+            // a pipe or a link (as root, a rename over /dev/full replaced
+            // the device): those are refused before anything is written
+            if let Ok(meta) = std::fs::symlink_metadata(path)
+                && !meta.file_type().is_file()
+            {
+                return Err(UsageError(format!(
+                    "--output {}: not a regular file (a device, a pipe, a link or a folder); name a file, or leave --output out to write to standard output",
+                    path.display()
+                ))
+                .into());
+            }
             // a fresh file of its own (0600, never one left behind or a
             // link planted there), renamed over the name once whole
             let file = tempfile::Builder::new()

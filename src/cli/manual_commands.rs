@@ -131,11 +131,11 @@ pub(super) fn read_ids(ids: &[TicketId], file: Option<&PathBuf>) -> anyhow::Resu
             .enumerate()
         {
             all.push(word.parse().map_err(|_| {
-                anyhow::anyhow!(
+                UsageError(format!(
                     "--ids-file {}: {word:?} (item {}) is not a ticket id",
                     path.display(),
                     n + 1
-                )
+                ))
             })?);
         }
     }

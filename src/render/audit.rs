@@ -169,7 +169,11 @@ fn run_tables(
         run.failed,
         run.unknown,
         run.list_requests,
-        match (run.step, run.scan, run.early_stop) {
+        match (
+            run.step.as_ref().and_then(|s| s.known()),
+            run.scan.as_ref(),
+            run.early_stop,
+        ) {
             (Some(StepKind::Refresh), _, _) => ", a refresh (the newest deletions)".to_string(),
             (Some(StepKind::Reconcile), _, _) => ", a reconcile (the whole view)".to_string(),
             (_, _, true) => ", sorted scan stopped early".to_string(),

@@ -297,3 +297,18 @@ async fn the_audit_store_never_creates_a_folder() {
     assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
     assert!(!dir.path().join("not-made").exists());
 }
+
+#[test]
+fn an_ids_file_with_a_word_that_is_no_ticket_id_is_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids.txt");
+    std::fs::write(&ids, "4711, abc\n# a comment\n").unwrap();
+    for command in ["restore", "purge"] {
+        let out = Command::new(BIN)
+            .args([command, "--config", "config/example.toml", "--ids-file"])
+            .arg(&ids)
+            .output()
+            .unwrap();
+        assert_clean_refusal(command, &out, "\"abc\" (item 2) is not a ticket id");
+    }
+}

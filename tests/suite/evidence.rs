@@ -1151,8 +1151,36 @@ async fn every_format_streams_every_purge_and_a_failed_write_leaves_no_half_docu
         "--database",
         dbs,
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("cannot write"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+    // nor a pipe or a link: as root, a rename over /dev/full once replaced
+    // the device with the document
+    let fifo = dir.path().join("fifo.html");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let link = dir.path().join("link.html");
+    std::os::unix::fs::symlink(dir.path().join("elsewhere.html"), &link).unwrap();
+    for target in [&fifo, &link] {
+        let out = zd(&[
+            "audit",
+            "report",
+            "--since",
+            "1d",
+            "--output",
+            target.to_str().unwrap(),
+            "--database",
+            dbs,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains("not a regular file"), "{}", text(&out));
+        let kind = std::fs::symlink_metadata(target).unwrap().file_type();
+        assert!(!kind.is_file(), "{} was replaced", target.display());
+    }
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -86,7 +86,7 @@ async fn every_profile_purges_exactly_the_selection_and_a_second_run_settles_it(
         );
         let run = e.ctx.store.run(report.run_id).await.unwrap().unwrap();
         assert_eq!(
-            run.scan.map(|s| s.as_str()),
+            run.scan.map(|s| s.to_string()).as_deref(),
             Some(expected_scan),
             "{profile:?}"
         );

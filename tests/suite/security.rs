@@ -117,6 +117,44 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     );
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("decision counts of run 1"), "{text}");
+    // a value no build wrote in a column no CHECK guards: verify names the
+    // row, and the history and its evidence can still be read (the value
+    // shown as stored, the documents saying the records do not verify)
+    let (code, text) = tampered("scan", "UPDATE runs SET scan = 'weird' WHERE id = 1");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("row 1 of runs was changed"), "{text}");
+    let weird = dir.path().join("scan.db");
+    let audit = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("audit")
+            .args(args)
+            .arg("--database")
+            .arg(&weird)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !said.contains("panicked") && !said.contains("decoding"),
+            "{said}"
+        );
+        (out.status.code(), said)
+    };
+    let (code, said) = audit(&["runs", "--format", "json"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("\"scan\": \"weird\""), "{said}");
+    let (code, said) = audit(&["run", "1"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("run 1 (manual, live): completed"), "{said}");
+    for document in [&["report", "--since", "30d"][..], &["certificate", "1"][..]] {
+        let (code, said) = audit(document);
+        assert_eq!(code, Some(1), "{document:?}: {said}");
+        assert!(said.contains("do not verify"), "{document:?}: {said}");
+    }
+
     // rows with ids the chain never gives out
     for (name, sql) in [
         (
