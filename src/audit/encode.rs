@@ -15,9 +15,10 @@ use crate::rules::SubjectTags;
 /// and an id above this would be stored wrapped (negative).
 pub const MAX_TICKET_ID: TicketId = TicketId::new(i64::MAX as u64);
 
-/// A ticket id as the store writes it. Ids above `MAX_TICKET_ID` are
-/// refused before they get here (the command line, the scan); one that
-/// slipped through would be stored wrapped, so binding it fails instead.
+/// A ticket id as the store writes it, for `query!` arguments. Ids above
+/// `MAX_TICKET_ID` are refused before they get here (the command line, the
+/// scan); this conversion would wrap one, while binding a `TicketId`
+/// (`Encode`, below) refuses it.
 pub(crate) fn sql_id(id: TicketId) -> i64 {
     id.get() as i64
 }
