@@ -826,18 +826,13 @@ fn from_text(decision: Option<crate::audit::DecisionKind>) -> String {
 // what `plan` reads, and what a config would change in the ledger.
 #[cfg(test)]
 mod selection_tests {
-    use std::sync::Arc;
     use std::time::Duration;
-
-    use secrecy::SecretString;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::audit::{DecisionKind, LedgerEntry, LedgerState};
     use crate::config::Safety;
-    use crate::quota::RateQuota;
+    use crate::cycle::test_support;
     use crate::sandbox::{Sandbox, SandboxOptions, SandboxTicket};
-    use crate::zendesk::{Auth, ClientConfig, RateLimits, RetryPolicy};
 
     const HOUR: Duration = Duration::from_secs(3600);
     const DAY: Duration = Duration::from_secs(86_400);
@@ -861,63 +856,8 @@ mod selection_tests {
         }
     }
 
-    fn settings() -> CycleSettings {
-        CycleSettings {
-            dry_run: false,
-            max_purges_per_run: 1000,
-            purge_while_scanning: false,
-            max_jobs_in_flight: 2,
-            job_poll_interval: Duration::from_millis(10),
-            job_timeout: Duration::from_secs(30),
-            shutdown_grace: Duration::from_secs(1),
-            record_subjects: false,
-            settle_window: 31 * DAY,
-            reconcile_every: DAY,
-            keep_details: None,
-            clock_skew: Duration::from_secs(120),
-            check_share: 0.5,
-            check_interval: Duration::from_secs(900),
-            latency_bound: Duration::from_secs(1800),
-        }
-    }
-
-    fn client(base_url: &str) -> ZendeskClient {
-        let quota = || RateQuota::new(100, Duration::from_millis(100)).unwrap();
-        ZendeskClient::new(ClientConfig {
-            base_url: url::Url::parse(base_url).unwrap(),
-            auth: Auth::ApiToken {
-                email: "ops@acme.example".into(),
-                token: SecretString::from("t"),
-            },
-            limits: RateLimits {
-                list: quota(),
-                list_deep: quota(),
-                account: quota(),
-            },
-            retry: RetryPolicy {
-                max_retries: 0,
-                min_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(1),
-                request_timeout: Duration::from_secs(5),
-            },
-        })
-        .unwrap()
-    }
-
     async fn context(base_url: &str) -> (CycleContext, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = AuditStore::open(&dir.path().join("audit.db"))
-            .await
-            .unwrap();
-        let ctx = CycleContext {
-            policy: Arc::new(policy()),
-            settings: settings(),
-            origin: "test".into(),
-            client: client(base_url),
-            store,
-            cancel: CancellationToken::new(),
-        };
-        (ctx, dir)
+        test_support::context(base_url, policy(), test_support::settings()).await
     }
 
     fn sandbox_ticket(id: u64, subject: &str, deleted_ago: Duration) -> SandboxTicket {
@@ -1079,7 +1019,7 @@ mod selection_tests {
     #[tokio::test]
     async fn a_plan_decides_each_listed_ticket_and_explains_one_not_listed() {
         let sb = account().await;
-        let c = client(&sb.base_url());
+        let c = test_support::client(&sb.base_url());
         let plan = super::plan(&c, &policy(), Some(TicketId::new(77)))
             .await
             .unwrap();

@@ -23,6 +23,8 @@ mod worker;
 
 pub use crate::audit::{RunStatus, Trigger};
 pub(crate) use context::clock_trusted;
+#[cfg(test)]
+pub(crate) use context::test_support;
 pub use context::{CheckProgress, CycleContext, CycleReport, CycleSettings, SafetyRequests};
 pub(crate) use handover::{ListedAs, Release};
 pub use run::run_cycle;
