@@ -3,7 +3,7 @@
 //! run's or job's state appends their new values. `verify` recomputes it.
 
 use sha2::{Digest, Sha256};
-use sqlx::{Row, Sqlite};
+use sqlx::{Any, Row};
 
 /// The tables the chain covers, with their columns that never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,24 +109,23 @@ impl Chained {
 
 /// The chain's last entry: its number and hash (`None` before any).
 pub(super) async fn last_entry(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
 ) -> anyhow::Result<Option<(i64, String)>> {
     Ok(
-        sqlx::query!("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+        sqlx::query_as("SELECT seq, hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
-            .await?
-            .map(|r| (r.seq, r.hash)),
+            .await?,
     )
 }
 
 /// The chain's last entry number before a transaction appends to it.
-pub(super) async fn chain_base(tx: &mut sqlx::Transaction<'_, Sqlite>) -> anyhow::Result<i64> {
+pub(super) async fn chain_base(tx: &mut sqlx::Transaction<'_, Any>) -> anyhow::Result<i64> {
     Ok(last_entry(tx).await?.map_or(0, |(seq, _)| seq))
 }
 
 /// Each row's id and a 16-hex digest of its chained columns.
 pub(super) async fn row_digests(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     table: Chained,
     first: i64,
     last: i64,
@@ -183,34 +182,32 @@ pub(super) fn row_digest<'a>(
 /// Appends a chain entry for rows `first..=last` whose digests the writer
 /// computed from what it inserted.
 pub(super) async fn chain_append_digests(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     table: Chained,
     first: i64,
     last: i64,
     digests: String,
 ) -> anyhow::Result<()> {
     let prev: Option<String> =
-        sqlx::query_scalar!("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
+        sqlx::query_scalar("SELECT hash FROM audit_chain ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut **tx)
             .await?;
     let prev = prev.unwrap_or_else(|| "genesis".into());
     let hash = entry_hash(&prev, table.entry_name(), first, last, &digests);
-    sqlx::query!(
-        "INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES (?, ?, ?, ?, ?, ?)",
-        table.entry_name(),
-        first,
-        last,
-        digests,
-        prev,
-        hash,
-    )
+    sqlx::query("INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(table.entry_name())
+        .bind(first)
+        .bind(last)
+        .bind(digests)
+        .bind(prev)
+        .bind(hash)
     .execute(&mut **tx)
         .await?;
     Ok(())
 }
 
 pub(super) async fn chain_append(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     table: Chained,
     first: i64,
     last: i64,

@@ -45,30 +45,16 @@ pub type RequestLatency = (JobRowId, DateTime<Utc>, Vec<(TicketId, DateTime<Utc>
 
 /// A `view_checks` row: id, started_at, next_url, next_page, pages,
 /// listed, runs, walked.
-type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64, bool);
+type CheckRow = (i64, String, Option<String>, i64, i64, i64, i64, i64);
 
 impl AuditStore {
     /// The check under way: begun, neither finished nor given up.
     pub async fn open_view_check(&self) -> anyhow::Result<Option<ViewCheck>> {
-        let row: Option<CheckRow> = sqlx::query!(
-            r#"SELECT id, started_at, next_url, next_page, pages, listed, runs, walked AS "walked: bool" FROM view_checks
-             WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1"#,
-        )
+        let row: Option<CheckRow> = sqlx::query_as(r#"SELECT id, started_at, next_url, next_page, pages, listed, runs, walked AS walked FROM view_checks
+             WHERE finished_at IS NULL AND abandoned IS NULL ORDER BY id DESC LIMIT 1"#)
         .fetch_optional(self.pool())
         .await
-        .context("cannot read the whole-view check")?
-        .map(|r| {
-            (
-                r.id,
-                r.started_at,
-                r.next_url,
-                r.next_page,
-                r.pages,
-                r.listed,
-                r.runs,
-                r.walked,
-            )
-        });
+        .context("cannot read the whole-view check")?;
         Ok(row.and_then(
             |(id, started, next, next_page, pages, listed, runs, walked)| {
                 Some(ViewCheck {
@@ -79,7 +65,7 @@ impl AuditStore {
                     pages: pages.max(0) as u64,
                     listed: listed.max(0) as u64,
                     runs: runs.max(0) as u64,
-                    walked,
+                    walked: walked != 0,
                 })
             },
         ))
@@ -94,15 +80,14 @@ impl AuditStore {
     ) -> anyhow::Result<ViewCheck> {
         self.check_file()?;
         let started = timestamp(started_at);
-        let id = sqlx::query!(
-            "INSERT INTO view_checks (started_at, started_run) VALUES (?, ?)",
-            started,
-            run,
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO view_checks (started_at, started_run) VALUES ($1, $2) RETURNING id",
         )
-        .execute(self.pool())
+        .bind(started)
+        .bind(run)
+        .fetch_one(self.pool())
         .await
-        .context("cannot record the whole-view check")?
-        .last_insert_rowid();
+        .context("cannot record the whole-view check")?;
         Ok(ViewCheck {
             id,
             started_at,
@@ -125,16 +110,14 @@ impl AuditStore {
             check.listed as i64,
             check.runs as i64,
         );
-        sqlx::query!(
-            "UPDATE view_checks SET next_url = ?, next_page = ?, pages = ?, listed = ?, runs = ?, walked = ? WHERE id = ?",
-            check.next,
-            next_page,
-            pages,
-            listed,
-            runs,
-            check.walked,
-            check.id,
-        )
+        sqlx::query("UPDATE view_checks SET next_url = $1, next_page = $2, pages = $3, listed = $4, runs = $5, walked = $6 WHERE id = $7")
+        .bind(&check.next)
+        .bind(next_page)
+        .bind(pages)
+        .bind(listed)
+        .bind(runs)
+        .bind(i64::from(check.walked))
+        .bind(check.id)
         .execute(self.pool())
         .await
         .context("cannot record the whole-view check")?;
@@ -154,13 +137,11 @@ impl AuditStore {
             None => (Some(timestamp(at)), None),
             Some(why) => (None, Some(format!("{}: {why}", timestamp(at)))),
         };
-        sqlx::query!(
-            "UPDATE view_checks SET finished_at = ?, finished_run = ?, abandoned = ? WHERE id = ?",
-            finished,
-            run,
-            why,
-            id,
-        )
+        sqlx::query("UPDATE view_checks SET finished_at = $1, finished_run = $2, abandoned = $3 WHERE id = $4")
+        .bind(finished)
+        .bind(run)
+        .bind(why)
+        .bind(id)
         .execute(self.pool())
         .await
         .context("cannot record the whole-view check")?;
@@ -194,7 +175,7 @@ impl AuditStore {
         let mut tx = self.pool().begin().await?;
         for chunk in rows.chunks(400) {
             // runtime: one row of binds per ticket (a batch, never cached)
-            let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
+            let mut q: sqlx::QueryBuilder<sqlx::Any> = sqlx::QueryBuilder::new(
                 "INSERT INTO purge_latency (job_id, ticket_id, purgeable_at, sent_at, latency_ms) ",
             );
             q.push_values(chunk, |mut b, (job, sent, (id, purgeable))| {

@@ -5,8 +5,7 @@
 
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::sqlite::{SqliteTypeInfo, SqliteValueRef};
-use sqlx::{Decode, Encode, Sqlite, Type};
+use sqlx::{Database, Decode, Encode, Type};
 
 use crate::ids::TicketId;
 use crate::rules::SubjectTags;
@@ -28,60 +27,106 @@ pub(crate) fn ticket_id(value: i64) -> TicketId {
     TicketId::new(value as u64)
 }
 
-impl Type<Sqlite> for TicketId {
-    fn type_info() -> SqliteTypeInfo {
-        <i64 as Type<Sqlite>>::type_info()
+impl<DB: Database> Type<DB> for TicketId
+where
+    i64: Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <i64 as Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <i64 as Type<Sqlite>>::compatible(ty)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <i64 as Type<DB>>::compatible(ty)
     }
 }
 
-impl<'q> Encode<'q, Sqlite> for TicketId {
-    fn encode_by_ref(
-        &self,
-        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
-    ) -> Result<IsNull, BoxDynError> {
+impl<'q, DB: Database> Encode<'q, DB> for TicketId
+where
+    i64: Encode<'q, DB>,
+{
+    fn encode_by_ref(&self, buf: &mut DB::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
         if *self > MAX_TICKET_ID {
             return Err(format!("ticket id {self} is above {MAX_TICKET_ID}: not stored").into());
         }
-        <i64 as Encode<'q, Sqlite>>::encode(sql_id(*self), buf)
+        <i64 as Encode<'q, DB>>::encode(sql_id(*self), buf)
     }
 }
 
-impl<'r> Decode<'r, Sqlite> for TicketId {
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(ticket_id(<i64 as Decode<'r, Sqlite>>::decode(value)?))
+impl<'r, DB: Database> Decode<'r, DB> for TicketId
+where
+    i64: Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(ticket_id(<i64 as Decode<'r, DB>>::decode(value)?))
     }
 }
 
 /// Subject tags are stored as their text (`Display`), read back by
 /// `SubjectTags::parse`.
-impl Type<Sqlite> for SubjectTags {
-    fn type_info() -> SqliteTypeInfo {
-        <String as Type<Sqlite>>::type_info()
+impl<DB: Database> Type<DB> for SubjectTags
+where
+    str: Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <str as Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &SqliteTypeInfo) -> bool {
-        <String as Type<Sqlite>>::compatible(ty)
-    }
-}
-
-impl<'q> Encode<'q, Sqlite> for SubjectTags {
-    fn encode_by_ref(
-        &self,
-        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
-    ) -> Result<IsNull, BoxDynError> {
-        <String as Encode<'q, Sqlite>>::encode(self.to_string(), buf)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <str as Type<DB>>::compatible(ty)
     }
 }
 
-impl<'r> Decode<'r, Sqlite> for SubjectTags {
-    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(SubjectTags::parse(<&str as Decode<'r, Sqlite>>::decode(
+impl<'q, DB: Database> Encode<'q, DB> for SubjectTags
+where
+    String: Encode<'q, DB>,
+{
+    fn encode_by_ref(&self, buf: &mut DB::ArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <String as Encode<'q, DB>>::encode(self.to_string(), buf)
+    }
+}
+
+impl<'r, DB: Database> Decode<'r, DB> for SubjectTags
+where
+    &'r str: Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(SubjectTags::parse(<&'r str as Decode<'r, DB>>::decode(
             value,
         )?))
+    }
+}
+
+/// A yes/no column as both backends store it: an integer, 0 or 1 (so that
+/// its chained text is the same everywhere). Read with
+/// `#[sqlx(try_from = "Flag")]` on a `bool` field.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flag(pub(crate) bool);
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> bool {
+        flag.0
+    }
+}
+
+impl<DB: Database> Type<DB> for Flag
+where
+    i64: Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <i64 as Type<DB>>::type_info()
+    }
+
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <i64 as Type<DB>>::compatible(ty)
+    }
+}
+
+impl<'r, DB: Database> Decode<'r, DB> for Flag
+where
+    i64: Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Flag(<i64 as Decode<'r, DB>>::decode(value)? != 0))
     }
 }
 
@@ -101,17 +146,18 @@ mod tests {
     #[tokio::test]
     async fn a_ticket_id_above_the_largest_kept_is_refused_not_stored_wrapped() {
         use sqlx::Connection;
-        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+        crate::audit::install_drivers();
+        let mut db = sqlx::AnyConnection::connect("sqlite::memory:")
             .await
             .unwrap();
-        let kept: TicketId = sqlx::query_scalar("SELECT ?")
+        let kept: TicketId = sqlx::query_scalar("SELECT $1")
             .bind(MAX_TICKET_ID)
             .fetch_one(&mut db)
             .await
             .unwrap();
         assert_eq!(kept, MAX_TICKET_ID);
         let over = TicketId::new(MAX_TICKET_ID.get() + 1);
-        let err = sqlx::query_scalar::<_, i64>("SELECT ?")
+        let err = sqlx::query_scalar::<_, i64>("SELECT $1")
             .bind(over)
             .fetch_one(&mut db)
             .await

@@ -4,10 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::sqlite::SqliteArguments;
-use sqlx::{AssertSqlSafe, Sqlite};
+use sqlx::any::AnyArguments;
+use sqlx::{Any, AssertSqlSafe};
 
-use super::kinds::{DecisionKind, RunStatus, StoredScan, StoredStep, Trigger};
+use super::kinds::DecisionKind;
 use super::records::RunRow;
 use super::store::{AuditStore, RunId, timestamp};
 use crate::ids::TicketId;
@@ -138,9 +138,9 @@ pub enum PurgeScope {
 
 impl PurgeScope {
     /// The listing's query, in its order, and its arguments.
-    fn query(self) -> anyhow::Result<(String, SqliteArguments)> {
+    fn query(self) -> anyhow::Result<(String, AnyArguments)> {
         use sqlx::Arguments as _;
-        let mut args = SqliteArguments::default();
+        let mut args = AnyArguments::default();
         let sql = match self {
             PurgeScope::Run(run) => {
                 args.add(run).map_err(anyhow::Error::msg)?;
@@ -176,12 +176,12 @@ pub struct PurgeListing {
 /// A reader's one connection already holds its snapshot; a writer's
 /// listing takes one of its own, rolled back when dropped.
 enum Snapshot {
-    Held(sqlx::pool::PoolConnection<Sqlite>),
-    Own(sqlx::Transaction<'static, Sqlite>),
+    Held(sqlx::pool::PoolConnection<Any>),
+    Own(sqlx::Transaction<'static, Any>),
 }
 
 impl Snapshot {
-    fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
         match self {
             Snapshot::Held(c) => c,
             Snapshot::Own(tx) => tx,
@@ -197,11 +197,9 @@ impl PurgeListing {
         until: DateTime<Utc>,
     ) -> anyhow::Result<i64> {
         let (since, until) = (timestamp(since), timestamp(until));
-        Ok(sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "n!: i64" FROM outcomes WHERE outcome = 'purged' AND recorded_at >= ? AND recorded_at < ?"#,
-            since,
-            until,
-        )
+        Ok(sqlx::query_scalar(r#"SELECT COUNT(*) AS n FROM outcomes WHERE outcome = 'purged' AND recorded_at >= $1 AND recorded_at < $2"#)
+        .bind(since)
+        .bind(until)
         .fetch_one(self.snapshot.conn())
         .await?)
     }
@@ -262,9 +260,9 @@ impl AuditStore {
         };
         let (sql, args) = scope.query()?;
         // runtime: the listing's text is its scope's (`PurgeScope::query`)
-        let (listed, with_subjects): (i64, bool) = sqlx::query_as_with(
+        let (listed, with_subjects): (i64, i64) = sqlx::query_as_with(
             AssertSqlSafe(format!(
-                "SELECT COUNT(*), COALESCE(MAX(subject IS NOT NULL), 0) FROM ({sql})"
+                "SELECT COUNT(*), COALESCE(MAX(CASE WHEN subject IS NOT NULL THEN 1 ELSE 0 END), 0) FROM ({sql}) AS listing"
             )),
             args,
         )
@@ -274,7 +272,7 @@ impl AuditStore {
             snapshot,
             scope,
             listed,
-            with_subjects,
+            with_subjects: with_subjects != 0,
         })
     }
 
@@ -285,11 +283,8 @@ impl AuditStore {
             "{}%",
             hash.trim().to_ascii_lowercase().replace(['%', '_'], "")
         );
-        let found: Vec<ConfigVersion> = sqlx::query_as!(
-            ConfigVersion,
-            "SELECT hash, first_run, first_used, settings FROM config_versions WHERE hash LIKE ? ORDER BY id LIMIT 2",
-            prefix,
-        )
+        let found: Vec<ConfigVersion> = sqlx::query_as::<_, ConfigVersion>("SELECT hash, first_run, first_used, settings FROM config_versions WHERE hash LIKE $1 ORDER BY id LIMIT 2")
+        .bind(prefix)
         .fetch_all(&self.pool)
         .await?;
         if found.len() > 1 {
@@ -302,11 +297,10 @@ impl AuditStore {
 
     /// What ran `run` (empty for runs recorded before migration 0009).
     pub async fn run_origin(&self, run: RunId) -> anyhow::Result<RunOriginRow> {
-        Ok(sqlx::query_as!(
-            RunOriginRow,
-            "SELECT host, os_user, program_version FROM runs WHERE id = ?",
-            run,
+        Ok(sqlx::query_as::<_, RunOriginRow>(
+            "SELECT host, os_user, program_version FROM runs WHERE id = $1",
         )
+        .bind(run)
         .fetch_optional(&self.pool)
         .await?
         .unwrap_or_default())
@@ -314,19 +308,14 @@ impl AuditStore {
 
     /// A run's purge requests and their freshness windows.
     pub async fn send_windows_of_run(&self, run: RunId) -> anyhow::Result<SendWindows> {
-        let mut w: SendWindows = sqlx::query_as!(
-            SendWindows,
-            r#"SELECT COUNT(*) AS "requests!: i64", COUNT(send_window_us) AS "measured!: i64", MAX(send_window_us) AS "max_us?: i64", COUNT(after_read_at) AS "read_after!: i64", 0 AS "in_doubt!: i64" FROM jobs WHERE run_id = ? AND kind = 'destroy_many' AND status NOT IN ('rate_limited', 'withdrawn')"#,
-            run,
-        )
+        let mut w: SendWindows = sqlx::query_as::<_, SendWindows>(r#"SELECT COUNT(*) AS requests, COUNT(send_window_us) AS measured, MAX(send_window_us) AS max_us, COUNT(after_read_at) AS read_after, 0 AS in_doubt FROM jobs WHERE run_id = $1 AND kind = 'destroy_many' AND status NOT IN ('rate_limited', 'withdrawn')"#)
+        .bind(run)
         .fetch_one(&self.pool)
         .await?;
-        w.in_doubt = sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "n!: i64" FROM outcomes o JOIN jobs j ON j.id = o.job_id WHERE j.run_id = ? AND o.outcome = 'unknown' AND substr(o.detail, 1, length(?)) = ?"#,
-            run,
-            IN_DOUBT_DETAIL,
-            IN_DOUBT_DETAIL,
-        )
+        w.in_doubt = sqlx::query_scalar(r#"SELECT COUNT(*) AS n FROM outcomes o JOIN jobs j ON j.id = o.job_id WHERE j.run_id = $1 AND o.outcome = 'unknown' AND substr(o.detail, 1, length($2)) = $3"#)
+        .bind(run)
+        .bind(IN_DOUBT_DETAIL)
+        .bind(IN_DOUBT_DETAIL)
         .fetch_one(&self.pool)
         .await?;
         Ok(w)
@@ -339,13 +328,10 @@ impl AuditStore {
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<RunRow>> {
         let (since, until) = (timestamp(since), timestamp(until));
-        Ok(sqlx::query_as!(
-            RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
-               FROM runs WHERE started_at >= ? AND started_at < ? ORDER BY id"#,
-            since,
-            until,
-        )
+        Ok(sqlx::query_as::<_, RunRow>(r#"SELECT id, trigger AS trigger, started_at, finished_at, dry_run AS dry_run, config_hash, status AS status, scanned, matched, purged, failed, unknown, list_requests, early_stop AS early_stop, error, scan AS scan, scan_reason, max_listing_age_ms, step AS step, high_water, decisions_recorded
+               FROM runs WHERE started_at >= $1 AND started_at < $2 ORDER BY id"#)
+        .bind(since)
+        .bind(until)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -359,13 +345,10 @@ impl AuditStore {
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<RunRow>> {
         let (since, until) = (timestamp(since), timestamp(until));
-        Ok(sqlx::query_as!(
-            RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
-               FROM runs WHERE status IN ('running', 'interrupted') AND started_at < ? AND (finished_at IS NULL OR finished_at >= ?) ORDER BY id"#,
-            until,
-            since,
-        )
+        Ok(sqlx::query_as::<_, RunRow>(r#"SELECT id, trigger AS trigger, started_at, finished_at, dry_run AS dry_run, config_hash, status AS status, scanned, matched, purged, failed, unknown, list_requests, early_stop AS early_stop, error, scan AS scan, scan_reason, max_listing_age_ms, step AS step, high_water, decisions_recorded
+               FROM runs WHERE status IN ('running', 'interrupted') AND started_at < $1 AND (finished_at IS NULL OR finished_at >= $2) ORDER BY id"#)
+        .bind(until)
+        .bind(since)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -373,7 +356,7 @@ impl AuditStore {
     /// When the first run recorded here started.
     pub async fn first_run_started(&self) -> anyhow::Result<Option<String>> {
         Ok(
-            sqlx::query_scalar!(r#"SELECT MIN(started_at) AS "at?: String" FROM runs"#)
+            sqlx::query_scalar(r#"SELECT MIN(started_at) AS at FROM runs"#)
                 .fetch_one(&self.pool)
                 .await?,
         )
@@ -382,12 +365,9 @@ impl AuditStore {
     /// The latest run started before `at`: its config was in force then.
     pub async fn run_before(&self, at: DateTime<Utc>) -> anyhow::Result<Option<RunRow>> {
         let at = timestamp(at);
-        Ok(sqlx::query_as!(
-            RunRow,
-            r#"SELECT id, trigger AS "trigger: Trigger", started_at, finished_at, dry_run AS "dry_run: bool", config_hash, status AS "status: RunStatus", scanned, matched, purged, failed, unknown, list_requests, early_stop AS "early_stop: bool", error, scan AS "scan: StoredScan", scan_reason, max_listing_age_ms, step AS "step: StoredStep", high_water, decisions_recorded
-               FROM runs WHERE started_at < ? ORDER BY id DESC LIMIT 1"#,
-            at,
-        )
+        Ok(sqlx::query_as::<_, RunRow>(r#"SELECT id, trigger AS trigger, started_at, finished_at, dry_run AS dry_run, config_hash, status AS status, scanned, matched, purged, failed, unknown, list_requests, early_stop AS early_stop, error, scan AS scan, scan_reason, max_listing_age_ms, step AS step, high_water, decisions_recorded
+               FROM runs WHERE started_at < $1 ORDER BY id DESC LIMIT 1"#)
+        .bind(at)
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -400,26 +380,22 @@ impl AuditStore {
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<OpenOutcome>> {
         let (since, until) = (timestamp(since), timestamp(until));
-        Ok(sqlx::query_as!(
-            OpenOutcome,
-            r#"SELECT o.ticket_id AS "ticket_id: TicketId", o.run_id, o.outcome, o.recorded_at, o.detail,
-                    (SELECT l.outcome FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS "settled_as?: String",
-                    (SELECT l.recorded_at FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS "settled_at?: String"
+        Ok(sqlx::query_as::<_, OpenOutcome>(r#"SELECT o.ticket_id AS ticket_id, o.run_id, o.outcome, o.recorded_at, o.detail,
+                    (SELECT l.outcome FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS settled_as,
+                    (SELECT l.recorded_at FROM outcomes l WHERE l.ticket_id = o.ticket_id AND l.id > o.id ORDER BY l.id DESC LIMIT 1) AS settled_at
              FROM outcomes o
-             WHERE o.outcome IN ('failed', 'unknown') AND o.recorded_at >= ? AND o.recorded_at < ?
-             ORDER BY o.recorded_at, o.ticket_id"#,
-            since,
-            until,
-        )
+             WHERE o.outcome IN ('failed', 'unknown') AND o.recorded_at >= $1 AND o.recorded_at < $2
+             ORDER BY o.recorded_at, o.ticket_id"#)
+        .bind(since)
+        .bind(until)
         .fetch_all(&self.pool)
         .await?)
     }
 
     /// Tickets the ledger holds as kept now, by keep reason and rule.
     pub async fn kept_now(&self) -> anyhow::Result<Vec<KeptCount>> {
-        Ok(sqlx::query_as!(
-            KeptCount,
-            r#"SELECT decision AS "decision!: DecisionKind", rule, COUNT(*) AS "tickets!: i64" FROM ledger
+        Ok(sqlx::query_as::<_, KeptCount>(
+            r#"SELECT decision AS decision, rule, COUNT(*) AS tickets FROM ledger
              WHERE state = 'kept' AND decision IN ('keep_rule', 'keep_protected')
              GROUP BY decision, rule ORDER BY decision, rule"#,
         )
@@ -434,13 +410,12 @@ impl AuditStore {
         until: DateTime<Utc>,
     ) -> anyhow::Result<Vec<DayStatusCount>> {
         let (since, until) = (timestamp(since), timestamp(until));
-        Ok(sqlx::query_as!(
-            DayStatusCount,
-            r#"SELECT substr(started_at, 1, 10) AS "day!: String", status, COUNT(*) AS "count!: i64" FROM runs
-             WHERE started_at >= ? AND started_at < ? GROUP BY 1, status ORDER BY 1, status"#,
-            since,
-            until,
+        Ok(sqlx::query_as::<_, DayStatusCount>(
+            r#"SELECT substr(started_at, 1, 10) AS day, status, COUNT(*) AS count FROM runs
+             WHERE started_at >= $1 AND started_at < $2 GROUP BY 1, status ORDER BY 1, status"#,
         )
+        .bind(since)
+        .bind(until)
         .fetch_all(&self.pool)
         .await?)
     }

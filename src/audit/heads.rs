@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Sqlite;
+use sqlx::Any;
 
 use super::chain::last_entry;
 use super::keys::ChainSigner;
@@ -61,7 +61,7 @@ pub struct ChainHead {
 /// commit when signing (signed), only a run's end otherwise (unsigned).
 /// Nothing when the transaction appended nothing.
 pub(super) async fn record_head(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     base: i64,
     run: Option<RunId>,
     kind: HeadKind,
@@ -91,17 +91,15 @@ pub(super) async fn record_head(
         h.key_id = Some(s.key_id());
         h.signature = Some(s.sign(&head_message(&h)));
     }
-    sqlx::query!(
-        "INSERT INTO chain_heads (seq, from_seq, run_id, kind, head, recorded_at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        h.seq,
-        h.from_seq,
-        h.run_id,
-        h.kind,
-        h.head,
-        h.recorded_at,
-        h.key_id,
-        h.signature,
-    )
+    sqlx::query("INSERT INTO chain_heads (seq, from_seq, run_id, kind, head, recorded_at, key_id, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+        .bind(h.seq)
+        .bind(h.from_seq)
+        .bind(h.run_id)
+        .bind(h.kind)
+        .bind(h.head)
+        .bind(h.recorded_at)
+        .bind(h.key_id)
+        .bind(h.signature)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -112,7 +110,7 @@ impl AuditStore {
     /// key; called by every writer just before it commits.
     pub(super) async fn seal(
         &self,
-        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        tx: &mut sqlx::Transaction<'_, Any>,
         base: i64,
         run: Option<RunId>,
         kind: HeadKind,

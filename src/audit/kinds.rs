@@ -5,12 +5,57 @@
 
 use serde::Serialize;
 
+/// Stores a [`TextEnum`] as its text on every backend, refusing text it
+/// does not know when read.
+macro_rules! sql_text {
+    ($name:ty) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $name
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
+        where
+            &'static str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut DB::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&'static str as sqlx::Encode<'q, DB>>::encode_by_ref(
+                    &$crate::audit::TextEnum::as_str(*self),
+                    buf,
+                )
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $name
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&'r str as sqlx::Decode<'r, DB>>::decode(value)?;
+                <$name as $crate::audit::TextEnum>::parse(text)
+                    .ok_or_else(|| format!("{text:?} is no {}", stringify!($name)).into())
+            }
+        }
+    };
+}
+pub(super) use sql_text;
+
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::Type)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(rename_all = "snake_case")]
-        #[sqlx(type_name = "TEXT", rename_all = "snake_case")]
         pub enum $name {
             $($(#[$vmeta])* $variant,)+
         }
@@ -37,6 +82,8 @@ macro_rules! text_enum {
                 f.write_str(self.as_str())
             }
         }
+
+        sql_text!($name);
 
         impl TextEnum for $name {
             fn parse(text: &str) -> Option<Self> {
@@ -86,19 +133,25 @@ impl<T: TextEnum> std::fmt::Display for Stored<T> {
     }
 }
 
-impl<T> sqlx::Type<sqlx::Sqlite> for Stored<T> {
-    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-        <String as sqlx::Type<sqlx::Sqlite>>::type_info()
+impl<T, DB: sqlx::Database> sqlx::Type<DB> for Stored<T>
+where
+    str: sqlx::Type<DB>,
+{
+    fn type_info() -> DB::TypeInfo {
+        <str as sqlx::Type<DB>>::type_info()
     }
 
-    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-        <String as sqlx::Type<sqlx::Sqlite>>::compatible(ty)
+    fn compatible(ty: &DB::TypeInfo) -> bool {
+        <str as sqlx::Type<DB>>::compatible(ty)
     }
 }
 
-impl<'r, T: TextEnum> sqlx::Decode<'r, sqlx::Sqlite> for Stored<T> {
-    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let text = <&str as sqlx::Decode<'r, sqlx::Sqlite>>::decode(value)?;
+impl<'r, T: TextEnum, DB: sqlx::Database> sqlx::Decode<'r, DB> for Stored<T>
+where
+    &'r str: sqlx::Decode<'r, DB>,
+{
+    fn decode(value: DB::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&'r str as sqlx::Decode<'r, DB>>::decode(value)?;
         Ok(T::parse(text).map_or_else(|| Stored::Unknown(text.to_string()), Stored::Known))
     }
 }
@@ -346,7 +399,8 @@ mod tests {
     #[tokio::test]
     async fn every_value_is_stored_as_its_text_and_read_back_as_itself() {
         use sqlx::Connection;
-        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+        crate::audit::install_drivers();
+        let mut db = sqlx::AnyConnection::connect("sqlite::memory:")
             .await
             .unwrap();
         macro_rules! round_trip {

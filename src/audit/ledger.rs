@@ -8,21 +8,20 @@ use std::collections::HashMap;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Any, QueryBuilder, Row};
 
 use super::chain::{Chained, chain_append_digests, chain_base, row_digest};
 use super::encode::{sql_id, ticket_id};
 use super::heads::HeadKind;
-use super::kinds::{DecisionKind, Outcome};
+use super::kinds::{DecisionKind, Outcome, TextEnum, sql_text};
 use super::records::DecisionRecord;
 use super::store::{AuditStore, RunId, parse_time, timestamp};
 use crate::ids::TicketId;
 use crate::rules::SubjectTags;
 
 /// Where a ticket's deletion stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
 pub enum LedgerState {
     /// Decided to keep (by a rule, no rule, too young, protected).
     Kept,
@@ -45,6 +44,18 @@ pub enum LedgerState {
     Scrubbed,
     /// The ticket was deleted again: a newer row stands for it.
     Superseded,
+}
+
+sql_text!(LedgerState);
+
+impl TextEnum for LedgerState {
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    fn as_str(self) -> &'static str {
+        LedgerState::as_str(self)
+    }
 }
 
 impl LedgerState {
@@ -187,12 +198,10 @@ impl AuditStore {
         // (which would sort every live row for each chunk)
         loop {
             // (the live states: `LIVE_SQL`)
-            let ids: Vec<i64> = sqlx::query_scalar!(
-                "SELECT DISTINCT ticket_id FROM ledger
-                 WHERE ticket_id > ? AND +state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') ORDER BY ticket_id LIMIT ?",
-                after,
-                CHUNK,
-            )
+            let ids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT ticket_id FROM ledger
+                 WHERE ticket_id > $1 AND +state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') ORDER BY ticket_id LIMIT $2")
+        .bind(after)
+        .bind(CHUNK)
             .fetch_all(self.pool())
             .await
             .context("cannot read the ticket ledger")?;
@@ -218,7 +227,7 @@ impl AuditStore {
         let mut out = HashMap::with_capacity(tickets.len());
         for chunk in tickets.chunks(500) {
             // runtime: one bind per ticket id (a batch, never cached)
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
                 "SELECT l.ticket_id, l.deleted_at, l.actor_id, l.actor_name, l.previous_state, l.subject, l.subject_tags,
                         l.decision, l.rule, l.config_hash, l.state, l.last_seen, l.requested_at,
                         (d.id IS NOT NULL
@@ -267,7 +276,7 @@ impl AuditStore {
     ) -> anyhow::Result<Vec<TicketId>> {
         let unlisted = timestamp(unlisted_since);
         // runtime: one UNION arm per age threshold (a batch, never cached)
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "SELECT ticket_id FROM ledger WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state = 'selected' AND last_seen < ",
         );
         q.push_bind(unlisted.clone());
@@ -312,11 +321,11 @@ impl AuditStore {
         unlisted_since: DateTime<Utc>,
     ) -> anyhow::Result<Vec<TicketId>> {
         let unlisted = timestamp(unlisted_since);
-        let ids: Vec<i64> = sqlx::query_scalar!(
+        let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT ticket_id FROM ledger
-             WHERE state IN ('kept', 'selected') AND last_seen < ? ORDER BY ticket_id",
-            unlisted,
+             WHERE state IN ('kept', 'selected') AND last_seen < $1 ORDER BY ticket_id",
         )
+        .bind(unlisted)
         .fetch_all(self.pool())
         .await
         .context("cannot read the ticket ledger")?;
@@ -329,12 +338,10 @@ impl AuditStore {
     pub async fn ledger_unseen_since(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<TicketId>> {
         let since = timestamp(since);
         // (the live states: `LIVE_SQL`)
-        let ids: Vec<i64> = sqlx::query_scalar!(
-            r#"SELECT DISTINCT ticket_id AS "ticket_id!: i64" FROM ledger INDEXED BY ledger_by_sighting
-             WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state <> 'purge_requested' AND last_seen < ?
-             ORDER BY 1"#,
-            since,
-        )
+        let ids: Vec<i64> = sqlx::query_scalar(r#"SELECT DISTINCT ticket_id AS ticket_id FROM ledger INDEXED BY ledger_by_sighting
+             WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state <> 'purge_requested' AND last_seen < $1
+             ORDER BY 1"#)
+        .bind(since)
         .fetch_all(self.pool())
         .await
         .context("cannot read the ticket ledger")?;
@@ -343,12 +350,11 @@ impl AuditStore {
 
     /// When the live rows were last all decided, and under which policy.
     pub async fn ledger_decided(&self) -> anyhow::Result<Option<(DateTime<Utc>, String)>> {
-        let row: Option<(String, String)> = sqlx::query!(
+        let row: Option<(String, String)> = sqlx::query_as(
             "SELECT decided_at, policy FROM ledger_decided ORDER BY run_id DESC LIMIT 1",
         )
         .fetch_optional(self.pool())
-        .await?
-        .map(|r| (r.decided_at, r.policy));
+        .await?;
         Ok(row.and_then(|(at, policy)| parse_time(Some(at)).map(|at| (at, policy))))
     }
 
@@ -362,12 +368,10 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let at = timestamp(at);
-        sqlx::query!(
-            "INSERT OR REPLACE INTO ledger_decided (run_id, decided_at, policy) VALUES (?, ?, ?)",
-            run,
-            at,
-            policy,
-        )
+        sqlx::query("INSERT OR REPLACE INTO ledger_decided (run_id, decided_at, policy) VALUES ($1, $2, $3)")
+        .bind(run)
+        .bind(&at)
+        .bind(policy)
         .execute(self.pool())
         .await
         .context("cannot update the ticket ledger")?;
@@ -384,7 +388,7 @@ impl AuditStore {
         let mut tx = self.pool().begin().await?;
         for chunk in seen.chunks(300) {
             // runtime: one row of binds per sighting (a batch, never cached)
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE ledger SET last_seen = ");
+            let mut q: QueryBuilder<Any> = QueryBuilder::new("UPDATE ledger SET last_seen = ");
             q.push_bind(&at);
             q.push(", subject_tags = COALESCE(v.column3, ledger.subject_tags) FROM (VALUES ");
             let mut sep = q.separated(", ");
@@ -412,7 +416,7 @@ impl AuditStore {
         let mut untagged = 0;
         if !patterns.is_empty() {
             // runtime: one LIKE per subject pattern (a batch, never cached)
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
                 "SELECT COUNT(*) FROM ledger WHERE state IN {LIVE_SQL} AND subject IS NULL AND ("
             ));
             let mut sep = q.separated(" OR ");
@@ -428,22 +432,18 @@ impl AuditStore {
                 .await?;
             untagged = n as u64;
         }
-        let high: Option<String> = sqlx::query_scalar!(
-            r#"SELECT high_water AS "high_water?: String" FROM runs WHERE high_water IS NOT NULL ORDER BY id DESC LIMIT 1"#,
-        )
+        let high: Option<String> = sqlx::query_scalar(r#"SELECT high_water AS high_water FROM runs WHERE high_water IS NOT NULL ORDER BY id DESC LIMIT 1"#)
         .fetch_optional(self.pool())
         .await?
         .flatten();
-        let reconciled: Option<String> = sqlx::query_scalar!(
-            r#"SELECT MAX(t) AS "t?: String" FROM (
+        let reconciled: Option<String> = sqlx::query_scalar(r#"SELECT MAX(t) AS t FROM (
                  SELECT MAX(started_at) AS t FROM runs WHERE step = 'reconcile' AND high_water IS NOT NULL
                  UNION ALL
-                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL)"#,
-        )
+                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL)"#)
         .fetch_one(self.pool())
         .await?;
-        let listings: i64 = sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "n!: i64" FROM runs WHERE step IS NOT NULL AND status = 'completed'"#,
+        let listings: i64 = sqlx::query_scalar(
+            r#"SELECT COUNT(*) AS n FROM runs WHERE step IS NOT NULL AND status = 'completed'"#,
         )
         .fetch_one(self.pool())
         .await?;
@@ -478,38 +478,33 @@ impl AuditStore {
         // Settled: tickets with no live row (`LIVE_SQL`), none changed since
         // `settled_before`.
         let settled_before = timestamp(settled_before);
-        let doomed: Vec<(String, i64, i64, String)> = sqlx::query!(
-            r#"SELECT 'decisions' AS "tbl!: String", id AS "id!: i64", run_id AS "run_id!: i64", decision AS "what!: String" FROM decisions
+        let doomed: Vec<(String, i64, i64, String)> = sqlx::query_as(r#"SELECT 'decisions' AS tbl, id AS id, run_id AS run_id, decision AS what FROM decisions
              WHERE decision <> 'purge' AND ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?)
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $1)
                AND id < (SELECT MAX(id) FROM decisions)
              UNION ALL
              SELECT 'outcomes', id, run_id, outcome FROM outcomes
              WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?)
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $2)
                AND id < (SELECT MAX(id) FROM outcomes)
              UNION ALL
              SELECT 'ledger', ticket_id, 0, 'ledger' FROM ledger
              WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?) GROUP BY ticket_id
-             ORDER BY 1, 2"#,
-            settled_before,
-            settled_before,
-            settled_before,
-        )
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $3) GROUP BY ticket_id
+             ORDER BY 1, 2"#)
+        .bind(&settled_before)
+        .bind(&settled_before)
+        .bind(&settled_before)
         .fetch_all(&mut *tx)
         .await
-        .context("cannot find the details to prune")?
-        .into_iter()
-        .map(|r| (r.tbl, r.id, r.run_id, r.what))
-        .collect();
+        .context("cannot find the details to prune")?;
         let at = timestamp(now);
         let mut first = None;
         let mut last = 0;
         let mut digests = String::with_capacity(doomed.len() * 16);
         for chunk in doomed.chunks(500) {
             // runtime: one row of binds per pruned row (a batch, never cached)
-            let mut q: QueryBuilder<Sqlite> =
+            let mut q: QueryBuilder<Any> =
                 QueryBuilder::new("INSERT INTO pruned (tbl, row_id, run_id, what, pruned_at) ");
             q.push_values(chunk, |mut b, (tbl, id, run_id, what)| {
                 b.push_bind(tbl.as_str())
@@ -518,13 +513,14 @@ impl AuditStore {
                     .push_bind(what.as_str())
                     .push_bind(at.as_str());
             });
-            last = q
-                .build()
+            q.push(" RETURNING id");
+            let ids: Vec<i64> = q
+                .build_query_scalar()
                 .persistent(false)
-                .execute(&mut *tx)
-                .await?
-                .last_insert_rowid();
-            first.get_or_insert(last - chunk.len() as i64 + 1);
+                .fetch_all(&mut *tx)
+                .await?;
+            last = ids.iter().copied().max().unwrap_or(last);
+            first.get_or_insert(ids.iter().copied().min().unwrap_or(last));
             for (tbl, id, run_id, what) in chunk {
                 let (id, run_id) = (id.to_string(), run_id.to_string());
                 digests.push_str(&row_digest(
@@ -541,24 +537,18 @@ impl AuditStore {
         }
         if let Some(first) = first {
             chain_append_digests(&mut tx, Chained::Pruned, first, last, digests).await?;
-            sqlx::query!(
-                "DELETE FROM decisions WHERE id IN (SELECT row_id FROM pruned WHERE tbl = 'decisions' AND pruned_at = ?)",
-                at,
-            )
+            sqlx::query("DELETE FROM decisions WHERE id IN (SELECT row_id FROM pruned WHERE tbl = 'decisions' AND pruned_at = $1)")
+        .bind(&at)
             .execute(&mut *tx)
             .await?;
-            sqlx::query!(
-                "DELETE FROM outcomes WHERE id IN (SELECT row_id FROM pruned WHERE tbl = 'outcomes' AND pruned_at = ?)",
-                at,
-            )
+            sqlx::query("DELETE FROM outcomes WHERE id IN (SELECT row_id FROM pruned WHERE tbl = 'outcomes' AND pruned_at = $1)")
+        .bind(&at)
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query!(
-            "DELETE FROM ledger WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < ?)",
-            settled_before,
-        )
+        sqlx::query("DELETE FROM ledger WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
+                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $1)")
+        .bind(&settled_before)
         .execute(&mut *tx)
         .await?;
         self.seal(&mut tx, base, None, HeadKind::Commit).await?;
@@ -571,19 +561,19 @@ impl AuditStore {
     /// Rows per ledger state, for `audit ledger` and the metrics.
     pub async fn ledger_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
         // kept by triggers (migration 0011): never a count of the ledger
-        let rows =
-            sqlx::query!("SELECT state, n FROM ledger_state_counts WHERE n > 0 ORDER BY state")
+        Ok(
+            sqlx::query_as("SELECT state, n FROM ledger_state_counts WHERE n > 0 ORDER BY state")
                 .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().map(|r| (r.state, r.n)).collect())
+                .await?,
+        )
     }
 }
 
 /// A ledger row as read by `ledger_rows`, refused when it disagrees with
 /// its ticket's latest decision row.
-fn entry_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LedgerEntry> {
+fn entry_of(row: &sqlx::any::AnyRow) -> anyhow::Result<LedgerEntry> {
     let id: i64 = row.try_get("ticket_id")?;
-    if !row.try_get::<bool, _>("agrees")? {
+    if row.try_get::<i64, _>("agrees")? == 0 {
         anyhow::bail!(
             "the ticket ledger was changed outside zd-retention: ticket {id} differs from its latest recorded decision. Nothing is decided from it; run `zd-retention audit verify`, and restore the database from a backup"
         );
@@ -610,17 +600,18 @@ fn entry_of(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<LedgerEntry> {
 /// are superseded (it was deleted again), its row for this deletion takes
 /// the decision's state.
 pub(super) async fn upsert_decisions(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     run: RunId,
     decisions: &[DecisionRecord],
 ) -> anyhow::Result<()> {
     let config_hash: Option<String> =
-        sqlx::query_scalar!("SELECT config_hash FROM runs WHERE id = ?", run)
+        sqlx::query_scalar("SELECT config_hash FROM runs WHERE id = $1")
+            .bind(run)
             .fetch_optional(&mut **tx)
             .await?;
     for chunk in decisions.chunks(400) {
         // runtime: one bind per ticket id (a batch, never cached)
-        let mut q: QueryBuilder<Sqlite> =
+        let mut q: QueryBuilder<Any> =
             QueryBuilder::new("UPDATE ledger SET state = 'superseded', state_at = ");
         q.push_bind(timestamp(chunk[0].decided_at));
         q.push(format!(" WHERE state IN {LIVE_SQL} AND ticket_id IN ("));
@@ -632,7 +623,7 @@ pub(super) async fn upsert_decisions(
         q.build().persistent(false).execute(&mut **tx).await?;
 
         // runtime: one row of binds per decision (a batch, never cached)
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO ledger (ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags, first_seen, last_seen, decision, rule, config_hash, state, state_at) ",
         );
         q.push_values(chunk, |mut b, d| {
@@ -673,7 +664,7 @@ pub(super) async fn upsert_decisions(
         let listed: Vec<&DecisionRecord> = chunk.iter().filter(|d| d.listed).collect();
         if !listed.is_empty() {
             // runtime: one pair of binds per listed decision (a batch, never cached)
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q: QueryBuilder<Any> = QueryBuilder::new(
                 "UPDATE ledger SET last_seen = state_at WHERE (ticket_id, deleted_at) IN (VALUES ",
             );
             let mut sep = q.separated(", ");
@@ -693,7 +684,7 @@ pub(super) async fn upsert_decisions(
 
 /// Moves the live rows of `tickets` to the state an outcome implies.
 pub(super) async fn apply_outcome(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     tickets: &[TicketId],
     outcome: Outcome,
     at: &str,
@@ -721,7 +712,7 @@ pub(super) async fn apply_outcome(
     };
     for chunk in tickets.chunks(400) {
         // runtime: the state the outcome implies, one bind per ticket (a batch, never cached)
-        let mut q: QueryBuilder<Sqlite> =
+        let mut q: QueryBuilder<Any> =
             QueryBuilder::new(format!("UPDATE ledger SET state = {state}, state_at = "));
         q.push_bind(at);
         q.push(format!(" WHERE state IN {states} AND "));
@@ -733,7 +724,7 @@ pub(super) async fn apply_outcome(
 
 /// Restricts an UPDATE to each ticket's current row, its newest deletion:
 /// an outcome or a request concerns that deletion, never an earlier one.
-fn current_rows(q: &mut QueryBuilder<Sqlite>, tickets: &[TicketId]) {
+fn current_rows(q: &mut QueryBuilder<Any>, tickets: &[TicketId]) {
     q.push("(ticket_id, deleted_at) IN (SELECT ticket_id, MAX(deleted_at) FROM ledger WHERE ticket_id IN (");
     let mut sep = q.separated(", ");
     for t in tickets {
@@ -744,13 +735,13 @@ fn current_rows(q: &mut QueryBuilder<Sqlite>, tickets: &[TicketId]) {
 
 /// Marks the live rows of a purge request's tickets as requested.
 pub(super) async fn apply_request(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     tickets: &[TicketId],
     at: &str,
 ) -> anyhow::Result<()> {
     for chunk in tickets.chunks(400) {
         // runtime: one bind per ticket id (a batch, never cached)
-        let mut q: QueryBuilder<Sqlite> =
+        let mut q: QueryBuilder<Any> =
             QueryBuilder::new("UPDATE ledger SET state = 'purge_requested', state_at = ");
         q.push_bind(at);
         q.push(", requested_at = ");

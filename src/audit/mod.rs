@@ -45,6 +45,7 @@ pub use kinds::{
 };
 pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting, Unsettled};
 pub(crate) use open::create_private;
+pub use open::install_drivers;
 pub use open::newest_schema;
 pub use records::{
     DayRuns, DecisionRecord, JobRow, RunCounts, RunOrigin, RunRow, SearchFilter, SearchRow,

@@ -3,14 +3,15 @@
 //! copy when an older zd-retention wrote it; a newer one's is refused.
 
 use std::path::Path;
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
 use sqlx::ConnectOptions as _;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{AnyPool, Executor as _};
 
 use super::keys::ChainSigner;
 use super::store::{AuditStore, FileIdentity, ScratchFile, suffixed};
@@ -28,21 +29,17 @@ pub fn newest_schema() -> i64 {
 /// for a database no zd-retention has migrated (empty, or not ours). An
 /// error reading it is an error, never "no schema".
 async fn applied_schema(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Option<i64>> {
-    let migrated: i64 = sqlx::query_scalar!(
-        r#"SELECT COUNT(*) AS "n!: i64" FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"#,
-    )
+    let migrated: i64 = sqlx::query_scalar(r#"SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'"#)
     .fetch_one(&mut *conn)
     .await
     .context("cannot read the database's schema")?;
     if migrated == 0 {
         return Ok(None);
     }
-    sqlx::query_scalar!(
-        r#"SELECT MAX(version) AS "version?: i64" FROM _sqlx_migrations WHERE success = 1"#
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .context("cannot read the database's schema")
+    sqlx::query_scalar(r#"SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success = 1"#)
+        .fetch_one(&mut *conn)
+        .await
+        .context("cannot read the database's schema")
 }
 
 /// One connection that only reads the database file at `path`.
@@ -125,7 +122,10 @@ async fn back_up_before_upgrade(path: &Path, version: i64) -> anyhow::Result<()>
         .with_context(|| failed(format!("cannot create the copy {}", partial.display())))?;
     let mut conn = read_only_connection(path).await?;
     let into = partial.to_string_lossy().into_owned();
-    let copied = sqlx::query!("VACUUM INTO ?", into).execute(&mut conn).await;
+    let copied = sqlx::query("VACUUM INTO $1")
+        .bind(into)
+        .execute(&mut conn)
+        .await;
     use sqlx::Connection as _;
     let _ = conn.close().await;
     let kept = copied.map_err(anyhow::Error::from).and_then(|_| {
@@ -206,18 +206,21 @@ impl AuditStore {
             ]);
             back_up_before_upgrade(path, version).await?;
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // the write-ahead log shrinks back after a checkpoint (a reader
-            // holding a snapshot for long lets it grow meanwhile)
-            .pragma("journal_size_limit", "16777216")
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // the write-ahead log shrinks back after a checkpoint (a
+                    // reader holding a snapshot for long lets it grow
+                    // meanwhile)
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA journal_size_limit = 16777216; \
+                         PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
             // A write that failed on a full disk is rolled back by SQLite
             // itself; sqlx's own ROLLBACK then fails and the connection
             // keeps a transaction depth of one, so that every later
@@ -229,7 +232,7 @@ impl AuditStore {
                 let clean = !conn.is_in_transaction();
                 Box::pin(async move { Ok(clean) })
             })
-            .connect_with(options)
+            .connect_with(sqlite_url(path, "rwc")?)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
         sqlx::migrate!("./migrations")
@@ -269,34 +272,21 @@ impl AuditStore {
                 path.display()
             );
         }
-        // a file name, not a URL: `?` and `%` in a path are just characters
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(10))
+        // a file name: `?` and `%` in a path are just characters (encoded)
+        let options = sqlite_url(path, "ro")?
             // a command that checks a million rows takes seconds by its
             // nature: not a warning for the person who asked for it
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         // One connection: every read of a command sees one snapshot (below),
         // kept for the command's life (never closed for its age or idling)
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_with(options)
+        let pool = reader_pool(options)
             .await
             .with_context(|| format!("cannot open the audit database {}", path.display()))?;
         // A database an older zd-retention wrote is read through an upgraded
         // copy: reading never writes, and a writer upgrades it in place. A
         // newer one's is refused: its rows may mean what this build cannot
         // know.
-        let applied = {
-            let mut conn = pool.acquire().await?;
-            applied_schema(&mut conn)
-                .await
-                .with_context(|| format!("cannot open the audit database {}", path.display()))?
-        };
-        refuse_newer(path, applied)?;
+        let applied = schema_of(path).await?;
         if applied.is_some_and(|v| v < newest_schema()) {
             let copy = ScratchFile(std::env::temp_dir().join(format!(
                 "zd-retention-upgraded-{}-{}.db",
@@ -304,7 +294,8 @@ impl AuditStore {
                 Utc::now().timestamp_nanos_opt().unwrap_or_default()
             )));
             let into = copy.0.to_string_lossy().into_owned();
-            sqlx::query!("VACUUM INTO ?", into)
+            sqlx::query("VACUUM INTO $1")
+                .bind(into)
                 .execute(&pool)
                 .await
                 .with_context(|| format!("cannot copy the older database {}", path.display()))?;
@@ -327,10 +318,10 @@ impl AuditStore {
 
     /// Begins the read transaction a reader's one connection holds for
     /// the command's life.
-    async fn hold_snapshot(pool: &SqlitePool) -> anyhow::Result<()> {
-        sqlx::query!("BEGIN").execute(pool).await?;
+    async fn hold_snapshot(pool: &AnyPool) -> anyhow::Result<()> {
+        sqlx::query("BEGIN").execute(pool).await?;
         // (read to its end: the snapshot begins with the first read)
-        sqlx::query!("SELECT COUNT(*) AS n FROM sqlite_master")
+        sqlx::query("SELECT COUNT(*) AS n FROM sqlite_master")
             .fetch_all(pool)
             .await?;
         Ok(())
@@ -347,26 +338,65 @@ impl AuditStore {
             .run(&pool)
             .await
             .context("cannot upgrade a copy of the older database")?;
+        pool.close().await;
         // as a writer's upgrade would, so that the copy verifies the same
-        let copy_store = Self::reader(pool);
+        let copy_store = Self::reader(reader_pool(sqlite_url(copy, "rw")?).await?);
         copy_store
             .seal_states()
             .await
             .context("cannot record the runs' states in the copy")?;
         copy_store.pool.close().await;
-        let options = SqliteConnectOptions::new()
-            .filename(copy)
-            .read_only(true)
+        let options = sqlite_url(copy, "ro")?
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .max_lifetime(None)
-            .idle_timeout(None)
-            .connect_with(options)
-            .await?;
+        let pool = reader_pool(options).await?;
         Self::hold_snapshot(&pool).await?;
         Ok(Self::reader(pool))
     }
+}
+
+/// The drivers the store's pools may use (SQLite, PostgreSQL), installed
+/// once per process before the first pool.
+pub fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// The options of a connection to the SQLite file at `path` (absolute) in
+/// `mode` (`ro`, `rw`, `rwc`): its path percent-encoded, so that no
+/// character of a file name is read as part of the URL.
+pub(super) fn sqlite_url(path: &Path, mode: &str) -> anyhow::Result<AnyConnectOptions> {
+    install_drivers();
+    let encoded: String = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .map(|b| match *b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                (*b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let url = format!("sqlite://{encoded}?mode={mode}");
+    AnyConnectOptions::from_str(&url)
+        .with_context(|| format!("bad database path {}", path.display()))
+}
+
+/// A pool of one connection that only reads, kept for the command's life
+/// (never closed for its age or idling).
+async fn reader_pool(options: AnyConnectOptions) -> anyhow::Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?)
 }
 
 /// Creates the database file readable by its owner only, if it is new, in

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::encode::Flag;
 use super::kinds::{
     DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, StoredScan,
     StoredStep, Trigger,
@@ -66,6 +67,7 @@ pub struct RunRow {
     pub trigger: Trigger,
     pub started_at: String,
     pub finished_at: Option<String>,
+    #[sqlx(try_from = "Flag")]
     pub dry_run: bool,
     pub config_hash: String,
     pub status: RunStatus,
@@ -75,6 +77,7 @@ pub struct RunRow {
     pub failed: i64,
     pub unknown: i64,
     pub list_requests: i64,
+    #[sqlx(try_from = "Flag")]
     pub early_stop: bool,
     pub error: Option<String>,
     /// As stored: a value this build does not know is shown, not refused.

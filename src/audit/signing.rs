@@ -37,20 +37,17 @@ pub struct SignatureReport {
 impl AuditStore {
     /// The head recorded at `run`'s end, if any.
     pub async fn chain_head_of(&self, run: RunId) -> anyhow::Result<Option<ChainHead>> {
-        Ok(sqlx::query_as!(
-            ChainHead,
-            r#"SELECT seq, from_seq, run_id AS "run_id: RunId", kind, head, recorded_at, key_id, signature FROM chain_heads
-             WHERE run_id = ? AND kind IN ('end', 'interrupted') ORDER BY seq DESC LIMIT 1"#,
-            run,
-        )
+        Ok(sqlx::query_as::<_, ChainHead>(r#"SELECT seq, from_seq, run_id AS run_id, kind, head, recorded_at, key_id, signature FROM chain_heads
+             WHERE run_id = $1 AND kind IN ('end', 'interrupted') ORDER BY seq DESC LIMIT 1"#)
+        .bind(run)
         .fetch_optional(&self.pool)
         .await?)
     }
 
     /// Whether any head is signed.
     pub async fn is_signed(&self) -> anyhow::Result<bool> {
-        Ok(sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "n!: i64" FROM chain_heads WHERE signature IS NOT NULL"#,
+        Ok(sqlx::query_scalar::<_, i64>(
+            r#"SELECT COUNT(*) AS n FROM chain_heads WHERE signature IS NOT NULL"#,
         )
         .fetch_one(&self.pool)
         .await?
@@ -79,22 +76,18 @@ impl AuditStore {
             problem: None,
             tampered: true,
         };
-        let heads: Vec<ChainHead> = sqlx::query_as!(
-            ChainHead,
-            r#"SELECT seq, from_seq, run_id AS "run_id: RunId", kind, head, recorded_at, key_id, signature FROM chain_heads
-             WHERE signature IS NOT NULL ORDER BY seq"#,
-        )
+        let heads: Vec<ChainHead> = sqlx::query_as::<_, ChainHead>(r#"SELECT seq, from_seq, run_id AS run_id, kind, head, recorded_at, key_id, signature FROM chain_heads
+             WHERE signature IS NOT NULL ORDER BY seq"#)
         .fetch_all(&self.pool)
         .await?;
         // the chain's hash at each signed head's entry, in one read
-        let chain: HashMap<i64, String> = sqlx::query!(
+        let chain: HashMap<i64, String> = sqlx::query_as(
             "SELECT c.seq, c.hash FROM audit_chain c JOIN chain_heads h ON h.seq = c.seq
              WHERE h.signature IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|r| (r.seq, r.hash))
         .collect();
         let keyed: Vec<(String, &ChainVerifier)> = keys.iter().map(|k| (k.key_id(), k)).collect();
         let mut previous: Option<&ChainHead> = None;
@@ -124,10 +117,9 @@ impl AuditStore {
             report.problem = Some(problem);
             return Ok(report);
         }
-        let after: Option<i64> =
-            sqlx::query_scalar!(r#"SELECT MAX(seq) AS "seq?: i64" FROM audit_chain"#)
-                .fetch_one(&self.pool)
-                .await?;
+        let after: Option<i64> = sqlx::query_scalar(r#"SELECT MAX(seq) AS seq FROM audit_chain"#)
+            .fetch_one(&self.pool)
+            .await?;
         if let Some(end) = after.filter(|end| *end > last.seq) {
             report.problem = Some(format!(
                 "chain entries {} to {end} follow the last signed head: written without the key, or added after it",
@@ -139,13 +131,13 @@ impl AuditStore {
             .iter()
             .find_map(|h| h.run_id)
             .unwrap_or(RunId::new(i64::MAX));
-        let unsigned: Option<RunId> = sqlx::query_scalar!(
-            r#"SELECT MIN(r.id) AS "id?: RunId" FROM runs r
-             WHERE r.id >= ? AND r.status <> 'running'
+        let unsigned: Option<RunId> = sqlx::query_scalar(
+            r#"SELECT MIN(r.id) AS id FROM runs r
+             WHERE r.id >= $1 AND r.status <> 'running'
                AND NOT EXISTS (SELECT 1 FROM chain_heads h WHERE h.run_id = r.id
                                AND h.kind IN ('end', 'interrupted') AND h.signature IS NOT NULL)"#,
-            first_run,
         )
+        .bind(first_run)
         .fetch_one(&self.pool)
         .await?;
         if let Some(run) = unsigned {
@@ -160,10 +152,10 @@ impl AuditStore {
     /// unsigned head after signing began, or a head of an entry the chain
     /// does not have (a certificate would show it).
     async fn stray_heads(&self, first_signed: i64) -> anyhow::Result<Option<String>> {
-        let unsigned: Option<i64> = sqlx::query_scalar!(
-            r#"SELECT MIN(seq) AS "seq?: i64" FROM chain_heads WHERE signature IS NULL AND seq > ?"#,
-            first_signed,
+        let unsigned: Option<i64> = sqlx::query_scalar(
+            r#"SELECT MIN(seq) AS seq FROM chain_heads WHERE signature IS NULL AND seq > $1"#,
         )
+        .bind(first_signed)
         .fetch_one(&self.pool)
         .await?;
         if let Some(seq) = unsigned {
@@ -171,8 +163,8 @@ impl AuditStore {
                 "an unsigned chain head at entry {seq} follows signed ones: added outside zd-retention, or written without the key"
             )));
         }
-        let unmatched: Option<i64> = sqlx::query_scalar!(
-            r#"SELECT MIN(h.seq) AS "seq?: i64" FROM chain_heads h LEFT JOIN audit_chain c ON c.seq = h.seq
+        let unmatched: Option<i64> = sqlx::query_scalar(
+            r#"SELECT MIN(h.seq) AS seq FROM chain_heads h LEFT JOIN audit_chain c ON c.seq = h.seq
              WHERE c.hash IS NULL OR c.hash <> h.head"#,
         )
         .fetch_one(&self.pool)

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::SqlitePool;
+use sqlx::AnyPool;
 
 use super::keys::ChainSigner;
 
@@ -25,7 +25,7 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
 /// The store; cheap to clone (a pool).
 #[derive(Debug, Clone)]
 pub struct AuditStore {
-    pub(super) pool: SqlitePool,
+    pub(super) pool: AnyPool,
     /// For a writer: the file and its identity when opened. A database
     /// removed or replaced while in use fails the next write loudly:
     /// SQLite would go on writing to the removed file, and the history
@@ -63,7 +63,7 @@ impl AuditStore {
     }
 
     /// A store that only reads.
-    pub(super) fn reader(pool: SqlitePool) -> Self {
+    pub(super) fn reader(pool: AnyPool) -> Self {
         Self {
             pool,
             file: None,
@@ -94,7 +94,7 @@ impl AuditStore {
         Ok(())
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 

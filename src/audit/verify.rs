@@ -17,15 +17,10 @@ impl AuditStore {
     pub async fn verify_chain(&self) -> anyhow::Result<ChainReport> {
         use futures::TryStreamExt;
         let mut conn = self.pool.acquire().await?;
-        let entries: Vec<(i64, String, i64, i64, String, String, String)> = sqlx::query!(
+        let entries: Vec<(i64, String, i64, i64, String, String, String)> = sqlx::query_as(
             "SELECT seq, tbl, first_id, last_id, digests, prev, hash FROM audit_chain ORDER BY seq",
         )
         .fetch(&mut *conn)
-        .map_ok(|r| {
-            (
-                r.seq, r.tbl, r.first_id, r.last_id, r.digests, r.prev, r.hash,
-            )
-        })
         .try_collect()
         .await?;
         let mut report = ChainReport {
@@ -39,11 +34,10 @@ impl AuditStore {
         // rows that `audit.keep_details` pruned: absent by design (the
         // pruned table is itself chained, below)
         let pruned: std::collections::HashSet<(String, i64)> =
-            sqlx::query!("SELECT tbl, row_id FROM pruned")
+            sqlx::query_as("SELECT tbl, row_id FROM pruned")
                 .fetch_all(&mut *conn)
                 .await?
                 .into_iter()
-                .map(|r| (r.tbl, r.row_id))
                 .collect();
         // the row ranges each insert entry covers, per table
         let mut ranges: HashMap<&'static str, Vec<(i64, i64)>> = HashMap::new();
@@ -124,21 +118,23 @@ impl AuditStore {
 
     /// Whether an entry with this hash is in the chain.
     pub async fn chain_contains(&self, hash: &str) -> anyhow::Result<bool> {
-        Ok(sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "n!: i64" FROM audit_chain WHERE hash = ?"#,
-            hash
+        Ok(
+            sqlx::query_scalar::<_, i64>(
+                r#"SELECT COUNT(*) AS n FROM audit_chain WHERE hash = $1"#,
+            )
+            .bind(hash)
+            .fetch_one(&self.pool)
+            .await?
+                > 0,
         )
-        .fetch_one(&self.pool)
-        .await?
-            > 0)
     }
 
     /// A database written before the runs' and jobs' states were chained:
     /// their states as they are now are recorded once, so that from here on
     /// every change is covered (earlier changes were not, and cannot be).
     pub(super) async fn seal_states(&self) -> anyhow::Result<()> {
-        let sealed: i64 = sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "n!: i64" FROM audit_chain WHERE tbl IN ('runs.state', 'jobs.state')"#,
+        let sealed: i64 = sqlx::query_scalar(
+            r#"SELECT COUNT(*) AS n FROM audit_chain WHERE tbl IN ('runs.state', 'jobs.state')"#,
         )
         .fetch_one(&self.pool)
         .await?;
@@ -151,11 +147,11 @@ impl AuditStore {
         let base = chain_base(&mut tx).await?;
         for state in [Chained::RunsState, Chained::JobsState] {
             let ids: Vec<i64> = if state == Chained::RunsState {
-                sqlx::query_scalar!("SELECT id FROM runs ORDER BY id")
+                sqlx::query_scalar("SELECT id FROM runs ORDER BY id")
                     .fetch_all(&mut *tx)
                     .await?
             } else {
-                sqlx::query_scalar!("SELECT id FROM jobs ORDER BY id")
+                sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
                     .fetch_all(&mut *tx)
                     .await?
             };
@@ -175,15 +171,12 @@ impl AuditStore {
     pub async fn check_states(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
         for table in Chained::STATES {
-            let latest: HashMap<i64, String> = sqlx::query!(
-                "SELECT c.first_id, c.digests FROM audit_chain c
-                 WHERE c.tbl = ? AND c.seq = (SELECT MAX(seq) FROM audit_chain WHERE tbl = c.tbl AND first_id = c.first_id)",
-                table.entry_name(),
-            )
+            let latest: HashMap<i64, String> = sqlx::query_as("SELECT c.first_id, c.digests FROM audit_chain c
+                 WHERE c.tbl = $1 AND c.seq = (SELECT MAX(seq) FROM audit_chain WHERE tbl = c.tbl AND first_id = c.first_id)")
+        .bind(table.entry_name())
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
-            .map(|r| (r.first_id, r.digests))
             .collect();
             for (id, digest) in row_digests(&mut conn, table, i64::MIN, i64::MAX).await? {
                 if latest.get(&id) != Some(&digest) {
@@ -215,7 +208,7 @@ pub struct ChainReport {
 /// Rows no chain entry covers: above the chain's last id, below 1, or in a
 /// gap between covered ranges.
 async fn unchained_rows(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     covered: &HashMap<&'static str, i64>,
     mut ranges: HashMap<&'static str, Vec<(i64, i64)>>,
 ) -> anyhow::Result<Option<String>> {
@@ -274,7 +267,7 @@ async fn unchained_rows(
 /// since nothing proves it unchanged. The dates only choose the words: a
 /// forged date still fails verification.
 async fn unchained_row(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     table: Chained,
     id: i64,
 ) -> anyhow::Result<String> {
@@ -321,7 +314,7 @@ async fn unchained_row(
 
 /// A run's or job's state that differs from its last recorded one.
 async fn changed_states(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     states: &HashMap<(&'static str, i64), (i64, String)>,
 ) -> anyhow::Result<Option<String>> {
     // every run's and job's state as last recorded
@@ -350,12 +343,11 @@ async fn changed_states(
 
 /// What is derived from the chained rows and must agree with them: the
 /// ledger, and the decision counts `audit run` and `audit stats` read.
-async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<Option<String>> {
+async fn derived_mismatch(conn: &mut sqlx::AnyConnection) -> anyhow::Result<Option<String>> {
     // the ledger says what the chained decisions say: no current row
     // (a ticket's newest deletion) whose attributes or decision differ from
     // its ticket's latest decision row
-    let forged: Option<i64> = sqlx::query_scalar!(
-        r#"SELECT l.ticket_id AS "ticket_id!: i64" FROM ledger l
+    let forged: Option<i64> = sqlx::query_scalar(r#"SELECT l.ticket_id AS ticket_id FROM ledger l
          LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
          WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
            AND NOT (d.id IS NOT NULL
@@ -364,8 +356,7 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
                 AND d.previous_state IS l.previous_state AND d.subject IS l.subject
                 AND d.subject_tags IS l.subject_tags
                 AND d.decision IS l.decision AND d.rule IS l.rule)
-         ORDER BY l.ticket_id LIMIT 1"#
-    )
+         ORDER BY l.ticket_id LIMIT 1"#)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(ticket) = forged {
@@ -375,8 +366,7 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
     }
     // a ticket with decisions and no ledger row that a prune removed, or a
     // current row whose state its latest outcome does not bear out
-    let unbacked: Option<i64> = sqlx::query_scalar!(
-        r#"SELECT ticket_id AS "ticket_id!: i64" FROM (
+    let unbacked: Option<i64> = sqlx::query_scalar(r#"SELECT ticket_id AS ticket_id FROM (
          SELECT d.ticket_id FROM decisions d
          WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.ticket_id = d.ticket_id)
            AND NOT EXISTS (SELECT 1 FROM pruned p WHERE p.tbl = 'ledger' AND p.row_id = d.ticket_id)
@@ -401,8 +391,7 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
                                     WHEN 'scrubbed' THEN 'scrubbed_by_zendesk' WHEN 'left_view' THEN 'left_view'
                                     WHEN 'unknown' THEN 'unknown' ELSE 'restored' END,
                        CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END))
-     LIMIT 1"#
-    )
+     LIMIT 1"#)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(ticket) = unbacked {
@@ -411,10 +400,10 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
         )));
     }
     // the derived counts that `audit run` and `audit stats` read
-    let forged: Option<(i64, String)> = sqlx::query!(
+    let forged: Option<(i64, String)> = sqlx::query_as(
         r#"WITH whole AS (SELECT run_id FROM run_decision_counts
                         EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
-         SELECT run_id AS "run_id!: i64", decision AS "decision!: String" FROM (
+         SELECT run_id AS run_id, decision AS decision FROM (
              SELECT run_id, decision, rule, count FROM run_decision_counts
              WHERE run_id IN whole
              EXCEPT
@@ -429,11 +418,10 @@ async fn derived_mismatch(conn: &mut sqlx::SqliteConnection) -> anyhow::Result<O
              EXCEPT
              SELECT run_id, decision, rule, count FROM run_decision_counts
              WHERE run_id IN whole)
-         LIMIT 1"#
+         LIMIT 1"#,
     )
     .fetch_optional(&mut *conn)
-    .await?
-    .map(|r| (r.run_id, r.decision));
+    .await?;
     if let Some((run, decision)) = forged {
         return Ok(Some(format!(
             "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"

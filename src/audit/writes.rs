@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{Any, QueryBuilder};
 
 use super::chain::{Chained, chain_append, chain_append_digests, chain_base, row_digest};
-use super::encode::{sql_id, ticket_id};
+use super::encode::sql_id;
 use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;
@@ -31,19 +31,17 @@ pub fn requests_recorded() -> u64 {
 /// Sets a job's end (status, message when given, finish time) and chains
 /// its new state, inside the caller's transaction.
 async fn end_job(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     job: JobRowId,
     status: JobRowStatus,
     message: Option<&str>,
     at: &str,
 ) -> anyhow::Result<()> {
-    sqlx::query!(
-        "UPDATE jobs SET status = ?, message = COALESCE(?, message), finished_at = ? WHERE id = ?",
-        status.as_str(),
-        message,
-        at,
-        job,
-    )
+    sqlx::query("UPDATE jobs SET status = $1, message = COALESCE($2, message), finished_at = $3 WHERE id = $4")
+        .bind(status.as_str())
+        .bind(message)
+        .bind(at)
+        .bind(job)
     .execute(&mut **tx)
     .await?;
     chain_append(tx, Chained::JobsState, job.get(), job.get()).await
@@ -65,15 +63,15 @@ impl AuditStore {
     /// Closes runs left `running` by a crash as `interrupted`; returns them.
     pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<RunId>> {
         self.check_file()?;
-        let ids: Vec<RunId> = sqlx::query_scalar!(
-            r#"SELECT id AS "id: RunId" FROM runs WHERE status = 'running' ORDER BY id"#
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let ids: Vec<RunId> =
+            sqlx::query_scalar(r#"SELECT id AS id FROM runs WHERE status = 'running' ORDER BY id"#)
+                .fetch_all(&self.pool)
+                .await?;
         if !ids.is_empty() {
             let mut tx = self.pool.begin().await?;
             let at = timestamp(now);
-            sqlx::query!("UPDATE runs SET status = 'interrupted', finished_at = ?, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'", at)
+            sqlx::query("UPDATE runs SET status = 'interrupted', finished_at = $1, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'")
+        .bind(&at)
                 .execute(&mut *tx)
                 .await?;
             // each run's new state, then its end: one head each
@@ -90,11 +88,8 @@ impl AuditStore {
 
     /// Jobs not yet terminal (from any run), oldest first.
     pub async fn open_jobs(&self) -> anyhow::Result<Vec<JobRow>> {
-        Ok(sqlx::query_as!(
-            JobRow,
-            r#"SELECT id, run_id, kind AS "kind: RequestKind", zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status AS "status: JobRowStatus", message
-               FROM jobs WHERE status IN ('pending', 'queued', 'working') ORDER BY id"#
-        )
+        Ok(sqlx::query_as::<_, JobRow>(r#"SELECT id, run_id, kind AS kind, zendesk_job_id, ticket_ids, ticket_count, recorded_at, answered_at, finished_at, status AS status, message
+               FROM jobs WHERE status IN ('pending', 'queued', 'working') ORDER BY id"#)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -112,35 +107,30 @@ impl AuditStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
         let started = timestamp(now);
-        let id = sqlx::query!("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
-                trigger.as_str(),
-                started,
-                dry_run,
-                origin.config_hash,
-                origin.host,
-                origin.os_user,
-                origin.program_version,
-            )
-            .execute(&mut *tx)
+        let id = sqlx::query_scalar::<_, i64>("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) RETURNING id")
+        .bind(trigger.as_str())
+        .bind(&started)
+        .bind(i64::from(dry_run))
+        .bind(&origin.config_hash)
+        .bind(&origin.host)
+        .bind(&origin.os_user)
+        .bind(&origin.program_version)
+            .fetch_one(&mut *tx)
             .await
-            .context("cannot record the start of the run")?
-            .last_insert_rowid();
+            .context("cannot record the start of the run")?;
         chain_append(&mut tx, Chained::Runs, id, id).await?;
         chain_append(&mut tx, Chained::RunsState, id, id).await?;
         if let Some(settings) = &origin.config_settings {
             // each distinct config once, chained, with the run that first used it
-            let version = sqlx::query!(
-                "INSERT INTO config_versions (hash, first_run, first_used, settings) VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING",
-                origin.config_hash,
-                id,
-                started,
-                settings,
-            )
-            .execute(&mut *tx)
+            let version = sqlx::query_scalar::<_, i64>("INSERT INTO config_versions (hash, first_run, first_used, settings) VALUES ($1, $2, $3, $4) ON CONFLICT (hash) DO NOTHING RETURNING id")
+        .bind(&origin.config_hash)
+        .bind(id)
+        .bind(&started)
+        .bind(settings)
+            .fetch_optional(&mut *tx)
             .await
             .context("cannot record the config version")?;
-            if version.rows_affected() == 1 {
-                let row = version.last_insert_rowid();
+            if let Some(row) = version {
                 chain_append(&mut tx, Chained::ConfigVersions, row, row).await?;
             }
         }
@@ -192,37 +182,34 @@ impl AuditStore {
         let max_listing_age_ms = counts.max_listing_age_ms.map(|m| m as i64);
         let high_water = counts.high_water.map(timestamp);
         let decisions_recorded = counts.decisions_recorded.map(|n| n as i64);
-        sqlx::query!(
-            "UPDATE runs SET status = ?, finished_at = ?, scanned = ?, matched = ?, purged = ?, failed = ?, unknown = ?, list_requests = ?, early_stop = ?, error = ?, scan = ?, scan_reason = ?, max_listing_age_ms = ?, step = ?, high_water = ?, decisions_recorded = ? WHERE id = ?",
-            status.as_str(),
-            finished,
-            scanned,
-            matched,
-            purged,
-            failed,
-            unknown,
-            list_requests,
-            counts.early_stop,
-            error,
-            counts.scan,
-            counts.scan_reason,
-            max_listing_age_ms,
-            counts.step,
-            high_water,
-            decisions_recorded,
-            run,
-        )
+        sqlx::query("UPDATE runs SET status = $1, finished_at = $2, scanned = $3, matched = $4, purged = $5, failed = $6, unknown = $7, list_requests = $8, early_stop = $9, error = $10, scan = $11, scan_reason = $12, max_listing_age_ms = $13, step = $14, high_water = $15, decisions_recorded = $16 WHERE id = $17")
+        .bind(status.as_str())
+        .bind(finished)
+        .bind(scanned)
+        .bind(matched)
+        .bind(purged)
+        .bind(failed)
+        .bind(unknown)
+        .bind(list_requests)
+        .bind(i64::from(counts.early_stop))
+        .bind(error)
+        .bind(counts.scan)
+        .bind(&counts.scan_reason)
+        .bind(max_listing_age_ms)
+        .bind(counts.step)
+        .bind(high_water)
+        .bind(decisions_recorded)
+        .bind(run)
         .execute(&mut *tx)
         .await?;
         chain_append(&mut tx, Chained::RunsState, run.get(), run.get()).await?;
-        sqlx::query!("DELETE FROM run_decision_counts WHERE run_id = ?", run)
+        sqlx::query("DELETE FROM run_decision_counts WHERE run_id = $1")
+            .bind(run)
             .execute(&mut *tx)
             .await?;
-        sqlx::query!(
-            "INSERT INTO run_decision_counts (run_id, decision, rule, count)
-             SELECT run_id, decision, rule, COUNT(*) FROM decisions WHERE run_id = ? GROUP BY decision, rule",
-            run,
-        )
+        sqlx::query("INSERT INTO run_decision_counts (run_id, decision, rule, count)
+             SELECT run_id, decision, rule, COUNT(*) FROM decisions WHERE run_id = $1 GROUP BY decision, rule")
+        .bind(run)
         .execute(&mut *tx)
         .await?;
         // the head the run ends at, signed when a key is set: in the same
@@ -271,7 +258,7 @@ impl AuditStore {
         // 11 binds a row keep each statement under SQLite's 32766 variables
         for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
             // runtime: one row of binds per decision (a batch, never cached)
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q: QueryBuilder<Any> = QueryBuilder::new(
                 "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags) ",
             );
             q.push_values(
@@ -290,12 +277,13 @@ impl AuditStore {
                         .push_bind(d.subject_tags.clone());
                 },
             );
-            last = q
-                .build()
+            q.push(" RETURNING id");
+            let ids: Vec<i64> = q
+                .build_query_scalar()
                 .persistent(false)
-                .execute(&mut *tx)
-                .await?
-                .last_insert_rowid();
+                .fetch_all(&mut *tx)
+                .await?;
+            last = ids.into_iter().max().unwrap_or(last);
             for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
                 let tags = d.subject_tags.as_ref().map(ToString::to_string);
@@ -342,17 +330,15 @@ impl AuditStore {
         let base = chain_base(&mut tx).await?;
         let (ticket_ids, ticket_count, recorded) =
             (batch.to_query(), batch.len() as i64, timestamp(now));
-        let id = sqlx::query!("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')",
-                run,
-                kind.as_str(),
-                ticket_ids,
-                ticket_count,
-                recorded,
-            )
-            .execute(&mut *tx)
+        let id = sqlx::query_scalar::<_, i64>("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING id")
+        .bind(run)
+        .bind(kind.as_str())
+        .bind(ticket_ids)
+        .bind(ticket_count)
+        .bind(recorded)
+            .fetch_one(&mut *tx)
             .await
-            .context("cannot record the request before sending it")?
-            .last_insert_rowid();
+            .context("cannot record the request before sending it")?;
         chain_append(&mut tx, Chained::Jobs, id, id).await?;
         chain_append(&mut tx, Chained::JobsState, id, id).await?;
         if kind == RequestKind::DestroyMany {
@@ -398,17 +384,15 @@ impl AuditStore {
         let mut rows = Vec::with_capacity(batches.len());
         for batch in batches {
             let (ticket_ids, ticket_count) = (batch.to_query(), batch.len() as i64);
-            let id = sqlx::query!("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES (?, ?, ?, ?, ?, 'pending')",
-                    run,
-                    RequestKind::DestroyMany.as_str(),
-                    ticket_ids,
-                    ticket_count,
-                    at,
-                )
-                .execute(&mut *tx)
+            let id = sqlx::query_scalar::<_, i64>("INSERT INTO jobs (run_id, kind, ticket_ids, ticket_count, recorded_at, status) VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING id")
+        .bind(run)
+        .bind(RequestKind::DestroyMany.as_str())
+        .bind(ticket_ids)
+        .bind(ticket_count)
+        .bind(&at)
+                .fetch_one(&mut *tx)
                 .await
-                .context("cannot record the request before sending it")?
-                .last_insert_rowid();
+                .context("cannot record the request before sending it")?;
             chain_append(&mut tx, Chained::Jobs, id, id).await?;
             chain_append(&mut tx, Chained::JobsState, id, id).await?;
             if !narrowed {
@@ -443,12 +427,11 @@ impl AuditStore {
         let (read_at, after_read_at) = (timestamp(read_at), after_read_at.map(timestamp));
         for (row, window) in windows {
             let window_us = window.map(|w| i64::try_from(w.as_micros()).unwrap_or(i64::MAX));
-            sqlx::query!("UPDATE jobs SET fresh_read_at = ?, send_window_us = ?, after_read_at = ? WHERE id = ?",
-                    read_at,
-                    window_us,
-                    after_read_at,
-                    row,
-                )
+            sqlx::query("UPDATE jobs SET fresh_read_at = $1, send_window_us = $2, after_read_at = $3 WHERE id = $4")
+        .bind(&read_at)
+        .bind(window_us)
+        .bind(&after_read_at)
+        .bind(row)
                 .execute(&mut *tx)
                 .await?;
             chain_append(&mut tx, Chained::JobsState, row.get(), row.get()).await?;
@@ -476,23 +459,21 @@ impl AuditStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let base = chain_base(&mut tx).await?;
         let answered = timestamp(now);
-        sqlx::query!("UPDATE jobs SET zendesk_job_id = ?, status = ?, message = ?, answered_at = ? WHERE id = ?",
-                zendesk_job_id,
-                status.as_str(),
-                message,
-                answered,
-                job,
-            )
+        sqlx::query("UPDATE jobs SET zendesk_job_id = $1, status = $2, message = $3, answered_at = $4 WHERE id = $5")
+        .bind(zendesk_job_id)
+        .bind(status.as_str())
+        .bind(message)
+        .bind(answered)
+        .bind(job)
             .execute(&mut *tx)
             .await
             .context("cannot record Zendesk's answer")?;
         chain_append(&mut tx, Chained::JobsState, job.get(), job.get()).await?;
-        let run: Option<RunId> = sqlx::query_scalar!(
-            r#"SELECT run_id AS "run_id: RunId" FROM jobs WHERE id = ?"#,
-            job
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
+        let run: Option<RunId> =
+            sqlx::query_scalar(r#"SELECT run_id AS run_id FROM jobs WHERE id = $1"#)
+                .bind(job)
+                .fetch_optional(&mut *tx)
+                .await?;
         self.seal(&mut tx, base, run, HeadKind::Commit).await?;
         tx.commit()
             .await
@@ -604,35 +585,33 @@ impl AuditStore {
     ) -> anyhow::Result<i64> {
         self.check_file()?;
         let probed = timestamp(now);
-        Ok(sqlx::query!(
-            "INSERT INTO probes (probed_at, base_url, findings) VALUES (?, ?, ?)",
-            probed,
-            base_url,
-            findings,
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO probes (probed_at, base_url, findings) VALUES ($1, $2, $3) RETURNING id",
         )
-        .execute(&self.pool)
+        .bind(probed)
+        .bind(base_url)
+        .bind(findings)
+        .fetch_one(&self.pool)
         .await
-        .context("cannot record the probe's findings")?
-        .last_insert_rowid())
+        .context("cannot record the probe's findings")
     }
 
     /// The newest probe's findings for an account, if any.
     pub async fn latest_probe(&self, base_url: &str) -> anyhow::Result<Option<(String, String)>> {
-        Ok(sqlx::query!(
-            "SELECT probed_at, findings FROM probes WHERE base_url = ? ORDER BY id DESC LIMIT 1",
-            base_url,
+        Ok(sqlx::query_as(
+            "SELECT probed_at, findings FROM probes WHERE base_url = $1 ORDER BY id DESC LIMIT 1",
         )
+        .bind(base_url)
         .fetch_optional(&self.pool)
-        .await?
-        .map(|r| (r.probed_at, r.findings)))
+        .await?)
     }
 
     /// Takes and releases the write lock: fails when the database cannot be
     /// written (read-only file, full disk, held too long by another writer).
     pub async fn check_writable(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.acquire().await?;
-        sqlx::query!("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        sqlx::query!("ROLLBACK").execute(&mut *conn).await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -647,28 +626,26 @@ impl AuditStore {
         // decided from the ledger has no decision row in the run that sent
         // it (decisions are written on change). The ids outer, each looked
         // up by ticket.
-        let rows = sqlx::query!(
-            r#"SELECT COALESCE(d.rule, '(manual)') AS "rule!: String", COUNT(*) AS "n!: i64"
-             FROM json_each(?1) AS t CROSS JOIN decisions AS d
+        let rows = sqlx::query_as(
+            r#"SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
+             FROM json_each($1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
                            WHERE x.ticket_id = t.value
-                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2))
+                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2))
                AND d.decision = 'purge'
              GROUP BY d.rule"#,
-            ids,
-            job,
         )
+        .bind(ids)
+        .bind(job)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.rule, r.n)).collect())
+        Ok(rows)
     }
 
     /// When the earliest purge request still open (pending, queued or
     /// working) was recorded.
     pub async fn earliest_open_request(&self) -> anyhow::Result<Option<DateTime<Utc>>> {
-        let at: Option<String> = sqlx::query_scalar!(
-            r#"SELECT MIN(recorded_at) AS "at?: String" FROM jobs WHERE kind = 'destroy_many' AND status IN ('pending', 'queued', 'working')"#,
-        )
+        let at: Option<String> = sqlx::query_scalar(r#"SELECT MIN(recorded_at) AS at FROM jobs WHERE kind = 'destroy_many' AND status IN ('pending', 'queued', 'working')"#)
         .fetch_one(&self.pool)
         .await?;
         Ok(at
@@ -687,31 +664,27 @@ impl AuditStore {
     ) -> anyhow::Result<HashMap<TicketId, (Option<DateTime<Utc>>, Option<u64>, Option<String>)>>
     {
         let ids = ids_json(tickets);
-        let rows = sqlx::query!(
-            r#"SELECT d.ticket_id AS "ticket_id!: i64", d.deleted_at AS "deleted_at?: String",
-                      d.actor_id AS "actor_id?: i64", d.previous_state AS "previous_state?: String"
-             FROM json_each(?1) AS t CROSS JOIN decisions AS d
+        let rows: Vec<(TicketId, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
+            r#"SELECT d.ticket_id AS ticket_id, d.deleted_at AS deleted_at,
+                      d.actor_id AS actor_id, d.previous_state AS previous_state
+             FROM json_each($1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
                            WHERE x.ticket_id = t.value
-                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = ?2)
-                             AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = ?2))
+                             AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2)
+                             AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = $2))
                AND d.decision = 'purge'"#,
-            ids,
-            job,
         )
+        .bind(ids)
+        .bind(job)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| {
-                let at = r
-                    .deleted_at
+            .map(|(ticket, deleted_at, actor_id, previous_state)| {
+                let at = deleted_at
                     .and_then(|a| DateTime::parse_from_rfc3339(&a).ok())
                     .map(|a| a.with_timezone(&Utc));
-                (
-                    ticket_id(r.ticket_id),
-                    (at, r.actor_id.map(|a| a as u64), r.previous_state),
-                )
+                (ticket, (at, actor_id.map(|a| a as u64), previous_state))
             })
             .collect())
     }
@@ -719,15 +692,15 @@ impl AuditStore {
     /// `PRAGMA integrity_check`'s answer (`ok` when sound).
     pub async fn integrity_check(&self) -> anyhow::Result<String> {
         // (a pragma's one column is typed as nullable: it never is NULL)
-        sqlx::query_scalar!(r#"PRAGMA integrity_check"#)
+        let answer: Option<String> = sqlx::query_scalar(r#"PRAGMA integrity_check"#)
             .fetch_one(&self.pool)
-            .await?
-            .context("PRAGMA integrity_check gave no answer")
+            .await?;
+        answer.context("PRAGMA integrity_check gave no answer")
     }
 }
 
 async fn insert_outcomes(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     run: RunId,
     job: Option<JobRowId>,
     tickets: &[TicketId],
@@ -743,7 +716,7 @@ async fn insert_outcomes(
     let mut digests = String::with_capacity(tickets.len() * 16);
     for chunk in tickets.chunks(500) {
         // runtime: one row of binds per ticket (a batch, never cached)
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        let mut q: QueryBuilder<Any> = QueryBuilder::new(
             "INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) ",
         );
         q.push_values(chunk, |mut b, t| {
@@ -754,12 +727,13 @@ async fn insert_outcomes(
                 .push_bind(detail)
                 .push_bind(at);
         });
-        last = q
-            .build()
+        q.push(" RETURNING id");
+        let ids: Vec<i64> = q
+            .build_query_scalar()
             .persistent(false)
-            .execute(&mut **tx)
-            .await?
-            .last_insert_rowid();
+            .fetch_all(&mut **tx)
+            .await?;
+        last = ids.into_iter().max().unwrap_or(last);
         for t in chunk {
             let ticket = t.to_string();
             digests.push_str(&row_digest(

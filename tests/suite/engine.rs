@@ -100,11 +100,11 @@ async fn dry_run_sends_no_write_request() {
             .await
             .unwrap();
     assert_eq!(would as usize, want.len());
-    let dry: bool = sqlx::query_scalar("SELECT dry_run FROM runs")
+    let dry: i64 = sqlx::query_scalar("SELECT dry_run FROM runs")
         .fetch_one(e.ctx.store.pool())
         .await
         .unwrap();
-    assert!(dry);
+    assert_eq!(dry, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +164,7 @@ async fn exceeding_max_purges_per_run_purges_nothing_and_fails() {
 }
 
 /// The `not_sent` outcomes `max_purges_per_run` gave.
-async fn not_sent_over_the_limit(pool: &sqlx::SqlitePool) -> i64 {
+async fn not_sent_over_the_limit(pool: &sqlx::AnyPool) -> i64 {
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM outcomes WHERE outcome = 'not_sent' AND detail LIKE '%max_purges_per_run%'",
     )

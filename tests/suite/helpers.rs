@@ -191,7 +191,7 @@ pub async fn sandbox_with(tickets: Vec<SandboxTicket>, options: SandboxOptions) 
 
 /// The write-ahead rule, checked from the sandbox's side: every write request
 /// it received was recorded before it arrived.
-pub async fn assert_writes_recorded_first(sb: &Sandbox, pool: &sqlx::SqlitePool, context: &str) {
+pub async fn assert_writes_recorded_first(sb: &Sandbox, pool: &sqlx::AnyPool, context: &str) {
     let jobs: Vec<(String, String)> = sqlx::query_as("SELECT ticket_ids, recorded_at FROM jobs")
         .fetch_all(pool)
         .await
@@ -253,7 +253,7 @@ impl Profile {
 }
 
 /// The last outcome of each ticket in the audit.
-pub async fn last_outcomes(pool: &sqlx::SqlitePool) -> std::collections::BTreeMap<u64, String> {
+pub async fn last_outcomes(pool: &sqlx::AnyPool) -> std::collections::BTreeMap<u64, String> {
     sqlx::query_as::<_, (i64, String)>(
         "SELECT ticket_id, outcome FROM outcomes o WHERE id = (SELECT MAX(id) FROM outcomes WHERE ticket_id = o.ticket_id)",
     )
@@ -266,7 +266,7 @@ pub async fn last_outcomes(pool: &sqlx::SqlitePool) -> std::collections::BTreeMa
 }
 
 /// The last decision of a ticket in the audit.
-pub async fn last_decision(pool: &sqlx::SqlitePool, ticket: u64) -> Option<String> {
+pub async fn last_decision(pool: &sqlx::AnyPool, ticket: u64) -> Option<String> {
     sqlx::query_scalar(
         "SELECT decision FROM decisions WHERE ticket_id = ? ORDER BY id DESC LIMIT 1",
     )
@@ -280,7 +280,7 @@ pub async fn last_decision(pool: &sqlx::SqlitePool, ticket: u64) -> Option<Strin
 /// request row with its ids that names the job, or that ended `unknown`
 /// because its answer was lost (the job id was never learnt), or is still
 /// pending.
-pub async fn assert_job_ids_accounted(sb: &Sandbox, pool: &sqlx::SqlitePool, context: &str) {
+pub async fn assert_job_ids_accounted(sb: &Sandbox, pool: &sqlx::AnyPool, context: &str) {
     let jobs: Vec<(String, Option<String>, String)> =
         sqlx::query_as("SELECT ticket_ids, zendesk_job_id, status FROM jobs")
             .fetch_all(pool)

@@ -41,7 +41,7 @@ struct Figures {
 /// The deletions each ticket was decided `purge` on, to the second (the
 /// API's grain), with actor and previous state.
 async fn purge_decisions(
-    pool: &sqlx::SqlitePool,
+    pool: &sqlx::AnyPool,
 ) -> BTreeMap<u64, BTreeSet<(DateTime<Utc>, i64, String)>> {
     type Row = (i64, Option<String>, Option<i64>, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(
@@ -65,7 +65,7 @@ async fn purge_decisions(
 }
 
 /// Each ticket's outcomes in the order recorded, with the job row.
-async fn outcomes_by_ticket(pool: &sqlx::SqlitePool) -> BTreeMap<u64, Vec<(Option<i64>, String)>> {
+async fn outcomes_by_ticket(pool: &sqlx::AnyPool) -> BTreeMap<u64, Vec<(Option<i64>, String)>> {
     let rows: Vec<(i64, Option<i64>, String)> =
         sqlx::query_as("SELECT ticket_id, job_id, outcome FROM outcomes ORDER BY id")
             .fetch_all(pool)
