@@ -80,28 +80,28 @@ impl Chained {
     pub(super) fn select(self) -> &'static str {
         match self {
             Self::Runs => {
-                "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT), CAST(host AS TEXT), CAST(os_user AS TEXT), CAST(program_version AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(trigger AS TEXT), CAST(started_at AS TEXT), CAST(dry_run AS TEXT), CAST(config_hash AS TEXT), CAST(host AS TEXT), CAST(os_user AS TEXT), CAST(program_version AS TEXT) FROM runs WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::Decisions => {
-                "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::Jobs => {
-                "SELECT id, CAST(run_id AS TEXT), CAST(kind AS TEXT), CAST(ticket_ids AS TEXT), CAST(ticket_count AS TEXT), CAST(recorded_at AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(run_id AS TEXT), CAST(kind AS TEXT), CAST(ticket_ids AS TEXT), CAST(ticket_count AS TEXT), CAST(recorded_at AS TEXT) FROM jobs WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::Outcomes => {
-                "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(run_id AS TEXT), CAST(job_id AS TEXT), CAST(ticket_id AS TEXT), CAST(outcome AS TEXT), CAST(detail AS TEXT), CAST(recorded_at AS TEXT) FROM outcomes WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::Pruned => {
-                "SELECT id, CAST(tbl AS TEXT), CAST(row_id AS TEXT), CAST(run_id AS TEXT), CAST(what AS TEXT), CAST(pruned_at AS TEXT) FROM pruned WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(tbl AS TEXT), CAST(row_id AS TEXT), CAST(run_id AS TEXT), CAST(what AS TEXT), CAST(pruned_at AS TEXT) FROM pruned WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::ConfigVersions => {
-                "SELECT id, CAST(hash AS TEXT), CAST(first_run AS TEXT), CAST(first_used AS TEXT), CAST(settings AS TEXT) FROM config_versions WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(hash AS TEXT), CAST(first_run AS TEXT), CAST(first_used AS TEXT), CAST(settings AS TEXT) FROM config_versions WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::RunsState => {
-                "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(scanned AS TEXT), CAST(matched AS TEXT), CAST(purged AS TEXT), CAST(failed AS TEXT), CAST(unknown AS TEXT), CAST(list_requests AS TEXT), CAST(early_stop AS TEXT), CAST(error AS TEXT), CAST(scan AS TEXT), CAST(scan_reason AS TEXT), CAST(max_listing_age_ms AS TEXT), CAST(step AS TEXT), CAST(high_water AS TEXT), CAST(decisions_recorded AS TEXT) FROM runs WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
             Self::JobsState => {
-                "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT), CAST(fresh_read_at AS TEXT), CAST(send_window_us AS TEXT), CAST(after_read_at AS TEXT) FROM jobs WHERE id BETWEEN ? AND ? ORDER BY id"
+                "SELECT id, CAST(zendesk_job_id AS TEXT), CAST(answered_at AS TEXT), CAST(finished_at AS TEXT), CAST(status AS TEXT), CAST(message AS TEXT), CAST(fresh_read_at AS TEXT), CAST(send_window_us AS TEXT), CAST(after_read_at AS TEXT) FROM jobs WHERE id BETWEEN $1 AND $2 ORDER BY id"
             }
         }
     }

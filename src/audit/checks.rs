@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::encode::sql_id;
-use super::store::{AuditStore, RunId, parse_time, timestamp};
+use super::store::{AuditStore, RunId, numbered, parse_time, timestamp};
 use crate::ids::{JobRowId, TicketId};
 
 /// A whole-view check under way (or the last one).
@@ -186,7 +186,7 @@ impl AuditStore {
                     .push_bind(timestamp(**sent))
                     .push_bind(ms);
             });
-            q.build().persistent(false).execute(&mut *tx).await?;
+            numbered(&mut q).persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await.context("cannot record purge latency")?;
         Ok(())
@@ -204,7 +204,7 @@ impl AuditStore {
         // runtime: the filter is the caller's choice of the two
         let (filter, first, second) = match run {
             Some(run) => (
-                "job_id IN (SELECT id FROM jobs WHERE run_id = ?1) AND ?2 IS NOT NULL",
+                "job_id IN (SELECT id FROM jobs WHERE run_id = $1) AND $2 IS NOT NULL",
                 run.to_string(),
                 String::new(),
             ),
@@ -229,7 +229,7 @@ impl AuditStore {
         let mut at = Vec::new();
         for r in [rank(0.5), rank(0.95), count - 1] {
             let ms: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT latency_ms FROM purge_latency WHERE {filter} ORDER BY latency_ms LIMIT 1 OFFSET ?3"
+                "SELECT latency_ms FROM purge_latency WHERE {filter} ORDER BY latency_ms LIMIT 1 OFFSET $3"
             )))
             .bind(&first)
             .bind(&second)

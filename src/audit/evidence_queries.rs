@@ -145,14 +145,14 @@ impl PurgeScope {
             PurgeScope::Run(run) => {
                 args.add(run).map_err(anyhow::Error::msg)?;
                 format!(
-                    "{PURGED_COLUMNS} WHERE COALESCE(j.run_id, o.run_id) = ? AND o.outcome = 'purged' ORDER BY o.ticket_id"
+                    "{PURGED_COLUMNS} WHERE COALESCE(j.run_id, o.run_id) = $1 AND o.outcome = 'purged' ORDER BY o.ticket_id"
                 )
             }
             PurgeScope::Between(since, until) => {
                 args.add(timestamp(since)).map_err(anyhow::Error::msg)?;
                 args.add(timestamp(until)).map_err(anyhow::Error::msg)?;
                 format!(
-                    "{PURGED_COLUMNS} WHERE o.outcome = 'purged' AND o.recorded_at >= ? AND o.recorded_at < ? ORDER BY o.recorded_at, o.ticket_id"
+                    "{PURGED_COLUMNS} WHERE o.outcome = 'purged' AND o.recorded_at >= $1 AND o.recorded_at < $2 ORDER BY o.recorded_at, o.ticket_id"
                 )
             }
         };
@@ -211,7 +211,7 @@ impl PurgeListing {
         let rows: Vec<(String, String, i64)> = sqlx::query_as_with(
             AssertSqlSafe(format!(
                 "SELECT substr(verified_at, 1, 10) AS day, COALESCE(rule, '(no rule recorded)') AS rule, COUNT(*)
-                 FROM ({sql}) GROUP BY day, rule ORDER BY day, rule"
+                 FROM ({sql}) AS sub GROUP BY day, rule ORDER BY day, rule"
             )),
             args,
         )

@@ -406,7 +406,7 @@ mod tests {
         macro_rules! round_trip {
             ($ty:ident) => {
                 for v in $ty::ALL {
-                    let (text, back): (String, $ty) = sqlx::query_as("SELECT ?1, ?1")
+                    let (text, back): (String, $ty) = sqlx::query_as("SELECT $1, $1")
                         .bind(*v)
                         .fetch_one(&mut db)
                         .await

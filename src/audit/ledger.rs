@@ -15,7 +15,7 @@ use super::encode::{sql_id, ticket_id};
 use super::heads::HeadKind;
 use super::kinds::{DecisionKind, Outcome, TextEnum, sql_text};
 use super::records::DecisionRecord;
-use super::store::{AuditStore, RunId, parse_time, timestamp};
+use super::store::{AuditStore, RunId, numbered, numbered_scalar, parse_time, timestamp};
 use crate::ids::TicketId;
 use crate::rules::SubjectTags;
 
@@ -230,12 +230,12 @@ impl AuditStore {
             let mut q: QueryBuilder<Any> = QueryBuilder::new(format!(
                 "SELECT l.ticket_id, l.deleted_at, l.actor_id, l.actor_name, l.previous_state, l.subject, l.subject_tags,
                         l.decision, l.rule, l.config_hash, l.state, l.last_seen, l.requested_at,
-                        (d.id IS NOT NULL
+                        CASE WHEN (d.id IS NOT NULL
                          AND COALESCE(d.deleted_at, '') = l.deleted_at
-                         AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
-                         AND d.previous_state IS l.previous_state AND d.subject IS l.subject
-                         AND d.subject_tags IS l.subject_tags
-                         AND d.decision IS l.decision AND d.rule IS l.rule) AS agrees
+                         AND d.actor_id IS NOT DISTINCT FROM l.actor_id AND d.actor_name IS NOT DISTINCT FROM l.actor_name
+                         AND d.previous_state IS NOT DISTINCT FROM l.previous_state AND d.subject IS NOT DISTINCT FROM l.subject
+                         AND d.subject_tags IS NOT DISTINCT FROM l.subject_tags
+                         AND d.decision IS NOT DISTINCT FROM l.decision AND d.rule IS NOT DISTINCT FROM l.rule) THEN 1 ELSE 0 END AS agrees
                  FROM ledger l
                  LEFT JOIN decisions d ON d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = l.ticket_id)
                  WHERE l.state IN {LIVE_SQL} {CURRENT_ROW} AND l.ticket_id IN ("
@@ -245,8 +245,7 @@ impl AuditStore {
                 sep.push_bind(sql_id(*t));
             }
             q.push(")");
-            let rows = q
-                .build()
+            let rows = numbered(&mut q)
                 .persistent(false)
                 .fetch_all(self.pool())
                 .await
@@ -281,7 +280,7 @@ impl AuditStore {
         );
         q.push_bind(unlisted.clone());
         if !selected_too {
-            q.push(" AND 0");
+            q.push(" AND 1 = 0");
         }
         let second = chrono::Duration::seconds(1);
         for t in thresholds {
@@ -304,8 +303,7 @@ impl AuditStore {
             q.push(" AND last_seen < ");
             q.push_bind(unlisted.clone());
         }
-        let ids: Vec<i64> = q
-            .build_query_scalar()
+        let ids: Vec<i64> = numbered_scalar(&mut q)
             .persistent(false)
             .fetch_all(self.pool())
             .await
@@ -338,9 +336,9 @@ impl AuditStore {
     pub async fn ledger_unseen_since(&self, since: DateTime<Utc>) -> anyhow::Result<Vec<TicketId>> {
         let since = timestamp(since);
         // (the live states: `LIVE_SQL`)
-        let ids: Vec<i64> = sqlx::query_scalar(r#"SELECT DISTINCT ticket_id AS ticket_id FROM ledger INDEXED BY ledger_by_sighting
+        let ids: Vec<i64> = sqlx::query_scalar(self.dialect(r#"SELECT DISTINCT ticket_id AS ticket_id FROM ledger INDEXED BY ledger_by_sighting
              WHERE state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') AND state <> 'purge_requested' AND last_seen < $1
-             ORDER BY 1"#)
+             ORDER BY 1"#))
         .bind(since)
         .fetch_all(self.pool())
         .await
@@ -368,7 +366,7 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let at = timestamp(at);
-        sqlx::query("INSERT OR REPLACE INTO ledger_decided (run_id, decided_at, policy) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO ledger_decided (run_id, decided_at, policy) VALUES ($1, $2, $3) ON CONFLICT (run_id) DO UPDATE SET decided_at = excluded.decided_at, policy = excluded.policy")
         .bind(run)
         .bind(&at)
         .bind(policy)
@@ -402,7 +400,7 @@ impl AuditStore {
                     .push_unseparated(")");
             }
             q.push(") AS v WHERE ledger.ticket_id = v.column1 AND ledger.deleted_at = v.column2");
-            q.build().persistent(false).execute(&mut *tx).await?;
+            numbered(&mut q).persistent(false).execute(&mut *tx).await?;
         }
         tx.commit()
             .await
@@ -425,8 +423,7 @@ impl AuditStore {
                     .push_bind_unseparated(format!("%{fp}%"));
             }
             q.push(")");
-            let n: i64 = q
-                .build_query_scalar()
+            let n: i64 = numbered_scalar(&mut q)
                 .persistent(false)
                 .fetch_one(self.pool())
                 .await?;
@@ -439,7 +436,7 @@ impl AuditStore {
         let reconciled: Option<String> = sqlx::query_scalar(r#"SELECT MAX(t) AS t FROM (
                  SELECT MAX(started_at) AS t FROM runs WHERE step = 'reconcile' AND high_water IS NOT NULL
                  UNION ALL
-                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL)"#)
+                 SELECT MAX(started_at) FROM view_checks WHERE finished_at IS NOT NULL) AS sub"#)
         .fetch_one(self.pool())
         .await?;
         let listings: i64 = sqlx::query_scalar(
@@ -469,7 +466,7 @@ impl AuditStore {
         self.check_file()?;
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         // The newest row of each table is never pruned: SQLite gives a new
         // row the highest id plus one, so an id pruned from the top would be
@@ -480,17 +477,17 @@ impl AuditStore {
         let settled_before = timestamp(settled_before);
         let doomed: Vec<(String, i64, i64, String)> = sqlx::query_as(r#"SELECT 'decisions' AS tbl, id AS id, run_id AS run_id, decision AS what FROM decisions
              WHERE decision <> 'purge' AND ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $1)
+                                 HAVING CAST(SUM(CASE WHEN state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') THEN 1 ELSE 0 END) AS BIGINT) = 0 AND MAX(state_at) < $1)
                AND id < (SELECT MAX(id) FROM decisions)
              UNION ALL
              SELECT 'outcomes', id, run_id, outcome FROM outcomes
              WHERE outcome IN ('not_sent', 'still_present', 'left_view') AND ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $2)
+                                 HAVING CAST(SUM(CASE WHEN state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') THEN 1 ELSE 0 END) AS BIGINT) = 0 AND MAX(state_at) < $2)
                AND id < (SELECT MAX(id) FROM outcomes)
              UNION ALL
              SELECT 'ledger', ticket_id, 0, 'ledger' FROM ledger
              WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $3) GROUP BY ticket_id
+                                 HAVING CAST(SUM(CASE WHEN state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') THEN 1 ELSE 0 END) AS BIGINT) = 0 AND MAX(state_at) < $3) GROUP BY ticket_id
              ORDER BY 1, 2"#)
         .bind(&settled_before)
         .bind(&settled_before)
@@ -514,8 +511,7 @@ impl AuditStore {
                     .push_bind(at.as_str());
             });
             q.push(" RETURNING id");
-            let ids: Vec<i64> = q
-                .build_query_scalar()
+            let ids: Vec<i64> = numbered_scalar(&mut q)
                 .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -547,7 +543,7 @@ impl AuditStore {
             .await?;
         }
         sqlx::query("DELETE FROM ledger WHERE ticket_id IN (SELECT ticket_id FROM ledger GROUP BY ticket_id
-                                 HAVING SUM(state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown')) = 0 AND MAX(state_at) < $1)")
+                                 HAVING CAST(SUM(CASE WHEN state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') THEN 1 ELSE 0 END) AS BIGINT) = 0 AND MAX(state_at) < $1)")
         .bind(&settled_before)
         .execute(&mut *tx)
         .await?;
@@ -620,7 +616,10 @@ pub(super) async fn upsert_decisions(
             sep.push_bind(sql_id(d.ticket_id));
         }
         q.push(")");
-        q.build().persistent(false).execute(&mut **tx).await?;
+        numbered(&mut q)
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?;
 
         // runtime: one row of binds per decision (a batch, never cached)
         let mut q: QueryBuilder<Any> = QueryBuilder::new(
@@ -656,7 +655,7 @@ pub(super) async fn upsert_decisions(
                 config_hash = excluded.config_hash,
                 state = excluded.state, state_at = excluded.state_at",
         );
-        q.build()
+        numbered(&mut q)
             .persistent(false)
             .execute(&mut **tx)
             .await
@@ -676,7 +675,10 @@ pub(super) async fn upsert_decisions(
                     .push_unseparated(")");
             }
             q.push(")");
-            q.build().persistent(false).execute(&mut **tx).await?;
+            numbered(&mut q)
+                .persistent(false)
+                .execute(&mut **tx)
+                .await?;
         }
     }
     Ok(())
@@ -717,7 +719,10 @@ pub(super) async fn apply_outcome(
         q.push_bind(at);
         q.push(format!(" WHERE state IN {states} AND "));
         current_rows(&mut q, chunk);
-        q.build().persistent(false).execute(&mut **tx).await?;
+        numbered(&mut q)
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -748,7 +753,10 @@ pub(super) async fn apply_request(
         q.push_bind(at);
         q.push(format!(" WHERE state IN {LIVE_SQL} AND "));
         current_rows(&mut q, chunk);
-        q.build().persistent(false).execute(&mut **tx).await?;
+        numbered(&mut q)
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }
@@ -879,7 +887,7 @@ mod transition_tests {
         /// Every row of a ticket, oldest deletion first: (deleted on day, state).
         async fn rows(&self, id: TicketId) -> Vec<(String, String)> {
             sqlx::query_as(
-                "SELECT deleted_at, state FROM ledger WHERE ticket_id = ? ORDER BY deleted_at",
+                "SELECT deleted_at, state FROM ledger WHERE ticket_id = $1 ORDER BY deleted_at",
             )
             .bind(sql_id(id))
             .fetch_all(self.store.pool())

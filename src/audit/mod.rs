@@ -24,6 +24,7 @@ mod keys;
 mod kinds;
 mod ledger;
 mod open;
+mod postgres;
 mod queries;
 mod records;
 mod signing;
@@ -47,11 +48,12 @@ pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting,
 pub(crate) use open::create_private;
 pub use open::install_drivers;
 pub use open::newest_schema;
+pub use postgres::redacted as redacted_url;
 pub use records::{
     DayRuns, DecisionRecord, JobRow, RunCounts, RunOrigin, RunRow, SearchFilter, SearchRow,
     StatRow, TicketEvent, WITHDRAWN_NARROWED, parse_ids,
 };
 pub use signing::SignatureReport;
-pub use store::{AuditStore, JobRowId, RunId, timestamp};
+pub use store::{AuditStore, Backend, JobRowId, RunId, timestamp};
 pub use verify::ChainReport;
 pub use writes::requests_recorded;

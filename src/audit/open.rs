@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{AnyPool, Executor as _};
 
 use super::keys::ChainSigner;
-use super::store::{AuditStore, FileIdentity, ScratchFile, suffixed};
+use super::store::{AuditStore, Backend, FileIdentity, ScratchFile, suffixed};
 
 /// The newest schema this build knows: its last migration's number.
 pub fn newest_schema() -> i64 {
@@ -248,6 +248,8 @@ impl AuditStore {
         let wal = FileIdentity::of(&suffixed(path, "-wal"));
         let store = Self {
             pool,
+            backend: Backend::Sqlite,
+            writer: true,
             file: Some((path.to_path_buf(), identity)),
             wal,
             scratch: None,
@@ -313,7 +315,7 @@ impl AuditStore {
         // read one consistent state (the chain, its rows and its heads
         // together), never half of a commit.
         Self::hold_snapshot(&pool).await?;
-        Ok(Self::reader(pool))
+        Ok(Self::reader(pool, Backend::Sqlite))
     }
 
     /// Begins the read transaction a reader's one connection holds for
@@ -340,7 +342,7 @@ impl AuditStore {
             .context("cannot upgrade a copy of the older database")?;
         pool.close().await;
         // as a writer's upgrade would, so that the copy verifies the same
-        let copy_store = Self::reader(reader_pool(sqlite_url(copy, "rw")?).await?);
+        let copy_store = Self::reader(reader_pool(sqlite_url(copy, "rw")?).await?, Backend::Sqlite);
         copy_store
             .seal_states()
             .await
@@ -350,7 +352,7 @@ impl AuditStore {
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = reader_pool(options).await?;
         Self::hold_snapshot(&pool).await?;
-        Ok(Self::reader(pool))
+        Ok(Self::reader(pool, Backend::Sqlite))
     }
 }
 

@@ -65,7 +65,7 @@ impl AuditStore {
                        (SELECT COALESCE(j.zendesk_job_id, 'request ' || j.id) FROM jobs j WHERE j.id = o.job_id),
                        o.detail, 1, o.id
                 FROM outcomes o WHERE o.ticket_id = $1
-             ) ORDER BY 1, ord, seq"#)
+             ) AS sub ORDER BY 1, ord, seq"#)
         .bind(ticket)
         .fetch_all(&self.pool)
         .await?;
@@ -121,8 +121,8 @@ impl AuditStore {
     /// Runs and their figures per day, newest first.
     pub async fn runs_by_day(&self, since: Option<DateTime<Utc>>) -> anyhow::Result<Vec<DayRuns>> {
         let since = since.map(timestamp).unwrap_or_default();
-        let rows: Vec<DayRuns> = sqlx::query_as::<_, DayRuns>(r#"SELECT substr(started_at, 1, 10) AS day, COUNT(*) AS runs, SUM(scanned) AS scanned, SUM(matched) AS matched,
-                    SUM(purged) AS purged, SUM(failed) AS failed, SUM(status = 'failed') AS failed_runs
+        let rows: Vec<DayRuns> = sqlx::query_as::<_, DayRuns>(r#"SELECT substr(started_at, 1, 10) AS day, COUNT(*) AS runs, CAST(SUM(scanned) AS BIGINT) AS scanned, CAST(SUM(matched) AS BIGINT) AS matched,
+                    CAST(SUM(purged) AS BIGINT) AS purged, CAST(SUM(failed) AS BIGINT) AS failed, CAST(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed_runs
              FROM runs WHERE started_at >= $1 GROUP BY 1 ORDER BY 1 DESC"#)
         .bind(since)
         .fetch_all(&self.pool)
@@ -136,7 +136,7 @@ impl AuditStore {
         since: Option<DateTime<Utc>>,
     ) -> anyhow::Result<Vec<StatRow>> {
         let since = since.map(timestamp).unwrap_or_default();
-        Ok(sqlx::query_as::<_, StatRow>(r#"SELECT c.decision AS key, c.rule, SUM(c.count) AS count FROM run_decision_counts c JOIN runs r ON r.id = c.run_id
+        Ok(sqlx::query_as::<_, StatRow>(r#"SELECT c.decision AS key, c.rule, CAST(SUM(c.count) AS BIGINT) AS count FROM run_decision_counts c JOIN runs r ON r.id = c.run_id
              WHERE r.started_at >= $1 GROUP BY c.rule, c.decision ORDER BY c.rule, c.decision"#)
         .bind(since)
         .fetch_all(&self.pool)
@@ -159,6 +159,9 @@ impl AuditStore {
     /// decisions each (a tenth of them purges, each with a job and an
     /// outcome), for timing the audit queries at scale.
     pub async fn generate_synthetic(&self, runs: i64, per_run: i64) -> anyhow::Result<()> {
+        if self.backend == super::store::Backend::Postgres {
+            anyhow::bail!("synthetic histories are made on SQLite only");
+        }
         let start = "2026-01-01T00:00:00";
         let mut tx = self.pool.begin().await?;
         sqlx::query("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < $1)
@@ -229,14 +232,14 @@ impl AuditStore {
             .fetch_all(&self.pool)
             .await?
         } else {
-            sqlx::query_as::<_, SearchRow>(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+            sqlx::query_as::<_, SearchRow>(self.dialect(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome AS outcome, o.recorded_at AS outcome_at, o.detail AS detail
              FROM decisions d LEFT JOIN outcomes o ON o.id = (
                  SELECT MAX(o2.id) FROM outcomes o2 INDEXED BY outcomes_ticket WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
-             WHERE ($1 IS NULL OR 1) AND d.decided_at >= $2 AND d.decided_at < $3
+             WHERE ($1 IS NULL OR 1 = 1) AND d.decided_at >= $2 AND d.decided_at < $3
                AND ($4 IS NULL OR d.rule = $4) AND ($5 IS NULL OR d.actor_id = $5)
                AND ($6 IS NULL OR d.decision = $6) AND ($7 IS NULL OR d.ticket_id = $7)
-             ORDER BY d.id DESC LIMIT $8"#)
+             ORDER BY d.id DESC LIMIT $8"#))
         .bind(f.outcome.map(Outcome::as_str))
         .bind(since)
         .bind(until)
@@ -260,11 +263,11 @@ impl AuditStore {
     ) -> anyhow::Result<u64> {
         use futures::TryStreamExt;
         let since = since.map(timestamp).unwrap_or_default();
-        let mut rows = sqlx::query_as::<_, SearchRow>(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+        let mut rows = sqlx::query_as::<_, SearchRow>(self.dialect(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome AS outcome, o.recorded_at AS outcome_at, o.detail AS detail
              FROM decisions d LEFT JOIN outcomes o ON o.id = (
                  SELECT MAX(o2.id) FROM outcomes o2 INDEXED BY outcomes_ticket WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
-             WHERE d.decided_at >= $1 ORDER BY d.id"#)
+             WHERE d.decided_at >= $1 ORDER BY d.id"#))
         .bind(since)
         .fetch(&self.pool);
         let mut n = 0;

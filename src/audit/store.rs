@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::AnyPool;
+use sqlx::any::AnyArguments;
+use sqlx::query::{Query, QueryScalar};
+use sqlx::{Any, AnyPool, AssertSqlSafe, QueryBuilder};
 
 use super::keys::ChainSigner;
 
@@ -22,10 +24,22 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Where the audit is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One SQLite file on this machine (the default).
+    Sqlite,
+    /// A PostgreSQL database, shared by the nodes of a cluster.
+    Postgres,
+}
+
 /// The store; cheap to clone (a pool).
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     pub(super) pool: AnyPool,
+    pub(super) backend: Backend,
+    /// Whether this store writes (a reader holds one snapshot instead).
+    pub(super) writer: bool,
     /// For a writer: the file and its identity when opened. A database
     /// removed or replaced while in use fails the next write loudly:
     /// SQLite would go on writing to the removed file, and the history
@@ -59,13 +73,15 @@ impl Drop for ScratchFile {
 impl AuditStore {
     /// Whether this store only reads, on one snapshot held for its life.
     pub(crate) fn is_reader(&self) -> bool {
-        self.file.is_none()
+        !self.writer
     }
 
     /// A store that only reads.
-    pub(super) fn reader(pool: AnyPool) -> Self {
+    pub(super) fn reader(pool: AnyPool, backend: Backend) -> Self {
         Self {
             pool,
+            backend,
+            writer: false,
             file: None,
             wal: None,
             scratch: None,
@@ -92,6 +108,48 @@ impl AuditStore {
             );
         }
         Ok(())
+    }
+
+    /// Where this store keeps the audit.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a write transaction. SQLite takes its write lock first (a
+    /// read before it could not be upgraded once another writer committed,
+    /// SQLITE_BUSY_SNAPSHOT); PostgreSQL serialises writers with a
+    /// transaction-scoped advisory lock.
+    pub(super) async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        })
+    }
+
+    /// A statement's text for this store's backend: PostgreSQL has no
+    /// `INDEXED BY` (SQLite's planner hints) and reads a JSON array of ids
+    /// with `json_array_elements_text` where SQLite has `json_each`.
+    pub(super) fn dialect(&self, sql: &'static str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(match self.backend {
+            Backend::Sqlite => sql.to_string(),
+            Backend::Postgres => {
+                static INDEXED: std::sync::LazyLock<regex::Regex> =
+                    std::sync::LazyLock::new(|| {
+                        regex::Regex::new(r"INDEXED BY \w+").expect("a valid pattern")
+                    });
+                INDEXED.replace_all(sql, "").replace(
+                    "json_each($1) AS t",
+                    "json_array_elements_text(CAST($1 AS json)) AS t(value)",
+                )
+            }
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -127,4 +185,49 @@ impl FileIdentity {
             ino: meta.ino(),
         })
     }
+}
+
+/// The advisory lock PostgreSQL writers take for each write transaction
+/// (`pg_advisory_xact_lock`): any number, the same for every node.
+pub(super) const WRITE_LOCK_KEY: i64 = 0x7a64_7265_7465_6e74; // "zdretent"
+
+/// A batch's text and arguments, its `?` placeholders (what `QueryBuilder`
+/// writes for the `Any` driver) numbered `$1`, `$2`, … as both backends
+/// read them. The batches' texts hold no other `?`.
+fn renumbered(q: &mut QueryBuilder<Any>) -> (String, AnyArguments) {
+    use sqlx::Execute as _;
+    let mut built = q.build();
+    // (arguments a builder holds are always taken once: never an error)
+    let args = built.take_arguments().ok().flatten().unwrap_or_default();
+    let text = built.sql();
+    let mut sql = String::with_capacity(text.as_str().len() + 64);
+    let mut n = 0;
+    for c in text.as_str().chars() {
+        if c == '?' {
+            n += 1;
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        } else {
+            sql.push(c);
+        }
+    }
+    (sql, args)
+}
+
+/// A batch built with `QueryBuilder`, ready to run on either backend.
+pub(super) fn numbered(q: &mut QueryBuilder<Any>) -> Query<'static, Any, AnyArguments> {
+    let (sql, args) = renumbered(q);
+    sqlx::query_with(AssertSqlSafe(sql), args)
+}
+
+/// [`numbered`], reading one column.
+pub(super) fn numbered_scalar<O>(
+    q: &mut QueryBuilder<Any>,
+) -> QueryScalar<'static, Any, O, AnyArguments>
+where
+    O: Send + Unpin,
+    (O,): Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+{
+    let (sql, args) = renumbered(q);
+    sqlx::query_scalar_with(AssertSqlSafe(sql), args)
 }

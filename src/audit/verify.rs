@@ -143,7 +143,7 @@ impl AuditStore {
         }
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         for state in [Chained::RunsState, Chained::JobsState] {
             let ids: Vec<i64> = if state == Chained::RunsState {
@@ -215,7 +215,7 @@ async fn unchained_rows(
     // runtime: the table is the loop's (each of `Chained::ALL`)
     for table in Chained::ALL {
         let unchained: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT MIN(id) FROM {} WHERE id > ?",
+            "SELECT MIN(id) FROM {} WHERE id > $1",
             table.table()
         )))
         .bind(covered.get(table.table()).copied().unwrap_or(0))
@@ -244,7 +244,7 @@ async fn unchained_rows(
         for (first, last) in spans {
             if first > next_expected {
                 let stray: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                    "SELECT MIN(id) FROM {} WHERE id >= ? AND id < ?",
+                    "SELECT MIN(id) FROM {} WHERE id >= $1 AND id < $2",
                     table.table()
                 )))
                 .bind(next_expected)
@@ -280,17 +280,19 @@ async fn unchained_row(
     };
     // runtime: the table and its time column are the row's
     let chain_came: Option<String> = match at {
+        // a PostgreSQL audit had the chain from its first row
+        Some(_) if conn.backend_name() != "SQLite" => None,
         Some(at) => {
             sqlx::query_scalar(AssertSqlSafe(format!(
                 "SELECT CAST(m.installed_on AS TEXT) FROM _sqlx_migrations m, {tbl} r
-                 WHERE m.version = 4 AND r.id = ?1
+                 WHERE m.version = 4 AND r.id = $1
                    -- the chain came later than the database (a database
                    -- made at schema 4 or newer had both at once)
                    AND julianday((SELECT installed_on FROM _sqlx_migrations WHERE version = 1))
                        < julianday(m.installed_on)
                    -- written before the chain came, below every chained row
                    AND julianday(r.{at}) < julianday(m.installed_on)
-                   AND r.id < COALESCE((SELECT MIN(first_id) FROM audit_chain WHERE tbl = ?2), r.id + 1)",
+                   AND r.id < COALESCE((SELECT MIN(first_id) FROM audit_chain WHERE tbl = $2), r.id + 1)",
                 tbl = table.table()
             )))
             .bind(id)
@@ -352,10 +354,10 @@ async fn derived_mismatch(conn: &mut sqlx::AnyConnection) -> anyhow::Result<Opti
          WHERE l.deleted_at = (SELECT MAX(deleted_at) FROM ledger WHERE ticket_id = l.ticket_id)
            AND NOT (d.id IS NOT NULL
                 AND COALESCE(d.deleted_at, '') = l.deleted_at
-                AND d.actor_id IS l.actor_id AND d.actor_name IS l.actor_name
-                AND d.previous_state IS l.previous_state AND d.subject IS l.subject
-                AND d.subject_tags IS l.subject_tags
-                AND d.decision IS l.decision AND d.rule IS l.rule)
+                AND d.actor_id IS NOT DISTINCT FROM l.actor_id AND d.actor_name IS NOT DISTINCT FROM l.actor_name
+                AND d.previous_state IS NOT DISTINCT FROM l.previous_state AND d.subject IS NOT DISTINCT FROM l.subject
+                AND d.subject_tags IS NOT DISTINCT FROM l.subject_tags
+                AND d.decision IS NOT DISTINCT FROM l.decision AND d.rule IS NOT DISTINCT FROM l.rule)
          ORDER BY l.ticket_id LIMIT 1"#)
     .fetch_optional(&mut *conn)
     .await?;
@@ -390,7 +392,7 @@ async fn derived_mismatch(conn: &mut sqlx::AnyConnection) -> anyhow::Result<Opti
                NOT IN (CASE l.state WHEN 'purged' THEN 'purged' WHEN 'gone' THEN 'confirmed_gone'
                                     WHEN 'scrubbed' THEN 'scrubbed_by_zendesk' WHEN 'left_view' THEN 'left_view'
                                     WHEN 'unknown' THEN 'unknown' ELSE 'restored' END,
-                       CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END))
+                       CASE l.state WHEN 'restored' THEN 'restored_elsewhere' ELSE 'none' END)) AS sub
      LIMIT 1"#)
     .fetch_optional(&mut *conn)
     .await?;
@@ -405,19 +407,19 @@ async fn derived_mismatch(conn: &mut sqlx::AnyConnection) -> anyhow::Result<Opti
                         EXCEPT SELECT run_id FROM pruned WHERE tbl = 'decisions')
          SELECT run_id AS run_id, decision AS decision FROM (
              SELECT run_id, decision, rule, count FROM run_decision_counts
-             WHERE run_id IN whole
+             WHERE run_id IN (SELECT run_id FROM whole)
              EXCEPT
              SELECT run_id, decision, rule, COUNT(*) FROM decisions
-             WHERE run_id IN whole
-             GROUP BY run_id, decision, rule)
+             WHERE run_id IN (SELECT run_id FROM whole)
+             GROUP BY run_id, decision, rule) AS sub
          UNION ALL
          SELECT run_id, decision FROM (
              SELECT run_id, decision, rule, COUNT(*) FROM decisions
-             WHERE run_id IN whole
+             WHERE run_id IN (SELECT run_id FROM whole)
              GROUP BY run_id, decision, rule
              EXCEPT
              SELECT run_id, decision, rule, count FROM run_decision_counts
-             WHERE run_id IN whole)
+             WHERE run_id IN (SELECT run_id FROM whole)) AS sub
          LIMIT 1"#,
     )
     .fetch_optional(&mut *conn)

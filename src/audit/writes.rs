@@ -15,7 +15,7 @@ use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;
 use super::records::{DecisionRecord, JobRow, RunCounts, RunOrigin, WITHDRAWN_NARROWED};
-use super::store::{AuditStore, JobRowId, RunId, timestamp};
+use super::store::{AuditStore, JobRowId, RunId, numbered_scalar, timestamp};
 use crate::zendesk::{IdBatch, TicketId};
 
 /// Write requests (purges, restores) this process recorded. Each is
@@ -104,7 +104,7 @@ impl AuditStore {
         self.check_file()?;
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         let started = timestamp(now);
         let id = sqlx::query_scalar::<_, i64>("INSERT INTO runs (trigger, started_at, dry_run, config_hash, status, host, os_user, program_version) VALUES ($1, $2, $3, $4, 'running', $5, $6, $7) RETURNING id")
@@ -166,7 +166,7 @@ impl AuditStore {
         self.check_file()?;
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         let finished = timestamp(now);
         let (scanned, matched, purged) = (
@@ -208,7 +208,7 @@ impl AuditStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO run_decision_counts (run_id, decision, rule, count)
-             SELECT run_id, decision, rule, COUNT(*) FROM decisions WHERE run_id = $1 GROUP BY decision, rule")
+             SELECT run_id, decision, rule, COUNT(*) FROM decisions WHERE run_id = $1 GROUP BY run_id, decision, rule")
         .bind(run)
         .execute(&mut *tx)
         .await?;
@@ -251,7 +251,7 @@ impl AuditStore {
         let run_text = run.to_string();
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         let mut last = 0;
         let mut digests = String::with_capacity(decisions.len() * 16);
@@ -278,8 +278,7 @@ impl AuditStore {
                 },
             );
             q.push(" RETURNING id");
-            let ids: Vec<i64> = q
-                .build_query_scalar()
+            let ids: Vec<i64> = numbered_scalar(&mut q)
                 .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -326,7 +325,7 @@ impl AuditStore {
         self.check_file()?;
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         let (ticket_ids, ticket_count, recorded) =
             (batch.to_query(), batch.len() as i64, timestamp(now));
@@ -368,7 +367,7 @@ impl AuditStore {
         let at = timestamp(now);
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         for row in replacing {
             end_job(
@@ -422,7 +421,7 @@ impl AuditStore {
         windows: &[(JobRowId, Option<std::time::Duration>)],
     ) -> anyhow::Result<()> {
         self.check_file()?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         let (read_at, after_read_at) = (timestamp(read_at), after_read_at.map(timestamp));
         for (row, window) in windows {
@@ -456,7 +455,7 @@ impl AuditStore {
         self.check_file()?;
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         let answered = timestamp(now);
         sqlx::query("UPDATE jobs SET zendesk_job_id = $1, status = $2, message = $3, answered_at = $4 WHERE id = $5")
@@ -495,7 +494,7 @@ impl AuditStore {
         let at = timestamp(Utc::now());
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         end_job(&mut tx, job, status, message, &at).await?;
         insert_outcomes(&mut tx, run, Some(job), tickets, outcome, message, &at).await?;
@@ -520,7 +519,7 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let at = timestamp(Utc::now());
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         end_job(&mut tx, job, JobRowStatus::Completed, message, &at).await?;
         insert_outcomes(
@@ -567,7 +566,7 @@ impl AuditStore {
         }
         // the write lock first: a read before it could not be upgraded
         // once another writer committed (SQLITE_BUSY_SNAPSHOT)
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let base = chain_base(&mut tx).await?;
         insert_outcomes(&mut tx, run, job, tickets, outcome, detail, &timestamp(now)).await?;
         self.seal(&mut tx, base, Some(run), HeadKind::Commit)
@@ -609,9 +608,7 @@ impl AuditStore {
     /// Takes and releases the write lock: fails when the database cannot be
     /// written (read-only file, full disk, held too long by another writer).
     pub async fn check_writable(&self) -> anyhow::Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        self.begin_write().await?.rollback().await?;
         Ok(())
     }
 
@@ -626,15 +623,15 @@ impl AuditStore {
         // decided from the ledger has no decision row in the run that sent
         // it (decisions are written on change). The ids outer, each looked
         // up by ticket.
-        let rows = sqlx::query_as(
+        let rows = sqlx::query_as(self.dialect(
             r#"SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
              FROM json_each($1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
-                           WHERE x.ticket_id = t.value
+                           WHERE x.ticket_id = CAST(t.value AS BIGINT)
                              AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2))
                AND d.decision = 'purge'
              GROUP BY d.rule"#,
-        )
+        ))
         .bind(ids)
         .bind(job)
         .fetch_all(&self.pool)
@@ -664,20 +661,21 @@ impl AuditStore {
     ) -> anyhow::Result<HashMap<TicketId, (Option<DateTime<Utc>>, Option<u64>, Option<String>)>>
     {
         let ids = ids_json(tickets);
-        let rows: Vec<(TicketId, Option<String>, Option<i64>, Option<String>)> = sqlx::query_as(
-            r#"SELECT d.ticket_id AS ticket_id, d.deleted_at AS deleted_at,
+        let rows: Vec<(TicketId, Option<String>, Option<i64>, Option<String>)> =
+            sqlx::query_as(self.dialect(
+                r#"SELECT d.ticket_id AS ticket_id, d.deleted_at AS deleted_at,
                       d.actor_id AS actor_id, d.previous_state AS previous_state
              FROM json_each($1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
-                           WHERE x.ticket_id = t.value
+                           WHERE x.ticket_id = CAST(t.value AS BIGINT)
                              AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2)
                              AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = $2))
                AND d.decision = 'purge'"#,
-        )
-        .bind(ids)
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
+            ))
+            .bind(ids)
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|(ticket, deleted_at, actor_id, previous_state)| {
@@ -691,6 +689,10 @@ impl AuditStore {
 
     /// `PRAGMA integrity_check`'s answer (`ok` when sound).
     pub async fn integrity_check(&self) -> anyhow::Result<String> {
+        if self.backend == super::store::Backend::Postgres {
+            // PostgreSQL checks its own pages (data checksums, WAL)
+            return Ok("ok".into());
+        }
         // (a pragma's one column is typed as nullable: it never is NULL)
         let answer: Option<String> = sqlx::query_scalar(r#"PRAGMA integrity_check"#)
             .fetch_one(&self.pool)
@@ -728,8 +730,7 @@ async fn insert_outcomes(
                 .push_bind(at);
         });
         q.push(" RETURNING id");
-        let ids: Vec<i64> = q
-            .build_query_scalar()
+        let ids: Vec<i64> = numbered_scalar(&mut q)
             .persistent(false)
             .fetch_all(&mut **tx)
             .await?;

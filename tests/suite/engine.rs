@@ -69,10 +69,12 @@ async fn a_cycle_purges_exactly_the_selected_tickets_and_audits_each() {
     assert_eq!(subjects, 0);
     // the database is private to its owner and sound
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&e.db).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    if crate::helpers::postgres_server().is_none() {
+        assert_eq!(
+            std::fs::metadata(&e.db).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
     assert_eq!(e.ctx.store.integrity_check().await.unwrap(), "ok");
 }
 
@@ -445,7 +447,7 @@ async fn a_run_left_running_is_closed_as_interrupted_and_its_request_settled() {
     assert_eq!(whole.step.as_str(), "reconcile");
     let old = store.run(crashed).await.unwrap().unwrap();
     assert_eq!(old.status, zd_retention::audit::RunStatus::Interrupted);
-    let job: String = sqlx::query_scalar("SELECT status FROM jobs WHERE run_id = ?")
+    let job: String = sqlx::query_scalar("SELECT status FROM jobs WHERE run_id = $1")
         .bind(crashed)
         .fetch_one(store.pool())
         .await
@@ -557,7 +559,7 @@ async fn a_purge_that_did_not_take_is_flagged_and_tried_again() {
     assert_eq!(second.not_effective, 1);
     assert_eq!(second.counts.purged, 1);
     let outcomes: Vec<String> =
-        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = ? ORDER BY id")
+        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = $1 ORDER BY id")
             .bind(back as i64)
             .fetch_all(e.ctx.store.pool())
             .await

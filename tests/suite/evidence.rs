@@ -81,7 +81,7 @@ async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
-    sqlx::query("UPDATE decisions SET decided_at = '2020-01-01T00:00:00.000Z' WHERE id = ?")
+    sqlx::query("UPDATE decisions SET decided_at = '2020-01-01T00:00:00.000Z' WHERE id = $1")
         .bind(decision_id)
         .execute(&pool)
         .await
@@ -89,7 +89,7 @@ async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
     let values: Vec<Option<String>> = {
         use sqlx::Row as _;
         let row = sqlx::query(
-            "SELECT CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id = ?",
+            "SELECT CAST(run_id AS TEXT), CAST(ticket_id AS TEXT), CAST(deleted_at AS TEXT), CAST(actor_id AS TEXT), CAST(previous_state AS TEXT), CAST(subject AS TEXT), CAST(rule AS TEXT), CAST(decision AS TEXT), CAST(decided_at AS TEXT), CAST(actor_name AS TEXT), CAST(subject_tags AS TEXT) FROM decisions WHERE id = $1",
         )
         .bind(decision_id)
         .fetch_one(&pool)
@@ -112,7 +112,7 @@ async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
     }
     let digest = hex::encode(&hasher.finalize()[..8]);
     let (seq, first, digests): (i64, i64, String) = sqlx::query_as(
-        "SELECT seq, first_id, digests FROM audit_chain WHERE tbl = 'decisions' AND first_id <= ? AND last_id >= ?",
+        "SELECT seq, first_id, digests FROM audit_chain WHERE tbl = 'decisions' AND first_id <= $1 AND last_id >= $2",
     )
     .bind(decision_id)
     .bind(decision_id)
@@ -122,20 +122,20 @@ async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
     let at = ((decision_id - first) * 16) as usize;
     let mut digests = digests;
     digests.replace_range(at..at + 16, &digest);
-    sqlx::query("UPDATE audit_chain SET digests = ? WHERE seq = ?")
+    sqlx::query("UPDATE audit_chain SET digests = $1 WHERE seq = $2")
         .bind(&digests)
         .bind(seq)
         .execute(&pool)
         .await
         .unwrap();
     let entries: Vec<(i64, String, i64, i64, String)> = sqlx::query_as(
-        "SELECT seq, tbl, first_id, last_id, digests FROM audit_chain WHERE seq >= ? ORDER BY seq",
+        "SELECT seq, tbl, first_id, last_id, digests FROM audit_chain WHERE seq >= $1 ORDER BY seq",
     )
     .bind(seq)
     .fetch_all(&pool)
     .await
     .unwrap();
-    let mut prev: String = sqlx::query_scalar("SELECT hash FROM audit_chain WHERE seq = ?")
+    let mut prev: String = sqlx::query_scalar("SELECT hash FROM audit_chain WHERE seq = $1")
         .bind(seq - 1)
         .fetch_optional(&pool)
         .await
@@ -145,7 +145,7 @@ async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
         let hash = hex::encode(Sha256::digest(
             format!("{prev}\x1e{tbl}\x1e{first}\x1e{last}\x1e{digests}").as_bytes(),
         ));
-        sqlx::query("UPDATE audit_chain SET prev = ?, hash = ? WHERE seq = ?")
+        sqlx::query("UPDATE audit_chain SET prev = $1, hash = $2 WHERE seq = $3")
             .bind(&prev)
             .bind(&hash)
             .bind(seq)
@@ -374,7 +374,7 @@ async fn a_forged_row_appended_with_its_chain_entry_is_not_laundered_by_the_next
         .await
         .unwrap();
     let at = "2026-11-29T10:00:00.000Z";
-    let id = sqlx::query("INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) VALUES (1, NULL, 4711, 'purged', 'forged', ?)")
+    let id = sqlx::query("INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) VALUES (1, NULL, 4711, 'purged', 'forged', $1)")
         .bind(at)
         .execute(&pool)
         .await
@@ -405,7 +405,7 @@ async fn a_forged_row_appended_with_its_chain_entry_is_not_laundered_by_the_next
     let hash = hex::encode(Sha256::digest(
         format!("{prev}\x1eoutcomes\x1e{id}\x1e{id}\x1e{digest}").as_bytes(),
     ));
-    sqlx::query("INSERT INTO audit_chain (seq, tbl, first_id, last_id, digests, prev, hash) VALUES (?, 'outcomes', ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit_chain (seq, tbl, first_id, last_id, digests, prev, hash) VALUES ($1, 'outcomes', $2, $3, $4, $5, $6)")
         .bind(seq + 1)
         .bind(id)
         .bind(id)

@@ -106,14 +106,14 @@ async fn run_cell(cell: Cell) {
     crate::helpers::assert_job_ids_accounted(&sb, pool, "first run").await;
 
     // the recorded run is true to what happened
-    let row = sqlx::query("SELECT status, purged, failed, unknown FROM runs WHERE id = ?")
+    let row = sqlx::query("SELECT status, purged, failed, unknown FROM runs WHERE id = $1")
         .bind(first.run_id)
         .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(row.get::<String, _>("status"), first.status.as_str());
     let claimed: Vec<i64> = sqlx::query_scalar(
-        "SELECT ticket_id FROM outcomes WHERE run_id = ? AND outcome = 'purged'",
+        "SELECT ticket_id FROM outcomes WHERE run_id = $1 AND outcome = 'purged'",
     )
     .bind(first.run_id)
     .fetch_all(pool)

@@ -146,10 +146,50 @@ pub struct Engine {
     _dir: tempfile::TempDir,
 }
 
+/// The PostgreSQL server the suite's second pass runs against
+/// (`tests/tools/with-postgres`), if any.
+pub fn postgres_server() -> Option<String> {
+    std::env::var("ZD_TEST_POSTGRES")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A fresh, empty PostgreSQL database on the server of this pass: its URL.
+pub async fn fresh_postgres_database(server: &str) -> String {
+    use sqlx::Connection as _;
+    zd_retention::audit::install_drivers();
+    let name = format!("zd_{}", uuid_like());
+    let mut admin = sqlx::AnyConnection::connect(server).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{name}")
+}
+
+fn uuid_like() -> String {
+    use rand::RngExt as _;
+    format!("{:016x}", rand::rng().random::<u64>())
+}
+
+/// The store a test's engine writes: SQLite in `dir`, or a fresh PostgreSQL
+/// database in the suite's PostgreSQL pass.
+pub async fn test_store(db: &std::path::Path) -> AuditStore {
+    match postgres_server() {
+        Some(server) => {
+            let url = fresh_postgres_database(&server).await;
+            AuditStore::open_postgres(&url, None).await.unwrap()
+        }
+        None => AuditStore::open(db).await.unwrap(),
+    }
+}
+
 pub async fn engine(sb: &Sandbox, policy: Policy, settings: CycleSettings) -> Engine {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");
-    let store = AuditStore::open(&db).await.unwrap();
+    let store = test_store(&db).await;
     Engine {
         ctx: CycleContext {
             policy: Arc::new(policy),
@@ -268,7 +308,7 @@ pub async fn last_outcomes(pool: &sqlx::AnyPool) -> std::collections::BTreeMap<u
 /// The last decision of a ticket in the audit.
 pub async fn last_decision(pool: &sqlx::AnyPool, ticket: u64) -> Option<String> {
     sqlx::query_scalar(
-        "SELECT decision FROM decisions WHERE ticket_id = ? ORDER BY id DESC LIMIT 1",
+        "SELECT decision FROM decisions WHERE ticket_id = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(ticket as i64)
     .fetch_optional(pool)

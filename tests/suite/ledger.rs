@@ -208,7 +208,7 @@ async fn a_reconcile_settles_what_left_the_view_and_a_ledger_edit_is_refused() {
     assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
 
     // someone makes a kept ticket look like the bot's, in the ledger only
-    sqlx::query("UPDATE ledger SET actor_id = 900001 WHERE ticket_id = ?")
+    sqlx::query("UPDATE ledger SET actor_id = 900001 WHERE ticket_id = $1")
         .bind(kept[1] as i64)
         .execute(e.ctx.store.pool())
         .await
@@ -428,12 +428,12 @@ async fn pruning_keeps_each_purges_evidence_and_the_chain_still_verifies() {
 
     // a purge decision removed and passed off as pruned is caught
     let victim: i64 = rows("SELECT MIN(id) FROM decisions WHERE decision = 'purge'").await;
-    sqlx::query("DELETE FROM decisions WHERE id = ?")
+    sqlx::query("DELETE FROM decisions WHERE id = $1")
         .bind(victim)
         .execute(pool)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO pruned (tbl, row_id, run_id, what, pruned_at) VALUES ('decisions', ?, 1, 'keep_no_rule', '2026-01-01T00:00:00.000Z')")
+    sqlx::query("INSERT INTO pruned (tbl, row_id, run_id, what, pruned_at) VALUES ('decisions', $1, 1, 'keep_no_rule', '2026-01-01T00:00:00.000Z')")
         .bind(victim)
         .execute(pool)
         .await
@@ -476,7 +476,7 @@ async fn a_ticket_restored_then_deleted_again_and_purged_keeps_each_deletion_apa
     assert_eq!(third.step.as_str(), "refresh");
     assert!(sb.purged_ids().contains(&kept));
     let states: Vec<(String, String)> = sqlx::query_as(
-        "SELECT decision, state FROM ledger WHERE ticket_id = ? ORDER BY deleted_at",
+        "SELECT decision, state FROM ledger WHERE ticket_id = $1 ORDER BY deleted_at",
     )
     .bind(kept as i64)
     .fetch_all(e.ctx.store.pool())
@@ -495,7 +495,7 @@ async fn a_ticket_restored_then_deleted_again_and_purged_keeps_each_deletion_apa
     // a ledger edited outside fails the run, recorded as failed, and verify
     // names it too
     sqlx::query(
-        "UPDATE ledger SET previous_state = 'solved' WHERE ticket_id = ? AND state = 'kept'",
+        "UPDATE ledger SET previous_state = 'solved' WHERE ticket_id = $1 AND state = 'kept'",
     )
     .bind(
         tickets
@@ -530,12 +530,12 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
     let kept = tickets.iter().find(|t| t.actor_id == 1001).unwrap().id as i64;
     // a purged ticket's row made kept again
     let gone = sb.purged_ids()[0] as i64;
-    let state: String = sqlx::query_scalar("SELECT state FROM ledger WHERE ticket_id = ?")
+    let state: String = sqlx::query_scalar("SELECT state FROM ledger WHERE ticket_id = $1")
         .bind(gone)
         .fetch_one(store.pool())
         .await
         .unwrap();
-    sqlx::query("UPDATE ledger SET state = 'kept' WHERE ticket_id = ?")
+    sqlx::query("UPDATE ledger SET state = 'kept' WHERE ticket_id = $1")
         .bind(gone)
         .execute(store.pool())
         .await
@@ -547,7 +547,7 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
             .is_some_and(|p| p.contains(&format!("ticket {gone}"))),
         "{problem:?}"
     );
-    sqlx::query("UPDATE ledger SET state = ? WHERE ticket_id = ?")
+    sqlx::query("UPDATE ledger SET state = $1 WHERE ticket_id = $2")
         .bind(state)
         .bind(gone)
         .execute(store.pool())
@@ -556,26 +556,26 @@ async fn verify_names_a_ledger_row_removed_or_moved_to_a_state_nothing_recorded(
     assert!(store.verify_chain().await.unwrap().problem.is_none());
     for (edit, undo) in [
         (
-            "UPDATE ledger SET state = 'gone' WHERE ticket_id = ?",
-            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'gone' WHERE ticket_id = $1",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = $1",
         ),
         (
-            "UPDATE ledger SET state = 'restored' WHERE ticket_id = ?",
-            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'restored' WHERE ticket_id = $1",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = $1",
         ),
         (
-            "UPDATE ledger SET state = 'selected' WHERE ticket_id = ?",
-            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'selected' WHERE ticket_id = $1",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = $1",
         ),
         (
-            "UPDATE ledger SET state = 'superseded' WHERE ticket_id = ?",
-            "UPDATE ledger SET state = 'kept' WHERE ticket_id = ?",
+            "UPDATE ledger SET state = 'superseded' WHERE ticket_id = $1",
+            "UPDATE ledger SET state = 'kept' WHERE ticket_id = $1",
         ),
         (
-            "UPDATE ledger SET deleted_at = '2099-01-01T00:00:00.000Z' WHERE ticket_id = ?",
-            "UPDATE ledger SET deleted_at = (SELECT deleted_at FROM decisions WHERE ticket_id = ?1 ORDER BY id DESC LIMIT 1) WHERE ticket_id = ?1",
+            "UPDATE ledger SET deleted_at = '2099-01-01T00:00:00.000Z' WHERE ticket_id = $1",
+            "UPDATE ledger SET deleted_at = (SELECT deleted_at FROM decisions WHERE ticket_id = $1 ORDER BY id DESC LIMIT 1) WHERE ticket_id = $1",
         ),
-        ("DELETE FROM ledger WHERE ticket_id = ?", "SELECT ?"),
+        ("DELETE FROM ledger WHERE ticket_id = $1", "SELECT $1"),
     ] {
         sqlx::query(edit)
             .bind(kept)
@@ -772,7 +772,7 @@ async fn a_forced_manual_purge_of_a_ticket_the_ledger_knows_lands_on_its_row() {
         .unwrap();
     assert_eq!(results[0].outcome, "purged", "{results:?}");
     let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT deleted_at, state FROM ledger WHERE ticket_id = ?")
+        sqlx::query_as("SELECT deleted_at, state FROM ledger WHERE ticket_id = $1")
             .bind(kept as i64)
             .fetch_all(e.ctx.store.pool())
             .await

@@ -39,7 +39,7 @@ async fn a_manual_purge_in_a_dry_run_config_sends_nothing_unless_live() {
     let row = e.ctx.store.run(run).await.unwrap().unwrap();
     assert!(row.dry_run, "the run is recorded as a dry run");
     let decisions: Vec<String> =
-        sqlx::query_scalar("SELECT decision FROM decisions WHERE run_id = ?")
+        sqlx::query_scalar("SELECT decision FROM decisions WHERE run_id = $1")
             .bind(run)
             .fetch_all(e.ctx.store.pool())
             .await
@@ -76,7 +76,7 @@ async fn a_keep_rule_holds_a_manual_purge_unless_forced_and_forcing_is_recorded(
         .await
         .unwrap();
     assert_eq!(results[0].outcome, "purged");
-    let rule: String = sqlx::query_scalar("SELECT rule FROM decisions WHERE run_id = ?")
+    let rule: String = sqlx::query_scalar("SELECT rule FROM decisions WHERE run_id = $1")
         .bind(run)
         .fetch_one(e.ctx.store.pool())
         .await

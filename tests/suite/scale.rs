@@ -138,7 +138,7 @@ async fn a_whole_view_check_spans_runs_while_each_refresh_purges_and_then_settle
     assert!(purged.is_subset(&allowed));
     assert_eq!(purged.len(), 200 + spam.len());
     let story: Vec<String> =
-        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = ? ORDER BY id")
+        sqlx::query_scalar("SELECT outcome FROM outcomes WHERE ticket_id = $1 ORDER BY id")
             .bind(restored[0] as i64)
             .fetch_all(e.ctx.store.pool())
             .await
@@ -201,7 +201,7 @@ async fn a_refresh_decides_again_only_the_rows_a_threshold_crossed_or_a_new_poli
 
     // as if the last pass had been two days ago: the rows whose deletion
     // plus a threshold falls in those two days, and only they
-    sqlx::query("UPDATE ledger_decided SET decided_at = ?")
+    sqlx::query("UPDATE ledger_decided SET decided_at = $1")
         .bind(zd_retention::audit::timestamp(Utc::now() - day * 2))
         .execute(e.ctx.store.pool())
         .await

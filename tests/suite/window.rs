@@ -352,7 +352,7 @@ async fn a_ticket_deleted_again_while_its_purge_request_leaves_is_recorded_in_do
     let outcomes = last_outcomes(e.ctx.store.pool()).await;
     assert_eq!(outcomes.get(&target).map(String::as_str), Some("unknown"));
     let detail: String = sqlx::query_scalar(
-        "SELECT detail FROM outcomes WHERE ticket_id = ? ORDER BY id DESC LIMIT 1",
+        "SELECT detail FROM outcomes WHERE ticket_id = $1 ORDER BY id DESC LIMIT 1",
     )
     .bind(target as i64)
     .fetch_one(e.ctx.store.pool())

@@ -1,0 +1,141 @@
+//! Opening the audit in a PostgreSQL database: a writer migrates it
+//! (`migrations/postgres/`), a reader holds one snapshot (a read-only,
+//! repeatable-read transaction) for its life. A database a newer
+//! zd-retention migrated is refused, as on SQLite.
+//!
+//! The URL a caller passes holds the password (read from a file or the
+//! environment, never from the config's text); every message here names
+//! the database by [`redacted`], never by the URL itself.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions as _};
+use std::str::FromStr as _;
+
+use super::keys::ChainSigner;
+use super::open::{install_drivers, newest_schema};
+use super::store::{AuditStore, Backend};
+
+/// The PostgreSQL migrations' folder; its numbers are SQLite's schema
+/// numbers for the same tables.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A PostgreSQL URL as it may be shown: without its password.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unreadable PostgreSQL URL)".into(),
+    }
+}
+
+fn options(url: &str) -> anyhow::Result<AnyConnectOptions> {
+    install_drivers();
+    Ok(AnyConnectOptions::from_str(url)
+        .map_err(|_| anyhow::anyhow!("{} is not a PostgreSQL URL", redacted(url)))?
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1)))
+}
+
+/// The schema a zd-retention migrated the database to, or None for an
+/// empty one.
+async fn applied_schema(pool: &AnyPool) -> anyhow::Result<Option<i64>> {
+    let migrated: Option<String> =
+        sqlx::query_scalar("SELECT CAST(to_regclass('_sqlx_migrations') AS TEXT)")
+            .fetch_one(pool)
+            .await?;
+    if migrated.is_none() {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+fn refuse_newer(url: &str, applied: Option<i64>) -> anyhow::Result<()> {
+    let newest = newest_schema();
+    match applied {
+        Some(version) if version > newest => anyhow::bail!(
+            "the audit database {} has schema {version}, written by a newer zd-retention; this one ({}) knows schemas up to {newest}. Nothing was written to it: run the newer zd-retention again",
+            redacted(url),
+            crate::build::VERSION_LINE,
+        ),
+        _ => Ok(()),
+    }
+}
+
+impl AuditStore {
+    /// Opens and migrates the audit in the PostgreSQL database at `url`.
+    pub async fn open_postgres(url: &str, signer: Option<ChainSigner>) -> anyhow::Result<Self> {
+        let shown = redacted(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_release(|conn, _| {
+                use sqlx::Connection as _;
+                let clean = !conn.is_in_transaction();
+                Box::pin(async move { Ok(clean) })
+            })
+            .connect_with(options(url)?)
+            .await
+            .with_context(|| format!("cannot connect to the audit database {shown}"))?;
+        let applied = applied_schema(&pool)
+            .await
+            .with_context(|| format!("cannot read the schema of the audit database {shown}"))?;
+        refuse_newer(url, applied)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .with_context(|| format!("cannot apply the migrations to {shown}"))?;
+        let store = Self {
+            pool,
+            backend: Backend::Postgres,
+            file: None,
+            wal: None,
+            scratch: None,
+            signer,
+            writer: true,
+        };
+        store
+            .seal_states()
+            .await
+            .with_context(|| format!("cannot record the runs' states in {shown}"))?;
+        store.check_states().await?;
+        Ok(store)
+    }
+
+    /// Opens the audit in the PostgreSQL database at `url` for queries
+    /// only: one connection, one snapshot for the command's life.
+    pub async fn open_postgres_read_only(url: &str) -> anyhow::Result<Self> {
+        let shown = redacted(url);
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_with(options(url)?)
+            .await
+            .with_context(|| format!("cannot connect to the audit database {shown}"))?;
+        let applied = applied_schema(&pool)
+            .await
+            .with_context(|| format!("cannot read the schema of the audit database {shown}"))?;
+        refuse_newer(url, applied)?;
+        if applied.is_none_or(|v| v < newest_schema()) {
+            anyhow::bail!(
+                "the audit database {shown} holds no audit of this version yet: run a cycle first (zd-retention once), which creates or upgrades it"
+            );
+        }
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&pool)
+            .await?;
+        // (the snapshot begins with the first read)
+        sqlx::query("SELECT 1").fetch_all(&pool).await?;
+        Ok(Self::reader(pool, Backend::Postgres))
+    }
+}
