@@ -24,6 +24,38 @@ pub fn client_from(config: &Config) -> anyhow::Result<ZendeskClient> {
     Ok(ZendeskClient::new(config.client_config()?)?)
 }
 
+/// The config's audit store, opened to write (no lead: the caller holds
+/// the SQLite file's lock; on PostgreSQL, see `Lead`).
+pub async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
+    let signer = config.chain_signer()?;
+    match &config.audit.postgres {
+        Some(pg) => {
+            use secrecy::ExposeSecret as _;
+            AuditStore::open_postgres(pg.connect_url()?.expose_secret(), signer).await
+        }
+        None => AuditStore::open_with(&config.audit.database, signer).await,
+    }
+}
+
+/// The config's audit store, for reading: one snapshot.
+pub async fn open_reader(config: &Config) -> anyhow::Result<AuditStore> {
+    match &config.audit.postgres {
+        Some(pg) => {
+            use secrecy::ExposeSecret as _;
+            AuditStore::open_postgres_read_only(pg.connect_url()?.expose_secret()).await
+        }
+        None => AuditStore::open_read_only(&config.audit.database).await,
+    }
+}
+
+/// Where the config keeps its audit, as it may be shown.
+pub fn audit_place(config: &Config) -> String {
+    match &config.audit.postgres {
+        Some(pg) => crate::audit::redacted_url(&pg.url),
+        None => config.audit.database.display().to_string(),
+    }
+}
+
 /// A daemon ready to run.
 pub struct App {
     ctx: CycleContext,
@@ -37,9 +69,18 @@ impl App {
     /// lock. The health and metrics server is listening when this returns,
     /// when the config has `[server] listen`.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let store = open_store(config).await?;
+        Self::build_with(config, store, None).await
+    }
+
+    /// [`Self::build`] on a store already opened (a PostgreSQL writer's,
+    /// with its lead), its probes on the standby's server when one ran.
+    pub async fn build_with(
+        config: &Config,
+        store: AuditStore,
+        standby: Option<(SocketAddr, crate::health::StoreSlot)>,
+    ) -> anyhow::Result<Self> {
         let client = client_from(config)?;
-        let signer = config.chain_signer()?;
-        let store = AuditStore::open_with(&config.audit.database, signer).await?;
         // A crash of the previous process shows at once, not at the first
         // tick; its open jobs are followed by the first run.
         let interrupted = store.close_interrupted_runs(chrono::Utc::now()).await?;
@@ -50,14 +91,20 @@ impl App {
         if config.safety.dry_run {
             tracing::warn!("safety.dry_run = true: runs decide and record, and purge nothing");
         }
-        let server = match config.listen {
-            Some(listen) => {
+        let server = match (config.listen, standby) {
+            (_, Some((addr, slot))) => {
+                let _ = slot.set(store.clone());
+                Some(addr)
+            }
+            (Some(listen), None) => {
                 let metrics = crate::health::install_metrics()?;
                 // the probes stop with the process, after the cycle
+                let slot = crate::health::StoreSlot::default();
+                let _ = slot.set(store.clone());
                 Some(
                     crate::health::serve(
                         listen,
-                        store.clone(),
+                        slot,
                         ctx.client.clone(),
                         metrics,
                         CancellationToken::new(),
@@ -65,7 +112,7 @@ impl App {
                     .await?,
                 )
             }
-            None => None,
+            (None, None) => None,
         };
         Ok(Self {
             ctx,

@@ -93,6 +93,8 @@ struct RawSchedule {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     database: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
     record_subjects: Option<bool>,
     keep_details: Option<Spanned<String>>,
     signing_key_file: Option<Spanned<String>>,
@@ -193,7 +195,10 @@ impl Schedule {
 /// `[audit]`, validated.
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
+    /// The SQLite file (empty when the audit is in PostgreSQL).
     pub database: PathBuf,
+    /// The PostgreSQL database that keeps the audit instead, if any.
+    pub postgres: Option<PostgresAudit>,
     pub record_subjects: bool,
     /// Details of tickets settled longer ago than this are pruned (`None`:
     /// kept for ever); each purge's evidence is always kept.
@@ -203,6 +208,53 @@ pub struct AuditSettings {
     pub signing_key_file: Option<PathBuf>,
     /// The line of `signing_key_file`, for the errors of reading the key.
     pub signing_key_line: Option<usize>,
+}
+
+/// `[audit] database = "postgres://…"`: the URL as written (never with a
+/// password) and where its password is read.
+#[derive(Debug, Clone)]
+pub struct PostgresAudit {
+    pub url: String,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+}
+
+impl PostgresAudit {
+    /// The URL to connect with, its password read from the file or the
+    /// environment now (never kept in the config).
+    pub fn connect_url(&self) -> anyhow::Result<SecretString> {
+        let password = match (&self.password_file, &self.password_env) {
+            (Some(path), _) => {
+                warn_if_world_readable(path);
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("audit.password_file: cannot read {}: {e}", path.display())
+                })?;
+                let text = text.trim_end_matches(['\n', '\r']).to_string();
+                if text.is_empty() {
+                    anyhow::bail!(
+                        "audit.password_file: {} is empty: write the database password into it",
+                        path.display()
+                    );
+                }
+                Some(text)
+            }
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(v),
+                _ => anyhow::bail!(
+                    "audit.password_env: the environment variable {var} is not set or empty: export {var}=<the database password>"
+                ),
+            },
+            (None, None) => None,
+        };
+        let mut url = url::Url::parse(&self.url)
+            .map_err(|e| anyhow::anyhow!("audit.database: not a URL: {e}"))?;
+        if let Some(password) = password {
+            url.set_password(Some(&password)).map_err(|()| {
+                anyhow::anyhow!("audit.database: this URL cannot carry a password")
+            })?;
+        }
+        Ok(SecretString::from(url.to_string()))
+    }
 }
 
 /// `[safety]`, validated.
@@ -712,6 +764,12 @@ fn url_scheme(text: &str) -> Option<String> {
     }
 }
 
+/// Whether an audit database text names a PostgreSQL database.
+pub fn is_postgres_url(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
 /// Reads a public key for `audit verify --public-key`.
 pub fn read_public_key(path: &Path) -> anyhow::Result<ChainVerifier> {
     let text = std::fs::read_to_string(path)
@@ -1049,6 +1107,65 @@ impl Checker<'_> {
     }
 
     /// `[audit]`.
+    /// `[audit]` with a PostgreSQL URL: no password in it, a known
+    /// `sslmode`, at most one place for the password.
+    fn postgres_audit(&mut self, a: &RawAudit, v: &Spanned<String>) -> PostgresAudit {
+        let text = v.get_ref().trim();
+        match url::Url::parse(text) {
+            Err(e) => self.at(
+                "audit.database",
+                v,
+                format!(
+                    "is not a PostgreSQL URL ({e}): write it as postgres://USER@HOST:PORT/DATABASE"
+                ),
+            ),
+            Ok(url) => {
+                if url.password().is_some() {
+                    self.at(
+                        "audit.database",
+                        v,
+                        "holds a password: the config is no place for it; put it in a file named by audit.password_file (mode 0600) or an environment variable named by audit.password_env, and remove it from the URL",
+                    );
+                }
+                let modes = [
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ];
+                for (key, value) in url.query_pairs() {
+                    if key == "sslmode" && !modes.contains(&value.as_ref()) {
+                        self.at(
+                            "audit.database",
+                            v,
+                            format!("sslmode={value} is not one of {}", modes.join(", ")),
+                        );
+                    }
+                }
+            }
+        }
+        if let (Some(_), Some(env)) = (&a.password_file, &a.password_env) {
+            self.at(
+                "audit.password_env",
+                env,
+                "and audit.password_file are both set: keep one",
+            );
+        }
+        PostgresAudit {
+            url: text.to_string(),
+            password_file: a
+                .password_file
+                .as_ref()
+                .map(|p| PathBuf::from(p.get_ref().trim())),
+            password_env: a
+                .password_env
+                .as_ref()
+                .map(|e| e.get_ref().trim().to_string()),
+        }
+    }
+
     fn audit(&mut self, a: &RawAudit) -> AuditSettings {
         let keep_details = self.duration("audit.keep_details", &a.keep_details);
         if let (Some(keep), Some(v)) = (keep_details, &a.keep_details)
@@ -1061,8 +1178,26 @@ impl Checker<'_> {
             );
         }
 
+        let postgres = a
+            .database
+            .as_ref()
+            .filter(|v| is_postgres_url(v.get_ref().trim()))
+            .map(|v| self.postgres_audit(a, v));
+        for (key, value) in [
+            ("audit.password_file", &a.password_file),
+            ("audit.password_env", &a.password_env),
+        ] {
+            if let (Some(v), None) = (value, &postgres) {
+                self.at(
+                    key,
+                    v,
+                    "is for a PostgreSQL audit database (audit.database = \"postgres://...\"): an SQLite file has no password; remove it",
+                );
+            }
+        }
         let database = match &a.database {
             None => "zd-retention.db".to_string(),
+            Some(_) if postgres.is_some() => String::new(),
             Some(v) => {
                 let text = v.get_ref().trim();
                 let problem = if text.is_empty() {
@@ -1093,6 +1228,7 @@ impl Checker<'_> {
         AuditSettings {
             signing_key_line,
             database: PathBuf::from(database),
+            postgres,
             record_subjects: a.record_subjects.unwrap_or(false),
             keep_details,
             signing_key_file,

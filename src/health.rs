@@ -70,9 +70,12 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         })
 }
 
+/// The store the probes check: empty while the daemon is a standby.
+pub type StoreSlot = Arc<std::sync::OnceLock<AuditStore>>;
+
 #[derive(Clone)]
 struct Probe {
-    store: AuditStore,
+    store: StoreSlot,
     client: ZendeskClient,
     metrics: PrometheusHandle,
 }
@@ -82,8 +85,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
+    let Some(store) = probe.store.get() else {
+        // a standby: ready to take over, not to serve
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby: another node holds the lead of the audit database; this one takes over when it goes\n"
+                .to_string(),
+        );
+    };
     let mut problems = Vec::new();
-    if let Err(e) = probe.store.check_writable().await {
+    if let Err(e) = store.check_writable().await {
         problems.push(format!("audit database not writable: {e:#}"));
     }
     if probe.client.last_attempt_failed() {
@@ -113,7 +124,7 @@ async fn render_metrics(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
 /// Serves the probes until `cancel`; returns the bound address at once.
 pub async fn serve(
     listen: SocketAddr,
-    store: AuditStore,
+    store: StoreSlot,
     client: ZendeskClient,
     metrics: PrometheusHandle,
     cancel: CancellationToken,

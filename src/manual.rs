@@ -251,6 +251,7 @@ async fn restore_batch(
     let row = store
         .record_request(run, RequestKind::RestoreMany, batch, Utc::now())
         .await?;
+    store.confirm_lead().await?;
     match ctx.client.restore_many(batch).await {
         Ok(()) => {
             store
@@ -359,6 +360,7 @@ async fn restore_one(ctx: &CycleContext, run: RunId, id: TicketId) -> anyhow::Re
     let row = store
         .record_request(run, RequestKind::Restore, &batch, Utc::now())
         .await?;
+    store.confirm_lead().await?;
     let (status, outcome, detail) = match ctx.client.restore(id).await {
         Ok(()) => (JobRowStatus::Completed, Outcome::Restored, None),
         Err(ZendeskError::NotFound { .. }) => (

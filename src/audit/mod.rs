@@ -22,6 +22,7 @@ mod evidence_queries;
 mod heads;
 mod keys;
 mod kinds;
+mod lead;
 mod ledger;
 mod open;
 mod postgres;
@@ -44,6 +45,7 @@ pub use kinds::{
     DecisionKind, JobRowStatus, Outcome, RequestKind, RunStatus, ScanKind, StepKind, Stored,
     StoredScan, StoredStep, TextEnum, Trigger,
 };
+pub use lead::Lead;
 pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting, Unsettled};
 pub(crate) use open::create_private;
 pub use open::install_drivers;

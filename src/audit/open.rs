@@ -250,6 +250,7 @@ impl AuditStore {
             pool,
             backend: Backend::Sqlite,
             writer: true,
+            lead: None,
             file: Some((path.to_path_buf(), identity)),
             wal,
             scratch: None,

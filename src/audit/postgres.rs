@@ -35,9 +35,24 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// `url` with an `application_name` naming this process (unless the URL
+/// names one): how `pg_stat_activity` tells the nodes' sessions apart.
+pub(super) fn named(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.query_pairs().any(|(k, _)| k == "application_name") => {
+            u.query_pairs_mut().append_pair(
+                "application_name",
+                &format!("zd-retention pid {}", std::process::id()),
+            );
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
 fn options(url: &str) -> anyhow::Result<AnyConnectOptions> {
     install_drivers();
-    Ok(AnyConnectOptions::from_str(url)
+    Ok(AnyConnectOptions::from_str(&named(url))
         .map_err(|_| anyhow::anyhow!("{} is not a PostgreSQL URL", redacted(url)))?
         .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1)))
 }
@@ -102,6 +117,7 @@ impl AuditStore {
             scratch: None,
             signer,
             writer: true,
+            lead: None,
         };
         store
             .seal_states()

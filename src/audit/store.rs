@@ -40,6 +40,9 @@ pub struct AuditStore {
     pub(super) backend: Backend,
     /// Whether this store writes (a reader holds one snapshot instead).
     pub(super) writer: bool,
+    /// On PostgreSQL, the lead of the daemon that writes: every write
+    /// transaction checks it and its fencing term.
+    pub(super) lead: Option<std::sync::Arc<super::lead::Lead>>,
     /// For a writer: the file and its identity when opened. A database
     /// removed or replaced while in use fails the next write loudly:
     /// SQLite would go on writing to the removed file, and the history
@@ -82,6 +85,7 @@ impl AuditStore {
             pool,
             backend,
             writer: false,
+            lead: None,
             file: None,
             wal: None,
             scratch: None,
@@ -124,10 +128,32 @@ impl AuditStore {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
-                    .bind(WRITE_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
+                match &self.lead {
+                    Some(lead) => {
+                        lead.confirm().await?;
+                        // the fence row, locked till the commit: a takeover
+                        // waits for this transaction, and a term raised
+                        // before it refuses it
+                        let held =
+                            sqlx::query("UPDATE fence SET term = term WHERE id = 1 AND term = $1")
+                                .bind(lead.term())
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected();
+                        if held != 1 {
+                            anyhow::bail!(
+                                "another node took over the audit database (fencing term {} is no longer the current one): this daemon writes nothing more",
+                                lead.term()
+                            );
+                        }
+                    }
+                    None => {
+                        sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
+                            .bind(WRITE_LOCK_KEY)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
                 tx
             }
         })
@@ -150,6 +176,30 @@ impl AuditStore {
                 )
             }
         })
+    }
+
+    /// Gives a PostgreSQL writer the lead it holds, its term raised: from
+    /// now on each write transaction checks both.
+    pub async fn with_lead(mut self, lead: super::lead::Lead) -> anyhow::Result<Self> {
+        let term = lead.raise_term().await?;
+        metrics::gauge!("zd_retention_fencing_term").set(term as f64);
+        tracing::info!(term, "this daemon holds the lead of the audit database");
+        self.lead = Some(std::sync::Arc::new(lead));
+        Ok(self)
+    }
+
+    /// Fails unless this process may write to Zendesk: on PostgreSQL with a
+    /// lead, it still holds it (checked just before each write request).
+    pub async fn confirm_lead(&self) -> anyhow::Result<()> {
+        match &self.lead {
+            Some(lead) => lead.confirm().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this store's lead was found lost (final).
+    pub fn lead_lost(&self) -> bool {
+        self.lead.as_ref().is_some_and(|l| l.is_lost())
     }
 
     pub fn pool(&self) -> &AnyPool {

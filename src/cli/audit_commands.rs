@@ -18,14 +18,13 @@ use crate::render::{self, TableFormat};
 use crate::zendesk::TicketId;
 
 async fn open(config: Option<PathBuf>, target: &AuditTarget) -> anyhow::Result<AuditStore> {
-    let path = match &target.database {
+    match &target.database {
         Some(p) => {
             check_database_arg(p)?;
-            p.clone()
+            AuditStore::open_read_only(p).await
         }
-        None => load_config(config)?.audit.database,
-    };
-    AuditStore::open_read_only(&path).await
+        None => crate::app::open_reader(&load_config(config)?).await,
+    }
 }
 
 /// `zd-retention audit ...`: one function per query.

@@ -52,9 +52,62 @@ pub(super) fn progress_spinner(message: &str) -> indicatif::ProgressBar {
 }
 
 /// The config's audit database, opened to write, with its signing key.
-pub(super) async fn open_store(config: &Config) -> anyhow::Result<AuditStore> {
-    let signer = config.chain_signer()?;
-    AuditStore::open_with(&config.audit.database, signer).await
+pub(super) use crate::app::open_store;
+
+/// What a writing command holds for its life: the SQLite file's lock, or
+/// (on PostgreSQL) the lead its store carries.
+#[derive(Debug)]
+pub(super) enum Writer {
+    File {
+        _lock: crate::writer_lock::WriterLock,
+    },
+    Lead,
+}
+
+/// The name a writer leaves for others to read.
+pub(super) fn holder_name(command: &str) -> String {
+    let host = whoami::hostname().unwrap_or_else(|_| "?".into());
+    format!("{command} on {host} (pid {})", std::process::id())
+}
+
+/// Takes the config's audit database for writing and opens it: the
+/// SQLite file's lock, or the lead of a PostgreSQL audit (refused at once,
+/// naming the holder, when another process has either).
+pub(super) async fn open_writer(
+    config: &Config,
+    command: &str,
+    new_history: bool,
+) -> anyhow::Result<(AuditStore, Writer)> {
+    match &config.audit.postgres {
+        None => {
+            let mut lock =
+                crate::writer_lock::acquire(&config.audit.database, command, new_history)?;
+            let store = open_store(config).await?;
+            lock.mark_history();
+            Ok((store, Writer::File { _lock: lock }))
+        }
+        Some(pg) => {
+            use secrecy::ExposeSecret as _;
+            let url = pg.connect_url()?;
+            let lead = match crate::audit::Lead::try_take(
+                url.expose_secret(),
+                &holder_name(command),
+            )
+            .await?
+            {
+                Ok(lead) => lead,
+                Err(holder) => anyhow::bail!(
+                    "the audit database {} is in use by another writer: {holder}. Wait for it to finish, or stop it",
+                    crate::audit::redacted_url(&pg.url)
+                ),
+            };
+            let store = AuditStore::open_postgres(url.expose_secret(), config.chain_signer()?)
+                .await?
+                .with_lead(lead)
+                .await?;
+            Ok((store, Writer::Lead))
+        }
+    }
 }
 
 /// What a command may send to Zendesk.

@@ -9,9 +9,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{ListArgs, PlanArgs, PurgeArgs, RestoreArgs};
-use super::common::{UsageError, client_from, load_config, open_store, progress_spinner};
+use super::common::{UsageError, Writer, client_from, load_config, open_writer, progress_spinner};
 use crate::app::EXIT_FAILED;
-use crate::audit::AuditStore;
 use crate::cycle::CycleContext;
 use crate::render::{self, ListedTicketRow, TableFormat};
 use crate::ticket::Ticket;
@@ -63,13 +62,11 @@ pub(super) async fn manual_context(
     config: Option<PathBuf>,
     command: &str,
     new_history: bool,
-) -> anyhow::Result<(CycleContext, crate::writer_lock::WriterLock)> {
+) -> anyhow::Result<(CycleContext, Writer)> {
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // one writer per audit database, for the whole command
-    let mut lock = crate::writer_lock::acquire(&config.audit.database, command, new_history)?;
-    let store = open_store(&config).await?;
-    lock.mark_history();
+    let (store, lock) = open_writer(&config, command, new_history).await?;
     Ok((
         CycleContext::new(&config, client, store, CancellationToken::new()),
         lock,
@@ -80,7 +77,7 @@ pub(super) async fn plan(config: Option<PathBuf>, args: PlanArgs) -> anyhow::Res
     let config = load_config(config)?;
     if args.ledger {
         // read-only: the running daemon's ledger is not disturbed
-        let store = AuditStore::open_read_only(&config.audit.database).await?;
+        let store = crate::app::open_reader(&config).await?;
         let mut differ =
             crate::manual::LedgerDiffer::new(&config.policy, &config.safety, chrono::Utc::now());
         let read = store

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::args::{OnceArgs, ProbeArgs, ProbeFormat, SummaryFormat};
 use super::common::{
-    client_from, disk_full_words, load_config, open_store, progress_spinner, shutdown_signal,
-    writes_so_far,
+    client_from, disk_full_words, holder_name, load_config, open_store, open_writer,
+    progress_spinner, shutdown_signal, writes_so_far,
 };
 use crate::app::{EXIT_FAILED, EXIT_USAGE};
 use crate::config::Config;
@@ -181,7 +181,7 @@ pub(super) async fn probe(config: Option<PathBuf>, args: ProbeArgs) -> anyhow::R
         ProbeFormat::Table => print!("{}", crate::render::probe_table(&findings)),
     }
     match stored {
-        Ok(Some(id)) => eprintln!("probe {id} stored in {}", config.audit.database.display()),
+        Ok(Some(id)) => eprintln!("probe {id} stored in {}", crate::app::audit_place(&config)),
         Ok(None) => {}
         Err(e) => eprintln!("warning: the findings were not stored: {e:#}"),
     }
@@ -201,9 +201,7 @@ pub(super) async fn once(
     let config = load_config(config)?;
     let client = client_from(&config)?;
     // one writer per audit database, for the whole command
-    let mut lock = crate::writer_lock::acquire(&config.audit.database, "once", new_history)?;
-    let store = open_store(&config).await?;
-    lock.mark_history();
+    let (store, _writer) = open_writer(&config, "once", new_history).await?;
     let cancel = CancellationToken::new();
     let mut ctx = CycleContext::new(&config, client, store.clone(), cancel.clone());
     if args.dry_run {
@@ -272,6 +270,41 @@ pub(super) async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow
             cancel.cancel();
         }
     });
+    if let Some(pg) = &config.audit.postgres {
+        let app = lead_or_wait(&config, pg, &standby_cancel).await;
+        stop_waiting.abort();
+        let Some(app) = app? else {
+            tracing::info!("stopped while on standby");
+            return Ok(ExitCode::SUCCESS);
+        };
+        // the lead is checked every second besides each write: once lost,
+        // the daemon stops sending and ends (a supervisor starts it again,
+        // as a standby)
+        let store = app.context().store.clone();
+        let watched = store.clone();
+        let lost = async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = watched.confirm_lead().await {
+                    tracing::error!(error = %format!("{e:#}"), "stopping");
+                    return;
+                }
+            }
+        };
+        app.run_until_stopped(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = lost => {}
+            }
+        })
+        .await?;
+        if store.lead_lost() {
+            anyhow::bail!(
+                "this daemon lost the lead of the audit database and stopped; it starts again as a standby"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let lock = crate::writer_lock::acquire_or_wait(
         &config.audit.database,
         "run",
@@ -289,4 +322,61 @@ pub(super) async fn daemon(config: Option<PathBuf>, new_history: bool) -> anyhow
     lock.mark_history();
     app.run_until_stopped(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A daemon on a PostgreSQL audit: its probes answer at once (a standby is
+/// alive and not ready, `zd_retention_standby` 1), it waits for the lead,
+/// then opens the store under it. `None` when stopped while waiting.
+async fn lead_or_wait(
+    config: &crate::config::Config,
+    pg: &crate::config::PostgresAudit,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<crate::app::App>> {
+    use secrecy::ExposeSecret as _;
+    let url = pg.connect_url()?;
+    let shown = crate::audit::redacted_url(&pg.url);
+    let standby = match config.listen {
+        Some(listen) => {
+            let metrics = crate::health::install_metrics()?;
+            let slot = crate::health::StoreSlot::default();
+            let client = client_from(config)?;
+            let addr = crate::health::serve(
+                listen,
+                slot.clone(),
+                client,
+                metrics,
+                CancellationToken::new(),
+            )
+            .await?;
+            Some((addr, slot))
+        }
+        None => None,
+    };
+    metrics::gauge!("zd_retention_standby").set(1.0);
+    let waited_since = std::time::Instant::now();
+    let mut waited = false;
+    let lead = crate::audit::Lead::take_or_wait(
+        url.expose_secret(),
+        &holder_name("run"),
+        Duration::from_millis(500),
+        cancel,
+        |holder| {
+            waited = true;
+            tracing::warn!(database = %shown, holder = %holder, "standby: another node holds the lead of the audit database; taking over when it goes");
+        },
+    )
+    .await?;
+    let Some(lead) = lead else { return Ok(None) };
+    if waited {
+        tracing::warn!(database = %shown, waited_ms = waited_since.elapsed().as_millis() as u64, "the active node is gone: this one takes over");
+    }
+    metrics::gauge!("zd_retention_standby").set(0.0);
+    let store =
+        crate::audit::AuditStore::open_postgres(url.expose_secret(), config.chain_signer()?)
+            .await?
+            .with_lead(lead)
+            .await?;
+    Ok(Some(
+        crate::app::App::build_with(config, store, standby).await?,
+    ))
 }

@@ -11,36 +11,37 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
-use zd_retention::audit::{AuditStore, timestamp};
+use zd_retention::audit::timestamp;
 use zd_retention::sandbox::{Sandbox, SandboxOptions};
 
 use crate::helpers::{
-    Profile, TOKEN, assert_writes_recorded_first, clear_tickets, example_selects_at,
+    AuditAt, Profile, TOKEN, assert_writes_recorded_first, clear_tickets, example_selects_at,
     fast_sandbox_options, harness_tickets, ids_text, selected,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
-fn config(dir: &std::path::Path, base_url: &str) -> std::path::PathBuf {
+fn config(dir: &std::path::Path, base_url: &str, db: &AuditAt) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
         format!(
             "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
              [zendesk.rate_limits]\nlist = \"10/200ms\"\nlist_deep = \"5/200ms\"\naccount = \"200/100ms\"\nmax_jobs_in_flight = 3\n\
-             [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\npurge_while_scanning = true\nmax_purges_per_run = 1000000\n\
+             [audit]\n{}\n[safety]\ndry_run = false\npurge_while_scanning = true\nmax_purges_per_run = 1000000\n\
              [[rules]]\nname = \"legal-hold\"\naction = \"keep\"\nsubject_matches = \"(?i)legal hold\"\n\
              [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n\
              [[rules]]\nname = \"automation-deletions\"\naction = \"purge\"\nactor_ids = [900001]\nolder_than = \"1h\"\n",
-            dir.join("audit.db").display()
+            db.config_line()
         ),
     )
     .unwrap();
     path
 }
 
-async fn check_after_kill(sb: &Sandbox, db: &std::path::Path, kill: usize) {
-    let store = AuditStore::open(db)
+async fn check_after_kill(sb: &Sandbox, db: &AuditAt, kill: usize) {
+    let store = db
+        .open()
         .await
         .unwrap_or_else(|e| panic!("kill {kill}: the database does not open: {e:#}"));
     assert_eq!(
@@ -134,8 +135,8 @@ async fn harness_with_churn() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &sb.base_url());
-    let db = dir.path().join("audit.db");
+    let db = AuditAt::new(dir.path()).await;
+    let config = config(dir.path(), &sb.base_url(), &db);
     for attempt in 1..=8 {
         let mut child = spawn_once(&config);
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..700 * stretch))).await;
@@ -192,7 +193,7 @@ async fn harness_with_churn() {
                 .filter(|e| format!("{e:?}").contains(&format!("id: {},", t.id)))
                 .map(|e| format!("{e:?}"))
                 .collect();
-            let store = AuditStore::open_read_only(&db).await.unwrap();
+            let store = db.open_read_only().await.unwrap();
             let history = store.ticket_history(t.id.into()).await.unwrap();
             panic!(
                 "ticket {} was purged as {t:?}\nrequests: {requests:#?}\nchurn: {churn:#?}\naudit: {history:#?}",
@@ -252,8 +253,8 @@ async fn harness(profile: Option<Profile>) {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &sb.base_url());
-    let db = dir.path().join("audit.db");
+    let db = AuditAt::new(dir.path()).await;
+    let config = config(dir.path(), &sb.base_url(), &db);
 
     let mut kill = 0;
     let mut attempts = 0;
@@ -301,7 +302,7 @@ async fn harness(profile: Option<Profile>) {
     let missing: Vec<&u64> = want.difference(&purged).take(20).collect();
     if let Some(id) = wrong.first() {
         let t = tickets_at_start.iter().find(|t| t.id == **id);
-        let store = AuditStore::open_read_only(&db).await.unwrap();
+        let store = db.open_read_only().await.unwrap();
         let history = store.ticket_history((**id).into()).await.unwrap();
         panic!(
             "ticket {id} purged, selected by no rule now: {t:?} (now {})\naudit: {history:#?}",
@@ -315,7 +316,7 @@ async fn harness(profile: Option<Profile>) {
         want.len(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let store = AuditStore::open_read_only(&db).await.unwrap();
+    let store = db.open_read_only().await.unwrap();
     let runs = store.runs(None, 1000).await.unwrap();
     assert!(
         runs.iter()

@@ -472,3 +472,42 @@ pub async fn jobs_ended(sb: &Sandbox) {
     }
     panic!("the sandbox's jobs did not end");
 }
+
+/// Where the binary a test runs keeps its audit: an SQLite file in the
+/// test's folder or, in the PostgreSQL pass, a fresh database (its password
+/// none: the test server trusts loopback).
+pub enum AuditAt {
+    File(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl AuditAt {
+    pub async fn new(dir: &std::path::Path) -> Self {
+        match postgres_server() {
+            Some(server) => AuditAt::Postgres(fresh_postgres_database(&server).await),
+            None => AuditAt::File(dir.join("audit.db")),
+        }
+    }
+
+    /// The `database = ...` line of a config.
+    pub fn config_line(&self) -> String {
+        match self {
+            AuditAt::File(path) => format!("database = \"{}\"", path.display()),
+            AuditAt::Postgres(url) => format!("database = \"{url}\""),
+        }
+    }
+
+    pub async fn open(&self) -> anyhow::Result<AuditStore> {
+        match self {
+            AuditAt::File(path) => AuditStore::open(path).await,
+            AuditAt::Postgres(url) => AuditStore::open_postgres(url, None).await,
+        }
+    }
+
+    pub async fn open_read_only(&self) -> anyhow::Result<AuditStore> {
+        match self {
+            AuditAt::File(path) => AuditStore::open_read_only(path).await,
+            AuditAt::Postgres(url) => AuditStore::open_postgres_read_only(url).await,
+        }
+    }
+}
