@@ -722,16 +722,15 @@ fn read_auth(source: &TokenSource) -> Result<Auth, (&'static str, String)> {
 }
 
 /// What is wrong with an audit database path, from the config or
-/// `--database`: a URL (the store is SQLite and takes a path only, until a
-/// backend for another scheme exists; a URL would be taken as a relative
-/// file name), or, when `look` is set, a folder that does not exist (the
+/// `--database`: a URL other than PostgreSQL's in the config (a URL would
+/// be taken as a relative file name; `--database` takes a path only), or, when `look` is set, a folder that does not exist (the
 /// store never creates folders). The message never repeats the value: a
 /// URL may carry a password.
 pub fn database_path_problem(path: &Path, look: bool) -> Option<String> {
     let text = path.to_string_lossy();
     if let Some(scheme) = url_scheme(&text) {
         return Some(format!(
-            "is a URL ({scheme}...): the audit database is an SQLite file and takes a file path only, such as \"/var/lib/zd-retention/zd-retention.db\""
+            "is a URL ({scheme}...): give an SQLite file path, such as \"/var/lib/zd-retention/zd-retention.db\" (a PostgreSQL audit is named in the config's audit.database as postgres://USER@HOST/DATABASE)"
         ));
     }
     let folder = path.parent().filter(|p| !p.as_os_str().is_empty())?;

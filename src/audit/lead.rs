@@ -26,8 +26,7 @@ use anyhow::Context;
 use sqlx::{AnyConnection, Connection as _};
 use tokio_util::sync::CancellationToken;
 
-use super::postgres::redacted;
-use super::store::timestamp;
+use super::connect::{named, redacted};
 
 /// The session advisory lock of the active daemon: any number, the same for
 /// every node of one audit database.
@@ -60,9 +59,9 @@ async fn holder_of(conn: &mut AnyConnection) -> String {
 impl Lead {
     /// Takes the lead now, or says who holds it.
     pub async fn try_take(url: &str, holder: &str) -> anyhow::Result<Result<Lead, String>> {
-        super::open::install_drivers();
+        super::connect::install_drivers();
         let shown = redacted(url);
-        let mut conn = AnyConnection::connect(&super::postgres::named(url))
+        let mut conn = AnyConnection::connect(&named(url))
             .await
             .with_context(|| format!("cannot connect to the audit database {shown}"))?;
         let pids: Vec<i64> = {
@@ -144,7 +143,7 @@ impl Lead {
              RETURNING term",
         )
         .bind(&self.holder)
-        .bind(timestamp(chrono::Utc::now()))
+        .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .fetch_one(&mut *conn)
         .await
         .context("cannot raise the fencing term")?;

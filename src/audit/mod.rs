@@ -17,6 +17,7 @@
 
 mod chain;
 mod checks;
+mod connect;
 mod encode;
 mod evidence_queries;
 mod heads;
@@ -34,6 +35,7 @@ mod verify;
 mod writes;
 
 pub use checks::{LatencySummary, RequestLatency, ViewCheck};
+pub use connect::{install_drivers, redacted as redacted_url};
 pub use encode::MAX_TICKET_ID;
 pub use evidence_queries::{
     ConfigVersion, DayRuleCount, DayStatusCount, IN_DOUBT_DETAIL, KeptCount, OpenOutcome,
@@ -48,9 +50,7 @@ pub use kinds::{
 pub use lead::Lead;
 pub use ledger::{LEDGER_CHUNK, LedgerEntry, LedgerState, ListingMarks, Sighting, Unsettled};
 pub(crate) use open::create_private;
-pub use open::install_drivers;
 pub use open::newest_schema;
-pub use postgres::redacted as redacted_url;
 pub use records::{
     DayRuns, DecisionRecord, JobRow, RunCounts, RunOrigin, RunRow, SearchFilter, SearchRow,
     StatRow, TicketEvent, WITHDRAWN_NARROWED, parse_ids,

@@ -13,6 +13,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{AnyPool, Executor as _};
 
+use super::connect::install_drivers;
 use super::keys::ChainSigner;
 use super::store::{AuditStore, Backend, FileIdentity, ScratchFile, suffixed};
 
@@ -355,13 +356,6 @@ impl AuditStore {
         Self::hold_snapshot(&pool).await?;
         Ok(Self::reader(pool, Backend::Sqlite))
     }
-}
-
-/// The drivers the store's pools may use (SQLite, PostgreSQL), installed
-/// once per process before the first pool.
-pub fn install_drivers() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(sqlx::any::install_default_drivers);
 }
 
 /// The options of a connection to the SQLite file at `path` (absolute) in

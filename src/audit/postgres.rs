@@ -14,41 +14,14 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions as _};
 use std::str::FromStr as _;
 
+use super::connect::{install_drivers, named, redacted};
 use super::keys::ChainSigner;
-use super::open::{install_drivers, newest_schema};
+use super::open::newest_schema;
 use super::store::{AuditStore, Backend};
 
 /// The PostgreSQL migrations' folder; its numbers are SQLite's schema
 /// numbers for the same tables.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// A PostgreSQL URL as it may be shown: without its password.
-pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(an unreadable PostgreSQL URL)".into(),
-    }
-}
-
-/// `url` with an `application_name` naming this process (unless the URL
-/// names one): how `pg_stat_activity` tells the nodes' sessions apart.
-pub(super) fn named(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.query_pairs().any(|(k, _)| k == "application_name") => {
-            u.query_pairs_mut().append_pair(
-                "application_name",
-                &format!("zd-retention pid {}", std::process::id()),
-            );
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
 
 fn options(url: &str) -> anyhow::Result<AnyConnectOptions> {
     install_drivers();

@@ -251,7 +251,7 @@ fn a_database_url_or_a_missing_folder_is_refused_everywhere_and_nothing_is_creat
         assert_clean_refusal(
             &what,
             &out,
-            "line 6: audit.database: is a URL (postgres://...)",
+            "line 6: audit.database: holds a password: the config is no place for it",
         );
         assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
     }

@@ -1,0 +1,38 @@
+//! What every connection shares: the drivers (installed once), and a
+//! PostgreSQL URL named for `pg_stat_activity` and shown without its
+//! password. The bottom of the audit module with `kinds` and `keys`.
+
+/// The drivers the store's pools may use (SQLite, PostgreSQL), installed
+/// once per process before the first pool.
+pub fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// A PostgreSQL URL as it may be shown: without its password.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unreadable PostgreSQL URL)".into(),
+    }
+}
+
+/// `url` with an `application_name` naming this process (unless the URL
+/// names one): how `pg_stat_activity` tells the nodes' sessions apart.
+pub(crate) fn named(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.query_pairs().any(|(k, _)| k == "application_name") => {
+            u.query_pairs_mut().append_pair(
+                "application_name",
+                &format!("zd-retention pid {}", std::process::id()),
+            );
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
