@@ -11,6 +11,7 @@ mod crash;
 mod deploy_kit;
 mod engine;
 mod evidence;
+mod failover;
 mod faults;
 mod helpers;
 mod ledger;
