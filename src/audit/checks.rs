@@ -209,7 +209,7 @@ impl AuditStore {
                 String::new(),
             ),
             None => (
-                "sent_at >= ?1 AND sent_at < ?2",
+                "sent_at >= $1 AND sent_at < $2",
                 from.map(timestamp).unwrap_or_default(),
                 to.map(timestamp).unwrap_or_else(|| "9999".into()),
             ),

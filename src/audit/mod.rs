@@ -25,6 +25,7 @@ mod keys;
 mod kinds;
 mod lead;
 mod ledger;
+mod migrate;
 mod open;
 mod postgres;
 mod queries;

@@ -184,6 +184,7 @@ impl AuditCommand {
             | AuditCommand::Run { target, .. }
             | AuditCommand::Search(SearchArgs { target, .. })
             | AuditCommand::Verify { target, .. }
+            | AuditCommand::Migrate { target, .. }
             | AuditCommand::Config { target, .. }
             | AuditCommand::Ledger { target }
             | AuditCommand::Head { target }
@@ -313,6 +314,30 @@ pub enum AuditCommand {
         /// run's signed chain head must verify with it, so a database
         /// rewritten and re-chained without the private key is caught.
         /// Repeat it for each key used over time (after a key change).
+        #[arg(long, value_name = "FILE")]
+        public_key: Vec<PathBuf>,
+        #[command(flatten)]
+        target: AuditTarget,
+    },
+    /// Copy a whole SQLite audit history into an empty PostgreSQL database
+    /// (one transaction), then verify its chain (and, with --public-key,
+    /// its signed heads) there: the head must be the same.
+    #[command(
+        after_help = "Example:\n  zd-retention audit migrate --database /var/lib/zd-retention/zd-retention.db \\\n    --to 'postgres://zd@db.internal/audit?sslmode=verify-full' --password-file /run/secrets/pg\n  # then set [audit] database to the URL (and password_file), and verify with --expect-head"
+    )]
+    Migrate {
+        /// The PostgreSQL database to fill: empty, without a password in
+        /// the URL (a process listing shows it).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A file holding the destination's password.
+        #[arg(long, value_name = "FILE", conflicts_with = "password_env")]
+        password_file: Option<PathBuf>,
+        /// An environment variable holding the destination's password.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// The signing key's public half: the copy's signed heads must
+        /// verify with it (repeat for each key used over time).
         #[arg(long, value_name = "FILE")]
         public_key: Vec<PathBuf>,
         #[command(flatten)]

@@ -54,6 +54,20 @@ pub(super) async fn audit(
             target,
         } => verify(config, expect_head, public_key, target).await,
         AuditCommand::Keygen { out } => keygen(&out),
+        AuditCommand::Migrate {
+            to,
+            password_file,
+            password_env,
+            public_key,
+            target,
+        } => {
+            let destination = crate::config::PostgresAudit {
+                url: to,
+                password_file,
+                password_env,
+            };
+            migrate(config, destination, public_key, target).await
+        }
         AuditCommand::Config { hash, target } => config_version(config, &hash, target).await,
         AuditCommand::Certificate {
             run_id,
@@ -277,6 +291,93 @@ async fn verify(
         return Ok(ExitCode::from(EXIT_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `zd-retention audit migrate`: the copy, then the destination verified.
+async fn migrate(
+    config: Option<PathBuf>,
+    destination: crate::config::PostgresAudit,
+    public_key: Vec<PathBuf>,
+    target: AuditTarget,
+) -> anyhow::Result<ExitCode> {
+    use secrecy::ExposeSecret as _;
+    if !crate::config::is_postgres_url(&destination.url) {
+        return Err(UsageError(
+            "--to: give a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE".into(),
+        )
+        .into());
+    }
+    if url::Url::parse(&destination.url).is_ok_and(|u| u.password().is_some()) {
+        return Err(UsageError(
+            "--to holds a password, which a process listing shows to every user of this machine: remove it from the URL and give it with --password-file or --password-env".into(),
+        )
+        .into());
+    }
+    let keys = read_keys(&public_key)?;
+    let shown = crate::audit::redacted_url(&destination.url);
+    let source = match &target.database {
+        Some(p) => {
+            check_database_arg(p)?;
+            AuditStore::open_read_only(p).await?
+        }
+        None => {
+            let config = load_config(config)?;
+            if config.audit.postgres.is_some() {
+                return Err(UsageError(
+                    "the config's audit database is PostgreSQL already: name the SQLite file to copy with --database".into(),
+                )
+                .into());
+            }
+            AuditStore::open_read_only(&config.audit.database).await?
+        }
+    };
+    let before = source.verify_chain().await?;
+    if let Some(problem) = &before.problem {
+        anyhow::bail!("the SQLite audit does not verify, so it is not copied: {problem}");
+    }
+    let url = destination.connect_url()?;
+    let copied = source.copy_into_postgres(url.expose_secret()).await?;
+    let copy = AuditStore::open_postgres_read_only(url.expose_secret()).await?;
+    let after = copy.verify_chain().await?;
+    let signatures = if keys.is_empty() {
+        None
+    } else {
+        Some(copy.verify_signatures(&keys).await?)
+    };
+    for (table, rows) in &copied {
+        println!("{table:<20} {rows:>10} rows");
+    }
+    let mut problem = after.problem.clone();
+    if problem.is_none() && after.head != before.head {
+        problem = Some(format!(
+            "the copy's chain head {} differs from the SQLite audit's {}",
+            after.head, before.head
+        ));
+    }
+    if problem.is_none() {
+        problem = signatures.as_ref().and_then(|s| s.problem.clone());
+    }
+    match problem {
+        Some(p) => {
+            eprintln!("error: the copy in {shown} does not verify: {p}");
+            Ok(ExitCode::from(EXIT_FAILED))
+        }
+        None => {
+            println!(
+                "copied into {shown}: {} chain entries over {} rows; the same head {}{}",
+                after.entries,
+                after.rows,
+                after.head,
+                match &signatures {
+                    Some(s) => format!("; {} signed heads verify", s.signed),
+                    None if copy.is_signed().await? =>
+                        "; signed heads copied (give --public-key to check them)".into(),
+                    None => String::new(),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `zd-retention audit export`.

@@ -16,6 +16,7 @@ mod faults;
 mod helpers;
 mod ledger;
 mod operator;
+mod postgres;
 mod profiles;
 mod rules_props;
 mod safety;

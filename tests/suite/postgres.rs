@@ -1,0 +1,227 @@
+//! The PostgreSQL audit from the command line (the PostgreSQL pass only):
+//! `audit migrate --to` from an SQLite history of every schema, the same
+//! head verified there, a destination that is not empty refused, a password
+//! never taken on the command line; then the daemon's commands on the
+//! migrated database, the chain going on where SQLite's stopped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::helpers::{TOKEN, fresh_postgres_database, postgres_server, sandbox};
+use zd_retention::audit::AuditStore;
+
+const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
+
+fn zd(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("ZD_TEST_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .env_remove("ZD_RETENTION_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// `audit migrate` of the SQLite file `db` into `to`.
+fn migrate(db: &Path, to: &str, more: &[&str]) -> std::process::Output {
+    let args = [
+        "audit",
+        "migrate",
+        "--database",
+        db.to_str().unwrap(),
+        "--to",
+        to,
+    ];
+    zd(&[&args[..], more].concat())
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn fixture(schema: i64) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/schemas/schema-{schema:02}.db"))
+}
+
+fn config(dir: &Path, base_url: &str, database: &str, key: &Path) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
+             [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
+             [audit]\ndatabase = \"{database}\"\nsigning_key_file = \"{}\"\n[safety]\ndry_run = false\n\
+             [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_moved_to_postgres_verifies_with_the_same_head_and_goes_on_there() {
+    let Some(server) = postgres_server() else {
+        eprintln!("skipped: the PostgreSQL pass runs it (tests/tools/with-postgres)");
+        return;
+    };
+    let sb = sandbox(600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    assert!(
+        zd(&["audit", "keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let public = dir.path().join("key.pub.pem");
+    let db = dir.path().join("audit.db");
+    let sqlite_config = config(dir.path(), &sb.base_url(), db.to_str().unwrap(), &key);
+    for _ in 0..2 {
+        let out = zd(&["once", "--config", sqlite_config.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let source = AuditStore::open_read_only(&db).await.unwrap();
+    let head = source.verify_chain().await.unwrap().head;
+    source.close().await;
+
+    // a password on the command line is refused, and never repeated
+    let url = fresh_postgres_database(&server).await;
+    let with_password = url.replacen("://zd@", "://zd:hunter2@", 1);
+    let out = migrate(&db, &with_password, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--to holds a password"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("hunter2"));
+
+    // the copy: the same head, the signatures verified there
+    let out = migrate(&db, &url, &["--public-key", public.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the same head {head}")),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("signed heads verify"), "{}", text(&out));
+
+    // once more into the same database: refused, nothing copied twice
+    let out = migrate(&db, &url, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not empty"), "{}", text(&out));
+
+    // the daemon's commands on PostgreSQL: the chain goes on from the head
+    let pg_dir = tempfile::tempdir().unwrap();
+    let pg_config = config(pg_dir.path(), &sb.base_url(), &url, &key);
+    let pg_config = pg_config.to_str().unwrap();
+    let verify = || {
+        let public = public.to_str().unwrap();
+        zd(&[
+            "audit",
+            "verify",
+            "--config",
+            pg_config,
+            "--expect-head",
+            &head,
+            "--public-key",
+            public,
+        ])
+    };
+    let out = verify();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = zd(&["once", "--config", pg_config]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "after a run on PostgreSQL: {}",
+        text(&out)
+    );
+    for command in [
+        &["audit", "runs"][..],
+        &["audit", "ledger"],
+        &["audit", "stats"],
+        &["audit", "head"],
+    ] {
+        let out = zd(&[command, &["--config", pg_config]].concat());
+        assert!(out.status.success(), "{command:?}: {}", text(&out));
+    }
+    let report = pg_dir.path().join("report.html");
+    let out = zd(&[
+        "audit",
+        "report",
+        "--config",
+        pg_config,
+        "--since",
+        "2000-01-01",
+        "--output",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = zd(&[
+        "audit",
+        "certificate",
+        "1",
+        "--config",
+        pg_config,
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_of_every_earlier_schema_moves_to_postgres_with_its_head() {
+    let Some(server) = postgres_server() else {
+        eprintln!("skipped: the PostgreSQL pass runs it (tests/tools/with-postgres)");
+        return;
+    };
+    let newest = zd_retention::audit::newest_schema();
+    let mut moved = 0;
+    for schema in 1..newest {
+        if !fixture(schema).exists() {
+            // (2 and 7 were never written alone: see upgrade.rs)
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        std::fs::copy(fixture(schema), &db).unwrap();
+        let source = AuditStore::open_read_only(&db).await.unwrap();
+        let report = source.verify_chain().await.unwrap();
+        source.close().await;
+        let url = fresh_postgres_database(&server).await;
+        let out = migrate(&db, &url, &[]);
+        match report.problem {
+            // a history older than the chain cannot be proven: not copied
+            Some(problem) => {
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "schema {schema}: {}",
+                    text(&out)
+                );
+                assert!(
+                    text(&out).contains("does not verify"),
+                    "schema {schema} ({problem}): {}",
+                    text(&out)
+                );
+            }
+            None => {
+                assert!(out.status.success(), "schema {schema}: {}", text(&out));
+                assert!(
+                    text(&out).contains(&format!("the same head {}", report.head)),
+                    "schema {schema}: {}",
+                    text(&out)
+                );
+                moved += 1;
+            }
+        }
+    }
+    assert!(moved >= 5, "only {moved} schemas moved");
+}
