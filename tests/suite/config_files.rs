@@ -33,16 +33,32 @@ fn deployed_configs_parse() {
         std::path::Path::new("/var/lib/zd-retention/zd-retention.db")
     );
     assert!(systemd.safety.dry_run);
-    // the config inside the Kubernetes ConfigMap
-    let yaml = std::fs::read_to_string("deploy/kubernetes/configmap.yaml").unwrap();
-    let embedded: String = yaml
-        .lines()
-        .skip_while(|l| !l.contains("config.toml: |"))
-        .skip(1)
-        .map(|l| l.strip_prefix("    ").unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let k8s = Config::parse(&embedded, "configmap.yaml").unwrap();
+    // the config inside the Kubernetes ConfigMaps (SQLite, PostgreSQL)
+    let embedded = |path: &str| -> String {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .skip_while(|l| !l.contains("config.toml: |"))
+            .skip(1)
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let k8s = Config::parse(
+        &embedded("deploy/kubernetes/configmap.yaml"),
+        "configmap.yaml",
+    )
+    .unwrap();
     assert_eq!(k8s.listen.unwrap().port(), 9464);
     assert!(k8s.safety.dry_run);
+    assert!(k8s.audit.postgres.is_none());
+    let pg = Config::parse(
+        &embedded("deploy/kubernetes/postgres/configmap.yaml"),
+        "postgres/configmap.yaml",
+    )
+    .unwrap();
+    let audit = pg.audit.postgres.expect("a PostgreSQL audit");
+    assert!(audit.url.contains("sslmode=verify-full"));
+    assert!(audit.password_file.is_some());
+    assert!(pg.safety.dry_run);
 }

@@ -152,6 +152,44 @@ async fn a_history_moved_to_postgres_verifies_with_the_same_head_and_goes_on_the
         let out = zd(&[command, &["--config", pg_config]].concat());
         assert!(out.status.success(), "{command:?}: {}", text(&out));
     }
+    // a backup with pg_dump, restored into another database: the head
+    // noted before verifies there
+    let noted = AuditStore::open_postgres_read_only(&url)
+        .await
+        .unwrap()
+        .verify_chain()
+        .await
+        .unwrap()
+        .head;
+    let dump = pg_dir.path().join("audit.dump");
+    let out = Command::new("pg_dump")
+        .args(["--format=custom", "--no-owner", "--file"])
+        .arg(&dump)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_dump: {}", text(&out));
+    let restored = fresh_postgres_database(&server).await;
+    let out = Command::new("pg_restore")
+        .args(["--no-owner", "--exit-on-error", "--dbname", &restored])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_restore: {}", text(&out));
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored_config = config(restored_dir.path(), &sb.base_url(), &restored, &key);
+    let out = zd(&[
+        "audit",
+        "verify",
+        "--config",
+        restored_config.to_str().unwrap(),
+        "--expect-head",
+        &noted,
+        "--public-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "the restored backup: {}", text(&out));
+
     let report = pg_dir.path().join("report.html");
     let out = zd(&[
         "audit",
@@ -224,4 +262,81 @@ async fn a_history_of_every_earlier_schema_moves_to_postgres_with_its_head() {
         }
     }
     assert!(moved >= 5, "only {moved} schemas moved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslmode_is_honoured() {
+    let Some(server) = postgres_server() else {
+        eprintln!("skipped: the PostgreSQL pass runs it (tests/tools/with-postgres)");
+        return;
+    };
+    let sb = sandbox(50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "pw-S3cret-q7Zx";
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{secret}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let url = fresh_postgres_database(&server).await;
+    let write = |name: &str, database: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[zendesk]\nbase_url = \"{}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
+                 [zendesk.rate_limits]\nlist = \"10/100ms\"\n[audit]\ndatabase = \"{database}\"\npassword_file = \"{}\"\n[safety]\ndry_run = false\n\
+                 [[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"7d\"\n",
+                sb.base_url(),
+                password.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.toml", &url);
+    let good = good.to_str().unwrap();
+    let mut seen = String::new();
+    for args in [
+        &["check-config", "--config", good][..],
+        &["once", "--config", good],
+        &["audit", "runs", "--config", good],
+        &["audit", "verify", "--config", good],
+    ] {
+        let out = zd(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        seen.push_str(&text(&out));
+    }
+    // a server that is not there, and TLS asked of one without it
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let gone = write("gone.toml", "postgres://zd@127.0.0.1:1/none");
+    let out = zd(&["once", "--config", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("cannot connect to the audit database postgres://zd:***@127.0.0.1:1/none"),
+        "{}",
+        text(&out)
+    );
+    seen.push_str(&text(&out));
+    let tls = write(
+        "tls.toml",
+        &format!("{base}/{}?sslmode=require", url.rsplit_once('/').unwrap().1),
+    );
+    let out = zd(&["once", "--config", tls.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "sslmode=require is honoured: {}",
+        text(&out)
+    );
+    seen.push_str(&text(&out));
+    assert!(!seen.contains(secret), "the password was shown: {seen}");
+    // nor is it anywhere in the audit
+    let store = AuditStore::open_postgres_read_only(&url).await.unwrap();
+    let settings: Vec<String> = sqlx::query_scalar("SELECT settings FROM config_versions")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(!settings.is_empty());
+    assert!(settings.iter().all(|s| !s.contains(secret)));
 }
