@@ -127,6 +127,36 @@ fn window_ms(scale: f64) -> f64 {
     60_000.0 / scale
 }
 
+/// Where a benchmark's daemon keeps its audit: `dir/audit.db`, or, with
+/// `ZD_TEST_POSTGRES` set (`tests/tools/with-postgres cargo bench ...`), a
+/// fresh database on that PostgreSQL server.
+pub(crate) fn audit_database(dir: &Path) -> String {
+    match std::env::var("ZD_TEST_POSTGRES") {
+        Ok(server) if !server.is_empty() => {
+            let name = format!(
+                "bench_{}_{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                use sqlx::Connection as _;
+                zd_retention::audit::install_drivers();
+                let mut admin = sqlx::AnyConnection::connect(&server).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+            });
+            let (base, _) = server.rsplit_once('/').unwrap();
+            format!("{base}/{name}")
+        }
+        _ => dir.join("audit.db").display().to_string(),
+    }
+}
+
 fn write_config(dir: &Path, port: u16, s: &Scenario) -> PathBuf {
     let w = window_ms(s.time_scale);
     let text = format!(
@@ -137,7 +167,7 @@ fn write_config(dir: &Path, port: u16, s: &Scenario) -> PathBuf {
         poll = ((JOB_DELAY.as_millis() as f64 / s.time_scale) / 2.0)
             .max(5.0)
             .round() as u64,
-        db = dir.join("audit.db").display(),
+        db = audit_database(dir),
         dry = s.dry_run,
         rules = s.rules,
     );

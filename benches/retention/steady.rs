@@ -29,6 +29,8 @@ pub(super) struct Bench {
     pub(super) sandbox: Sandbox,
     runtime: tokio::runtime::Runtime,
     pub(super) config: PathBuf,
+    /// The audit: an SQLite file's path or a PostgreSQL URL.
+    db: String,
 }
 
 impl Bench {
@@ -57,6 +59,7 @@ impl Bench {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let w = (60_000.0 / scale).round() as u64;
+        let db = super::audit_database(dir.path());
         let ledger_keys = if bin_understands_ledger {
             // sandbox and daemon share this host's clock: no skew to allow for
             "clock_skew = \"1s\"\n"
@@ -71,7 +74,7 @@ impl Bench {
             poll = ((JOB_DELAY.as_millis() as f64 / scale) / 2.0)
                 .max(5.0)
                 .round() as u64,
-            db = dir.path().join("audit.db").display(),
+            db = db,
         );
         let config = dir.path().join("config.toml");
         std::fs::write(&config, text).unwrap();
@@ -82,6 +85,7 @@ impl Bench {
             sandbox,
             runtime,
             config,
+            db,
         }
     }
 
@@ -105,6 +109,10 @@ impl Bench {
     }
 
     pub(super) fn db_bytes(&self) -> u64 {
+        if self.db.starts_with("postgres") {
+            return self.query_i64s("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")[0]
+                as u64;
+        }
         ["audit.db", "audit.db-wal"]
             .iter()
             .filter_map(|f| std::fs::metadata(self.dir.path().join(f)).ok())
@@ -135,12 +143,14 @@ impl Bench {
 
     /// A column of integers from the audit database (read-only).
     pub(super) fn query_i64s(&self, sql: &str) -> Vec<i64> {
-        let path = self.dir.path().join("audit.db");
+        let url = if self.db.starts_with("postgres") {
+            self.db.clone()
+        } else {
+            format!("sqlite://{}?mode=ro", self.db)
+        };
         self.runtime.block_on(async {
-            let options = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&path)
-                .read_only(true);
-            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            zd_retention::audit::install_drivers();
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
             let v: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
                 .fetch_all(&pool)
                 .await
