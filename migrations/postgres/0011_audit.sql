@@ -55,7 +55,9 @@ CREATE TABLE decisions (
     actor_name     TEXT COLLATE "C",
     subject_tags   TEXT COLLATE "C"
 );
-CREATE INDEX decisions_ticket ON decisions (ticket_id);
+-- (ticket_id, id): a ticket's latest decision is read from the index alone;
+-- with (ticket_id) only the planner may walk the primary key backwards
+CREATE INDEX decisions_ticket ON decisions (ticket_id, id);
 CREATE INDEX decisions_run ON decisions (run_id, decision);
 CREATE INDEX decisions_day_rule ON decisions (decision, decided_at, rule);
 

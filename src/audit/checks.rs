@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::encode::sql_id;
-use super::store::{AuditStore, RunId, numbered, parse_time, timestamp};
+use super::store::{AuditStore, RunId, numbered, on_pg, parse_time, timestamp};
 use crate::ids::{JobRowId, TicketId};
 
 /// A whole-view check under way (or the last one).
@@ -186,7 +186,10 @@ impl AuditStore {
                     .push_bind(timestamp(**sent))
                     .push_bind(ms);
             });
-            numbered(&mut q).persistent(false).execute(&mut *tx).await?;
+            numbered(&mut q, on_pg(&tx))
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await.context("cannot record purge latency")?;
         Ok(())

@@ -15,7 +15,7 @@ use super::encode::{sql_id, ticket_id};
 use super::heads::HeadKind;
 use super::kinds::{DecisionKind, Outcome, TextEnum, sql_text};
 use super::records::DecisionRecord;
-use super::store::{AuditStore, RunId, numbered, numbered_scalar, parse_time, timestamp};
+use super::store::{AuditStore, RunId, numbered, numbered_scalar, on_pg, parse_time, timestamp};
 use crate::ids::TicketId;
 use crate::rules::SubjectTags;
 
@@ -245,7 +245,7 @@ impl AuditStore {
                 sep.push_bind(sql_id(*t));
             }
             q.push(")");
-            let rows = numbered(&mut q)
+            let rows = numbered(&mut q, self.is_pg())
                 .persistent(false)
                 .fetch_all(self.pool())
                 .await
@@ -303,7 +303,7 @@ impl AuditStore {
             q.push(" AND last_seen < ");
             q.push_bind(unlisted.clone());
         }
-        let ids: Vec<i64> = numbered_scalar(&mut q)
+        let ids: Vec<i64> = numbered_scalar(&mut q, self.is_pg())
             .persistent(false)
             .fetch_all(self.pool())
             .await
@@ -400,7 +400,10 @@ impl AuditStore {
                     .push_unseparated(")");
             }
             q.push(") AS v WHERE ledger.ticket_id = v.column1 AND ledger.deleted_at = v.column2");
-            numbered(&mut q).persistent(false).execute(&mut *tx).await?;
+            numbered(&mut q, on_pg(&tx))
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit()
             .await
@@ -423,7 +426,7 @@ impl AuditStore {
                     .push_bind_unseparated(format!("%{fp}%"));
             }
             q.push(")");
-            let n: i64 = numbered_scalar(&mut q)
+            let n: i64 = numbered_scalar(&mut q, self.is_pg())
                 .persistent(false)
                 .fetch_one(self.pool())
                 .await?;
@@ -511,7 +514,7 @@ impl AuditStore {
                     .push_bind(at.as_str());
             });
             q.push(" RETURNING id");
-            let ids: Vec<i64> = numbered_scalar(&mut q)
+            let ids: Vec<i64> = numbered_scalar(&mut q, on_pg(&tx))
                 .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -616,7 +619,7 @@ pub(super) async fn upsert_decisions(
             sep.push_bind(sql_id(d.ticket_id));
         }
         q.push(")");
-        numbered(&mut q)
+        numbered(&mut q, on_pg(tx))
             .persistent(false)
             .execute(&mut **tx)
             .await?;
@@ -655,7 +658,7 @@ pub(super) async fn upsert_decisions(
                 config_hash = excluded.config_hash,
                 state = excluded.state, state_at = excluded.state_at",
         );
-        numbered(&mut q)
+        numbered(&mut q, on_pg(tx))
             .persistent(false)
             .execute(&mut **tx)
             .await
@@ -675,7 +678,7 @@ pub(super) async fn upsert_decisions(
                     .push_unseparated(")");
             }
             q.push(")");
-            numbered(&mut q)
+            numbered(&mut q, on_pg(tx))
                 .persistent(false)
                 .execute(&mut **tx)
                 .await?;
@@ -719,7 +722,7 @@ pub(super) async fn apply_outcome(
         q.push_bind(at);
         q.push(format!(" WHERE state IN {states} AND "));
         current_rows(&mut q, chunk);
-        numbered(&mut q)
+        numbered(&mut q, on_pg(tx))
             .persistent(false)
             .execute(&mut **tx)
             .await?;
@@ -753,7 +756,7 @@ pub(super) async fn apply_request(
         q.push_bind(at);
         q.push(format!(" WHERE state IN {LIVE_SQL} AND "));
         current_rows(&mut q, chunk);
-        numbered(&mut q)
+        numbered(&mut q, on_pg(tx))
             .persistent(false)
             .execute(&mut **tx)
             .await?;

@@ -9,7 +9,7 @@ use futures::TryStreamExt as _;
 use sqlx::{Any, AssertSqlSafe, QueryBuilder, Row as _};
 
 use super::connect::redacted;
-use super::store::{AuditStore, Backend, numbered};
+use super::store::{AuditStore, Backend, numbered, on_pg};
 
 /// The tables copied, parents first; `ledger_state_counts` follows from the
 /// ledger (a trigger), `fence` belongs to the destination's nodes.
@@ -160,7 +160,7 @@ impl AuditStore {
                             "a row of {table} holds a value of the wrong type ({problem}): run `zd-retention audit verify` on the SQLite database; nothing was copied"
                         );
                     }
-                    numbered(&mut q)
+                    numbered(&mut q, on_pg(&tx))
                         .persistent(false)
                         .execute(&mut *tx)
                         .await

@@ -15,7 +15,7 @@ use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;
 use super::records::{DecisionRecord, JobRow, RunCounts, RunOrigin, WITHDRAWN_NARROWED};
-use super::store::{AuditStore, JobRowId, RunId, numbered_scalar, timestamp};
+use super::store::{AuditStore, JobRowId, RunId, numbered_scalar, on_pg, timestamp};
 use crate::zendesk::{IdBatch, TicketId};
 
 /// Write requests (purges, restores) this process recorded. Each is
@@ -278,7 +278,7 @@ impl AuditStore {
                 },
             );
             q.push(" RETURNING id");
-            let ids: Vec<i64> = numbered_scalar(&mut q)
+            let ids: Vec<i64> = numbered_scalar(&mut q, on_pg(&tx))
                 .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -623,19 +623,31 @@ impl AuditStore {
         // decided from the ledger has no decision row in the run that sent
         // it (decisions are written on change). The ids outer, each looked
         // up by ticket.
-        let rows = sqlx::query_as(self.dialect(
+        // (PostgreSQL's planner needs the lookup spelt out as LATERAL, or it
+        // walks every decision for each id: measured 0.9 s a request)
+        let sql = if self.is_pg() {
+            r#"SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
+             FROM json_array_elements_text(CAST($1 AS json)) AS t(value)
+             CROSS JOIN LATERAL (SELECT MAX(x.id) AS id FROM decisions AS x
+                                 WHERE x.ticket_id = CAST(t.value AS BIGINT)
+                                   AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2)) AS m
+             JOIN decisions AS d ON d.id = m.id
+             WHERE d.decision = 'purge'
+             GROUP BY d.rule"#
+        } else {
             r#"SELECT COALESCE(d.rule, '(manual)') AS rule, COUNT(*) AS n
              FROM json_each($1) AS t CROSS JOIN decisions AS d
              WHERE d.id = (SELECT MAX(x.id) FROM decisions AS x INDEXED BY decisions_ticket
                            WHERE x.ticket_id = CAST(t.value AS BIGINT)
                              AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2))
                AND d.decision = 'purge'
-             GROUP BY d.rule"#,
-        ))
-        .bind(ids)
-        .bind(job)
-        .fetch_all(&self.pool)
-        .await?;
+             GROUP BY d.rule"#
+        };
+        let rows = sqlx::query_as(sql)
+            .bind(ids)
+            .bind(job)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows)
     }
 
@@ -662,7 +674,17 @@ impl AuditStore {
     {
         let ids = ids_json(tickets);
         let rows: Vec<(TicketId, Option<String>, Option<i64>, Option<String>)> =
-            sqlx::query_as(self.dialect(
+            sqlx::query_as(if self.is_pg() {
+                r#"SELECT d.ticket_id AS ticket_id, d.deleted_at AS deleted_at,
+                      d.actor_id AS actor_id, d.previous_state AS previous_state
+             FROM json_array_elements_text(CAST($1 AS json)) AS t(value)
+             CROSS JOIN LATERAL (SELECT MAX(x.id) AS id FROM decisions AS x
+                                 WHERE x.ticket_id = CAST(t.value AS BIGINT)
+                                   AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2)
+                                   AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = $2)) AS m
+             JOIN decisions AS d ON d.id = m.id
+             WHERE d.decision = 'purge'"#
+            } else {
                 r#"SELECT d.ticket_id AS ticket_id, d.deleted_at AS deleted_at,
                       d.actor_id AS actor_id, d.previous_state AS previous_state
              FROM json_each($1) AS t CROSS JOIN decisions AS d
@@ -670,8 +692,8 @@ impl AuditStore {
                            WHERE x.ticket_id = CAST(t.value AS BIGINT)
                              AND x.run_id <= (SELECT run_id FROM jobs WHERE id = $2)
                              AND x.decided_at <= (SELECT recorded_at FROM jobs WHERE id = $2))
-               AND d.decision = 'purge'"#,
-            ))
+               AND d.decision = 'purge'"#
+            })
             .bind(ids)
             .bind(job)
             .fetch_all(&self.pool)
@@ -730,7 +752,7 @@ async fn insert_outcomes(
                 .push_bind(at);
         });
         q.push(" RETURNING id");
-        let ids: Vec<i64> = numbered_scalar(&mut q)
+        let ids: Vec<i64> = numbered_scalar(&mut q, on_pg(tx))
             .persistent(false)
             .fetch_all(&mut **tx)
             .await?;
