@@ -1119,7 +1119,11 @@ impl Checker<'_> {
                 ),
             ),
             Ok(url) => {
-                if url.password().is_some() {
+                if url.password().is_some()
+                    || url
+                        .query_pairs()
+                        .any(|(k, _)| k == "password" || k == "passfile")
+                {
                     self.at(
                         "audit.database",
                         v,

@@ -80,14 +80,18 @@ impl AuditStore {
     ) -> anyhow::Result<ViewCheck> {
         self.check_file()?;
         let started = timestamp(started_at);
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO view_checks (started_at, started_run) VALUES ($1, $2) RETURNING id",
         )
         .bind(started)
         .bind(run)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await
         .context("cannot record the whole-view check")?;
+        tx.commit()
+            .await
+            .context("cannot record the whole-view check")?;
         Ok(ViewCheck {
             id,
             started_at,
@@ -110,6 +114,7 @@ impl AuditStore {
             check.listed as i64,
             check.runs as i64,
         );
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE view_checks SET next_url = $1, next_page = $2, pages = $3, listed = $4, runs = $5, walked = $6 WHERE id = $7")
         .bind(&check.next)
         .bind(next_page)
@@ -118,9 +123,12 @@ impl AuditStore {
         .bind(runs)
         .bind(i64::from(check.walked))
         .bind(check.id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .context("cannot record the whole-view check")?;
+        tx.commit()
+            .await
+            .context("cannot record the whole-view check")?;
         Ok(())
     }
 
@@ -137,14 +145,18 @@ impl AuditStore {
             None => (Some(timestamp(at)), None),
             Some(why) => (None, Some(format!("{}: {why}", timestamp(at)))),
         };
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE view_checks SET finished_at = $1, finished_run = $2, abandoned = $3 WHERE id = $4")
         .bind(finished)
         .bind(run)
         .bind(why)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .context("cannot record the whole-view check")?;
+        tx.commit()
+            .await
+            .context("cannot record the whole-view check")?;
         Ok(())
     }
 
@@ -172,7 +184,7 @@ impl AuditStore {
             return Ok(());
         }
         self.check_file()?;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in rows.chunks(400) {
             // runtime: one row of binds per ticket (a batch, never cached)
             let mut q: sqlx::QueryBuilder<sqlx::Any> = sqlx::QueryBuilder::new(
@@ -205,9 +217,11 @@ impl AuditStore {
     ) -> anyhow::Result<LatencySummary> {
         // by the run's jobs (indexed), or by the time sent (indexed);
         // runtime: the filter is the caller's choice of the two
+        // (PostgreSQL compares a run id with an integer only: the two
+        // filters take their own binds)
         let (filter, first, second) = match run {
             Some(run) => (
-                "job_id IN (SELECT id FROM jobs WHERE run_id = $1) AND $2 IS NOT NULL",
+                "job_id IN (SELECT id FROM jobs WHERE run_id = CAST($1 AS BIGINT)) AND $2 IS NOT NULL",
                 run.to_string(),
                 String::new(),
             ),

@@ -32,6 +32,12 @@ use super::connect::{named, redacted};
 /// every node of one audit database.
 pub(super) const LEAD_LOCK_KEY: i64 = 0x7a64_6c65_6164_6572; // "zdleader"
 
+/// Sent on every PostgreSQL session: the server notices a client that
+/// vanished (its host lost power, its network cut) within about 30 s and
+/// ends its session, releasing the lead, instead of after the kernel's two
+/// hours.
+pub(crate) const KEEPALIVES: &str = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000";
+
 /// The lead, held.
 #[derive(Debug)]
 pub struct Lead {
@@ -64,6 +70,13 @@ impl Lead {
         let mut conn = AnyConnection::connect(&named(url))
             .await
             .with_context(|| format!("cannot connect to the audit database {shown}"))?;
+        {
+            use sqlx::Executor as _;
+            (&mut conn).execute(KEEPALIVES).await?;
+            // a takeover waits at most this long for a former leader's
+            // transaction to end
+            (&mut conn).execute("SET lock_timeout = '60s'").await?;
+        }
         let pids: Vec<i64> = {
             let mut pids = Vec::new();
             for _ in 0..3 {

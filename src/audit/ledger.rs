@@ -366,13 +366,17 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         self.check_file()?;
         let at = timestamp(at);
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO ledger_decided (run_id, decided_at, policy) VALUES ($1, $2, $3) ON CONFLICT (run_id) DO UPDATE SET decided_at = excluded.decided_at, policy = excluded.policy")
         .bind(run)
         .bind(&at)
         .bind(policy)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .context("cannot update the ticket ledger")?;
+        tx.commit()
+            .await
+            .context("cannot update the ticket ledger")?;
         Ok(())
     }
 
@@ -383,7 +387,7 @@ impl AuditStore {
             return Ok(());
         }
         let at = timestamp(at);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in seen.chunks(300) {
             // runtime: one row of binds per sighting (a batch, never cached)
             let mut q: QueryBuilder<Any> = QueryBuilder::new("UPDATE ledger SET last_seen = ");

@@ -68,7 +68,11 @@ async fn refuse_unless_empty(url: &str) -> anyhow::Result<()> {
             "{shown} is not empty: it holds the table {other}, which is not zd-retention's. Give an empty database (CREATE DATABASE ...)"
         );
     }
-    for table in tables.iter().filter(|t| t.as_str() != "_sqlx_migrations") {
+    // (a `fence` row is a daemon's that started there and wrote nothing)
+    for table in tables
+        .iter()
+        .filter(|t| !matches!(t.as_str(), "_sqlx_migrations" | "fence"))
+    {
         // runtime: the table is one of this program's, named above
         let any: Option<i64> =
             sqlx::query_scalar(AssertSqlSafe(format!("SELECT 1 FROM {table} LIMIT 1")))
@@ -93,8 +97,17 @@ impl AuditStore {
             self.backend == Backend::Sqlite,
             "the history to copy is read from an SQLite audit database"
         );
+        // the lead for the copy's life: no daemon starts on the
+        // destination meanwhile, and the check of its emptiness holds
+        let lead = match super::lead::Lead::try_take(url, "audit migrate").await? {
+            Ok(lead) => lead,
+            Err(holder) => anyhow::bail!(
+                "{} is in use by a writer ({holder}): it is not empty; nothing was copied",
+                redacted(url)
+            ),
+        };
         refuse_unless_empty(url).await?;
-        let dest = AuditStore::open_postgres(url, None).await?;
+        let dest = AuditStore::open_postgres_leading(url, None, lead).await?;
         let mut tx = dest.pool.begin().await?;
         let mut source = self.pool.acquire().await?;
         let mut copied = Vec::with_capacity(TABLES.len());

@@ -62,10 +62,36 @@ fn refuse_newer(url: &str, applied: Option<i64>) -> anyhow::Result<()> {
 impl AuditStore {
     /// Opens and migrates the audit in the PostgreSQL database at `url`.
     pub async fn open_postgres(url: &str, signer: Option<ChainSigner>) -> anyhow::Result<Self> {
+        Self::open_postgres_as(url, signer, None).await
+    }
+
+    /// [`Self::open_postgres`] for the holder of `lead`: its term is raised
+    /// once the schema is migrated, before the states are sealed and
+    /// checked, so that nothing a former leader commits lands among them.
+    pub async fn open_postgres_leading(
+        url: &str,
+        signer: Option<ChainSigner>,
+        lead: super::lead::Lead,
+    ) -> anyhow::Result<Self> {
+        Self::open_postgres_as(url, signer, Some(lead)).await
+    }
+
+    async fn open_postgres_as(
+        url: &str,
+        signer: Option<ChainSigner>,
+        lead: Option<super::lead::Lead>,
+    ) -> anyhow::Result<Self> {
         let shown = redacted(url);
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    conn.execute(super::lead::KEEPALIVES).await?;
+                    Ok(())
+                })
+            })
             .after_release(|conn, _| {
                 use sqlx::Connection as _;
                 let clean = !conn.is_in_transaction();
@@ -82,7 +108,7 @@ impl AuditStore {
             .run(&pool)
             .await
             .with_context(|| format!("cannot apply the migrations to {shown}"))?;
-        let store = Self {
+        let mut store = Self {
             pool,
             backend: Backend::Postgres,
             file: None,
@@ -92,6 +118,9 @@ impl AuditStore {
             writer: true,
             lead: None,
         };
+        if let Some(lead) = lead {
+            store = store.with_lead(lead).await?;
+        }
         store
             .seal_states()
             .await

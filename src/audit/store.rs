@@ -133,30 +133,28 @@ impl AuditStore {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                match &self.lead {
-                    Some(lead) => {
-                        lead.confirm().await?;
-                        // the fence row, locked till the commit: a takeover
-                        // waits for this transaction, and a term raised
-                        // before it refuses it
-                        let held =
-                            sqlx::query("UPDATE fence SET term = term WHERE id = 1 AND term = $1")
-                                .bind(lead.term())
-                                .execute(&mut *tx)
-                                .await?
-                                .rows_affected();
-                        if held != 1 {
-                            anyhow::bail!(
-                                "another node took over the audit database (fencing term {} is no longer the current one): this daemon writes nothing more",
-                                lead.term()
-                            );
-                        }
-                    }
-                    None => {
-                        sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
-                            .bind(WRITE_LOCK_KEY)
+                // every writer of the database, with a lead or without (a
+                // probe, an opening's seal), one at a time
+                sqlx::query("SELECT CAST(pg_advisory_xact_lock($1) AS TEXT)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(lead) = &self.lead {
+                    lead.confirm().await?;
+                    // the fence row, locked till the commit: a takeover
+                    // waits for this transaction, and a term raised
+                    // before it refuses it
+                    let held =
+                        sqlx::query("UPDATE fence SET term = term WHERE id = 1 AND term = $1")
+                            .bind(lead.term())
                             .execute(&mut *tx)
-                            .await?;
+                            .await?
+                            .rows_affected();
+                    if held != 1 {
+                        anyhow::bail!(
+                            "another node took over the audit database (fencing term {} is no longer the current one): this daemon writes nothing more",
+                            lead.term()
+                        );
                     }
                 }
                 tx
@@ -182,7 +180,7 @@ impl AuditStore {
 
     /// Gives a PostgreSQL writer the lead it holds, its term raised: from
     /// now on each write transaction checks both.
-    pub async fn with_lead(mut self, lead: super::lead::Lead) -> anyhow::Result<Self> {
+    pub(super) async fn with_lead(mut self, lead: super::lead::Lead) -> anyhow::Result<Self> {
         let term = lead.raise_term().await?;
         metrics::gauge!("zd_retention_fencing_term").set(term as f64);
         tracing::info!(term, "this daemon holds the lead of the audit database");

@@ -63,12 +63,14 @@ impl AuditStore {
     /// Closes runs left `running` by a crash as `interrupted`; returns them.
     pub async fn close_interrupted_runs(&self, now: DateTime<Utc>) -> anyhow::Result<Vec<RunId>> {
         self.check_file()?;
+        // read inside the write transaction: on PostgreSQL a former leader's
+        // late call is refused there, never marking a live run
+        let mut tx = self.begin_write().await?;
         let ids: Vec<RunId> =
             sqlx::query_scalar(r#"SELECT id AS id FROM runs WHERE status = 'running' ORDER BY id"#)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
         if !ids.is_empty() {
-            let mut tx = self.pool.begin().await?;
             let at = timestamp(now);
             sqlx::query("UPDATE runs SET status = 'interrupted', finished_at = $1, error = COALESCE(error, 'the process stopped before the run ended') WHERE status = 'running'")
         .bind(&at)
@@ -81,8 +83,8 @@ impl AuditStore {
                 self.seal(&mut tx, base, Some(*id), HeadKind::Interrupted)
                     .await?;
             }
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(ids)
     }
 
@@ -584,15 +586,20 @@ impl AuditStore {
     ) -> anyhow::Result<i64> {
         self.check_file()?;
         let probed = timestamp(now);
-        sqlx::query_scalar::<_, i64>(
+        let mut tx = self.begin_write().await?;
+        let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO probes (probed_at, base_url, findings) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(probed)
         .bind(base_url)
         .bind(findings)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .context("cannot record the probe's findings")
+        .context("cannot record the probe's findings")?;
+        tx.commit()
+            .await
+            .context("cannot record the probe's findings")?;
+        Ok(id)
     }
 
     /// The newest probe's findings for an account, if any.

@@ -307,7 +307,11 @@ async fn migrate(
         )
         .into());
     }
-    if url::Url::parse(&destination.url).is_ok_and(|u| u.password().is_some()) {
+    if url::Url::parse(&destination.url).is_ok_and(|u| {
+        u.password().is_some()
+            || u.query_pairs()
+                .any(|(k, _)| k == "password" || k == "passfile")
+    }) {
         return Err(UsageError(
             "--to holds a password, which a process listing shows to every user of this machine: remove it from the URL and give it with --password-file or --password-env".into(),
         )

@@ -101,10 +101,12 @@ pub(super) async fn open_writer(
                     crate::audit::redacted_url(&pg.url)
                 ),
             };
-            let store = AuditStore::open_postgres(url.expose_secret(), config.chain_signer()?)
-                .await?
-                .with_lead(lead)
-                .await?;
+            let store = AuditStore::open_postgres_leading(
+                url.expose_secret(),
+                config.chain_signer()?,
+                lead,
+            )
+            .await?;
             Ok((store, Writer::Lead))
         }
     }

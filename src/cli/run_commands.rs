@@ -371,11 +371,12 @@ async fn lead_or_wait(
         tracing::warn!(database = %shown, waited_ms = waited_since.elapsed().as_millis() as u64, "the active node is gone: this one takes over");
     }
     metrics::gauge!("zd_retention_standby").set(0.0);
-    let store =
-        crate::audit::AuditStore::open_postgres(url.expose_secret(), config.chain_signer()?)
-            .await?
-            .with_lead(lead)
-            .await?;
+    let store = crate::audit::AuditStore::open_postgres_leading(
+        url.expose_secret(),
+        config.chain_signer()?,
+        lead,
+    )
+    .await?;
     Ok(Some(
         crate::app::App::build_with(config, store, standby).await?,
     ))

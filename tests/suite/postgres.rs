@@ -340,3 +340,54 @@ async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslm
     assert!(!settings.is_empty());
     assert!(settings.iter().all(|s| !s.contains(secret)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_lead_is_refused_and_a_write_under_an_older_term_leaves_nothing() {
+    let Some(server) = postgres_server() else {
+        eprintln!("skipped: the PostgreSQL pass runs it (tests/tools/with-postgres)");
+        return;
+    };
+    use zd_retention::audit::{Lead, RunOrigin, Trigger};
+    let url = fresh_postgres_database(&server).await;
+    let lead = Lead::try_take(&url, "node a (pid 1)")
+        .await
+        .unwrap()
+        .expect("the lead is free");
+    let store = AuditStore::open_postgres_leading(&url, None, lead)
+        .await
+        .unwrap();
+    let origin = RunOrigin::here("cafe", None);
+    store
+        .start_run(Trigger::Manual, true, &origin, chrono::Utc::now())
+        .await
+        .unwrap();
+    // a second node is refused while the first holds it, told by whom
+    let holder = Lead::try_take(&url, "node b (pid 2)")
+        .await
+        .unwrap()
+        .expect_err("the lead is held");
+    assert!(holder.contains("node a (pid 1)"), "{holder}");
+    // a newer term (a takeover after the first node's lock went unnoticed)
+    {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE fence SET term = term + 1, holder = 'node b (pid 2)'")
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let err = store
+        .start_run(Trigger::Manual, true, &origin, chrono::Utc::now())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("another node took over"),
+        "{err:#}"
+    );
+    // refused for good, and nothing of the refused run was written
+    assert!(store.confirm_lead().await.is_err());
+    assert!(store.lead_lost());
+    let reader = AuditStore::open_postgres_read_only(&url).await.unwrap();
+    assert_eq!(reader.runs(None, 10).await.unwrap().len(), 1);
+    assert!(reader.verify_chain().await.unwrap().problem.is_none());
+}
