@@ -90,6 +90,28 @@ impl Node {
     }
 }
 
+/// Where a node's health server listens, from its log (within 30 s).
+async fn wait_for_addr(node: &Node) -> String {
+    for _ in 0..300 {
+        let log = node.log_text();
+        if let Some(addr) = log
+            .lines()
+            .filter(|l| l.contains("health and metrics on"))
+            .filter_map(|l| l.split("addr=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .last()
+        {
+            return addr.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "node {} never said where it listens: {}",
+        node.name,
+        node.log_text()
+    );
+}
+
 /// The fencing term and its holder's pid, as the database has them.
 async fn lead_of(admin: &mut sqlx::AnyConnection) -> Option<(i64, u32)> {
     let row: Option<(i64, String)> = sqlx::query_as("SELECT term, holder FROM fence WHERE id = 1")
@@ -243,6 +265,43 @@ async fn the_active_daemon_killed_or_paused_is_replaced_and_its_late_writes_are_
     nodes[0].start();
     let (mut term, _) = wait_for_term(&mut admin, 0, Duration::from_secs(60)).await;
     nodes[1].start();
+    // the standby says so: /readyz 503 "standby", zd_retention_standby 1;
+    // the active one is ready
+    let standby = wait_for_addr(&nodes[1]).await;
+    let active = wait_for_addr(&nodes[0]).await;
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("http://{standby}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().starts_with("standby"));
+    let metrics = http
+        .get(format!("http://{standby}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("zd_retention_standby 1"), "{metrics}");
+    let ready = http
+        .get(format!("http://{active}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    let metrics = http
+        .get(format!("http://{active}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("zd_retention_standby 0"), "{metrics}");
+    assert!(metrics.contains("zd_retention_fencing_term 1"), "{metrics}");
     let mut takeovers = Vec::new();
     let mut next_id = 9_000_000u64;
     for kill in 1..=kills {
