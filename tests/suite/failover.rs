@@ -97,10 +97,10 @@ async fn wait_for_addr(node: &Node) -> String {
         let log = node.log_text();
         if let Some(addr) = log
             .lines()
+            .rev()
             .filter(|l| l.contains("health and metrics on"))
             .filter_map(|l| l.split("addr=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next())
-            .last()
+            .find_map(|rest| rest.split_whitespace().next())
         {
             return addr.to_string();
         }
