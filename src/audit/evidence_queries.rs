@@ -255,6 +255,14 @@ impl AuditStore {
     pub async fn purge_listing(&self, scope: PurgeScope) -> anyhow::Result<PurgeListing> {
         let mut snapshot = if self.is_reader() {
             Snapshot::Held(self.pool.acquire().await?)
+        } else if self.is_pg() {
+            // (a read-committed transaction would read each statement's
+            // own snapshot: the count and the rows could disagree)
+            Snapshot::Own(
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            )
         } else {
             Snapshot::Own(self.pool.begin().await?)
         };
