@@ -1,19 +1,24 @@
-//! The audit store: runs, decisions, jobs and outcomes in SQLite (WAL).
+//! The audit store: runs, decisions, jobs and outcomes in SQLite (WAL) or
+//! PostgreSQL, through sqlx's `Any` driver in the SQL both accept.
 //!
 //! The only module that knows SQL. Writes that precede a request to Zendesk
-//! are committed (synchronous = FULL) before the caller sends it: decisions
-//! and the batch first, the job id as soon as the answer arrives. Subjects
-//! are stored only when the config says so.
+//! are committed (SQLite: synchronous = FULL) before the caller sends it:
+//! decisions and the batch first, the job id as soon as the answer arrives.
+//! On PostgreSQL every write transaction is the lead's (`lead`, checked in
+//! `store::begin_write`). Subjects are stored only when the config says so.
 //!
 //! Its files, from the bottom up (each imports by name, only from those
-//! below it): `kinds` (the closed vocabularies) and `keys` (the signing
-//! keys); `store` (the store, its file, times and ids); `records` (what is
-//! recorded and read back); `chain` (the hash chain's tables, digests and
-//! appends); `heads` (the chain heads each commit records); `ledger` (the
-//! ticket ledger); `verify`, `signing` (checking the chain and its signed
-//! heads); `open` (opening and upgrading); `writes`, `queries`,
-//! `evidence_queries`, `checks` (the writers and readers). This file only
-//! declares them and names what the rest of the crate uses.
+//! below it): `kinds` (the closed vocabularies), `keys` (the signing keys)
+//! and `connect` (drivers, PostgreSQL URLs shown without a password);
+//! `lead` (one active writer across nodes); `store` (the store, its
+//! backend, its file, times and ids); `records` (what is recorded and read
+//! back); `chain` (the hash chain's tables, digests and appends); `heads`
+//! (the chain heads each commit records); `ledger` (the ticket ledger);
+//! `verify`, `signing` (checking the chain and its signed heads); `open`
+//! (opening and upgrading SQLite), `postgres` (opening PostgreSQL),
+//! `migrate` (a history copied from one to the other); `writes`,
+//! `queries`, `evidence_queries`, `checks` (the writers and readers). This
+//! file only declares them and names what the rest of the crate uses.
 
 mod chain;
 mod checks;
