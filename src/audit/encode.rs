@@ -27,18 +27,25 @@ pub(crate) fn ticket_id(value: i64) -> TicketId {
     TicketId::new(value as u64)
 }
 
-impl<DB: Database> Type<DB> for TicketId
-where
-    i64: Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <i64 as Type<DB>>::type_info()
-    }
+/// A type stored as `$as` is on every backend.
+macro_rules! same_type_as {
+    ($ty:ty, $as:ty) => {
+        impl<DB: Database> Type<DB> for $ty
+        where
+            $as: Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <$as as Type<DB>>::type_info()
+            }
 
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <i64 as Type<DB>>::compatible(ty)
-    }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <$as as Type<DB>>::compatible(ty)
+            }
+        }
+    };
 }
+
+same_type_as!(TicketId, i64);
 
 impl<'q, DB: Database> Encode<'q, DB> for TicketId
 where
@@ -61,20 +68,9 @@ where
     }
 }
 
-/// Subject tags are stored as their text (`Display`), read back by
-/// `SubjectTags::parse`.
-impl<DB: Database> Type<DB> for SubjectTags
-where
-    str: Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <str as Type<DB>>::type_info()
-    }
-
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <str as Type<DB>>::compatible(ty)
-    }
-}
+// Subject tags are stored as their text (`Display`), read back by
+// `SubjectTags::parse`.
+same_type_as!(SubjectTags, str);
 
 impl<'q, DB: Database> Encode<'q, DB> for SubjectTags
 where
@@ -108,18 +104,7 @@ impl From<Flag> for bool {
     }
 }
 
-impl<DB: Database> Type<DB> for Flag
-where
-    i64: Type<DB>,
-{
-    fn type_info() -> DB::TypeInfo {
-        <i64 as Type<DB>>::type_info()
-    }
-
-    fn compatible(ty: &DB::TypeInfo) -> bool {
-        <i64 as Type<DB>>::compatible(ty)
-    }
-}
+same_type_as!(Flag, i64);
 
 impl<'r, DB: Database> Decode<'r, DB> for Flag
 where

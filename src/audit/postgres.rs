@@ -47,6 +47,19 @@ async fn applied_schema(pool: &AnyPool) -> anyhow::Result<Option<i64>> {
     )
 }
 
+/// The schema of the database at `url` (its pool open), refused when a
+/// newer zd-retention migrated it.
+async fn checked_schema(pool: &AnyPool, url: &str) -> anyhow::Result<Option<i64>> {
+    let applied = applied_schema(pool).await.with_context(|| {
+        format!(
+            "cannot read the schema of the audit database {}",
+            redacted(url)
+        )
+    })?;
+    refuse_newer(url, applied)?;
+    Ok(applied)
+}
+
 fn refuse_newer(url: &str, applied: Option<i64>) -> anyhow::Result<()> {
     let newest = newest_schema();
     match applied {
@@ -100,10 +113,7 @@ impl AuditStore {
             .connect_with(options(url)?)
             .await
             .with_context(|| format!("cannot connect to the audit database {shown}"))?;
-        let applied = applied_schema(&pool)
-            .await
-            .with_context(|| format!("cannot read the schema of the audit database {shown}"))?;
-        refuse_newer(url, applied)?;
+        checked_schema(&pool, url).await?;
         MIGRATOR
             .run(&pool)
             .await
@@ -140,10 +150,7 @@ impl AuditStore {
             .connect_with(options(url)?)
             .await
             .with_context(|| format!("cannot connect to the audit database {shown}"))?;
-        let applied = applied_schema(&pool)
-            .await
-            .with_context(|| format!("cannot read the schema of the audit database {shown}"))?;
-        refuse_newer(url, applied)?;
+        let applied = checked_schema(&pool, url).await?;
         if applied.is_none_or(|v| v < newest_schema()) {
             anyhow::bail!(
                 "the audit database {shown} holds no audit of this version yet: run a cycle first (zd-retention once), which creates or upgrades it"

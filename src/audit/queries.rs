@@ -212,45 +212,36 @@ impl AuditStore {
         let since = f.since.map(timestamp).unwrap_or_default();
         let until = f.until.map(timestamp).unwrap_or_else(|| "9999".into());
         // two fixed texts: from the outcomes (an outcome filter) or from the decisions
-        let rows = if f.outcome.is_some() {
-            sqlx::query_as::<_, SearchRow>(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+        let text = if f.outcome.is_some() {
+            sqlx::AssertSqlSafe(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome AS outcome, o.recorded_at AS outcome_at, o.detail AS detail
              FROM outcomes o JOIN decisions d ON d.id = (
                  SELECT MAX(d2.id) FROM decisions d2 WHERE d2.ticket_id = o.ticket_id AND d2.decided_at <= o.recorded_at)
              WHERE o.outcome = $1 AND o.recorded_at >= $2 AND o.recorded_at < $3
                AND ($4 IS NULL OR d.rule = $4) AND ($5 IS NULL OR d.actor_id = $5)
                AND ($6 IS NULL OR d.decision = $6) AND ($7 IS NULL OR d.ticket_id = $7)
-             ORDER BY o.id DESC LIMIT $8"#)
-        .bind(f.outcome.map(Outcome::as_str))
-        .bind(since)
-        .bind(until)
-        .bind(&f.rule)
-        .bind(f.actor)
-        .bind(f.decision.map(DecisionKind::as_str))
-        .bind(f.ticket)
-        .bind(f.limit)
-            .fetch_all(&self.pool)
-            .await?
+             ORDER BY o.id DESC LIMIT $8"#.to_string())
         } else {
-            sqlx::query_as::<_, SearchRow>(self.dialect(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
+            self.dialect(r#"SELECT d.decided_at AS at, d.run_id, d.ticket_id, d.decision, d.rule, d.actor_id, d.deleted_at, d.previous_state,
                     o.outcome AS outcome, o.recorded_at AS outcome_at, o.detail AS detail
              FROM decisions d LEFT JOIN outcomes o ON o.id = (
                  SELECT MAX(o2.id) FROM outcomes o2 INDEXED BY outcomes_ticket WHERE o2.ticket_id = d.ticket_id AND o2.run_id = d.run_id)
              WHERE ($1 IS NULL OR 1 = 1) AND d.decided_at >= $2 AND d.decided_at < $3
                AND ($4 IS NULL OR d.rule = $4) AND ($5 IS NULL OR d.actor_id = $5)
                AND ($6 IS NULL OR d.decision = $6) AND ($7 IS NULL OR d.ticket_id = $7)
-             ORDER BY d.id DESC LIMIT $8"#))
-        .bind(f.outcome.map(Outcome::as_str))
-        .bind(since)
-        .bind(until)
-        .bind(&f.rule)
-        .bind(f.actor)
-        .bind(f.decision.map(DecisionKind::as_str))
-        .bind(f.ticket)
-        .bind(f.limit)
-            .fetch_all(&self.pool)
-            .await?
+             ORDER BY d.id DESC LIMIT $8"#)
         };
+        let rows = sqlx::query_as::<_, SearchRow>(text)
+            .bind(f.outcome.map(Outcome::as_str))
+            .bind(since)
+            .bind(until)
+            .bind(&f.rule)
+            .bind(f.actor)
+            .bind(f.decision.map(DecisionKind::as_str))
+            .bind(f.ticket)
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows)
     }
 

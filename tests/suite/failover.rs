@@ -113,6 +113,24 @@ async fn wait_for_addr(node: &Node) -> String {
     );
 }
 
+/// A GET of a node's health server: the status and the body.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    let answer = reqwest::get(format!("http://{addr}/{path}")).await.unwrap();
+    (answer.status().as_u16(), answer.text().await.unwrap())
+}
+
+/// 300 new deletions by the automation (actor 4242), purged a second after
+/// they were deleted: the next refresh lists and sends them.
+fn fresh_deletions(next_id: &mut u64) -> Vec<zd_retention::sandbox::SandboxTicket> {
+    (0..300)
+        .map(|i| {
+            *next_id += 1;
+            let state = if i % 2 == 0 { "closed" } else { "solved" };
+            ticket(*next_id, chrono::Duration::seconds(2), state, 4242)
+        })
+        .collect()
+}
+
 /// The fencing term and its holder's pid, as the database has them.
 async fn lead_of(admin: &mut sqlx::AnyConnection) -> Option<(i64, u32)> {
     let row: Option<(i64, String)> = sqlx::query_as("SELECT term, holder FROM fence WHERE id = 1")
@@ -270,53 +288,21 @@ async fn the_active_daemon_killed_or_paused_is_replaced_and_its_late_writes_are_
     // the active one is ready
     let standby = wait_for_addr(&nodes[1]).await;
     let active = wait_for_addr(&nodes[0]).await;
-    let http = reqwest::Client::new();
-    let ready = http
-        .get(format!("http://{standby}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    assert!(ready.text().await.unwrap().starts_with("standby"));
-    let metrics = http
-        .get(format!("http://{standby}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (status, text) = get(&standby, "readyz").await;
+    assert_eq!(status, 503);
+    assert!(text.starts_with("standby"));
+    let (_, metrics) = get(&standby, "metrics").await;
     assert!(metrics.contains("zd_retention_standby 1"), "{metrics}");
-    let ready = http
-        .get(format!("http://{active}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
-    let metrics = http
-        .get(format!("http://{active}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (status, text) = get(&active, "readyz").await;
+    assert_eq!(status, 200, "{text}");
+    let (_, metrics) = get(&active, "metrics").await;
     assert!(metrics.contains("zd_retention_standby 0"), "{metrics}");
     assert!(metrics.contains("zd_retention_fencing_term 1"), "{metrics}");
     let mut takeovers = Vec::new();
     let mut mid_purge = 0;
     let mut next_id = 9_000_000u64;
     for kill in 1..=kills {
-        // new deletions by the automation (actor 4242), purged a second
-        // after: the next refresh lists and sends them
-        let fresh: Vec<_> = (0..300)
-            .map(|i| {
-                next_id += 1;
-                let state = if i % 2 == 0 { "closed" } else { "solved" };
-                ticket(next_id, chrono::Duration::seconds(2), state, 4242)
-            })
-            .collect();
-        sb.insert(fresh);
+        sb.insert(fresh_deletions(&mut next_id));
         let (_, holder) = lead_of(&mut admin).await.expect("a holder");
         let active = nodes
             .iter()
@@ -368,15 +354,7 @@ async fn the_active_daemon_killed_or_paused_is_replaced_and_its_late_writes_are_
     // paused: its sessions ended from the server while it sleeps, then woken
     let (_, holder) = lead_of(&mut admin).await.expect("a holder");
     let active = nodes.iter().position(|n| n.pid() == Some(holder)).unwrap();
-    sb.insert((0..300).map(|i| {
-        next_id += 1;
-        ticket(
-            next_id,
-            chrono::Duration::seconds(2),
-            if i % 2 == 0 { "closed" } else { "solved" },
-            4242,
-        )
-    }));
+    sb.insert(fresh_deletions(&mut next_id));
     tokio::time::sleep(Duration::from_millis(rng.random_range(50..1000))).await;
     // SAFETY: a plain signal to a child of this test
     unsafe { libc::kill(holder as i32, libc::SIGSTOP) };
