@@ -222,22 +222,43 @@ CREATE TABLE ledger_state_counts (
     n     BIGINT NOT NULL
 );
 
+-- Once per statement, from its transition tables: a trigger for each row
+-- would update one counts row a thousand times in a transaction, each
+-- update walking the versions the earlier ones left (measured: 40 ms a
+-- batch of 1,000 decisions).
 CREATE FUNCTION ledger_count() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        UPDATE ledger_state_counts SET n = n - 1 WHERE state = OLD.state;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO ledger_state_counts (state, n) VALUES (NEW.state, 1)
-            ON CONFLICT (state) DO UPDATE SET n = ledger_state_counts.n + 1;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO ledger_state_counts (state, n)
+            SELECT state, COUNT(*) FROM new_rows GROUP BY state
+            ON CONFLICT (state) DO UPDATE SET n = ledger_state_counts.n + excluded.n;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE ledger_state_counts SET n = ledger_state_counts.n - d.k
+            FROM (SELECT state, COUNT(*) AS k FROM old_rows GROUP BY state) AS d
+            WHERE ledger_state_counts.state = d.state;
+    ELSE
+        INSERT INTO ledger_state_counts (state, n)
+            SELECT state, SUM(k) FROM (
+                SELECT state, 1 AS k FROM new_rows
+                UNION ALL
+                SELECT state, -1 AS k FROM old_rows
+            ) AS d
+            GROUP BY state
+            HAVING SUM(k) <> 0
+            ON CONFLICT (state) DO UPDATE SET n = ledger_state_counts.n + excluded.n;
     END IF;
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER ledger_count_insert AFTER INSERT OR DELETE ON ledger
-    FOR EACH ROW EXECUTE FUNCTION ledger_count();
-CREATE TRIGGER ledger_count_update AFTER UPDATE OF state ON ledger
-    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION ledger_count();
+CREATE TRIGGER ledger_count_insert AFTER INSERT ON ledger
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_count();
+CREATE TRIGGER ledger_count_update AFTER UPDATE ON ledger
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_count();
+CREATE TRIGGER ledger_count_delete AFTER DELETE ON ledger
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_count();
 
 -- The fencing term (issue: one active purger across nodes): raised by each
 -- daemon that takes the lead; every write transaction checks it holds the

@@ -259,31 +259,66 @@ impl AuditStore {
         let mut digests = String::with_capacity(decisions.len() * 16);
         // 11 binds a row keep each statement under SQLite's 32766 variables
         for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
-            // runtime: one row of binds per decision (a batch, never cached)
-            let mut q: QueryBuilder<Any> = QueryBuilder::new(
-                "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags) ",
-            );
-            q.push_values(
-                chunk.iter().zip(chunk_texts),
-                |mut b, (d, (deleted, decided))| {
-                    b.push_bind(run)
-                        .push_bind(sql_id(d.ticket_id))
-                        .push_bind(deleted.as_deref())
-                        .push_bind(d.actor_id.map(|a| a as i64))
-                        .push_bind(d.previous_state.as_deref())
-                        .push_bind(d.subject.as_deref())
-                        .push_bind(d.rule.as_deref())
-                        .push_bind(d.decision.as_str())
-                        .push_bind(decided.as_str())
-                        .push_bind(d.actor_name.as_deref())
-                        .push_bind(d.subject_tags.clone());
-                },
-            );
-            q.push(" RETURNING id");
-            let ids: Vec<i64> = numbered_scalar(&mut q, on_pg(&tx))
-                .persistent(false)
+            let ids: Vec<i64> = if on_pg(&tx) {
+                // one statement text, prepared once: the rows as one JSON
+                // array bound as text (5,500 binds cost PostgreSQL a parse
+                // and a plan each time)
+                let rows: Vec<serde_json::Value> = chunk
+                    .iter()
+                    .zip(chunk_texts)
+                    .map(|(d, (deleted, decided))| {
+                        serde_json::json!([
+                            sql_id(d.ticket_id),
+                            deleted,
+                            d.actor_id.map(|a| a as i64),
+                            d.previous_state,
+                            d.subject,
+                            d.rule,
+                            d.decision.as_str(),
+                            decided,
+                            d.actor_name,
+                            d.subject_tags.as_ref().map(ToString::to_string),
+                        ])
+                    })
+                    .collect();
+                sqlx::query_scalar(
+                    "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags)
+                     SELECT $1, CAST(e->>0 AS BIGINT), e->>1, CAST(e->>2 AS BIGINT), e->>3, e->>4, e->>5, e->>6, e->>7, e->>8, e->>9
+                     FROM json_array_elements(CAST($2 AS JSON)) WITH ORDINALITY AS r (e, n)
+                     ORDER BY n
+                     RETURNING id",
+                )
+                .bind(run)
+                .bind(serde_json::Value::Array(rows).to_string())
                 .fetch_all(&mut *tx)
-                .await?;
+                .await?
+            } else {
+                // runtime: one row of binds per decision (a batch, never cached)
+                let mut q: QueryBuilder<Any> = QueryBuilder::new(
+                    "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags) ",
+                );
+                q.push_values(
+                    chunk.iter().zip(chunk_texts),
+                    |mut b, (d, (deleted, decided))| {
+                        b.push_bind(run)
+                            .push_bind(sql_id(d.ticket_id))
+                            .push_bind(deleted.as_deref())
+                            .push_bind(d.actor_id.map(|a| a as i64))
+                            .push_bind(d.previous_state.as_deref())
+                            .push_bind(d.subject.as_deref())
+                            .push_bind(d.rule.as_deref())
+                            .push_bind(d.decision.as_str())
+                            .push_bind(decided.as_str())
+                            .push_bind(d.actor_name.as_deref())
+                            .push_bind(d.subject_tags.clone());
+                    },
+                );
+                q.push(" RETURNING id");
+                numbered_scalar(&mut q, false)
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
             last = ids.into_iter().max().unwrap_or(last);
             for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));

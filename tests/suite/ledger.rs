@@ -787,3 +787,69 @@ async fn a_forced_manual_purge_of_a_ticket_the_ledger_knows_lands_on_its_row() {
     );
     assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_twice_in_one_flush_ends_as_its_last_decision_says() {
+    // A ticket listed twice in one scan (a listing that shifts under the
+    // walk) is decided twice, and both decisions can fall in one flush. On
+    // PostgreSQL one statement may not change a row twice: written in one
+    // batch, the flush failed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = AuditAt::new(dir.path()).await.open().await.unwrap();
+    let run = store
+        .start_run(Trigger::Cron, false, &"test".into(), Utc::now())
+        .await
+        .unwrap();
+    let first_deletion = Utc::now() - chrono::Duration::days(3);
+    let again = Utc::now() - chrono::Duration::hours(1);
+    let decided = |id: u64, deleted: chrono::DateTime<Utc>, kind, rule: Option<&str>| {
+        zd_retention::audit::DecisionRecord {
+            ticket_id: TicketId::new(id),
+            deleted_at: Some(deleted),
+            actor_id: Some(1001),
+            actor_name: None,
+            previous_state: Some("closed".into()),
+            subject: None,
+            rule: rule.map(Into::into),
+            decision: kind,
+            decided_at: Utc::now(),
+            listed: true,
+            subject_tags: None,
+        }
+    };
+    use zd_retention::audit::DecisionKind as K;
+    let keep = |i: u64| decided(50_000 + i, first_deletion, K::KeepNoRule, None);
+    let mut flush: Vec<_> = (0..300).map(keep).collect();
+    // the same deletion decided again, differently; and a ticket deleted
+    // again between its two listings; both near their first decisions
+    flush.push(decided(50_007, first_deletion, K::Purge, Some("bot")));
+    flush.push(decided(50_009, again, K::Purge, Some("bot")));
+    flush.extend((300..1500).map(keep));
+    flush.push(decided(60_000, first_deletion, K::KeepNoRule, None));
+    store.record_decisions(run, &flush).await.unwrap();
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT ticket_id, decision, state FROM ledger WHERE ticket_id IN (50007, 50009, 50010) ORDER BY ticket_id, deleted_at",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (50_007, "purge".into(), "selected".into()),
+            (50_009, "keep_no_rule".into(), "superseded".into()),
+            (50_009, "purge".into(), "selected".into()),
+            (50_010, "keep_no_rule".into(), "kept".into()),
+        ]
+    );
+    let counts = store.ledger_counts().await.unwrap();
+    assert_eq!(
+        counts,
+        [
+            ("kept".to_string(), 1499),
+            ("selected".to_string(), 2),
+            ("superseded".to_string(), 1)
+        ]
+    );
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
+}
