@@ -212,14 +212,16 @@ impl AuditStore {
     ) -> anyhow::Result<()> {
         const CHUNK: i64 = LEDGER_CHUNK as i64;
         let mut after: i64 = -1;
-        // `+state`: along the primary key from `after`, not the state index
-        // (which would sort every live row for each chunk)
+        // `NOT IN` the other states: along the primary key from `after`,
+        // not the state index (which would sort every live row for each
+        // chunk); SQLite's `+state` says so too, but PostgreSQL refuses it
         loop {
-            // (the live states: `LIVE_SQL`)
-            let ids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT ticket_id FROM ledger
-                 WHERE ticket_id > $1 AND +state IN ('kept', 'selected', 'purge_requested', 'purged', 'unknown') ORDER BY ticket_id LIMIT $2")
-        .bind(after)
-        .bind(CHUNK)
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT ticket_id FROM ledger
+                 WHERE ticket_id > $1 AND state NOT IN {NOT_LIVE_SQL} ORDER BY ticket_id LIMIT $2"
+            )))
+            .bind(after)
+            .bind(CHUNK)
             .fetch_all(self.pool())
             .await
             .context("cannot read the ticket ledger")?;

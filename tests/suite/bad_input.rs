@@ -289,6 +289,9 @@ fn a_database_url_or_a_missing_folder_is_refused_everywhere_and_nothing_is_creat
 
 #[tokio::test]
 async fn the_audit_store_never_creates_a_folder() {
+    if crate::helpers::sqlite_only("a folder for an SQLite file") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("not-made").join("audit.db");
     let Err(err) = zd_retention::audit::AuditStore::open(&db).await else {

@@ -190,9 +190,9 @@ async fn every_metric_the_dashboard_and_the_alerts_name_is_served() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
+    let audit = crate::helpers::AuditAt::new(dir.path()).await;
     let (addr, stop, daemon) =
-        crate::helpers::daemon_in_process(&sb.base_url(), &dir.path().join("audit.db"), "2/1s")
-            .await;
+        crate::helpers::daemon_in_process(&sb.base_url(), &audit, "2/1s").await;
 
     // a run every second: scrape until every name shows, the faults
     // lifted once the families they bring have shown

@@ -683,9 +683,9 @@ async fn the_daemon_runs_in_process_and_serves_metrics_from_its_bound_address() 
     let tickets = clear_tickets(300, 41);
     let sb = sandbox_with(tickets.clone(), fast_sandbox_options(0)).await;
     let dir = tempfile::tempdir().unwrap();
+    let audit = crate::helpers::AuditAt::new(dir.path()).await;
     let (addr, stop, daemon) =
-        crate::helpers::daemon_in_process(&sb.base_url(), &dir.path().join("audit.db"), "10/100ms")
-            .await;
+        crate::helpers::daemon_in_process(&sb.base_url(), &audit, "10/100ms").await;
     assert_ne!(addr.port(), 0);
     // a tick every second: wait for the first completed run
     let client = reqwest::Client::new();
@@ -717,9 +717,7 @@ async fn the_daemon_runs_in_process_and_serves_metrics_from_its_bound_address() 
     assert!(health.status().is_success());
     stop.send(()).unwrap();
     daemon.await.unwrap().unwrap();
-    let store = zd_retention::audit::AuditStore::open_read_only(&dir.path().join("audit.db"))
-        .await
-        .unwrap();
+    let store = audit.open_read_only().await.unwrap();
     let runs = store.runs(None, 100).await.unwrap();
     assert!(!runs.is_empty());
     assert!(

@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{TOKEN, clear_tickets, fast_sandbox_options, sandbox_with};
+use crate::helpers::{
+    AuditAt, TOKEN, clear_tickets, fast_sandbox_options, postgres_server, sandbox_with,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
@@ -24,13 +26,13 @@ list = "10/100ms"
 list_deep = "5/100ms"
 account = "200/100ms"
 [audit]
-database = "{db}"
+{db}
 {audit_extra}
 [safety]
 dry_run = false
 {rules}
 "#,
-        db = dir.join("audit.db").display()
+        db = AuditAt::at(dir).config_line()
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -44,13 +46,35 @@ previous_state = ["solved", "closed"]
 older_than = "7d"
 "#;
 
+/// Runs the binary. In the PostgreSQL pass `--database DIR/NAME.db` is read
+/// as the audit of that folder's config (`DIR/config.toml`, or
+/// `DIR/NAME.toml` for a copy): the file flag takes no URL, and each test
+/// here reads its audit both ways.
 fn zd(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
+    zd_command(args).output().unwrap()
+}
+
+/// [`zd`]'s command, to run otherwise.
+fn zd_command(args: &[&str]) -> Command {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if postgres_server().is_some()
+        && let Some(at) = args.iter().position(|a| a == "--database")
+    {
+        let db = PathBuf::from(&args[at + 1]);
+        let name = db.file_stem().unwrap().to_str().unwrap();
+        let config = if name == "audit" { "config" } else { name };
+        args[at] = "--config".into();
+        args[at + 1] = db
+            .with_file_name(format!("{config}.toml"))
+            .display()
+            .to_string();
+    }
+    let mut command = Command::new(BIN);
+    command
+        .args(&args)
         .env("ZD_TEST_TOKEN", TOKEN)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+        .env("NO_COLOR", "1");
+    command
 }
 
 fn text(o: &Output) -> String {
@@ -61,11 +85,15 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The audit `--database DIR/audit.db` names (in the PostgreSQL pass, the
+/// database of `DIR`'s config).
+fn audit_of(db: impl AsRef<Path>) -> AuditAt {
+    AuditAt::at(db.as_ref().parent().unwrap())
+}
+
 /// The first purge decision's row id.
 async fn first_purge_decision(db: &str) -> i64 {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{db}"))
-        .await
-        .unwrap();
+    let pool = audit_of(db).raw_pool().await;
     let id = sqlx::query_scalar("SELECT MIN(id) FROM decisions WHERE decision = 'purge'")
         .fetch_one(&pool)
         .await
@@ -78,9 +106,7 @@ async fn first_purge_decision(db: &str) -> i64 {
 /// change a chained row, then recompute its digest and every entry hash
 /// from there on, so that the keyless `verify` finds the chain whole.
 async fn rewrite_and_rechain(db: &Path, decision_id: i64) {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
+    let pool = audit_of(db).raw_pool().await;
     sqlx::query("UPDATE decisions SET decided_at = '2020-01-01T00:00:00.000Z' WHERE id = $1")
         .bind(decision_id)
         .execute(&pool)
@@ -211,9 +237,9 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
         text(&checked)
     );
     // the key itself reaches neither the database nor any output
-    let raw = std::fs::read(&db).unwrap();
+    let raw = audit_of(&db).all_text().await;
     let secret_line = private_pem.lines().nth(1).unwrap();
-    assert!(!String::from_utf8_lossy(&raw).contains(secret_line));
+    assert!(!raw.contains(secret_line));
 
     // a purge decision backdated, and the whole chain recomputed
     let target = first_purge_decision(dbs).await;
@@ -233,12 +259,7 @@ async fn a_rewrite_that_recomputes_the_chain_is_caught_by_the_signed_heads() {
     );
 
     // removing the signed heads instead is caught too
-    let status = Command::new("sqlite3")
-        .arg(dbs)
-        .arg("DELETE FROM chain_heads")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    audit_of(dbs).edit("DELETE FROM chain_heads").await;
     let stripped = verify(dbs, &[&public]);
     assert_eq!(stripped.status.code(), Some(1), "{}", text(&stripped));
     assert!(
@@ -314,12 +335,9 @@ async fn a_key_change_verifies_with_both_halves_and_other_keys_cannot_vouch() {
         text(&both)
     );
     // a head's time edited by hand
-    let status = Command::new("sqlite3")
-        .arg(dbs)
-        .arg("UPDATE chain_heads SET recorded_at = '2026-01-01T00:00:00.000Z' WHERE seq = (SELECT MAX(seq) FROM chain_heads WHERE run_id = 2 AND kind = 'commit')")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    audit_of(dbs)
+        .edit("UPDATE chain_heads SET recorded_at = '2026-01-01T00:00:00.000Z' WHERE seq = (SELECT MAX(seq) FROM chain_heads WHERE run_id = 2 AND kind = 'commit')")
+        .await;
     let forged = verify(dbs, &[&p1, &p2]);
     assert_eq!(forged.status.code(), Some(1));
     assert!(
@@ -370,16 +388,13 @@ async fn a_forged_row_appended_with_its_chain_entry_is_not_laundered_by_the_next
     once_with(dir.path(), &sb.base_url(), Some(&k));
     // a purge claimed for a ticket never sent: the row and its chain entry,
     // hashed as the code would
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
+    let pool = audit_of(dbs).raw_pool().await;
+    let at = "2026-11-29T10:00:00.000Z";
+    let id: i64 = sqlx::query_scalar("INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) VALUES (1, NULL, 4711, 'purged', 'forged', $1) RETURNING id")
+        .bind(at)
+        .fetch_one(&pool)
         .await
         .unwrap();
-    let at = "2026-11-29T10:00:00.000Z";
-    let id = sqlx::query("INSERT INTO outcomes (run_id, job_id, ticket_id, outcome, detail, recorded_at) VALUES (1, NULL, 4711, 'purged', 'forged', $1)")
-        .bind(at)
-        .execute(&pool)
-        .await
-        .unwrap()
-        .last_insert_rowid();
     let mut hasher = Sha256::new();
     hasher.update(b"outcomes");
     for v in [
@@ -405,8 +420,9 @@ async fn a_forged_row_appended_with_its_chain_entry_is_not_laundered_by_the_next
     let hash = hex::encode(Sha256::digest(
         format!("{prev}\x1eoutcomes\x1e{id}\x1e{id}\x1e{digest}").as_bytes(),
     ));
-    sqlx::query("INSERT INTO audit_chain (seq, tbl, first_id, last_id, digests, prev, hash) VALUES ($1, 'outcomes', $2, $3, $4, $5, $6)")
-        .bind(seq + 1)
+    // the next seq, as the code's would be (PostgreSQL's identity moves on)
+    let _ = seq;
+    sqlx::query("INSERT INTO audit_chain (tbl, first_id, last_id, digests, prev, hash) VALUES ('outcomes', $1, $2, $3, $4, $5)")
         .bind(id)
         .bind(id)
         .bind(&digest)
@@ -575,23 +591,14 @@ async fn a_bad_signing_key_is_a_config_error_that_names_the_key_and_never_quotes
         text(&once)
     );
     // nothing was recorded by a run that could not sign
-    let db = dir.path().join("audit.db");
-    if db.exists() {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+    let audit = AuditAt::at(dir.path());
+    if audit.holds_anything().await {
+        let pool = audit.raw_pool().await;
+        let runs: Option<i64> = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+            .fetch_one(&pool)
             .await
-            .unwrap();
-        let tables: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'runs'")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-        if tables > 0 {
-            let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-            assert_eq!(runs, 0);
-        }
+            .ok();
+        assert!(matches!(runs, None | Some(0)), "{runs:?}");
     }
 }
 
@@ -616,9 +623,7 @@ async fn each_config_is_stored_once_and_certificates_name_it_with_every_purge() 
     assert!(!expected.is_empty());
     let db = dir.path().join("audit.db");
     let dbs = db.to_str().unwrap();
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{dbs}"))
-        .await
-        .unwrap();
+    let pool = audit_of(dbs).raw_pool().await;
     let versions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM config_versions")
         .fetch_one(&pool)
         .await
@@ -828,12 +833,7 @@ async fn removing_every_signed_head_before_the_next_run_is_told_not_hidden() {
     // every signed head removed
     let target = first_purge_decision(dbs).await;
     rewrite_and_rechain(&db, target).await;
-    let status = Command::new("sqlite3")
-        .arg(dbs)
-        .arg("DELETE FROM chain_heads")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    audit_of(dbs).edit("DELETE FROM chain_heads").await;
     let stripped = verify(dbs, &[&p]);
     assert_eq!(stripped.status.code(), Some(1));
     assert!(
@@ -913,9 +913,18 @@ async fn a_head_added_by_hand_or_a_key_id_changed_is_named() {
             "names key deadbeefdeadbeef but was signed by a key given",
         ),
     ] {
-        std::fs::copy(&db, &work).unwrap();
-        let status = Command::new("sqlite3").arg(ws).arg(sql).status().unwrap();
-        assert!(status.success());
+        let copy = match audit_of(&db) {
+            AuditAt::File(_) => {
+                std::fs::copy(&db, &work).unwrap();
+                AuditAt::File(work.clone())
+            }
+            pg => {
+                let copy = pg.copy(&format!("forged{}", sql.len())).await;
+                copy.config_in(&dir.path().join("forged.toml"), false, "");
+                copy
+            }
+        };
+        copy.edit(sql).await;
         let out = verify(ws, &[&p]);
         assert_eq!(out.status.code(), Some(1), "{sql}: {}", text(&out));
         assert!(text(&out).contains(expect), "{sql}: {}", text(&out));
@@ -977,7 +986,7 @@ fn keygen_refuses_a_public_name_for_the_private_key_and_says_what_it_wrote_where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_over_a_running_or_interrupted_run_says_so_and_exits_by_what_it_claims() {
-    use zd_retention::audit::{AuditStore, RunOrigin, Trigger};
+    use zd_retention::audit::{RunOrigin, Trigger};
     let sb = sandbox_with(clear_tickets(80, 7), fast_sandbox_options(0)).await;
     let dir = tempfile::tempdir().unwrap();
     once_with(dir.path(), &sb.base_url(), None);
@@ -985,7 +994,7 @@ async fn a_report_over_a_running_or_interrupted_run_says_so_and_exits_by_what_it
     let dbs = db.to_str().unwrap();
     // a run begun and not ended, as a run in progress (or a process killed
     // in the middle of one) leaves it
-    let store = AuditStore::open(&db).await.unwrap();
+    let store = audit_of(&db).open().await.unwrap();
     let run = store
         .start_run(
             Trigger::Cron,
@@ -1031,7 +1040,7 @@ async fn a_report_over_a_running_or_interrupted_run_says_so_and_exits_by_what_it
     }
     // the next start closes it as interrupted: the statement holds as
     // written again, and names the run
-    let store = AuditStore::open(&db).await.unwrap();
+    let store = audit_of(&db).open().await.unwrap();
     assert_eq!(
         store
             .close_interrupted_runs(chrono::Utc::now())
@@ -1128,8 +1137,7 @@ async fn every_format_streams_every_purge_and_a_failed_write_leaves_no_half_docu
     assert_eq!(empty["run"]["id"], 2);
 
     // standard output on a full disk: a clear error, no panic
-    let full = Command::new(BIN)
-        .args(["audit", "report", "--since", "1d", "--database", dbs])
+    let full = zd_command(&["audit", "report", "--since", "1d", "--database", dbs])
         .stdout(std::fs::File::create("/dev/full").unwrap())
         .output()
         .unwrap();

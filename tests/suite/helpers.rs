@@ -351,7 +351,7 @@ pub async fn assert_job_ids_accounted(sb: &Sandbox, pool: &sqlx::AnyPool, contex
 /// the bound address, the stop signal and the daemon's task.
 pub async fn daemon_in_process(
     base_url: &str,
-    database: &std::path::Path,
+    audit: &AuditAt,
     list: &str,
 ) -> (
     std::net::SocketAddr,
@@ -362,9 +362,9 @@ pub async fn daemon_in_process(
         "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
          [zendesk.rate_limits]\nlist = \"{list}\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
          [schedule]\ncron = \"* * * * * *\"\nshutdown_grace = \"2s\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-         [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n\
+         [audit]\n{}\n[safety]\ndry_run = false\n\
          [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
-        database.display()
+        audit.config_line()
     );
     // SAFETY: this test's process only (nextest runs each test alone)
     unsafe { std::env::set_var("ZD_TEST_TOKEN", TOKEN) };
@@ -415,8 +415,12 @@ pub fn churn_seed(default: u64) -> u64 {
 
 /// The SHA-256 of a file's bytes, in hex: to show a file was not written.
 pub fn sha256_file(path: &std::path::Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Runs `sql` on `db` with Debian's sqlite3 (installed by .ci/test-deps):
@@ -482,6 +486,50 @@ pub enum AuditAt {
 }
 
 impl AuditAt {
+    /// The audit of the test folder `dir`, the same each time it is asked
+    /// for: `dir/audit.db`, or in the PostgreSQL pass a database named
+    /// after `dir`, made empty the first time. Callable outside a runtime
+    /// (a test's config writer).
+    pub fn at(dir: &std::path::Path) -> Self {
+        let Some(server) = postgres_server() else {
+            return AuditAt::File(dir.join("audit.db"));
+        };
+        let name = format!(
+            "zd_dir_{}",
+            &sha256_hex(dir.to_str().unwrap().as_bytes())[..20]
+        );
+        let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+        let url = format!("{base}/{name}");
+        // a thread of its own: the caller may be inside a runtime or not
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    use sqlx::Connection as _;
+                    zd_retention::audit::install_drivers();
+                    let mut admin = sqlx::AnyConnection::connect(&server).await.unwrap();
+                    let there: i64 =
+                        sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+                            .bind(&name)
+                            .fetch_one(&mut admin)
+                            .await
+                            .unwrap();
+                    if there == 0 {
+                        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                            .execute(&mut admin)
+                            .await
+                            .unwrap();
+                    }
+                    let _ = admin.close().await;
+                })
+        })
+        .join()
+        .unwrap();
+        AuditAt::Postgres(url)
+    }
+
     pub async fn new(dir: &std::path::Path) -> Self {
         match postgres_server() {
             Some(server) => AuditAt::Postgres(fresh_postgres_database(&server).await),
@@ -510,4 +558,146 @@ impl AuditAt {
             AuditAt::Postgres(url) => AuditStore::open_postgres_read_only(url).await,
         }
     }
+
+    /// A connection pool to the audit that opens nothing of the store's (no
+    /// check, no seal): what an edit from outside would use.
+    pub async fn raw_pool(&self) -> sqlx::AnyPool {
+        zd_retention::audit::install_drivers();
+        let url = match self {
+            AuditAt::File(path) => format!("sqlite://{}", path.display()),
+            AuditAt::Postgres(url) => url.clone(),
+        };
+        sqlx::pool::PoolOptions::<sqlx::Any>::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap()
+    }
+
+    /// Runs `sql` (one statement or several) on the audit from outside,
+    /// as an operator's `sqlite3` or `psql` would.
+    pub async fn edit(&self, sql: &str) {
+        let pool = self.raw_pool().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    }
+
+    /// One number read from the audit from outside.
+    pub async fn number(&self, sql: &str) -> i64 {
+        let pool = self.raw_pool().await;
+        let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+        n
+    }
+
+    /// Every byte the audit holds, as text: the file, or every row of every
+    /// table (for "the secret is nowhere in the database").
+    pub async fn all_text(&self) -> String {
+        match self {
+            AuditAt::File(path) => {
+                String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
+            }
+            AuditAt::Postgres(_) => {
+                let pool = self.raw_pool().await;
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT CAST(table_name AS TEXT) FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+                )
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+                let mut all = String::new();
+                for table in tables {
+                    let rows: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT string_agg(CAST(t AS TEXT), E'\\n') FROM \"{table}\" AS t"
+                    )))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    all.push_str(&rows.unwrap_or_default());
+                    all.push('\n');
+                }
+                pool.close().await;
+                all
+            }
+        }
+    }
+
+    /// A digest of everything the audit holds: the file's bytes, or every
+    /// row of every table.
+    pub async fn fingerprint(&self) -> String {
+        match self {
+            AuditAt::File(path) => sha256_file(path),
+            AuditAt::Postgres(_) => sha256_hex(self.all_text().await.as_bytes()),
+        }
+    }
+
+    /// A copy of the audit as it is now, to edit apart from the original:
+    /// the file backed up beside it, or a database made from this one.
+    pub async fn copy(&self, name: &str) -> AuditAt {
+        match self {
+            AuditAt::File(path) => {
+                let to = path.with_file_name(format!("{name}.db"));
+                sqlite3(path, &format!(".backup '{}'", to.display()));
+                AuditAt::File(to)
+            }
+            AuditAt::Postgres(url) => {
+                let (server, db) = url.rsplit_once('/').unwrap();
+                let copy = format!("{db}_{name}");
+                let admin = sqlx::AnyPool::connect(&format!("{server}/postgres"))
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE \"{copy}\" TEMPLATE \"{db}\""
+                )))
+                .execute(&admin)
+                .await
+                .unwrap();
+                admin.close().await;
+                AuditAt::Postgres(format!("{server}/{copy}"))
+            }
+        }
+    }
+
+    /// An offline config for this audit (`offline_config`), written at `path`.
+    pub fn config_in(&self, path: &std::path::Path, dry_run: bool, more: &str) {
+        std::fs::write(
+            path,
+            format!(
+                "[zendesk]\nbase_url = \"http://127.0.0.1:9\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\n\n[audit]\n{}\n\n[safety]\ndry_run = {dry_run}\n{more}",
+                self.config_line()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Whether anything was written there: the file made, or a table made.
+    pub async fn holds_anything(&self) -> bool {
+        match self {
+            AuditAt::File(path) => path.exists(),
+            AuditAt::Postgres(_) => {
+                self.number(
+                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+                )
+                .await
+                    > 0
+            }
+        }
+    }
+}
+
+/// Whether this pass runs against PostgreSQL; a test that concerns the
+/// SQLite file alone (its permissions, its copy before an upgrade, a full
+/// disk under it) says so and returns early there.
+pub fn sqlite_only(why: &str) -> bool {
+    if postgres_server().is_some() {
+        eprintln!("SQLite only: {why}");
+        return true;
+    }
+    false
 }

@@ -16,10 +16,10 @@ fn config(dir: &Path, base_url: &str) -> std::path::PathBuf {
     let text = format!(
         "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
          [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
-         [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\nmin_age = \"1h\"\n\
+         [audit]\n{}\n[safety]\ndry_run = false\nmin_age = \"1h\"\n\
          [[rules]]\nname = \"legal-hold\"\naction = \"keep\"\nsubject_matches = \"(?i)legal hold\"\n\
          [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
-        dir.join("audit.db").display()
+        crate::helpers::AuditAt::at(dir).config_line()
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -208,7 +208,9 @@ async fn plan_and_each_audit_question_answer_in_one_command_as_table_and_json() 
     assert_eq!(plan["explain"]["rules"][1]["matched"], true);
     assert!(sb.write_requests().is_empty(), "a plan writes nothing");
     assert!(
-        !dir.path().join("audit.db").exists(),
+        !crate::helpers::AuditAt::at(dir.path())
+            .holds_anything()
+            .await,
         "a plan records nothing"
     );
 
