@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
 use sqlx::{Any, QueryBuilder};
 
 use super::chain::{Chained, chain_append, chain_append_digests, chain_base, row_digest};
@@ -15,7 +16,7 @@ use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;
 use super::records::{DecisionRecord, JobRow, RunCounts, RunOrigin, WITHDRAWN_NARROWED};
-use super::store::{AuditStore, JobRowId, RunId, numbered_scalar, on_pg, timestamp};
+use super::store::{AuditStore, JobRowId, RunId, numbered, on_pg, timestamp};
 use crate::zendesk::{IdBatch, TicketId};
 
 /// Write requests (purges, restores) this process recorded. Each is
@@ -26,6 +27,39 @@ static REQUESTS_RECORDED: std::sync::atomic::AtomicU64 = std::sync::atomic::Atom
 /// How many write requests this process recorded (and so may have sent).
 pub fn requests_recorded() -> u64 {
     REQUESTS_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The last id of a batch's new rows (`RETURNING id, ticket_id`), once the
+/// rows are proven to hold consecutive ids in the batch's order, right
+/// after `last` (0 before the first batch). The chain names a batch's rows
+/// by their id range and digests them in order: a gap or rows numbered in
+/// another order would leave an honest history that verifies as tampered.
+/// Neither backend promises the order of `RETURNING`, so the ids are sorted
+/// and the tickets compared; a refusal rolls the transaction back.
+fn placed_in_order(
+    rows: &[AnyRow],
+    tickets: impl ExactSizeIterator<Item = TicketId>,
+    last: i64,
+) -> anyhow::Result<i64> {
+    use sqlx::Row as _;
+    let mut placed = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<(i64, i64)>, sqlx::Error>>()?;
+    placed.sort_unstable();
+    let first = placed.first().map_or(0, |p| p.0);
+    let in_order = placed.len() == tickets.len()
+        && (last == 0 || first == last + 1)
+        && placed
+            .iter()
+            .zip(tickets)
+            .enumerate()
+            .all(|(i, (&(id, ticket), want))| id == first + i as i64 && ticket == sql_id(want));
+    anyhow::ensure!(
+        in_order,
+        "the database numbered the new rows out of their order (from id {first}): nothing was recorded"
+    );
+    Ok(placed.last().map_or(last, |p| p.0))
 }
 
 /// Sets a job's end (status, message when given, finish time) and chains
@@ -259,7 +293,7 @@ impl AuditStore {
         let mut digests = String::with_capacity(decisions.len() * 16);
         // 11 binds a row keep each statement under SQLite's 32766 variables
         for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
-            let ids: Vec<i64> = if on_pg(&tx) {
+            let ids: Vec<AnyRow> = if on_pg(&tx) {
                 // one statement text, prepared once: the rows as one JSON
                 // array bound as text (5,500 binds cost PostgreSQL a parse
                 // and a plan each time)
@@ -281,12 +315,12 @@ impl AuditStore {
                         ])
                     })
                     .collect();
-                sqlx::query_scalar(
+                sqlx::query(
                     "INSERT INTO decisions (run_id, ticket_id, deleted_at, actor_id, previous_state, subject, rule, decision, decided_at, actor_name, subject_tags)
                      SELECT $1, CAST(e->>0 AS BIGINT), e->>1, CAST(e->>2 AS BIGINT), e->>3, e->>4, e->>5, e->>6, e->>7, e->>8, e->>9
                      FROM json_array_elements(CAST($2 AS JSON)) WITH ORDINALITY AS r (e, n)
                      ORDER BY n
-                     RETURNING id",
+                     RETURNING id, ticket_id",
                 )
                 .bind(run)
                 .bind(serde_json::Value::Array(rows).to_string())
@@ -313,13 +347,13 @@ impl AuditStore {
                             .push_bind(d.subject_tags.clone());
                     },
                 );
-                q.push(" RETURNING id");
-                numbered_scalar(&mut q, false)
+                q.push(" RETURNING id, ticket_id");
+                numbered(&mut q, false)
                     .persistent(false)
                     .fetch_all(&mut *tx)
                     .await?
             };
-            last = ids.into_iter().max().unwrap_or(last);
+            last = placed_in_order(&ids, chunk.iter().map(|d| d.ticket_id), last)?;
             for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
                 let tags = d.subject_tags.as_ref().map(ToString::to_string);
@@ -793,12 +827,12 @@ async fn insert_outcomes(
                 .push_bind(detail)
                 .push_bind(at);
         });
-        q.push(" RETURNING id");
-        let ids: Vec<i64> = numbered_scalar(&mut q, on_pg(tx))
+        q.push(" RETURNING id, ticket_id");
+        let ids = numbered(&mut q, on_pg(tx))
             .persistent(false)
             .fetch_all(&mut **tx)
             .await?;
-        last = ids.into_iter().max().unwrap_or(last);
+        last = placed_in_order(&ids, chunk.iter().copied(), last)?;
         for t in chunk {
             let ticket = t.to_string();
             digests.push_str(&row_digest(

@@ -67,7 +67,8 @@ pub(super) enum Writer {
 /// The name a writer leaves for others to read.
 pub(super) fn holder_name(command: &str) -> String {
     let host = whoami::hostname().unwrap_or_else(|_| "?".into());
-    format!("{command} on {host} (pid {})", std::process::id())
+    // named as the SQLite file's lock names its holder
+    format!("pid {}, command {command}, host {host}", std::process::id())
 }
 
 /// Takes the config's audit database for writing and opens it: the

@@ -45,15 +45,29 @@ impl From<WireTicket> for Ticket {
     fn from(t: WireTicket) -> Self {
         Ticket {
             id: t.id,
-            subject: t.subject,
+            subject: without_nul(t.subject),
             actor: t.actor.map(|a| Actor {
                 id: a.id,
-                name: a.name,
+                name: without_nul(a.name),
             }),
             deleted_at: t.deleted_at,
-            previous_state: t.previous_state,
+            previous_state: without_nul(t.previous_state),
         }
     }
+}
+
+/// Listed text as every audit backend stores it: a NUL character (which
+/// JSON may carry, SQLite stores and PostgreSQL refuses in text) is read as
+/// U+FFFD, the replacement character. Left as it was, one agent's subject
+/// failed every write of the cycle that listed it on PostgreSQL.
+fn without_nul(text: Option<String>) -> Option<String> {
+    text.map(|t| {
+        if t.contains('\0') {
+            t.replace('\0', "\u{FFFD}")
+        } else {
+            t
+        }
+    })
 }
 
 /// Parses `deleted_at` in RFC 3339 or the reference's basic form
@@ -459,6 +473,21 @@ pub fn decode_job_statuses(body: &[u8]) -> Result<Vec<JobStatus>, serde_json::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_in_listed_text_is_read_as_the_replacement_character() {
+        let wire: WireTicket = serde_json::from_str(
+            r#"{"id": 7, "subject": "a\u0000b", "actor": {"id": 1, "name": "\u0000"}, "previous_state": "clo\u0000sed", "deleted_at": "2026-11-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let ticket = Ticket::from(wire);
+        assert_eq!(ticket.subject.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(
+            ticket.actor.and_then(|a| a.name).as_deref(),
+            Some("\u{FFFD}")
+        );
+        assert_eq!(ticket.previous_state.as_deref(), Some("clo\u{FFFD}sed"));
+    }
 
     #[test]
     fn an_error_body_cannot_forge_log_lines() {

@@ -638,9 +638,7 @@ async fn an_unsorted_listing_falls_back_to_a_full_scan() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let store = zd_retention::audit::AuditStore::open(&dir.path().join("a.db"))
-        .await
-        .unwrap();
+    let store = crate::helpers::test_store(&dir.path().join("a.db")).await;
     let ctx = zd_retention::cycle::CycleContext {
         policy: std::sync::Arc::new(Policy {
             rules: vec![RetentionRule {
@@ -732,4 +730,37 @@ async fn the_daemon_runs_in_process_and_serves_metrics_from_its_bound_address() 
         })
         .count();
     assert_eq!(sb.purged_ids().len(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_subject_or_an_actor_name_is_stored_as_the_replacement_character() {
+    // JSON may carry a NUL, SQLite stores it and PostgreSQL refuses it in
+    // text: one such ticket failed every write of its cycle there
+    let mut odd = crate::helpers::ticket(31, chrono::Duration::days(20), "closed", 1001);
+    odd.subject = Some("legal\0hold".into());
+    odd.actor_name = "Agent\0X".into();
+    let sb = sandbox_with(
+        vec![
+            odd,
+            crate::helpers::ticket(32, chrono::Duration::days(20), "closed", 1001),
+        ],
+        fast_sandbox_options(0),
+    )
+    .await;
+    let settings = zd_retention::cycle::CycleSettings {
+        record_subjects: true,
+        ..test_settings()
+    };
+    let e = engine(&sb, example_policy(), settings).await;
+    let report = run_cycle(&e.ctx, Trigger::Manual).await.unwrap();
+    assert_eq!(report.status, RunStatus::Completed, "{:?}", report.error);
+    assert_eq!(sb.purged_ids(), [31, 32]);
+    let (subject, actor): (String, String) =
+        sqlx::query_as("SELECT subject, actor_name FROM ledger WHERE ticket_id = 31")
+            .fetch_one(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(subject, "legal\u{FFFD}hold");
+    assert_eq!(actor, "Agent\u{FFFD}X");
+    assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
 }

@@ -139,9 +139,11 @@ async fn lead_of(admin: &mut sqlx::AnyConnection) -> Option<(i64, u32)> {
         .ok()
         .flatten();
     let (term, holder) = row?;
+    // "pid N, command run, host H"
     let pid = holder
-        .rsplit_once("(pid ")
-        .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())?;
+        .strip_prefix("pid ")
+        .and_then(|p| p.split(',').next())
+        .and_then(|p| p.parse().ok())?;
     Some((term, pid))
 }
 

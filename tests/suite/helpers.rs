@@ -488,7 +488,7 @@ pub enum AuditAt {
 impl AuditAt {
     /// The audit of the test folder `dir`, the same each time it is asked
     /// for: `dir/audit.db`, or in the PostgreSQL pass a database named
-    /// after `dir`, made empty the first time. Callable outside a runtime
+    /// after `dir`, created (empty) when it is not there. Callable outside a runtime
     /// (a test's config writer).
     pub fn at(dir: &std::path::Path) -> Self {
         let Some(server) = postgres_server() else {
@@ -614,7 +614,7 @@ impl AuditAt {
                 let mut all = String::new();
                 for table in tables {
                     let rows: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT string_agg(CAST(t AS TEXT), E'\\n') FROM \"{table}\" AS t"
+                        "SELECT string_agg(CAST(t AS TEXT), E'\\n' ORDER BY CAST(t AS TEXT)) FROM \"{table}\" AS t"
                     )))
                     .fetch_one(&pool)
                     .await
@@ -622,8 +622,34 @@ impl AuditAt {
                     all.push_str(&rows.unwrap_or_default());
                     all.push('\n');
                 }
+                // and where each identity stands (a row added and removed
+                // moves it on)
+                let sequences: Option<String> = sqlx::query_scalar(
+                    "SELECT string_agg(sequencename || '=' || COALESCE(CAST(last_value AS TEXT), '-'), ',' ORDER BY sequencename) FROM pg_sequences",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                all.push_str(&sequences.unwrap_or_default());
                 pool.close().await;
                 all
+            }
+        }
+    }
+
+    /// How the binary is told to read this audit: `--database FILE`, or
+    /// `--config` of an offline config naming the database (written in
+    /// `dir` as `<database>.toml`; the file flag takes no URL).
+    pub fn cli_args(&self, dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        match self {
+            AuditAt::File(path) => vec!["--database".into(), path.into()],
+            AuditAt::Postgres(url) => {
+                let (_, name) = url.rsplit_once('/').unwrap();
+                let config = dir.join(format!("{name}.toml"));
+                if !config.exists() {
+                    self.config_in(&config, false, "");
+                }
+                vec!["--config".into(), config.into()]
             }
         }
     }
@@ -652,12 +678,16 @@ impl AuditAt {
                 let admin = sqlx::AnyPool::connect(&format!("{server}/postgres"))
                     .await
                     .unwrap();
+                // (a template takes no other session: every pool and
+                // process of the test must be done with it)
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                     "CREATE DATABASE \"{copy}\" TEMPLATE \"{db}\""
                 )))
                 .execute(&admin)
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| {
+                    panic!("copy of {db}, still in use by a session of the test? {e}")
+                });
                 admin.close().await;
                 AuditAt::Postgres(format!("{server}/{copy}"))
             }
@@ -674,6 +704,24 @@ impl AuditAt {
             ),
         )
         .unwrap();
+    }
+
+    /// Whether the audit has the table `name`.
+    pub async fn has_table(&self, name: &str) -> bool {
+        if let AuditAt::File(path) = self
+            && !path.exists()
+        {
+            return false;
+        }
+        let sql = match self {
+            AuditAt::File(_) => format!(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{name}'"
+            ),
+            AuditAt::Postgres(_) => format!(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name = '{name}'"
+            ),
+        };
+        self.number(&sql).await > 0
     }
 
     /// Whether anything was written there: the file made, or a table made.

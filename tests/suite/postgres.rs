@@ -278,6 +278,25 @@ async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslm
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
     let url = fresh_postgres_database(&server).await;
+    // a role that must sign in with its password (tests/tools/with-postgres
+    // asks SCRAM of it over loopback)
+    {
+        let admin = sqlx::AnyPool::connect(&server).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'zd_password') THEN
+                 CREATE ROLE zd_password LOGIN SUPERUSER;
+               END IF;
+             END $$;
+             ALTER ROLE zd_password PASSWORD '{secret}';"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+    }
+    let trusted = url.clone();
+    let url = url.replacen("postgres://zd@", "postgres://zd_password@", 1);
     let write = |name: &str, database: &str| {
         let path = dir.path().join(name);
         std::fs::write(
@@ -306,6 +325,18 @@ async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslm
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         seen.push_str(&text(&out));
     }
+    // a wrong password: refused by the server, named, never shown
+    let wrong_secret = "pw-Wr0ng-k2Lm";
+    std::fs::write(&password, format!("{wrong_secret}\n")).unwrap();
+    let out = zd(&["once", "--config", good]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("password authentication failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(wrong_secret), "{}", text(&out));
+    std::fs::write(&password, format!("{secret}\n")).unwrap();
     // a server that is not there, and TLS asked of one without it
     let (base, _) = url.rsplit_once('/').unwrap();
     let gone = write("gone.toml", "postgres://zd@127.0.0.1:1/none");
@@ -332,7 +363,7 @@ async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslm
     seen.push_str(&text(&out));
     assert!(!seen.contains(secret), "the password was shown: {seen}");
     // nor is it anywhere in the audit
-    let store = AuditStore::open_postgres_read_only(&url).await.unwrap();
+    let store = AuditStore::open_postgres_read_only(&trusted).await.unwrap();
     let settings: Vec<String> = sqlx::query_scalar("SELECT settings FROM config_versions")
         .fetch_all(store.pool())
         .await

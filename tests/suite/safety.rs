@@ -134,8 +134,8 @@ fn sandbox_config(dir: &std::path::Path, base_url: &str, credential: &str) -> st
         format!(
             "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\n{credential}\n\
              [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
-             [audit]\ndatabase = \"{}\"\n[[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"30d\"\n",
-            dir.join("audit.db").display()
+             [audit]\n{}\n[[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"30d\"\n",
+            crate::helpers::AuditAt::at(dir).config_line()
         ),
     )
     .unwrap();
@@ -229,6 +229,9 @@ fn a_closed_pipe_ends_the_output_quietly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_commands_open_a_database_whose_path_holds_question_marks_and_percents() {
+    if crate::helpers::sqlite_only("an SQLite file's path") {
+        return;
+    }
     let sb = crate::helpers::sandbox(150).await;
     let dir = tempfile::tempdir().unwrap();
     let odd = dir.path().join("a?b%20c#d");
@@ -269,9 +272,9 @@ fn live_config(dir: &std::path::Path, base_url: &str, cron: &str) -> std::path::
             "[zendesk]\nbase_url = \"{base_url}\"\nemail = \"ops@acme.example\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n\
              [zendesk.rate_limits]\nlist = \"10/100ms\"\nlist_deep = \"5/100ms\"\naccount = \"200/100ms\"\n\
              [schedule]\ncron = \"{cron}\"\nshutdown_grace = \"5s\"\n\
-             [audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n\
+             [audit]\n{}\n[safety]\ndry_run = false\n\
              [[rules]]\nname = \"closed-after-7-days\"\naction = \"purge\"\nprevious_state = [\"solved\", \"closed\"]\nolder_than = \"7d\"\n",
-            dir.join("audit.db").display()
+            crate::helpers::AuditAt::at(dir).config_line()
         ),
     )
     .unwrap();
@@ -320,7 +323,8 @@ async fn a_second_once_on_the_same_database_exits_1_naming_the_first() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let store = zd_retention::audit::AuditStore::open_read_only(&dir.path().join("audit.db"))
+    let store = crate::helpers::AuditAt::at(dir.path())
+        .open_read_only()
         .await
         .unwrap();
     let runs = store.runs(None, 10).await.unwrap();
@@ -331,6 +335,11 @@ async fn a_second_once_on_the_same_database_exits_1_naming_the_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_are_active_and_standby_and_the_standby_takes_over_after_sigkill() {
+    if crate::helpers::sqlite_only(
+        "the file lock between two daemons on one host (failover:: runs two daemons on PostgreSQL)",
+    ) {
+        return;
+    }
     let sb = sandbox_with(
         crate::helpers::clear_tickets(300, 45),
         fast_sandbox_options(0),
@@ -453,6 +462,9 @@ async fn a_ticket_id_above_i64_is_kept_and_logged_never_stored_wrapped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_removed_mid_run_fails_the_run_and_the_next_start_refuses_a_fresh_history() {
+    if crate::helpers::sqlite_only("an SQLite file removed under a run") {
+        return;
+    }
     let tickets = crate::helpers::clear_tickets(1500, 46);
     let options = zd_retention::sandbox::SandboxOptions {
         job_delay: std::time::Duration::from_secs(600),
@@ -512,6 +524,9 @@ async fn a_database_removed_mid_run_fails_the_run_and_the_next_start_refuses_a_f
 
 #[test]
 fn a_dangling_symlink_as_the_database_is_refused_and_nothing_is_created() {
+    if crate::helpers::sqlite_only("a symlink as the SQLite file") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("elsewhere.db");
     let config = sandbox_config(
@@ -542,7 +557,7 @@ async fn a_row_forged_after_a_crash_is_not_laundered_by_the_next_writer() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let config = live_config(dir.path(), &sb.base_url(), "0 0 * * * *");
-    let db = dir.path().join("audit.db");
+    let db = crate::helpers::AuditAt::at(dir.path());
     let once = || {
         std::process::Command::new(BIN)
             .args(["once", "--config"])
@@ -553,19 +568,16 @@ async fn a_row_forged_after_a_crash_is_not_laundered_by_the_next_writer() {
     };
     assert!(once().status.success());
     // as if the process died mid-run, and someone then edited its figures
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg("UPDATE runs SET status = 'running', scanned = 9999, purged = 9999, error = 'all fine' WHERE id = 1")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    db.edit("UPDATE runs SET status = 'running', scanned = 9999, purged = 9999, error = 'all fine' WHERE id = 1")
+        .await;
     let next = once();
     let stderr = String::from_utf8_lossy(&next.stderr);
     assert_eq!(next.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("changed outside zd-retention"), "{stderr}");
     let verify = std::process::Command::new(BIN)
-        .args(["audit", "verify", "--database"])
-        .arg(&db)
+        .args(["audit", "verify"])
+        .args(db.cli_args(dir.path()))
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
         .output()
         .unwrap();
     assert_eq!(
@@ -580,6 +592,9 @@ async fn a_row_forged_after_a_crash_is_not_laundered_by_the_next_writer() {
 /// and neither file is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_path_that_looks_like_an_sqlite_uri_is_refused_and_nothing_is_made() {
+    if crate::helpers::sqlite_only("an SQLite file's path") {
+        return;
+    }
     let sb = crate::helpers::sandbox(150).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
@@ -616,6 +631,9 @@ async fn a_database_path_that_looks_like_an_sqlite_uri_is_refused_and_nothing_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_replaced_mid_run_does_not_receive_the_old_write_ahead_log() {
+    if crate::helpers::sqlite_only("an SQLite file and its write-ahead log replaced under a run") {
+        return;
+    }
     let sb = sandbox_with(
         crate::helpers::clear_tickets(1500, 48),
         zd_retention::sandbox::SandboxOptions {
@@ -738,18 +756,20 @@ async fn a_malformed_expected_head_is_a_usage_error_and_case_does_not_matter() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let db = dir.path().join("audit.db");
+    let db = crate::helpers::AuditAt::at(dir.path()).cli_args(dir.path());
     let head = std::process::Command::new(BIN)
-        .args(["audit", "head", "--format", "json", "--database"])
-        .arg(&db)
+        .args(["audit", "head", "--format", "json"])
+        .args(&db)
+        .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
         .output()
         .unwrap();
     let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     let upper = head["hash"].as_str().unwrap().to_uppercase();
     let verify = |expect: &str| {
         std::process::Command::new(BIN)
-            .args(["audit", "verify", "--expect-head", expect, "--database"])
-            .arg(&db)
+            .args(["audit", "verify", "--expect-head", expect])
+            .args(&db)
+            .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
             .output()
             .unwrap()
             .status
@@ -762,8 +782,9 @@ async fn a_malformed_expected_head_is_a_usage_error_and_case_does_not_matter() {
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
     if let Ok(full) = full {
         let out = std::process::Command::new(BIN)
-            .args(["audit", "runs", "--database"])
-            .arg(&db)
+            .args(["audit", "runs"])
+            .args(&db)
+            .env("ZD_TEST_TOKEN", crate::helpers::TOKEN)
             .stdout(full)
             .output()
             .unwrap();
@@ -779,6 +800,9 @@ async fn a_malformed_expected_head_is_a_usage_error_and_case_does_not_matter() {
 /// transaction depth of one: "begin_with at non-zero transaction depth").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_writes_again_once_a_full_disk_is_freed() {
+    if crate::helpers::sqlite_only("SQLite's page limit as a full disk") {
+        return;
+    }
     use zd_retention::audit::{AuditStore, DecisionKind, DecisionRecord, RunOrigin, Trigger};
     let dir = tempfile::tempdir().unwrap();
     let store = AuditStore::open(&dir.path().join("a.db")).await.unwrap();

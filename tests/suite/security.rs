@@ -1,23 +1,21 @@
 //! Secrets and tamper evidence: the audit chain catches rows edited or
-//! deleted with sqlite3; world-readable secrets are warned about.
+//! deleted from outside (`sqlite3`, `psql`); world-readable secrets are
+//! warned about.
 
 use std::path::Path;
 use std::process::Command;
 
 use zd_retention::sandbox::Sandbox;
 
-use crate::helpers::{TOKEN, fast_sandbox_options};
+use crate::helpers::{AuditAt, TOKEN, fast_sandbox_options};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zd-retention");
 
-fn sqlite(db: &Path, sql: &str) {
-    crate::helpers::sqlite3(db, sql);
-}
-
-fn verify(db: &Path) -> (i32, String) {
+fn verify(audit: &AuditAt, dir: &Path) -> (i32, String) {
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--database"])
-        .arg(db)
+        .args(["audit", "verify"])
+        .args(audit.cli_args(dir))
+        .env("ZD_TEST_TOKEN", TOKEN)
         .output()
         .unwrap();
     (
@@ -26,25 +24,29 @@ fn verify(db: &Path) -> (i32, String) {
     )
 }
 
+/// A copy of the audit, edited from outside (as with `sqlite3` or `psql`),
+/// and what `verify` says of it.
+async fn tampered(audit: &AuditAt, dir: &Path, name: &str, sql: &str) -> (i32, String) {
+    let copy = audit.copy(name).await;
+    copy.edit(sql).await;
+    verify(&copy, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
-    if crate::helpers::sqlite_only(
-        "edits with the sqlite3 tool on copies of the file (evidence:: makes its edits on either backend)",
-    ) {
-        return;
-    }
+async fn the_hash_chain_names_rows_edited_or_deleted_from_outside() {
     let sb = Sandbox::start_local(fast_sandbox_options(400))
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("audit.db");
-    let config = dir.path().join("c.toml");
+    let db = AuditAt::new(dir.path()).await;
+    let dir = dir.path();
+    let config = dir.join("c.toml");
     std::fs::write(
         &config,
         format!(
-            "[zendesk]\nbase_url = \"{}\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n[zendesk.rate_limits]\nlist = \"10/100ms\"\naccount = \"200/100ms\"\n[audit]\ndatabase = \"{}\"\n[safety]\ndry_run = false\n[[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"20d\"\n",
+            "[zendesk]\nbase_url = \"{}\"\nemail = \"a@b.c\"\ntoken_env = \"ZD_TEST_TOKEN\"\njob_poll_interval = \"20ms\"\n[zendesk.rate_limits]\nlist = \"10/100ms\"\naccount = \"200/100ms\"\n[audit]\n{}\n[safety]\ndry_run = false\n[[rules]]\nname = \"old\"\naction = \"purge\"\nolder_than = \"20d\"\n",
             sb.base_url(),
-            db.display()
+            db.config_line()
         ),
     )
     .unwrap();
@@ -59,40 +61,35 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (code, text) = verify(&db);
+    let (code, text) = verify(&db, dir);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("intact"), "{text}");
-
-    // a copy with everything committed (the WAL too)
-    let backup = |to: &Path| sqlite(&db, &format!(".backup '{}'", to.display()));
-    let tampered = |name: &str, sql: &str| {
-        let copy = dir.path().join(format!("{name}.db"));
-        backup(&copy);
-        sqlite(&copy, sql);
-        verify(&copy)
-    };
+    let tampered = |name: &'static str, sql: &'static str| tampered(&db, dir, name, sql);
     let (code, text) = tampered(
         "edit",
         "UPDATE decisions SET rule = 'legal-hold' WHERE id = 7",
-    );
+    )
+    .await;
     assert_eq!(code, 1);
     assert!(text.contains("row 7 of decisions was changed"), "{text}");
-    let (code, text) = tampered("delete", "DELETE FROM outcomes WHERE id = 3");
+    let (code, text) = tampered("delete", "DELETE FROM outcomes WHERE id = 3").await;
     assert_eq!(code, 1);
     assert!(text.contains("row 3 of outcomes was removed"), "{text}");
-    let (code, text) = tampered("job", "UPDATE jobs SET ticket_ids = '1,2,3' WHERE id = 1");
+    let (code, text) = tampered("job", "UPDATE jobs SET ticket_ids = '1,2,3' WHERE id = 1").await;
     assert_eq!(code, 1);
     assert!(text.contains("row 1 of jobs was changed"), "{text}");
     let (code, text) = tampered(
         "insert",
         "INSERT INTO decisions (run_id, ticket_id, decision, decided_at) VALUES (1, 42, 'purge', '2026-01-01')",
-    );
+    )
+    .await;
     assert_eq!(code, 1);
     assert!(text.contains("not in the chain"), "{text}");
     let (code, text) = tampered(
         "chain",
         "UPDATE audit_chain SET digests = 'x' || substr(digests, 2) WHERE seq = 2",
-    );
+    )
+    .await;
     assert_eq!(code, 1);
     assert!(text.contains("chain entry 2"), "{text}");
 
@@ -101,7 +98,8 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     let (code, text) = tampered(
         "run-figures",
         "UPDATE runs SET purged = 0, status = 'completed' WHERE id = 1",
-    );
+    )
+    .await;
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("row 1 of runs was changed after its last recorded state"),
@@ -110,7 +108,8 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     let (code, text) = tampered(
         "job-id",
         "UPDATE jobs SET zendesk_job_id = 'forged' WHERE id = 1",
-    );
+    )
+    .await;
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("row 1 of jobs was changed after its last recorded state"),
@@ -118,23 +117,27 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
     );
     let (code, text) = tampered(
         "counts",
-        "UPDATE run_decision_counts SET count = count + 1 WHERE rowid = (SELECT MIN(rowid) FROM run_decision_counts)",
-    );
+        "UPDATE run_decision_counts SET count = count + 1 WHERE run_id = 1 AND decision = (SELECT MIN(decision) FROM run_decision_counts WHERE run_id = 1)",
+    )
+    .await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("decision counts of run 1"), "{text}");
     // a value no build wrote in a column no CHECK guards: verify names the
     // row, and the history and its evidence can still be read (the value
     // shown as stored, the documents saying the records do not verify)
-    let (code, text) = tampered("scan", "UPDATE runs SET scan = 'weird' WHERE id = 1");
+    let (code, text) = tampered("scan", "UPDATE runs SET scan = 'weird' WHERE id = 1").await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("row 1 of runs was changed"), "{text}");
-    let weird = dir.path().join("scan.db");
+    let weird = db.copy("scan2").await;
+    weird
+        .edit("UPDATE runs SET scan = 'weird' WHERE id = 1")
+        .await;
     let audit = |args: &[&str]| {
         let out = Command::new(BIN)
             .arg("audit")
             .args(args)
-            .arg("--database")
-            .arg(&weird)
+            .args(weird.cli_args(dir))
+            .env("ZD_TEST_TOKEN", TOKEN)
             .output()
             .unwrap();
         let said = format!(
@@ -171,7 +174,7 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
             "INSERT INTO outcomes (id, run_id, ticket_id, outcome, recorded_at) VALUES (-1, 1, 4711, 'purged', '2026-01-01')",
         ),
     ] {
-        let (code, text) = tampered(name, sql);
+        let (code, text) = tampered(name, sql).await;
         assert_eq!(code, 1, "{name}: {text}");
         assert!(
             text.contains("has an id the chain never gives out"),
@@ -194,30 +197,29 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
         String::from_utf8_lossy(&out.stderr)
     );
     let head = Command::new(BIN)
-        .args(["audit", "head", "--format", "json", "--database"])
-        .arg(&db)
+        .args(["audit", "head", "--format", "json"])
+        .args(db.cli_args(dir))
+        .env("ZD_TEST_TOKEN", TOKEN)
         .output()
         .unwrap();
     let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
     let hash = head["hash"].as_str().unwrap().to_string();
     assert!(head["entry"].as_i64().unwrap() > 3);
-    let copy = dir.path().join("truncated.db");
-    backup(&copy);
-    sqlite(
-        &copy,
+    let copy = db.copy("truncated").await;
+    copy.edit(
         "DELETE FROM audit_chain WHERE seq >= (SELECT seq FROM audit_chain WHERE tbl = 'runs' AND first_id = 2);
          DELETE FROM outcomes WHERE run_id = 2; DELETE FROM decisions WHERE run_id = 2;
          DELETE FROM jobs WHERE run_id = 2; DELETE FROM run_decision_counts WHERE run_id = 2;
          DELETE FROM runs WHERE id = 2;",
-    );
+    )
+    .await;
     // the ticket ledger still holds what run 2 decided: that shows
-    let (code, text) = verify(&copy);
+    let (code, text) = verify(&copy, dir);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("ledger"), "{text}");
     // a forger who also rebuilds the ledger from the remaining rows leaves
     // a prefix that verifies on its own
-    sqlite(
-        &copy,
+    copy.edit(
         "DELETE FROM ledger;
          INSERT INTO ledger (ticket_id, deleted_at, actor_id, actor_name, previous_state, subject, subject_tags,
                              first_seen, last_seen, decision, rule, config_hash, state, state_at)
@@ -230,12 +232,14 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
                     ELSE CASE WHEN d.decision IN ('purge', 'would_purge') THEN 'selected' ELSE 'kept' END END,
                 d.decided_at
          FROM decisions d WHERE d.id = (SELECT MAX(id) FROM decisions WHERE ticket_id = d.ticket_id);",
-    );
-    let (code, text) = verify(&copy);
+    )
+    .await;
+    let (code, text) = verify(&copy, dir);
     assert_eq!(code, 0, "the truncated chain verifies on its own: {text}");
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--expect-head", &hash, "--database"])
-        .arg(&copy)
+        .args(["audit", "verify", "--expect-head", &hash])
+        .args(copy.cli_args(dir))
+        .env("ZD_TEST_TOKEN", TOKEN)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -245,8 +249,9 @@ async fn the_hash_chain_names_rows_edited_or_deleted_with_sqlite3() {
         "{text}"
     );
     let out = Command::new(BIN)
-        .args(["audit", "verify", "--expect-head", &hash, "--database"])
-        .arg(&db)
+        .args(["audit", "verify", "--expect-head", &hash])
+        .args(db.cli_args(dir))
+        .env("ZD_TEST_TOKEN", TOKEN)
         .output()
         .unwrap();
     assert_eq!(

@@ -348,19 +348,26 @@ fn an_upgrade_that_cannot_copy_the_database_first_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_chain_is_never_sealed_over() {
-    if crate::helpers::sqlite_only("an SQLite fixture of schema 10 emptied by hand") {
-        return;
-    }
     // rows of a chained database whose chain was deleted are not taken as
     // rows from before the chain: every writer and `verify` still refuse
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("audit.db");
+    let db = dir.path().join("fixture.db");
     std::fs::copy(fixture(10), &db).unwrap();
     let store = AuditStore::open(&db).await.unwrap();
+    // in the PostgreSQL pass, the history moved there first
+    let audit = crate::helpers::AuditAt::new(dir.path()).await;
+    if let crate::helpers::AuditAt::Postgres(url) = &audit {
+        store.copy_into_postgres(url).await.unwrap();
+    }
     store.pool().close().await;
     drop(store);
-    sqlite3(&db, "DELETE FROM audit_chain; DELETE FROM chain_heads;");
-    match AuditStore::open(&db).await {
+    if let crate::helpers::AuditAt::File(path) = &audit {
+        sqlite3(&db, &format!(".backup '{}'", path.display()));
+    }
+    audit
+        .edit("DELETE FROM audit_chain; DELETE FROM chain_heads;")
+        .await;
+    match audit.open().await {
         Err(e) => assert!(format!("{e:#}").contains("outside zd-retention"), "{e:#}"),
         Ok(store) => {
             let report = store.verify_chain().await.unwrap();
@@ -369,8 +376,9 @@ async fn an_emptied_chain_is_never_sealed_over() {
         }
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zd-retention"))
-        .args(["audit", "verify", "--database"])
-        .arg(&db)
+        .args(["audit", "verify"])
+        .args(audit.cli_args(dir.path()))
+        .env("ZD_TEST_TOKEN", "x")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
