@@ -739,14 +739,12 @@ async fn a_nul_in_a_subject_or_an_actor_name_is_stored_as_the_replacement_charac
     let mut odd = crate::helpers::ticket(31, chrono::Duration::days(20), "closed", 1001);
     odd.subject = Some("legal\0hold".into());
     odd.actor_name = "Agent\0X".into();
-    let sb = sandbox_with(
-        vec![
-            odd,
-            crate::helpers::ticket(32, chrono::Duration::days(20), "closed", 1001),
-        ],
-        fast_sandbox_options(0),
-    )
-    .await;
+    // and what a batch written as JSON must carry unchanged
+    let quoting = "\"quoted\" \\back\\slash\\ ' \u{2028} ✓ {\"a\": [1]} \\u0000 $1 ?";
+    let mut quoted = crate::helpers::ticket(32, chrono::Duration::days(20), "closed", 1001);
+    quoted.subject = Some(quoting.into());
+    quoted.actor_name = quoting.into();
+    let sb = sandbox_with(vec![odd, quoted], fast_sandbox_options(0)).await;
     let settings = zd_retention::cycle::CycleSettings {
         record_subjects: true,
         ..test_settings()
@@ -762,5 +760,16 @@ async fn a_nul_in_a_subject_or_an_actor_name_is_stored_as_the_replacement_charac
             .unwrap();
     assert_eq!(subject, "legal\u{FFFD}hold");
     assert_eq!(actor, "Agent\u{FFFD}X");
+    let (subject, actor): (String, String) =
+        sqlx::query_as("SELECT subject, actor_name FROM ledger WHERE ticket_id = 32")
+            .fetch_one(e.ctx.store.pool())
+            .await
+            .unwrap();
+    assert_eq!((subject.as_str(), actor.as_str()), (quoting, quoting));
+    let decided: String = sqlx::query_scalar("SELECT subject FROM decisions WHERE ticket_id = 32")
+        .fetch_one(e.ctx.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(decided, quoting);
     assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
 }
