@@ -51,3 +51,15 @@ pub(crate) fn named(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// Why a connection to the audit database failed, in the server's words
+/// when it answered ("database \"x\" does not exist", "password
+/// authentication failed for user \"y\""), without sqlx's repetition of
+/// them and the server's source line.
+pub(crate) fn refused_connection(e: sqlx::Error, shown: &str) -> anyhow::Error {
+    let why = match &e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    };
+    anyhow::anyhow!("cannot connect to the audit database {shown}: {why}")
+}

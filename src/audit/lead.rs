@@ -69,7 +69,7 @@ impl Lead {
         let shown = redacted(url);
         let mut conn = AnyConnection::connect(&named(url))
             .await
-            .with_context(|| format!("cannot connect to the audit database {shown}"))?;
+            .map_err(|e| super::connect::refused_connection(e, &shown))?;
         {
             use sqlx::Executor as _;
             (&mut conn).execute(KEEPALIVES).await?;

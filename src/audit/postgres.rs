@@ -30,6 +30,19 @@ fn options(url: &str) -> anyhow::Result<AnyConnectOptions> {
         .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1)))
 }
 
+/// One connection made and closed, so that a server that refuses (not
+/// there, a wrong password, no such database) is named at once: a pool
+/// retries until its acquire timeout and then says only that it timed out.
+async fn reachable(url: &str) -> anyhow::Result<()> {
+    let conn = options(url)?
+        .connect()
+        .await
+        .map_err(|e| super::connect::refused_connection(e, &redacted(url)))?;
+    use sqlx::Connection as _;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// The schema a zd-retention migrated the database to, or None for an
 /// empty one.
 async fn applied_schema(pool: &AnyPool) -> anyhow::Result<Option<i64>> {
@@ -95,6 +108,7 @@ impl AuditStore {
         lead: Option<super::lead::Lead>,
     ) -> anyhow::Result<Self> {
         let shown = redacted(url);
+        reachable(url).await?;
         let pool = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
@@ -112,7 +126,7 @@ impl AuditStore {
             })
             .connect_with(options(url)?)
             .await
-            .with_context(|| format!("cannot connect to the audit database {shown}"))?;
+            .map_err(|e| super::connect::refused_connection(e, &shown))?;
         checked_schema(&pool, url).await?;
         MIGRATOR
             .run(&pool)
@@ -143,13 +157,14 @@ impl AuditStore {
     /// only: one connection, one snapshot for the command's life.
     pub async fn open_postgres_read_only(url: &str) -> anyhow::Result<Self> {
         let shown = redacted(url);
+        reachable(url).await?;
         let pool = AnyPoolOptions::new()
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
             .connect_with(options(url)?)
             .await
-            .with_context(|| format!("cannot connect to the audit database {shown}"))?;
+            .map_err(|e| super::connect::refused_connection(e, &shown))?;
         let applied = checked_schema(&pool, url).await?;
         if applied.is_none_or(|v| v < newest_schema()) {
             anyhow::bail!(

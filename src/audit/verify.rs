@@ -429,5 +429,26 @@ async fn derived_mismatch(conn: &mut sqlx::AnyConnection) -> anyhow::Result<Opti
             "the decision counts of run {run} ({decision}) do not match its decisions: run_decision_counts was changed"
         )));
     }
+    // the ledger's rows per state, kept by triggers, that `audit ledger`,
+    // `audit stats` and the metrics read
+    let drifted: Option<String> = sqlx::query_scalar(
+        r#"SELECT state FROM (
+             SELECT state, n FROM ledger_state_counts WHERE n <> 0
+             EXCEPT
+             SELECT state, COUNT(*) FROM ledger GROUP BY state) AS sub
+         UNION ALL
+         SELECT state FROM (
+             SELECT state, COUNT(*) FROM ledger GROUP BY state
+             EXCEPT
+             SELECT state, n FROM ledger_state_counts WHERE n <> 0) AS sub
+         LIMIT 1"#,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(state) = drifted {
+        return Ok(Some(format!(
+            "the ledger's count of {state} rows does not match its rows: ledger_state_counts was changed"
+        )));
+    }
     Ok(None)
 }

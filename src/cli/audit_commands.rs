@@ -398,10 +398,29 @@ async fn export(
         ExportFormat::Jsonl => render::ExportWriter::jsonl(out),
         ExportFormat::Csv => render::ExportWriter::csv(out),
     };
-    let n = store.export(since, |row| writer.write(&row)).await?;
-    writer.finish()?;
+    // a reader that went away (`| head`) ends the export, quietly
+    let n = match store.export(since, |row| writer.write(&row)).await {
+        Err(e) if reader_gone(&e) => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    };
+    match writer.finish() {
+        Err(e) if reader_gone(&e) => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
     eprintln!("{n} decisions exported");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether writing standard output failed because its reader closed it
+/// (`| head`): the end of what was wanted, not an error of ours.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    let broken = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(broken)
+            || cause
+                .downcast_ref::<csv::Error>()
+                .is_some_and(|c| matches!(c.kind(), csv::ErrorKind::Io(io) if broken(io)))
+    })
 }
 
 /// `zd-retention audit stats`.

@@ -1179,3 +1179,41 @@ async fn every_format_streams_every_purge_and_a_failed_write_leaves_no_half_docu
     assert!(left.is_empty(), "{left:?}");
     assert!(taken.is_dir());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_whose_reader_goes_away_ends_quietly() {
+    // `audit export | head` over a history larger than a pipe holds: the
+    // export said "error: Broken pipe" and exited 1
+    use std::io::Read as _;
+    let sb = sandbox_with(clear_tickets(900, 23), fast_sandbox_options(0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    once_with(dir.path(), &sb.base_url(), None);
+    let db = dir.path().join("audit.db");
+    for format in ["jsonl", "csv"] {
+        let mut child = zd_command(&[
+            "audit",
+            "export",
+            "--format",
+            format,
+            "--database",
+            db.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        // one byte read, then the pipe closed, as `| head -c1` does
+        let mut stdout = child.stdout.take().unwrap();
+        let mut one = [0u8; 1];
+        assert_eq!(stdout.read(&mut one).unwrap(), 1);
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
+        assert!(!stderr.contains("error"), "{format}: {stderr}");
+    }
+    // read whole, it is larger than a pipe holds: the test means something
+    let whole = zd(&["audit", "export", "--database", db.to_str().unwrap()]);
+    assert!(whole.status.success());
+    assert!(whole.stdout.len() > 128 * 1024, "{}", whole.stdout.len());
+}

@@ -349,6 +349,12 @@ async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslm
         text(&out)
     );
     seen.push_str(&text(&out));
+    // a read-only command names the refusal too (its pool had retried for
+    // 30 s and then said only that it timed out)
+    let out = zd(&["audit", "runs", "--config", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("Connection refused"), "{}", text(&out));
+    seen.push_str(&text(&out));
     let tls = write(
         "tls.toml",
         &format!("{base}/{}?sslmode=require", url.rsplit_once('/').unwrap().1),

@@ -122,6 +122,13 @@ async fn the_hash_chain_names_rows_edited_or_deleted_from_outside() {
     .await;
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("decision counts of run 1"), "{text}");
+    let (code, text) = tampered(
+        "state-counts",
+        "UPDATE ledger_state_counts SET n = n + 1 WHERE state = (SELECT MIN(state) FROM ledger_state_counts WHERE n > 0)",
+    )
+    .await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("ledger_state_counts was changed"), "{text}");
     // a value no build wrote in a column no CHECK guards: verify names the
     // row, and the history and its evidence can still be read (the value
     // shown as stored, the documents saying the records do not verify)
