@@ -221,6 +221,40 @@ pub(super) async fn chain_append(
     chain_append_digests(tx, table, first, last, digests).await
 }
 
+/// The last id of a batch's new rows (`RETURNING id, KEY`: a decision's or
+/// an outcome's ticket, a pruned row's id), once the rows are proven to
+/// hold consecutive ids in the batch's order (`keys`), right after `last`
+/// (0 before the first batch). The chain names a batch's rows
+/// by their id range and digests them in order: a gap or rows numbered in
+/// another order would leave an honest history that verifies as tampered.
+/// Neither backend promises the order of `RETURNING`, so the ids are sorted
+/// and the keys compared; a refusal rolls the transaction back.
+pub(super) fn placed_in_order(
+    rows: &[sqlx::any::AnyRow],
+    keys: impl ExactSizeIterator<Item = i64>,
+    last: i64,
+) -> anyhow::Result<i64> {
+    use sqlx::Row as _;
+    let mut placed = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+        .collect::<Result<Vec<(i64, i64)>, sqlx::Error>>()?;
+    placed.sort_unstable();
+    let first = placed.first().map_or(0, |p| p.0);
+    let in_order = placed.len() == keys.len()
+        && (last == 0 || first == last + 1)
+        && placed
+            .iter()
+            .zip(keys)
+            .enumerate()
+            .all(|(i, (&(id, key), want))| id == first + i as i64 && key == want);
+    anyhow::ensure!(
+        in_order,
+        "the database numbered the new rows out of their order (from id {first}): nothing was recorded"
+    );
+    Ok(placed.last().map_or(last, |p| p.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,14 @@ pub(crate) fn sql_id(id: TicketId) -> i64 {
     id.get() as i64
 }
 
+/// Text from Zendesk (a job's id or message, an outcome's detail) as every
+/// backend stores it: a NUL, which PostgreSQL refuses in text, as U+FFFD
+/// (as a listing's text is read, `zendesk::model`). A job whose message
+/// held one had failed its answer's write after the purge was sent.
+pub(crate) fn storable(text: Option<&str>) -> Option<String> {
+    text.map(|t| t.replace('\0', "\u{FFFD}"))
+}
+
 /// A ticket id as the store read it.
 pub(crate) fn ticket_id(value: i64) -> TicketId {
     TicketId::new(value as u64)

@@ -63,6 +63,13 @@ async fn holder_of(conn: &mut AnyConnection) -> String {
 }
 
 impl Lead {
+    /// The name this process leaves as the lead's holder, as the SQLite
+    /// file's lock names its holder: "pid N, command C, host H".
+    pub fn holder_name(command: &str) -> String {
+        let host = whoami::hostname().unwrap_or_else(|_| "?".into());
+        format!("pid {}, command {command}, host {host}", std::process::id())
+    }
+
     /// Takes the lead now, or says who holds it.
     pub async fn try_take(url: &str, holder: &str) -> anyhow::Result<Result<Lead, String>> {
         super::connect::install_drivers();

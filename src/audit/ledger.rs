@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Any, QueryBuilder, Row};
 
-use super::chain::{Chained, chain_append_digests, chain_base, row_digest};
+use super::chain::{Chained, chain_append_digests, chain_base, placed_in_order, row_digest};
 use super::encode::{sql_id, ticket_id};
 use super::heads::HeadKind;
 use super::kinds::{DecisionKind, Outcome, TextEnum, sql_text};
@@ -579,13 +579,13 @@ impl AuditStore {
                     .push_bind(what.as_str())
                     .push_bind(at.as_str());
             });
-            q.push(" RETURNING id");
-            let ids: Vec<i64> = numbered_scalar(&mut q, on_pg(&tx))
+            q.push(" RETURNING id, row_id");
+            let rows = numbered(&mut q, on_pg(&tx))
                 .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?;
-            last = ids.iter().copied().max().unwrap_or(last);
-            first.get_or_insert(ids.iter().copied().min().unwrap_or(last));
+            last = placed_in_order(&rows, chunk.iter().map(|(_, id, _, _)| *id), last)?;
+            first.get_or_insert(last - chunk.len() as i64 + 1);
             for (tbl, id, run_id, what) in chunk {
                 let (id, run_id) = (id.to_string(), run_id.to_string());
                 digests.push_str(&row_digest(

@@ -99,7 +99,12 @@ impl AuditStore {
         );
         // the lead for the copy's life: no daemon starts on the
         // destination meanwhile, and the check of its emptiness holds
-        let lead = match super::lead::Lead::try_take(url, "audit migrate").await? {
+        let lead = match super::lead::Lead::try_take(
+            url,
+            &super::lead::Lead::holder_name("audit migrate"),
+        )
+        .await?
+        {
             Ok(lead) => lead,
             Err(holder) => anyhow::bail!(
                 "{} is in use by a writer ({holder}): it is not empty; nothing was copied",

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use sqlx::any::AnyRow;
 use sqlx::{Any, QueryBuilder};
 
-use super::chain::{Chained, chain_append, chain_append_digests, chain_base, row_digest};
-use super::encode::sql_id;
+use super::chain::{
+    Chained, chain_append, chain_append_digests, chain_base, placed_in_order, row_digest,
+};
+use super::encode::{sql_id, storable};
 use super::heads::HeadKind;
 use super::kinds::{JobRowStatus, Outcome, RequestKind, RunStatus, Trigger};
 use super::ledger;
@@ -29,39 +30,6 @@ pub fn requests_recorded() -> u64 {
     REQUESTS_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The last id of a batch's new rows (`RETURNING id, ticket_id`), once the
-/// rows are proven to hold consecutive ids in the batch's order, right
-/// after `last` (0 before the first batch). The chain names a batch's rows
-/// by their id range and digests them in order: a gap or rows numbered in
-/// another order would leave an honest history that verifies as tampered.
-/// Neither backend promises the order of `RETURNING`, so the ids are sorted
-/// and the tickets compared; a refusal rolls the transaction back.
-fn placed_in_order(
-    rows: &[AnyRow],
-    tickets: impl ExactSizeIterator<Item = TicketId>,
-    last: i64,
-) -> anyhow::Result<i64> {
-    use sqlx::Row as _;
-    let mut placed = rows
-        .iter()
-        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
-        .collect::<Result<Vec<(i64, i64)>, sqlx::Error>>()?;
-    placed.sort_unstable();
-    let first = placed.first().map_or(0, |p| p.0);
-    let in_order = placed.len() == tickets.len()
-        && (last == 0 || first == last + 1)
-        && placed
-            .iter()
-            .zip(tickets)
-            .enumerate()
-            .all(|(i, (&(id, ticket), want))| id == first + i as i64 && ticket == sql_id(want));
-    anyhow::ensure!(
-        in_order,
-        "the database numbered the new rows out of their order (from id {first}): nothing was recorded"
-    );
-    Ok(placed.last().map_or(last, |p| p.0))
-}
-
 /// Sets a job's end (status, message when given, finish time) and chains
 /// its new state, inside the caller's transaction.
 async fn end_job(
@@ -73,7 +41,7 @@ async fn end_job(
 ) -> anyhow::Result<()> {
     sqlx::query("UPDATE jobs SET status = $1, message = COALESCE($2, message), finished_at = $3 WHERE id = $4")
         .bind(status.as_str())
-        .bind(message)
+        .bind(storable(message))
         .bind(at)
         .bind(job)
     .execute(&mut **tx)
@@ -293,7 +261,7 @@ impl AuditStore {
         let mut digests = String::with_capacity(decisions.len() * 16);
         // 11 binds a row keep each statement under SQLite's 32766 variables
         for (chunk, chunk_texts) in decisions.chunks(500).zip(texts.chunks(500)) {
-            let ids: Vec<AnyRow> = if on_pg(&tx) {
+            let ids: Vec<sqlx::any::AnyRow> = if on_pg(&tx) {
                 // one statement text, prepared once: the rows as one JSON
                 // array bound as text (5,500 binds cost PostgreSQL a parse
                 // and a plan each time)
@@ -353,7 +321,7 @@ impl AuditStore {
                     .fetch_all(&mut *tx)
                     .await?
             };
-            last = placed_in_order(&ids, chunk.iter().map(|d| d.ticket_id), last)?;
+            last = placed_in_order(&ids, chunk.iter().map(|d| sql_id(d.ticket_id)), last)?;
             for (d, (deleted, decided)) in chunk.iter().zip(chunk_texts) {
                 let (ticket, actor) = (d.ticket_id.to_string(), d.actor_id.map(|a| a.to_string()));
                 let tags = d.subject_tags.as_ref().map(ToString::to_string);
@@ -530,9 +498,9 @@ impl AuditStore {
         let base = chain_base(&mut tx).await?;
         let answered = timestamp(now);
         sqlx::query("UPDATE jobs SET zendesk_job_id = $1, status = $2, message = $3, answered_at = $4 WHERE id = $5")
-        .bind(zendesk_job_id)
+        .bind(storable(zendesk_job_id))
         .bind(status.as_str())
-        .bind(message)
+        .bind(storable(message))
         .bind(answered)
         .bind(job)
             .execute(&mut *tx)
@@ -811,6 +779,8 @@ async fn insert_outcomes(
     if tickets.is_empty() {
         return Ok(());
     }
+    let detail = storable(detail);
+    let detail = detail.as_deref();
     let mut last = 0;
     let (run_text, job_text) = (run.to_string(), job.map(|j| j.to_string()));
     let mut digests = String::with_capacity(tickets.len() * 16);
@@ -832,7 +802,7 @@ async fn insert_outcomes(
             .persistent(false)
             .fetch_all(&mut **tx)
             .await?;
-        last = placed_in_order(&ids, chunk.iter().copied(), last)?;
+        last = placed_in_order(&ids, chunk.iter().map(|t| sql_id(*t)), last)?;
         for t in chunk {
             let ticket = t.to_string();
             digests.push_str(&row_digest(

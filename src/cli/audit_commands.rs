@@ -398,9 +398,17 @@ async fn export(
         ExportFormat::Jsonl => render::ExportWriter::jsonl(out),
         ExportFormat::Csv => render::ExportWriter::csv(out),
     };
-    // a reader that went away (`| head`) ends the export, quietly
-    let n = match store.export(since, |row| writer.write(&row)).await {
-        Err(e) if reader_gone(&e) => return Ok(ExitCode::SUCCESS),
+    // a reader that went away (`| head`) ends the export, quietly; told
+    // by the writer's own error (a database error may hold a broken pipe
+    // of its connection, never taken for the reader's)
+    let mut gone = false;
+    let exported = store
+        .export(since, |row| {
+            writer.write(&row).inspect_err(|e| gone = reader_gone(e))
+        })
+        .await;
+    let n = match exported {
+        Err(_) if gone => return Ok(ExitCode::SUCCESS),
         other => other?,
     };
     match writer.finish() {

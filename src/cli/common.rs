@@ -66,9 +66,7 @@ pub(super) enum Writer {
 
 /// The name a writer leaves for others to read.
 pub(super) fn holder_name(command: &str) -> String {
-    let host = whoami::hostname().unwrap_or_else(|_| "?".into());
-    // named as the SQLite file's lock names its holder
-    format!("pid {}, command {command}, host {host}", std::process::id())
+    crate::audit::Lead::holder_name(command)
 }
 
 /// Takes the config's audit database for writing and opens it: the

@@ -773,3 +773,58 @@ async fn a_nul_in_a_subject_or_an_actor_name_is_stored_as_the_replacement_charac
     assert_eq!(decided, quoting);
     assert!(e.ctx.store.verify_chain().await.unwrap().problem.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_zendesks_job_answer_is_stored_as_the_replacement_character() {
+    // a job's id, message or an outcome's detail from Zendesk: on
+    // PostgreSQL a NUL failed the write of the answer after the purge left
+    use zd_retention::audit::{JobRowStatus, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::helpers::test_store(&dir.path().join("a.db")).await;
+    let run = store
+        .start_run(Trigger::Cron, false, &"test".into(), chrono::Utc::now())
+        .await
+        .unwrap();
+    let batch = zd_retention::zendesk::IdBatch::new(vec![7.into(), 8.into()]).unwrap();
+    let job = store
+        .record_request(run, RequestKind::DestroyMany, &batch, chrono::Utc::now())
+        .await
+        .unwrap();
+    store
+        .record_answer(
+            job,
+            Some("V3-ab\0cd"),
+            JobRowStatus::Queued,
+            Some("queued\0"),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    store
+        .record_job_end(
+            run,
+            job,
+            JobRowStatus::Failed,
+            Some("failed: \0 odd"),
+            Outcome::Failed,
+            &[7.into(), 8.into()],
+        )
+        .await
+        .unwrap();
+    let (id, message): (String, String) =
+        sqlx::query_as("SELECT zendesk_job_id, message FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(id, "V3-ab\u{FFFD}cd");
+    assert_eq!(message, "failed: \u{FFFD} odd");
+    let details: Vec<String> =
+        sqlx::query_scalar("SELECT detail FROM outcomes WHERE run_id = $1 ORDER BY id")
+            .bind(run)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(details, ["failed: \u{FFFD} odd", "failed: \u{FFFD} odd"]);
+    assert!(store.verify_chain().await.unwrap().problem.is_none());
+}

@@ -288,6 +288,7 @@ async fn the_database_password_stays_out_of_output_errors_and_the_audit_and_sslm
                  CREATE ROLE zd_password LOGIN SUPERUSER;
                END IF;
              END $$;
+             SET password_encryption = 'scram-sha-256';
              ALTER ROLE zd_password PASSWORD '{secret}';"
         )))
         .execute(&admin)
