@@ -1184,30 +1184,21 @@ async fn every_format_streams_every_purge_and_a_failed_write_leaves_no_half_docu
 async fn an_export_whose_reader_goes_away_ends_quietly() {
     // `audit export | head` over a history larger than a pipe holds: the
     // export said "error: Broken pipe" and exited 1
-    use std::io::Read as _;
     let sb = sandbox_with(clear_tickets(900, 23), fast_sandbox_options(0)).await;
     let dir = tempfile::tempdir().unwrap();
     once_with(dir.path(), &sb.base_url(), None);
     let db = dir.path().join("audit.db");
     for format in ["jsonl", "csv"] {
-        let mut child = zd_command(&[
+        // one byte read, then the pipe closed, as `| head -c1` does
+        let (read, out) = crate::helpers::read_one_byte_then_close(&mut zd_command(&[
             "audit",
             "export",
             "--format",
             format,
             "--database",
             db.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-        // one byte read, then the pipe closed, as `| head -c1` does
-        let mut stdout = child.stdout.take().unwrap();
-        let mut one = [0u8; 1];
-        assert_eq!(stdout.read(&mut one).unwrap(), 1);
-        drop(stdout);
-        let out = child.wait_with_output().unwrap();
+        ]));
+        assert_eq!(read, 1);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{format}: {stderr}");
         assert!(!stderr.contains("error"), "{format}: {stderr}");

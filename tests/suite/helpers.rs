@@ -418,6 +418,24 @@ pub fn sha256_file(path: &std::path::Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
 
+/// Runs `command`, reads one byte of its output and closes the pipe, as
+/// `| head -c1` does: how many bytes came, and how the command ended.
+pub fn read_one_byte_then_close(
+    command: &mut std::process::Command,
+) -> (usize, std::process::Output) {
+    use std::io::Read as _;
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut one = [0u8; 1];
+    let read = stdout.read(&mut one).unwrap_or(0);
+    drop(stdout);
+    (read, child.wait_with_output().unwrap())
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))

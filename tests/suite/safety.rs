@@ -207,20 +207,9 @@ fn a_token_with_a_control_character_is_refused_at_load_without_showing_it() {
 
 #[test]
 fn a_closed_pipe_ends_the_output_quietly() {
-    use std::io::Read;
     for args in [&["completions", "bash"][..], &["--help"][..]] {
-        let mut child = std::process::Command::new(BIN)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // read one byte, then close the pipe, as `| head -c1` does
-        let mut stdout = child.stdout.take().unwrap();
-        let mut one = [0u8; 1];
-        let _ = stdout.read(&mut one);
-        drop(stdout);
-        let out = child.wait_with_output().unwrap();
+        let (_, out) =
+            crate::helpers::read_one_byte_then_close(std::process::Command::new(BIN).args(args));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
